@@ -1,0 +1,131 @@
+"""The ``evospec`` command line. Every EvoSpec error becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from evospec.errors import EvoSpecError
+from evospec.settings import DecodeSettings
+
+
+class EvoSpecGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EvoSpecError as exc:
+            click.echo(f"evospec: error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=EvoSpecGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def main(verbose: bool) -> None:
+    """EvoSpec: exact speculative decoding with EAGLE-3 drafters."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--prompt-ids") from None
+
+
+def decode_options(fn):
+    options = [
+        click.option("--prompt", help="Prompt text (needs a tokenizer in the target directory)."),
+        click.option("--prompt-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3."),
+        click.option("--max-new-tokens", type=int, default=None, help="New tokens to generate."),
+        click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling."),
+        click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution."),
+        click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests."),
+        click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default=None),
+        click.option("--draft-depth", type=int, default=None, help="Draft levels per step."),
+        click.option("--draft-topk", type=int, default=None, help="Children per node in the dynamic tree."),
+        click.option("--draft-tokens", type=int, default=None, help="Nodes kept in the dynamic tree."),
+        click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
+        click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
+        click.option("--stream", is_flag=True, help="Print tokens as they are accepted."),
+        click.option("--json", "as_json", is_flag=True, help="End with one JSON line: tokens, text and stats."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _settings(config_path: Path | None, no_draft: bool, **values) -> DecodeSettings:
+    overrides = dict(values, use_draft=False if no_draft else None)
+    if config_path is not None:
+        return DecodeSettings.from_toml(config_path, **overrides)
+    return DecodeSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stream: bool, as_json: bool) -> None:
+    from evospec.report import stats_table
+
+    if (prompt is None) == (prompt_ids is None):
+        raise click.UsageError("give exactly one of --prompt and --prompt-ids")
+    ids = generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids)
+    token_stream = generator.stream(ids, settings)
+    for token in token_stream:
+        if stream and not as_json:
+            piece = generator.decode([token])
+            click.echo(piece if piece is not None else f"{token} ", nl=False)
+    result = token_stream.result
+    if stream and not as_json:
+        click.echo()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    if not stream:
+        click.echo(result.text if result.text is not None else ",".join(map(str, result.token_ids)))
+    click.echo(stats_table(result.stats), err=False)
+
+
+@main.command()
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
+@decode_options
+def generate(target_dir, drafter_dir, device, dtype, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+    """Generate with speculative decoding (exact: greedy output equals the target's own)."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    settings = _settings(config_path, no_draft, **values)
+    if drafter_dir is None and settings.use_draft:
+        raise click.UsageError("--drafter is required unless --no-draft is given")
+    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None, device=device, dtype=dtype)
+    run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
+
+
+@main.command()
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the demo pair is built and kept.")
+@click.option("--rebuild", is_flag=True, help="Build the demo pair again even if it is cached.")
+@decode_options
+def demo(cache_dir, rebuild, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+    """Build (once) the small built-in model pair and generate with it, printing the stats table."""
+    from evospec.demo_pair import demo_generator
+
+    generator = demo_generator(cache_dir, rebuild=rebuild)
+    settings = _settings(config_path, no_draft, **values)
+    if prompt is None and prompt_ids is None:
+        prompt = "def "
+    if not as_json:
+        click.echo(f"target: {generator.target.model.name_or_path}", err=True)
+    run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
+    if not as_json and settings.use_draft:
+        plain = generator.generate(
+            generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids),
+            DecodeSettings(**{**settings.__dict__, "use_draft": False}),
+        )
+        click.echo(f"plain decoding of the same prompt: {plain.stats.tokens_per_second:.1f} tokens/s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Compile passes (``evospec.passes``): split, reservoir, gather plans, export. Filled by the compile work."""

@@ -1,0 +1,215 @@
+"""Load and save EAGLE-3 drafter checkpoints in the official layout (EAGLE authors, SpecForge).
+
+A checkpoint directory holds ``config.json`` (architectures ``LlamaForCausalLMEagle3``,
+``draft_vocab_size``, optional tapped target layers) and ``model.safetensors`` or
+``pytorch_model.bin``. Every way a checkpoint can be wrong raises :class:`CheckpointError`
+or :class:`CompatibilityError` naming the file and what was expected; nothing is loaded
+with ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from evospec.errors import CheckpointError, CompatibilityError
+from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _require(cfg: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in cfg:
+        raise CheckpointError(f"{path}: EAGLE-3 config is missing '{key}'")
+    return cfg[key]
+
+
+def _tap_layers(cfg: dict[str, Any]) -> tuple[int, ...] | None:
+    """Tapped layers as named by SpecForge/vLLM (top level or under ``eagle_config``)."""
+    for table in (cfg, cfg.get("eagle_config") or {}):
+        ids = table.get("eagle_aux_hidden_state_layer_ids")
+        if ids:
+            return tuple(int(i) for i in ids)
+    return None
+
+
+def read_config(directory: str | Path) -> Eagle3Config:
+    """Parse and check an EAGLE-3 ``config.json``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"drafter directory {directory} does not exist")
+    path = directory / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: an EAGLE-3 drafter directory needs config.json") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    archs = cfg.get("architectures") or []
+    if EAGLE3_ARCHITECTURE not in archs:
+        raise CheckpointError(
+            f"{path}: architectures {archs} is not an EAGLE-3 drafter (expected '{EAGLE3_ARCHITECTURE}')"
+        )
+    d = int(_require(cfg, "hidden_size", path))
+    heads = int(_require(cfg, "num_attention_heads", path))
+    vocab = int(_require(cfg, "vocab_size", path))
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{path}: hidden_act {cfg['hidden_act']!r} is not supported (expected 'silu')")
+    layers = int(cfg.get("num_hidden_layers", 1))
+    if layers != 1:
+        raise CheckpointError(f"{path}: num_hidden_layers={layers}; EAGLE-3 drafters have exactly 1 layer")
+    return Eagle3Config(
+        hidden_size=d,
+        target_hidden_size=int(cfg.get("target_hidden_size") or d),
+        intermediate_size=int(_require(cfg, "intermediate_size", path)),
+        num_attention_heads=heads,
+        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or d // heads),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        vocab_size=vocab,
+        draft_vocab_size=int(cfg.get("draft_vocab_size") or vocab),
+        tap_layers=_tap_layers(cfg),
+        norm_before_residual=bool(cfg.get("norm_before_residual", False)),
+        raw=cfg,
+    )
+
+
+def read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(str(path)), path
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as exc:  # corrupt or truncated file: say which one
+            raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    raise CheckpointError(f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def check_vocab_maps(d2t: torch.Tensor, t2d: torch.Tensor, config: Eagle3Config, path: Path) -> None:
+    """d2t must map draft ids to distinct in-range target ids, exactly the ids t2d marks."""
+    if d2t.shape != (config.draft_vocab_size,):
+        raise CheckpointError(f"{path}: d2t has shape {tuple(d2t.shape)}, expected ({config.draft_vocab_size},)")
+    if t2d.shape != (config.vocab_size,):
+        raise CheckpointError(f"{path}: t2d has shape {tuple(t2d.shape)}, expected ({config.vocab_size},)")
+    target_ids = torch.arange(config.draft_vocab_size) + d2t.long()
+    bad = (target_ids < 0) | (target_ids >= config.vocab_size)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise CheckpointError(
+            f"{path}: d2t maps draft id {first} to target id {int(target_ids[first])}, "
+            f"outside [0, {config.vocab_size})"
+        )
+    if target_ids.unique().numel() != target_ids.numel():
+        raise CheckpointError(f"{path}: d2t maps two draft ids to the same target id")
+    marked = t2d.bool().nonzero().flatten()
+    if not torch.equal(marked, target_ids.sort().values):
+        raise CheckpointError(
+            f"{path}: t2d marks {marked.numel()} target ids but d2t maps to {target_ids.numel()} "
+            "ids; they must be the same set"
+        )
+
+
+def load_drafter(
+    directory: str | Path,
+    *,
+    target_embeddings: torch.nn.Module,
+    target_hidden_size: int,
+    target_vocab_size: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Eagle3Drafter:
+    """Load an EAGLE-3 drafter and check it against the target it will draft for.
+
+    Args:
+        directory: Checkpoint directory in the official layout.
+        target_embeddings: The target's input embedding, shared when the checkpoint has none.
+        target_hidden_size: Width of the target's hidden states.
+        target_vocab_size: Rows of the target's LM head.
+        device: Where to put the drafter.
+        dtype: Floating-point type of the drafter's weights.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    cfg_path = directory / "config.json"
+    if config.target_hidden_size != target_hidden_size:
+        raise CompatibilityError(
+            f"{cfg_path}: drafter expects target hidden size {config.target_hidden_size}, "
+            f"the target has {target_hidden_size}"
+        )
+    if config.vocab_size != target_vocab_size:
+        raise CompatibilityError(
+            f"{cfg_path}: drafter vocab_size {config.vocab_size} differs from the target's {target_vocab_size}"
+        )
+    weights, weights_path = read_weights(directory)
+    has_embeddings = "embed_tokens.weight" in weights
+    if not has_embeddings and target_embeddings.weight.shape[1] != config.hidden_size:
+        raise CompatibilityError(
+            f"{weights_path}: no embed_tokens and the target's embedding width "
+            f"{target_embeddings.weight.shape[1]} differs from the drafter's hidden size {config.hidden_size}"
+        )
+    drafter = Eagle3Drafter(config, has_embeddings, shared_embeddings=target_embeddings)
+    expected = drafter.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{weights_path}: missing weights {missing}, unexpected weights {extra}")
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{weights_path}: '{name}' has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    check_vocab_maps(weights["d2t"], weights["t2d"], config, weights_path)
+    weights["d2t"] = weights["d2t"].long()
+    weights["t2d"] = weights["t2d"].bool()
+    drafter.load_state_dict(weights, strict=True)
+    return drafter.to(device=device, dtype=dtype).eval()
+
+
+def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: bool = True) -> Path:
+    """Write a drafter in the official layout, atomically (temp directory, then rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        cfg = dict(drafter.config.raw)
+        c = drafter.config
+        cfg.update(
+            architectures=[EAGLE3_ARCHITECTURE],
+            model_type="llama",
+            hidden_size=c.hidden_size,
+            target_hidden_size=c.target_hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            head_dim=c.head_dim,
+            num_hidden_layers=1,
+            rms_norm_eps=c.rms_norm_eps,
+            vocab_size=c.vocab_size,
+            draft_vocab_size=c.draft_vocab_size,
+            hidden_act="silu",
+        )
+        if c.tap_layers is not None:
+            cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(c.tap_layers)}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in drafter.state_dict().items()}
+        if safetensors:
+            save_file(state, str(tmp / "model.safetensors"))
+        else:
+            torch.save(state, tmp / "pytorch_model.bin")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,241 @@
+"""The EAGLE-3 drafter as a plain torch module with explicit state.
+
+Parameter names follow the official EAGLE-3 / SpecForge checkpoint layout (``fc``, ``midlayer.*``,
+``norm``, ``lm_head``, ``d2t``, ``t2d``, optional ``embed_tokens``) so checkpoints load with
+``strict=True``. All decoding state (KV cache, positions, attention mask) is passed in by the
+caller: the same forward serves prefill, chain drafting and tree expansion, and it is the shape
+a static compiled trunk needs later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
+
+
+@dataclass(frozen=True)
+class Eagle3Config:
+    """Shape of an EAGLE-3 drafter, read from its ``config.json``.
+
+    Attributes:
+        hidden_size: Drafter width d.
+        target_hidden_size: Width of the target's hidden states (``fc`` maps 3 of them to d).
+        intermediate_size: MLP width.
+        num_attention_heads: Query heads.
+        num_key_value_heads: KV heads (grouped-query attention).
+        head_dim: Per-head width.
+        rms_norm_eps: RMSNorm epsilon.
+        vocab_size: Target vocabulary size (rows of ``t2d`` and of the embedding).
+        draft_vocab_size: Rows of ``lm_head``.
+        tap_layers: Target hidden-state indices fused by ``fc`` (HF ``hidden_states`` indexing:
+            0 = embeddings, i = output of layer i-1), or None for EAGLE-3's default.
+        norm_before_residual: Variant where ``hidden_norm`` is applied before the residual branch.
+        raw: The full config dict (RoPE settings are taken from it).
+    """
+
+    hidden_size: int
+    target_hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    vocab_size: int
+    draft_vocab_size: int
+    tap_layers: tuple[int, ...] | None = None
+    norm_before_residual: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def llama_config(self) -> LlamaConfig:
+        """A LlamaConfig carrying the RoPE settings (theta, scaling) of the raw config."""
+        keys = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")
+        extra = {k: self.raw[k] for k in keys if self.raw.get(k) is not None}
+        return LlamaConfig(
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            **extra,
+        )
+
+
+def default_tap_layers(num_target_layers: int) -> tuple[int, int, int]:
+    """EAGLE-3's low/middle/high choice, as in the EAGLE reference code and vLLM: (2, L//2, L-3)."""
+    return (2, num_target_layers // 2, num_target_layers - 3)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, inner: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, inner, bias=False)
+        self.up_proj = nn.Linear(dim, inner, bias=False)
+        self.down_proj = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class DrafterKVCache:
+    """Preallocated key/value storage of the drafter's single layer.
+
+    Slots ``[0, length)`` hold committed context; tree expansion writes scratch slots after them,
+    which the next step simply overwrites (rolling back a rejected branch costs nothing).
+    """
+
+    def __init__(
+        self, config: Eagle3Config, capacity: int, device: torch.device, dtype: torch.dtype, batch: int = 1
+    ) -> None:
+        shape = (batch, config.num_key_value_heads, capacity, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store [B, H, T, hd] at slots [start, start+T); return all keys/values up to start+T.
+
+        In place at inference; out of place under autograd (training unrolls the drafter over its
+        own outputs, and in-place writes would invalidate tensors saved for backward).
+        """
+        end = start + keys.shape[2]
+        if torch.is_grad_enabled():
+            self.keys = torch.cat((self.keys[:, :, :start], keys, self.keys[:, :, end:]), dim=2)
+            self.values = torch.cat((self.values[:, :, :start], values, self.values[:, :, end:]), dim=2)
+        else:
+            self.keys[:, :, start:end] = keys
+            self.values[:, :, start:end] = values
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Self-attention whose q/k/v read the 2d concatenation [embedding ; hidden]."""
+
+    def __init__(self, config: Eagle3Config) -> None:
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
+        self.q_proj = nn.Linear(2 * d, self.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(2 * d, self.n_kv * hd, bias=False)
+        self.v_proj = nn.Linear(2 * d, self.n_kv * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, 2d]
+        cos: torch.Tensor,  # [1, T, hd]
+        sin: torch.Tensor,
+        cache: DrafterKVCache,
+        start: int,
+        mask: torch.Tensor,  # [T, start+T] bool, True = may attend
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys, values = cache.write(start, k, v)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask[None, None], enable_gqa=self.n_heads != self.n_kv
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Eagle3Config) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.hidden_norm = RMSNorm(d, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.mlp = MLP(d, config.intermediate_size)
+        self.norm_before_residual = config.norm_before_residual
+
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, **attn: Any) -> torch.Tensor:
+        normed = self.hidden_norm(hidden)
+        residual = normed if self.norm_before_residual else hidden
+        x = torch.cat((self.input_layernorm(embeds), normed), dim=-1)
+        hidden = residual + self.self_attn(x, **attn)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class Eagle3Drafter(nn.Module):
+    """EAGLE-3 draft head: fuse target states, one decoder layer, norm, reduced-vocabulary head.
+
+    ``embed_tokens`` is the drafter's own embedding when the checkpoint has one, else the target's
+    (shared, not copied; it is not registered as a parameter of the drafter then).
+    """
+
+    def __init__(self, config: Eagle3Config, has_embeddings: bool, shared_embeddings: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        if has_embeddings:
+            self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        elif shared_embeddings is None:
+            raise ValueError("a drafter without embed_tokens needs the target's embeddings")
+        else:
+            self._shared = (shared_embeddings,)  # tuple: not a submodule, not in state_dict
+        self.fc = nn.Linear(3 * config.target_hidden_size, d, bias=False)
+        self.midlayer = DecoderLayer(config)
+        self.norm = RMSNorm(d, config.rms_norm_eps)
+        self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
+        self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self.rotary = LlamaRotaryEmbedding(config.llama_config())
+
+    def embed(self, target_ids: torch.Tensor) -> torch.Tensor:
+        table = self.embed_tokens if hasattr(self, "embed_tokens") else self._shared[0]
+        return table(target_ids)
+
+    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Map draft-vocabulary ids to target ids (EAGLE-3: target = draft + d2t[draft])."""
+        return draft_ids + self.d2t[draft_ids]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [B, T, 3*target_d] target features, or [B, T, d] drafter states
+        target_ids: torch.Tensor,  # [B, T] the token following each hidden state
+        positions: torch.Tensor,  # [B, T]
+        cache: DrafterKVCache,
+        start: int,  # cache slot of the first of the T inputs
+        mask: torch.Tensor,  # [T, start+T] bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (pre-norm hidden [B, T, d] fed back at the next depth, draft logits [B, T, Vd])."""
+        if hidden.shape[-1] == 3 * self.config.target_hidden_size:
+            hidden = self.fc(hidden)
+        embeds = self.embed(target_ids).to(hidden.dtype)
+        cos, sin = self.rotary(hidden, positions)
+        out = self.midlayer(embeds, hidden, cos=cos, sin=sin, cache=cache, start=start, mask=mask)
+        return out, self.lm_head(self.norm(out))

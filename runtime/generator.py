@@ -1,0 +1,213 @@
+"""The speculative decoding loop: draft, verify in one target pass, accept, roll back.
+
+Invariant between steps: the target's KV cache holds every committed token except the newest
+(the *root*), and the drafter's cache holds one (target state, next token) pair per target slot.
+A step (1) feeds the drafter the pairs committed by the previous step, (2) drafts a tree from its
+last state, (3) runs the target once over [root] + tree, (4) verifies, and (5) keeps only the
+accepted path in the target cache. ``use_draft=False`` runs the same loop with an empty tree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from evospec.errors import CompatibilityError
+from evospec.runtime.checkpoint import load_drafter, read_config
+from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
+from evospec.runtime.sampling import sample, sampling_probs
+from evospec.runtime.stats import DecodeStats, GenerationResult
+from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
+from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
+from evospec.runtime.verify import verify_greedy, verify_sampling
+from evospec.settings import DecodeSettings
+
+
+class TokenStream:
+    """Iterates over new token ids as they are accepted; ``result`` is set once it is exhausted."""
+
+    def __init__(self, steps: Iterator[int], finish) -> None:
+        self._steps = steps
+        self._finish = finish
+        self._tokens: list[int] = []
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        for token in self._steps:
+            self._tokens.append(token)
+            yield token
+        self.result = self._finish(self._tokens)
+
+
+class SpeculativeGenerator:
+    """Exact speculative decoding with an EAGLE-3 drafter (or plain decoding without one).
+
+    Args:
+        target: The target model. Its tap layers are set from the drafter's config here.
+        drafter: An EAGLE-3 drafter, or None for plain autoregressive decoding.
+    """
+
+    def __init__(self, target: TargetModel, drafter: Eagle3Drafter | None = None) -> None:
+        if drafter is not None:
+            taps = drafter.config.tap_layers or default_tap_layers(target.num_layers)
+            bad = [i for i in taps if not 0 <= i <= target.num_layers]
+            if len(taps) != 3 or bad:
+                raise CompatibilityError(
+                    f"drafter taps target hidden states {taps}, but the target has {target.num_layers} layers "
+                    f"(valid indices 0..{target.num_layers}, three of them)"
+                )
+            target = TargetModel(target.model, tuple(taps), target.tokenizer)
+        self.target = target
+        self.drafter = drafter
+
+    @classmethod
+    def from_paths(
+        cls, target_dir: str | Path, drafter_dir: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"
+    ) -> SpeculativeGenerator:
+        """Load a target (HF directory) and an EAGLE-3 drafter (official layout) from local paths."""
+        if drafter_dir is not None:
+            read_config(drafter_dir)  # fail on a bad drafter before the (slow) target load
+        target = load_target(target_dir, device=device, dtype=dtype)
+        drafter = None
+        if drafter_dir is not None:
+            drafter = load_drafter(
+                drafter_dir,
+                target_embeddings=target.model.get_input_embeddings(),
+                target_hidden_size=target.hidden_size,
+                target_vocab_size=target.vocab_size,
+                device=target.device,
+                dtype=target.model.dtype,
+            )
+        return cls(target, drafter)
+
+    def encode(self, text: str) -> list[int]:
+        if self.target.tokenizer is None:
+            raise CompatibilityError("the target directory has no tokenizer; pass token ids instead of text")
+        return list(self.target.tokenizer.encode(text))
+
+    def decode(self, token_ids: list[int]) -> str | None:
+        tok = self.target.tokenizer
+        return None if tok is None else tok.decode(token_ids, skip_special_tokens=False)
+
+    def stream(self, prompt_ids: list[int], settings: DecodeSettings = DecodeSettings()) -> TokenStream:
+        """Stream new token ids; ``stream.result`` holds the full result once iteration ends."""
+        if not prompt_ids:
+            raise CompatibilityError("the prompt is empty: speculative decoding needs at least one prompt token")
+        bad = [t for t in prompt_ids if not 0 <= t < self.target.vocab_size]
+        if bad:
+            raise CompatibilityError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.target.vocab_size})")
+        stats = DecodeStats(prompt_tokens=len(prompt_ids))
+        start = time.perf_counter()
+
+        def finish(tokens: list[int]) -> GenerationResult:
+            stats.new_tokens = len(tokens)
+            stats.wall_time_s = time.perf_counter() - start
+            return GenerationResult(token_ids=tokens, text=self.decode(tokens), stats=stats)
+
+        return TokenStream(self._decode(list(prompt_ids), settings, stats), finish)
+
+    def generate(self, prompt_ids: list[int], settings: DecodeSettings = DecodeSettings()) -> GenerationResult:
+        stream = self.stream(prompt_ids, settings)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def _sync(self) -> None:
+        if self.target.device.type == "cuda":
+            torch.cuda.synchronize(self.target.device)
+
+    @torch.no_grad()
+    def _decode(self, prompt: list[int], s: DecodeSettings, stats: DecodeStats) -> Iterator[int]:
+        target, drafter, device = self.target, self.drafter, self.target.device
+        generator = torch.Generator().manual_seed(s.seed)
+        eos = target.eos_token_ids if s.stop_on_eos else set()
+        use_draft = s.use_draft and drafter is not None
+        tcache = target.new_cache()
+
+        t0 = time.perf_counter()
+        out = target.forward(torch.tensor([prompt], device=device), torch.arange(len(prompt), device=device)[None], tcache)
+        root = self._pick(out.logits[-1], s, generator)
+        self._sync()
+        stats.prefill_time_s = time.perf_counter() - t0
+        yield root
+        emitted = 1
+        if root in eos or emitted >= s.max_new_tokens:
+            return
+        if use_draft:
+            capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
+            dcache = DrafterKVCache(drafter.config, capacity, device, drafter.lm_head.weight.dtype)
+        pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
+
+        while True:
+            t0 = time.perf_counter()
+            tree = DraftTree.empty()
+            if use_draft:
+                tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
+            self._sync()
+            t1 = time.perf_counter()
+            past = tcache.get_seq_length()
+            ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
+            positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
+            out = target.forward(ids, positions, tcache, tree.attention_mask())
+            if s.greedy:
+                verdict = verify_greedy(tree, out.logits)
+            else:
+                verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
+            rows = torch.tensor([0] + [i + 1 for i in verdict.accepted])
+            keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
+            self._sync()
+            stats.draft_time_s += t1 - t0
+            stats.verify_time_s += time.perf_counter() - t1
+            stats.steps += 1
+            stats.accepted_lengths.append(len(verdict.accepted))
+            stats.draft_tokens_proposed += tree.size
+
+            new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
+            for token in new_tokens:
+                yield token
+                emitted += 1
+                if token in eos or emitted >= s.max_new_tokens:
+                    return
+            pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
+            root = verdict.bonus
+
+    def _pick(self, logits: torch.Tensor, s: DecodeSettings, generator: torch.Generator) -> int:
+        if s.greedy:
+            return int(logits.argmax())
+        return sample(sampling_probs(logits.cpu(), s.temperature, s.top_p), generator)
+
+    def _draft(
+        self,
+        cache: DrafterKVCache,
+        pairs_hidden: torch.Tensor,  # [T, 3*d] target states of newly committed positions
+        pairs_tokens: list[int],  # [T] the token after each of them
+        s: DecodeSettings,
+        generator: torch.Generator,
+    ) -> DraftTree:
+        drafter, device = self.drafter, self.target.device
+        start, t = cache.length, len(pairs_tokens)
+        mask = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(diagonal=start)
+        positions = torch.arange(start, start + t, device=device)[None]
+        hidden, logits = drafter(
+            pairs_hidden[None].to(drafter.lm_head.weight.dtype),
+            torch.tensor([pairs_tokens], device=device),
+            positions,
+            cache,
+            start,
+            mask,
+        )
+        cache.length += t
+        request = DraftRequest(
+            hidden=hidden[0, -1:],
+            logits=logits[0, -1],
+            committed=cache.length,
+            width=s.tree_width,
+            depth=s.draft_depth,
+            budget=s.tree_budget,
+            temperature=s.temperature,
+        )
+        return draft_tree(drafter, cache, request, generator)

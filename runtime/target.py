@@ -1,0 +1,179 @@
+"""The target model: any HF causal LM, run with an explicit tree mask and a rollback-able cache.
+
+The target verifies a whole draft tree in one forward pass: the tree's tokens are appended
+to the KV cache with a 4D additive mask (each node sees the committed prefix and its own
+ancestors), and afterwards only the accepted path is kept in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from evospec.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [T, V] float32
+    features: torch.Tensor  # [T, 3*d] tapped hidden states, concatenated low/middle/high
+
+
+class TargetModel:
+    """A loaded HF causal LM plus the layers EAGLE-3 taps from it.
+
+    Args:
+        model: The causal LM (eval mode).
+        tap_layers: Indices into HF ``hidden_states`` (0 = embeddings, i = output of layer i-1);
+            empty when no drafter is attached.
+        tokenizer: Optional tokenizer for text prompts and output.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tap_layers: tuple[int, ...],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tap_layers = tap_layers
+        self.tokenizer = tokenizer
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [1, T]
+        positions: torch.Tensor,  # [1, T]
+        cache: DynamicCache,
+        tree_mask: torch.Tensor | None = None,  # [T, T] bool among the new tokens; None = causal
+    ) -> TargetOutput:
+        past = cache.get_seq_length()
+        t = input_ids.shape[1]
+        if tree_mask is None:
+            tree_mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+        visible = torch.cat(
+            (torch.ones(t, past, dtype=torch.bool, device=input_ids.device), tree_mask.to(input_ids.device)), dim=1
+        )
+        dtype = self.model.dtype
+        additive = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
+        additive.masked_fill_(~visible, torch.finfo(dtype).min)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            attention_mask=additive[None, None],
+            past_key_values=cache,
+            cache_position=torch.arange(past, past + t, device=input_ids.device),
+            use_cache=True,
+            output_hidden_states=bool(self.tap_layers),
+        )
+        if self.tap_layers:
+            features = torch.cat([out.hidden_states[i][0] for i in self.tap_layers], dim=-1)
+        else:
+            features = out.logits.new_zeros(t, 0)
+        return TargetOutput(logits=out.logits[0].float(), features=features)
+
+
+def keep_cache_slots(cache: DynamicCache, keep: torch.Tensor) -> None:
+    """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches."""
+    for layer in cache.layers:
+        if not hasattr(layer, "keys") or layer.keys is None:
+            continue
+        if hasattr(layer, "sliding_window") and layer.keys.shape[-2] >= layer.sliding_window - 1:
+            raise NotImplementedError("rolling back a full sliding-window cache is not supported")
+        idx = keep.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(-2, idx)
+        layer.values = layer.values.index_select(-2, idx)
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = layer.keys.shape[-2]
+
+
+def _dtype(name: str) -> torch.dtype | str:
+    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+    if name not in table:
+        raise CheckpointError(f"unknown dtype {name!r}; expected one of {sorted(table)}")
+    return table[name]
+
+
+def load_target(
+    directory: str | Path,
+    *,
+    tap_layers: tuple[int, ...] = (),
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> TargetModel:
+    """Load an HF causal LM (and its tokenizer when present) from a local directory.
+
+    Args:
+        directory: A directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+        tap_layers: Hidden-state indices the drafter fuses (checked against the layer count).
+        device: ``cpu`` or ``cuda``.
+        dtype: ``float32``, ``float16``, ``bfloat16``, ``float64`` or ``auto`` (the checkpoint's).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"target directory {directory} does not exist")
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path} is missing: the target must be an HF model directory")
+    try:
+        arch = json.loads(config_path.read_text()).get("architectures")
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+    if arch and any("Eagle" in a for a in arch):
+        raise CheckpointError(f"{directory} is a drafter checkpoint ({arch}), not a target model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=_dtype(dtype), local_files_only=True, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{directory}: transformers cannot load this causal LM: {exc}") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for but torch sees no CUDA device")
+    model.to(device)
+    tokenizer = None
+    if any((directory / f).exists() for f in TOKENIZER_FILES):
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    logger.info("target %s: %d layers, dtype %s", directory, model.config.num_hidden_layers, model.dtype)
+    return TargetModel(model, tuple(tap_layers), tokenizer)

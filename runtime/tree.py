@@ -1,0 +1,163 @@
+"""Draft trees: EAGLE's dynamic tree (and the chain as its width-1 case), built with the drafter.
+
+A step expands ``width`` children per frontier node for ``depth`` levels, keeping the ``width``
+best nodes (by cumulative log-probability) as the next frontier, then keeps the best ``budget``
+nodes overall. Scratch KV slots written during expansion lie past the committed cache length and
+are simply overwritten by the next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
+
+
+@dataclass
+class DraftTree:
+    """Draft nodes in topological order; node i's parent is ``parents[i]`` (-1 = the root token).
+
+    ``proposals[i]`` is the distribution (over target ids) node i was sampled from, or None when
+    nodes were chosen deterministically (top-k), which verification treats as a point mass.
+    """
+
+    tokens: torch.Tensor  # [N] target ids
+    parents: torch.Tensor  # [N]
+    depths: torch.Tensor  # [N] 1..D
+    proposals: torch.Tensor | None = None  # [N, V]
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.numel())
+
+    @classmethod
+    def empty(cls) -> DraftTree:
+        z = torch.zeros(0, dtype=torch.long)
+        return cls(tokens=z, parents=z.clone(), depths=z.clone())
+
+    def children(self) -> list[list[int]]:
+        """Children of the root (index 0) and of node i (index i+1), in draft order."""
+        kids: list[list[int]] = [[] for _ in range(self.size + 1)]
+        for i, p in enumerate(self.parents.tolist()):
+            kids[p + 1].append(i)
+        return kids
+
+    def attention_mask(self) -> torch.Tensor:
+        """[1+N, 1+N] bool: row r sees the root, its ancestors and itself (row 0 = root)."""
+        n = self.size
+        mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
+        mask[0, 0] = True
+        for i, p in enumerate(self.parents.tolist()):
+            mask[i + 1] = mask[p + 1]
+            mask[i + 1, i + 1] = True
+        return mask
+
+
+@dataclass
+class DraftRequest:
+    """Everything one draft step needs, passed explicitly.
+
+    Attributes:
+        hidden: [1, d] drafter pre-norm state at the last committed position.
+        logits: [Vd] drafter logits there (they propose the first level).
+        committed: Committed drafter cache length (scratch slots start here).
+        width: Children per node (1 = chain).
+        depth: Levels to draft.
+        budget: Nodes to keep.
+        temperature: > 0 with width 1 samples the chain from the drafter's tempered distribution.
+    """
+
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    committed: int
+    width: int
+    depth: int
+    budget: int
+    temperature: float = 0.0
+
+
+def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator):
+    """Children of each row: (draft ids [R, w], log-probs [R, w], sampled-from probs [R, Vd] or None)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if req.temperature > 0 and req.width == 1:
+        q = torch.softmax(logits.double() / req.temperature, dim=-1)
+        ids = torch.multinomial(q.cpu(), 1, generator=generator).to(logits.device)
+        return ids, logp.gather(-1, ids), q
+    scores, ids = logp.topk(req.width, dim=-1)
+    return ids, scores, None
+
+
+@torch.no_grad()
+def draft_tree(
+    drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator
+) -> DraftTree:
+    device = req.hidden.device
+    w = req.width
+    ids, scores, q = _choose(req.logits[None], req, generator)  # [1, w]
+    cand_ids = [ids[0]]
+    cand_scores = [scores[0]]
+    cand_parents = [torch.full((w,), -1, dtype=torch.long)]
+    cand_depths = [torch.ones(w, dtype=torch.long)]
+    cand_q = [q] if q is not None else []
+    frontier = torch.arange(w)  # candidate indices of the frontier
+    frontier_scores = scores[0]
+    frontier_hidden = req.hidden.expand(w, -1)
+    scratch = w * (req.depth - 1)
+    visible = torch.zeros(w, max(scratch, 1), dtype=torch.bool, device=device)  # frontier row -> scratch slots
+    n_cand = w
+    for level in range(1, req.depth):
+        start = req.committed + (level - 1) * w
+        if start + w > cache.capacity:
+            break
+        visible[torch.arange(w), (level - 1) * w + torch.arange(w)] = True
+        mask = torch.cat(
+            (torch.ones(w, req.committed, dtype=torch.bool, device=device), visible[:, : level * w]), dim=1
+        )
+        target_ids = drafter.draft_to_target(torch.cat(cand_ids)[frontier])
+        positions = torch.full((1, w), req.committed - 1 + level, dtype=torch.long, device=device)
+        hidden, logits = drafter(frontier_hidden[None], target_ids[None], positions, cache, start, mask)
+        ids, scores, q = _choose(logits[0], req, generator)  # [w, w]
+        cum = frontier_scores[:, None] + scores
+        cand_ids.append(ids.flatten())
+        cand_scores.append(cum.flatten())
+        cand_parents.append(frontier.repeat_interleave(w))
+        cand_depths.append(torch.full((w * w,), level + 1, dtype=torch.long))
+        if q is not None:
+            cand_q.append(q)
+        best = cum.flatten().topk(w).indices
+        rows = (best // w).cpu()
+        frontier = n_cand + best.cpu()
+        frontier_scores = cum.flatten()[best]
+        frontier_hidden = hidden[0, rows]
+        visible = visible[rows]
+        n_cand += w * w
+    return _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q)
+
+
+def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q) -> DraftTree:
+    """Keep the ``budget`` best candidates; ancestors always rank before descendants."""
+    scores = torch.cat(cand_scores).tolist()
+    depths = torch.cat(cand_depths).tolist()
+    parents = torch.cat(cand_parents).tolist()
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
+    keep = set(order[: req.budget])
+    for i in list(keep):  # cannot trigger with log-probs <= 0 and the depth tie-break; kept as a guarantee
+        while parents[i] >= 0 and parents[i] not in keep:
+            keep.add(parents[i])
+            i = parents[i]
+    kept = sorted(keep)
+    new_index = {old: new for new, old in enumerate(kept)}
+    draft_ids = torch.cat(cand_ids)[kept]
+    tree = DraftTree(
+        tokens=drafter.draft_to_target(draft_ids).cpu(),
+        parents=torch.tensor([new_index.get(parents[i], -1) for i in kept], dtype=torch.long),
+        depths=torch.tensor([depths[i] for i in kept], dtype=torch.long),
+    )
+    if cand_q:
+        q = torch.cat(cand_q)[kept].cpu()  # [N, Vd] over draft ids
+        full = torch.zeros(len(kept), drafter.config.vocab_size, dtype=q.dtype)
+        full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q
+        tree.proposals = full
+    return tree

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny targets and drafters built in code, and their on-disk checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evospec.distill import DistillSettings, distill_drafter, sample_sequences
+from evospec.runtime.checkpoint import save_drafter
+from evospec.runtime.drafter import default_tap_layers
+from evospec.runtime.target import TargetModel
+from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+
+torch.set_num_threads(2)
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """The reference: transformers' own greedy generate."""
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.fixture(scope="session")
+def trained_pair():
+    """A bigram-like tiny target and a drafter distilled on its outputs (accepts a fair share)."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=3, init_std=1.0, layer_scale=0.1, dtype=torch.float64)
+    target = TargetModel(model, default_tap_layers(model.config.num_hidden_layers))
+    drafter = tiny_drafter(model, seed=4, init_std=0.05)
+    sequences = sample_sequences(target, 64, 40, temperature=0.3)
+    distill_drafter(target, drafter, sequences, DistillSettings(steps=300, batch_size=16, unroll=2))
+    return model, drafter
+
+
+@pytest.fixture
+def checkpoint_dirs(tmp_path):
+    """A tiny Llama target (HF layout) and an EAGLE-3 drafter (official layout) on disk."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=5)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=6)
+    model.save_pretrained(tmp_path / "target")
+    save_drafter(drafter, tmp_path / "drafter")
+    return tmp_path / "target", tmp_path / "drafter", model, drafter
