@@ -96,7 +96,7 @@ def distill_drafter(
         optimiser.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, losses[-1])
     drafter.eval()
     return losses
 

@@ -1,0 +1,83 @@
+"""End-to-end tests of the installed ``evospec`` console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evospec.demo_pair import char_tokenizer
+
+from .conftest import hf_greedy
+
+EVOSPEC = shutil.which("evospec") or str(Path(sys.executable).parent / "evospec")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([EVOSPEC, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_generate_json_matches_target_greedy(checkpoint_dirs):
+    target_dir, drafter_dir, model, _ = checkpoint_dirs
+    proc = run(
+        "generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1,2,3",
+        "--max-new-tokens", "20", "--draft-tree", "tree", "--draft-depth", "3", "--draft-topk", "2",
+        "--draft-tokens", "6", "--json",
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["token_ids"] == hf_greedy(model, [1, 2, 3], 20)
+    for key in ("steps", "accepted_lengths", "mean_accepted_length", "tokens_per_second", "wall_time_s", "text"):
+        assert key in out
+    assert out["steps"] == len(out["accepted_lengths"])
+
+
+def test_generate_text_prompt_with_tokenizer_and_no_draft(checkpoint_dirs):
+    target_dir, _, model, _ = checkpoint_dirs
+    char_tokenizer().save_pretrained(target_dir)
+    proc = run("generate", "--target", str(target_dir), "--no-draft", "--prompt", "ab", "--max-new-tokens", "8", "--json")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["token_ids"] == hf_greedy(model, [65, 66], 8)
+    assert out["text"] == char_tokenizer().decode(out["token_ids"])
+    assert out["accepted_lengths"] == [0] * 7
+
+
+def test_generate_sampling_stream_and_table(checkpoint_dirs):
+    target_dir, drafter_dir, _, _ = checkpoint_dirs
+    proc = run(
+        "generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "4,5",
+        "--max-new-tokens", "12", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--stream",
+    )
+    assert "mean accepted length" in proc.stdout and "tokens/s" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--drafter", "{tmp}/missing"], "drafter directory"),
+        (["--drafter", "{target}"], "not an EAGLE-3 drafter"),
+        (["--drafter", "{drafter}", "--draft-depth", "0"], "draft_depth must be >= 1"),
+    ],
+    ids=["missing-drafter", "target-as-drafter", "bad-setting"],
+)
+def test_bad_input_is_one_line_and_exit_2(checkpoint_dirs, tmp_path, args, message):
+    target_dir, drafter_dir, _, _ = checkpoint_dirs
+    args = [a.format(tmp=tmp_path, target=target_dir, drafter=drafter_dir) for a in args]
+    proc = run("generate", "--target", str(target_dir), *args, "--prompt-ids", "1", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_demo_builds_and_reports(tmp_path):
+    proc = run("demo", "--cache-dir", str(tmp_path / "demo"), "--max-new-tokens", "24", "--json")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["token_ids"]) == 24 and out["mean_accepted_length"] >= 1.0
+    assert (tmp_path / "demo" / "drafter" / "model.safetensors").exists()
+    assert (tmp_path / "demo" / "target" / "tokenizer.json").exists()
