@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -122,7 +123,7 @@ def demo(cache_dir, rebuild, prompt, prompt_ids, config_path, no_draft, stream, 
     if not as_json and settings.use_draft:
         plain = generator.generate(
             generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids),
-            DecodeSettings(**{**settings.__dict__, "use_draft": False}),
+            dataclasses.replace(settings, use_draft=False),
         )
         click.echo(f"plain decoding of the same prompt: {plain.stats.tokens_per_second:.1f} tokens/s")
 

@@ -75,7 +75,7 @@ def tiny_target(
     return model.eval()
 
 
-def tiny_drafter_config(target_config, draft_vocab: int, with_embeddings: bool = False, tap_layers=None) -> Eagle3Config:
+def tiny_drafter_config(target_config, draft_vocab: int, tap_layers=None) -> Eagle3Config:
     d = target_config.hidden_size
     heads = target_config.num_attention_heads
     raw = {
@@ -118,7 +118,7 @@ def tiny_drafter(
     if draft_ids is None:
         n = draft_vocab or vocab
         draft_ids = torch.randperm(vocab, generator=g)[:n].sort().values
-    config = tiny_drafter_config(cfg, int(draft_ids.numel()), with_embeddings)
+    config = tiny_drafter_config(cfg, int(draft_ids.numel()))
     drafter = Eagle3Drafter(config, with_embeddings, shared_embeddings=target_model.get_input_embeddings())
     with torch.no_grad():
         for name, p in drafter.named_parameters():

@@ -201,12 +201,12 @@ class Eagle3Drafter(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_size
-        if has_embeddings:
-            self.embed_tokens = nn.Embedding(config.vocab_size, d)
-        elif shared_embeddings is None:
+        if not has_embeddings and shared_embeddings is None:
             raise ValueError("a drafter without embed_tokens needs the target's embeddings")
-        else:
-            self._shared = (shared_embeddings,)  # tuple: not a submodule, not in state_dict
+        # A tuple keeps the target's table out of this module's parameters and state_dict.
+        self._table = (nn.Embedding(config.vocab_size, d),) if has_embeddings else (shared_embeddings,)
+        if has_embeddings:
+            self.embed_tokens = self._table[0]
         self.fc = nn.Linear(3 * config.target_hidden_size, d, bias=False)
         self.midlayer = DecoderLayer(config)
         self.norm = RMSNorm(d, config.rms_norm_eps)
@@ -216,8 +216,7 @@ class Eagle3Drafter(nn.Module):
         self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
     def embed(self, target_ids: torch.Tensor) -> torch.Tensor:
-        table = self.embed_tokens if hasattr(self, "embed_tokens") else self._shared[0]
-        return table(target_ids)
+        return self._table[0](target_ids)
 
     def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary ids to target ids (EAGLE-3: target = draft + d2t[draft])."""

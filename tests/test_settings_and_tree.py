@@ -1,0 +1,53 @@
+"""Settings files and draft-tree structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SettingsError
+from evospec.runtime.tree import DraftTree
+
+
+def test_settings_from_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[decode]\ndraft_tree = "chain"\ndraft_depth = 3\n')
+    s = DecodeSettings.from_toml(path, draft_depth=7, seed=None)
+    assert (s.draft_tree, s.draft_depth, s.tree_width, s.tree_budget) == ("chain", 7, 1, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[decode]\ndraft_depht = 3\n", "unknown [decode] keys ['draft_depht']"), ("[decode\n", "not valid TOML")],
+)
+def test_bad_settings_file(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        DecodeSettings.from_toml(path)
+
+
+def test_bundled_default_config_loads():
+    from pathlib import Path
+
+    assert DecodeSettings.from_toml(Path(__file__).parents[1] / "configs" / "default.toml") == DecodeSettings()
+
+
+@given(st.lists(st.integers(0, 1000), min_size=0, max_size=20))
+def test_tree_mask_is_ancestor_closure(seeds):
+    parents = [-1 if i == 0 else (s % (i + 1)) - 1 for i, s in enumerate(seeds)]  # parent index < i
+    n = len(parents)
+    tree = DraftTree(tokens=torch.zeros(n, dtype=torch.long), parents=torch.tensor(parents, dtype=torch.long),
+                     depths=torch.ones(n, dtype=torch.long))
+    mask = tree.attention_mask()
+    for i in range(n):
+        expected = {0, i + 1}
+        p = parents[i]
+        while p >= 0:
+            expected.add(p + 1)
+            p = parents[p]
+        assert set(mask[i + 1].nonzero().flatten().tolist()) == expected
+    kids = tree.children()
+    assert sorted(c for row in kids for c in row) == list(range(n))
