@@ -10,14 +10,13 @@ EAGLE-3's recipe, so acceptance figures are real. Both are written in the standa
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from evospec.atomic import atomic_directory
 from evospec.distill import DistillSettings, distill_drafter, sample_sequences
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.drafter import default_tap_layers
@@ -52,9 +51,7 @@ def char_tokenizer():
 
 def build_demo_pair(out: Path) -> Path:
     """Build the pair into ``out/target`` and ``out/drafter`` atomically; returns ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model = tiny_target(DEMO_SHAPE, seed=2026, init_std=1.0, layer_scale=0.1)
         model.config.name_or_path = "evospec-demo-target"
         target = TargetModel(model, default_tap_layers(DEMO_SHAPE.layers))
@@ -72,12 +69,6 @@ def build_demo_pair(out: Path) -> Path:
         model.save_pretrained(tmp / "target")
         char_tokenizer().save_pretrained(tmp / "target")
         save_drafter(drafter, tmp / "drafter")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,17 +10,15 @@ with ``strict=False``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter
 from safetensors.torch import load_file, save_file
 
+from evospec.atomic import atomic_directory
 from evospec.errors import CheckpointError, CompatibilityError
-from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -178,9 +176,7 @@ def load_drafter(
 def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: bool = True) -> Path:
     """Write a drafter in the official layout, atomically (temp directory, then rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         cfg = dict(drafter.config.raw)
         c = drafter.config
         cfg.update(
@@ -206,10 +202,4 @@ def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: 
             save_file(state, str(tmp / "model.safetensors"))
         else:
             torch.save(state, tmp / "pytorch_model.bin")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

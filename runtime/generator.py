@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-
-from evospec.errors import CompatibilityError
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
 from evospec.runtime.sampling import sample, sampling_probs
@@ -23,6 +21,8 @@ from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
 from evospec.runtime.verify import verify_greedy, verify_sampling
+
+from evospec.errors import CompatibilityError
 from evospec.settings import DecodeSettings
 
 
@@ -92,8 +92,9 @@ class SpeculativeGenerator:
         tok = self.target.tokenizer
         return None if tok is None else tok.decode(token_ids, skip_special_tokens=False)
 
-    def stream(self, prompt_ids: list[int], settings: DecodeSettings = DecodeSettings()) -> TokenStream:
+    def stream(self, prompt_ids: list[int], settings: DecodeSettings | None = None) -> TokenStream:
         """Stream new token ids; ``stream.result`` holds the full result once iteration ends."""
+        settings = settings or DecodeSettings()
         if not prompt_ids:
             raise CompatibilityError("the prompt is empty: speculative decoding needs at least one prompt token")
         bad = [t for t in prompt_ids if not 0 <= t < self.target.vocab_size]
@@ -109,7 +110,7 @@ class SpeculativeGenerator:
 
         return TokenStream(self._decode(list(prompt_ids), settings, stats), finish)
 
-    def generate(self, prompt_ids: list[int], settings: DecodeSettings = DecodeSettings()) -> GenerationResult:
+    def generate(self, prompt_ids: list[int], settings: DecodeSettings | None = None) -> GenerationResult:
         stream = self.stream(prompt_ids, settings)
         for _ in stream:
             pass

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.tree import DraftTree
 

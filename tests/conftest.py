@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from evospec.distill import DistillSettings, distill_drafter, sample_sequences
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel
+
+from evospec.distill import DistillSettings, distill_drafter, sample_sequences
 from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 torch.set_num_threads(2)

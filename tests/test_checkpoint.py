@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from evospec.runtime.checkpoint import load_drafter, read_config, save_drafter
+from evospec.runtime.drafter import DrafterKVCache
 from safetensors.torch import load_file, save_file
 
 from evospec import CheckpointError, CompatibilityError, SpeculativeGenerator
-from evospec.runtime.checkpoint import load_drafter, read_config, save_drafter
-from evospec.runtime.drafter import DrafterKVCache
 from evospec.tiny import TINY_SHAPES, TinyShape, tiny_drafter, tiny_target
 
 
@@ -140,7 +140,7 @@ def test_tap_layers_out_of_range(checkpoint_dirs):
 
 
 def test_target_errors(tmp_path, checkpoint_dirs):
-    target_dir, drafter_dir, _, _ = checkpoint_dirs
+    _, drafter_dir, _, _ = checkpoint_dirs
     with pytest.raises(CheckpointError, match="does not exist"):
         SpeculativeGenerator.from_paths(tmp_path / "nope", drafter_dir)
     with pytest.raises(CheckpointError, match="drafter checkpoint"):

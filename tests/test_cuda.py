@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from evospec.runtime.target import TargetModel
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.runtime.target import TargetModel
 from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 pytestmark = [

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from evospec.runtime.target import TargetModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.runtime.target import TargetModel
 from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 from .conftest import hf_greedy

@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
-
-from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.runtime.sampling import sampling_probs
 from evospec.runtime.target import TargetModel
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import verify_sampling
+
+from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.tiny import TinyShape, tiny_drafter, tiny_target
 
 Z = 4.75  # one-sided normal quantile for a ~1e-6 false-alarm rate

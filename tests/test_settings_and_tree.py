@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from evospec.runtime.tree import DraftTree
 from hypothesis import given
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SettingsError
-from evospec.runtime.tree import DraftTree
 
 
 def test_settings_from_toml(tmp_path):
