@@ -28,6 +28,11 @@ class EvoSpecGroup(click.Group):
 def main(verbose: bool) -> None:
     """EvoSpec: exact speculative decoding with EAGLE-3 drafters."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # keep errors to one line: transformers' load reports and bars only with --verbose
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -106,26 +111,36 @@ def generate(target_dir, drafter_dir, device, dtype, prompt, prompt_ids, config_
 
 
 @main.command()
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where the demo pair is built and kept.")
-@click.option("--rebuild", is_flag=True, help="Build the demo pair again even if it is cached.")
+@click.option("--pair", "pair_dir", type=click.Path(path_type=Path), default=None,
+              help="A pair built by `evospec build-demo` (default: the one shipped with evospec).")
 @decode_options
-def demo(cache_dir, rebuild, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
-    """Build (once) the small built-in model pair and generate with it, printing the stats table."""
+def demo(pair_dir, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+    """Generate with the built-in demo pair (a small code model and its EAGLE-3 drafter), then plainly."""
     from evospec.demo_pair import demo_generator
 
-    generator = demo_generator(cache_dir, rebuild=rebuild)
+    generator = demo_generator(pair_dir)
     settings = _settings(config_path, no_draft, **values)
     if prompt is None and prompt_ids is None:
         prompt = "def "
-    if not as_json:
-        click.echo(f"target: {generator.target.model.name_or_path}", err=True)
     run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
     if not as_json and settings.use_draft:
-        plain = generator.generate(
-            generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids),
-            dataclasses.replace(settings, use_draft=False),
-        )
-        click.echo(f"plain decoding of the same prompt: {plain.stats.tokens_per_second:.1f} tokens/s")
+        ids = generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids)
+        plain = generator.generate(ids, dataclasses.replace(settings, use_draft=False))
+        click.echo(f"plain decoding of the same prompt: {plain.stats.tokens_per_second:.1f} tokens/s "
+                   f"(same tokens: {plain.token_ids == generator.generate(ids, settings).token_ids})")
+
+
+@main.command("build-demo")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
+@click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")
+@click.option("--drafter-steps", type=int, default=None, help="Distillation steps of the drafter (recipe default).")
+def build_demo(out, target_steps, drafter_steps):
+    """Train the demo pair from the Python standard library's sources (minutes on a CPU)."""
+    from evospec.demo_pair import DemoRecipe, build_demo_pair
+
+    overrides = {k: v for k, v in {"target_steps": target_steps, "drafter_steps": drafter_steps}.items() if v}
+    build_demo_pair(out, DemoRecipe(**overrides))
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

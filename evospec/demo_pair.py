@@ -1,79 +1,146 @@
-"""The built-in demo pair: a tiny character-level target and an EAGLE-3 drafter distilled on it.
+"""The built-in demo pair: a small code model trained on the Python standard library, and an
+EAGLE-3 drafter distilled on it.
 
-No weights can be downloaded here, so the pair is built from code on first use (about half a
-minute on 2 CPU cores, with a progress bar) and cached. The target is a random, bigram-like
-Llama (its text is meaningless); the drafter is trained on the target's own outputs with
-EAGLE-3's recipe, so acceptance figures are real. Both are written in the standard layouts
-(HF directory with tokenizer; EAGLE-3 checkpoint) and loaded back through the normal loaders.
+No weights can be downloaded here, so the pair is trained from real text by :func:`build_demo_pair`
+(``evospec build-demo``; a few minutes on 2 CPU cores) and the result ships with the package under
+``evospec/assets/demo`` (fp16 weights, a few MB) with a ``recipe.json`` saying how it was made.
+Both models are written in the standard layouts (HF directory with tokenizer; EAGLE-3 checkpoint)
+and loaded back through the same loaders as any user's models.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import platform
+import sysconfig
+import time
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evospec.atomic import atomic_directory
-from evospec.distill import DistillSettings, distill_drafter, sample_sequences
+from evospec.distill import DistillSettings, distill_drafter
+from evospec.errors import CheckpointError
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.target import TargetModel
 from evospec.tiny import TinyShape, tiny_drafter, tiny_target
 
-DEMO_VERSION = 1
-DEMO_SHAPE = TinyShape(vocab_size=97, hidden_size=32, layers=4, heads=4, kv_heads=2, intermediate_size=64)
-DEMO_DRAFT_VOCAB = 64
-DEMO_DISTILL = DistillSettings(steps=500, batch_size=16, unroll=2)
+ASSET_DIR = Path(__file__).parent / "assets" / "demo"
 
 
-def default_cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "evospec" / f"demo-v{DEMO_VERSION}"
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the demo pair is made. Attributes are the knobs of :func:`build_demo_pair`."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    layers: int = 6
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 352
+    seq_len: int = 256
+    batch_size: int = 16
+    target_steps: int = 800
+    target_lr: float = 3e-3
+    draft_vocab: int = 384
+    drafter_steps: int = 600
+    seed: int = 0
 
 
-def char_tokenizer():
-    """A character-level HF tokenizer over printable ASCII and newline (97 ids)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def stdlib_corpus() -> list[str]:
+    """The top-level modules of this Python's standard library (real, human-written code)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p.read_text(errors="replace") for p in sorted(root.glob("*.py"))]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab["<unk>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
 
 
-def build_demo_pair(out: Path) -> Path:
-    """Build the pair into ``out/target`` and ``out/drafter`` atomically; returns ``out``."""
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+
+
+def _batches(ids: torch.Tensor, recipe: DemoRecipe, generator: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, ids.numel() - recipe.seq_len - 1, (recipe.batch_size,), generator=generator)
+    return torch.stack([ids[s : s + recipe.seq_len] for s in starts.tolist()])
+
+
+def train_target(ids: torch.Tensor, recipe: DemoRecipe):
+    shape = TinyShape(vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, layers=recipe.layers,
+                      heads=recipe.heads, kv_heads=recipe.kv_heads, intermediate_size=recipe.intermediate_size)
+    model = tiny_target(shape, seed=recipe.seed, init_std=0.02).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.target_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.target_lr, total_steps=recipe.target_steps,
+                                                   pct_start=0.05)
+    g = torch.Generator().manual_seed(recipe.seed)
+    with _progress("training demo target") as bar:
+        task = bar.add_task("t", total=recipe.target_steps, loss=float("nan"))
+        for _ in range(recipe.target_steps):
+            batch = _batches(ids, recipe, g)
+            loss = model(input_ids=batch, labels=batch).loss
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            schedule.step()
+            bar.update(task, advance=1, loss=float(loss.detach()))
+    return model.eval(), float(loss.detach())
+
+
+def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
+    """Train the pair and write ``out/target``, ``out/drafter`` and ``out/recipe.json`` atomically."""
+    started = time.perf_counter()
+    texts = stdlib_corpus()
+    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    eos = tokenizer.eos_token_id
+    ids = torch.tensor([t for text in texts for t in tokenizer.encode(text) + [eos]])
+    model, target_loss = train_target(ids, recipe)
+    model.generation_config.eos_token_id = None  # code has no natural end here; demo runs to max tokens
+    target = TargetModel(model, default_tap_layers(recipe.layers))
+
+    counts = Counter(ids.tolist())
+    draft_ids = torch.tensor(sorted(t for t, _ in counts.most_common(recipe.draft_vocab)))
+    drafter = tiny_drafter(model, seed=recipe.seed + 1, init_std=0.02, draft_ids=draft_ids)
+    g = torch.Generator().manual_seed(recipe.seed + 2)
+    sequences = torch.cat([_batches(ids, recipe, g) for _ in range(16)])[:, :128]
+    settings = DistillSettings(steps=recipe.drafter_steps, batch_size=16, unroll=3, lr=3e-3, seed=recipe.seed)
+    with _progress("distilling demo drafter") as bar:
+        task = bar.add_task("d", total=settings.steps, loss=float("nan"))
+        losses = distill_drafter(target, drafter, sequences, settings,
+                                 lambda step, loss: bar.update(task, advance=1, loss=loss))
     with atomic_directory(out) as tmp:
-        model = tiny_target(DEMO_SHAPE, seed=2026, init_std=1.0, layer_scale=0.1)
-        model.config.name_or_path = "evospec-demo-target"
-        target = TargetModel(model, default_tap_layers(DEMO_SHAPE.layers))
-        sequences = sample_sequences(target, 128, 48, seed=1, temperature=0.3)
-        counts = Counter(sequences.flatten().tolist())
-        frequent = sorted(t for t, _ in counts.most_common(DEMO_DRAFT_VOCAB))
-        frequent += sorted(set(range(DEMO_SHAPE.vocab_size)) - set(frequent))[: DEMO_DRAFT_VOCAB - len(frequent)]
-        drafter = tiny_drafter(model, seed=7, init_std=0.05, draft_ids=torch.tensor(sorted(frequent)))
-        with Progress(
-            TextColumn("distilling demo drafter"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), transient=True,
-        ) as bar:
-            task = bar.add_task("distill", total=DEMO_DISTILL.steps, loss=float("nan"))
-            distill_drafter(target, drafter, sequences, DEMO_DISTILL, lambda step, loss: bar.update(task, advance=1, loss=loss))
-        model.save_pretrained(tmp / "target")
-        char_tokenizer().save_pretrained(tmp / "target")
-        save_drafter(drafter, tmp / "drafter")
+        model.to(torch.float16).save_pretrained(tmp / "target")
+        tokenizer.save_pretrained(tmp / "target")
+        save_drafter(drafter.to(torch.float16), tmp / "drafter")
+        manifest = {
+            "recipe": asdict(recipe),
+            "corpus": f"Python {platform.python_version()} standard library, top-level modules "
+                      f"({len(texts)} files, {sum(map(len, texts))} characters, {ids.numel()} tokens)",
+            "target_final_loss": target_loss,
+            "drafter_final_loss": losses[-1],
+            "build_seconds": round(time.perf_counter() - started, 1),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        }
+        (tmp / "recipe.json").write_text(json.dumps(manifest, indent=2))
     return out
 
 
-def demo_generator(cache_dir: Path | None = None, rebuild: bool = False) -> SpeculativeGenerator:
-    out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if rebuild or not (out / "drafter" / "config.json").exists():
-        build_demo_pair(out)
-    return SpeculativeGenerator.from_paths(out / "target", out / "drafter")
+def demo_generator(pair_dir: Path | None = None) -> SpeculativeGenerator:
+    """Load a demo pair (the shipped one by default) in float32 on the CPU."""
+    pair_dir = Path(pair_dir) if pair_dir is not None else ASSET_DIR
+    if not (pair_dir / "drafter" / "config.json").exists():
+        raise CheckpointError(f"{pair_dir} holds no demo pair; build one with `evospec build-demo --out {pair_dir}`")
+    return SpeculativeGenerator.from_paths(pair_dir / "target", pair_dir / "drafter", dtype="float32")

@@ -64,6 +64,11 @@ class SpeculativeGenerator:
         self.drafter = drafter
 
     @classmethod
+    def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
+        """Wrap an already-loaded HF causal LM (and optional tokenizer) and drafter."""
+        return cls(TargetModel(model, (), tokenizer), drafter)
+
+    @classmethod
     def from_paths(
         cls, target_dir: str | Path, drafter_dir: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"
     ) -> SpeculativeGenerator:

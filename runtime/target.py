@@ -164,11 +164,15 @@ def load_target(
     if arch and any("Eagle" in a for a in arch):
         raise CheckpointError(f"{directory} is a drafter checkpoint ({arch}), not a target model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=_dtype(dtype), local_files_only=True, attn_implementation="sdpa"
+        model, info = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=_dtype(dtype), local_files_only=True, attn_implementation="sdpa", output_loading_info=True
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{directory}: transformers cannot load this causal LM: {exc}") from None
+    except Exception as exc:  # transformers raises many types for unreadable checkpoints; name the directory
+        raise CheckpointError(f"{directory}: transformers cannot load this causal LM ({type(exc).__name__}: {exc})") from None
+    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        detail = "; ".join(f"{k.replace('_', ' ')}: {v[:5]}" for k, v in problems.items() if v)
+        raise CheckpointError(f"{directory}: weights do not match the config ({detail})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError("--device cuda was asked for but torch sees no CUDA device")
     model.to(device)

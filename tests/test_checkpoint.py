@@ -150,6 +150,19 @@ def test_target_errors(tmp_path, checkpoint_dirs):
         SpeculativeGenerator.from_paths(tmp_path / "empty", None)
 
 
+def test_bad_target_weights(checkpoint_dirs):
+    target_dir, drafter_dir, _, _ = checkpoint_dirs
+    weights = target_dir / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=r"missing keys: \['model.layers.1.mlp.up_proj.weight'\]"):
+        SpeculativeGenerator.from_paths(target_dir, drafter_dir)
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(CheckpointError, match="cannot load this causal LM"):
+        SpeculativeGenerator.from_paths(target_dir, drafter_dir)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
 def test_loads_other_target_families(tmp_path, family):
     model = tiny_target(TINY_SHAPES[family], seed=3)

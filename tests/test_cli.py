@@ -63,8 +63,9 @@ def test_generate_sampling_stream_and_table(checkpoint_dirs):
         (["--drafter", "{tmp}/missing"], "drafter directory"),
         (["--drafter", "{target}"], "not an EAGLE-3 drafter"),
         (["--drafter", "{drafter}", "--draft-depth", "0"], "draft_depth must be >= 1"),
+        (["--drafter", "{drafter}", "--target", "{tmp}"], "config.json is missing"),
     ],
-    ids=["missing-drafter", "target-as-drafter", "bad-setting"],
+    ids=["missing-drafter", "target-as-drafter", "bad-setting", "target-not-a-model"],
 )
 def test_bad_input_is_one_line_and_exit_2(checkpoint_dirs, tmp_path, args, message):
     target_dir, drafter_dir, _, _ = checkpoint_dirs
@@ -75,9 +76,16 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint_dirs, tmp_path, args, messa
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def test_demo_builds_and_reports(tmp_path):
-    proc = run("demo", "--cache-dir", str(tmp_path / "demo"), "--max-new-tokens", "24", "--json")
+def test_demo_runs_the_shipped_pair():
+    proc = run("demo", "--max-new-tokens", "24", "--json")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["token_ids"]) == 24 and out["mean_accepted_length"] >= 1.0
-    assert (tmp_path / "demo" / "drafter" / "model.safetensors").exists()
-    assert (tmp_path / "demo" / "target" / "tokenizer.json").exists()
+    assert out["text"]
+
+
+def test_build_demo_writes_a_loadable_pair(tmp_path):
+    run("build-demo", "--out", str(tmp_path / "pair"), "--target-steps", "2", "--drafter-steps", "2")
+    for name in ("target/tokenizer.json", "target/model.safetensors", "drafter/model.safetensors", "recipe.json"):
+        assert (tmp_path / "pair" / name).exists()
+    proc = run("demo", "--pair", str(tmp_path / "pair"), "--max-new-tokens", "8", "--json")
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])["token_ids"]) == 8

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from evospec.runtime.target import TargetModel
 
 from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
@@ -20,7 +19,7 @@ pytestmark = [
 def test_cuda_greedy_matches_hf(family, draft_tree):
     model = tiny_target(TINY_SHAPES[family], seed=21, dtype=torch.float64, layer_scale=0.3).cuda()
     drafter = tiny_drafter(model, draft_vocab=64, seed=22).cuda()
-    generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+    generator = SpeculativeGenerator.from_models(model, drafter)
     prompt = [3, 1, 4, 1, 5]
     result = generator.generate(prompt, DecodeSettings(max_new_tokens=48, draft_tree=draft_tree, draft_depth=4))
     reference = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=48, min_new_tokens=48, do_sample=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from evospec.runtime.target import TargetModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +35,7 @@ def test_random_pairs_match_hf_greedy(family, seed, draft_vocab, with_embeddings
     # float64 keeps batched tree verification and sequential decoding away from argmax near-ties.
     model = tiny_target(TINY_SHAPES[family], seed=seed, dtype=torch.float64, layer_scale=0.3)
     drafter = tiny_drafter(model, draft_vocab=draft_vocab, seed=seed + 1, with_embeddings=with_embeddings)
-    generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+    generator = SpeculativeGenerator.from_models(model, drafter)
     result = generator.generate(prompt, decode)
     assert result.token_ids == hf_greedy(model, prompt, decode.max_new_tokens)
     assert len(result.token_ids) == decode.max_new_tokens
@@ -50,14 +49,14 @@ def test_random_pairs_match_hf_greedy(family, seed, draft_vocab, with_embeddings
 def test_trained_pair_matches_hf_greedy(trained_pair, prompt, decode):
     """With a drafter that is often right, the accept/rollback paths run on most steps."""
     model, drafter = trained_pair
-    generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+    generator = SpeculativeGenerator.from_models(model, drafter)
     result = generator.generate(prompt, decode)
     assert result.token_ids == hf_greedy(model, prompt, decode.max_new_tokens)
 
 
 def test_trained_pair_accepts_drafts(trained_pair):
     model, drafter = trained_pair
-    generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+    generator = SpeculativeGenerator.from_models(model, drafter)
     prompt = [3, 14, 15, 92]
     result = generator.generate(prompt, DecodeSettings(max_new_tokens=64, draft_tree="tree", draft_depth=4))
     assert result.token_ids == hf_greedy(model, prompt, 64)
@@ -73,7 +72,7 @@ def test_eos_stops_like_hf(trained_pair):
     eos = reference[17]
     model.generation_config.eos_token_id = eos
     try:
-        generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+        generator = SpeculativeGenerator.from_models(model, drafter)
         result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_depth=4))
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)[0, len(prompt) :]
         assert result.token_ids == expected.tolist()

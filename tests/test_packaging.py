@@ -28,6 +28,8 @@ def test_only_evospec_at_top_level(wheel):
     assert top == {"evospec"}
     for sub in ("runtime", "passes", "exporters"):
         assert f"evospec/{sub}/__init__.py" in names
+    for asset in ("target/model.safetensors", "target/tokenizer.json", "drafter/model.safetensors", "recipe.json"):
+        assert f"evospec/assets/demo/{asset}" in names
 
 
 def test_import_without_optional_backends():

@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 from evospec.runtime.sampling import sampling_probs
-from evospec.runtime.target import TargetModel
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import verify_sampling
 
@@ -150,7 +149,7 @@ def test_end_to_end_joint_distribution(draft_tree, top_p):
     model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
     # the drafter can only propose tokens 2..5; the target favours others often
     drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5)
-    generator = SpeculativeGenerator(TargetModel(model, ()), drafter)
+    generator = SpeculativeGenerator.from_models(model, drafter)
     prompt, temperature, n = [1, 4, 2], 1.0, 2000
     expected = exact_joint(model, prompt, 3, temperature, top_p)
     counts: dict[tuple, int] = {}
