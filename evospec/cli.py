@@ -138,8 +138,12 @@ def build_demo(out, target_steps, drafter_steps):
     """Train the demo pair from the Python standard library's sources (minutes on a CPU)."""
     from evospec.demo_pair import DemoRecipe, build_demo_pair
 
-    overrides = {k: v for k, v in {"target_steps": target_steps, "drafter_steps": drafter_steps}.items() if v}
-    build_demo_pair(out, DemoRecipe(**overrides))
+    recipe = DemoRecipe()
+    if target_steps:
+        recipe = dataclasses.replace(recipe, target_steps=target_steps)
+    if drafter_steps:
+        recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, steps=drafter_steps))
+    build_demo_pair(out, recipe)
     click.echo(f"wrote {out}")
 
 

@@ -37,18 +37,13 @@ ASSET_DIR = Path(__file__).parent / "assets" / "demo"
 class DemoRecipe:
     """How the demo pair is made. Attributes are the knobs of :func:`build_demo_pair`."""
 
-    vocab_size: int = 512
-    hidden_size: int = 128
-    layers: int = 6
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 352
+    shape: TinyShape = TinyShape(vocab_size=512, hidden_size=128, layers=6, heads=4, kv_heads=2, intermediate_size=352)
     seq_len: int = 256
     batch_size: int = 16
     target_steps: int = 800
     target_lr: float = 3e-3
     draft_vocab: int = 384
-    drafter_steps: int = 600
+    distill: DistillSettings = DistillSettings(steps=600, batch_size=16, unroll=3, lr=3e-3, seed=0)
     seed: int = 0
 
 
@@ -79,9 +74,7 @@ def _batches(ids: torch.Tensor, recipe: DemoRecipe, generator: torch.Generator) 
 
 
 def train_target(ids: torch.Tensor, recipe: DemoRecipe):
-    shape = TinyShape(vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, layers=recipe.layers,
-                      heads=recipe.heads, kv_heads=recipe.kv_heads, intermediate_size=recipe.intermediate_size)
-    model = tiny_target(shape, seed=recipe.seed, init_std=0.02).train()
+    model = tiny_target(recipe.shape, seed=recipe.seed, init_std=0.02).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.target_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.target_lr, total_steps=recipe.target_steps,
                                                    pct_start=0.05)
@@ -104,19 +97,19 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
     """Train the pair and write ``out/target``, ``out/drafter`` and ``out/recipe.json`` atomically."""
     started = time.perf_counter()
     texts = stdlib_corpus()
-    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    tokenizer = train_tokenizer(texts, recipe.shape.vocab_size)
     eos = tokenizer.eos_token_id
     ids = torch.tensor([t for text in texts for t in tokenizer.encode(text) + [eos]])
     model, target_loss = train_target(ids, recipe)
     model.generation_config.eos_token_id = None  # code has no natural end here; demo runs to max tokens
-    target = TargetModel(model, default_tap_layers(recipe.layers))
+    target = TargetModel(model, default_tap_layers(recipe.shape.layers))
 
     counts = Counter(ids.tolist())
     draft_ids = torch.tensor(sorted(t for t, _ in counts.most_common(recipe.draft_vocab)))
     drafter = tiny_drafter(model, seed=recipe.seed + 1, init_std=0.02, draft_ids=draft_ids)
     g = torch.Generator().manual_seed(recipe.seed + 2)
     sequences = torch.cat([_batches(ids, recipe, g) for _ in range(16)])[:, :128]
-    settings = DistillSettings(steps=recipe.drafter_steps, batch_size=16, unroll=3, lr=3e-3, seed=recipe.seed)
+    settings = recipe.distill
     with _progress("distilling demo drafter") as bar:
         task = bar.add_task("d", total=settings.steps, loss=float("nan"))
         losses = distill_drafter(target, drafter, sequences, settings,

@@ -20,6 +20,20 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+def char_tokenizer():
+    """A character-level HF tokenizer over printable ASCII and newline (97 ids), built in code."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab["<unk>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
 @pytest.fixture(scope="session")
 def trained_pair():
     """A bigram-like tiny target and a drafter distilled on its outputs (accepts a fair share)."""

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evospec.demo_pair import char_tokenizer
-
-from .conftest import hf_greedy
+from .conftest import char_tokenizer, hf_greedy
 
 EVOSPEC = shutil.which("evospec") or str(Path(sys.executable).parent / "evospec")
 
