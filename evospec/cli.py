@@ -71,7 +71,8 @@ def _settings(config_path: Path | None, no_draft: bool, **values) -> DecodeSetti
     return DecodeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stream: bool, as_json: bool) -> None:
+def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stream: bool, as_json: bool):
+    """Generate, print the text (or stream it) and the stats table, or one JSON line; returns the result."""
     from evospec.report import stats_table
 
     if (prompt is None) == (prompt_ids is None):
@@ -87,10 +88,11 @@ def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stre
         click.echo()
     if as_json:
         click.echo(json.dumps(result.as_dict()))
-        return
+        return result
     if not stream:
         click.echo(result.text if result.text is not None else ",".join(map(str, result.token_ids)))
     click.echo(stats_table(result.stats), err=False)
+    return result
 
 
 @main.command()
@@ -113,21 +115,26 @@ def generate(target_dir, drafter_dir, device, dtype, prompt, prompt_ids, config_
 @main.command()
 @click.option("--pair", "pair_dir", type=click.Path(path_type=Path), default=None,
               help="A pair built by `evospec build-demo` (default: the one shipped with evospec).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @decode_options
-def demo(pair_dir, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
     """Generate with the built-in demo pair (a small code model and its EAGLE-3 drafter), then plainly."""
     from evospec.demo_pair import demo_generator
 
-    generator = demo_generator(pair_dir)
+    generator = demo_generator(pair_dir, device=device)
     settings = _settings(config_path, no_draft, **values)
     if prompt is None and prompt_ids is None:
         prompt = "def "
-    run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
+    generator.generate([0], dataclasses.replace(settings, max_new_tokens=4))  # warm-up, not reported
+    result = run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
     if not as_json and settings.use_draft:
         ids = generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids)
         plain = generator.generate(ids, dataclasses.replace(settings, use_draft=False))
-        click.echo(f"plain decoding of the same prompt: {plain.stats.tokens_per_second:.1f} tokens/s "
-                   f"(same tokens: {plain.token_ids == generator.generate(ids, settings).token_ids})")
+        click.echo(
+            f"plain decoding, same prompt: {plain.stats.tokens_per_second:.1f} tokens/s; "
+            f"speculative/plain: {result.stats.tokens_per_second / plain.stats.tokens_per_second:.2f}x; "
+            f"identical tokens: {plain.token_ids == result.token_ids}"
+        )
 
 
 @main.command("build-demo")

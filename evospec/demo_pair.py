@@ -131,9 +131,9 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
     return out
 
 
-def demo_generator(pair_dir: Path | None = None) -> SpeculativeGenerator:
-    """Load a demo pair (the shipped one by default) in float32 on the CPU."""
+def demo_generator(pair_dir: Path | None = None, device: str = "cpu") -> SpeculativeGenerator:
+    """Load a demo pair (the shipped one by default) in float32."""
     pair_dir = Path(pair_dir) if pair_dir is not None else ASSET_DIR
     if not (pair_dir / "drafter" / "config.json").exists():
         raise CheckpointError(f"{pair_dir} holds no demo pair; build one with `evospec build-demo --out {pair_dir}`")
-    return SpeculativeGenerator.from_paths(pair_dir / "target", pair_dir / "drafter", dtype="float32")
+    return SpeculativeGenerator.from_paths(pair_dir / "target", pair_dir / "drafter", device=device, dtype="float32")

@@ -79,6 +79,8 @@ def test_demo_runs_the_shipped_pair():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["token_ids"]) == 24 and out["mean_accepted_length"] >= 1.0
     assert out["text"]
+    table = run("demo", "--max-new-tokens", "24", "--draft-tree", "chain").stdout
+    assert "mean accepted length" in table and "identical tokens: True" in table
 
 
 def test_build_demo_writes_a_loadable_pair(tmp_path):
