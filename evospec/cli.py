@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,10 +30,8 @@ def main(verbose: bool) -> None:
     """EvoSpec: exact speculative decoding with EAGLE-3 drafters."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # keep errors to one line: transformers' load reports and bars only with --verbose
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -71,18 +70,32 @@ def _settings(config_path: Path | None, no_draft: bool, **values) -> DecodeSetti
     return DecodeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stream: bool, as_json: bool):
+def checked_prompt(prompt: str | None, prompt_ids: str | None) -> str | list[int]:
+    """The prompt as text or parsed ids, checked before any model is loaded."""
+    if (prompt is None) == (prompt_ids is None):
+        raise click.UsageError("give exactly one of --prompt and --prompt-ids")
+    return prompt if prompt is not None else _parse_ids(prompt_ids)
+
+
+def prompt_token_ids(generator, prompt: str | list[int]) -> list[int]:
+    return generator.encode(prompt) if isinstance(prompt, str) else prompt
+
+
+def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: bool, as_json: bool):
     """Generate, print the text (or stream it) and the stats table, or one JSON line; returns the result."""
     from evospec.report import stats_table
 
-    if (prompt is None) == (prompt_ids is None):
-        raise click.UsageError("give exactly one of --prompt and --prompt-ids")
-    ids = generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids)
     token_stream = generator.stream(ids, settings)
+    tokens: list[int] = []
+    shown = ""
     for token in token_stream:
         if stream and not as_json:
-            piece = generator.decode([token])
-            click.echo(piece if piece is not None else f"{token} ", nl=False)
+            # decode the whole text so far: a byte-level token may end inside a multi-byte character
+            tokens.append(token)
+            text = generator.decode(tokens)
+            piece = text[len(shown) :] if text is not None else f"{token} "
+            shown = text if text is not None else shown
+            click.echo(piece, nl=False)
     result = token_stream.result
     if stream and not as_json:
         click.echo()
@@ -103,13 +116,14 @@ def run_generation(generator, prompt, prompt_ids, settings: DecodeSettings, stre
 @decode_options
 def generate(target_dir, drafter_dir, device, dtype, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
-    from evospec.runtime.generator import SpeculativeGenerator
-
     settings = _settings(config_path, no_draft, **values)
+    checked = checked_prompt(prompt, prompt_ids)
     if drafter_dir is None and settings.use_draft:
         raise click.UsageError("--drafter is required unless --no-draft is given")
+    from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
+
     generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None, device=device, dtype=dtype)
-    run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
+    run_generation(generator, prompt_token_ids(generator, checked), settings, stream, as_json)
 
 
 @main.command()
@@ -121,14 +135,13 @@ def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as
     """Generate with the built-in demo pair (a small code model and its EAGLE-3 drafter), then plainly."""
     from evospec.demo_pair import demo_generator
 
-    generator = demo_generator(pair_dir, device=device)
     settings = _settings(config_path, no_draft, **values)
-    if prompt is None and prompt_ids is None:
-        prompt = "def "
+    checked = checked_prompt("def " if prompt is None and prompt_ids is None else prompt, prompt_ids)
+    generator = demo_generator(pair_dir, device=device)
+    ids = prompt_token_ids(generator, checked)
     generator.generate([0], dataclasses.replace(settings, max_new_tokens=4))  # warm-up, not reported
-    result = run_generation(generator, prompt, prompt_ids, settings, stream, as_json)
+    result = run_generation(generator, ids, settings, stream, as_json)
     if not as_json and settings.use_draft:
-        ids = generator.encode(prompt) if prompt is not None else _parse_ids(prompt_ids)
         plain = generator.generate(ids, dataclasses.replace(settings, use_draft=False))
         click.echo(
             f"plain decoding, same prompt: {plain.stats.tokens_per_second:.1f} tokens/s; "

@@ -1,4 +1,4 @@
-"""Plain-text tables of decoding statistics (rich when printing to a terminal is not needed)."""
+"""Plain-text tables of decoding statistics: readable in a terminal, a log or a CI transcript."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel, keep_cache_slots
+
 from evospec.tiny import TINY_SHAPES, TinyShape, tiny_target
 
 
