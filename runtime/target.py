@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from evospec.errors import CheckpointError
+from evospec.errors import CheckpointError, CompatibilityError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TargetModel:
         self.model = model.eval()
         self.tap_layers = tap_layers
         self.tokenizer = tokenizer
+        self.window = attention_window(model.config)
 
     @property
     def config(self):
@@ -78,7 +79,9 @@ class TargetModel:
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+        """A full (never truncated) cache: sliding windows are applied by the mask instead, so that
+        rejected tree branches can always be rolled back."""
+        return DynamicCache()
 
     @torch.no_grad()
     def forward(
@@ -95,6 +98,9 @@ class TargetModel:
         visible = torch.cat(
             (torch.ones(t, past, dtype=torch.bool, device=input_ids.device), tree_mask.to(input_ids.device)), dim=1
         )
+        if self.window is not None:  # cache slot k holds position k, then the new tokens' positions
+            key_pos = torch.cat((torch.arange(past, device=input_ids.device), positions[0]))
+            visible &= (positions[0][:, None] - key_pos[None, :]) < self.window
         dtype = self.model.dtype
         additive = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
         additive.masked_fill_(~visible, torch.finfo(dtype).min)
@@ -114,18 +120,33 @@ class TargetModel:
         return TargetOutput(logits=out.logits[0].float(), features=features)
 
 
+def attention_window(config) -> int | None:
+    """The target's sliding attention window, None for full attention.
+
+    Raises:
+        CompatibilityError: when layers mix full and sliding-window attention (one tree mask
+            cannot serve both yet).
+    """
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if kinds == {"full_attention"}:
+        return None
+    if kinds == {"sliding_attention"}:
+        return int(window)
+    raise CompatibilityError(
+        f"target mixes attention kinds {sorted(kinds)} across layers; tree verification supports "
+        "all-full or all-sliding-window targets"
+    )
+
+
 def keep_cache_slots(cache: DynamicCache, keep: torch.Tensor) -> None:
     """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches."""
     for layer in cache.layers:
-        if not hasattr(layer, "keys") or layer.keys is None:
-            continue
-        if hasattr(layer, "sliding_window") and layer.keys.shape[-2] >= layer.sliding_window - 1:
-            raise NotImplementedError("rolling back a full sliding-window cache is not supported")
         idx = keep.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)
         layer.values = layer.values.index_select(-2, idx)
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = layer.keys.shape[-2]
 
 
 def _dtype(name: str) -> torch.dtype | str:

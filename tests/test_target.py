@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel, keep_cache_slots
@@ -45,3 +46,44 @@ def test_tree_pass_then_rollback_equals_sequential_pass():
     seq = [8, 9, 10]
     ref_a = target.forward(torch.tensor([prefix + seq]), torch.arange(6)[None], target.new_cache())
     assert torch.allclose(tree_out.logits[:3], ref_a.logits[3:], atol=1e-10)
+
+
+def test_sliding_window_target_is_exact_beyond_the_window():
+    """Mistral-style sliding attention: the window lives in the tree mask, the cache stays full."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from evospec import DecodeSettings, SpeculativeGenerator
+    from evospec.tiny import tiny_drafter
+
+    from .conftest import hf_greedy
+
+    def build(window):
+        torch.manual_seed(0)
+        cfg = AutoConfig.for_model(
+            "mistral", vocab_size=96, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, intermediate_size=64, sliding_window=window,
+            initializer_range=0.5, max_position_embeddings=512,
+        )
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="sdpa").eval()
+
+    model, prompt = build(8), [1, 2, 3]
+    reference = hf_greedy(model, prompt, 48)
+    assert reference != hf_greedy(build(None), prompt, 48), "the window must matter for this test to mean anything"
+    generator = SpeculativeGenerator.from_models(model, tiny_drafter(model, draft_vocab=64, seed=2))
+    for tree in ("chain", "tree"):
+        result = generator.generate(prompt, DecodeSettings(max_new_tokens=48, draft_tree=tree, draft_depth=3, draft_topk=2))
+        assert result.token_ids == reference
+
+
+def test_mixed_attention_kinds_are_refused():
+    from transformers import AutoConfig
+
+    from evospec import CompatibilityError
+    from evospec.runtime.target import attention_window
+
+    cfg = AutoConfig.for_model("qwen2", sliding_window=16, use_sliding_window=True, max_window_layers=1, num_hidden_layers=2)
+    kinds = set(getattr(cfg, "layer_types", None) or [])
+    if kinds != {"full_attention", "sliding_attention"}:
+        pytest.skip(f"this transformers version does not describe per-layer attention kinds ({kinds})")
+    with pytest.raises(CompatibilityError, match="mixes attention kinds"):
+        attention_window(cfg)
