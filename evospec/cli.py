@@ -150,6 +150,44 @@ def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as
         )
 
 
+@main.command()
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
+@click.option("--drafter", "drafter_dir", required=True, type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder: <domain>/test/*.txt|jsonl.")
+@click.option("--domains", default=None, help="Comma-separated domains (default: all in the corpus).")
+@click.option("--prompts", type=int, default=8, show_default=True, help="Prompts per domain.")
+@click.option("--prompt-tokens", type=int, default=64, show_default=True, help="Tokens per prompt.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default=None)
+@click.option("--draft-depth", type=int, default=None)
+@click.option("--draft-topk", type=int, default=None)
+@click.option("--draft-tokens", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON here.")
+def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, device, dtype, **values):
+    """Acceptance and speed per domain: speculative (eagle3) against plain decoding."""
+    from rich.progress import Progress
+
+    from evospec.atomic import write_text_atomic
+    from evospec.bench import BenchSettings, rows_json, rows_table, run_bench
+    from evospec.corpus import corpus_domains
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
+    chosen = tuple(d for d in domains.split(",") if d) if domains else None
+    settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
+    total = prompts * len(chosen or corpus_domains(corpus))
+    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("bench", total=total)
+        rows = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1))
+    click.echo(rows_table(rows))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(rows_json(rows), indent=2))
+        click.echo(f"wrote {json_path}")
+
+
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")

@@ -76,10 +76,10 @@ def test_sliding_window_target_is_exact_beyond_the_window():
 
 
 def test_mixed_attention_kinds_are_refused():
+    from evospec.runtime.target import attention_window
     from transformers import AutoConfig
 
     from evospec import CompatibilityError
-    from evospec.runtime.target import attention_window
 
     cfg = AutoConfig.for_model("qwen2", sliding_window=16, use_sliding_window=True, max_window_layers=1, num_hidden_layers=2)
     kinds = set(getattr(cfg, "layer_types", None) or [])

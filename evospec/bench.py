@@ -1,0 +1,131 @@
+"""``evospec bench``: acceptance and speed per domain, speculative against plain decoding.
+
+Prompts are prefixes of each domain's test documents. Every prompt is decoded twice through the
+same loop, with the drafter (method ``eagle3``) and without (``plain``); greedy outputs must be
+identical, and the row says whether they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from evospec.corpus import CorpusError, corpus_domains, read_documents
+from evospec.errors import SettingsError
+from evospec.runtime.generator import SpeculativeGenerator
+from evospec.runtime.stats import GenerationResult
+from evospec.settings import DecodeSettings
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Attributes:
+    domains: Domains to run (None: every domain folder of the corpus).
+    prompts: Prompts per domain (prefixes of the first test documents long enough).
+    prompt_tokens: Tokens in each prompt.
+    """
+
+    domains: tuple[str, ...] | None = None
+    prompts: int = 8
+    prompt_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.prompt_tokens < 1:
+            raise SettingsError(f"prompts and prompt_tokens must be >= 1 (got {self.prompts}, {self.prompt_tokens})")
+
+
+@dataclass
+class BenchRow:
+    domain: str
+    method: str
+    prompts: int
+    new_tokens: int
+    steps: int
+    mean_accepted_length: float
+    acceptance_per_depth: list[float]  # share of steps that accepted at least d draft tokens, d = 1..depth
+    tokens_per_second: float
+    draft_ms_per_step: float
+    verify_ms_per_step: float
+    identical_to_plain: bool | None
+
+
+def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, settings: BenchSettings) -> list[list[int]]:
+    prompts = []
+    for doc in read_documents(corpus, domain, "test"):
+        ids = generator.encode(doc)
+        if len(ids) >= settings.prompt_tokens:
+            prompts.append(ids[: settings.prompt_tokens])
+        if len(prompts) == settings.prompts:
+            break
+    if not prompts:
+        raise CorpusError(f"{corpus}/{domain}/test has no document of at least {settings.prompt_tokens} tokens")
+    return prompts
+
+
+def summarise(domain: str, method: str, results: list[GenerationResult], depth: int, identical: bool | None) -> BenchRow:
+    accepted = [a for r in results for a in r.stats.accepted_lengths]
+    steps = len(accepted)
+    new_tokens = sum(r.stats.new_tokens for r in results)
+    wall = sum(r.stats.wall_time_s for r in results)
+    return BenchRow(
+        domain=domain,
+        method=method,
+        prompts=len(results),
+        new_tokens=new_tokens,
+        steps=steps,
+        mean_accepted_length=sum(a + 1 for a in accepted) / steps if steps else 0.0,
+        acceptance_per_depth=[sum(a >= d for a in accepted) / steps if steps else 0.0 for d in range(1, depth + 1)],
+        tokens_per_second=new_tokens / wall if wall > 0 else 0.0,
+        draft_ms_per_step=1e3 * sum(r.stats.draft_time_s for r in results) / max(steps, 1),
+        verify_ms_per_step=1e3 * sum(r.stats.verify_time_s for r in results) / max(steps, 1),
+        identical_to_plain=identical,
+    )
+
+
+def run_bench(
+    generator: SpeculativeGenerator,
+    corpus: str,
+    decode: DecodeSettings,
+    settings: BenchSettings = BenchSettings(),
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Rows for every domain: ``eagle3`` (speculative) and ``plain`` (``--no-draft``)."""
+    available = corpus_domains(corpus)
+    domains = list(settings.domains or available)
+    unknown = sorted(set(domains) - set(available))
+    if unknown:
+        raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
+    generator.generate([0], replace(decode, max_new_tokens=2))  # warm-up, not measured
+    rows: list[BenchRow] = []
+    for domain in domains:
+        prompts = domain_prompts(generator, corpus, domain, settings)
+        speculative, plain = [], []
+        for prompt in prompts:
+            speculative.append(generator.generate(prompt, decode))
+            plain.append(generator.generate(prompt, replace(decode, use_draft=False)))
+            if progress is not None:
+                progress(domain)
+        identical = all(s.token_ids == p.token_ids for s, p in zip(speculative, plain)) if decode.greedy else None
+        rows.append(summarise(domain, "eagle3", speculative, decode.draft_depth, identical))
+        rows.append(summarise(domain, "plain", plain, decode.draft_depth, None))
+    return rows
+
+
+def rows_table(rows: list[BenchRow]) -> str:
+    header = ("domain", "method", "tau", "accept@1..", "tok/s", "draft ms/step", "verify ms/step", "identical")
+    lines = [
+        (
+            r.domain, r.method, f"{r.mean_accepted_length:.2f}",
+            " ".join(f"{a:.2f}" for a in r.acceptance_per_depth) if r.method != "plain" else "-",
+            f"{r.tokens_per_second:.1f}", f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}",
+            "-" if r.identical_to_plain is None else str(r.identical_to_plain),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines])
+
+
+def rows_json(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,73 @@
+"""`evospec bench` end to end on the shipped demo pair, and corpus-layout errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evospec.corpus import CorpusError, corpus_domains, read_documents
+from evospec.demo_pair import ASSET_DIR
+
+from .test_cli import run
+
+CODE = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n"
+PROSE = "The court held that the contract was void because the terms were never agreed by both parties. "
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "code" / "test").mkdir(parents=True)
+    (root / "prose" / "test").mkdir(parents=True)
+    for i in range(2):
+        (root / "code" / "test" / f"{i}.txt").write_text(CODE * (2 + i))
+    (root / "prose" / "test" / "docs.jsonl").write_text("\n".join(json.dumps({"text": PROSE * n}) for n in (3, 4)))
+    return root
+
+
+def test_bench_json_rows(corpus, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run(
+        "bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
+        "--corpus", str(corpus), "--prompts", "2", "--prompt-tokens", "16", "--max-new-tokens", "12",
+        "--draft-tree", "chain", "--draft-depth", "3", "--json", str(out),
+    )
+    assert "identical" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert [(r["domain"], r["method"]) for r in rows] == [
+        ("code", "eagle3"), ("code", "plain"), ("prose", "eagle3"), ("prose", "plain"),
+    ]
+    for row in rows:
+        assert row["prompts"] == 2 and row["new_tokens"] == 24
+        assert row["mean_accepted_length"] >= 1.0 and row["tokens_per_second"] > 0
+        assert len(row["acceptance_per_depth"]) == 3
+    assert all(r["identical_to_plain"] for r in rows if r["method"] == "eagle3")
+    assert all(r["mean_accepted_length"] == 1.0 for r in rows if r["method"] == "plain")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--corpus", "{tmp}/none"], "does not exist"), (["--corpus", "{corpus}", "--domains", "law"], "no domain(s) ['law']")],
+    ids=["missing-corpus", "unknown-domain"],
+)
+def test_bench_bad_input(corpus, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
+    proc = run("bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"), *args, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_corpus_layout_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no domain folders"):
+        corpus_domains(tmp_path / "empty")
+    (tmp_path / "c" / "law" / "test").mkdir(parents=True)
+    with pytest.raises(CorpusError, match="holds no documents"):
+        read_documents(tmp_path / "c", "law")
+    (tmp_path / "c" / "law" / "test" / "a.jsonl").write_text('{"text": "ok"}\n{"body": "no"}\n')
+    with pytest.raises(CorpusError, match=r"a.jsonl:2: expected a JSON object with a 'text' field"):
+        read_documents(tmp_path / "c", "law")
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_documents(tmp_path / "c", "law", "valid")
