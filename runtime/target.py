@@ -149,6 +149,17 @@ def keep_cache_slots(cache: DynamicCache, keep: torch.Tensor) -> None:
         layer.values = layer.values.index_select(-2, idx)
 
 
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    """An HF tokenizer from a local directory, or a CheckpointError naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"tokenizer directory {directory} does not exist")
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:  # transformers raises many types; name the directory
+        raise CheckpointError(f"{directory}: not a loadable tokenizer ({type(exc).__name__}: {exc})") from None
+
+
 def _dtype(name: str) -> torch.dtype | str:
     table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -199,6 +210,6 @@ def load_target(
     model.to(device)
     tokenizer = None
     if any((directory / f).exists() for f in TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = load_tokenizer(directory)
     logger.info("target %s: %d layers, dtype %s", directory, model.config.num_hidden_layers, model.dtype)
     return TargetModel(model, tuple(tap_layers), tokenizer)
