@@ -235,6 +235,42 @@ def data_build(out, cache, tokenizer_dir):
     click.echo(f"wrote {out}")
 
 
+@main.group()
+def vocab() -> None:
+    """Vocabulary statistics."""
+
+
+@vocab.command("coverage")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (see `evospec data build`).")
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path), help="HF tokenizer directory.")
+@click.option("--k", "ks", default="4096,8192,16384,32768", show_default=True, help="Comma-separated list sizes.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write rows (domain, k, coverage) here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot here.")
+def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
+    """Share of each domain's tokens covered by the top-K tokens of general text (FR-Spec's premise)."""
+    from rich.progress import Progress
+
+    from evospec.atomic import write_text_atomic
+    from evospec.coverage import coverage_json, coverage_plot, coverage_rows, coverage_table
+    from evospec.runtime.target import load_tokenizer
+
+    try:
+        sizes = tuple(int(k) for k in ks.split(",") if k)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("counting tokens (documents)", total=None)
+        rows = coverage_rows(tokenizer, str(corpus), sizes, progress=lambda n: bar.update(task, advance=n))
+    click.echo(coverage_table(rows))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(coverage_json(rows), indent=2))
+        click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        coverage_plot(rows, plot_path)
+        click.echo(f"wrote {plot_path}")
+
+
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")
