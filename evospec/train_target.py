@@ -1,0 +1,150 @@
+"""Train a Llama-architecture reference target with the full Qwen vocabulary on the corpus, on a CPU.
+
+A 151k-row output layer makes a full softmax the whole cost of a CPU training step, so training
+uses a *sampled softmax*: each step scores the batch's own target tokens plus ``negatives`` tokens
+drawn from the corpus unigram distribution (power 0.75), never the whole vocabulary. Validation
+loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, per domain.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from evospec.corpus import corpus_domains, read_documents
+from evospec.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """Shape and schedule of a reference target (``configs/reference-*.toml`` load into this)."""
+
+    hidden_size: int = 64
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 176
+    seq_len: int = 128
+    batch_size: int = 8
+    steps: int = 60
+    lr: float = 3e-3
+    negatives: int = 4096
+    valid_windows: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_toml(cls, path: str | Path, table: str = "target") -> TargetRecipe:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text()).get(table, {})
+        except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"recipe {path}: {exc}") from None
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SettingsError(f"recipe {path}: unknown [{table}] keys {unknown}")
+        return cls(**values)
+
+
+def domain_token_streams(tokenizer, corpus: str, split: str) -> dict[str, torch.Tensor]:
+    """Each domain's documents of ``split`` tokenised and joined with EOS (switch streams excluded)."""
+    eos = tokenizer.eos_token_id
+    streams = {}
+    for domain in corpus_domains(corpus):
+        if domain == "switch":
+            continue
+        ids: list[int] = []
+        for piece in tokenizer(read_documents(corpus, domain, split), add_special_tokens=False)["input_ids"]:
+            ids.extend(piece + [eos])
+        streams[domain] = torch.tensor(ids, dtype=torch.long)
+    return streams
+
+
+def sample_windows(streams: dict[str, torch.Tensor], recipe: TargetRecipe, g: torch.Generator) -> torch.Tensor:
+    """[B, seq_len+1] windows; each row from a domain drawn uniformly (domains weigh equally)."""
+    names = sorted(streams)
+    rows = []
+    for _ in range(recipe.batch_size):
+        ids = streams[names[int(torch.randint(len(names), (1,), generator=g))]]
+        start = int(torch.randint(max(1, ids.numel() - recipe.seq_len - 1), (1,), generator=g))
+        window = ids[start : start + recipe.seq_len + 1]
+        rows.append(F.pad(window, (0, recipe.seq_len + 1 - window.numel()), value=int(ids[-1])))
+    return torch.stack(rows)
+
+
+def new_target(vocab_size: int, recipe: TargetRecipe, eos: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=recipe.hidden_size, num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads, num_key_value_heads=recipe.kv_heads, head_dim=recipe.hidden_size // recipe.heads,
+        intermediate_size=recipe.intermediate_size, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=eos, pad_token_id=eos,
+    )
+    return LlamaForCausalLM(config)
+
+
+def sampled_softmax_loss(model, batch: torch.Tensor, sampler: torch.Tensor, negatives: int, g: torch.Generator) -> torch.Tensor:
+    """Cross-entropy over the batch's targets plus unigram-sampled negatives, not the whole vocabulary."""
+    inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
+    hidden = model.model(input_ids=inputs).last_hidden_state.reshape(-1, model.config.hidden_size)
+    drawn = torch.multinomial(sampler, negatives, replacement=True, generator=g)
+    candidates, inverse = torch.unique(torch.cat((targets, drawn)), return_inverse=True)
+    logits = hidden @ model.lm_head.weight[candidates].T  # [N, C]
+    return F.cross_entropy(logits, inverse[: targets.numel()])
+
+
+@torch.no_grad()
+def full_vocab_loss(model, batch: torch.Tensor, chunk: int = 16384) -> float:
+    """Exact cross-entropy over the whole vocabulary, logits computed chunk by chunk."""
+    inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
+    hidden = model.model(input_ids=inputs).last_hidden_state.reshape(-1, model.config.hidden_size)
+    weight = model.lm_head.weight
+    lse = torch.full((hidden.shape[0],), -math.inf)
+    for start in range(0, weight.shape[0], chunk):
+        lse = torch.logaddexp(lse, torch.logsumexp(hidden @ weight[start : start + chunk].T, dim=-1))
+    target_logit = (hidden * weight[targets]).sum(-1)
+    return float((lse - target_logit).mean())
+
+
+def train_target(
+    tokenizer, corpus: str, recipe: TargetRecipe, progress: Callable[[int, float], None] | None = None
+) -> tuple[object, dict[str, float]]:
+    """Returns (model in eval mode, validation loss per domain)."""
+    train = domain_token_streams(tokenizer, corpus, "train")
+    valid = domain_token_streams(tokenizer, corpus, "valid")
+    vocab = len(tokenizer)
+    model = new_target(vocab, recipe, tokenizer.eos_token_id)
+    counts = Counter()
+    for ids in train.values():
+        counts.update(ids.tolist())
+    sampler = torch.zeros(vocab)
+    for token, c in counts.items():
+        sampler[token] = c**0.75
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    for step in range(recipe.steps):
+        loss = sampled_softmax_loss(model, sample_windows(train, recipe, g), sampler, recipe.negatives, g)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        if progress is not None:
+            progress(step, float(loss.detach()))
+    model.eval()
+    vg = torch.Generator().manual_seed(recipe.seed + 1)
+    per_domain = {}
+    for domain, ids in valid.items():
+        batch = sample_windows({domain: ids}, TargetRecipe(**{**recipe.__dict__, "batch_size": recipe.valid_windows}), vg)
+        per_domain[domain] = full_vocab_loss(model, batch)
+    return model, per_domain
