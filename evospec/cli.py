@@ -271,6 +271,76 @@ def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
         click.echo(f"wrote {plot_path}")
 
 
+@main.group()
+def train() -> None:
+    """Train reference targets and EAGLE-3 drafters on a corpus (CPU recipes)."""
+
+
+@train.command("target")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path))
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), default=None,
+              help="TOML with a [target] table (e.g. configs/reference-tiny.toml); default: the tiny recipe.")
+@click.option("--steps", type=int, default=None, help="Override the recipe's step count.")
+def train_target_cmd(corpus, tokenizer_dir, out, recipe_path, steps):
+    """A Llama-architecture target with the tokenizer's full vocabulary (sampled-softmax training)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evospec.atomic import atomic_directory
+    from evospec.runtime.target import load_tokenizer
+    from evospec.train_target import TargetRecipe, train_target
+
+    recipe = TargetRecipe.from_toml(recipe_path) if recipe_path else TargetRecipe()
+    if steps:
+        recipe = dataclasses.replace(recipe, steps=steps)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    columns = (TextColumn("training target"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("t", total=recipe.steps, loss=float("nan"))
+        model, valid = train_target(tokenizer, str(corpus), recipe, lambda step, loss: bar.update(task, advance=1, loss=loss))
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "valid_loss": valid}, indent=2))
+    for domain, loss in sorted(valid.items()):
+        click.echo(f"valid loss {domain}: {loss:.3f}")
+    click.echo(f"wrote {out}")
+
+
+@train.command("drafter")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--corpus", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--draft-vocab", type=int, default=32768, show_default=True, help="Draft vocabulary size (most frequent).")
+@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--unroll", type=int, default=3, show_default=True, help="Training-time-test levels.")
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--windows", type=int, default=256, show_default=True, help="Training windows drawn from the corpus.")
+def train_drafter_cmd(target_dir, corpus, out, draft_vocab, steps, unroll, seq_len, windows):
+    """An EAGLE-3 drafter for TARGET, written in the official checkpoint layout."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evospec.distill import DistillSettings
+    from evospec.runtime.checkpoint import save_drafter
+    from evospec.runtime.target import load_target
+    from evospec.train_drafter import train_drafter
+
+    target = load_target(target_dir)
+    if target.tokenizer is None:
+        raise click.UsageError(f"{target_dir} has no tokenizer; the corpus must be tokenised with the target's own")
+    settings = DistillSettings(steps=steps, unroll=unroll, lr=3e-3)
+    columns = (TextColumn("training drafter"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("d", total=steps, loss=float("nan"))
+        drafter, losses = train_drafter(target, target.tokenizer, str(corpus), draft_vocab, settings, seq_len, windows,
+                                        lambda step, loss: bar.update(task, advance=1, loss=loss))
+    save_drafter(drafter, out)
+    click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; wrote {out}")
+
+
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")

@@ -40,11 +40,19 @@ class DistillSettings:
 
 
 @torch.no_grad()
-def teacher_outputs(target: TargetModel, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tapped features [B, T, 3d] and logits [B, T, V] of the target over whole sequences."""
-    out = target.model(input_ids=sequences, output_hidden_states=True)
+def teacher_outputs(target: TargetModel, sequences: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tapped features [B, T, 3d] and the target's logits [B, T, len(rows)] on the draft vocabulary only.
+
+    Only the LM-head rows of ``rows`` are computed: with a 151k vocabulary the full logits of a
+    batch would not fit in memory, and the drafter never needs the others.
+    """
+    out = target.model.get_decoder()(input_ids=sequences, output_hidden_states=True)
     features = torch.cat([out.hidden_states[i] for i in target.tap_layers], dim=-1)
-    return features, out.logits.float()
+    head = target.model.get_output_embeddings()
+    logits = out.last_hidden_state @ head.weight[rows].T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[rows]
+    return features, logits.float()
 
 
 def unroll_mask(length: int, level: int, device: torch.device) -> torch.Tensor:
@@ -57,9 +65,9 @@ def unroll_mask(length: int, level: int, device: torch.device) -> torch.Tensor:
 def distill_loss(
     drafter: Eagle3Drafter, features: torch.Tensor, logits: torch.Tensor, sequences: torch.Tensor, s: DistillSettings
 ) -> torch.Tensor:
+    """``logits``: the target's logits on the draft vocabulary, in draft-id order."""
     b, t = sequences.shape
     n = t - s.unroll  # positions usable at every level
-    draft_targets = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=sequences.device))
     cache = DrafterKVCache(drafter.config, s.unroll * n, sequences.device, features.dtype, batch=b)
     hidden = features[:, :n]
     loss = features.new_zeros(())
@@ -68,7 +76,7 @@ def distill_loss(
         positions = (torch.arange(n, device=sequences.device) + level).expand(b, n)
         mask = unroll_mask(n, level, sequences.device)
         hidden, draft_logits = drafter(hidden, tokens, positions, cache, level * n, mask)
-        teacher = torch.softmax(logits[:, 1 + level : 1 + level + n][..., draft_targets], dim=-1)
+        teacher = torch.softmax(logits[:, 1 + level : 1 + level + n], dim=-1)
         loss = loss + s.level_decay**level * -(teacher * torch.log_softmax(draft_logits.float(), -1)).sum(-1).mean()
     return loss
 
@@ -80,8 +88,8 @@ def distill_drafter(
     settings: DistillSettings = DistillSettings(),
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``drafter`` in place; returns the loss per step."""
-    features, logits = teacher_outputs(target, sequences)
+    """Train ``drafter`` in place; returns the loss per step. The target is run per batch."""
+    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device))
     params = [p for p in drafter.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(settings.seed)
@@ -89,7 +97,8 @@ def distill_drafter(
     losses = []
     for step in range(settings.steps):
         idx = torch.randint(0, sequences.shape[0], (settings.batch_size,), generator=g)
-        loss = distill_loss(drafter, features[idx], logits[idx], sequences[idx], settings)
+        features, logits = teacher_outputs(target, sequences[idx], rows)
+        loss = distill_loss(drafter, features, logits, sequences[idx], settings)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

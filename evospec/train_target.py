@@ -66,15 +66,15 @@ def domain_token_streams(tokenizer, corpus: str, split: str) -> dict[str, torch.
     return streams
 
 
-def sample_windows(streams: dict[str, torch.Tensor], recipe: TargetRecipe, g: torch.Generator) -> torch.Tensor:
-    """[B, seq_len+1] windows; each row from a domain drawn uniformly (domains weigh equally)."""
+def sample_windows(streams: dict[str, torch.Tensor], count: int, length: int, g: torch.Generator) -> torch.Tensor:
+    """[count, length] windows; each row from a domain drawn uniformly (domains weigh equally)."""
     names = sorted(streams)
     rows = []
-    for _ in range(recipe.batch_size):
+    for _ in range(count):
         ids = streams[names[int(torch.randint(len(names), (1,), generator=g))]]
-        start = int(torch.randint(max(1, ids.numel() - recipe.seq_len - 1), (1,), generator=g))
-        window = ids[start : start + recipe.seq_len + 1]
-        rows.append(F.pad(window, (0, recipe.seq_len + 1 - window.numel()), value=int(ids[-1])))
+        start = int(torch.randint(max(1, ids.numel() - length), (1,), generator=g))
+        window = ids[start : start + length]
+        rows.append(F.pad(window, (0, length - window.numel()), value=int(ids[-1])))
     return torch.stack(rows)
 
 
@@ -133,7 +133,8 @@ def train_target(
     g = torch.Generator().manual_seed(recipe.seed)
     model.train()
     for step in range(recipe.steps):
-        loss = sampled_softmax_loss(model, sample_windows(train, recipe, g), sampler, recipe.negatives, g)
+        batch = sample_windows(train, recipe.batch_size, recipe.seq_len + 1, g)
+        loss = sampled_softmax_loss(model, batch, sampler, recipe.negatives, g)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -145,6 +146,5 @@ def train_target(
     vg = torch.Generator().manual_seed(recipe.seed + 1)
     per_domain = {}
     for domain, ids in valid.items():
-        batch = sample_windows({domain: ids}, TargetRecipe(**{**recipe.__dict__, "batch_size": recipe.valid_windows}), vg)
-        per_domain[domain] = full_vocab_loss(model, batch)
+        per_domain[domain] = full_vocab_loss(model, sample_windows({domain: ids}, recipe.valid_windows, recipe.seq_len + 1, vg))
     return model, per_domain

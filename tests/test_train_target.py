@@ -56,3 +56,38 @@ def test_recipe_files(tmp_path):
     path.write_text("[target]\nhiden = 1\n")
     with pytest.raises(SettingsError, match="unknown"):
         TargetRecipe.from_toml(path)
+
+
+def test_tiny_recipe_file_matches_the_default():
+    from pathlib import Path
+
+    assert TargetRecipe.from_toml(Path(__file__).parents[1] / "configs" / "reference-tiny.toml") == TargetRecipe()
+
+
+def test_train_target_and_drafter_end_to_end(corpus, tmp_path):
+    """CLI: train a target, train its drafter, load both through the official loaders, decode exactly."""
+    import json as _json
+
+    from evospec import DecodeSettings, SpeculativeGenerator
+
+    from .conftest import hf_greedy
+    from .test_cli import run
+
+    tok = char_tokenizer()
+    tok.eos_token = "\n"
+    tok.save_pretrained(tmp_path / "tok")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[target]\nhidden_size = 32\nlayers = 4\nintermediate_size = 64\nseq_len = 32\n"
+                      "steps = 40\nlr = 1e-2\nnegatives = 16\nvalid_windows = 2\n")
+    run("train", "target", "--corpus", str(corpus), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "t"),
+        "--recipe", str(recipe))
+    assert set(_json.loads((tmp_path / "t" / "training.json").read_text())["valid_loss"]) == set(TEXT)
+    proc = run("train", "drafter", "--target", str(tmp_path / "t"), "--corpus", str(corpus), "--out", str(tmp_path / "d"),
+               "--draft-vocab", "40", "--steps", "30", "--seq-len", "24", "--windows", "32")
+    first, last = (float(x) for x in proc.stdout.split("loss ")[1].split(";")[0].split(" -> "))
+    assert last < first
+    generator = SpeculativeGenerator.from_paths(tmp_path / "t", tmp_path / "d")
+    assert generator.drafter.config.draft_vocab_size == 40
+    prompt = generator.encode("def add(")
+    result = generator.generate(prompt, DecodeSettings(max_new_tokens=24, draft_tree="tree", draft_depth=3))
+    assert result.token_ids == hf_greedy(generator.target.model, prompt, 24)
