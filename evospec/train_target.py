@@ -33,7 +33,7 @@ class TargetRecipe:
     intermediate_size: int = 176
     seq_len: int = 128
     batch_size: int = 8
-    steps: int = 60
+    steps: int = 1000
     lr: float = 3e-3
     negatives: int = 4096
     valid_windows: int = 8
