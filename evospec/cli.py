@@ -285,9 +285,8 @@ def train() -> None:
 @click.option("--steps", type=int, default=None, help="Override the recipe's step count.")
 def train_target_cmd(corpus, tokenizer_dir, out, recipe_path, steps):
     """A Llama-architecture target with the tokenizer's full vocabulary (sampled-softmax training)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from evospec.atomic import atomic_directory
+    from evospec.progress import loss_progress
     from evospec.runtime.target import load_tokenizer
     from evospec.train_target import TargetRecipe, train_target
 
@@ -295,9 +294,7 @@ def train_target_cmd(corpus, tokenizer_dir, out, recipe_path, steps):
     if steps:
         recipe = dataclasses.replace(recipe, steps=steps)
     tokenizer = load_tokenizer(tokenizer_dir)
-    columns = (TextColumn("training target"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
+    with loss_progress("training target", transient=True) as bar:
         task = bar.add_task("t", total=recipe.steps, loss=float("nan"))
         model, valid = train_target(tokenizer, str(corpus), recipe, lambda step, loss: bar.update(task, advance=1, loss=loss))
     with atomic_directory(out) as tmp:
@@ -320,9 +317,8 @@ def train_target_cmd(corpus, tokenizer_dir, out, recipe_path, steps):
 @click.option("--windows", type=int, default=256, show_default=True, help="Training windows drawn from the corpus.")
 def train_drafter_cmd(target_dir, corpus, out, draft_vocab, steps, unroll, seq_len, windows):
     """An EAGLE-3 drafter for TARGET, written in the official checkpoint layout."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from evospec.distill import DistillSettings
+    from evospec.progress import loss_progress
     from evospec.runtime.checkpoint import save_drafter
     from evospec.runtime.target import load_target
     from evospec.train_drafter import train_drafter
@@ -331,9 +327,7 @@ def train_drafter_cmd(target_dir, corpus, out, draft_vocab, steps, unroll, seq_l
     if target.tokenizer is None:
         raise click.UsageError(f"{target_dir} has no tokenizer; the corpus must be tokenised with the target's own")
     settings = DistillSettings(steps=steps, unroll=unroll, lr=3e-3)
-    columns = (TextColumn("training drafter"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
+    with loss_progress("training drafter", transient=True) as bar:
         task = bar.add_task("d", total=steps, loss=float("nan"))
         drafter, losses = train_drafter(target, target.tokenizer, str(corpus), draft_vocab, settings, seq_len, windows,
                                         lambda step, loss: bar.update(task, advance=1, loss=loss))

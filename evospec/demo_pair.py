@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evospec.atomic import atomic_directory
 from evospec.distill import DistillSettings, distill_drafter
 from evospec.errors import CheckpointError
+from evospec.progress import loss_progress
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.generator import SpeculativeGenerator
@@ -63,11 +63,6 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
 
 
-def _progress(label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
-
-
 def _batches(ids: torch.Tensor, recipe: DemoRecipe, generator: torch.Generator) -> torch.Tensor:
     starts = torch.randint(0, ids.numel() - recipe.seq_len - 1, (recipe.batch_size,), generator=generator)
     return torch.stack([ids[s : s + recipe.seq_len] for s in starts.tolist()])
@@ -79,7 +74,7 @@ def train_target(ids: torch.Tensor, recipe: DemoRecipe):
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.target_lr, total_steps=recipe.target_steps,
                                                    pct_start=0.05)
     g = torch.Generator().manual_seed(recipe.seed)
-    with _progress("training demo target") as bar:
+    with loss_progress("training demo target") as bar:
         task = bar.add_task("t", total=recipe.target_steps, loss=float("nan"))
         for _ in range(recipe.target_steps):
             batch = _batches(ids, recipe, g)
@@ -110,7 +105,7 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
     g = torch.Generator().manual_seed(recipe.seed + 2)
     sequences = torch.cat([_batches(ids, recipe, g) for _ in range(16)])[:, :128]
     settings = recipe.distill
-    with _progress("distilling demo drafter") as bar:
+    with loss_progress("distilling demo drafter") as bar:
         task = bar.add_task("d", total=settings.steps, loss=float("nan"))
         losses = distill_drafter(target, drafter, sequences, settings,
                                  lambda step, loss: bar.update(task, advance=1, loss=loss))

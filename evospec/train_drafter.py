@@ -6,21 +6,22 @@ Useful beyond evaluation: it gives a drafter to targets that have no published o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 import torch
 
-from evospec.corpus import corpus_domains, read_documents
-from evospec.coverage import count_tokens
 from evospec.distill import DistillSettings, distill_drafter
 from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers
 from evospec.runtime.target import TargetModel
-from evospec.train_target import domain_token_streams, sample_windows
+from evospec.train_target import domain_token_ids, join_with_eos, sample_windows
 
 
-def draft_vocabulary(tokenizer, corpus: str, size: int, vocab_size: int) -> torch.Tensor:
-    """The ``size`` most frequent target ids of the corpus's train splits, sorted (EAGLE-3's d2t recipe)."""
-    counts = count_tokens(tokenizer, (doc for d in corpus_domains(corpus) if d != "switch" for doc in read_documents(corpus, d, "train")))
+def draft_vocabulary(documents: Iterable[list[int]], size: int, vocab_size: int) -> torch.Tensor:
+    """The ``size`` most frequent ids of tokenised documents, sorted (EAGLE-3's d2t recipe)."""
+    counts: Counter = Counter()
+    for doc in documents:
+        counts.update(doc)
     chosen = [t for t, _ in counts.most_common(size)]
     if len(chosen) < size:  # fewer distinct tokens than asked: fill with the lowest unused ids
         used = set(chosen)
@@ -58,11 +59,12 @@ def train_drafter(
     target: TargetModel, tokenizer, corpus: str, draft_vocab: int, settings: DistillSettings,
     seq_len: int = 128, windows: int = 256, progress: Callable[[int, float], None] | None = None,
 ) -> tuple[Eagle3Drafter, list[float]]:
-    draft_ids = draft_vocabulary(tokenizer, corpus, draft_vocab, target.vocab_size)
+    documents = domain_token_ids(tokenizer, corpus, "train")  # tokenised once: vocabulary and windows
+    draft_ids = draft_vocabulary((doc for docs in documents.values() for doc in docs), draft_vocab, target.vocab_size)
     if target.tap_layers == ():
         target = TargetModel(target.model, default_tap_layers(target.num_layers), target.tokenizer)
     drafter = new_drafter(target, draft_ids, settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
-    sequences = sample_windows(domain_token_streams(tokenizer, corpus, "train"), windows, seq_len, g)
+    sequences = sample_windows(join_with_eos(documents, tokenizer.eos_token_id), windows, seq_len, g)
     losses = distill_drafter(target, drafter, sequences, settings, progress)
     return drafter, losses

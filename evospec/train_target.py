@@ -52,18 +52,23 @@ class TargetRecipe:
         return cls(**values)
 
 
+def domain_token_ids(tokenizer, corpus: str, split: str) -> dict[str, list[list[int]]]:
+    """Each domain's documents of ``split``, tokenised (switch streams excluded)."""
+    return {
+        domain: tokenizer(read_documents(corpus, domain, split), add_special_tokens=False)["input_ids"]
+        for domain in corpus_domains(corpus)
+        if domain != "switch"
+    }
+
+
+def join_with_eos(documents: dict[str, list[list[int]]], eos: int) -> dict[str, torch.Tensor]:
+    """One stream per domain: its documents back to back, each followed by EOS."""
+    return {domain: torch.tensor([t for doc in docs for t in (*doc, eos)], dtype=torch.long)
+            for domain, docs in documents.items()}
+
+
 def domain_token_streams(tokenizer, corpus: str, split: str) -> dict[str, torch.Tensor]:
-    """Each domain's documents of ``split`` tokenised and joined with EOS (switch streams excluded)."""
-    eos = tokenizer.eos_token_id
-    streams = {}
-    for domain in corpus_domains(corpus):
-        if domain == "switch":
-            continue
-        ids: list[int] = []
-        for piece in tokenizer(read_documents(corpus, domain, split), add_special_tokens=False)["input_ids"]:
-            ids.extend(piece + [eos])
-        streams[domain] = torch.tensor(ids, dtype=torch.long)
-    return streams
+    return join_with_eos(domain_token_ids(tokenizer, corpus, split), tokenizer.eos_token_id)
 
 
 def sample_windows(streams: dict[str, torch.Tensor], count: int, length: int, g: torch.Generator) -> torch.Tensor:
