@@ -7,19 +7,29 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all setup clean
+REFERENCE ?= out/reference-medium
+PROMPT ?= Article 5. The controller shall
+
+.PHONY: demo reference test test-all setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=23" "setuptools>=68" wheel
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,data,plot]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/evospec demo
+
+# The main job: build (or resume) the medium reference pair, generate with it, benchmark every domain.
+reference: $(STAMP)
+	$(BIN)/evospec reference build --size medium --out $(REFERENCE)
+	$(BIN)/evospec demo --pair $(REFERENCE) --prompt "$(PROMPT)" --draft-tree chain --max-new-tokens 96
+	$(BIN)/evospec bench --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --corpus $(REFERENCE)/corpus \
+		--draft-tree chain --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -129,3 +129,25 @@ def rows_table(rows: list[BenchRow]) -> str:
 
 def rows_json(rows: list[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def bench_plot(rows: list[BenchRow], path) -> None:
+    """Two panels per domain: mean accepted length (speculative methods) and tokens/s (every method)."""
+    from evospec.plotting import pyplot, save_figure
+
+    domains = list(dict.fromkeys(r.domain for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    fig, (tau_ax, speed_ax) = pyplot().subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        by_domain = {r.domain: r for r in rows if r.method == method}
+        xs = [d + i * width for d in range(len(domains))]
+        if method != "plain":
+            tau_ax.bar(xs, [by_domain[d].mean_accepted_length if d in by_domain else 0 for d in domains], width, label=method)
+        speed_ax.bar(xs, [by_domain[d].tokens_per_second if d in by_domain else 0 for d in domains], width, label=method)
+    for ax, label in ((tau_ax, "mean accepted length (tau)"), (speed_ax, "tokens/s")):
+        ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+    save_figure(fig, path)

@@ -80,18 +80,10 @@ def coverage_json(rows: list[CoverageRow]) -> list[dict]:
 
 
 def coverage_plot(rows: list[CoverageRow], path) -> None:
-    """Coverage against K, one line per domain (PNG, written through a temporary file)."""
-    import os
-    import tempfile
+    """Coverage against K, one line per domain (PNG, written atomically)."""
+    from evospec.plotting import pyplot, save_figure
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CorpusError("--plot needs matplotlib: pip install 'evospec[plot]'") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for domain in dict.fromkeys(r.domain for r in rows):
         pts = sorted((r.k, r.coverage) for r in rows if r.domain == domain)
         ax.plot([k for k, _ in pts], [100 * c for _, c in pts], marker="o", label=domain)
@@ -101,12 +93,4 @@ def coverage_plot(rows: list[CoverageRow], path) -> None:
     ax.set_title("FR-Spec premise: top-K coverage by domain")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)

@@ -127,8 +127,9 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
 
 
 def demo_generator(pair_dir: Path | None = None, device: str = "cpu") -> SpeculativeGenerator:
-    """Load a demo pair (the shipped one by default) in float32."""
+    """Load a pair folder (target/ + drafter/; the shipped demo pair by default) in float32."""
     pair_dir = Path(pair_dir) if pair_dir is not None else ASSET_DIR
     if not (pair_dir / "drafter" / "config.json").exists():
-        raise CheckpointError(f"{pair_dir} holds no demo pair; build one with `evospec build-demo --out {pair_dir}`")
+        raise CheckpointError(f"{pair_dir} holds no model pair (target/ and drafter/); build one with "
+                              f"`evospec reference build --out {pair_dir}` or `evospec build-demo --out {pair_dir}`")
     return SpeculativeGenerator.from_paths(pair_dir / "target", pair_dir / "drafter", device=device, dtype="float32")

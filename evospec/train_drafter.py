@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,25 @@ from evospec.distill import DistillSettings, distill_drafter
 from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers
 from evospec.runtime.target import TargetModel
 from evospec.train_target import domain_token_ids, join_with_eos, sample_windows
+
+
+@dataclass(frozen=True)
+class DrafterRecipe:
+    """Attributes:
+    draft_vocab: Draft vocabulary size (the most frequent corpus tokens: EAGLE-3's d2t recipe).
+    steps, batch_size, unroll, lr: Distillation schedule (training-time test with ``unroll`` levels).
+    seq_len, windows: Training windows drawn from the corpus train split.
+    seed: Seed for initialisation and sampling.
+    """
+
+    draft_vocab: int = 32768
+    steps: int = 300
+    batch_size: int = 16
+    unroll: int = 3
+    lr: float = 3e-3
+    seq_len: int = 128
+    windows: int = 256
+    seed: int = 0
 
 
 def draft_vocabulary(documents: Iterable[list[int]], size: int, vocab_size: int) -> torch.Tensor:
@@ -56,15 +76,17 @@ def new_drafter(target: TargetModel, draft_ids: torch.Tensor, seed: int = 0) -> 
 
 
 def train_drafter(
-    target: TargetModel, tokenizer, corpus: str, draft_vocab: int, settings: DistillSettings,
-    seq_len: int = 128, windows: int = 256, progress: Callable[[int, float], None] | None = None,
+    target: TargetModel, tokenizer, corpus: str, recipe: DrafterRecipe,
+    progress: Callable[[int, float], None] | None = None,
 ) -> tuple[Eagle3Drafter, list[float]]:
     documents = domain_token_ids(tokenizer, corpus, "train")  # tokenised once: vocabulary and windows
-    draft_ids = draft_vocabulary((doc for docs in documents.values() for doc in docs), draft_vocab, target.vocab_size)
+    draft_ids = draft_vocabulary((doc for docs in documents.values() for doc in docs), recipe.draft_vocab, target.vocab_size)
     if target.tap_layers == ():
         target = TargetModel(target.model, default_tap_layers(target.num_layers), target.tokenizer)
-    drafter = new_drafter(target, draft_ids, settings.seed)
-    g = torch.Generator().manual_seed(settings.seed)
-    sequences = sample_windows(join_with_eos(documents, tokenizer.eos_token_id), windows, seq_len, g)
+    drafter = new_drafter(target, draft_ids, recipe.seed)
+    g = torch.Generator().manual_seed(recipe.seed)
+    sequences = sample_windows(join_with_eos(documents, tokenizer.eos_token_id), recipe.windows, recipe.seq_len, g)
+    settings = DistillSettings(steps=recipe.steps, batch_size=recipe.batch_size, unroll=recipe.unroll, lr=recipe.lr,
+                               seed=recipe.seed)
     losses = distill_drafter(target, drafter, sequences, settings, progress)
     return drafter, losses

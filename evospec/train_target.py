@@ -9,10 +9,10 @@ loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, 
 from __future__ import annotations
 
 import math
-import tomllib
+import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,18 +38,6 @@ class TargetRecipe:
     negatives: int = 4096
     valid_windows: int = 8
     seed: int = 0
-
-    @classmethod
-    def from_toml(cls, path: str | Path, table: str = "target") -> TargetRecipe:
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text()).get(table, {})
-        except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"recipe {path}: {exc}") from None
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise SettingsError(f"recipe {path}: unknown [{table}] keys {unknown}")
-        return cls(**values)
 
 
 def domain_token_ids(tokenizer, corpus: str, split: str) -> dict[str, list[list[int]]]:
@@ -119,10 +107,34 @@ def full_vocab_loss(model, batch: torch.Tensor, chunk: int = 16384) -> float:
     return float((lse - target_logit).mean())
 
 
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, recipe: TargetRecipe) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise SettingsError(f"training state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart") from None
+    if state.get("recipe") != asdict(recipe):
+        raise SettingsError(f"training state {path} was written by a different recipe; delete it to restart")
+    return state
+
+
 def train_target(
-    tokenizer, corpus: str, recipe: TargetRecipe, progress: Callable[[int, float], None] | None = None
+    tokenizer, corpus: str, recipe: TargetRecipe, progress: Callable[[int, float], None] | None = None,
+    state_path: Path | None = None, save_every: int = 100,
 ) -> tuple[object, dict[str, float]]:
-    """Returns (model in eval mode, validation loss per domain)."""
+    """Returns (model in eval mode, validation loss per domain).
+
+    With ``state_path``, model, optimiser, schedule and random state are saved there every
+    ``save_every`` steps and training resumes from it: an interrupted run loses minutes, not all.
+    The resumed run draws the same batches as an uninterrupted one.
+    """
     train = domain_token_streams(tokenizer, corpus, "train")
     valid = domain_token_streams(tokenizer, corpus, "valid")
     vocab = len(tokenizer)
@@ -136,8 +148,16 @@ def train_target(
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
     g = torch.Generator().manual_seed(recipe.seed)
+    first = 0
+    state = _load_state(state_path, recipe) if state_path is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        g.set_state(state["generator"])
+        first = state["step"]
     model.train()
-    for step in range(recipe.steps):
+    for step in range(first, recipe.steps):
         batch = sample_windows(train, recipe.batch_size, recipe.seq_len + 1, g)
         loss = sampled_softmax_loss(model, batch, sampler, recipe.negatives, g)
         optimiser.zero_grad()
@@ -147,9 +167,26 @@ def train_target(
         schedule.step()
         if progress is not None:
             progress(step, float(loss.detach()))
+        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < recipe.steps:
+            _save_state(state_path, {"recipe": asdict(recipe), "step": step + 1, "model": model.state_dict(),
+                                     "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                                     "generator": g.get_state()})
     model.eval()
     vg = torch.Generator().manual_seed(recipe.seed + 1)
     per_domain = {}
     for domain, ids in valid.items():
         per_domain[domain] = full_vocab_loss(model, sample_windows({domain: ids}, recipe.valid_windows, recipe.seq_len + 1, vg))
     return model, per_domain
+
+
+def save_target(model, tokenizer, out: Path, recipe: TargetRecipe, valid_loss: dict[str, float]) -> Path:
+    """``save_pretrained`` model + tokenizer + ``training.json`` (recipe, validation loss), atomically."""
+    import json
+
+    from evospec.atomic import atomic_directory
+
+    with atomic_directory(Path(out)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "valid_loss": valid_loss}, indent=2))
+    return Path(out)

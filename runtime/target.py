@@ -211,5 +211,11 @@ def load_target(
     tokenizer = None
     if any((directory / f).exists() for f in TOKENIZER_FILES):
         tokenizer = load_tokenizer(directory)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:  # ids past the embedding would fail deep inside a forward pass
+            raise CheckpointError(
+                f"{directory}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows; "
+                "the tokenizer does not belong to this model"
+            )
     logger.info("target %s: %d layers, dtype %s", directory, model.config.num_hidden_layers, model.dtype)
     return TargetModel(model, tuple(tap_layers), tokenizer)

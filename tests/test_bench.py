@@ -31,9 +31,10 @@ def test_bench_json_rows(corpus, tmp_path):
     proc = run(
         "bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
         "--corpus", str(corpus), "--prompts", "2", "--prompt-tokens", "16", "--max-new-tokens", "12",
-        "--draft-tree", "chain", "--draft-depth", "3", "--json", str(out),
+        "--draft-tree", "chain", "--draft-depth", "3", "--json", str(out), "--plot", str(tmp_path / "bench.png"),
     )
     assert "identical" in proc.stdout
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads(out.read_text())
     assert [(r["domain"], r["method"]) for r in rows] == [
         ("code", "eagle3"), ("code", "plain"), ("prose", "eagle3"), ("prose", "plain"),
@@ -48,10 +49,12 @@ def test_bench_json_rows(corpus, tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--corpus", "{tmp}/none"], "does not exist"), (["--corpus", "{corpus}", "--domains", "law"], "no domain(s) ['law']")],
-    ids=["missing-corpus", "unknown-domain"],
+    [(["--corpus", "{tmp}/none"], "does not exist"), (["--corpus", "{tmp}/empty"], "has no domain folders"),
+     (["--corpus", "{corpus}", "--domains", "law"], "no domain(s) ['law']")],
+    ids=["missing-corpus", "empty-corpus", "unknown-domain"],
 )
 def test_bench_bad_input(corpus, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
     args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
     proc = run("bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"), *args, check=False)
     assert proc.returncode == 2

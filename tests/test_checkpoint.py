@@ -179,3 +179,17 @@ def test_hidden_size_mismatch_with_other_target(tmp_path, checkpoint_dirs):
     other.save_pretrained(tmp_path / "wide")
     with pytest.raises(CompatibilityError, match="target hidden size 32, the target has 48"):
         SpeculativeGenerator.from_paths(tmp_path / "wide", drafter_dir)
+
+
+def test_tokenizer_that_does_not_match_the_target(checkpoint_dirs):
+    """A tokenizer with more tokens than the model has embedding rows is refused at load time."""
+    from evospec.runtime.target import load_target
+
+    from .conftest import char_tokenizer
+
+    target_dir, _, model, _ = checkpoint_dirs
+    tok = char_tokenizer()  # 97 tokens; the tiny target has 96 rows
+    assert len(tok) > model.get_input_embeddings().weight.shape[0]
+    tok.save_pretrained(target_dir)
+    with pytest.raises(CheckpointError, match="tokenizer has 97 tokens but the model's embedding has 96 rows"):
+        load_target(target_dir)

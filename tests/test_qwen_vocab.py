@@ -75,3 +75,22 @@ def test_bad_ranks_files(tmp_path):
         read_ranks(tmp_path / "none.tiktoken")
     proc = run("tokenizer", "--out", str(tmp_path / "t"), "--ranks", str(gap), check=False)
     assert proc.returncode == 2 and "without gaps" in proc.stderr
+
+
+@pytest.mark.slow
+def test_identical_ids_on_every_corpus_document(tokenizers, tmp_path):
+    """Downloads the corpus sources (about 25 MB; run with -m slow): HF ids equal tiktoken's and
+    decode back to the text, for every document of every domain and split."""
+    from evospec.corpus import corpus_domains, read_documents
+
+    hf, reference = tokenizers
+    run("data", "build", "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "cache"))
+    checked = 0
+    for domain in corpus_domains(tmp_path / "c"):
+        for split in ("train", "valid", "test"):
+            documents = read_documents(tmp_path / "c", domain, split)
+            for text, ids in zip(documents, hf(documents, add_special_tokens=False)["input_ids"]):
+                assert ids == reference.encode(text, allowed_special="all"), (domain, split, text[:80])
+                assert hf.decode(ids) == text, (domain, split, text[:80])
+                checked += 1
+    assert checked > 1000
