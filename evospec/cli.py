@@ -111,18 +111,27 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @main.command()
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
 @click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
+              help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @decode_options
-def generate(target_dir, drafter_dir, device, dtype, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+def generate(target_dir, drafter_dir, bundle_dir, device, dtype, prompt, prompt_ids, config_path, no_draft, stream,
+             as_json, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
     checked = checked_prompt(prompt, prompt_ids)
-    if drafter_dir is None and settings.use_draft:
-        raise click.UsageError("--drafter is required unless --no-draft is given")
+    if drafter_dir is not None and bundle_dir is not None:
+        raise click.UsageError("give --drafter or --bundle, not both (a bundle carries its drafter)")
+    if drafter_dir is None and bundle_dir is None and settings.use_draft:
+        raise click.UsageError("--drafter (or --bundle) is required unless --no-draft is given")
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
 
-    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None, device=device, dtype=dtype)
+    if bundle_dir is not None and settings.use_draft:
+        generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype)
+    else:
+        generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
+                                                    device=device, dtype=dtype)
     run_generation(generator, prompt_token_ids(generator, checked), settings, stream, as_json)
 
 
@@ -398,6 +407,10 @@ def build_demo(out, target_steps, drafter_steps):
     build_demo_pair(out, recipe)
     click.echo(f"wrote {out}")
 
+
+from evospec.cli_compile import register  # noqa: E402  (commands of the compile pipeline)
+
+register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -21,3 +21,11 @@ class CompatibilityError(EvoSpecError):
 
 class SettingsError(EvoSpecError):
     """A decoding or CLI setting is out of range or inconsistent."""
+
+
+class CompileError(EvoSpecError):
+    """A compile pass failed; the message names the pass and the passes that had run."""
+
+
+class BundleError(EvoSpecError):
+    """A compiled bundle is missing, truncated, of another format, or does not match its inputs."""

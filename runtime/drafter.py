@@ -215,6 +215,10 @@ class Eagle3Drafter(nn.Module):
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
         self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
     def embed(self, target_ids: torch.Tensor) -> torch.Tensor:
         return self._table[0](target_ids)
 

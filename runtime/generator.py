@@ -88,6 +88,19 @@ class SpeculativeGenerator:
             )
         return cls(target, drafter)
 
+    @classmethod
+    def from_bundle(
+        cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32"
+    ) -> SpeculativeGenerator:
+        """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for."""
+        from evospec.bundle import check_target, load_compiled_drafter, read_manifest
+
+        manifest = read_manifest(bundle)  # a bad bundle fails before the (slow) target load
+        check_target(Path(bundle), manifest, Path(target_dir))
+        target = load_target(target_dir, device=device, dtype=dtype)
+        drafter, _ = load_compiled_drafter(bundle, target)
+        return cls(target, drafter)
+
     def encode(self, text: str) -> list[int]:
         if self.target.tokenizer is None:
             raise CompatibilityError("the target directory has no tokenizer; pass token ids instead of text")
@@ -145,7 +158,7 @@ class SpeculativeGenerator:
             return
         if use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
-            dcache = DrafterKVCache(drafter.config, capacity, device, drafter.lm_head.weight.dtype)
+            dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
 
         while True:
@@ -199,7 +212,7 @@ class SpeculativeGenerator:
         mask = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(diagonal=start)
         positions = torch.arange(start, start + t, device=device)[None]
         hidden, logits = drafter(
-            pairs_hidden[None].to(drafter.lm_head.weight.dtype),
+            pairs_hidden[None].to(drafter.dtype),
             torch.tensor([pairs_tokens], device=device),
             positions,
             cache,

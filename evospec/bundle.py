@@ -1,0 +1,115 @@
+"""Load a compiled bundle: check its manifest, files and inputs, then build a CompiledDrafter.
+
+Every way a bundle can be wrong is a ``BundleError`` that says what, where, and what to run:
+no manifest, another format version, a missing or truncated (or altered) file, a target that is
+not the one it was compiled for, a backend that is not installed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from evospec.compile import BUNDLE_FORMAT
+from evospec.errors import BundleError
+from evospec.passes.finalise import fingerprint
+from evospec.passes.validate_inputs import hash_directory
+
+RECOMPILE = "recompile with `evospec compile --target DIR --drafter DIR --out {bundle}`"
+
+
+def read_manifest(bundle: str | Path) -> dict:
+    bundle = Path(bundle)
+    path = bundle / "manifest.json"
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {bundle} does not exist")
+    if not path.exists():
+        raise BundleError(f"{bundle} is not a bundle: manifest.json is missing; {RECOMPILE.format(bundle=bundle)}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); {RECOMPILE.format(bundle=bundle)}") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{bundle} has bundle format {manifest.get('format')!r}; this evospec reads format "
+                          f"{BUNDLE_FORMAT}; {RECOMPILE.format(bundle=bundle)}")
+    return manifest
+
+
+def check_files(bundle: Path, manifest: dict) -> None:
+    for name, expected in manifest.get("files", {}).items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(f"{path} is missing from the bundle; {RECOMPILE.format(bundle=bundle)}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise BundleError(f"{path} is truncated or altered ({size} bytes, expected {expected['bytes']}); "
+                              f"{RECOMPILE.format(bundle=bundle)}")
+        if fingerprint(path)["sha256"] != expected["sha256"]:
+            raise BundleError(f"{path} was altered after compiling (sha256 differs); {RECOMPILE.format(bundle=bundle)}")
+
+
+def check_target(bundle: Path, manifest: dict, target_dir: Path) -> None:
+    compiled = manifest["inputs"]["target"]["files"]
+    found = hash_directory(target_dir)
+    for name, expected in compiled.items():
+        if name not in found or found[name]["sha256"] != expected["sha256"]:
+            raise BundleError(f"target {target_dir} is not the one {bundle} was compiled for ({name} differs; "
+                              f"compiled for {manifest['inputs']['target']['path']}); {RECOMPILE.format(bundle=bundle)}")
+
+
+def check_backend(bundle: Path, backend: str) -> None:
+    needs = {"ort": ("onnxruntime", "pip install 'evospec[onnx]'"), "tensorrt": ("tensorrt", "pip install 'evospec[tensorrt]'")}
+    if backend in needs:
+        module, install = needs[backend]
+        try:
+            __import__(module)
+        except ImportError:
+            raise BundleError(f"{bundle} was built for backend '{backend}', but {module} is not installed here: "
+                              f"{install}, or compile with --backend torch") from None
+    if backend == "tensorrt" and not torch.cuda.is_available():
+        raise BundleError(f"{bundle} holds TensorRT engines, which need a CUDA GPU; torch sees none here")
+
+
+def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True):
+    """A CompiledDrafter for ``target`` (a loaded TargetModel whose directory was checked by the caller)."""
+    from evospec.passes.feeds import SIGNATURES
+    from evospec.runtime.checkpoint import load_drafter
+    from evospec.runtime.compiled_drafter import CompiledDrafter
+    from evospec.runtime.gather import make_plan
+    from evospec.runtime.runners import OrtRunner, TorchRunner
+    from evospec.runtime.stages import FuseStage, HeadStage, TrunkStage
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if check_inputs:
+        check_files(bundle, manifest)
+    backend = manifest["backend"]
+    check_backend(bundle, backend)
+    drafter = load_drafter(bundle / "drafter", target_embeddings=target.model.get_input_embeddings(),
+                           target_hidden_size=target.hidden_size, target_vocab_size=target.vocab_size,
+                           device=target.device, dtype=torch.float32)
+    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
+    plan = make_plan(rows, tuple(manifest["gather"]["buckets"]))
+    runners = {}
+    for stage, signature in SIGNATURES.items():
+        if backend == "ort":
+            runners[stage] = OrtRunner(stage, bundle / manifest["artefacts"][f"onnx/{stage}"])
+        elif backend == "tensorrt":
+            from evospec.runtime.trt_runner import TrtRunner
+
+            runners[stage] = TrtRunner(stage, bundle / manifest["artefacts"][f"tensorrt/{stage}"],
+                                       tuple(manifest["gather"]["buckets"]))
+        else:
+            module = {"fuse": lambda: FuseStage(drafter), "trunk": lambda: TrunkStage(drafter),
+                      "head": lambda: HeadStage(load_reservoir(bundle))}[stage]()
+            runners[stage] = TorchRunner(stage, module, list(signature.inputs), list(signature.outputs))
+        runners[stage].activate()  # sessions are created now, not inside the first timed draft step
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan), manifest
+
+
+def load_reservoir(bundle: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(bundle / "reservoir.safetensors"))["reservoir"]

@@ -1,0 +1,100 @@
+"""The pass machinery: a pass takes the compile context, changes it, and says what it changed.
+
+Modelled on ONNX IR's passes: each pass is a small object with a name and a ``__call__`` that
+returns a ``PassResult``. ``run_passes`` runs an ordered list, times each pass into the manifest,
+and turns a failure into a ``CompileError`` that names the failing pass and those that ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from evospec.errors import CompileError, EvoSpecError
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """Attributes:
+    backend: ``ort`` (ONNX Runtime), ``tensorrt`` or ``torch`` (no engine build).
+    buckets: Active-set sizes the LM-head stage is built for (ascending); the smallest bucket
+        that holds the active set is used, padded with rows that can never be selected.
+    precision: ``fp32`` or ``fp16`` weights/activations in the built engines.
+    opset: ONNX opset of the exported graphs.
+    parity_feeds: Recorded feeds per stage for the parity check.
+    """
+
+    backend: str = "ort"
+    buckets: tuple[int, ...] = (4096, 8192, 16384, 32768)
+    precision: str = "fp32"
+    opset: int = 18
+    parity_feeds: int = 3
+    max_context: int = 4096  # TensorRT profiles: longest drafter cache
+    max_draft_tokens: int = 512  # TensorRT profiles: most tokens in one trunk call (prefill chunk or tree level)
+
+    def __post_init__(self) -> None:
+        from evospec.errors import SettingsError
+
+        if self.backend not in ("ort", "tensorrt", "torch"):
+            raise SettingsError(f"backend must be ort, tensorrt or torch (got {self.backend!r})")
+        if self.precision not in ("fp32", "fp16"):
+            raise SettingsError(f"precision must be fp32 or fp16 (got {self.precision!r})")
+        if not self.buckets or any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise SettingsError(f"buckets must be ascending positive sizes (got {self.buckets})")
+
+
+@dataclass
+class CompileContext:
+    """Everything passes read and write. ``work`` is the bundle's temporary directory."""
+
+    target_dir: Path
+    drafter_dir: Path
+    work: Path
+    settings: CompileSettings
+    target: Any = None
+    drafter: Any = None
+    stages: dict[str, Any] = field(default_factory=dict)  # name -> torch module
+    reservoir: Any = None  # [V, d] tensor
+    draft_rows: Any = None  # [Vd] target ids of the drafter's own head rows
+    files: dict[str, str] = field(default_factory=dict)  # artefact name -> path relative to work
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    changed: bool
+    summary: str
+
+
+class Pass(Protocol):
+    name: str
+
+    def __call__(self, ctx: CompileContext) -> PassResult: ...
+
+
+def run_passes(
+    passes: Sequence[Pass], ctx: CompileContext, on_pass: Callable[[str, int, int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run ``passes`` in order; returns (and stores in the manifest) one record per pass."""
+    records: list[dict[str, Any]] = []
+    ctx.manifest["passes"] = records
+    for index, compile_pass in enumerate(passes):
+        if on_pass is not None:
+            on_pass(compile_pass.name, index, len(passes))
+        start = time.perf_counter()
+        try:
+            result = compile_pass(ctx)
+        except Exception as exc:  # any failure: name the pass and what already ran
+            ran = [r["name"] for r in records] or "none"
+            detail = str(exc) if isinstance(exc, EvoSpecError) else f"{type(exc).__name__}: {exc}"
+            raise CompileError(f"pass '{compile_pass.name}' failed: {detail} (passes that ran: {ran})") from exc
+        records.append({"name": compile_pass.name, "changed": result.changed, "summary": result.summary,
+                        "seconds": round(time.perf_counter() - start, 3)})
+    return records
+
+
+def relative(ctx: CompileContext, path: Path) -> str:
+    return str(Path(path).relative_to(ctx.work))

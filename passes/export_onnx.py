@@ -1,0 +1,25 @@
+"""Pass 5: export fuse, trunk and head to ONNX (external data), checked by the ONNX checker."""
+
+from __future__ import annotations
+
+from evospec.exporters.onnx_export import export_stage, graph_summary
+from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.feeds import SIGNATURES, recorded_feeds
+
+
+class ExportOnnx:
+    name = "export_onnx"
+
+    def __call__(self, ctx: CompileContext) -> PassResult:
+        examples = recorded_feeds(ctx, 1)
+        (ctx.work / "onnx").mkdir(exist_ok=True)
+        summaries = {}
+        for stage in ("fuse", "trunk", "head"):
+            signature = SIGNATURES[stage]
+            path = ctx.work / "onnx" / f"{stage}.onnx"
+            feed = examples[stage][0]
+            export_stage(ctx.stages[stage], tuple(feed[n] for n in signature.inputs), signature, path, ctx.settings.opset)
+            ctx.files[f"onnx/{stage}"] = relative(ctx, path)
+            summaries[stage] = graph_summary(path)
+        ctx.manifest["graphs"] = summaries
+        return PassResult(True, "exported " + ", ".join(f"{s} ({v['nodes']} nodes)" for s, v in summaries.items()))

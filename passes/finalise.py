@@ -1,0 +1,40 @@
+"""Pass 8: put the drafter's own checkpoint in the bundle and fingerprint every artefact.
+
+The bundle carries a copy of the drafter (official layout): the torch backend runs from it, and
+every backend takes d2t/t2d (and the drafter's own embeddings, if it has them) from it. Sizes
+and sha256 of all files go into the manifest, so a truncated or swapped file is caught at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.runtime.checkpoint import save_drafter
+
+
+def fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+class Finalise:
+    name = "finalise"
+
+    def __call__(self, ctx: CompileContext) -> PassResult:
+        save_drafter(ctx.drafter, ctx.work / "drafter")
+        ctx.files["drafter"] = "drafter"
+        if ctx.settings.backend == "torch":  # the other backends carry the reservoir inside head.onnx
+            from safetensors.torch import save_file
+
+            save_file({"reservoir": ctx.reservoir.contiguous()}, str(ctx.work / "reservoir.safetensors"))
+            ctx.files["reservoir"] = "reservoir.safetensors"
+        files = sorted(p for p in ctx.work.rglob("*") if p.is_file() and p.name != "manifest.json")
+        ctx.manifest["files"] = {relative(ctx, p): fingerprint(p) for p in files}
+        ctx.manifest["artefacts"] = dict(ctx.files)
+        total = sum(v["bytes"] for v in ctx.manifest["files"].values())
+        return PassResult(True, f"{len(files)} files, {total / 2**20:.1f} MiB")

@@ -1,0 +1,18 @@
+"""The compile pipeline: the one list that fixes the order of the passes."""
+
+from __future__ import annotations
+
+from evospec.passes.base import Pass
+from evospec.passes.build_engines import BuildEngines
+from evospec.passes.export_onnx import ExportOnnx
+from evospec.passes.finalise import Finalise
+from evospec.passes.gather_plans import PlanGathers
+from evospec.passes.parity import CheckParity
+from evospec.passes.reservoir import BuildReservoir
+from evospec.passes.split import SplitStages
+from evospec.passes.validate_inputs import ValidateInputs
+
+
+def default_passes() -> list[Pass]:
+    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), ExportOnnx(), BuildEngines(),
+            CheckParity(), Finalise()]

@@ -1,0 +1,46 @@
+"""Pass 1: load target and drafter with the decoding core's loaders; hash the files they came from."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from evospec.passes.base import CompileContext, PassResult
+
+WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
+
+
+def hash_directory(directory: Path) -> dict[str, dict]:
+    """sha256 and size of every model file (configs, weights, tokenizer) directly in ``directory``."""
+    files = {}
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file() and path.suffix in WEIGHT_SUFFIXES and not path.name.startswith("."):
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            files[path.name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return files
+
+
+class ValidateInputs:
+    name = "validate_inputs"
+
+    def __call__(self, ctx: CompileContext) -> PassResult:
+        from evospec.runtime.generator import SpeculativeGenerator
+
+        generator = SpeculativeGenerator.from_paths(ctx.target_dir, ctx.drafter_dir)  # all loader checks
+        ctx.target, ctx.drafter = generator.target, generator.drafter
+        c = ctx.drafter.config
+        ctx.manifest["inputs"] = {
+            "target": {"path": str(Path(ctx.target_dir).resolve()), "files": hash_directory(ctx.target_dir)},
+            "drafter": {"path": str(Path(ctx.drafter_dir).resolve()), "files": hash_directory(ctx.drafter_dir)},
+        }
+        ctx.manifest["shapes"] = {
+            "vocab_size": c.vocab_size, "draft_vocab_size": c.draft_vocab_size, "hidden_size": c.hidden_size,
+            "target_hidden_size": c.target_hidden_size, "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+            "tap_layers": list(ctx.target.tap_layers), "target_layers": ctx.target.num_layers,
+        }
+        files = sum(len(v["files"]) for v in ctx.manifest["inputs"].values())
+        return PassResult(False, f"target and drafter load and fit together; {files} files hashed")

@@ -1,0 +1,52 @@
+"""Gather plans: which reservoir rows the LM-head stage scores this step, padded to a bucket.
+
+Engines are built for a few active-set sizes (buckets) so the head's shape is one of a known
+few. A plan pads the active ids to the smallest bucket that holds them; padded slots point at a
+valid row (id 0) but carry bias -inf, so their logit is -inf and no argmax, top-k or softmax can
+ever pick them. ``ids`` maps a column of the head's output back to a target token id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from evospec.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class GatherPlan:
+    """Attributes:
+    ids: [bucket] target token id of each head column (padding: 0).
+    bias: [bucket] 0 for active columns, -inf for padding.
+    size: Number of active (non-padding) columns; they come first.
+    """
+
+    ids: torch.Tensor
+    bias: torch.Tensor
+    size: int
+
+    @property
+    def bucket(self) -> int:
+        return int(self.ids.numel())
+
+
+def choose_bucket(size: int, buckets: tuple[int, ...]) -> int:
+    for bucket in sorted(buckets):
+        if size <= bucket:
+            return bucket
+    raise SettingsError(f"an active set of {size} rows does not fit the largest bucket {max(buckets)}; "
+                        "compile with a larger --buckets entry")
+
+
+def make_plan(active_ids: torch.Tensor, buckets: tuple[int, ...], dtype: torch.dtype = torch.float32) -> GatherPlan:
+    """Pad ``active_ids`` (distinct target ids, any order) to the smallest bucket that holds them."""
+    active_ids = active_ids.to(torch.long).flatten()
+    if active_ids.numel() == 0:
+        raise SettingsError("an active set needs at least one id")
+    bucket = choose_bucket(int(active_ids.numel()), buckets)
+    pad = bucket - active_ids.numel()
+    ids = torch.cat((active_ids, active_ids.new_zeros(pad)))
+    bias = torch.cat((torch.zeros(active_ids.numel(), dtype=dtype), torch.full((pad,), float("-inf"), dtype=dtype)))
+    return GatherPlan(ids=ids, bias=bias.to(active_ids.device), size=int(active_ids.numel()))

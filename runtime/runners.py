@@ -1,0 +1,112 @@
+"""One small runner interface over torch modules, ONNX Runtime sessions and TensorRT engines.
+
+Polygraphy's pattern: a runner is activated once (sessions and contexts are created lazily, so
+building a bundle's runners costs nothing until used), then ``infer`` maps named input tensors
+to named output tensors. Every runner takes and returns torch tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from evospec.errors import BundleError
+
+
+class Runner(Protocol):
+    name: str
+
+    def activate(self) -> None: ...
+
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def input_metadata(self) -> dict[str, tuple[str, tuple]]: ...
+
+
+class TorchRunner:
+    """Eager torch: the reference every engine is checked against."""
+
+    def __init__(self, name: str, module: torch.nn.Module, inputs: list[str], outputs: list[str]) -> None:
+        self.name, self.module, self.inputs, self.outputs = name, module.eval(), inputs, outputs
+
+    def activate(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.module(*(feeds[n] for n in self.inputs))
+        out = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.outputs, out))
+
+    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
+        return {n: ("tensor", ()) for n in self.inputs}
+
+
+class OrtRunner:
+    """An ONNX Runtime session whose float weights live in buffers this runner owns.
+
+    The weights are handed to the session with ``add_initializer`` (prepacking disabled), so
+    ``update_weight`` changes them in place, without recreating the session: the path online
+    alignment uses to apply drafter updates.
+    """
+
+    def __init__(self, name: str, path: Path, providers: list[str] | None = None, bind_weights: bool = True) -> None:
+        self.name, self.path, self.providers, self.bind_weights = name, Path(path), providers, bind_weights
+        self.session: Any = None
+        self.weights: dict[str, np.ndarray] = {}
+
+    def activate(self) -> None:
+        if self.session is not None:
+            return
+        import onnx
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.bind_weights:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            model = onnx.load(str(self.path), load_external_data=True)
+            for init in model.graph.initializer:
+                array = onnx.numpy_helper.to_array(init)
+                if array.dtype in (np.float32, np.float16) and array.size > 1:
+                    self.weights[init.name] = np.array(array, copy=True, order="C")
+            self._values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.weights.items()}
+            for n, value in self._values.items():
+                options.add_initializer(n, value)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types; name the file
+            raise BundleError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from None
+
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.activate()
+        arrays = {k: v.detach().cpu().numpy() for k, v in feeds.items()}
+        outputs = self.session.run(None, arrays)
+        names = [o.name for o in self.session.get_outputs()]
+        return {n: torch.from_numpy(o) for n, o in zip(names, outputs)}
+
+    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
+        self.activate()
+        return {i.name: (i.type, tuple(i.shape)) for i in self.session.get_inputs()}
+
+    def update_weight(self, name: str, value: np.ndarray | torch.Tensor, rows: np.ndarray | None = None) -> None:
+        """Overwrite a weight (or only ``rows`` of it) in place; the session sees it on its next run.
+
+        ``name`` is the torch parameter name; the export stores some weights transposed (as
+        ``name.T``), which is handled here.
+        """
+        self.activate()
+        value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if name in self.weights:
+            target = self.weights[name]
+        elif f"{name}.T" in self.weights and rows is None:
+            target, value = self.weights[f"{name}.T"], value.T
+        else:
+            raise KeyError(f"{self.path} has no updatable weight {name!r}; it has {sorted(self.weights)[:8]}")
+        if rows is None:
+            np.copyto(target, value.astype(target.dtype, copy=False))
+        else:
+            target[rows] = value.astype(target.dtype, copy=False)

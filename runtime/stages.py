@@ -1,0 +1,89 @@
+"""The drafter split into stages with explicit state: what the compile pipeline exports and runs.
+
+``FuseStage``  fc: three tapped target states [B, T, 3*Dt] -> drafter width [B, T, d].
+``TrunkStage`` the decoder layer + final norm. KV cache, positions and the attention mask are
+               inputs; the new keys/values are outputs (the runtime owns the cache), so the stage
+               is a pure function with static weights: what ONNX and TensorRT want.
+``HeadStage``  LM head over an *active* subset of a reservoir of rows: logits [N, A] for the
+               rows ``active`` (padded to a bucket; padding carries bias -inf and never wins).
+
+Token embeddings stay outside: the table is the target's (or drafter's) and the runtime gathers
+it, so the exported trunk does not carry a 151k-row table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evospec.runtime.drafter import Eagle3Drafter, rotate_half
+
+
+class FuseStage(nn.Module):
+    def __init__(self, drafter: Eagle3Drafter) -> None:
+        super().__init__()
+        self.fc = drafter.fc
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+
+class TrunkStage(nn.Module):
+    """One EAGLE-3 decoder layer + norm with the cache as explicit inputs/outputs.
+
+    ``past_keys``/``past_values`` [B, Hkv, P, hd] are the cache slots before the T inputs, ``mask``
+    [T, P+T] bool. Returns (hidden [B, T, d] fed back at the next depth, normed [B, T, d] for the
+    head, new keys and values [B, Hkv, T, hd]).
+    """
+
+    def __init__(self, drafter: Eagle3Drafter) -> None:
+        super().__init__()
+        c = drafter.config
+        self.layer = drafter.midlayer
+        self.norm = drafter.norm
+        self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        rotary = drafter.rotary
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
+        self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [B, T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+    def forward(self, hidden, embeds, positions, past_keys, past_values, mask):
+        layer, attn = self.layer, self.layer.self_attn
+        b, t, _ = hidden.shape
+        normed_hidden = layer.hidden_norm(hidden)
+        residual = normed_hidden if layer.norm_before_residual else hidden
+        x = torch.cat((layer.input_layernorm(embeds), normed_hidden), dim=-1)
+        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = self.rope(positions, hidden.dtype)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys = torch.cat((past_keys, k), dim=2)
+        values = torch.cat((past_values, v), dim=2)
+        if self.n_heads != self.n_kv:  # grouped-query attention, spelled out for exporters
+            keys = keys.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            values = values.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        scores = q @ keys.transpose(-1, -2) / self.head_dim**0.5
+        scores = scores.masked_fill(~mask, float("-inf"))
+        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values
+        hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, self.norm(hidden), k, v
+
+
+class HeadStage(nn.Module):
+    """Logits over active reservoir rows: ``normed [N, d] @ rows[active].T + bias`` -> [N, A]."""
+
+    def __init__(self, reservoir: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("reservoir", reservoir.detach().clone())  # [V, d]
+
+    def forward(self, normed: torch.Tensor, active: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(normed, torch.index_select(self.reservoir, 0, active)) + bias

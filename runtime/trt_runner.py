@@ -1,0 +1,48 @@
+"""TensorRT runner: a thin layer over Polygraphy's ``TrtRunner`` (engine loading, bindings, profiles).
+
+Head engines hold one optimisation profile per bucket; ``buckets`` lets the runner switch to
+the profile of the active-set size it is fed. Needs TensorRT, Polygraphy and a CUDA GPU; the
+bundle loader checks for them before building one of these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class TrtRunner:
+    def __init__(self, name: str, path: Path, buckets: tuple[int, ...] | None = None) -> None:
+        self.name, self.path, self.buckets = name, Path(path), buckets
+        self._runner = None
+        self._profile = 0
+
+    def activate(self) -> None:
+        if self._runner is not None:
+            return
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes
+        from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner
+
+        self._runner = PolygraphyTrtRunner(EngineFromBytes(BytesFromPath(str(self.path))), name=self.name)
+        self._runner.activate()
+
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.activate()
+        if self.buckets is not None and "active" in feeds:
+            profile = self.buckets.index(int(feeds["active"].numel()))
+            if profile != self._profile:
+                self._runner.set_profile(profile)
+                self._profile = profile
+        cuda_feeds = {k: v.to("cuda").contiguous() for k, v in feeds.items()}  # torch in -> torch out
+        return dict(self._runner.infer(cuda_feeds, copy_outputs_to_host=False))
+
+    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
+        self.activate()
+        return {name: (str(dtype), tuple(shape)) for name, (dtype, shape) in self._runner.get_input_metadata().items()}
+
+    def deactivate(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
