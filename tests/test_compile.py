@@ -242,3 +242,43 @@ def test_compile_settings_errors(tmp_path):
         compile_settings(path)
     with pytest.raises(SettingsError, match="comma-separated integers"):
         compile_settings(None, buckets="a,b")
+
+
+def test_cli_compile_inspect_generate_doctor(tmp_path):
+    from .test_cli import run
+
+    bundle = tmp_path / "bundle"
+    proc = run("compile", "--target", str(TARGET), "--drafter", str(DRAFTER), "--out", str(bundle), "--buckets", "384,512")
+    assert [line.split()[0] for line in proc.stdout.splitlines()[:-1]] == [p.name for p in default_passes()]
+    text = run("inspect", str(bundle)).stdout
+    assert "parity vs torch" in text and "head buckets: [384, 512]" in text and "onnx/trunk.onnx" in text
+    assert json.loads(run("inspect", str(bundle), "--json").stdout)["gather"]["default_bucket"] == 384
+    common = ["--target", str(TARGET), "--prompt", "class ", "--max-new-tokens", "24", "--draft-tree", "chain", "--json"]
+    compiled = json.loads(run("generate", "--bundle", str(bundle), *common).stdout.strip().splitlines()[-1])
+    eager = json.loads(run("generate", "--drafter", str(DRAFTER), *common).stdout.strip().splitlines()[-1])
+    assert compiled["token_ids"] == eager["token_ids"] and compiled["accepted_lengths"] == eager["accepted_lengths"]
+    (bundle / "manifest.json").unlink()
+    bad = run("generate", "--bundle", str(bundle), *common, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "manifest.json is missing" in bad.stderr
+    doctor = json.loads(run("doctor", "--json").stdout)
+    found = {r["component"]: r for r in doctor}
+    assert found["torch"]["available"] and found["onnxruntime"]["available"]
+    assert "CPUExecutionProvider" in found["onnxruntime"]["detail"]
+    assert {"cuda", "tensorrt", "polygraphy", "usearch", "triton", "onnx"} <= set(found)
+    assert all(r["detail"] for r in doctor)
+    assert "torch" in run("doctor").stdout
+
+
+@pytest.mark.gpu
+def test_tensorrt_bundle_drafts_like_eager(tmp_path):
+    """Needs TensorRT and a CUDA GPU: builds engines (REFIT, one head profile per bucket) and decodes."""
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT engines need a CUDA GPU; torch sees none")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'evospec[tensorrt]')")
+    manifest = compile_bundle(TARGET, DRAFTER, tmp_path / "trt", CompileSettings(backend="tensorrt", buckets=(384, 512)))
+    assert all(manifest["parity"]["polygraphy"].values())
+    eager = SpeculativeGenerator.from_paths(TARGET, DRAFTER, device="cuda")
+    compiled = SpeculativeGenerator.from_bundle(tmp_path / "trt", TARGET, device="cuda")
+    prompt = eager.encode("def ")
+    s = DecodeSettings(max_new_tokens=32, draft_tree="chain", draft_depth=4)
+    assert compiled.generate(prompt, s).token_ids == eager.generate(prompt, s).token_ids
