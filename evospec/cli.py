@@ -285,112 +285,6 @@ def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
         click.echo(f"wrote {plot_path}")
 
 
-@main.group()
-def train() -> None:
-    """Train reference targets and EAGLE-3 drafters on a corpus (CPU recipes)."""
-
-
-@train.command("target")
-@click.option("--corpus", required=True, type=click.Path(path_type=Path))
-@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--recipe", "recipe_name", default="tiny", show_default=True,
-              help="tiny, medium, or a TOML file with a [target] table (see configs/reference-*.toml).")
-@click.option("--steps", type=int, default=None, help="Override the recipe's step count.")
-def train_target_cmd(corpus, tokenizer_dir, out, recipe_name, steps):
-    """A Llama-architecture target with the tokenizer's full vocabulary (sampled-softmax training)."""
-    from evospec.corpus import corpus_domains
-    from evospec.progress import loss_progress
-    from evospec.recipes import recipe_named
-    from evospec.runtime.target import load_tokenizer
-    from evospec.train_target import save_target, train_target
-
-    recipe = recipe_named(recipe_name).target
-    if steps:
-        recipe = dataclasses.replace(recipe, steps=steps)
-    corpus_domains(corpus)  # a missing or empty corpus fails here, before the tokenizer loads
-    tokenizer = load_tokenizer(tokenizer_dir)
-    with loss_progress("training target", transient=True) as bar:
-        task = bar.add_task("t", total=recipe.steps, loss=float("nan"))
-        model, valid = train_target(tokenizer, str(corpus), recipe,
-                                    lambda step, loss: bar.update(task, completed=step + 1, loss=loss))
-    save_target(model, tokenizer, out, recipe, valid)
-    for domain, loss in sorted(valid.items()):
-        click.echo(f"valid loss {domain}: {loss:.3f}")
-    click.echo(f"wrote {out}")
-
-
-@train.command("drafter")
-@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--corpus", required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--recipe", "recipe_name", default="tiny", show_default=True,
-              help="tiny, medium, or a TOML file with a [drafter] table; the options below override it.")
-@click.option("--draft-vocab", type=int, default=None, help="Draft vocabulary size (most frequent corpus tokens).")
-@click.option("--steps", type=int, default=None)
-@click.option("--unroll", type=int, default=None, help="Training-time-test levels.")
-@click.option("--seq-len", type=int, default=None)
-@click.option("--windows", type=int, default=None, help="Training windows drawn from the corpus.")
-def train_drafter_cmd(target_dir, corpus, out, recipe_name, **overrides):
-    """An EAGLE-3 drafter for TARGET, written in the official checkpoint layout."""
-    from evospec.corpus import corpus_domains
-    from evospec.progress import loss_progress
-    from evospec.recipes import recipe_named
-    from evospec.runtime.checkpoint import save_drafter
-    from evospec.runtime.target import load_target
-    from evospec.train_drafter import train_drafter
-
-    recipe = dataclasses.replace(recipe_named(recipe_name).drafter, **{k: v for k, v in overrides.items() if v is not None})
-    corpus_domains(corpus)
-    target = load_target(target_dir)
-    if target.tokenizer is None:
-        raise click.UsageError(f"{target_dir} has no tokenizer; the corpus must be tokenised with the target's own")
-    with loss_progress("training drafter", transient=True) as bar:
-        task = bar.add_task("d", total=recipe.steps, loss=float("nan"))
-        drafter, losses = train_drafter(target, target.tokenizer, str(corpus), recipe,
-                                        lambda step, loss: bar.update(task, completed=step + 1, loss=loss))
-    save_drafter(drafter, out)
-    click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; wrote {out}")
-
-
-@main.group()
-def reference() -> None:
-    """The reference pair: real corpora, Qwen's vocabulary, a target and drafter trained here."""
-
-
-@reference.command("build")
-@click.option("--size", default="medium", show_default=True,
-              help="Recipe: tiny (minutes), medium (about 45 min on 2 cores), or a TOML recipe file.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder to build into (default: ~/.cache/evospec/reference/<size>).")
-@click.option("--cache", type=click.Path(path_type=Path), default=None,
-              help="Where downloaded source archives are kept (default: ~/.cache/evospec/sources).")
-def reference_build(size, out, cache):
-    """Build (or resume) corpora, tokenizer, target and drafter; the last line printed is JSON with their paths."""
-    from rich.console import Console
-
-    from evospec.progress import loss_progress
-    from evospec.recipes import recipe_named
-    from evospec.reference import build_reference, default_root
-
-    recipe = recipe_named(size)
-    root = out or default_root(Path(size).stem if Path(size).suffix == ".toml" else size)
-    cache = cache or Path.home() / ".cache" / "evospec" / "sources"
-    tasks: dict[str, object] = {}
-    console = Console(stderr=True)
-    with loss_progress("{task.description}", transient=False, console=console) as bar:
-        def report(stage: str, done: int, total: int, loss: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, loss=float("nan"))
-            bar.update(tasks[stage], completed=done, loss=float("nan") if loss is None else loss)
-            if not console.is_terminal and (done == total or done % max(1, total // 20) == 0):
-                # no live bar in logs: a plain line every 5% instead
-                click.echo(f"{stage} {done}/{total}" + ("" if loss is None else f" loss {loss:.3f}"), err=True)
-
-        paths = build_reference(root, recipe, cache, report)
-    click.echo(json.dumps(paths.as_json()))
-
-
 @main.command("build-demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")
@@ -408,9 +302,11 @@ def build_demo(out, target_steps, drafter_steps):
     click.echo(f"wrote {out}")
 
 
-from evospec.cli_compile import register  # noqa: E402  (commands of the compile pipeline)
+# Command groups kept in their own modules (imported last: they register on ``main``).
+from evospec import cli_compile, cli_train
 
-register(main)
+cli_compile.register(main)
+cli_train.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

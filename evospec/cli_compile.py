@@ -93,6 +93,50 @@ def doctor_cmd(as_json):
         click.echo(f"{r['component']:<{width}}  {'yes' if r['available'] else 'no ':<3}  {r['detail']}")
 
 
+
+
+@click.group("profile")
+def profile_group() -> None:
+    """Latency profiles (tables + JSON)."""
+
+
+@profile_group.command("stages")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Profile a compiled bundle's engines.")
+@click.option("--synthetic", default=None, help="Or a production shape with random weights: llama3-8b, qwen2-7b, tiny.")
+@click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
+              help="Backend for --synthetic (a bundle uses its own).")
+@click.option("--buckets", default="4096,8192,16384,32768", show_default=True, help="Active-set sizes of the head.")
+@click.option("--rows", "rows_per_step", type=int, default=8, show_default=True, help="Drafter rows per call (tree width).")
+@click.option("--context", type=int, default=512, show_default=True, help="Drafter KV-cache length.")
+@click.option("--runs", type=int, default=30, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON here.")
+def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, context, runs, warmup, json_path):
+    """Median and p90 latency of trunk, head per bucket, full head, gather and top-k."""
+    from rich.console import Console
+
+    from evospec.atomic import write_text_atomic
+    from evospec.profile_stages import profile_bundle, profile_synthetic, rows_json, rows_table
+
+    if (bundle_dir is None) == (synthetic is None):
+        raise click.UsageError("give exactly one of --bundle DIR or --synthetic NAME")
+    sizes = compile_settings(None, buckets=buckets).buckets
+    if runs < 1 or warmup < 0:
+        raise SettingsError(f"--runs must be >= 1 and --warmup >= 0 (got {runs}, {warmup})")
+    with Console(stderr=True).status("profiling") as status:
+        def progress(what: str) -> None:
+            status.update(what)
+
+        if synthetic is not None:
+            rows = profile_synthetic(synthetic, backend, sizes, rows_per_step, context, runs, warmup, progress)
+        else:
+            rows = profile_bundle(bundle_dir, sizes if buckets else None, rows_per_step, context, runs, warmup, progress)
+    click.echo(rows_table(rows))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(rows_json(rows), indent=2))
+        click.echo(f"wrote {json_path}")
+
+
 def register(main: click.Group) -> None:
-    for command in (compile_cmd, inspect_cmd, doctor_cmd):
+    for command in (compile_cmd, inspect_cmd, doctor_cmd, profile_group):
         main.add_command(command)

@@ -29,11 +29,13 @@ def package_versions() -> dict[str, str]:
 
 
 def compile_bundle(
-    target_dir: Path, drafter_dir: Path, out: Path, settings: CompileSettings = CompileSettings(),
+    target_dir: Path, drafter_dir: Path, out: Path, settings: CompileSettings | None = None,
     passes: Sequence[Pass] | None = None, on_pass: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Compile ``drafter_dir`` (for ``target_dir``) into the bundle ``out``; returns its manifest."""
     from evospec.passes.pipeline import default_passes
+
+    settings = settings or CompileSettings()
 
     with atomic_directory(Path(out)) as work:
         ctx = CompileContext(Path(target_dir), Path(drafter_dir), work, settings)

@@ -34,9 +34,8 @@ MAX_DIM = 1 << 20
 def export_stage(module: torch.nn.Module, example: tuple[torch.Tensor, ...], signature: StageSignature, path: Path,
                  opset: int = 18, external_data: bool = True) -> Path:
     """Write ``path`` (+ ``path.data`` when weights are external); returns ``path``."""
-    from torch.export import Dim
-
     import onnx
+    from torch.export import Dim
 
     dims: dict[str, object] = {}
     dynamic_shapes = []
@@ -70,7 +69,6 @@ def fold_weight_transposes(path: Path) -> int:
     weight a node reads is an initializer with a predictable name: ``name`` or ``name.T``.
     """
     import numpy as np
-
     import onnx
     from onnx import numpy_helper
 

@@ -51,7 +51,7 @@ def build_engine(onnx_path: Path, out_path: Path, profiles: list[dict[str, tuple
     return out_path
 
 
-def refit_weights(engine, weights: dict[str, "object"]) -> None:
+def refit_weights(engine, weights: dict[str, object]) -> None:
     """Update named weights of a deserialised REFIT engine in place (``trt.Refitter``)."""
     trt = _trt()
     refitter = trt.Refitter(engine, trt.Logger(trt.Logger.WARNING))

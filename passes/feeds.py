@@ -8,7 +8,6 @@ on the value ranges they will see, not on unit Gaussians.
 from __future__ import annotations
 
 import torch
-
 from evospec.exporters.onnx_export import StageSignature
 from evospec.passes.base import CompileContext
 from evospec.runtime.gather import make_plan

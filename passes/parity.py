@@ -8,11 +8,11 @@ A stage out of tolerance fails the compile: a bundle that drafts differently is 
 from __future__ import annotations
 
 import torch
-
-from evospec.errors import CompileError
 from evospec.passes.base import CompileContext, PassResult
 from evospec.passes.feeds import SIGNATURES, recorded_feeds
 from evospec.runtime.runners import OrtRunner, TorchRunner
+
+from evospec.errors import CompileError
 
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}  # (atol, rtol of the reference's max |value|)
 
@@ -69,10 +69,10 @@ class CheckParity:
 
 def polygraphy_compare(ctx: CompileContext, feeds: dict) -> dict:
     """TensorRT engine vs ONNX Runtime on the same feeds with Polygraphy's Comparator."""
+    from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.comparator import CompareFunc, Comparator
+    from polygraphy.comparator import Comparator, CompareFunc
 
     atol, rtol = TOLERANCE[ctx.settings.precision]
     result = {}

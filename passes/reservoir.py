@@ -9,7 +9,6 @@ rows (10%) before the final fit on all of them; both relative errors go into the
 from __future__ import annotations
 
 import torch
-
 from evospec.passes.base import CompileContext, PassResult
 from evospec.runtime.stages import HeadStage
 

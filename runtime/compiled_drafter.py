@@ -8,7 +8,6 @@ the generator are unchanged: only where the drafter's arithmetic happens moves.
 from __future__ import annotations
 
 import torch
-
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
 from evospec.runtime.gather import GatherPlan
 from evospec.runtime.runners import Runner

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from evospec.runtime.drafter import Eagle3Drafter, rotate_half
+from torch import nn
 
 
 class FuseStage(nn.Module):

@@ -36,8 +36,14 @@ def test_generate_json_matches_target_greedy(checkpoint_dirs):
     assert out["steps"] == len(out["accepted_lengths"])
 
 
-def test_generate_text_prompt_with_tokenizer_and_no_draft(checkpoint_dirs):
-    target_dir, _, model, _ = checkpoint_dirs
+def test_generate_text_prompt_with_tokenizer_and_no_draft(tmp_path):
+    import dataclasses
+
+    from evospec.tiny import TINY_SHAPES, tiny_target
+
+    model = tiny_target(dataclasses.replace(TINY_SHAPES["llama"], vocab_size=len(char_tokenizer())), seed=5)
+    target_dir = tmp_path / "target"
+    model.save_pretrained(target_dir)
     char_tokenizer().save_pretrained(target_dir)
     proc = run("generate", "--target", str(target_dir), "--no-draft", "--prompt", "ab", "--max-new-tokens", "8", "--json")
     out = json.loads(proc.stdout.strip().splitlines()[-1])

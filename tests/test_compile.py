@@ -7,6 +7,11 @@ import shutil
 
 import pytest
 import torch
+from evospec.passes.base import CompileSettings, PassResult
+from evospec.passes.pipeline import default_passes
+from evospec.passes.reservoir import build_reservoir
+from evospec.runtime.gather import choose_bucket, make_plan
+from evospec.runtime.stages import HeadStage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,11 +19,6 @@ from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.compile import compile_bundle
 from evospec.demo_pair import ASSET_DIR
 from evospec.errors import BundleError, CompileError, SettingsError
-from evospec.passes.base import CompileSettings, PassResult
-from evospec.passes.pipeline import default_passes
-from evospec.passes.reservoir import build_reservoir
-from evospec.runtime.gather import choose_bucket, make_plan
-from evospec.runtime.stages import HeadStage
 
 pytest.importorskip("onnxruntime", reason="the compile tests need onnxruntime (pip install 'evospec[onnx]')")
 
