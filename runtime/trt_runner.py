@@ -16,6 +16,7 @@ class TrtRunner:
     def __init__(self, name: str, path: Path, buckets: tuple[int, ...] | None = None) -> None:
         self.name, self.path, self.buckets = name, Path(path), buckets
         self._runner = None
+        self._engine = None
         self._profile = 0
 
     def activate(self) -> None:
@@ -25,7 +26,8 @@ class TrtRunner:
         from polygraphy.backend.trt import EngineFromBytes
         from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner
 
-        self._runner = PolygraphyTrtRunner(EngineFromBytes(BytesFromPath(str(self.path))), name=self.name)
+        self._engine = EngineFromBytes(BytesFromPath(str(self.path)))()
+        self._runner = PolygraphyTrtRunner(self._engine, name=self.name)
         self._runner.activate()
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -41,6 +43,19 @@ class TrtRunner:
     def input_metadata(self) -> dict[str, tuple[str, tuple]]:
         self.activate()
         return {name: (str(dtype), tuple(shape)) for name, (dtype, shape) in self._runner.get_input_metadata().items()}
+
+    def update_weight(self, name: str, value: torch.Tensor) -> None:
+        """Refit one weight in place (the engine was built with REFIT); ``name.T`` weights take the transpose."""
+        from evospec.exporters.tensorrt_build import refit_weights
+
+        from evospec.errors import CompileError
+
+        self.activate()
+        array = value.detach().float().cpu().numpy()
+        try:
+            refit_weights(self._engine, {name: array})
+        except CompileError:  # not found under its own name: the export stored it transposed
+            refit_weights(self._engine, {f"{name}.T": array.T.copy()})
 
     def deactivate(self) -> None:
         if self._runner is not None:
