@@ -106,7 +106,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
                       "head": lambda: HeadStage(load_reservoir(bundle))}[stage]()
             runners[stage] = TorchRunner(stage, module, list(signature.inputs), list(signature.outputs))
         runners[stage].activate()  # sessions are created now, not inside the first timed draft step
-    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan), manifest
+    buckets = tuple(manifest["gather"]["buckets"])
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets), manifest
 
 
 def load_reservoir(bundle: Path) -> torch.Tensor:

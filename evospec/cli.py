@@ -113,11 +113,15 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
               help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
+@click.option("--vocab", "vocab_policy", default=None,
+              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K).")
+@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
+              help="Token-frequency file for frspec:K (`evospec vocab frequencies`).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, device, dtype, prompt, prompt_ids, config_path, no_draft, stream,
-             as_json, **values):
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, device, dtype, prompt, prompt_ids,
+             config_path, no_draft, stream, as_json, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
     checked = checked_prompt(prompt, prompt_ids)
@@ -125,10 +129,13 @@ def generate(target_dir, drafter_dir, bundle_dir, device, dtype, prompt, prompt_
         raise click.UsageError("give --drafter or --bundle, not both (a bundle carries its drafter)")
     if drafter_dir is None and bundle_dir is None and settings.use_draft:
         raise click.UsageError("--drafter (or --bundle) is required unless --no-draft is given")
+    if vocab_policy is not None and bundle_dir is None:
+        raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
 
     if bundle_dir is not None and settings.use_draft:
-        generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype)
+        generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
+                                                     vocab=vocab_policy, frequencies=frequencies)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
                                                     device=device, dtype=dtype)
@@ -252,6 +259,34 @@ def data_build(out, cache, tokenizer_dir):
 @main.group()
 def vocab() -> None:
     """Vocabulary statistics."""
+
+
+@vocab.command("frequencies")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (see `evospec data build`).")
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path), help="HF tokenizer directory.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Frequency file (JSON) to write.")
+@click.option("--split", default="train", show_default=True, help="Which split to count.")
+@click.option("--domains", default=None, help="Comma-separated domains (default: all but switch).")
+def vocab_frequencies(corpus, tokenizer_dir, out, split, domains):
+    """Count token frequencies over a corpus (streamed, any size): the list FR-Spec's frspec:K keeps."""
+    from rich.progress import Progress
+
+    from evospec.corpus import corpus_domains, iter_document_batches
+    from evospec.runtime.target import load_tokenizer
+    from evospec.runtime.vocab.frequencies import count_tokens
+
+    available = corpus_domains(corpus)
+    chosen = [d for d in domains.split(",") if d] if domains else [d for d in available if d != "switch"]
+    tokenizer = load_tokenizer(tokenizer_dir)
+    batches = (tokenizer(batch, add_special_tokens=False)["input_ids"]
+               for domain in chosen for batch in iter_document_batches(corpus, domain, split))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("counting tokens (documents)", total=None)
+        table = count_tokens(batches, len(tokenizer), f"{corpus} {split} {','.join(chosen)}",
+                             lambda n: bar.update(task, advance=n))
+    table.save(out)
+    click.echo(f"{table.documents} documents, {int(table.counts.sum())} tokens, "
+               f"{int((table.counts > 0).sum())} distinct; wrote {out}")
 
 
 @vocab.command("coverage")

@@ -49,3 +49,32 @@ def read_documents(root: str | Path, domain: str, split: str = "test") -> list[s
     if not docs:
         raise CorpusError(f"{folder} holds no documents (.txt files or .jsonl with a 'text' field)")
     return docs
+
+
+def iter_document_batches(root: str | Path, domain: str, split: str, batch: int = 256):
+    """Documents of one domain and split in batches, reading files lazily (for corpora of any size)."""
+    folder = Path(root) / domain / split
+    if not folder.is_dir():
+        raise CorpusError(f"{folder} does not exist (expected {Path(root)}/<domain>/{split}/)")
+    pending: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".txt":
+            texts = [path.read_text(errors="replace")]
+        elif path.suffix == ".jsonl":
+            texts = []
+            with path.open() as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        texts.append(json.loads(line)["text"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise CorpusError(f"{path}:{number}: expected a JSON object with a 'text' field") from None
+        else:
+            continue
+        pending += [t for t in texts if t.strip()]
+        while len(pending) >= batch:
+            yield pending[:batch]
+            pending = pending[batch:]
+    if pending:
+        yield pending

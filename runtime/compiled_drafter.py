@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import torch
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
-from evospec.runtime.gather import GatherPlan
+from evospec.runtime.gather import GatherPlan, update_plan
 from evospec.runtime.runners import Runner
 
 
 class CompiledDrafter:
     def __init__(self, config: Eagle3Config, d2t: torch.Tensor, embed_table: torch.nn.Module,
-                 runners: dict[str, Runner], plan: GatherPlan) -> None:
-        self.config, self.d2t, self._embed, self.runners, self.plan = config, d2t, embed_table, runners, plan
+                 runners: dict[str, Runner], plan: GatherPlan, buckets: tuple[int, ...]) -> None:
+        self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
+        self.buckets = buckets
         self.dtype = torch.float32  # engines take and return fp32 at their boundary
+        self.moved_rows = 0  # head columns changed by the last set_active (a delta, not a rebuild)
+        self.draft_rows = plan.ids[: plan.size].clone()  # the drafter's own vocabulary (policy eagle3)
+        self._use(plan)
+
+    def _use(self, plan: GatherPlan) -> None:
+        self.plan = plan
+        self._id_map = plan.ids[: plan.size].to(self.d2t.device)
+
+    def set_active(self, target_ids: torch.Tensor) -> None:
+        """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``."""
+        plan, self.moved_rows = update_plan(self.plan, target_ids, self.buckets)
+        self._use(plan)
+
+    @property
+    def active_ids(self) -> torch.Tensor:
+        return self._id_map
 
     def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        return draft_ids + self.d2t[draft_ids]
+        """Head column -> target id, through the current plan's id map."""
+        return self._id_map[draft_ids.to(self._id_map.device)]
 
     def embed(self, target_ids: torch.Tensor) -> torch.Tensor:
         return self._embed(target_ids)

@@ -50,3 +50,37 @@ def make_plan(active_ids: torch.Tensor, buckets: tuple[int, ...], dtype: torch.d
     ids = torch.cat((active_ids, active_ids.new_zeros(pad)))
     bias = torch.cat((torch.zeros(active_ids.numel(), dtype=dtype), torch.full((pad,), float("-inf"), dtype=dtype)))
     return GatherPlan(ids=ids, bias=bias.to(active_ids.device), size=int(active_ids.numel()))
+
+
+def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: tuple[int, ...]) -> tuple[GatherPlan, int]:
+    """A plan for ``active_ids`` that keeps every still-active id in its old column.
+
+    Returns (plan, moved): only ``moved`` columns changed, so a device-side copy of the gathered
+    rows needs only those rows refreshed. A different bucket (or no previous plan) moves all.
+    Columns are no longer sorted by anything; ``plan.ids[:plan.size]`` holds exactly the active
+    ids in some order, followed by padding.
+    """
+    active_ids = active_ids.to(torch.long).flatten()
+    bucket = choose_bucket(int(active_ids.numel()), buckets)
+    if previous is None or previous.bucket != bucket:
+        plan = make_plan(active_ids, buckets, previous.bias.dtype if previous is not None else torch.float32)
+        return plan, plan.size
+    old = previous.ids[: previous.size].tolist()
+    wanted = set(active_ids.tolist())
+    kept = [t for t in old if t in wanted]
+    fresh = [t for t in active_ids.tolist() if t not in set(kept)]
+    # compact: retained ids keep their columns when they are already inside the new size
+    size = len(wanted)
+    columns: list[int | None] = [t if t in wanted else None for t in old] + [None] * (bucket - len(old))
+    columns = columns[:bucket]
+    outside = [t for i, t in enumerate(columns) if t is not None and i >= size]
+    for i in range(size, bucket):
+        columns[i] = None
+    queue = outside + fresh
+    moved = len(queue)
+    for i in range(size):
+        if columns[i] is None:
+            columns[i] = queue.pop(0)
+    ids = torch.tensor([t if t is not None else 0 for t in columns], dtype=torch.long)
+    bias = torch.cat((torch.zeros(size, dtype=previous.bias.dtype), torch.full((bucket - size,), float("-inf"), dtype=previous.bias.dtype)))
+    return GatherPlan(ids=ids, bias=bias, size=size), moved

@@ -50,7 +50,7 @@ class SpeculativeGenerator:
         drafter: An EAGLE-3 drafter, or None for plain autoregressive decoding.
     """
 
-    def __init__(self, target: TargetModel, drafter: Eagle3Drafter | None = None) -> None:
+    def __init__(self, target: TargetModel, drafter: Eagle3Drafter | None = None, policy=None) -> None:
         if drafter is not None:
             taps = drafter.config.tap_layers or default_tap_layers(target.num_layers)
             bad = [i for i in taps if not 0 <= i <= target.num_layers]
@@ -60,8 +60,11 @@ class SpeculativeGenerator:
                     f"(valid indices 0..{target.num_layers}, three of them)"
                 )
             target = TargetModel(target.model, tuple(taps), target.tokenizer)
+        if policy is not None and not hasattr(drafter, "set_active"):
+            raise CompatibilityError("vocabulary policies need a compiled drafter (`evospec compile`, then --bundle)")
         self.target = target
         self.drafter = drafter
+        self.policy = policy  # chooses the drafter's active vocabulary each step (compiled drafters)
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -90,16 +93,26 @@ class SpeculativeGenerator:
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32"
+        cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
+        vocab: str | None = None, frequencies: str | Path | None = None,
     ) -> SpeculativeGenerator:
-        """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for."""
+        """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for.
+
+        ``vocab`` names a vocabulary policy (``full``, ``eagle3``, ``frspec:K``); default: the
+        drafter's own vocabulary, fixed.
+        """
         from evospec.bundle import check_target, load_compiled_drafter, read_manifest
 
         manifest = read_manifest(bundle)  # a bad bundle fails before the (slow) target load
         check_target(Path(bundle), manifest, Path(target_dir))
         target = load_target(target_dir, device=device, dtype=dtype)
         drafter, _ = load_compiled_drafter(bundle, target)
-        return cls(target, drafter)
+        policy = None
+        if vocab is not None:
+            from evospec.runtime.vocab import PolicyInputs, make_policy
+
+            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows), frequencies)
+        return cls(target, drafter, policy)
 
     def encode(self, text: str) -> list[int]:
         if self.target.tokenizer is None:
@@ -145,6 +158,9 @@ class SpeculativeGenerator:
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
         use_draft = s.use_draft and drafter is not None
+        policy = self.policy if use_draft else None
+        if policy is not None:
+            policy.reset(prompt)
         tcache = target.new_cache()
 
         t0 = time.perf_counter()
@@ -160,10 +176,15 @@ class SpeculativeGenerator:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
+        if policy is not None:
+            policy.observe([root])
 
         while True:
             t0 = time.perf_counter()
             tree = DraftTree.empty()
+            if policy is not None:
+                drafter.set_active(policy.active_ids())
+                stats.active_rows_moved += drafter.moved_rows
             if use_draft:
                 tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
             self._sync()
@@ -186,6 +207,10 @@ class SpeculativeGenerator:
             stats.draft_tokens_proposed += tree.size
 
             new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
+            if policy is not None:
+                stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())
+                stats.active_total += len(new_tokens)
+                policy.observe(new_tokens)
             for token in new_tokens:
                 yield token
                 emitted += 1

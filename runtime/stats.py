@@ -24,6 +24,9 @@ class DecodeStats:
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     wall_time_s: float = 0.0
+    active_hits: int = 0  # committed tokens that were in the drafter's active set (vocabulary policies)
+    active_total: int = 0
+    active_rows_moved: int = 0  # head columns changed between steps (gather-plan deltas)
 
     @property
     def mean_accepted_length(self) -> float:
@@ -37,6 +40,11 @@ class DecodeStats:
         return sum(self.accepted_lengths) / self.draft_tokens_proposed if self.draft_tokens_proposed else 0.0
 
     @property
+    def active_coverage(self) -> float | None:
+        """Share of committed tokens the drafter could have proposed (None without a policy)."""
+        return self.active_hits / self.active_total if self.active_total else None
+
+    @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
@@ -46,6 +54,7 @@ class DecodeStats:
             mean_accepted_length=self.mean_accepted_length,
             acceptance_rate=self.acceptance_rate,
             tokens_per_second=self.tokens_per_second,
+            active_coverage=self.active_coverage,
         )
         return out
 

@@ -1,0 +1,47 @@
+"""The vocabulary-policy interface: which reservoir rows the drafter's head scores next step.
+
+A policy sees the prompt, then every committed token (``observe``), and answers ``active_ids``
+before each draft step. Verification always uses the target's full vocabulary, so no policy can
+change the output; a policy only decides which tokens the drafter is able to propose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """What policies may be built from: the reservoir size and the drafter's own vocabulary."""
+
+    vocab_size: int
+    draft_rows: torch.Tensor  # target ids of the drafter's own LM-head rows
+
+
+class VocabPolicy(Protocol):
+    name: str
+
+    def reset(self, prompt_ids: list[int]) -> None: ...
+
+    def active_ids(self) -> torch.Tensor: ...
+
+    def observe(self, committed: list[int]) -> None: ...
+
+
+class StaticPolicy:
+    """A fixed active set (``full``, ``eagle3``, ``frspec``): reset and observe do nothing."""
+
+    def __init__(self, name: str, ids: torch.Tensor) -> None:
+        self.name, self._ids = name, ids.to(torch.long)
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        pass
+
+    def active_ids(self) -> torch.Tensor:
+        return self._ids
+
+    def observe(self, committed: list[int]) -> None:
+        pass

@@ -1,0 +1,132 @@
+"""Vocabulary policies on compiled drafters: gather-plan deltas, frequency tables, and exactness
+while the active set changes every step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.compile import compile_bundle
+from evospec.demo_pair import ASSET_DIR
+from evospec.errors import SettingsError
+from evospec.passes.base import CompileSettings
+from evospec.runtime.gather import make_plan, update_plan
+from evospec.runtime.vocab import PolicyInputs, make_policy
+from evospec.runtime.vocab.frequencies import TokenFrequencies, count_tokens
+
+from .test_cli import run
+
+TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 99), min_size=1, max_size=40), min_size=1, max_size=6))
+def test_plan_deltas_keep_columns_and_count_moves(active_sets):
+    buckets = (16, 48)
+    plan = None
+    for active in active_sets:
+        ids = torch.tensor(sorted(active))
+        new, moved = update_plan(plan, ids, buckets)
+        assert set(new.ids[: new.size].tolist()) == active and new.size == len(active)
+        assert len(set(new.ids[: new.size].tolist())) == new.size  # an id map: invertible on active columns
+        assert torch.isinf(new.bias[new.size :]).all() and (new.bias[: new.size] == 0).all()
+        assert new.bucket == make_plan(ids, buckets).bucket
+        if plan is not None and plan.bucket == new.bucket:
+            changed = sum(int(new.ids[i]) != int(plan.ids[i]) or i >= plan.size for i in range(new.size))
+            assert moved == changed
+            for i in range(min(plan.size, new.size)):  # a retained id never changes column
+                if int(plan.ids[i]) in active:
+                    assert int(new.ids[i]) == int(plan.ids[i])
+        else:
+            assert moved == new.size
+        plan = new
+
+
+def test_frequency_tables(tmp_path):
+    table = count_tokens(iter([[[1, 2, 2], [3, 2]], [[1]]]), 6, "unit")
+    assert table.counts.tolist() == [0, 2, 3, 1, 0, 0] and table.documents == 3
+    assert table.top(2).tolist() == [1, 2] and table.top(4).tolist() == [0, 1, 2, 3]  # ties: lower id first
+    table.save(tmp_path / "f.json")
+    again = TokenFrequencies.load(tmp_path / "f.json")
+    assert torch.equal(again.counts, table.counts) and again.source == "unit"
+    with pytest.raises(SettingsError, match="counts 6 token ids but the model has 7"):
+        again.top(2, 7)
+    (tmp_path / "bad.json").write_text("[]")
+    for path, message in ((tmp_path / "none.json", "does not exist"), (tmp_path / "bad.json", "not an evospec")):
+        with pytest.raises(SettingsError, match=message):
+            TokenFrequencies.load(path)
+    with pytest.raises(SettingsError, match="outside the vocabulary"):
+        count_tokens(iter([[[9]]]), 6, "unit")
+
+
+def test_policy_names():
+    inputs = PolicyInputs(10, torch.tensor([1, 4]))
+    assert make_policy("full", inputs).active_ids().tolist() == list(range(10))
+    assert make_policy("eagle3", inputs).active_ids().tolist() == [1, 4]
+    for spec, message in (("frspec:abc", "integer K"), ("frspec:4", "needs --frequencies"), ("lru", "unknown")):
+        with pytest.raises(SettingsError, match=message):
+            make_policy(spec, inputs)
+
+
+@pytest.fixture(scope="module")
+def torch_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vb") / "bundle"
+    compile_bundle(TARGET, DRAFTER, out, CompileSettings(backend="torch", buckets=(64, 256, 512)))
+    return out
+
+
+class RandomPolicy:
+    """A different random active set every step (sizes 1..400), always exact by construction of verification."""
+
+    name = "random"
+
+    def __init__(self, seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+
+    def reset(self, prompt_ids):
+        pass
+
+    def active_ids(self):
+        size = int(torch.randint(1, 400, (1,), generator=self.g))
+        return torch.randperm(512, generator=self.g)[:size]
+
+    def observe(self, committed):
+        pass
+
+
+@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no slow shrinking
+@given(seed=st.integers(0, 10_000), tree=st.sampled_from(["chain", "tree"]))
+def test_greedy_exact_while_the_active_set_changes_every_step(torch_bundle, seed, tree):
+    generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    generator.policy = RandomPolicy(seed)
+    prompt = generator.encode("def main(")
+    s = DecodeSettings(max_new_tokens=40, draft_tree=tree, draft_depth=4, draft_topk=4, draft_tokens=10)
+    result = generator.generate(prompt, s)
+    plain = generator.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False))
+    assert result.token_ids == plain.token_ids
+    # every committed token is scored against the active set (the last step may overrun max_new_tokens)
+    assert result.stats.active_total >= len(result.token_ids) - 1 and result.stats.active_rows_moved > 0
+
+
+def test_cli_frequencies_and_frspec_generation(torch_bundle, tmp_path):
+    corpus = tmp_path / "corpus"
+    for domain, text in (("code", "def add(a, b):\n    return a + b\n"), ("prose", "The cat sat on the mat. ")):
+        (corpus / domain / "train").mkdir(parents=True)
+        (corpus / domain / "train" / "d.jsonl").write_text("\n".join(json.dumps({"text": text * n}) for n in (2, 3)))
+    freq = tmp_path / "freq.json"
+    proc = run("vocab", "frequencies", "--corpus", str(corpus), "--tokenizer", str(TARGET), "--out", str(freq))
+    assert "4 documents" in proc.stdout
+    table = TokenFrequencies.load(freq)
+    assert table.vocab_size == 512 and table.documents == 4
+    common = ["--target", str(TARGET), "--prompt", "def ", "--max-new-tokens", "24", "--draft-tree", "chain", "--json"]
+    frspec = json.loads(run("generate", "--bundle", str(torch_bundle), "--vocab", "frspec:48", "--frequencies", str(freq),
+                            *common).stdout.strip().splitlines()[-1])
+    plain = json.loads(run("generate", "--no-draft", *common).stdout.strip().splitlines()[-1])
+    assert frspec["token_ids"] == plain["token_ids"] and 0 <= frspec["active_coverage"] <= 1
+    bad = run("generate", "--drafter", str(DRAFTER), "--vocab", "full", *common, check=False)
+    assert bad.returncode == 2 and "--vocab needs --bundle" in bad.stderr
