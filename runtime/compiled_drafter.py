@@ -64,3 +64,19 @@ class CompiledDrafter:
         normed = out["normed"].reshape(b * t, c.hidden_size)
         logits = self.runners["head"].infer({"normed": normed, "active": self.plan.ids, "bias": self.plan.bias})["logits"]
         return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, t, self.plan.size).to(device)
+
+
+def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -> CompiledDrafter:
+    """The torch backend built in memory from a loaded drafter and a reservoir (no bundle on disk)."""
+    from evospec.runtime.gather import make_plan
+    from evospec.runtime.runners import TorchRunner
+    from evospec.runtime.stages import FuseStage, HeadStage, TrunkStage
+
+    names = {"fuse": (["features"], ["hidden"]),
+             "trunk": (["hidden", "embeds", "positions", "past_keys", "past_values", "mask"],
+                       ["hidden_out", "normed", "new_keys", "new_values"]),
+             "head": (["normed", "active", "bias"], ["logits"])}
+    modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": HeadStage(reservoir)}
+    runners = {stage: TorchRunner(stage, modules[stage], *names[stage]) for stage in modules}
+    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets)

@@ -130,3 +130,39 @@ def test_cli_frequencies_and_frspec_generation(torch_bundle, tmp_path):
     assert frspec["token_ids"] == plain["token_ids"] and 0 <= frspec["active_coverage"] <= 1
     bad = run("generate", "--drafter", str(DRAFTER), "--vocab", "full", *common, check=False)
     assert bad.returncode == 2 and "--vocab needs --bundle" in bad.stderr
+
+
+def test_sampling_exact_while_the_active_set_changes_every_step():
+    """Joint law of the first 3 new tokens with a sampled chain over a random active set each step."""
+    from evospec.passes.reservoir import build_reservoir
+    from evospec.runtime.compiled_drafter import eager_compiled
+    from evospec.tiny import TinyShape, tiny_drafter, tiny_target
+
+    from .test_sampling_exactness import chi_square_ok, exact_joint
+
+    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
+    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
+    drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5).float()
+    rows = drafter.draft_to_target(torch.arange(4))
+    reservoir, _ = build_reservoir(model.lm_head.weight.detach().float(), drafter.lm_head.weight.detach(), rows)
+    compiled = eager_compiled(drafter, reservoir, (3, 6))
+
+    class SmallRandom(RandomPolicy):
+        def active_ids(self):
+            size = int(torch.randint(1, 7, (1,), generator=self.g))
+            return torch.randperm(6, generator=self.g)[:size]
+
+    generator = SpeculativeGenerator.from_models(model, compiled)
+    generator.policy = SmallRandom(5)
+    prompt, n = [1, 4, 2], 2000
+    expected = exact_joint(model, prompt, 3, 1.0, 1.0)
+    counts: dict[tuple, int] = {}
+    accepted = 0
+    for seed in range(n):
+        result = generator.generate(prompt, DecodeSettings(max_new_tokens=3, temperature=1.0, seed=seed,
+                                                           draft_tree="chain", draft_depth=3))
+        counts[tuple(result.token_ids)] = counts.get(tuple(result.token_ids), 0) + 1
+        accepted += sum(result.stats.accepted_lengths)
+    ok, stat, critical = chi_square_ok(counts, expected, n)
+    assert ok, (stat, critical)
+    assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
