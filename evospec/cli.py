@@ -267,7 +267,9 @@ def vocab() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Frequency file (JSON) to write.")
 @click.option("--split", default="train", show_default=True, help="Which split to count.")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all but switch).")
-def vocab_frequencies(corpus, tokenizer_dir, out, split, domains):
+@click.option("--successors", type=int, default=8, show_default=True,
+              help="Also keep each token's S most frequent next tokens (for the evospec policy); 0 = off.")
+def vocab_frequencies(corpus, tokenizer_dir, out, split, domains, successors):
     """Count token frequencies over a corpus (streamed, any size): the list FR-Spec's frspec:K keeps."""
     from rich.progress import Progress
 
@@ -283,7 +285,7 @@ def vocab_frequencies(corpus, tokenizer_dir, out, split, domains):
     with Progress(transient=True) as bar:
         task = bar.add_task("counting tokens (documents)", total=None)
         table = count_tokens(batches, len(tokenizer), f"{corpus} {split} {','.join(chosen)}",
-                             lambda n: bar.update(task, advance=n))
+                             lambda n: bar.update(task, advance=n), successors=successors)
     table.save(out)
     click.echo(f"{table.documents} documents, {int(table.counts.sum())} tokens, "
                f"{int((table.counts > 0).sum())} distinct; wrote {out}")

@@ -140,3 +140,44 @@ def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, c
 def register(main: click.Group) -> None:
     for command in (compile_cmd, inspect_cmd, doctor_cmd, profile_group):
         main.add_command(command)
+
+
+@profile_group.command("vocab")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="Compiled bundle.")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="Its target.")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (<domain>/test/...).")
+@click.option("--policies", default="eagle3,frspec:16384,evospec:16384", show_default=True)
+@click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="For frspec:K and evospec:K.")
+@click.option("--domains", default=None, help="Comma-separated domains (default: all).")
+@click.option("--prompts", type=int, default=4, show_default=True)
+@click.option("--prompt-tokens", type=int, default=64, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--draft-depth", type=int, default=5, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path))
+def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, domains, prompts, prompt_tokens,
+                      max_new_tokens, draft_depth, json_path, plot_path):
+    """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
+    from rich.console import Console
+
+    from evospec.atomic import write_text_atomic
+    from evospec.bench import BenchSettings
+    from evospec.profile_vocab import run_profile_vocab, vocab_json, vocab_plot, vocab_table
+    from evospec.runtime.generator import SpeculativeGenerator
+    from evospec.settings import DecodeSettings
+
+    chosen = tuple(d for d in domains.split(",") if d) if domains else None
+    settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
+    decode = DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth)
+    generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
+    with Console(stderr=True).status("profiling vocabularies") as status:
+        rows = run_profile_vocab(generator, str(corpus), [p for p in policies.split(",") if p],
+                                 str(frequencies) if frequencies else None, decode, settings,
+                                 lambda what: status.update(what))
+    click.echo(vocab_table(rows))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(vocab_json(rows), indent=2))
+        click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        vocab_plot(rows, plot_path)
+        click.echo(f"wrote {plot_path}")

@@ -185,6 +185,7 @@ class SpeculativeGenerator:
             if policy is not None:
                 drafter.set_active(policy.active_ids())
                 stats.active_rows_moved += drafter.moved_rows
+                stats.active_size_sum += drafter.plan.size
             if use_draft:
                 tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
             self._sync()

@@ -27,6 +27,7 @@ class DecodeStats:
     active_hits: int = 0  # committed tokens that were in the drafter's active set (vocabulary policies)
     active_total: int = 0
     active_rows_moved: int = 0  # head columns changed between steps (gather-plan deltas)
+    active_size_sum: int = 0  # active-set size summed over draft steps
 
     @property
     def mean_accepted_length(self) -> float:

@@ -282,3 +282,16 @@ def test_tensorrt_bundle_drafts_like_eager(tmp_path):
     prompt = eager.encode("def ")
     s = DecodeSettings(max_new_tokens=32, draft_tree="chain", draft_depth=4)
     assert compiled.generate(prompt, s).token_ids == eager.generate(prompt, s).token_ids
+
+
+@pytest.mark.gpu
+def test_ort_bundle_with_a_cuda_target(ort_bundle):
+    """Target on the GPU, compiled drafter on ONNX Runtime's CPU provider: same tokens as eager CUDA drafting."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; torch sees none")
+    eager = SpeculativeGenerator.from_paths(TARGET, DRAFTER, device="cuda")
+    compiled = SpeculativeGenerator.from_bundle(ort_bundle[0], TARGET, device="cuda")
+    prompt = eager.encode("def ")
+    s = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
+    a, b = eager.generate(prompt, s), compiled.generate(prompt, s)
+    assert a.token_ids == b.token_ids == eager.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids

@@ -7,6 +7,10 @@ import json
 
 import pytest
 import torch
+from evospec.passes.base import CompileSettings
+from evospec.runtime.gather import make_plan, update_plan
+from evospec.runtime.vocab import PolicyInputs, make_policy
+from evospec.runtime.vocab.frequencies import TokenFrequencies, count_tokens
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -14,10 +18,6 @@ from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.compile import compile_bundle
 from evospec.demo_pair import ASSET_DIR
 from evospec.errors import SettingsError
-from evospec.passes.base import CompileSettings
-from evospec.runtime.gather import make_plan, update_plan
-from evospec.runtime.vocab import PolicyInputs, make_policy
-from evospec.runtime.vocab.frequencies import TokenFrequencies, count_tokens
 
 from .test_cli import run
 
@@ -136,6 +136,7 @@ def test_sampling_exact_while_the_active_set_changes_every_step():
     """Joint law of the first 3 new tokens with a sampled chain over a random active set each step."""
     from evospec.passes.reservoir import build_reservoir
     from evospec.runtime.compiled_drafter import eager_compiled
+
     from evospec.tiny import TinyShape, tiny_drafter, tiny_target
 
     from .test_sampling_exactness import chi_square_ok, exact_joint
@@ -166,3 +167,48 @@ def test_sampling_exact_while_the_active_set_changes_every_step():
     ok, stat, critical = chi_square_ok(counts, expected, n)
     assert ok, (stat, critical)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
+
+
+def test_evospec_policy_core_tail_and_ageing():
+    from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+
+    counts = torch.zeros(50, dtype=torch.long)
+    counts[:10] = torch.arange(10, 0, -1)  # ids 0..9 are the frequent ones
+    table = TokenFrequencies(50, counts, 1, "unit", successors={30: [31, 32], 40: [41]})
+    policy = EvoSpecPolicy(8, table, 50)  # core: 4 most frequent, tail: 4
+    policy.reset([20, 21])
+    active = set(policy.active_ids().tolist())
+    assert {0, 1, 2, 3} <= active and {20, 21} <= active and len(active) <= 8
+    policy.observe([30])  # context token 30, and its corpus successors 31, 32
+    assert {30, 31, 32} <= set(policy.active_ids().tolist())
+    policy.observe([40])
+    policy.observe([42])
+    active = policy.active_ids().tolist()
+    assert len(active) == 8 and {40, 41, 42} <= set(active) and 20 not in active  # the oldest aged out
+    policy.observe([30, 33])  # session successor: 33 followed 30
+    policy.observe([30])
+    assert 33 in set(policy.active_ids().tolist())
+    with pytest.raises(SettingsError, match="with successors"):
+        EvoSpecPolicy(8, TokenFrequencies(50, counts, 1, "unit"), 50)
+
+
+def test_cli_profile_vocab(torch_bundle, tmp_path):
+    corpus = tmp_path / "corpus"
+    for domain, text in (("code", "def add(a, b):\n    return a + b\n"), ("prose", "The cat sat on the mat. ")):
+        for split in ("train", "test"):
+            (corpus / domain / split).mkdir(parents=True)
+            (corpus / domain / split / "d.jsonl").write_text("\n".join(json.dumps({"text": text * n}) for n in (9, 12)))
+    freq = tmp_path / "freq.json"
+    run("vocab", "frequencies", "--corpus", str(corpus), "--tokenizer", str(TARGET), "--out", str(freq), "--successors", "4")
+    out = tmp_path / "v.json"
+    proc = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+               "--policies", "eagle3,frspec:32,evospec:32", "--frequencies", str(freq), "--prompts", "2",
+               "--prompt-tokens", "16", "--max-new-tokens", "16", "--json", str(out), "--plot", str(tmp_path / "v.png"))
+    assert "coverage" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert [(r["domain"], r["policy"]) for r in rows] == [
+        (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32")]
+    for r in rows:
+        assert r["identical_to_plain"] and 0 <= r["coverage"] <= 1 and r["mean_accepted_length"] >= 1
+        assert r["active_size"] <= (384 if r["policy"] == "eagle3" else 32)
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"

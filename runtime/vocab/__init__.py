@@ -1,13 +1,14 @@
-"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``."""
+"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``evospec:K``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from evospec.errors import SettingsError
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
 
-POLICY_NAMES = ("full", "eagle3", "frspec:K")
+from evospec.errors import SettingsError
+
+POLICY_NAMES = ("full", "eagle3", "frspec:K", "evospec:K")
 
 
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None) -> VocabPolicy:
@@ -27,6 +28,15 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         from evospec.runtime.vocab.frequencies import TokenFrequencies
 
         return frspec_policy(inputs, int(arg), TokenFrequencies.load(frequencies))
+    if name == "evospec":
+        if not arg.isdigit():
+            raise SettingsError(f"policy {spec!r}: expected evospec:K with an integer K, e.g. evospec:16384")
+        if frequencies is None:
+            raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
+        from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+        from evospec.runtime.vocab.frequencies import TokenFrequencies
+
+        return EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size)
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 
 

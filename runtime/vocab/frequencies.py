@@ -19,6 +19,7 @@ class TokenFrequencies:
     counts: torch.Tensor  # [vocab_size] int64
     documents: int
     source: str
+    successors: dict[int, list[int]] | None = None  # token -> its most frequent next tokens in the corpus
 
     def top(self, k: int, vocab_size: int | None = None) -> torch.Tensor:
         if vocab_size is not None and vocab_size != self.vocab_size:
@@ -38,6 +39,7 @@ class TokenFrequencies:
             "format": "evospec-token-frequencies/1", "vocab_size": self.vocab_size, "documents": self.documents,
             "tokens": int(self.counts.sum()), "source": self.source,
             "counts": {str(int(i)): int(self.counts[i]) for i in nonzero},
+            "successors": None if self.successors is None else {str(t): s for t, s in self.successors.items()},
         }))
 
     @classmethod
@@ -54,17 +56,27 @@ class TokenFrequencies:
         counts = torch.zeros(int(data["vocab_size"]), dtype=torch.long)
         for token, count in data["counts"].items():
             counts[int(token)] = int(count)
-        return cls(int(data["vocab_size"]), counts, int(data["documents"]), str(data.get("source", "")))
+        successors = data.get("successors")
+        if successors is not None:
+            successors = {int(t): [int(x) for x in nxt] for t, nxt in successors.items()}
+        return cls(int(data["vocab_size"]), counts, int(data["documents"]), str(data.get("source", "")), successors)
 
 
 def count_tokens(batches: Iterable[list[list[int]]], vocab_size: int, source: str,
-                 progress: Callable[[int], None] | None = None) -> TokenFrequencies:
-    """Count ids over batches of tokenised documents (streamed: one batch in memory at a time)."""
+                 progress: Callable[[int], None] | None = None, successors: int = 0) -> TokenFrequencies:
+    """Count ids over batches of tokenised documents (streamed: one batch in memory at a time).
+
+    With ``successors`` > 0 also keep, per token, its ``successors`` most frequent next tokens
+    (the statistical index of the ``evospec`` policy).
+    """
     counter: Counter = Counter()
+    pairs: Counter = Counter()
     documents = 0
     for batch in batches:
         for ids in batch:
             counter.update(ids)
+            if successors:
+                pairs.update(zip(ids, ids[1:]))
         documents += len(batch)
         if progress is not None:
             progress(len(batch))
@@ -73,4 +85,10 @@ def count_tokens(batches: Iterable[list[list[int]]], vocab_size: int, source: st
         if not 0 <= token < vocab_size:
             raise SettingsError(f"token id {token} is outside the vocabulary [0, {vocab_size})")
         counts[token] = count
-    return TokenFrequencies(vocab_size, counts, documents, source)
+    table = None
+    if successors:
+        ranked: dict[int, list[tuple[int, int]]] = {}
+        for (a, b), count in pairs.items():
+            ranked.setdefault(a, []).append((-count, b))
+        table = {a: [b for _, b in sorted(nxt)[:successors]] for a, nxt in ranked.items()}
+    return TokenFrequencies(vocab_size, counts, documents, source, table)
