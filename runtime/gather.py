@@ -65,22 +65,18 @@ def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: 
     if previous is None or previous.bucket != bucket:
         plan = make_plan(active_ids, buckets, previous.bias.dtype if previous is not None else torch.float32)
         return plan, plan.size
-    old = previous.ids[: previous.size].tolist()
-    wanted = set(active_ids.tolist())
-    kept = [t for t in old if t in wanted]
-    fresh = [t for t in active_ids.tolist() if t not in set(kept)]
-    # compact: retained ids keep their columns when they are already inside the new size
-    size = len(wanted)
-    columns: list[int | None] = [t if t in wanted else None for t in old] + [None] * (bucket - len(old))
-    columns = columns[:bucket]
-    outside = [t for i, t in enumerate(columns) if t is not None and i >= size]
-    for i in range(size, bucket):
-        columns[i] = None
-    queue = outside + fresh
-    moved = len(queue)
-    for i in range(size):
-        if columns[i] is None:
-            columns[i] = queue.pop(0)
-    ids = torch.tensor([t if t is not None else 0 for t in columns], dtype=torch.long)
-    bias = torch.cat((torch.zeros(size, dtype=previous.bias.dtype), torch.full((bucket - size,), float("-inf"), dtype=previous.bias.dtype)))
+    size = int(active_ids.numel())
+    old = previous.ids.clone()
+    old[previous.size :] = -1
+    ids = torch.where(torch.isin(old, active_ids, assume_unique=True), old, torch.full_like(old, -1))  # retained ids stay put
+    ids[size:] = -1  # retained ids beyond the new size must move into the front
+    holes = torch.nonzero(ids[:size] < 0).flatten()
+    if holes.numel() == 0 and size == previous.size:
+        return previous, 0  # the same set: nothing moves
+    if holes.numel():
+        ids[holes] = active_ids[~torch.isin(active_ids, ids[:size])]
+    ids[size:] = 0
+    moved = int(holes.numel())
+    dtype = previous.bias.dtype
+    bias = torch.cat((torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
     return GatherPlan(ids=ids, bias=bias, size=size), moved
