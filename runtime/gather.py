@@ -68,7 +68,7 @@ def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: 
     size = int(active_ids.numel())
     old = previous.ids.clone()
     old[previous.size :] = -1
-    ids = torch.where(torch.isin(old, active_ids, assume_unique=True), old, torch.full_like(old, -1))  # retained ids stay put
+    ids = torch.where(torch.isin(old, active_ids), old, torch.full_like(old, -1))  # retained ids stay put
     ids[size:] = -1  # retained ids beyond the new size must move into the front
     holes = torch.nonzero(ids[:size] < 0).flatten()
     if holes.numel() == 0 and size == previous.size:
