@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from evospec.passes.base import CompileContext, PassResult
@@ -12,14 +11,13 @@ WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken
 
 def hash_directory(directory: Path) -> dict[str, dict]:
     """sha256 and size of every model file (configs, weights, tokenizer) directly in ``directory``."""
+    from evospec.passes.finalise import fingerprint
+
     files = {}
     for path in sorted(Path(directory).iterdir()):
         if path.is_file() and path.suffix in WEIGHT_SUFFIXES and not path.name.startswith("."):
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            files[path.name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+            found = fingerprint(path)
+            files[path.name] = {"sha256": found["sha256"], "bytes": found["bytes"]}
     return files
 
 
