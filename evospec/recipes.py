@@ -31,7 +31,7 @@ PRESETS: dict[str, ReferenceRecipe] = {
     "medium": ReferenceRecipe(
         TargetRecipe(hidden_size=192, layers=6, heads=6, kv_heads=2, intermediate_size=512, seq_len=256,
                      batch_size=8, steps=1500, lr=2e-3, negatives=8192, valid_windows=16),
-        DrafterRecipe(draft_vocab=32768, steps=240, batch_size=8, unroll=3, lr=3e-3, seq_len=128, windows=2048),
+        DrafterRecipe(draft_vocab=16384, steps=600, batch_size=8, unroll=3, lr=3e-3, seq_len=128, windows=4096),
     ),
 }
 

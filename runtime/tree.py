@@ -77,14 +77,14 @@ class DraftRequest:
     temperature: float = 0.0
 
 
-def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator):
+def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator, width: int):
     """Children of each row: (draft ids [R, w], log-probs [R, w], sampled-from probs [R, Vd] or None)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    if req.temperature > 0 and req.width == 1:
+    if req.temperature > 0 and width == 1:
         q = torch.softmax(logits.double() / req.temperature, dim=-1)
         ids = torch.multinomial(q.cpu(), 1, generator=generator).to(logits.device)
         return ids, logp.gather(-1, ids), q
-    scores, ids = logp.topk(req.width, dim=-1)
+    scores, ids = logp.topk(width, dim=-1)
     return ids, scores, None
 
 
@@ -93,8 +93,9 @@ def draft_tree(
     drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator
 ) -> DraftTree:
     device = req.hidden.device
-    w = req.width
-    ids, scores, q = _choose(req.logits[None], req, generator)  # [1, w]
+    # A living vocabulary can be smaller than the tree width: never ask top-k for more than exists.
+    w = min(req.width, req.logits.shape[-1])
+    ids, scores, q = _choose(req.logits[None], req, generator, w)  # [1, w]
     cand_ids = [ids[0]]
     cand_scores = [scores[0]]
     cand_parents = [torch.full((w,), -1, dtype=torch.long)]
@@ -117,7 +118,7 @@ def draft_tree(
         target_ids = drafter.draft_to_target(torch.cat(cand_ids)[frontier])
         positions = torch.full((1, w), req.committed - 1 + level, dtype=torch.long, device=device)
         hidden, logits = drafter(frontier_hidden[None], target_ids[None], positions, cache, start, mask)
-        ids, scores, q = _choose(logits[0], req, generator)  # [w, w]
+        ids, scores, q = _choose(logits[0], req, generator, w)  # [w, w]
         cum = frontier_scores[:, None] + scores
         cand_ids.append(ids.flatten())
         cand_scores.append(cum.flatten())

@@ -92,7 +92,7 @@ class RandomPolicy:
         pass
 
     def active_ids(self):
-        size = int(torch.randint(16, 400, (1,), generator=self.g))  # >= tree width; smaller sets: see note
+        size = int(torch.randint(1, 400, (1,), generator=self.g))  # includes sets smaller than the tree width
         return torch.randperm(512, generator=self.g)[:size]
 
     def observe(self, committed):
