@@ -79,7 +79,7 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
     from evospec.runtime.compiled_drafter import CompiledDrafter
     from evospec.runtime.gather import make_plan
     from evospec.runtime.runners import OrtRunner, TorchRunner
-    from evospec.runtime.stages import FuseStage, HeadStage, TrunkStage
+    from evospec.runtime.stages import ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -103,11 +103,16 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
                                        tuple(manifest["gather"]["buckets"]))
         else:
             module = {"fuse": lambda: FuseStage(drafter), "trunk": lambda: TrunkStage(drafter),
-                      "head": lambda: HeadStage(load_reservoir(bundle))}[stage]()
+                      "head": lambda: HeadStage(load_reservoir(bundle)), "head_active": ActiveHeadStage}[stage]()
             runners[stage] = TorchRunner(stage, module, list(signature.inputs), list(signature.outputs))
         runners[stage].activate()  # sessions are created now, not inside the first timed draft step
     buckets = tuple(manifest["gather"]["buckets"])
-    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets), manifest
+    reservoir = None  # host rows for the resident head, shared with the head engine's own weights
+    if backend == "ort":
+        reservoir = torch.from_numpy(runners["head"].weights["reservoir"])
+    elif backend == "torch":
+        reservoir = runners["head"].module.reservoir
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir), manifest
 
 
 def load_reservoir(bundle: Path) -> torch.Tensor:

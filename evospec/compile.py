@@ -13,7 +13,7 @@ from pathlib import Path
 from evospec.atomic import atomic_directory
 from evospec.passes.base import CompileContext, CompileSettings, Pass, run_passes
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: head_active stage (resident rows)
 
 
 def package_versions() -> dict[str, str]:

@@ -28,6 +28,9 @@ SYNTHETIC_SHAPES: dict[str, dict[str, int]] = {
 }
 
 
+DELTA_COLUMNS = 256  # columns a typical step's plan changes (a quarter of the bucket at most)
+
+
 @dataclass
 class StageRow:
     stage: str
@@ -87,8 +90,10 @@ class ProfileShape:
 
 def measure(runners: dict, shape: ProfileShape, rows: torch.Tensor, buckets: tuple[int, ...], backend: str,
             rows_per_step: int, context: int, runs: int, warmup: int, report: Callable[[str], None]) -> list[StageRow]:
-    """Time the runners: ``trunk``, ``head`` (per bucket) and ``head_full`` (None: the head over all rows)."""
-    from evospec.runtime.gather import make_plan
+    """Time the runners: ``trunk``, ``head`` and ``head_active`` (per bucket) and ``head_full`` (None: the
+    head over all rows). ``delta`` times what the resident head pays when a plan changes ``DELTA_COLUMNS`` columns."""
+    from evospec.runtime.active_rows import ActiveRows
+    from evospec.runtime.gather import GatherPlan, make_plan
 
     t, vocab = rows_per_step, shape.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -110,6 +115,22 @@ def measure(runners: dict, shape: ProfileShape, rows: torch.Tensor, buckets: tup
     for b, plan in plans.items():
         feed = {"normed": normed, "active": plan.ids, "bias": plan.bias}
         add("head", b, lambda feed=feed: runners["head"].infer(feed))
+    if runners.get("head_active") is not None:
+        for b, plan in plans.items():
+            feed = {"normed": normed, "rows": rows.index_select(0, plan.ids), "bias": plan.bias}
+            add("head_active", b, lambda feed=feed: runners["head_active"].infer(feed))
+            del feed
+        for b, plan in plans.items():
+            other = plan.ids.clone()
+            unused = torch.ones(vocab, dtype=torch.bool)
+            unused[plan.ids] = False
+            changes = min(DELTA_COLUMNS, plan.size // 4)
+            other[:changes] = torch.nonzero(unused).flatten()[:changes]
+            plans_ab = (plan, GatherPlan(ids=other, bias=plan.bias, size=plan.size))
+            resident = ActiveRows(rows, plan)
+            flip = iter(range(10**9))
+            add("delta", b, lambda r=resident, ab=plans_ab, f=flip: r.follow(ab[(next(f) + 1) % 2]), "torch")
+            del resident
     if runners.get("head_full") is not None:
         add("head_full", vocab, lambda: runners["head_full"].infer({"normed": normed}))
     else:  # a bundle has no separate full head: the head stage over every row
@@ -139,7 +160,7 @@ def profile_synthetic(name: str, backend: str, buckets: tuple[int, ...], rows_pe
     from evospec.passes.feeds import SIGNATURES
     from evospec.runtime.gather import make_plan
     from evospec.runtime.runners import OrtRunner, TorchRunner
-    from evospec.runtime.stages import HeadStage, TrunkStage
+    from evospec.runtime.stages import ActiveHeadStage, HeadStage, TrunkStage
 
     report = progress or (lambda what: None)
     report("building random weights")
@@ -147,6 +168,7 @@ def profile_synthetic(name: str, backend: str, buckets: tuple[int, ...], rows_pe
     c = drafter.config
     shape = ProfileShape(c.hidden_size, c.num_key_value_heads, c.head_dim, rows.shape[0])
     modules = {"trunk": (TrunkStage(drafter), SIGNATURES["trunk"]), "head": (HeadStage(rows), SIGNATURES["head"]),
+               "head_active": (ActiveHeadStage(), SIGNATURES["head_active"]),
                "head_full": (FullHead(rows), StageSignature(("normed",), ("logits",), ({0: "N"},)))}
     t, context = rows_per_step, 8
     example_plan = make_plan(torch.arange(3), (3,))
@@ -156,6 +178,7 @@ def profile_synthetic(name: str, backend: str, buckets: tuple[int, ...], rows_pe
                   torch.zeros(1, c.num_key_value_heads, context, c.head_dim),
                   torch.ones(t, context + t, dtype=torch.bool)),
         "head": (torch.zeros(t, c.hidden_size), example_plan.ids, example_plan.bias),
+        "head_active": (torch.zeros(t, c.hidden_size), torch.zeros(3, c.hidden_size), example_plan.bias),
         "head_full": (torch.zeros(t, c.hidden_size),),
     }
     with tempfile.TemporaryDirectory(prefix="evospec-profile-") as tmp:
@@ -178,7 +201,7 @@ def profile_bundle(bundle: Path, buckets: tuple[int, ...] | None, rows_per_step:
     from evospec.passes.feeds import SIGNATURES
     from evospec.runtime.checkpoint import load_drafter
     from evospec.runtime.runners import OrtRunner, TorchRunner
-    from evospec.runtime.stages import HeadStage, TrunkStage
+    from evospec.runtime.stages import ActiveHeadStage, HeadStage, TrunkStage
 
     manifest = read_manifest(bundle)
     check_files(bundle, manifest)
@@ -190,7 +213,7 @@ def profile_bundle(bundle: Path, buckets: tuple[int, ...] | None, rows_per_step:
     s = manifest["shapes"]
     shape = ProfileShape(s["hidden_size"], s["num_key_value_heads"], s["head_dim"], s["vocab_size"])
     if backend == "ort":
-        runners = {st: OrtRunner(st, bundle / manifest["artefacts"][f"onnx/{st}"]) for st in ("trunk", "head")}
+        runners = {st: OrtRunner(st, bundle / manifest["artefacts"][f"onnx/{st}"]) for st in ("trunk", "head", "head_active")}
         runners["head"].activate()
         rows = torch.from_numpy(runners["head"].weights["reservoir"])
     else:
@@ -200,11 +223,16 @@ def profile_bundle(bundle: Path, buckets: tuple[int, ...] | None, rows_per_step:
         rows = load_reservoir(bundle)
         runners = {"trunk": TorchRunner("trunk", TrunkStage(drafter), list(SIGNATURES["trunk"].inputs),
                                         list(SIGNATURES["trunk"].outputs)),
-                   "head": TorchRunner("head", HeadStage(rows), list(SIGNATURES["head"].inputs), ["logits"])}
+                   "head": TorchRunner("head", HeadStage(rows), list(SIGNATURES["head"].inputs), ["logits"]),
+                   "head_active": TorchRunner("head_active", ActiveHeadStage(), list(SIGNATURES["head_active"].inputs),
+                                              ["logits"])}
     for runner in runners.values():
         runner.activate()
     chosen = tuple(buckets or manifest["gather"]["buckets"])
     return measure(runners, shape, rows, chosen, backend, rows_per_step, context, runs, warmup, progress or (lambda w: None))
+
+
+HEADS = ("head", "head_active", "head_full")
 
 
 def rows_table(rows: list[StageRow]) -> str:
@@ -213,8 +241,8 @@ def rows_table(rows: list[StageRow]) -> str:
     header = ("stage", "backend", "active", "median ms", "p90 ms", "vs full head", "draft step vs full")
     lines = []
     for r in rows:
-        ratio = f"{r.median_ms / full:.2f}x" if full and r.stage in ("head", "head_full") else "-"
-        step = f"{(trunk + r.median_ms) / (trunk + full):.2f}x" if full and r.stage in ("head", "head_full") else "-"
+        ratio = f"{r.median_ms / full:.2f}x" if full and r.stage in HEADS else "-"
+        step = f"{(trunk + r.median_ms) / (trunk + full):.2f}x" if full and r.stage in HEADS else "-"
         lines.append((r.stage, r.backend, str(r.active_size or "-"), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", ratio, step))
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.feeds import SIGNATURES
 
 
 def tensorrt_profiles(stage: str, ctx: CompileContext) -> list[dict]:
@@ -19,6 +20,9 @@ def tensorrt_profiles(stage: str, ctx: CompileContext) -> list[dict]:
         return [{"hidden": ((1, 1, d), (1, 8, d), (1, t, d)), "embeds": ((1, 1, d), (1, 8, d), (1, t, d)),
                  "positions": ((1, 1), (1, 8), (1, t)), "past_keys": ((1, kv, 1, hd), (1, kv, 256, hd), (1, kv, p, hd)),
                  "past_values": ((1, kv, 1, hd), (1, kv, 256, hd), (1, kv, p, hd)), "mask": ((1, 2), (8, 264), (t, p + t))}]
+    if stage == "head_active":
+        return [{"normed": ((1, d), (8, d), (t, d)), "rows": ((b, d), (b, d), (b, d)), "bias": ((b,), (b,), (b,))}
+                for b in ctx.manifest["gather"]["buckets"]]
     return [{"normed": ((1, d), (8, d), (t, d)), "active": ((b,), (b,), (b,)), "bias": ((b,), (b,), (b,))}
             for b in ctx.manifest["gather"]["buckets"]]
 
@@ -33,7 +37,7 @@ class BuildEngines:
         folder = ctx.work / backend
         folder.mkdir(exist_ok=True)
         built = []
-        for stage in ("fuse", "trunk", "head"):
+        for stage in SIGNATURES:
             source = ctx.work / ctx.files[f"onnx/{stage}"]
             if backend == "ort":
                 from evospec.exporters.ort_build import build_ort

@@ -1,4 +1,4 @@
-"""Pass 5: export fuse, trunk and head to ONNX (external data), checked by the ONNX checker."""
+"""Pass 5: export fuse, trunk, head and head_active to ONNX (external data), checked by the ONNX checker."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class ExportOnnx:
         examples = recorded_feeds(ctx, 1)
         (ctx.work / "onnx").mkdir(exist_ok=True)
         summaries = {}
-        for stage in ("fuse", "trunk", "head"):
+        for stage in SIGNATURES:
             signature = SIGNATURES[stage]
             path = ctx.work / "onnx" / f"{stage}.onnx"
             feed = examples[stage][0]

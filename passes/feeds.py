@@ -20,6 +20,7 @@ SIGNATURES: dict[str, StageSignature] = {
         ({1: "T"}, {1: "T"}, {1: "T"}, {2: "P"}, {2: "P"}, {0: "T", 1: "auto"}),
     ),
     "head": StageSignature(("normed", "active", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
+    "head_active": StageSignature(("normed", "rows", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
 }
 
 
@@ -29,7 +30,7 @@ def recorded_feeds(ctx: CompileContext, count: int, prefix: int = 5, step: int =
     g = torch.Generator().manual_seed(seed)
     target, drafter, stages = ctx.target, ctx.drafter, ctx.stages
     c = drafter.config
-    feeds: dict[str, list[dict]] = {"fuse": [], "trunk": [], "head": []}
+    feeds: dict[str, list[dict]] = {stage: [] for stage in SIGNATURES}
     for i in range(count):
         p, t = prefix + i, step + i
         ids = torch.randint(0, c.vocab_size, (1, p + t + 1), generator=g)
@@ -49,4 +50,5 @@ def recorded_feeds(ctx: CompileContext, count: int, prefix: int = 5, step: int =
         normed = stages["trunk"](*trunk_feed.values())[1]
         plan = make_plan(ctx.draft_rows, tuple(ctx.manifest["gather"]["buckets"]))
         feeds["head"].append({"normed": normed[0], "active": plan.ids, "bias": plan.bias})
+        feeds["head_active"].append({"normed": normed[0], "rows": ctx.reservoir[plan.ids], "bias": plan.bias})
     return feeds

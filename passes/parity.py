@@ -78,7 +78,7 @@ def polygraphy_compare(ctx: CompileContext, feeds: dict) -> dict:
     result = {}
     for stage in SIGNATURES:
         buckets = ctx.manifest["gather"]["buckets"]
-        profile = buckets.index(int(feeds[stage][0]["active"].numel())) if stage == "head" else None
+        profile = buckets.index(int(feeds[stage][0]["bias"].numel())) if stage.startswith("head") else None
         runners = [OnnxrtRunner(SessionFromOnnx(str(ctx.work / ctx.files[f"onnx/{stage}"]))),
                    TrtRunner(EngineFromBytes(BytesFromPath(str(ctx.work / ctx.files[f"tensorrt/{stage}"]))),
                              optimization_profile=profile)]

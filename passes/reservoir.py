@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from evospec.passes.base import CompileContext, PassResult
-from evospec.runtime.stages import HeadStage
+from evospec.runtime.stages import ActiveHeadStage, HeadStage
 
 
 def fit_map(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
@@ -56,6 +56,7 @@ class BuildReservoir:
         reservoir, report = build_reservoir(target_head, drafter.lm_head.weight.detach().cpu(), rows)
         ctx.reservoir, ctx.draft_rows = reservoir, rows
         ctx.stages["head"] = HeadStage(reservoir).eval()
+        ctx.stages["head_active"] = ActiveHeadStage().eval()
         ctx.manifest["reservoir"] = report
         fit = f", held-out fit error {report['heldout_relative_error']:.3f}" if "heldout_relative_error" in report else ""
         return PassResult(True, f"{report['rows']} rows: {report['from_drafter']} from the drafter, "

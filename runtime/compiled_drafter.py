@@ -8,6 +8,7 @@ the generator are unchanged: only where the drafter's arithmetic happens moves.
 from __future__ import annotations
 
 import torch
+from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
 from evospec.runtime.gather import GatherPlan, update_plan
 from evospec.runtime.runners import Runner
@@ -15,8 +16,14 @@ from evospec.runtime.runners import Runner
 
 class CompiledDrafter:
     def __init__(self, config: Eagle3Config, d2t: torch.Tensor, embed_table: torch.nn.Module,
-                 runners: dict[str, Runner], plan: GatherPlan, buckets: tuple[int, ...]) -> None:
+                 runners: dict[str, Runner], plan: GatherPlan, buckets: tuple[int, ...],
+                 reservoir: torch.Tensor | None = None) -> None:
+        """``reservoir`` (host rows shared with the head engine) turns on the resident head: the
+        ``head_active`` stage over rows kept by ``ActiveRows``; without it the ``head`` stage
+        gathers in-graph (TensorRT bundles, whose rows live on the device)."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
+        use_resident = reservoir is not None and "head_active" in runners
+        self.active_rows = ActiveRows(reservoir, plan) if use_resident else None
         self.buckets = buckets
         self.dtype = torch.float32  # engines take and return fp32 at their boundary
         self.moved_rows = 0  # head columns changed by the last set_active (a delta, not a rebuild)
@@ -30,6 +37,8 @@ class CompiledDrafter:
     def set_active(self, target_ids: torch.Tensor) -> None:
         """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``."""
         plan, self.moved_rows = update_plan(self.plan, target_ids, self.buckets)
+        if self.active_rows is not None:
+            self.active_rows.follow(plan)
         self._use(plan)
 
     @property
@@ -62,7 +71,11 @@ class CompiledDrafter:
                                            "past_keys": past_keys, "past_values": past_values, "mask": mask})
         cache.write(start, out["new_keys"].to(device, cache.keys.dtype), out["new_values"].to(device, cache.values.dtype))
         normed = out["normed"].reshape(b * t, c.hidden_size)
-        logits = self.runners["head"].infer({"normed": normed, "active": self.plan.ids, "bias": self.plan.bias})["logits"]
+        if self.active_rows is not None:
+            feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self.plan.bias}
+            logits = self.runners["head_active"].infer(feed)["logits"]
+        else:
+            logits = self.runners["head"].infer({"normed": normed, "active": self.plan.ids, "bias": self.plan.bias})["logits"]
         return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, t, self.plan.size).to(device)
 
 
@@ -70,13 +83,15 @@ def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -
     """The torch backend built in memory from a loaded drafter and a reservoir (no bundle on disk)."""
     from evospec.runtime.gather import make_plan
     from evospec.runtime.runners import TorchRunner
-    from evospec.runtime.stages import FuseStage, HeadStage, TrunkStage
+    from evospec.runtime.stages import ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
     names = {"fuse": (["features"], ["hidden"]),
              "trunk": (["hidden", "embeds", "positions", "past_keys", "past_values", "mask"],
                        ["hidden_out", "normed", "new_keys", "new_values"]),
-             "head": (["normed", "active", "bias"], ["logits"])}
-    modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": HeadStage(reservoir)}
+             "head": (["normed", "active", "bias"], ["logits"]), "head_active": (["normed", "rows", "bias"], ["logits"])}
+    head = HeadStage(reservoir)
+    modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": head, "head_active": ActiveHeadStage()}
     runners = {stage: TorchRunner(stage, modules[stage], *names[stage]) for stage in modules}
     rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
-    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets)
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets,
+                           reservoir=head.reservoir)

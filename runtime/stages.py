@@ -6,6 +6,10 @@
                is a pure function with static weights: what ONNX and TensorRT want.
 ``HeadStage``  LM head over an *active* subset of a reservoir of rows: logits [N, A] for the
                rows ``active`` (padded to a bucket; padding carries bias -inf and never wins).
+``ActiveHeadStage`` the same logits from rows already gathered by the runtime (``rows`` [A, d]).
+               The runtime keeps those rows resident and moves only the columns a gather plan
+               changed, so a step reads A rows once instead of gathering a fresh copy (on CPU the
+               in-graph gather costs more than the matmul it feeds).
 
 Token embeddings stay outside: the table is the target's (or drafter's) and the runtime gathers
 it, so the exported trunk does not carry a 151k-row table.
@@ -86,3 +90,10 @@ class HeadStage(nn.Module):
 
     def forward(self, normed: torch.Tensor, active: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.linear(normed, torch.index_select(self.reservoir, 0, active)) + bias
+
+
+class ActiveHeadStage(nn.Module):
+    """Logits over rows the runtime already gathered: ``normed [N, d] @ rows.T + bias`` -> [N, A]."""
+
+    def forward(self, normed: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(normed, rows) + bias

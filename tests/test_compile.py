@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.compile import compile_bundle
+from evospec.compile import BUNDLE_FORMAT, compile_bundle
 from evospec.demo_pair import ASSET_DIR
 from evospec.errors import BundleError, CompileError, SettingsError
 
@@ -73,12 +73,12 @@ def test_manifest_records_inputs_passes_and_parity(ort_bundle):
     out, manifest = ort_bundle
     assert [p["name"] for p in manifest["passes"]] == [p.name for p in default_passes()]
     assert json.loads((out / "manifest.json").read_text())["passes"] == manifest["passes"]
-    assert manifest["format"] == 1 and manifest["backend"] == "ort"
+    assert manifest["format"] == BUNDLE_FORMAT and manifest["backend"] == "ort"
     assert set(manifest["inputs"]["target"]["files"]) >= {"config.json", "model.safetensors"}
     assert manifest["reservoir"]["rows"] == 512 and manifest["reservoir"]["from_drafter"] == 384
     assert manifest["gather"] == {**manifest["gather"], "buckets": [256, 512], "default_bucket": 512}
     parity = manifest["parity"]["stages"]
-    assert set(parity) == {"fuse", "trunk", "head"}
+    assert set(parity) == {"fuse", "trunk", "head", "head_active"}
     assert all(r["ok"] and r["max_abs_error"] < 1e-4 for outs in parity.values() for r in outs.values())
     for name in ("onnx/trunk.onnx", "onnx/head.onnx", "ort/trunk.opt.onnx", "drafter/model.safetensors"):
         assert name in manifest["files"]
@@ -92,6 +92,7 @@ def test_compiled_drafter_drafts_like_the_eager_one(ort_bundle, tree):
     compiled = SpeculativeGenerator.from_bundle(out, TARGET)
     prompt = eager.encode("def parse(self, text):\n    ")
     s = DecodeSettings(max_new_tokens=48, draft_tree=tree, draft_depth=4, draft_topk=4, draft_tokens=12)
+    assert compiled.drafter.active_rows is not None  # ONNX Runtime bundles draft with the resident head
     a, b = eager.generate(prompt, s), compiled.generate(prompt, s)
     assert b.token_ids == a.token_ids == eager.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids
     assert b.stats.accepted_lengths == a.stats.accepted_lengths
@@ -148,7 +149,7 @@ def test_bad_bundles(ort_bundle, tmp_path, case):
     target = TARGET
     expect = {
         "missing-dir": "does not exist", "no-manifest": "manifest.json is missing", "bad-json": "not valid JSON",
-        "format": "has bundle format 99; this evospec reads format 1", "missing-file": "trunk.onnx.data is missing",
+        "format": "has bundle format 99; this evospec reads format 2", "missing-file": "trunk.onnx.data is missing",
         "truncated": "head.onnx.data is truncated or altered", "altered": "head.onnx.data was altered",
         "other-target": "is not the one", "backend-missing": "tensorrt is not installed here",
     }[case]

@@ -29,11 +29,12 @@ def test_profile_synthetic_rows(tmp_path, backend):
     rows = json.loads(out.read_text())
     stages = [(r["stage"], r["active_size"]) for r in rows]
     updates = [("update_head_rows", 1024), ("update_trunk", 0)] if backend == "ort" else []
-    assert stages == [("trunk", 0), ("head", 256), ("head", 1024), ("head_full", 4096), ("gather", 256),
+    assert stages == [("trunk", 0), ("head", 256), ("head", 1024), ("head_active", 256), ("head_active", 1024),
+                      ("delta", 256), ("delta", 1024), ("head_full", 4096), ("gather", 256),
                       ("gather", 1024), *updates, ("topk", 256), ("topk", 1024), ("topk", 4096)]
     for r in rows:
         assert 0 < r["median_ms"] <= r["p90_ms"] and r["runs"] == 5
-        assert r["backend"] == (backend if r["stage"] in ("trunk", "head", "head_full") or "update" in r["stage"]
+        assert r["backend"] == (backend if r["stage"] in ("trunk", "head", "head_active", "head_full") or "update" in r["stage"]
                                 else "torch")
 
 
@@ -46,8 +47,9 @@ def test_profile_bundle_and_bad_input(tmp_path):
     out = tmp_path / "p.json"
     run("profile", "stages", "--bundle", str(bundle), "--buckets", "128,384", "--runs", "3", "--json", str(out))
     rows = json.loads(out.read_text())
-    assert [(r["stage"], r["active_size"]) for r in rows if r["stage"] != "topk"][:4] == [
-        ("trunk", 0), ("head", 128), ("head", 384), ("head_full", 512)]
+    assert [(r["stage"], r["active_size"]) for r in rows if r["stage"] != "topk"][:8] == [
+        ("trunk", 0), ("head", 128), ("head", 384), ("head_active", 128), ("head_active", 384), ("delta", 128),
+        ("delta", 384), ("head_full", 512)]
     for args, message in ((["--synthetic", "gpt5"], "no synthetic shape 'gpt5'"),
                           (["--synthetic", "tiny", "--bundle", str(bundle)], "exactly one of"),
                           (["--bundle", str(tmp_path / "none")], "does not exist")):

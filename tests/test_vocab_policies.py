@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from evospec.passes.base import CompileSettings
+from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.gather import make_plan, update_plan
 from evospec.runtime.vocab import PolicyInputs, make_policy
 from evospec.runtime.vocab.frequencies import TokenFrequencies, count_tokens
@@ -28,10 +29,16 @@ TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
 @given(st.lists(st.sets(st.integers(0, 99), min_size=1, max_size=40), min_size=1, max_size=6))
 def test_plan_deltas_keep_columns_and_count_moves(active_sets):
     buckets = (16, 48)
-    plan = None
+    plan, resident = None, None
+    reservoir = torch.randn(100, 4, generator=torch.Generator().manual_seed(len(active_sets)))
     for active in active_sets:
         ids = torch.tensor(sorted(active))
         new, moved = update_plan(plan, ids, buckets)
+        if resident is None:
+            resident = ActiveRows(reservoir, new)
+        copied = resident.follow(new)
+        assert torch.equal(resident.rows, reservoir[new.ids])  # resident rows always equal a fresh gather
+        assert copied <= (new.bucket if plan is None or plan.bucket != new.bucket else moved + plan.size)
         assert set(new.ids[: new.size].tolist()) == active and new.size == len(active)
         assert len(set(new.ids[: new.size].tolist())) == new.size  # an id map: invertible on active columns
         assert torch.isinf(new.bias[new.size :]).all() and (new.bias[: new.size] == 0).all()
