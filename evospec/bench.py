@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from evospec.corpus import CorpusError, corpus_domains, read_documents
+from evospec.corpus import CorpusError, corpus_domains, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import GenerationResult
@@ -49,11 +49,23 @@ class BenchRow:
     identical_to_plain: bool | None
 
 
+SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
+
+
 def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, settings: BenchSettings) -> list[list[int]]:
+    """Prefixes of the test documents; for topic-switch streams, windows that end ``SWITCH_LEAD``
+    tokens after a switch (prompt i after switch 1 + i mod (segments - 1)), so decoding continues
+    in a new topic with the old one in context."""
     prompts = []
-    for doc in read_documents(corpus, domain, "test"):
+    segment = switch_segment_tokens(corpus, domain)
+    for i, doc in enumerate(read_documents(corpus, domain, "test")):
         ids = generator.encode(doc)
-        if len(ids) >= settings.prompt_tokens:
+        if segment is not None and len(ids) >= 2 * segment:
+            boundaries = max(1, len(ids) // segment - 1)
+            end = segment * (1 + i % boundaries) + SWITCH_LEAD
+            if end - settings.prompt_tokens >= 0 and end <= len(ids):
+                prompts.append(ids[end - settings.prompt_tokens : end])
+        elif len(ids) >= settings.prompt_tokens:
             prompts.append(ids[: settings.prompt_tokens])
         if len(prompts) == settings.prompts:
             break

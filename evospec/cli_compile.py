@@ -153,10 +153,12 @@ def register(main: click.Group) -> None:
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--draft-depth", type=int, default=5, show_default=True)
+@click.option("--replay-tokens", type=int, default=8192, show_default=True,
+              help="Test-text tokens per domain replayed for text coverage.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path))
 def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, domains, prompts, prompt_tokens,
-                      max_new_tokens, draft_depth, json_path, plot_path):
+                      max_new_tokens, draft_depth, replay_tokens, json_path, plot_path):
     """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
     from rich.console import Console
 
@@ -172,7 +174,7 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, dom
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
         rows = run_profile_vocab(generator, str(corpus), [p for p in policies.split(",") if p],
-                                 str(frequencies) if frequencies else None, decode, settings,
+                                 str(frequencies) if frequencies else None, decode, settings, replay_tokens,
                                  lambda what: status.update(what))
     click.echo(vocab_table(rows))
     if json_path is not None:

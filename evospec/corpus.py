@@ -78,3 +78,16 @@ def iter_document_batches(root: str | Path, domain: str, split: str, batch: int 
             pending = pending[batch:]
     if pending:
         yield pending
+
+
+def switch_segment_tokens(root: str | Path, domain: str) -> int | None:
+    """Tokens per segment when ``domain`` holds topic-switch streams (``evospec data build``'s
+    manifest says so), else None."""
+    path = Path(root) / "manifest.json"
+    try:
+        info = json.loads(path.read_text()).get(domain) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        raise CorpusError(f"{path}: not valid JSON") from None
+    if isinstance(info, dict) and info.get("segment_unit") == "tokens" and info.get("segment_tokens"):
+        return int(info["segment_tokens"])
+    return None

@@ -74,3 +74,26 @@ def test_corpus_layout_errors(tmp_path):
         read_documents(tmp_path / "c", "law")
     with pytest.raises(CorpusError, match="does not exist"):
         read_documents(tmp_path / "c", "law", "valid")
+
+
+def test_switch_prompts_end_just_after_a_topic_switch(tmp_path):
+    """Topic-switch prompts must cross a switch: a prefix of a stream would be all one topic."""
+    from evospec.bench import SWITCH_LEAD, BenchSettings, domain_prompts
+
+    class Words:  # one token per word: segment boundaries are exact
+        def encode(self, text):
+            return [int(w) for w in text.split()]
+
+    root = tmp_path / "corpus"
+    (root / "switch" / "test").mkdir(parents=True)
+    segment = 40
+    for s in range(3):  # stream s: 4 segments, segment j holds the tokens 1000*j + position
+        words = [str(1000 * j + i) for j in range(4) for i in range(segment)]
+        (root / "switch" / "test" / f"stream_{s}.txt").write_text(" ".join(words))
+    (root / "manifest.json").write_text(json.dumps({"switch": {"segment_tokens": segment, "segment_unit": "tokens"}}))
+    prompts = domain_prompts(Words(), str(root), "switch", BenchSettings(prompts=3, prompt_tokens=24))
+    assert len(prompts) == 3
+    for i, prompt in enumerate(prompts):
+        switch = 1 + i % 3
+        assert prompt[-SWITCH_LEAD:] == [1000 * switch + k for k in range(SWITCH_LEAD)]  # the new topic's start
+        assert prompt[0] // 1000 == switch - 1  # with the old topic before it

@@ -217,5 +217,24 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
         (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32")]
     for r in rows:
         assert r["identical_to_plain"] and 0 <= r["coverage"] <= 1 and r["mean_accepted_length"] >= 1
+        assert 0 < r["text_coverage"] <= 1
         assert r["active_size"] <= (384 if r["policy"] == "eagle3" else 32)
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_text_coverage_counts_true_next_tokens():
+    from evospec.profile_vocab import text_coverage
+    from evospec.runtime.vocab.base import StaticPolicy
+    from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+
+    policy = StaticPolicy("set", torch.tensor([1, 2, 3]))
+    streams = [[9, 9, 1, 2, 7, 3, 8], [1, 5, 5, 2]]  # after 2 context tokens: 1 2 7 3 8 | 5 2
+    assert text_coverage(policy, streams, vocab_size=10, prompt_tokens=2) == pytest.approx(4 / 7)
+
+    counts = torch.ones(50)
+    counts[:8] = 100  # the core: 0..7
+    freq = TokenFrequencies(50, counts, 1, "unit", successors={})
+    living = EvoSpecPolicy(10, freq, 50)
+    text = [40, 41, 42] * 10  # rare tokens that repeat: only a context-aware set can hold them
+    assert text_coverage(living, [text], 50, 3) == 1.0
+    assert text_coverage(StaticPolicy("frspec", freq.top(10)), [text], 50, 3) == 0.0

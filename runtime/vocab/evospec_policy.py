@@ -1,7 +1,8 @@
 """EvoSpec's living vocabulary (statistical index): a frequency core plus a context-driven tail.
 
 Active set = the ``core`` most frequent corpus tokens + up to ``K - core`` tail tokens, ranked by
-recency of evidence:
+recency of evidence, and tail budget the evidence leaves unused goes to the next most frequent
+tokens, so the set always holds K ids (equal size to ``frspec:K``):
 - context: every token of the prompt and of the committed output;
 - successors: what followed the newest committed token in the corpus (top-S per token, counted
   by ``evospec vocab frequencies --successors S``) and in this session so far;
@@ -28,7 +29,8 @@ class EvoSpecPolicy:
             raise SettingsError(f"evospec:K needs 2 <= K <= {vocab_size} (got {k})")
         self.name = f"evospec:{k}"
         self.k, self.core_size = k, max(1, int(k * core_share))
-        self.core = frequencies.top(self.core_size, vocab_size)
+        self.ranked = frequencies.ranked(k, vocab_size)  # core, then the fill for an unused tail budget
+        self.core = self.ranked[: self.core_size]
         self._core_set = set(self.core.tolist())
         self.successors = frequencies.successors
         self.reset([])
@@ -65,5 +67,7 @@ class EvoSpecPolicy:
 
     def active_ids(self) -> torch.Tensor:
         budget = self.k - self.core_size
-        tail = sorted(self.stamp, key=lambda t: (-self.stamp[t], t))[:budget]
-        return torch.cat((self.core, torch.tensor(tail, dtype=torch.long)))
+        tail = torch.tensor(sorted(self.stamp, key=lambda t: (-self.stamp[t], t))[:budget], dtype=torch.long)
+        fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
+        fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
+        return torch.cat((self.core, tail, fill))

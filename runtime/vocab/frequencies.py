@@ -22,14 +22,18 @@ class TokenFrequencies:
     successors: dict[int, list[int]] | None = None  # token -> its most frequent next tokens in the corpus
 
     def top(self, k: int, vocab_size: int | None = None) -> torch.Tensor:
+        """The ``k`` most frequent ids, sorted by id."""
+        return self.ranked(k, vocab_size).sort().values
+
+    def ranked(self, k: int, vocab_size: int | None = None) -> torch.Tensor:
+        """The ``k`` most frequent ids, most frequent first."""
         if vocab_size is not None and vocab_size != self.vocab_size:
             raise SettingsError(f"frequency table counts {self.vocab_size} token ids but the model has {vocab_size}; "
                                 "count with the target's own tokenizer")
         if not 1 <= k <= self.vocab_size:
             raise SettingsError(f"K must be in [1, {self.vocab_size}] (got {k})")
         # stable sort: among equal counts the lower id wins, so the list is deterministic
-        order = torch.sort(-self.counts, stable=True).indices
-        return order[:k].sort().values
+        return torch.sort(-self.counts, stable=True).indices[:k]
 
     def save(self, path: Path) -> None:
         from evospec.atomic import write_text_atomic
