@@ -112,7 +112,12 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
         reservoir = torch.from_numpy(runners["head"].weights["reservoir"])
     elif backend == "torch":
         reservoir = runners["head"].module.reservoir
-    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir), manifest
+    compiled = CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir)
+    if "semantic_index" in manifest:
+        from evospec.runtime.vocab.semantic import SemanticIndex
+
+        compiled.semantic_index = SemanticIndex.load(bundle, drafter.config.vocab_size, drafter.config.hidden_size)
+    return compiled, manifest
 
 
 def load_reservoir(bundle: Path) -> torch.Tensor:

@@ -40,14 +40,16 @@ class VocabRow:
 REPLAY_STEP = 3  # tokens observed per replayed step
 
 
-def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_tokens: int) -> float:
+def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
+                  states: list | None = None) -> float:
     """Share of the true next tokens of ``streams`` (after a ``prompt_tokens`` context) that the
-    policy's active set held when they came."""
+    policy's active set held when they came. ``states[i][j]``: the drafter's head input at
+    position j of stream i (for semantic retrieval), handed over one step late, as in decoding."""
     import torch
 
     hits = total = 0
     member = torch.zeros(vocab_size, dtype=torch.bool)
-    for ids in streams:
+    for i, ids in enumerate(streams):
         policy.reset(ids[:prompt_tokens])
         previous = None
         for pos in range(prompt_tokens, len(ids), REPLAY_STEP):
@@ -59,8 +61,33 @@ def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_toke
             chunk = ids[pos : pos + REPLAY_STEP]
             hits += int(member[torch.tensor(chunk)].sum())
             total += len(chunk)
-            policy.observe(chunk)
+            late = pos - REPLAY_STEP - 1  # the state at the previous step's newest token
+            policy.observe(chunk, states[i][late] if states is not None and late >= 0 else None)
     return hits / max(total, 1)
+
+
+def replay_states(generator: SpeculativeGenerator, streams: list[list[int]]) -> list | None:
+    """Per stream, the compiled drafter's head input at every position (teacher-forced), or None
+    when the drafter has no semantic index to query with them."""
+    import torch
+
+    from evospec.runtime.drafter import DrafterKVCache
+
+    drafter, target = generator.drafter, generator.target
+    if getattr(drafter, "semantic_index", None) is None:
+        return None
+    states = []
+    with torch.no_grad():
+        for ids in streams:
+            n = len(ids) - 1
+            out = target.forward(torch.tensor([ids[:n]], device=target.device),
+                                 torch.arange(n, device=target.device)[None], target.new_cache())
+            cache = DrafterKVCache(drafter.config, n + 1, target.device, drafter.dtype)
+            mask = torch.ones(n, n, dtype=torch.bool, device=target.device).tril()
+            drafter(out.features[None].to(drafter.dtype), torch.tensor([ids[1:]], device=target.device),
+                    torch.arange(n, device=target.device)[None], cache, 0, mask)
+            states.append(drafter.root_normed)
+    return states
 
 
 def replay_streams(generator: SpeculativeGenerator, corpus: str, domain: str, tokens: int,
@@ -85,17 +112,18 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     if unknown:
         raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
     drafter = generator.drafter
-    inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows)
+    inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
     built = {spec: make_policy(spec, inputs, frequencies) for spec in policies}  # bad names fail before any run
     rows = []
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)
         streams = replay_streams(generator, corpus, domain, replay_tokens)
+        states = replay_states(generator, streams)
         generator.policy = None
         plain = [generator.generate(p, replace(decode, use_draft=False)).token_ids for p in prompts]
         for spec, policy in built.items():
             generator.policy = policy
-            replayed = text_coverage(policy, streams, inputs.vocab_size, settings.prompt_tokens)
+            replayed = text_coverage(policy, streams, inputs.vocab_size, settings.prompt_tokens, states)
             results = [generator.generate(p, decode) for p in prompts]
             steps = sum(r.stats.steps for r in results)
             accepted = [a for r in results for a in r.stats.accepted_lengths]

@@ -25,6 +25,7 @@ class CompileSettings:
     precision: ``fp32`` or ``fp16`` weights/activations in the built engines.
     opset: ONNX opset of the exported graphs.
     parity_feeds: Recorded feeds per stage for the parity check.
+    index_dims: Dimensions of the semantic index's projection (0: no semantic index).
     """
 
     backend: str = "ort"
@@ -32,6 +33,7 @@ class CompileSettings:
     precision: str = "fp32"
     opset: int = 18
     parity_feeds: int = 3
+    index_dims: int = 64
     max_context: int = 4096  # TensorRT profiles: longest drafter cache
     max_draft_tokens: int = 512  # TensorRT profiles: most tokens in one trunk call (prefill chunk or tree level)
 
@@ -44,6 +46,8 @@ class CompileSettings:
             raise SettingsError(f"precision must be fp32 or fp16 (got {self.precision!r})")
         if not self.buckets or any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
             raise SettingsError(f"buckets must be ascending positive sizes (got {self.buckets})")
+        if self.index_dims < 0:
+            raise SettingsError(f"index_dims must be >= 0 (0: no semantic index; got {self.index_dims})")
 
 
 @dataclass

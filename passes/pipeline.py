@@ -9,10 +9,11 @@ from evospec.passes.finalise import Finalise
 from evospec.passes.gather_plans import PlanGathers
 from evospec.passes.parity import CheckParity
 from evospec.passes.reservoir import BuildReservoir
+from evospec.passes.semantic_index import BuildSemanticIndex
 from evospec.passes.split import SplitStages
 from evospec.passes.validate_inputs import ValidateInputs
 
 
 def default_passes() -> list[Pass]:
-    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), ExportOnnx(), BuildEngines(),
+    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), BuildSemanticIndex(), ExportOnnx(), BuildEngines(),
             CheckParity(), Finalise()]

@@ -22,6 +22,8 @@ class CompiledDrafter:
         ``head_active`` stage over rows kept by ``ActiveRows``; without it the ``head`` stage
         gathers in-graph (TensorRT bundles, whose rows live on the device)."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
+        self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
+        self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
         use_resident = reservoir is not None and "head_active" in runners
         self.active_rows = ActiveRows(reservoir, plan) if use_resident else None
         self.buckets = buckets
@@ -42,6 +44,11 @@ class CompiledDrafter:
         self._use(plan)
 
     @property
+    def context_state(self) -> torch.Tensor | None:
+        """The head input at the newest committed token (what semantic retrieval queries with)."""
+        return None if self.root_normed is None else self.root_normed[-1]
+
+    @property
     def active_ids(self) -> torch.Tensor:
         return self._id_map
 
@@ -57,7 +64,8 @@ class CompiledDrafter:
                  cache: DrafterKVCache, start: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device, c = hidden.device, self.config
         hidden = hidden.float()
-        if hidden.shape[-1] == 3 * c.target_hidden_size:
+        features_in = hidden.shape[-1] == 3 * c.target_hidden_size
+        if features_in:
             hidden = self.runners["fuse"].infer({"features": hidden})["hidden"].to(device)
         embeds = self.embed(target_ids).float()
         b, t = target_ids.shape
@@ -71,6 +79,8 @@ class CompiledDrafter:
                                            "past_keys": past_keys, "past_values": past_values, "mask": mask})
         cache.write(start, out["new_keys"].to(device, cache.keys.dtype), out["new_values"].to(device, cache.values.dtype))
         normed = out["normed"].reshape(b * t, c.hidden_size)
+        if features_in:  # the cycle's first call: its last row sits at the newest committed token
+            self.root_normed = normed.detach().clone()
         if self.active_rows is not None:
             feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self.plan.bias}
             logits = self.runners["head_active"].infer(feed)["logits"]

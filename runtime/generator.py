@@ -111,7 +111,8 @@ class SpeculativeGenerator:
         if vocab is not None:
             from evospec.runtime.vocab import PolicyInputs, make_policy
 
-            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows), frequencies)
+            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, drafter.semantic_index),
+                                 frequencies)
         return cls(target, drafter, policy)
 
     def encode(self, text: str) -> list[int]:
@@ -211,7 +212,7 @@ class SpeculativeGenerator:
             if policy is not None:
                 stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())
                 stats.active_total += len(new_tokens)
-                policy.observe(new_tokens)
+                policy.observe(new_tokens, getattr(drafter, "context_state", None))
             for token in new_tokens:
                 yield token
                 emitted += 1

@@ -102,7 +102,7 @@ class RandomPolicy:
         size = int(torch.randint(1, 400, (1,), generator=self.g))  # includes sets smaller than the tree width
         return torch.randperm(512, generator=self.g)[:size]
 
-    def observe(self, committed):
+    def observe(self, committed, state=None):
         pass
 
 

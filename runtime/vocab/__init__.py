@@ -36,7 +36,7 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
         from evospec.runtime.vocab.frequencies import TokenFrequencies
 
-        return EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size)
+        return EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, semantic=inputs.semantic)
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 
 

@@ -1,6 +1,7 @@
 """The vocabulary-policy interface: which reservoir rows the drafter's head scores next step.
 
-A policy sees the prompt, then every committed token (``observe``), and answers ``active_ids``
+A policy sees the prompt, then every committed token (``observe``, with the drafter's state),
+and answers ``active_ids``
 before each draft step. Verification always uses the target's full vocabulary, so no policy can
 change the output; a policy only decides which tokens the drafter is able to propose.
 """
@@ -8,7 +9,7 @@ change the output; a policy only decides which tokens the drafter is able to pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -19,6 +20,7 @@ class PolicyInputs:
 
     vocab_size: int
     draft_rows: torch.Tensor  # target ids of the drafter's own LM-head rows
+    semantic: Any = None  # a bundle's SemanticIndex (runtime/vocab/semantic.py), if it has one
 
 
 class VocabPolicy(Protocol):
@@ -28,7 +30,9 @@ class VocabPolicy(Protocol):
 
     def active_ids(self) -> torch.Tensor: ...
 
-    def observe(self, committed: list[int]) -> None: ...
+    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+        """``committed``: tokens verified this step; ``state``: the drafter's head input at the
+        newest committed token before them (for semantic retrieval), when the drafter has one."""
 
 
 class StaticPolicy:
@@ -43,5 +47,5 @@ class StaticPolicy:
     def active_ids(self) -> torch.Tensor:
         return self._ids
 
-    def observe(self, committed: list[int]) -> None:
+    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
         pass

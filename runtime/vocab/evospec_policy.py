@@ -1,18 +1,23 @@
-"""EvoSpec's living vocabulary (statistical index): a frequency core plus a context-driven tail.
+"""EvoSpec's living vocabulary: a frequency core plus a context-driven tail, within a budget K.
 
-Active set = the ``core`` most frequent corpus tokens + up to ``K - core`` tail tokens, ranked by
-recency of evidence, and tail budget the evidence leaves unused goes to the next most frequent
-tokens, so the set always holds K ids (equal size to ``frspec:K``):
-- context: every token of the prompt and of the committed output;
-- successors: what followed the newest committed token in the corpus (top-S per token, counted
-  by ``evospec vocab frequencies --successors S``) and in this session so far;
-- misses: committed tokens the active set lacked (they are the draft tokens that were impossible).
+Active set = the ``core`` most frequent corpus tokens + up to ``K - core`` tail tokens ranked by
+recency of evidence; tail budget the evidence leaves unused goes to the next most frequent
+tokens, so the set always holds K ids (equal size to ``frspec:K``). Evidence:
+- statistical index: every token of the prompt and of the committed output (context); what
+  followed the newest committed token in the corpus (top-S successors from ``evospec vocab
+  frequencies --successors S``) and in this session; misses (committed tokens the set lacked);
+- semantic index (when the bundle has one): the ``semantic_count`` rows whose projected inner
+  product with the drafter's state is largest (``SemanticIndex``), once per verification cycle.
 Each piece of evidence stamps the token with the current step; the tail keeps the most recently
-stamped tokens (older ones age out), so a topic switch refreshes the tail within a few steps.
-The semantic (USearch) index and drift detection are not part of this version.
+stamped tokens, so old evidence ages out. Drift detection: when the short-run miss rate jumps
+well above its long-run level (a topic switch), stamps older than the switch are dropped and the
+semantic index is asked for ``drift_boost`` times more rows, so the tail refills with the new topic.
 """
 
 from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
 
 import torch
 from evospec.runtime.vocab.frequencies import TokenFrequencies
@@ -20,8 +25,27 @@ from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.errors import SettingsError
 
 
+@dataclass(frozen=True)
+class DriftSettings:
+    """Attributes:
+    fast, slow: smoothing of the short- and long-run miss rates (exponential moving averages).
+    jump: drift when fast > slow + jump.
+    warmup: steps before drift can fire.
+    keep_steps: stamps from this many steps before the drift survive it (0: only the new step's).
+    boost: the semantic query after a drift asks for ``boost`` x ``semantic_count`` rows.
+    """
+
+    fast: float = 0.5
+    slow: float = 0.05
+    jump: float = 0.2
+    warmup: int = 8
+    keep_steps: int = 1
+    boost: int = 8
+
+
 class EvoSpecPolicy:
-    def __init__(self, k: int, frequencies: TokenFrequencies, vocab_size: int, core_share: float = 0.5) -> None:
+    def __init__(self, k: int, frequencies: TokenFrequencies, vocab_size: int, core_share: float = 0.5,
+                 semantic=None, semantic_count: int = 64, drift: DriftSettings | None = DriftSettings()) -> None:
         if frequencies.successors is None:
             raise SettingsError("policy evospec:K needs a frequency file with successors "
                                 "(`evospec vocab frequencies --successors 8`)")
@@ -33,6 +57,9 @@ class EvoSpecPolicy:
         self.core = self.ranked[: self.core_size]
         self._core_set = set(self.core.tolist())
         self.successors = frequencies.successors
+        self.semantic, self.semantic_count, self.drift = semantic, semantic_count, drift
+        self._member = torch.zeros(vocab_size, dtype=torch.bool)
+        self.drifts = 0  # topic switches detected since reset
         self.reset([])
 
     def reset(self, prompt_ids: list[int]) -> None:
@@ -40,25 +67,45 @@ class EvoSpecPolicy:
         self.stamp: dict[int, int] = {}
         self.session_next: dict[int, dict[int, int]] = {}
         self.last: int | None = None
-        self._active: set[int] = set()
+        self.fast_miss = self.slow_miss = 0.0
+        self.drifts = 0
+        self._member.zero_()
         self.observe(list(prompt_ids))
 
     def _mark(self, token: int) -> None:
         if token not in self._core_set:
             self.stamp[token] = self.step
 
-    def observe(self, committed: list[int]) -> None:
+    def _detect_drift(self, committed: list[int]) -> bool:
+        if self.drift is None or not committed or not self._member.any():
+            return False
+        miss = 1.0 - float(self._member[torch.tensor(committed)].float().mean())
+        d = self.drift
+        self.fast_miss += d.fast * (miss - self.fast_miss)
+        drifted = self.step > d.warmup and self.fast_miss > self.slow_miss + d.jump
+        self.slow_miss = self.fast_miss if drifted else self.slow_miss + d.slow * (miss - self.slow_miss)
+        return drifted
+
+    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
         self.step += 1
+        drifted = self._detect_drift(committed)
+        if drifted:  # a topic switch: drop the old topic's evidence
+            self.drifts += 1
+            fresh = self.step - self.drift.keep_steps
+            self.stamp = {t: s for t, s in self.stamp.items() if s >= fresh}
         for token in committed:
             self._mark(token)  # context and misses (a miss is a committed token outside the set)
             if self.last is not None:
-                nxt = self.session_next.setdefault(self.last, {})
-                nxt[token] = self.step
+                self.session_next.setdefault(self.last, {})[token] = self.step
             self.last = token
         if self.last is not None:
             for token in self.successors.get(self.last, ()):
                 self._mark(token)
             for token in self.session_next.get(self.last, ()):
+                self._mark(token)
+        if self.semantic is not None and state is not None:
+            count = self.semantic_count * (self.drift.boost if drifted else 1)
+            for token in self.semantic.query(state, count):
                 self._mark(token)
         budget = self.k - self.core_size
         if len(self.stamp) > 4 * budget:  # bounded memory: forget the stalest evidence
@@ -67,7 +114,11 @@ class EvoSpecPolicy:
 
     def active_ids(self) -> torch.Tensor:
         budget = self.k - self.core_size
-        tail = torch.tensor(sorted(self.stamp, key=lambda t: (-self.stamp[t], t))[:budget], dtype=torch.long)
+        newest = self.stamp if len(self.stamp) <= budget else heapq.nlargest(budget, self.stamp, key=self.stamp.__getitem__)
+        tail = torch.tensor(list(newest), dtype=torch.long)
         fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
         fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
-        return torch.cat((self.core, tail, fill))
+        active = torch.cat((self.core, tail, fill))
+        self._member.zero_()
+        self._member[active] = True
+        return active
