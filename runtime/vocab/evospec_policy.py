@@ -114,7 +114,7 @@ class EvoSpecPolicy:
 
     def active_ids(self) -> torch.Tensor:
         budget = self.k - self.core_size
-        newest = self.stamp if len(self.stamp) <= budget else heapq.nlargest(budget, self.stamp, key=self.stamp.__getitem__)
+        newest = self.stamp if len(self.stamp) <= budget else heapq.nlargest(budget, self.stamp, key=lambda t: (self.stamp[t], -t))  # ties: lower id
         tail = torch.tensor(list(newest), dtype=torch.long)
         fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
         fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
