@@ -34,6 +34,8 @@ class VocabRow:
     mean_accepted_length: float
     rows_moved_per_step: float
     draft_ms_per_step: float
+    retrieval_ms_per_step: float
+    step_ms: float
     identical_to_plain: bool
 
 
@@ -135,6 +137,8 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
                 mean_accepted_length=sum(a + 1 for a in accepted) / max(len(accepted), 1),
                 rows_moved_per_step=sum(r.stats.active_rows_moved for r in results) / max(steps, 1),
                 draft_ms_per_step=1e3 * sum(r.stats.draft_time_s for r in results) / max(steps, 1),
+                retrieval_ms_per_step=1e3 * sum(r.stats.retrieval_time_s for r in results) / max(steps, 1),
+                step_ms=1e3 * sum(r.stats.draft_time_s + r.stats.verify_time_s for r in results) / max(steps, 1),
                 identical_to_plain=all(r.token_ids == q for r, q in zip(results, plain)),
             ))
             if progress is not None:
@@ -144,10 +148,12 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
 
 
 def vocab_table(rows: list[VocabRow]) -> str:
-    header = ("domain", "policy", "active", "coverage", "text coverage", "tau", "moved/step", "draft ms/step", "identical")
+    header = ("domain", "policy", "active", "coverage", "text coverage", "tau", "moved/step", "draft ms/step", "retrieval ms/step",
+              "step ms", "identical")
     lines = [(r.domain, r.policy, f"{r.active_size:.0f}", f"{100 * r.coverage:.1f}%", f"{100 * r.text_coverage:.1f}%",
               f"{r.mean_accepted_length:.2f}",
-              f"{r.rows_moved_per_step:.0f}", f"{r.draft_ms_per_step:.2f}", str(r.identical_to_plain)) for r in rows]
+              f"{r.rows_moved_per_step:.0f}", f"{r.draft_ms_per_step:.2f}", f"{r.retrieval_ms_per_step:.2f}",
+              f"{r.step_ms:.2f}", str(r.identical_to_plain)) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])

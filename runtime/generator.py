@@ -184,7 +184,10 @@ class SpeculativeGenerator:
             t0 = time.perf_counter()
             tree = DraftTree.empty()
             if policy is not None:
-                drafter.set_active(policy.active_ids())
+                r0 = time.perf_counter()
+                active = policy.active_ids()
+                stats.retrieval_time_s += time.perf_counter() - r0
+                drafter.set_active(active)
                 stats.active_rows_moved += drafter.moved_rows
                 stats.active_size_sum += drafter.plan.size
             if use_draft:
@@ -212,7 +215,9 @@ class SpeculativeGenerator:
             if policy is not None:
                 stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())
                 stats.active_total += len(new_tokens)
+                r0 = time.perf_counter()
                 policy.observe(new_tokens, getattr(drafter, "context_state", None))
+                stats.retrieval_time_s += time.perf_counter() - r0
             for token in new_tokens:
                 yield token
                 emitted += 1

@@ -28,6 +28,7 @@ class DecodeStats:
     active_total: int = 0
     active_rows_moved: int = 0  # head columns changed between steps (gather-plan deltas)
     active_size_sum: int = 0  # active-set size summed over draft steps
+    retrieval_time_s: float = 0.0  # time the decoding thread spent in policy calls (retrieval on the critical path)
 
     @property
     def mean_accepted_length(self) -> float:

@@ -209,12 +209,12 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
     run("vocab", "frequencies", "--corpus", str(corpus), "--tokenizer", str(TARGET), "--out", str(freq), "--successors", "4")
     out = tmp_path / "v.json"
     proc = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
-               "--policies", "eagle3,frspec:32,evospec:32", "--frequencies", str(freq), "--prompts", "2",
+               "--policies", "eagle3,frspec:32,evospec:32,evospec:32:sync", "--frequencies", str(freq), "--prompts", "2",
                "--prompt-tokens", "16", "--max-new-tokens", "16", "--json", str(out), "--plot", str(tmp_path / "v.png"))
     assert "coverage" in proc.stdout
     rows = json.loads(out.read_text())
     assert [(r["domain"], r["policy"]) for r in rows] == [
-        (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32")]
+        (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32", "evospec:32:sync")]
     for r in rows:
         assert r["identical_to_plain"] and 0 <= r["coverage"] <= 1 and r["mean_accepted_length"] >= 1
         assert 0 < r["text_coverage"] <= 1
@@ -238,3 +238,45 @@ def test_text_coverage_counts_true_next_tokens():
     text = [40, 41, 42] * 10  # rare tokens that repeat: only a context-aware set can hold them
     assert text_coverage(living, [text], 50, 3) == 1.0
     assert text_coverage(StaticPolicy("frspec", freq.top(10)), [text], 50, 3) == 0.0
+
+
+def test_pipelined_policy_is_one_cycle_late_and_deterministic():
+    from evospec.runtime.vocab.pipelined import PipelinedPolicy
+
+    class Counting:  # the active set names the number of observations it has seen
+        name = "counting"
+
+        def reset(self, prompt_ids):
+            self.seen = 0
+
+        def observe(self, committed, state=None):
+            self.seen += 1
+
+        def active_ids(self):
+            return torch.tensor([self.seen])
+
+    policy = PipelinedPolicy(Counting())
+    for _ in range(2):  # a reset starts over
+        policy.reset([1, 2])
+        used = []
+        for cycle in range(6):
+            used.append(int(policy.active_ids()))
+            policy.observe([cycle])
+        assert used == [0, 0, 1, 2, 3, 4]  # cycle t drafts with what cycle t-2's observation produced
+    policy.close()
+
+
+def test_evospec_policies_decode_exactly(torch_bundle, tmp_path):
+    corpus = tmp_path / "c"
+    (corpus / "code" / "train").mkdir(parents=True)
+    (corpus / "code" / "train" / "a.txt").write_text("def add(a, b):\n    return a + b\n" * 20)
+    freq = tmp_path / "f.json"
+    run("vocab", "frequencies", "--corpus", str(corpus), "--tokenizer", str(TARGET), "--out", str(freq), "--successors", "4")
+    plain = SpeculativeGenerator.from_paths(TARGET, DRAFTER)
+    prompt = plain.encode("class Parser:\n    def parse(self, text):\n")
+    expected = plain.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False)).token_ids
+    for spec in ("evospec:48", "evospec:48:sync"):
+        generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET, vocab=spec, frequencies=freq)
+        result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_tree="tree"))
+        assert result.token_ids == expected, spec
+        assert result.stats.active_total > 0 and result.stats.retrieval_time_s > 0

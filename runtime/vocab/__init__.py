@@ -1,4 +1,8 @@
-"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``evospec:K``."""
+"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``evospec:K``.
+
+``evospec:K`` retrieves on a worker thread one cycle ahead (``PipelinedPolicy``);
+``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
 
 from evospec.errors import SettingsError
 
-POLICY_NAMES = ("full", "eagle3", "frspec:K", "evospec:K")
+POLICY_NAMES = ("full", "eagle3", "frspec:K", "evospec:K", "evospec:K:sync")
 
 
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None) -> VocabPolicy:
@@ -29,14 +33,22 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
 
         return frspec_policy(inputs, int(arg), TokenFrequencies.load(frequencies))
     if name == "evospec":
-        if not arg.isdigit():
-            raise SettingsError(f"policy {spec!r}: expected evospec:K with an integer K, e.g. evospec:16384")
+        arg, _, mode = arg.partition(":")
+        if not arg.isdigit() or mode not in ("", "sync"):
+            raise SettingsError(f"policy {spec!r}: expected evospec:K or evospec:K:sync with an integer K, "
+                                "e.g. evospec:16384")
         if frequencies is None:
             raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
         from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
         from evospec.runtime.vocab.frequencies import TokenFrequencies
 
-        return EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, semantic=inputs.semantic)
+        policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, semantic=inputs.semantic)
+        if mode == "sync":  # retrieval on the decoding thread: to measure what the pipeline hides
+            policy.name = spec
+            return policy
+        from evospec.runtime.vocab.pipelined import PipelinedPolicy
+
+        return PipelinedPolicy(policy)
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 
 

@@ -1,0 +1,55 @@
+"""Retrieval off the critical path: a policy's work runs on a worker thread, one cycle ahead.
+
+``observe`` hands the committed tokens (and the drafter state) to a single worker thread, which
+updates the wrapped policy and computes its next active set while the caller drafts and
+verifies. ``active_ids`` for cycle t uses the set the worker computed from cycle t-2's
+observation (ready since a whole cycle), so drafting never waits on retrieval unless retrieval
+takes longer than a cycle. The lag is deterministic (it does not depend on thread timing), so
+runs are reproducible; exactness never depends on the active set at all.
+
+ONNX Runtime and torch kernels release the GIL, so the worker's Python work overlaps them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+
+class PipelinedPolicy:
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"evospec-retrieval-{inner.name}")
+        self._queue: deque[Future] = deque()
+        self._current: torch.Tensor | None = None
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._queue.popleft().result()
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        self._drain()
+        self.inner.reset(prompt_ids)
+        self._current = self.inner.active_ids()
+
+    def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None) -> torch.Tensor:
+        self.inner.observe(committed, state)
+        return self.inner.active_ids()
+
+    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+        self._queue.append(self._worker.submit(self._observe_and_plan, list(committed), state))
+
+    def active_ids(self) -> torch.Tensor:
+        while len(self._queue) > 1:  # the newest job overlaps this cycle; older ones are due
+            self._current = self._queue.popleft().result()
+        return self._current
+
+    def close(self) -> None:
+        self._drain()
+        self._worker.shutdown(wait=True)
+
+    def __getattr__(self, name: str):  # drifts, stamp, ... of the wrapped policy
+        return getattr(self.inner, name)
