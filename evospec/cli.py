@@ -114,13 +114,15 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
               help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
 @click.option("--vocab", "vocab_policy", default=None,
-              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K).")
+              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, evospec:K).")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
-              help="Token-frequency file for frspec:K (`evospec vocab frequencies`).")
+              help="Token-frequency file for frspec:K and evospec:K (`evospec vocab frequencies`).")
+@click.option("--router", type=click.Path(path_type=Path), default=None,
+              help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, device, dtype, prompt, prompt_ids,
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, prompt, prompt_ids,
              config_path, no_draft, stream, as_json, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
@@ -135,7 +137,7 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, dev
 
     if bundle_dir is not None and settings.use_draft:
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
-                                                     vocab=vocab_policy, frequencies=frequencies)
+                                                     vocab=vocab_policy, frequencies=frequencies, router=router)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
                                                     device=device, dtype=dtype)
@@ -289,6 +291,23 @@ def vocab_frequencies(corpus, tokenizer_dir, out, split, domains, successors):
     table.save(out)
     click.echo(f"{table.documents} documents, {int(table.counts.sum())} tokens, "
                f"{int((table.counts > 0).sum())} distinct; wrote {out}")
+
+
+@vocab.command("dynaspec")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="Compiled bundle (ort or torch).")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="The bundle's target.")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (train split is read).")
+@click.option("--clusters", type=int, default=64, show_default=True)
+@click.option("--tokens", type=int, default=16384, show_default=True, help="Training tokens per domain.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Router file to write (.safetensors).")
+def vocab_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, out):
+    """Train the DynaSpec baseline's router (clusters of reservoir rows + a linear router on drafter
+    states, fitted to the target's own greedy outputs on the corpus)."""
+    from evospec.dynaspec_training import train_dynaspec
+
+    report = train_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, out,
+                            progress=lambda what: click.echo(what, err=True))
+    click.echo(json.dumps(report))
 
 
 @vocab.command("coverage")

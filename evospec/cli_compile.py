@@ -150,6 +150,7 @@ def register(main: click.Group) -> None:
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (<domain>/test/...).")
 @click.option("--policies", default="eagle3,frspec:16384,evospec:16384", show_default=True)
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="For frspec:K and evospec:K.")
+@click.option("--router", type=click.Path(path_type=Path), default=None, help="For dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all).")
 @click.option("--prompts", type=int, default=4, show_default=True)
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
@@ -159,7 +160,7 @@ def register(main: click.Group) -> None:
               help="Test-text tokens per domain replayed for text coverage.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path))
-def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, domains, prompts, prompt_tokens,
+def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, router, domains, prompts, prompt_tokens,
                       max_new_tokens, draft_depth, replay_tokens, json_path, plot_path):
     """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
     from rich.console import Console
@@ -176,7 +177,8 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, dom
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
         rows = run_profile_vocab(generator, str(corpus), [p for p in policies.split(",") if p],
-                                 str(frequencies) if frequencies else None, decode, settings, replay_tokens,
+                                 str(frequencies) if frequencies else None, str(router) if router else None, decode,
+                                 settings, replay_tokens,
                                  lambda what: status.update(what))
     click.echo(vocab_table(rows))
     if json_path is not None:

@@ -7,6 +7,7 @@ the median and p90 in milliseconds. Ratios are only meaningful within one run on
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import time
@@ -126,10 +127,9 @@ def measure(runners: dict, shape: ProfileShape, rows: torch.Tensor, buckets: tup
             unused[plan.ids] = False
             changes = min(DELTA_COLUMNS, plan.size // 4)
             other[:changes] = torch.nonzero(unused).flatten()[:changes]
-            plans_ab = (plan, GatherPlan(ids=other, bias=plan.bias, size=plan.size))
             resident = ActiveRows(rows, plan)
-            flip = iter(range(10**9))
-            add("delta", b, lambda r=resident, ab=plans_ab, f=flip: r.follow(ab[(next(f) + 1) % 2]), "torch")
+            alternate = itertools.cycle((GatherPlan(ids=other, bias=plan.bias, size=plan.size), plan))
+            add("delta", b, lambda r=resident, plans=alternate: r.follow(next(plans)), "torch")
             del resident
     if runners.get("head_full") is not None:
         add("head_full", vocab, lambda: runners["head_full"].infer({"normed": normed}))

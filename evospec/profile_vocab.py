@@ -71,33 +71,21 @@ def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_toke
 def replay_states(generator: SpeculativeGenerator, streams: list[list[int]]) -> list | None:
     """Per stream, the compiled drafter's head input at every position (teacher-forced), or None
     when the drafter has no semantic index to query with them."""
-    import torch
+    from evospec.teacher_forced import teacher_forced
 
-    from evospec.runtime.drafter import DrafterKVCache
-
-    drafter, target = generator.drafter, generator.target
-    if getattr(drafter, "semantic_index", None) is None:
+    if getattr(generator.drafter, "semantic_index", None) is None:
         return None
-    states = []
-    with torch.no_grad():
-        for ids in streams:
-            n = len(ids) - 1
-            out = target.forward(torch.tensor([ids[:n]], device=target.device),
-                                 torch.arange(n, device=target.device)[None], target.new_cache())
-            cache = DrafterKVCache(drafter.config, n + 1, target.device, drafter.dtype)
-            mask = torch.ones(n, n, dtype=torch.bool, device=target.device).tril()
-            drafter(out.features[None].to(drafter.dtype), torch.tensor([ids[1:]], device=target.device),
-                    torch.arange(n, device=target.device)[None], cache, 0, mask)
-            states.append(drafter.root_normed)
-    return states
+    return [teacher_forced(generator, ids)[0] for ids in streams]
 
 
 def replay_streams(generator: SpeculativeGenerator, corpus: str, domain: str, tokens: int,
-                   per_document: int = 1024) -> list[list[int]]:
-    """Up to ``tokens`` tokens of the domain's test text, at most ``per_document`` from each document."""
+                   per_document: int = 1024, split: str = "test") -> list[list[int]]:
+    """Up to ``tokens`` tokens of the domain's ``split`` text, at most ``per_document`` from each document."""
     streams, count = [], 0
-    for doc in read_documents(corpus, domain, "test"):
+    for doc in read_documents(corpus, domain, split):
         ids = generator.encode(doc)[:per_document]
+        if len(ids) < 2:
+            continue
         streams.append(ids)
         count += len(ids)
         if count >= tokens:
@@ -106,6 +94,7 @@ def replay_streams(generator: SpeculativeGenerator, corpus: str, domain: str, to
 
 
 def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: list[str], frequencies: str | None,
+                      router: str | None,
                       decode: DecodeSettings, settings: BenchSettings, replay_tokens: int = 8192,
                       progress: Callable[[str], None] | None = None) -> list[VocabRow]:
     available = corpus_domains(corpus)
@@ -115,7 +104,7 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
         raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
-    built = {spec: make_policy(spec, inputs, frequencies) for spec in policies}  # bad names fail before any run
+    built = {spec: make_policy(spec, inputs, frequencies, router) for spec in policies}  # bad names fail before any run
     rows = []
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)

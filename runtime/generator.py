@@ -94,7 +94,7 @@ class SpeculativeGenerator:
     @classmethod
     def from_bundle(
         cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
-        vocab: str | None = None, frequencies: str | Path | None = None,
+        vocab: str | None = None, frequencies: str | Path | None = None, router: str | Path | None = None,
     ) -> SpeculativeGenerator:
         """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for.
 
@@ -112,7 +112,7 @@ class SpeculativeGenerator:
             from evospec.runtime.vocab import PolicyInputs, make_policy
 
             policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, drafter.semantic_index),
-                                 frequencies)
+                                 frequencies, router)
         return cls(target, drafter, policy)
 
     def encode(self, text: str) -> list[int]:

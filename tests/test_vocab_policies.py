@@ -280,3 +280,56 @@ def test_evospec_policies_decode_exactly(torch_bundle, tmp_path):
         result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_tree="tree"))
         assert result.token_ids == expected, spec
         assert result.stats.active_total > 0 and result.stats.retrieval_time_s > 0
+
+
+def test_dynaspec_clusters_router_and_shortlist(tmp_path):
+    from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router, cluster_rows, train_router
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 3
+    rows = torch.cat([c + 0.1 * torch.randn(25, 16, generator=g) for c in centres])  # 4 clear groups of 25
+    labels = cluster_rows(rows, 4)
+    assert all(len(set(labels[25 * i : 25 * (i + 1)].tolist())) == 1 for i in range(4))
+    assert len(set(labels.tolist())) == 4
+    states = torch.randn(400, 16, generator=g)
+    group = (states @ centres.T).argmax(-1)  # the "target" picks a token of the group its state points to
+    tokens = torch.tensor([25 * int(c) + int(i) % 25 for i, c in enumerate(group)])
+    router = train_router(states, tokens, labels, 100, steps=300, lr=5e-2)
+    router.save(tmp_path / "r.safetensors")
+    loaded = Router.load(tmp_path / "r.safetensors")
+    policy = DynaSpecPolicy(30, 4, loaded, 100)
+    policy.reset([])
+    right = 0
+    for state, token in zip(states[:50], tokens[:50]):
+        policy.observe([0], state)
+        active = policy.active_ids()
+        assert active.numel() == 30 and len(set(active.tolist())) == 30
+        right += int(token) in set(active.tolist())
+    assert right >= 40  # the router sends most states to their token's group
+    with pytest.raises(SettingsError, match="has 4 clusters"):
+        DynaSpecPolicy(30, 8, loaded, 100)
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(SettingsError, match="not a readable router"):
+        Router.load(tmp_path / "bad.safetensors")
+    with pytest.raises(SettingsError, match="does not exist"):
+        Router.load(tmp_path / "none.safetensors")
+
+
+def test_cli_vocab_dynaspec_then_profile(torch_bundle, tmp_path):
+    corpus = tmp_path / "corpus"
+    text = "def add(a, b):\n    return a + b\n\nclass Point:\n    x = 1\n"
+    for split in ("train", "test"):
+        (corpus / "code" / split).mkdir(parents=True)
+        for i in range(3):
+            (corpus / "code" / split / f"{i}.txt").write_text(text * (4 + i))
+    router = tmp_path / "router.safetensors"
+    proc = run("vocab", "dynaspec", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+               "--clusters", "8", "--tokens", "512", "--out", str(router))
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["clusters"] == 8 and report["positions"] > 100 and 0 <= report["heldout_top1"] <= report["heldout_top8"] <= 1
+    out = tmp_path / "v.json"
+    run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+        "--policies", "dynaspec:64:8", "--router", str(router), "--prompts", "1", "--prompt-tokens", "16",
+        "--max-new-tokens", "12", "--json", str(out))
+    (row,) = json.loads(out.read_text())
+    assert row["policy"] == "dynaspec:64:8" and row["identical_to_plain"] and row["active_size"] == 64

@@ -1,4 +1,4 @@
-"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``evospec:K``.
+"""Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``dynaspec:K:C``, ``evospec:K``.
 
 ``evospec:K`` retrieves on a worker thread one cycle ahead (``PipelinedPolicy``);
 ``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides).
@@ -12,11 +12,13 @@ from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
 
 from evospec.errors import SettingsError
 
-POLICY_NAMES = ("full", "eagle3", "frspec:K", "evospec:K", "evospec:K:sync")
+POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync")
 
 
-def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None) -> VocabPolicy:
-    """A policy from its name; ``frspec:K`` needs a frequency file (``evospec vocab frequencies``)."""
+def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,
+                router: str | Path | None = None) -> VocabPolicy:
+    """A policy from its name; ``frspec:K`` and ``evospec:K`` need a frequency file (``evospec vocab
+    frequencies``), ``dynaspec:K:C`` a router file (``evospec vocab dynaspec``)."""
     from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
     name, _, arg = spec.partition(":")
@@ -49,6 +51,15 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         from evospec.runtime.vocab.pipelined import PipelinedPolicy
 
         return PipelinedPolicy(policy)
+    if name == "dynaspec":
+        k, _, c = arg.partition(":")
+        if not (k.isdigit() and c.isdigit()):
+            raise SettingsError(f"policy {spec!r}: expected dynaspec:K:C with integers K and C, e.g. dynaspec:16384:64")
+        if router is None:
+            raise SettingsError("policy dynaspec:K:C needs --router FILE (train one with `evospec vocab dynaspec`)")
+        from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
+
+        return DynaSpecPolicy(int(k), int(c), Router.load(router), inputs.vocab_size)
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 
 
