@@ -158,28 +158,38 @@ def register(main: click.Group) -> None:
 @click.option("--draft-depth", type=int, default=5, show_default=True)
 @click.option("--replay-tokens", type=int, default=8192, show_default=True,
               help="Test-text tokens per domain replayed for text coverage.")
+@click.option("--stages", "stages_path", type=click.Path(path_type=Path), default=None,
+              help="`profile stages --json` output at a production shape: adds a projected speedup column.")
+@click.option("--target-layers", type=int, default=32, show_default=True,
+              help="With --stages: decoder layers of the production target (verification cost = layers x trunk).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path))
 def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, router, domains, prompts, prompt_tokens,
-                      max_new_tokens, draft_depth, replay_tokens, json_path, plot_path):
+                      max_new_tokens, draft_depth, replay_tokens, stages_path, target_layers, json_path, plot_path):
     """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
     from rich.console import Console
 
     from evospec.atomic import write_text_atomic
     from evospec.bench import BenchSettings
-    from evospec.profile_vocab import run_profile_vocab, vocab_json, vocab_plot, vocab_table
+    from evospec.profile_vocab import (StageCosts, project_speedups, run_profile_vocab, vocab_json, vocab_plot,
+                                       vocab_table)
     from evospec.runtime.generator import SpeculativeGenerator
     from evospec.settings import DecodeSettings
 
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
     decode = DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth)
+    costs = StageCosts.load(str(stages_path)) if stages_path is not None else None  # before the long run
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
         rows = run_profile_vocab(generator, str(corpus), [p for p in policies.split(",") if p],
                                  str(frequencies) if frequencies else None, str(router) if router else None, decode,
                                  settings, replay_tokens,
                                  lambda what: status.update(what))
+    if costs is not None:
+        project_speedups(rows, costs, target_layers, draft_depth)
+        click.echo(f"projected x: PROJECTION at the shape of {stages_path} (verification = {target_layers} x trunk "
+                   "+ full head), from the measured tau; not a measured speed-up")
     click.echo(vocab_table(rows))
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(vocab_json(rows), indent=2))

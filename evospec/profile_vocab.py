@@ -14,7 +14,9 @@ onto a few frequent tokens.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 
 from evospec.bench import BenchSettings, domain_prompts
@@ -37,6 +39,7 @@ class VocabRow:
     retrieval_ms_per_step: float
     step_ms: float
     identical_to_plain: bool
+    projected_speedup: float | None = None  # a projection: see project_speedups
 
 
 REPLAY_STEP = 3  # tokens observed per replayed step
@@ -136,13 +139,56 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     return rows
 
 
+@dataclass(frozen=True)
+class StageCosts:
+    """Median stage latencies read from ``profile stages --json`` at a production shape."""
+
+    trunk_ms: float
+    full_size: int
+    full_ms: float
+    heads: tuple[tuple[int, float], ...]  # (active size, head_active ms), ascending
+
+    @classmethod
+    def load(cls, path: str) -> StageCosts:
+        from evospec.errors import SettingsError
+
+        try:
+            stages = json.loads(Path(path).read_text())
+            trunk = next(r["median_ms"] for r in stages if r["stage"] == "trunk")
+            full = next(r for r in stages if r["stage"] == "head_full")
+            heads = tuple(sorted((r["active_size"], r["median_ms"]) for r in stages if r["stage"] == "head_active"))
+            return cls(float(trunk), int(full["active_size"]), float(full["median_ms"]), heads)
+        except (OSError, json.JSONDecodeError, StopIteration, KeyError, TypeError):
+            raise SettingsError(f"{path}: expected the JSON of `evospec profile stages --json` "
+                                "(rows with trunk, head_active and head_full)") from None
+
+    def head_ms(self, active_size: float) -> float:
+        """The measured head over the smallest bucket that holds ``active_size`` rows (else the full head)."""
+        return next((ms for size, ms in self.heads if size >= active_size), self.full_ms)
+
+
+def project_speedups(rows: list[VocabRow], costs: StageCosts, target_layers: int, depth: int) -> None:
+    """Fill ``projected_speedup``: measured tau combined with stage latencies at a production shape.
+    A projection, not a measurement: verification is taken as ``target_layers`` decoder layers (each
+    costed as the drafter's trunk) plus the full head, and each of the ``depth`` draft levels as
+    trunk + head over the active set (``full``: the full head). Retrieval done on the decoding thread
+    (``:sync``) is added as measured here; pipelined retrieval adds nothing to the critical path.
+    Speedup over plain decoding = tau x verify / (verify + depth x draft level + retrieval)."""
+    verify = target_layers * costs.trunk_ms + costs.full_ms
+    for row in rows:
+        head = costs.full_ms if row.policy == "full" else costs.head_ms(row.active_size)
+        retrieval = row.retrieval_ms_per_step if row.policy.endswith(":sync") else 0.0
+        row.projected_speedup = row.mean_accepted_length * verify / (verify + depth * (costs.trunk_ms + head) + retrieval)
+
+
 def vocab_table(rows: list[VocabRow]) -> str:
     header = ("domain", "policy", "active", "coverage", "text coverage", "tau", "moved/step", "draft ms/step", "retrieval ms/step",
-              "step ms", "identical")
+              "step ms", "projected x", "identical")
     lines = [(r.domain, r.policy, f"{r.active_size:.0f}", f"{100 * r.coverage:.1f}%", f"{100 * r.text_coverage:.1f}%",
               f"{r.mean_accepted_length:.2f}",
               f"{r.rows_moved_per_step:.0f}", f"{r.draft_ms_per_step:.2f}", f"{r.retrieval_ms_per_step:.2f}",
-              f"{r.step_ms:.2f}", str(r.identical_to_plain)) for r in rows]
+              f"{r.step_ms:.2f}", "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
+              str(r.identical_to_plain)) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])

@@ -208,16 +208,27 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
     freq = tmp_path / "freq.json"
     run("vocab", "frequencies", "--corpus", str(corpus), "--tokenizer", str(TARGET), "--out", str(freq), "--successors", "4")
     out = tmp_path / "v.json"
+    stages = tmp_path / "stages.json"  # what `profile stages --json` writes, with round numbers
+    stages.write_text(json.dumps([{"stage": "trunk", "active_size": 0, "median_ms": 1.0},
+                                  {"stage": "head_active", "active_size": 32, "median_ms": 0.5},
+                                  {"stage": "head_full", "active_size": 512, "median_ms": 4.0}]))
+    bad = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+              "--policies", "eagle3", "--stages", str(freq), check=False)
+    assert bad.returncode == 2 and "expected the JSON of `evospec profile stages --json`" in bad.stderr
     proc = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+               "--stages", str(stages), "--target-layers", "4", "--draft-depth", "5",
                "--policies", "eagle3,frspec:32,evospec:32,evospec:32:sync", "--frequencies", str(freq), "--prompts", "2",
                "--prompt-tokens", "16", "--max-new-tokens", "16", "--json", str(out), "--plot", str(tmp_path / "v.png"))
-    assert "coverage" in proc.stdout
+    assert "coverage" in proc.stdout and "PROJECTION" in proc.stdout
     rows = json.loads(out.read_text())
     assert [(r["domain"], r["policy"]) for r in rows] == [
         (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32", "evospec:32:sync")]
     for r in rows:
         assert r["identical_to_plain"] and 0 <= r["coverage"] <= 1 and r["mean_accepted_length"] >= 1
         assert 0 < r["text_coverage"] <= 1
+        verify, level = 4 * 1.0 + 4.0, 1.0 + (4.0 if r["policy"] == "eagle3" else 0.5)  # eagle3: 384 rows > 32
+        extra = r["retrieval_ms_per_step"] if r["policy"].endswith(":sync") else 0.0
+        assert r["projected_speedup"] == pytest.approx(r["mean_accepted_length"] * verify / (verify + 5 * level + extra))
         assert r["active_size"] <= (384 if r["policy"] == "eagle3" else 32)
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
 
