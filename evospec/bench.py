@@ -15,6 +15,7 @@ from evospec.errors import SettingsError
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import GenerationResult
 from evospec.settings import DecodeSettings
+from evospec.text_table import text_table
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,7 @@ def rows_table(rows: list[BenchRow]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines])
+    return text_table(header, lines)
 
 
 def rows_json(rows: list[BenchRow]) -> list[dict]:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-
-def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
-    rows = [tuple(str(x) for x in r) for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+from evospec.text_table import text_table
 
 
 def manifest_report(m: dict) -> str:
@@ -22,7 +17,7 @@ def manifest_report(m: dict) -> str:
     if "gather" in m:
         parts.append(f"head buckets: {m['gather']['buckets']} (drafter's own {m['gather']['default_active']} rows "
                      f"use bucket {m['gather']['default_bucket']})")
-    parts += ["", "passes", _table(("pass", "changed", "seconds", "summary"),
+    parts += ["", "passes", text_table(("pass", "changed", "seconds", "summary"),
                                    [(p["name"], p["changed"], f"{p['seconds']:.2f}", p["summary"]) for p in m["passes"]])]
     for stage, graph in m.get("graphs", {}).items():
         ins = ", ".join(f"{k}{v}" for k, v in graph["inputs"].items())
@@ -30,12 +25,12 @@ def manifest_report(m: dict) -> str:
     parity = m.get("parity", {})
     if parity.get("stages"):
         parts += ["", f"parity vs torch (atol {parity['atol']}, rtol {parity['rtol']})",
-                  _table(("stage", "output", "max abs error", "bound", "ok"),
+                  text_table(("stage", "output", "max abs error", "bound", "ok"),
                          [(s, o, f"{r['max_abs_error']:.2e}", f"{r['bound']:.2e}", r["ok"])
                           for s, outs in parity["stages"].items() for o, r in outs.items()])]
     elif parity:
         parts.append(f"parity: {parity.get('note', '')}")
     files = m.get("files", {})
     parts += ["", f"files ({sum(f['bytes'] for f in files.values()) / 2**20:.1f} MiB)",
-              _table(("file", "bytes"), [(name, f["bytes"]) for name, f in sorted(files.items())])]
+              text_table(("file", "bytes"), [(name, f["bytes"]) for name, f in sorted(files.items())])]
     return "\n".join(parts)

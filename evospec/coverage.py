@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from evospec.corpus import CorpusError, corpus_domains, read_documents
+from evospec.text_table import text_table
 
 DEFAULT_KS = (4096, 8192, 16384, 32768)
 
@@ -70,9 +71,7 @@ def coverage_table(rows: list[CoverageRow]) -> str:
     by = {(r.domain, r.k): r.coverage for r in rows}
     header = ["domain"] + [f"top-{k}" for k in ks]
     lines = [[d] + [f"{by[(d, k)]:.1%}" for k in ks] for d in domains]
-    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines])
+    return text_table(header, lines)
 
 
 def coverage_json(rows: list[CoverageRow]) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from evospec.errors import SettingsError
+from evospec.text_table import text_table
 
 SYNTHETIC_SHAPES: dict[str, dict[str, int]] = {
     "llama3-8b": dict(hidden_size=4096, target_hidden_size=4096, vocab_size=128256, num_attention_heads=32,
@@ -244,9 +245,7 @@ def rows_table(rows: list[StageRow]) -> str:
         ratio = f"{r.median_ms / full:.2f}x" if full and r.stage in HEADS else "-"
         step = f"{(trunk + r.median_ms) / (trunk + full):.2f}x" if full and r.stage in HEADS else "-"
         lines.append((r.stage, r.backend, str(r.active_size or "-"), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", ratio, step))
-    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])
+    return text_table(header, lines)
 
 
 def rows_json(rows: list[StageRow]) -> list[dict]:

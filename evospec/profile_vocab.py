@@ -24,6 +24,7 @@ from evospec.corpus import CorpusError, corpus_domains, read_documents
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab import PolicyInputs, make_policy
 from evospec.settings import DecodeSettings
+from evospec.text_table import text_table
 
 
 @dataclass
@@ -189,9 +190,7 @@ def vocab_table(rows: list[VocabRow]) -> str:
               f"{r.rows_moved_per_step:.0f}", f"{r.draft_ms_per_step:.2f}", f"{r.retrieval_ms_per_step:.2f}",
               f"{r.step_ms:.2f}", "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
               str(r.identical_to_plain)) for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])
+    return text_table(header, lines)
 
 
 def vocab_json(rows: list[VocabRow]) -> list[dict]:
