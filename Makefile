@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REFERENCE ?= out/reference-medium
 PROMPT ?= Article 5. The controller shall
 
-.PHONY: demo reference test test-all setup clean
+.PHONY: demo reference vocab test test-all setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ reference: $(STAMP)
 	$(BIN)/evospec demo --pair $(REFERENCE) --prompt "$(PROMPT)" --draft-tree chain --max-new-tokens 96
 	$(BIN)/evospec bench --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --corpus $(REFERENCE)/corpus \
 		--draft-tree chain --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
+
+# After `make reference`: compile the pair, train the DynaSpec router, compare every vocabulary policy.
+vocab: $(STAMP)
+	$(BIN)/evospec compile --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --out $(REFERENCE)/bundle-ort \
+		--backend ort --buckets 4096,8192,16384,32768,151851
+	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus --tokenizer $(REFERENCE)/tokenizer \
+		--out $(REFERENCE)/frequencies.json --successors 8
+	$(BIN)/evospec vocab dynaspec --bundle $(REFERENCE)/bundle-ort --target $(REFERENCE)/target \
+		--corpus $(REFERENCE)/corpus --clusters 64 --out $(REFERENCE)/dynaspec-64.safetensors
+	$(BIN)/evospec profile vocab --bundle $(REFERENCE)/bundle-ort --target $(REFERENCE)/target \
+		--corpus $(REFERENCE)/corpus --frequencies $(REFERENCE)/frequencies.json \
+		--router $(REFERENCE)/dynaspec-64.safetensors --stages docs/profile-llama3-8b-ort.json \
+		--policies full,eagle3,frspec:4096,dynaspec:4096:64,evospec:4096,frspec:16384,dynaspec:16384:64,evospec:16384,evospec:16384:sync \
+		--json $(REFERENCE)/vocab.json --plot $(REFERENCE)/vocab.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
