@@ -117,6 +117,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
         from evospec.runtime.vocab.semantic import SemanticIndex
 
         compiled.semantic_index = SemanticIndex.load(bundle, drafter.config.vocab_size, drafter.config.hidden_size)
+    if "statistical_index" in manifest:  # fingerprint checked above; parsed when a policy asks for it
+        compiled.frequencies_path = bundle / manifest["statistical_index"]["file"]
     return compiled, manifest
 
 

@@ -108,6 +108,7 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
         raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
+    frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
     built = {spec: make_policy(spec, inputs, frequencies, router) for spec in policies}  # bad names fail before any run
     rows = []
     for domain in domains:

@@ -26,6 +26,7 @@ class CompileSettings:
     opset: ONNX opset of the exported graphs.
     parity_feeds: Recorded feeds per stage for the parity check.
     index_dims: Dimensions of the semantic index's projection (0: no semantic index).
+    frequencies: A token-frequency file (``evospec vocab frequencies``) to carry in the bundle.
     """
 
     backend: str = "ort"
@@ -34,6 +35,7 @@ class CompileSettings:
     opset: int = 18
     parity_feeds: int = 3
     index_dims: int = 64
+    frequencies: str | None = None
     max_context: int = 4096  # TensorRT profiles: longest drafter cache
     max_draft_tokens: int = 512  # TensorRT profiles: most tokens in one trunk call (prefill chunk or tree level)
 

@@ -10,10 +10,11 @@ from evospec.passes.gather_plans import PlanGathers
 from evospec.passes.parity import CheckParity
 from evospec.passes.reservoir import BuildReservoir
 from evospec.passes.semantic_index import BuildSemanticIndex
+from evospec.passes.statistical_index import CopyStatisticalIndex
 from evospec.passes.split import SplitStages
 from evospec.passes.validate_inputs import ValidateInputs
 
 
 def default_passes() -> list[Pass]:
-    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), BuildSemanticIndex(), ExportOnnx(), BuildEngines(),
+    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), BuildSemanticIndex(), CopyStatisticalIndex(), ExportOnnx(), BuildEngines(),
             CheckParity(), Finalise()]

@@ -23,6 +23,7 @@ class CompiledDrafter:
         gathers in-graph (TensorRT bundles, whose rows live on the device)."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
         self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
+        self.frequencies_path = None  # a bundle's statistical index (token frequencies + successors), if it has one
         self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
         use_resident = reservoir is not None and "head_active" in runners
         self.active_rows = ActiveRows(reservoir, plan) if use_resident else None

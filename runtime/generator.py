@@ -112,7 +112,7 @@ class SpeculativeGenerator:
             from evospec.runtime.vocab import PolicyInputs, make_policy
 
             policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, drafter.semantic_index),
-                                 frequencies, router)
+                                 frequencies or drafter.frequencies_path, router)
         return cls(target, drafter, policy)
 
     def encode(self, text: str) -> list[int]:

@@ -344,3 +344,28 @@ def test_cli_vocab_dynaspec_then_profile(torch_bundle, tmp_path):
         "--max-new-tokens", "12", "--json", str(out))
     (row,) = json.loads(out.read_text())
     assert row["policy"] == "dynaspec:64:8" and row["identical_to_plain"] and row["active_size"] == 64
+
+
+def test_bundle_carries_the_statistical_index(tmp_path):
+    from evospec.errors import BundleError, CompileError
+
+    freq = tmp_path / "f.json"
+    counts = torch.ones(512, dtype=torch.long)
+    counts[:40] = 50
+    TokenFrequencies(512, counts, 3, "unit", successors={5: [6, 7]}).save(freq)
+    out = tmp_path / "bundle"
+    manifest = compile_bundle(TARGET, DRAFTER, out, CompileSettings(backend="torch", buckets=(64, 512), index_dims=0,
+                                                                    frequencies=str(freq)))
+    assert manifest["statistical_index"]["successors_per_token"] == 2 and "index/frequencies.json" in manifest["files"]
+    generator = SpeculativeGenerator.from_bundle(out, TARGET, vocab="evospec:64")  # no --frequencies: the bundle's
+    prompt = generator.encode("def f(x):\n    return")
+    plain = generator.generate(prompt, DecodeSettings(max_new_tokens=16, use_draft=False)).token_ids
+    assert generator.generate(prompt, DecodeSettings(max_new_tokens=16)).token_ids == plain
+    (out / "index" / "frequencies.json").write_text((out / "index" / "frequencies.json").read_text().replace("unit", "UNIT"))
+    with pytest.raises(BundleError, match="frequencies.json"):
+        SpeculativeGenerator.from_bundle(out, TARGET, vocab="evospec:64")
+    TokenFrequencies(600, torch.ones(600, dtype=torch.long), 1, "other", successors={}).save(freq)
+    with pytest.raises(CompileError, match="counts 600 token ids but the target has 512"):
+        compile_bundle(TARGET, DRAFTER, tmp_path / "b2", CompileSettings(backend="torch", buckets=(512,), index_dims=0,
+                                                                        frequencies=str(freq)))
+    assert not (tmp_path / "b2").exists()
