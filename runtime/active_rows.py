@@ -34,3 +34,12 @@ class ActiveRows:
             moved = int(cols.numel())
         self.plan = plan
         return moved
+
+    def refresh(self, target_ids: torch.Tensor) -> int:
+        """Re-copy the active columns of ``target_ids`` after their reservoir rows changed in place
+        (online alignment); returns how many columns were copied."""
+        ids = self.plan.ids.to(self.reservoir.device)
+        cols = torch.nonzero(torch.isin(ids, target_ids.to(ids.device))).flatten()
+        if cols.numel():
+            self.rows[cols] = self.reservoir.index_select(0, ids[cols])
+        return int(cols.numel())

@@ -45,6 +45,16 @@ class CompiledDrafter:
         self._use(plan)
 
     @property
+    def reservoir(self) -> torch.Tensor | None:
+        """The host rows the head reads (None for TensorRT bundles, whose rows live on the device)."""
+        return None if self.active_rows is None else self.active_rows.reservoir
+
+    def rows_changed(self, target_ids: torch.Tensor) -> None:
+        """Reservoir rows of ``target_ids`` were changed in place: refresh the resident copy."""
+        if self.active_rows is not None:
+            self.active_rows.refresh(target_ids)
+
+    @property
     def context_state(self) -> torch.Tensor | None:
         """The head input at the newest committed token (what semantic retrieval queries with)."""
         return None if self.root_normed is None else self.root_normed[-1]

@@ -65,6 +65,7 @@ class SpeculativeGenerator:
         self.target = target
         self.drafter = drafter
         self.policy = policy  # chooses the drafter's active vocabulary each step (compiled drafters)
+        self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -177,6 +178,8 @@ class SpeculativeGenerator:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
+        aligner = self.aligner if use_draft else None
+        pending_logits = out.logits[1:]  # the target's logits for what the next root call's rows propose
         if policy is not None:
             policy.observe([root])
 
@@ -212,6 +215,12 @@ class SpeculativeGenerator:
             stats.draft_tokens_proposed += tree.size
 
             new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
+            if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
+                targets = torch.cat((pending_logits, out.logits[:1])).cpu()
+                changed = aligner.feedback(drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids)
+                if changed is not None:
+                    drafter.rows_changed(changed)
+                pending_logits = out.logits[rows.to(device)][1:]
             if policy is not None:
                 stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())
                 stats.active_total += len(new_tokens)
