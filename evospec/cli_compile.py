@@ -200,3 +200,32 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
     if plot_path is not None:
         vocab_plot(rows, plot_path)
         click.echo(f"wrote {plot_path}")
+
+
+@profile_group.command("align")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="ort or torch bundle.")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus with topic-switch streams.")
+@click.option("--methods", default="none,osd,evospec,evospec-nocurriculum", show_default=True)
+@click.option("--streams", type=int, default=2, show_default=True)
+@click.option("--chunk", type=int, default=32, show_default=True, help="Tokens generated per call along a stream.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path))
+def profile_align_cmd(bundle_dir, target_dir, corpus, methods, streams, chunk, json_path, plot_path):
+    """Acceptance over topic-switch streams with each online-alignment method, and the memory each adds."""
+    from rich.console import Console
+
+    from evospec.atomic import write_text_atomic
+    from evospec.profile_align import align_json, align_plot, align_table, run_profile_align
+
+    with Console(stderr=True).status("profiling alignment") as status:
+        rows = run_profile_align(str(bundle_dir), str(target_dir), str(corpus), [m for m in methods.split(",") if m],
+                                 streams, chunk, progress=lambda what: status.update(what))
+    click.echo(align_table(rows))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(align_json(rows), indent=2))
+        click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        align_plot(rows, plot_path)
+        click.echo(f"wrote {plot_path}")
+

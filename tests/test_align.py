@@ -88,11 +88,15 @@ def bundles(tmp_path_factory):
             for backend in ("torch", "ort")}
 
 
-@pytest.mark.parametrize("backend", ["torch", "ort"])
-def test_exact_while_head_rows_change_mid_generation(bundles, backend):
+@pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec"), ("torch", "osd")])
+def test_exact_while_head_rows_change_mid_generation(bundles, backend, method):
+    from evospec.runtime.align.dense_head import DenseHeadAligner
+
     generator = SpeculativeGenerator.from_bundle(bundles[backend], TARGET)
     before = generator.drafter.reservoir.clone()
-    generator.aligner = HeadAligner(generator.drafter.reservoir, AlignSettings(batch=4, every=1, lr=0.5, window=1000))
+    rows = generator.drafter.reservoir
+    generator.aligner = (HeadAligner(rows, AlignSettings(batch=4, every=1, lr=0.5, window=1000)) if method == "evospec"
+                         else DenseHeadAligner(rows, batch=4, every=1, lr=0.5))
     prompt = generator.encode("def parse(self, text):\n    ")
     s = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
     aligned = generator.generate(prompt, s)
@@ -117,3 +121,30 @@ def test_ort_engines_read_the_updated_rows(bundles):
     resident = drafter.runners["head_active"].infer({"normed": normed, "rows": drafter.active_rows.rows,
                                                      "bias": plan.bias})["logits"]
     assert torch.allclose(in_graph, expected, atol=1e-4) and torch.allclose(resident, expected, atol=1e-4)
+
+
+def test_cli_profile_align(bundles, tmp_path):
+    import json
+
+    from .test_cli import run
+
+    corpus = tmp_path / "corpus"
+    (corpus / "switch" / "test").mkdir(parents=True)
+    code, prose = "def add(a, b):\n    return a + b\n" * 6, "The cat sat on the mat and looked at the sky. " * 6
+    (corpus / "switch" / "test" / "s.txt").write_text(code + prose)
+    segment = len(SpeculativeGenerator.from_bundle(bundles["torch"], TARGET).encode(code))
+    (corpus / "manifest.json").write_text(json.dumps({"switch": {"segment_tokens": segment, "segment_unit": "tokens"}}))
+    out = tmp_path / "a.json"
+    proc = run("profile", "align", "--bundle", str(bundles["torch"]), "--target", str(TARGET), "--corpus", str(corpus),
+               "--streams", "1", "--chunk", "8", "--json", str(out), "--plot", str(tmp_path / "a.png"))
+    assert "alignment MiB" in proc.stdout
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"none", "osd", "evospec", "evospec-nocurriculum"}
+    assert rows["none"]["alignment_bytes"] == 0
+    assert 0 < rows["evospec"]["alignment_bytes"] < rows["osd"]["alignment_bytes"]
+    for r in rows.values():
+        assert r["mean_accepted_length"] >= 1 and r["recovery_tokens"] >= 0 and len(r["curve"]) > 2
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    bad = run("profile", "align", "--bundle", str(bundles["torch"]), "--target", str(TARGET), "--corpus", str(corpus),
+              "--methods", "magic", check=False)
+    assert bad.returncode == 2 and "unknown alignment method 'magic'" in bad.stderr

@@ -14,6 +14,7 @@ changed row is restored. Verification never reads these rows, so exactness is un
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class HeadAligner:
         self.optimiser = SparseRowAdam(reservoir, lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.cycles = self.updates = self.rollbacks = 0
+        self.update_seconds = 0.0
         self.snapshot: dict[int, torch.Tensor] = {}
         self.accepted: deque[int] = deque(maxlen=2 * settings.window)
         self._judge_at: int | None = None  # cycle at which the pending updates are judged
@@ -88,8 +90,14 @@ class HeadAligner:
         self.rollbacks += 1
         return ids
 
-    @torch.no_grad()
     def update(self, active_ids: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        rows = self._update(active_ids)
+        self.update_seconds += time.perf_counter() - start
+        return rows
+
+    @torch.no_grad()
+    def _update(self, active_ids: torch.Tensor) -> torch.Tensor:
         pool = self.pool()
         pick = pool[torch.randperm(pool.numel(), generator=self.generator)[: self.s.batch]]
         x, ids, p = self.buffer.states[pick], self.buffer.ids[pick], self.buffer.probs[pick]
