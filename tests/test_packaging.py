@@ -26,8 +26,10 @@ def test_only_evospec_at_top_level(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"evospec"}
-    for sub in ("runtime", "passes", "exporters"):
-        assert f"evospec/{sub}/__init__.py" in names
+    for folder in ("evospec", "runtime", "passes", "exporters"):  # every source package, sub-packages included
+        for init in (ROOT / folder).rglob("__init__.py"):
+            installed = "evospec/" + str(init.relative_to(ROOT / "evospec" if folder == "evospec" else ROOT))
+            assert installed in names, f"{init.relative_to(ROOT)} is not in the wheel (pyproject packages)"
     for asset in ("target/model.safetensors", "target/tokenizer.json", "drafter/model.safetensors", "recipe.json"):
         assert f"evospec/assets/demo/{asset}" in names
 
