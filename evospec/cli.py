@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from evospec.cli_output import emit_report
 from evospec.errors import EvoSpecError
 from evospec.settings import DecodeSettings
 
@@ -189,7 +190,6 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding."""
     from rich.progress import Progress
 
-    from evospec.atomic import write_text_atomic
     from evospec.bench import BenchSettings, bench_plot, rows_json, rows_table, run_bench
     from evospec.corpus import corpus_domains
     from evospec.runtime.generator import SpeculativeGenerator
@@ -202,13 +202,7 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     with Progress(transient=True) as bar:
         task = bar.add_task("bench", total=total)
         rows = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1))
-    click.echo(rows_table(rows))
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(rows_json(rows), indent=2))
-        click.echo(f"wrote {json_path}")
-    if plot_path is not None:
-        bench_plot(rows, plot_path)
-        click.echo(f"wrote {plot_path}")
+    emit_report(rows_table(rows), rows_json(rows), json_path, lambda path: bench_plot(rows, path), plot_path)
 
 
 @main.command()
@@ -320,7 +314,6 @@ def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
     """Share of each domain's tokens covered by the top-K tokens of general text (FR-Spec's premise)."""
     from rich.progress import Progress
 
-    from evospec.atomic import write_text_atomic
     from evospec.coverage import coverage_json, coverage_plot, coverage_rows, coverage_table
     from evospec.runtime.target import load_tokenizer
 
@@ -332,13 +325,7 @@ def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
     with Progress(transient=True) as bar:
         task = bar.add_task("counting tokens (documents)", total=None)
         rows = coverage_rows(tokenizer, str(corpus), sizes, progress=lambda n: bar.update(task, advance=n))
-    click.echo(coverage_table(rows))
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(coverage_json(rows), indent=2))
-        click.echo(f"wrote {json_path}")
-    if plot_path is not None:
-        coverage_plot(rows, plot_path)
-        click.echo(f"wrote {plot_path}")
+    emit_report(coverage_table(rows), coverage_json(rows), json_path, lambda path: coverage_plot(rows, path), plot_path)
 
 
 @main.command("build-demo")

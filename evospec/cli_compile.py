@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from evospec.cli_output import emit_report
 from evospec.errors import SettingsError
 
 
@@ -120,7 +121,6 @@ def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, c
     """Median and p90 latency of trunk, head per bucket, full head, gather and top-k."""
     from rich.console import Console
 
-    from evospec.atomic import write_text_atomic
     from evospec.profile_stages import profile_bundle, profile_synthetic, rows_json, rows_table
 
     if (bundle_dir is None) == (synthetic is None):
@@ -136,10 +136,7 @@ def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, c
             rows = profile_synthetic(synthetic, backend, sizes, rows_per_step, context, runs, warmup, progress)
         else:
             rows = profile_bundle(bundle_dir, sizes if buckets else None, rows_per_step, context, runs, warmup, progress)
-    click.echo(rows_table(rows))
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(rows_json(rows), indent=2))
-        click.echo(f"wrote {json_path}")
+    emit_report(rows_table(rows), rows_json(rows), json_path)
 
 
 def register(main: click.Group) -> None:
@@ -172,7 +169,6 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
     """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
     from rich.console import Console
 
-    from evospec.atomic import write_text_atomic
     from evospec.bench import BenchSettings
     from evospec.profile_vocab import (StageCosts, project_speedups, run_profile_vocab, vocab_json, vocab_plot,
                                        vocab_table)
@@ -193,13 +189,7 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
         project_speedups(rows, costs, target_layers, draft_depth)
         click.echo(f"projected x: PROJECTION at the shape of {stages_path} (verification = {target_layers} x trunk "
                    "+ full head), from the measured tau; not a measured speed-up")
-    click.echo(vocab_table(rows))
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(vocab_json(rows), indent=2))
-        click.echo(f"wrote {json_path}")
-    if plot_path is not None:
-        vocab_plot(rows, plot_path)
-        click.echo(f"wrote {plot_path}")
+    emit_report(vocab_table(rows), vocab_json(rows), json_path, lambda path: vocab_plot(rows, path), plot_path)
 
 
 @profile_group.command("align")
@@ -215,17 +205,10 @@ def profile_align_cmd(bundle_dir, target_dir, corpus, methods, streams, chunk, j
     """Acceptance over topic-switch streams with each online-alignment method, and the memory each adds."""
     from rich.console import Console
 
-    from evospec.atomic import write_text_atomic
     from evospec.profile_align import align_json, align_plot, align_table, run_profile_align
 
     with Console(stderr=True).status("profiling alignment") as status:
         rows = run_profile_align(str(bundle_dir), str(target_dir), str(corpus), [m for m in methods.split(",") if m],
                                  streams, chunk, progress=lambda what: status.update(what))
-    click.echo(align_table(rows))
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(align_json(rows), indent=2))
-        click.echo(f"wrote {json_path}")
-    if plot_path is not None:
-        align_plot(rows, plot_path)
-        click.echo(f"wrote {plot_path}")
+    emit_report(align_table(rows), align_json(rows), json_path, lambda path: align_plot(rows, path), plot_path)
 
