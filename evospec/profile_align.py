@@ -51,7 +51,8 @@ def make_aligner(method: str, reservoir: torch.Tensor):
 
 
 def recovery(curve: list[tuple[int, float]], segment: int) -> float:
-    """Mean over switches of the stream tokens after a switch until a chunk reaches its segment's mean tau."""
+    """Mean over the switches of one stream of the tokens after a switch until a chunk reaches the
+    mean tau of that segment."""
     waits = []
     segments = sorted({pos // segment for pos, _ in curve})
     for k in segments[1:]:
@@ -77,12 +78,15 @@ def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str],
         if generator.drafter.reservoir is None:
             raise SettingsError(f"{bundle}: profile align needs an ort or torch bundle (host reservoir rows)")
         aligner = generator.aligner = make_aligner(method, generator.drafter.reservoir)
-        curve = []
+        curve, waits = [], []
         for s, doc in enumerate(read_documents(corpus, "switch", "test")[:streams]):
             ids = generator.encode(doc)
+            stream_curve = []
             for pos in range(chunk, len(ids) - chunk + 1, chunk):
                 result = generator.generate(ids[max(0, pos - context) : pos], DecodeSettings(max_new_tokens=chunk))
-                curve.append((pos, result.stats.mean_accepted_length))
+                stream_curve.append((pos, result.stats.mean_accepted_length))
+            waits.append(recovery(stream_curve, segment))
+            curve += stream_curve
             if progress is not None:
                 progress(f"{method}: stream {s + 1}/{streams}")
         by_segment: dict[int, list[float]] = {}
@@ -91,7 +95,7 @@ def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str],
         rows.append(AlignRow(
             method=method, alignment_bytes=0 if aligner is None else aligner.nbytes,
             mean_accepted_length=sum(t for _, t in curve) / max(len(curve), 1),
-            recovery_tokens=recovery(curve, segment),
+            recovery_tokens=sum(waits) / max(len(waits), 1),
             segment_accepted_length=[sum(v) / len(v) for _, v in sorted(by_segment.items())],
             updates=0 if aligner is None else aligner.updates, rollbacks=0 if aligner is None else aligner.rollbacks,
             update_ms=0.0 if aligner is None or not aligner.updates else 1e3 * aligner.update_seconds / aligner.updates,
