@@ -7,9 +7,9 @@ step and draft time. Greedy outputs are checked against plain decoding for every
 
 ``text_coverage`` replays each policy over the domain's real test text (teacher-forced: the
 policy observes the true tokens ``REPLAY_STEP`` at a time, as if each draft step accepted that
-many) and counts how many next tokens its active set held. It needs no model, reads thousands of
-tokens per domain, and does not depend on a small target's greedy output, which can collapse
-onto a few frequent tokens.
+many) and counts how many next tokens its active set held. It reads thousands of tokens per
+domain and does not depend on a small target's greedy output, which can collapse onto a few
+frequent tokens; a teacher-forced model pass is run only to give semantic retrieval its states.
 """
 
 from __future__ import annotations
@@ -146,7 +146,6 @@ class StageCosts:
     """Median stage latencies read from ``profile stages --json`` at a production shape."""
 
     trunk_ms: float
-    full_size: int
     full_ms: float
     heads: tuple[tuple[int, float], ...]  # (active size, head_active ms), ascending
 
@@ -159,7 +158,7 @@ class StageCosts:
             trunk = next(r["median_ms"] for r in stages if r["stage"] == "trunk")
             full = next(r for r in stages if r["stage"] == "head_full")
             heads = tuple(sorted((r["active_size"], r["median_ms"]) for r in stages if r["stage"] == "head_active"))
-            return cls(float(trunk), int(full["active_size"]), float(full["median_ms"]), heads)
+            return cls(float(trunk), float(full["median_ms"]), heads)
         except (OSError, json.JSONDecodeError, StopIteration, KeyError, TypeError):
             raise SettingsError(f"{path}: expected the JSON of `evospec profile stages --json` "
                                 "(rows with trunk, head_active and head_full)") from None
