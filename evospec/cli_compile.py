@@ -196,7 +196,8 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="ort or torch bundle.")
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus with topic-switch streams.")
-@click.option("--methods", default="none,osd,evospec,evospec-nocurriculum", show_default=True)
+@click.option("--methods", default="none,osd,evospec,evospec-nocurriculum", show_default=True,
+              help="Comma list of: none, osd, evospec, evospec-nocurriculum, evospec-norm, evospec-sync.")
 @click.option("--streams", type=int, default=2, show_default=True)
 @click.option("--chunk", type=int, default=32, show_default=True, help="Tokens generated per call along a stream.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))

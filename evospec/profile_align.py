@@ -5,8 +5,15 @@ Each method gets a fresh copy of the bundle's drafter and walks the same topic-s
 ``context`` tokens) is the prompt and ``chunk`` tokens are generated, so the context follows the
 stream's topics while the drafter is judged on the target's own continuations. Alignment state
 carries over from call to call. Rows: mean accepted length per segment, tokens needed after each
-switch to reach that segment's mean acceptance (recovery), update latency, and the memory the
-method adds (its buffers, optimiser state and gradients, summed over the tensors it allocated).
+switch until a moving average over 8 verification steps reaches that segment's mean (recovery),
+update latency (the arithmetic, and the decoding thread's share per cycle), and the memory the
+method adds (its buffers, trainable copies, optimiser state and gradients, summed over the
+tensors it allocated).
+
+Methods: ``none``; ``osd`` (whole-drafter online distillation, dense, full vocabulary);
+``evospec`` (sparse head rows, curriculum, rollback, on a worker thread); ``evospec-nocurriculum``;
+``evospec-norm`` (also the final norm weight, a trunk parameter); ``evospec-sync`` (updates on the
+decoding thread, for the cost comparison).
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from evospec.errors import SettingsError
 from evospec.settings import DecodeSettings
 from evospec.text_table import text_table
 
-METHODS = ("none", "osd", "evospec", "evospec-nocurriculum")
+METHODS = ("none", "osd", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
+DEFAULT_METHODS = ("none", "osd", "evospec", "evospec-nocurriculum")
+SMOOTH = 8  # verification steps in the moving average that recovery is judged on
 
 
 @dataclass
@@ -33,32 +42,41 @@ class AlignRow:
     segment_accepted_length: list[float]
     updates: int
     rollbacks: int
-    update_ms: float
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (stream position, tau of that chunk)
+    update_ms: float  # arithmetic per update, wherever it ran
+    decode_thread_ms: float  # per verification cycle, spent by the decoding thread in the aligner
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (stream position, tokens of that step)
 
 
-def make_aligner(method: str, reservoir: torch.Tensor):
-    from evospec.runtime.align.dense_head import DenseHeadAligner
+def make_aligner(method: str, drafter):
+    from evospec.runtime.align.background import BackgroundAligner
     from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
+    from evospec.runtime.align.online_distill import OnlineDistiller
 
     if method == "none":
         return None
     if method == "osd":
-        return DenseHeadAligner(reservoir)
-    if method in ("evospec", "evospec-nocurriculum"):
-        return HeadAligner(reservoir, AlignSettings(curriculum=method == "evospec"))
+        return OnlineDistiller(drafter)
+    if method in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
+        settings = AlignSettings(curriculum=method != "evospec-nocurriculum", norm=method == "evospec-norm",
+                                 background=method != "evospec-sync")
+        norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
+        aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
+        return BackgroundAligner(aligner) if settings.background else aligner
     raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
 
 
 def recovery(curve: list[tuple[int, float]], segment: int) -> float:
-    """Mean over the switches of one stream of the tokens after a switch until a chunk reaches the
-    mean tau of that segment."""
+    """Mean over the switches of one stream of the tokens after a switch until the moving average of
+    ``SMOOTH`` verification steps reaches that segment's mean tokens per step."""
     waits = []
     segments = sorted({pos // segment for pos, _ in curve})
     for k in segments[1:]:
         inside = [(pos, tau) for pos, tau in curve if pos // segment == k]
         level = sum(t for _, t in inside) / len(inside)
-        waits.append(next((pos - k * segment for pos, tau in inside if tau >= level), segment))
+        taus = [t for _, t in inside]
+        reached = (pos for i, (pos, _) in enumerate(inside)
+                   if sum(taus[max(0, i - SMOOTH + 1) : i + 1]) / min(i + 1, SMOOTH) >= level)
+        waits.append(next(reached, (k + 1) * segment) - k * segment)
     return sum(waits) / max(len(waits), 1)
 
 
@@ -77,28 +95,36 @@ def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str],
         generator = SpeculativeGenerator.from_bundle(bundle, target)  # a fresh drafter per method
         if generator.drafter.reservoir is None:
             raise SettingsError(f"{bundle}: profile align needs an ort or torch bundle (host reservoir rows)")
-        aligner = generator.aligner = make_aligner(method, generator.drafter.reservoir)
-        curve, waits = [], []
+        aligner = generator.aligner = make_aligner(method, generator.drafter)
+        curve, waits, cycles = [], [], 0
         for s, doc in enumerate(read_documents(corpus, "switch", "test")[:streams]):
             ids = generator.encode(doc)
             stream_curve = []
             for pos in range(chunk, len(ids) - chunk + 1, chunk):
                 result = generator.generate(ids[max(0, pos - context) : pos], DecodeSettings(max_new_tokens=chunk))
-                stream_curve.append((pos, result.stats.mean_accepted_length))
+                at = pos + 1  # the prefill commits one token; each step then commits accepted + 1
+                for accepted in result.stats.accepted_lengths:
+                    stream_curve.append((at, float(accepted + 1)))
+                    at += accepted + 1
+                cycles += result.stats.steps
             waits.append(recovery(stream_curve, segment))
             curve += stream_curve
             if progress is not None:
                 progress(f"{method}: stream {s + 1}/{streams}")
+        if hasattr(aligner, "close"):
+            aligner.close()
         by_segment: dict[int, list[float]] = {}
         for pos, tau in curve:
             by_segment.setdefault(pos // segment, []).append(tau)
+        updates = 0 if aligner is None else aligner.updates
         rows.append(AlignRow(
             method=method, alignment_bytes=0 if aligner is None else aligner.nbytes,
             mean_accepted_length=sum(t for _, t in curve) / max(len(curve), 1),
             recovery_tokens=sum(waits) / max(len(waits), 1),
             segment_accepted_length=[sum(v) / len(v) for _, v in sorted(by_segment.items())],
-            updates=0 if aligner is None else aligner.updates, rollbacks=0 if aligner is None else aligner.rollbacks,
-            update_ms=0.0 if aligner is None or not aligner.updates else 1e3 * aligner.update_seconds / aligner.updates,
+            updates=updates, rollbacks=0 if aligner is None else aligner.rollbacks,
+            update_ms=1e3 * aligner.update_seconds / updates if updates else 0.0,
+            decode_thread_ms=1e3 * aligner.blocking_seconds / cycles if aligner is not None and cycles else 0.0,
             curve=curve))
     return rows
 
@@ -106,11 +132,12 @@ def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str],
 def align_table(rows: list[AlignRow]) -> str:
     base = next((r.alignment_bytes for r in rows if r.method == "osd"), 0)
     header = ("method", "alignment MiB", "vs osd", "tau", "tau per segment", "recovery tokens", "updates", "rollbacks",
-              "ms/update")
+              "ms/update", "decode-thread ms/cycle")
     return text_table(header, [(r.method, f"{r.alignment_bytes / 2**20:.2f}",
                                 f"{r.alignment_bytes / base:.3f}x" if base else "-", f"{r.mean_accepted_length:.2f}",
                                 " ".join(f"{t:.2f}" for t in r.segment_accepted_length), f"{r.recovery_tokens:.0f}",
-                                r.updates, r.rollbacks, f"{r.update_ms:.2f}") for r in rows])
+                                r.updates, r.rollbacks, f"{r.update_ms:.2f}", f"{r.decode_thread_ms:.2f}")
+                               for r in rows])
 
 
 def align_json(rows: list[AlignRow]) -> list[dict]:
@@ -122,9 +149,11 @@ def align_plot(rows: list[AlignRow], path) -> None:
 
     fig, ax = pyplot().subplots(figsize=(10, 4))
     for r in rows:
-        ax.plot(range(len(r.curve)), [t for _, t in r.curve], label=r.method, linewidth=1)
-    ax.set_xlabel("generation call along the topic-switch streams")
-    ax.set_ylabel("mean accepted length")
+        taus = [t for _, t in r.curve]
+        smooth = [sum(taus[max(0, i - 31) : i + 1]) / min(i + 1, 32) for i in range(len(taus))]
+        ax.plot(range(len(smooth)), smooth, label=r.method, linewidth=1)
+    ax.set_xlabel("verification step along the topic-switch streams")
+    ax.set_ylabel("tokens per step (moving mean of 32)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -54,6 +54,36 @@ class CompiledDrafter:
         if self.active_rows is not None:
             self.active_rows.refresh(target_ids)
 
+    def trunk_weights(self) -> dict[str, torch.Tensor]:
+        """The fuse and trunk weights as the stages name them (``fc.weight``, ``layer.*``, ``norm.weight``),
+        for alignment methods that update them. Read from the torch stages, or from the ONNX Runtime
+        sessions' bound weights; TensorRT engines do not hand their weights back."""
+        weights = {}
+        for stage in ("fuse", "trunk"):
+            runner = self.runners[stage]
+            if hasattr(runner, "module"):
+                weights.update({n: p.detach() for n, p in runner.module.named_parameters()})
+            elif hasattr(runner, "weights"):
+                runner.activate()
+                for name, array in runner.weights.items():
+                    tensor = torch.from_numpy(array)
+                    weights[name[:-2] if name.endswith(".T") else name] = tensor.T if name.endswith(".T") else tensor
+            else:
+                raise NotImplementedError(f"the {stage} runner {type(runner).__name__} does not expose its weights")
+        return {n: w.clone() for n, w in weights.items() if n.endswith((".weight", ".bias"))}  # not rope's inv_freq
+
+    def update_trunk_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Write fuse/trunk weights (names as ``trunk_weights``) into the live engines, in place:
+        torch parameters are copied into, ONNX Runtime weights through ``update_weight``, TensorRT by refit."""
+        for name, value in weights.items():
+            stage = "fuse" if name.startswith("fc.") else "trunk"
+            runner = self.runners[stage]
+            if hasattr(runner, "module"):
+                with torch.no_grad():
+                    dict(runner.module.named_parameters())[name].copy_(value)
+            else:
+                runner.update_weight(name, value)
+
     @property
     def context_state(self) -> torch.Tensor | None:
         """The head input at the newest committed token (what semantic retrieval queries with)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from evospec.runtime.align.feedback import CycleFeedback, apply_changes
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
 from evospec.runtime.sampling import sample, sampling_probs
@@ -217,9 +218,11 @@ class SpeculativeGenerator:
             new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
             if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
                 targets = torch.cat((pending_logits, out.logits[:1])).cpu()
-                changed = aligner.feedback(drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids)
-                if changed is not None:
-                    drafter.rows_changed(changed)
+                changes = aligner.feedback(CycleFeedback(
+                    drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids, features=pairs_hidden,
+                    tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1))
+                if changes:
+                    apply_changes(drafter, changes)
                 pending_logits = out.logits[rows.to(device)][1:]
             if policy is not None:
                 stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from evospec.passes.base import CompileSettings
-from evospec.runtime.align.feedback import FeedbackBuffer
+from evospec.runtime.align.background import BackgroundAligner
+from evospec.runtime.align.feedback import CycleFeedback, FeedbackBuffer
 from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
+from evospec.runtime.align.online_distill import OnlineDistiller
 from evospec.runtime.align.sparse_adam import SparseRowAdam
 
 from evospec import DecodeSettings, SpeculativeGenerator
@@ -59,25 +61,77 @@ def test_curriculum_draws_confident_corrections_first():
     assert torch.equal(off.pool(), torch.arange(40))
 
 
-def test_rollback_restores_every_changed_row_when_acceptance_drops():
+def _cycle(g, accepted, rows=60, d=8):
+    return CycleFeedback(torch.randn(3, d, generator=g), torch.randn(3, rows, generator=g), accepted, torch.arange(rows))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_rollback_restores_every_changed_row_when_acceptance_drops(norm):
     g = torch.Generator().manual_seed(1)
     rows = torch.randn(60, 8, generator=g)
-    original = rows.clone()
-    aligner = HeadAligner(rows, AlignSettings(buffer=64, batch=8, every=4, lr=0.1, window=4))
-    active = torch.arange(60)
+    original, weight = rows.clone(), torch.rand(8, generator=g) + 0.5
+    settings = AlignSettings(buffer=64, batch=8, every=4, lr=0.1, window=4, norm=norm, norm_lr=0.1)
+    aligner = HeadAligner(rows, settings, norm_weight=weight)
     for cycle in range(4):  # good acceptance; the fourth cycle runs an update
-        changed = aligner.feedback(torch.randn(3, 8, generator=g), torch.randn(3, 60, generator=g), 4, active)
-    assert aligner.updates == 1 and changed is not None and not torch.equal(rows, original)
+        changed = aligner.feedback(_cycle(g, 4))
+    assert aligner.updates == 1 and changed.rows is not None and not torch.equal(rows, original)
+    assert (changed.trunk is not None) == norm
+    if norm:
+        assert not torch.equal(changed.trunk["norm.weight"], weight)
     for cycle in range(3):  # acceptance collapses after the update
-        assert aligner.feedback(torch.randn(3, 8, generator=g), torch.randn(3, 60, generator=g), 0, active) is None
-    restored = aligner.feedback(torch.randn(3, 8, generator=g), torch.randn(3, 60, generator=g), 0, active)
-    assert aligner.rollbacks == 1 and set(restored.tolist()) == set(changed.tolist())
+        assert aligner.feedback(_cycle(g, 0)) is None
+    restored = aligner.feedback(_cycle(g, 0))
+    assert aligner.rollbacks == 1 and set(restored.rows.tolist()) == set(changed.rows.tolist())
     assert torch.equal(rows, original) and not aligner.snapshot
+    if norm:
+        assert torch.equal(restored.trunk["norm.weight"], weight)
 
-    kept = HeadAligner(rows, AlignSettings(buffer=64, batch=8, every=4, lr=0.1, window=4))
+    kept = HeadAligner(rows, settings, norm_weight=weight)
     for cycle in range(8):  # acceptance holds: the update is kept
-        kept.feedback(torch.randn(3, 8, generator=g), torch.randn(3, 60, generator=g), 4, active)
+        kept.feedback(_cycle(g, 4))
     assert kept.rollbacks == 0 and not torch.equal(rows, original)
+
+
+def test_norm_gradient_matches_autograd():
+    """The closed-form gradients for head rows and the norm weight equal autograd's on the same loss."""
+    g = torch.Generator().manual_seed(4)
+    rows, weight = torch.randn(40, 6, generator=g), torch.rand(6, generator=g) + 0.5
+    settings = AlignSettings(batch=5, top=3, lr=1.0, norm=True, norm_lr=1.0, proposals=40)
+    aligner = HeadAligner(rows.clone(), settings, norm_weight=weight)
+    aligner.buffer.add(torch.randn(5, 6, generator=g), torch.randn(5, 40, generator=g))
+    batch = aligner.draw(torch.arange(40))
+    result = aligner.compute(batch)
+    w, r = weight.clone().requires_grad_(), rows.clone().requires_grad_()
+    p = batch.probs / batch.probs.sum(-1, keepdim=True)
+    log_q = torch.log_softmax((batch.states * w) @ r.T, dim=-1)
+    loss = -(p * log_q.gather(1, batch.ids)).sum(-1).mean()
+    loss.backward()
+    # first Adam step: delta = lr * g / (|g| + eps), so the sign of the delta is the sign of the gradient
+    assert torch.equal(torch.sign(result.norm_delta), torch.sign(w.grad))
+    assert torch.equal(torch.sign(result.deltas), torch.sign(r.grad[result.rows]))
+    untouched = torch.ones(40, dtype=torch.bool)
+    untouched[result.rows] = False
+    assert torch.allclose(r.grad[untouched], torch.zeros(1), atol=1e-7)
+
+
+def test_background_updates_equal_synchronous_ones_one_cycle_later():
+    """The worker changes nothing but timing: the same updates, each applied at the next cycle."""
+    g = torch.Generator().manual_seed(5)
+    cycles = [_cycle(g, 3) for _ in range(24)]
+    settings = AlignSettings(buffer=64, batch=8, every=4, lr=0.1, window=100)
+    sync_rows = torch.randn(60, 8, generator=g)
+    bg_rows = sync_rows.clone()
+    sync, background = HeadAligner(sync_rows, settings), BackgroundAligner(HeadAligner(bg_rows, settings))
+    sync_changed = [sync.feedback(c) for c in cycles]
+    bg_changed = [background.feedback(c) for c in cycles]
+    due = [i for i, c in enumerate(sync_changed) if c is not None]
+    assert due == [3, 7, 11, 15, 19, 23]
+    for i in due[:-1]:  # the update computed at cycle i reaches the rows at cycle i + 1
+        assert bg_changed[i] is None and torch.equal(bg_changed[i + 1].rows, sync_changed[i].rows)
+    assert background.updates == 5 and not torch.equal(bg_rows, sync_rows)
+    assert torch.equal(background.collect().rows, sync_changed[-1].rows) and background.updates == 6
+    assert torch.allclose(bg_rows, sync_rows) and background.blocking_seconds > 0
+    background.close()
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +142,27 @@ def bundles(tmp_path_factory):
             for backend in ("torch", "ort")}
 
 
-@pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec"), ("torch", "osd")])
-def test_exact_while_head_rows_change_mid_generation(bundles, backend, method):
-    from evospec.runtime.align.dense_head import DenseHeadAligner
-
+@pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec-norm"), ("ort", "osd"),
+                                            ("torch", "osd")])
+def test_exact_while_weights_change_mid_generation(bundles, backend, method):
     generator = SpeculativeGenerator.from_bundle(bundles[backend], TARGET)
-    before = generator.drafter.reservoir.clone()
-    rows = generator.drafter.reservoir
-    generator.aligner = (HeadAligner(rows, AlignSettings(batch=4, every=1, lr=0.5, window=1000)) if method == "evospec"
-                         else DenseHeadAligner(rows, batch=4, every=1, lr=0.5))
+    drafter = generator.drafter
+    before, trunk_before = drafter.reservoir.clone(), drafter.trunk_weights()
+    if method == "osd":
+        generator.aligner = OnlineDistiller(drafter, batch=4, every=1, lr=0.05)
+    else:
+        settings = AlignSettings(batch=4, every=1, lr=0.5, window=1000, norm=method == "evospec-norm", norm_lr=0.05)
+        generator.aligner = BackgroundAligner(HeadAligner(drafter.reservoir, settings,
+                                                          norm_weight=trunk_before["norm.weight"]))
     prompt = generator.encode("def parse(self, text):\n    ")
     s = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
     aligned = generator.generate(prompt, s)
-    assert generator.aligner.updates >= 5 and not torch.equal(generator.drafter.reservoir, before)
+    assert generator.aligner.updates >= 5 and not torch.equal(drafter.reservoir, before)
+    trunk_after = drafter.trunk_weights()  # read back from the engines: the updates reached them
+    if method != "evospec":
+        assert not torch.equal(trunk_after["norm.weight"], trunk_before["norm.weight"])
+    if method == "osd":
+        assert not torch.equal(trunk_after["fc.weight"], trunk_before["fc.weight"])
     generator.aligner = None
     assert aligned.token_ids == generator.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids
 
@@ -123,6 +185,27 @@ def test_ort_engines_read_the_updated_rows(bundles):
     assert torch.allclose(in_graph, expected, atol=1e-4) and torch.allclose(resident, expected, atol=1e-4)
 
 
+def test_ort_trunk_reads_updated_weights_like_torch(bundles):
+    """Trunk/fuse weights written through ``update_trunk_weights`` give the torch stages' outputs."""
+    ort, torch_gen = (SpeculativeGenerator.from_bundle(bundles[b], TARGET).drafter for b in ("ort", "torch"))
+    g = torch.Generator().manual_seed(6)
+    new = {n: w + 0.05 * torch.randn(w.shape, generator=g) for n, w in torch_gen.trunk_weights().items()}
+    for drafter in (ort, torch_gen):
+        drafter.update_trunk_weights(new)
+        assert all(torch.allclose(drafter.trunk_weights()[n], w) for n, w in new.items())
+    c = ort.config
+    features = torch.randn(1, 3, 3 * c.target_hidden_size, generator=g)
+    feeds = {"embeds": torch.randn(1, 3, c.hidden_size, generator=g), "positions": torch.arange(3)[None],
+             "past_keys": torch.zeros(1, c.num_key_value_heads, 1, c.head_dim),
+             "past_values": torch.zeros(1, c.num_key_value_heads, 1, c.head_dim),
+             "mask": torch.cat((torch.zeros(3, 1, dtype=torch.bool), torch.ones(3, 3, dtype=torch.bool).tril()), 1)}
+    outs = []
+    for drafter in (ort, torch_gen):
+        hidden = drafter.runners["fuse"].infer({"features": features})["hidden"]
+        outs.append(drafter.runners["trunk"].infer({"hidden": hidden, **feeds})["normed"])
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
 def test_cli_profile_align(bundles, tmp_path):
     import json
 
@@ -140,6 +223,7 @@ def test_cli_profile_align(bundles, tmp_path):
     assert "alignment MiB" in proc.stdout
     rows = {r["method"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"none", "osd", "evospec", "evospec-nocurriculum"}
+    assert rows["evospec"]["updates"] > 0 and rows["evospec"]["decode_thread_ms"] > 0
     assert rows["none"]["alignment_bytes"] == 0
     assert 0 < rows["evospec"]["alignment_bytes"] < rows["osd"]["alignment_bytes"]
     for r in rows.values():

@@ -8,7 +8,57 @@ buffer never grows past ``capacity`` and overwrites its oldest entries.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class CycleFeedback:
+    """What one verification tells the drafter. Row j of every tensor is one committed position.
+
+    ``head_inputs`` [n, d]: the drafter's head input there (the root call of the cycle);
+    ``target_logits`` [n, V]: the target's logits for the token that head proposes;
+    ``features`` [n, 3*Dt] and ``tokens`` [n]: the root call's own inputs (for whole-drafter methods);
+    ``accepted``: tokens accepted this cycle; ``active_ids``: the active set drafted over;
+    ``new_context``: first cycle of a generation call (the positions do not continue the last call's).
+    """
+
+    head_inputs: torch.Tensor
+    target_logits: torch.Tensor
+    accepted: int
+    active_ids: torch.Tensor
+    features: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    new_context: bool = False
+
+
+@dataclass
+class Changes:
+    """What an aligner changed, for the engines to pick up: reservoir rows (already written in place,
+    the resident copy must refresh) and fuse/trunk weights by stage name (to be written in)."""
+
+    rows: torch.Tensor | None = None
+    trunk: dict[str, torch.Tensor] | None = None
+
+    def __bool__(self) -> bool:
+        return self.rows is not None or bool(self.trunk)
+
+    def merge(self, other: Changes | None) -> Changes:
+        """Both changes; where both set a trunk weight, ``other`` (the later) wins."""
+        if other is None:
+            return self
+        rows = [r for r in (self.rows, other.rows) if r is not None]
+        return Changes(rows=torch.unique(torch.cat(rows)) if rows else None,
+                       trunk={**(self.trunk or {}), **(other.trunk or {})} or None)
+
+
+def apply_changes(drafter, changes: Changes) -> None:
+    """Let a compiled drafter's engines pick up what an aligner changed."""
+    if changes.rows is not None:
+        drafter.rows_changed(changes.rows)
+    if changes.trunk:
+        drafter.update_trunk_weights(changes.trunk)
 
 
 class FeedbackBuffer:

@@ -1,15 +1,22 @@
-"""Sparse online alignment of the drafter's LM-head rows, with a curriculum and rollback.
+"""Sparse online alignment of the drafter's LM-head rows (and optionally its final norm), with a
+curriculum and rollback.
 
 From each verification the generator hands over the drafter's head inputs and the target's
-logits for the tokens those heads propose (``feedback``); they go to a bounded buffer. Every
+logits for the tokens those heads propose (``CycleFeedback``); they go to a bounded buffer. Every
 ``every`` cycles one update runs: a batch is drawn from the buffer (curriculum: confident, easy
 corrections first, the pool widening to the whole buffer over ``pace_updates`` updates), the
 cross-entropy between the target's top tokens and the drafter's softmax over the active set plus
 those tokens is differentiated in closed form, and only the touched rows (the target's tokens
 and the drafter's own ``proposals`` strongest rows per example) take a sparse Adam step, in place,
-in the reservoir the engines read. Rows are snapshotted before they first change; when mean
-acceptance over the ``window`` cycles after an update falls below that of the window before, every
-changed row is restored. Verification never reads these rows, so exactness is untouched.
+in the reservoir the engines read. With ``norm`` the final RMSNorm's weight (a trunk parameter of
+d values) is trained too: the buffer then keeps the normalised state before that weight.
+
+An update is three steps so that the arithmetic can leave the decoding thread (``background``):
+``draw`` (copy a batch, decoding thread), ``compute`` (gradients and optimiser moments; reads the
+rows, writes nothing the engines read), ``apply`` (write rows, decoding thread, between cycles).
+Rows are snapshotted before they first change; when mean acceptance over the ``window`` cycles
+after an update falls below that of the window before, every changed row is restored.
+Verification never reads these rows, so exactness is untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evospec.runtime.align.feedback import FeedbackBuffer
+from evospec.runtime.align.feedback import Changes, CycleFeedback, FeedbackBuffer
 from evospec.runtime.align.sparse_adam import SparseRowAdam
 
 
@@ -36,17 +43,43 @@ class AlignSettings:
     pace_start: float = 0.25
     pace_updates: int = 50
     window: int = 16
+    norm: bool = False  # also train the final norm's weight (needs the drafter's trunk weights)
+    norm_lr: float = 1e-4
+    background: bool = True  # compute updates on a worker thread, applied one cycle later
     seed: int = 0
 
 
+@dataclass
+class UpdateBatch:
+    states: torch.Tensor  # [B, d] buffered head inputs (normalised states before the norm weight with ``norm``)
+    ids: torch.Tensor  # [B, top] the target's top tokens
+    probs: torch.Tensor  # [B, top] their probabilities
+    active_ids: torch.Tensor
+
+
+@dataclass
+class UpdateResult:
+    rows: torch.Tensor  # reservoir rows to change
+    deltas: torch.Tensor  # [len(rows), d] to subtract from them
+    norm_delta: torch.Tensor | None
+    seconds: float
+
+
 class HeadAligner:
-    def __init__(self, reservoir: torch.Tensor, settings: AlignSettings = AlignSettings()) -> None:
+    def __init__(self, reservoir: torch.Tensor, settings: AlignSettings = AlignSettings(),
+                 norm_weight: torch.Tensor | None = None) -> None:
+        if settings.norm and norm_weight is None:
+            raise ValueError("AlignSettings(norm=True) needs the drafter's final norm weight")
         self.rows, self.s = reservoir, settings
         self.buffer = FeedbackBuffer(settings.buffer, reservoir.shape[1], settings.top)
         self.optimiser = SparseRowAdam(reservoir, lr=settings.lr)
+        self.norm = norm_weight.detach().float().clone() if settings.norm else None
+        self.norm_optimiser = SparseRowAdam(self.norm.view(1, -1), lr=settings.norm_lr) if settings.norm else None
+        self.norm_snapshot: torch.Tensor | None = None
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.cycles = self.updates = self.rollbacks = 0
-        self.update_seconds = 0.0
+        self.update_seconds = 0.0  # arithmetic of the updates, wherever it ran
+        self.blocking_seconds = 0.0  # time the decoding thread spent in ``feedback``
         self.snapshot: dict[int, torch.Tensor] = {}
         self.accepted: deque[int] = deque(maxlen=2 * settings.window)
         self._judge_at: int | None = None  # cycle at which the pending updates are judged
@@ -54,9 +87,12 @@ class HeadAligner:
 
     @property
     def nbytes(self) -> int:
-        """Memory alignment adds: buffer, optimiser state, snapshot (the rows themselves are the drafter's)."""
+        """Memory alignment adds: buffer, optimiser state, snapshots (the rows themselves are the drafter's)."""
         snap = sum(t.numel() * t.element_size() for t in self.snapshot.values())
-        return self.buffer.nbytes + self.optimiser.nbytes + snap
+        extra = 0
+        if self.norm is not None:
+            extra = 2 * self.norm.numel() * 4 + self.norm_optimiser.nbytes  # working copy + snapshot + moments
+        return self.buffer.nbytes + self.optimiser.nbytes + snap + extra
 
     def pool(self) -> torch.Tensor:
         """Buffer entries an update may draw from: all, or (curriculum) the easiest share so far."""
@@ -67,55 +103,95 @@ class HeadAligner:
         order = torch.argsort(self.buffer.confidence(), descending=True, stable=True)
         return order[: max(self.s.batch, int(share * n))]
 
-    def feedback(self, states: torch.Tensor, target_logits: torch.Tensor, accepted: int,
-                 active_ids: torch.Tensor) -> torch.Tensor | None:
-        """Record one cycle; returns the reservoir rows it changed (an update or a rollback), or None."""
-        self.buffer.add(states, target_logits)
-        self.accepted.append(accepted)
-        self.cycles += 1
-        if self._judge_at is not None and self.cycles >= self._judge_at:
-            after = sum(list(self.accepted)[-self.s.window :]) / self.s.window
-            changed = self._rollback() if after < self._before else None
-            self.snapshot, self._judge_at = {}, None
-            if changed is not None:
-                return changed
-        if self.cycles % self.s.every == 0 and len(self.buffer) >= self.s.batch:
-            return self.update(active_ids)
-        return None
+    def feedback(self, cycle: CycleFeedback) -> Changes | None:
+        """Record one cycle and, when due, update at once; returns what changed (update or rollback)."""
+        start = time.perf_counter()
+        self.observe(cycle)
+        changes = self.judge()
+        if self.due() and changes is None:  # not straight after a rollback: the next due cycle
+            changes = self.apply(self.compute(self.draw(cycle.active_ids)))
+        self.blocking_seconds += time.perf_counter() - start
+        return changes
 
-    def _rollback(self) -> torch.Tensor:
+    def observe(self, cycle: CycleFeedback) -> None:
+        states = cycle.head_inputs.float()
+        if self.norm is not None:  # keep the state before the norm weight: the gradient for the weight needs it
+            states = states / torch.where(self.norm.abs() > 1e-6, self.norm, torch.ones_like(self.norm))
+        self.buffer.add(states, cycle.target_logits)
+        self.accepted.append(cycle.accepted)
+        self.cycles += 1
+
+    def due(self) -> bool:
+        return self.cycles % self.s.every == 0 and len(self.buffer) >= self.s.batch
+
+    def judge(self) -> Changes | None:
+        """At the end of a judgement window: keep the updates, or restore every changed row."""
+        if self._judge_at is None or self.cycles < self._judge_at:
+            return None
+        after = sum(list(self.accepted)[-self.s.window :]) / self.s.window
+        changes = self._rollback() if after < self._before else None
+        self.snapshot, self.norm_snapshot, self._judge_at = {}, None, None
+        return changes
+
+    def _rollback(self) -> Changes:
         ids = torch.tensor(sorted(self.snapshot), dtype=torch.long)
         self.rows[ids] = torch.stack([self.snapshot[i] for i in ids.tolist()])
         self.optimiser.forget(ids.tolist())
         self.rollbacks += 1
-        return ids
+        trunk = None
+        if self.norm_snapshot is not None:
+            self.norm.copy_(self.norm_snapshot)
+            self.norm_optimiser.forget([0])
+            trunk = {"norm.weight": self.norm.clone()}
+        return Changes(rows=ids, trunk=trunk)
 
-    def update(self, active_ids: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        rows = self._update(active_ids)
-        self.update_seconds += time.perf_counter() - start
-        return rows
-
-    @torch.no_grad()
-    def _update(self, active_ids: torch.Tensor) -> torch.Tensor:
+    def draw(self, active_ids: torch.Tensor) -> UpdateBatch:
+        """Copy one batch out of the buffer (decoding thread: the buffer keeps filling meanwhile)."""
         pool = self.pool()
         pick = pool[torch.randperm(pool.numel(), generator=self.generator)[: self.s.batch]]
-        x, ids, p = self.buffer.states[pick], self.buffer.ids[pick], self.buffer.probs[pick]
-        p = p / p.sum(-1, keepdim=True)  # the teacher: the target's top tokens, renormalised
-        union = torch.unique(torch.cat((active_ids.cpu(), ids.flatten())))  # sorted
-        q = torch.softmax(x @ self.rows[union].T, dim=-1)  # [B, U]
+        return UpdateBatch(self.buffer.states[pick], self.buffer.ids[pick], self.buffer.probs[pick],
+                           active_ids.detach().cpu().clone())
+
+    @torch.no_grad()
+    def compute(self, batch: UpdateBatch) -> UpdateResult:
+        """Gradients and optimiser moments for one batch; reads rows, writes nothing the engines read."""
+        start = time.perf_counter()
+        x, ids = batch.states, batch.ids
+        p = batch.probs / batch.probs.sum(-1, keepdim=True)  # the teacher: the target's top tokens, renormalised
+        inputs = x * self.norm if self.norm is not None else x
+        union = torch.unique(torch.cat((batch.active_ids, ids.flatten())))  # sorted
+        weights = self.rows[union]  # [U, d]
+        q = torch.softmax(inputs @ weights.T, dim=-1)  # [B, U]
         cols = torch.searchsorted(union, ids)
         grad_logits = q.clone()
         grad_logits.scatter_add_(1, cols, -p)  # d CE / d logits = q - p
-        touched = torch.unique(torch.cat((cols.flatten(), q.topk(min(self.s.proposals, q.shape[1]), dim=-1).indices.flatten())))
-        grads = grad_logits[:, touched].T @ x / x.shape[0]  # [T, d]
+        grad_logits /= x.shape[0]
+        top = q.topk(min(self.s.proposals, q.shape[1]), dim=-1).indices
+        touched = torch.unique(torch.cat((cols.flatten(), top.flatten())))
         rows = union[touched]
-        for i in rows.tolist():
+        deltas = self.optimiser.delta(rows, grad_logits[:, touched].T @ inputs)
+        norm_delta = None
+        if self.norm is not None:  # d CE / d w = sum_b x_b * (g_b @ W)
+            grad_norm = (x * (grad_logits @ weights)).sum(0)
+            norm_delta = self.norm_optimiser.delta(torch.zeros(1, dtype=torch.long), grad_norm[None])[0]
+        return UpdateResult(rows, deltas, norm_delta, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def apply(self, result: UpdateResult) -> Changes:
+        """Write one computed update into the rows (decoding thread, between cycles)."""
+        for i in result.rows.tolist():
             self.snapshot.setdefault(i, self.rows[i].clone())
+        if self.norm is not None and self.norm_snapshot is None:
+            self.norm_snapshot = self.norm.clone()
         if self._judge_at is None:  # the first update since the last verdict opens a judgement window
             recent = list(self.accepted)[-self.s.window :]
             self._before = sum(recent) / max(1, len(recent))
             self._judge_at = self.cycles + self.s.window
-        self.optimiser.step(rows, grads)
+        self.rows[result.rows] -= result.deltas
+        trunk = None
+        if result.norm_delta is not None:
+            self.norm -= result.norm_delta
+            trunk = {"norm.weight": self.norm.clone()}
         self.updates += 1
-        return rows
+        self.update_seconds += result.seconds
+        return Changes(rows=result.rows, trunk=trunk)

@@ -41,8 +41,9 @@ class SparseRowAdam:
             self.v[known] = 0
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
-        """Apply ``grads`` [n, d] to the distinct rows ``ids`` [n] in place."""
+    def delta(self, ids: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Advance the moments of the distinct rows ``ids`` [n] by ``grads`` [n, d] and return the change
+        to subtract from those rows, without writing them (a worker can compute while engines read)."""
         self.steps += 1
         b1, b2 = self.betas
         slots = self._slots(ids.tolist())
@@ -50,4 +51,9 @@ class SparseRowAdam:
         v = self.v[slots].mul_(b2).addcmul_(grads, grads, value=1 - b2)
         self.m[slots], self.v[slots] = m, v
         step_size = self.lr * (1 - b2**self.steps) ** 0.5 / (1 - b1**self.steps)
-        self.rows[ids] -= step_size * m / (v.sqrt() + self.eps)
+        return step_size * m / (v.sqrt() + self.eps)
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
+        """Apply ``grads`` [n, d] to the distinct rows ``ids`` [n] in place."""
+        self.rows[ids] -= self.delta(ids, grads)
