@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
-from evospec.runtime.checkpoint import save_drafter
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors through its interpreter. The flag must be set before
+    # anything imports triton (the model imports below pull it in): triton.jit reads it at decoration time.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from evospec.runtime.checkpoint import save_drafter  # noqa: E402
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel
 

@@ -1,0 +1,1 @@
+"""GPU kernels (Triton). Importing this package does not import Triton; each kernel module does."""
