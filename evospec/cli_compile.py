@@ -116,13 +116,21 @@ def profile_group() -> None:
 @click.option("--context", type=int, default=512, show_default=True, help="Drafter KV-cache length.")
 @click.option("--runs", type=int, default=30, show_default=True)
 @click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: the GPU head benchmark (full head, torch gather+matmul, fused kernel, bandwidth floor) "
+                   "and the draft step with and without stream overlap, at --synthetic's shape.")
+@click.option("--hidden-rows", default="1,8,16", show_default=True, help="With --device cuda: hidden-state rows per head call.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON here.")
-def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, context, runs, warmup, json_path):
+def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, context, runs, warmup, device,
+                       hidden_rows, json_path):
     """Median and p90 latency of trunk, head per bucket, full head, gather and top-k."""
     from rich.console import Console
 
     from evospec.profile_stages import profile_bundle, profile_synthetic, rows_json, rows_table
 
+    if device == "cuda":
+        return _profile_device(synthetic or "llama3-8b", bundle_dir, buckets, hidden_rows, rows_per_step, context, runs,
+                               warmup, json_path)
     if (bundle_dir is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --bundle DIR or --synthetic NAME")
     sizes = compile_settings(None, buckets=buckets).buckets
@@ -137,6 +145,33 @@ def profile_stages_cmd(bundle_dir, synthetic, backend, buckets, rows_per_step, c
         else:
             rows = profile_bundle(bundle_dir, sizes if buckets else None, rows_per_step, context, runs, warmup, progress)
     emit_report(rows_table(rows), rows_json(rows), json_path)
+
+
+def _profile_device(synthetic, bundle_dir, buckets, hidden_rows, rows_per_step, context, runs, warmup, json_path) -> None:
+    from rich.console import Console
+
+    from evospec.profile_device import (device_json, device_table, profile_device_heads, profile_device_step,
+                                        resolve_device)
+
+    if bundle_dir is not None:
+        raise click.UsageError("--device cuda profiles a --synthetic shape, not a bundle")
+    sizes = compile_settings(None, buckets=buckets).buckets
+    try:
+        rows_list = tuple(int(x) for x in hidden_rows.split(",") if x)
+    except ValueError:
+        raise SettingsError(f"--hidden-rows must be comma-separated integers (got {hidden_rows!r})") from None
+    if not rows_list or not all(1 <= r <= 64 for r in rows_list):
+        raise SettingsError(f"--hidden-rows must be integers in 1..64 (got {hidden_rows!r})")
+    device = resolve_device("cuda")
+    with Console(stderr=True).status("profiling on the GPU") as status:
+        def progress(what: str) -> None:
+            status.update(what)
+
+        rows = profile_device_heads(synthetic, device, sizes, rows_list, runs=runs, warmup=warmup, progress=progress)
+        step_size = 16384 if 16384 in sizes else sizes[len(sizes) // 2]
+        rows += profile_device_step(synthetic, device, active=step_size, n=rows_per_step, context=context, runs=runs,
+                                    warmup=warmup, progress=progress)
+    emit_report(device_table(rows), device_json(rows), json_path)
 
 
 def register(main: click.Group) -> None:
