@@ -72,8 +72,15 @@ def check_backend(bundle: Path, backend: str) -> None:
         raise BundleError(f"{bundle} holds TensorRT engines, which need a CUDA GPU; torch sees none here")
 
 
-def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True):
-    """A CompiledDrafter for ``target`` (a loaded TargetModel whose directory was checked by the caller)."""
+# Stage inputs that CUDA graphs read in place rather than copy: the resident head rows, the KV cache.
+BY_REFERENCE = {"head_active": ("rows",), "trunk": ("past_keys", "past_values")}
+
+
+def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True, cuda_graphs: bool = True):
+    """A CompiledDrafter for ``target`` (a loaded TargetModel whose directory was checked by the caller).
+
+    A torch bundle on a CUDA target runs on the GPU: rows on the device, the trunk over a static
+    cache shape, every stage replayed from CUDA graphs (``cuda_graphs``)."""
     from evospec.passes.feeds import SIGNATURES
     from evospec.runtime.checkpoint import load_drafter
     from evospec.runtime.compiled_drafter import CompiledDrafter
@@ -87,6 +94,7 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
         check_files(bundle, manifest)
     backend = manifest["backend"]
     check_backend(bundle, backend)
+    graphs = cuda_graphs and backend == "torch" and torch.device(target.device).type == "cuda"
     drafter = load_drafter(bundle / "drafter", target_embeddings=target.model.get_input_embeddings(),
                            target_hidden_size=target.hidden_size, target_vocab_size=target.vocab_size,
                            device=target.device, dtype=torch.float32)
@@ -103,8 +111,13 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
                                        tuple(manifest["gather"]["buckets"]))
         else:
             module = {"fuse": lambda: FuseStage(drafter), "trunk": lambda: TrunkStage(drafter),
-                      "head": lambda: HeadStage(load_reservoir(bundle)), "head_active": ActiveHeadStage}[stage]()
+                      "head": lambda: HeadStage(load_reservoir(bundle).to(target.device)),
+                      "head_active": ActiveHeadStage}[stage]()
             runners[stage] = TorchRunner(stage, module, list(signature.inputs), list(signature.outputs))
+            if graphs:
+                from evospec.runtime.cuda_graphs import GraphedRunner
+
+                runners[stage] = GraphedRunner(runners[stage], by_reference=BY_REFERENCE.get(stage, ()))
         runners[stage].activate()  # sessions are created now, not inside the first timed draft step
     buckets = tuple(manifest["gather"]["buckets"])
     reservoir = None  # host rows for the resident head, shared with the head engine's own weights
@@ -112,7 +125,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True)
         reservoir = torch.from_numpy(runners["head"].weights["reservoir"])
     elif backend == "torch":
         reservoir = runners["head"].module.reservoir
-    compiled = CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir)
+    compiled = CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir,
+                               static_past=graphs)
     if "semantic_index" in manifest:
         from evospec.runtime.vocab.semantic import SemanticIndex
 

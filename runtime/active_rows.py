@@ -3,43 +3,48 @@
 The in-graph gather (``HeadStage``) copies every active row on every call; on a CPU that copy
 costs more than the matmul it feeds (a 16k x 4096 fp32 gather is 268 MB). ``ActiveRows`` keeps
 the gathered matrix and, when the plan changes, copies only the columns whose id changed: the
-delta that ``update_plan`` arranges by keeping retained ids in their columns.
+delta that ``update_plan`` arranges by keeping retained ids in their columns. On a GPU the
+changed columns and their ids go up through pinned memory on a side stream (``DeviceUploader``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
 
 
 class ActiveRows:
-    def __init__(self, reservoir: torch.Tensor, plan: GatherPlan) -> None:
+    def __init__(self, reservoir: torch.Tensor, plan: GatherPlan, upload: DeviceUploader | None = None) -> None:
         self.reservoir = reservoir  # [V, d]; shared with the engine's weights, never copied
-        self.plan = plan
-        self.rows = reservoir.index_select(0, plan.ids.to(reservoir.device))
+        self.plan = plan  # host tensors: which columns changed is decided on the host, no device sync
+        self.upload = upload or DeviceUploader(reservoir.device)
+        self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
 
     def follow(self, plan: GatherPlan) -> int:
         """Make ``rows`` match ``plan``; returns how many rows were copied."""
         if plan is self.plan:
             return 0
-        ids = plan.ids.to(self.reservoir.device)
         if plan.bucket != self.plan.bucket:
-            self.rows = self.reservoir.index_select(0, ids)
+            self.rows = self.reservoir.index_select(0, self.upload.upload("plan", plan.ids))
             moved = plan.bucket
         else:
-            cols = torch.nonzero(ids != self.plan.ids.to(ids.device)).flatten()
+            cols = torch.nonzero(plan.ids != self.plan.ids).flatten()
             if cols.numel():
-                self.rows[cols] = self.reservoir.index_select(0, ids[cols])
+                self._copy(cols, plan.ids[cols])
             moved = int(cols.numel())
         self.plan = plan
         return moved
 
+    def _copy(self, cols: torch.Tensor, ids: torch.Tensor) -> None:
+        cols, ids = self.upload.upload("cols", cols), self.upload.upload("ids", ids)
+        self.rows[cols] = self.reservoir.index_select(0, ids)
+
     def refresh(self, target_ids: torch.Tensor) -> int:
         """Re-copy the active columns of ``target_ids`` after their reservoir rows changed in place
         (online alignment); returns how many columns were copied."""
-        ids = self.plan.ids.to(self.reservoir.device)
-        cols = torch.nonzero(torch.isin(ids, target_ids.to(ids.device))).flatten()
+        cols = torch.nonzero(torch.isin(self.plan.ids, target_ids.cpu())).flatten()
         if cols.numel():
-            self.rows[cols] = self.reservoir.index_select(0, ids[cols])
+            self._copy(cols, self.plan.ids[cols])
         return int(cols.numel())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from evospec.runtime.active_rows import ActiveRows
+from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
 from evospec.runtime.gather import GatherPlan, update_plan
 from evospec.runtime.runners import Runner
@@ -17,16 +18,22 @@ from evospec.runtime.runners import Runner
 class CompiledDrafter:
     def __init__(self, config: Eagle3Config, d2t: torch.Tensor, embed_table: torch.nn.Module,
                  runners: dict[str, Runner], plan: GatherPlan, buckets: tuple[int, ...],
-                 reservoir: torch.Tensor | None = None) -> None:
-        """``reservoir`` (host rows shared with the head engine) turns on the resident head: the
-        ``head_active`` stage over rows kept by ``ActiveRows``; without it the ``head`` stage
-        gathers in-graph (TensorRT bundles, whose rows live on the device)."""
+                 reservoir: torch.Tensor | None = None, static_past: bool = False) -> None:
+        """``reservoir`` (rows shared with the head engine: host rows for ONNX Runtime, device rows
+        for torch on a GPU) turns on the resident head: the ``head_active`` stage over rows kept by
+        ``ActiveRows``; without it the ``head`` stage gathers in-graph (TensorRT bundles).
+        ``static_past``: the trunk attends over the whole cache capacity with a mask, so its input
+        shapes depend only on the number of new tokens (what CUDA graphs need)."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
         self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
         self.frequencies_path = None  # a bundle's statistical index (token frequencies + successors), if it has one
         self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
         use_resident = reservoir is not None and "head_active" in runners
-        self.active_rows = ActiveRows(reservoir, plan) if use_resident else None
+        self.static_past = static_past
+        self._to_map = DeviceUploader(d2t.device)  # id maps go where the tree indexes with them
+        rows_device = reservoir.device if reservoir is not None else torch.device("cpu")
+        self._to_rows = self._to_map if rows_device == d2t.device else DeviceUploader(rows_device)
+        self.active_rows = ActiveRows(reservoir, plan, self._to_rows) if use_resident else None
         self.buckets = buckets
         self.dtype = torch.float32  # engines take and return fp32 at their boundary
         self.moved_rows = 0  # head columns changed by the last set_active (a delta, not a rebuild)
@@ -34,19 +41,20 @@ class CompiledDrafter:
         self._use(plan)
 
     def _use(self, plan: GatherPlan) -> None:
-        self.plan = plan
-        self._id_map = plan.ids[: plan.size].to(self.d2t.device)
+        self.plan = plan  # host tensors
+        self._id_map = self._to_map.upload("id_map", plan.ids[: plan.size])
+        self._bias = self._to_rows.upload("bias", plan.bias)
 
     def set_active(self, target_ids: torch.Tensor) -> None:
         """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``."""
-        plan, self.moved_rows = update_plan(self.plan, target_ids, self.buckets)
+        plan, self.moved_rows = update_plan(self.plan, target_ids.cpu(), self.buckets)  # plans live on the host
         if self.active_rows is not None:
             self.active_rows.follow(plan)
         self._use(plan)
 
     @property
     def reservoir(self) -> torch.Tensor | None:
-        """The host rows the head reads (None for TensorRT bundles, whose rows live on the device)."""
+        """The rows the head reads (None for TensorRT bundles, whose rows live in the engine)."""
         return None if self.active_rows is None else self.active_rows.reservoir
 
     def rows_changed(self, target_ids: torch.Tensor) -> None:
@@ -110,7 +118,12 @@ class CompiledDrafter:
             hidden = self.runners["fuse"].infer({"features": hidden})["hidden"].to(device)
         embeds = self.embed(target_ids).float()
         b, t = target_ids.shape
-        if start == 0:  # engines take a non-empty past: one dummy slot that the mask hides
+        if self.static_past:  # the whole capacity; slots not yet written (or scratch) are masked out
+            capacity = cache.keys.shape[2]
+            full = torch.zeros(t, capacity + t, dtype=torch.bool, device=device)
+            full[:, :start], full[:, capacity:] = mask[:, :start], mask[:, start:]
+            past_keys, past_values, mask = cache.keys.float(), cache.values.float(), full
+        elif start == 0:  # engines take a non-empty past: one dummy slot that the mask hides
             empty = torch.zeros(b, c.num_key_value_heads, 1, c.head_dim, device=device)
             past_keys = past_values = empty
             mask = torch.cat((torch.zeros(t, 1, dtype=torch.bool, device=device), mask), dim=1)
@@ -123,10 +136,11 @@ class CompiledDrafter:
         if features_in:  # the cycle's first call: its last row sits at the newest committed token
             self.root_normed = normed.detach().clone()
         if self.active_rows is not None:
-            feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self.plan.bias}
+            feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self._bias}
             logits = self.runners["head_active"].infer(feed)["logits"]
         else:
-            logits = self.runners["head"].infer({"normed": normed, "active": self.plan.ids, "bias": self.plan.bias})["logits"]
+            feed = {"normed": normed, "active": self._to_rows.upload("active", self.plan.ids), "bias": self._bias}
+            logits = self.runners["head"].infer(feed)["logits"]
         return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, t, self.plan.size).to(device)
 
 

@@ -66,6 +66,7 @@ class SpeculativeGenerator:
         self.target = target
         self.drafter = drafter
         self.policy = policy  # chooses the drafter's active vocabulary each step (compiled drafters)
+        self._static_cache = None  # the drafter cache kept between calls for static-shape (graphed) drafters
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
 
     @classmethod
@@ -177,7 +178,14 @@ class SpeculativeGenerator:
             return
         if use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
-            dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
+            if getattr(drafter, "static_past", False):
+                # CUDA graphs read the cache in place: keep one cache (rounded up, reused while it is large
+                # enough; stale slots are masked) so their signatures hold from call to call
+                if self._static_cache is None or self._static_cache.keys.shape[2] < capacity:
+                    self._static_cache = DrafterKVCache(drafter.config, -(-capacity // 512) * 512, device, drafter.dtype)
+                dcache = self._static_cache
+            else:
+                dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
         aligner = self.aligner if use_draft else None
         pending_logits = out.logits[1:]  # the target's logits for what the next root call's rows propose

@@ -1,0 +1,68 @@
+"""The compiled runtime's GPU path: static cache shapes (checked on CPU), CUDA graphs and uploads (on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from evospec.passes.base import CompileSettings
+from evospec.runtime.device_upload import DeviceUploader
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.bundle import load_compiled_drafter
+from evospec.compile import compile_bundle
+from evospec.demo_pair import ASSET_DIR
+
+TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
+CUDA = torch.cuda.is_available()
+TREE = DecodeSettings(max_new_tokens=40, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def torch_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("device") / "bundle"
+    compile_bundle(TARGET, DRAFTER, out, CompileSettings(backend="torch", buckets=(256, 512), index_dims=0))
+    return out
+
+
+def test_static_past_drafts_exactly_like_the_dynamic_cache(torch_bundle):
+    """The trunk over the whole capacity with a mask (the CUDA-graph shape) proposes the same drafts."""
+    dynamic = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    static = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    static.drafter.static_past = True
+    prompt = dynamic.encode("def walk(self, node):\n    ")
+    a, b = dynamic.generate(prompt, TREE), static.generate(prompt, TREE)
+    plain = dynamic.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False))
+    assert a.token_ids == b.token_ids == plain.token_ids
+    assert a.stats.accepted_lengths == b.stats.accepted_lengths and b.stats.mean_accepted_length > 1.5
+
+
+def test_uploader_on_cpu_is_the_identity():
+    ids = torch.arange(5)
+    assert DeviceUploader("cpu").upload("ids", ids) is ids
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
+def test_uploads_arrive_in_order_on_the_gpu():
+    uploader = DeviceUploader("cuda")
+    outs = [uploader.upload("ids", torch.arange(i, i + 1000)) for i in range(20)]
+    for i, out in enumerate(outs):
+        assert out.device.type == "cuda" and torch.equal(out.cpu(), torch.arange(i, i + 1000))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
+def test_cuda_graph_runtime_is_exact_and_replays(torch_bundle):
+    generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET, device="cuda")
+    drafter = generator.drafter
+    assert drafter.static_past and drafter.reservoir.device.type == "cuda"
+    prompt = generator.encode("class Parser:\n    def __init__(self):\n        ")
+    first = generator.generate(prompt, TREE)
+    captures = {name: r.captures for name, r in drafter.runners.items()}
+    second = generator.generate(prompt, TREE)
+    plain = generator.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False))
+    assert first.token_ids == second.token_ids == plain.token_ids
+    assert captures["trunk"] > 0 and captures["head_active"] > 0
+    assert {name: r.captures for name, r in drafter.runners.items()} == captures  # the second call only replays
+    eager, _ = load_compiled_drafter(torch_bundle, generator.target, cuda_graphs=False)
+    assert not eager.static_past
