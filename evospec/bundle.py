@@ -81,7 +81,7 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
 
     A torch bundle on a CUDA target runs on the GPU: rows on the device, the trunk over a static
     cache shape, every stage replayed from CUDA graphs (``cuda_graphs``)."""
-    from evospec.passes.feeds import SIGNATURES
+    from evospec.runtime.stages import SIGNATURES
     from evospec.runtime.checkpoint import load_drafter
     from evospec.runtime.compiled_drafter import CompiledDrafter
     from evospec.runtime.gather import make_plan

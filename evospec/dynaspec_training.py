@@ -20,7 +20,7 @@ from evospec.errors import SettingsError
 
 def train_dynaspec(bundle: Path, target: Path, corpus: Path, clusters: int, tokens: int, out: Path,
                    progress: Callable[[str], None] = lambda what: None) -> dict:
-    from evospec.profile_vocab import replay_streams
+    from evospec.teacher_forced import replay_streams
     from evospec.runtime.generator import SpeculativeGenerator
     from evospec.runtime.vocab.dynaspec import cluster_rows, train_router
     from evospec.teacher_forced import teacher_forced

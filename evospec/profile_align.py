@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import torch
 
 from evospec.corpus import CorpusError, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError

@@ -104,7 +104,6 @@ def profile_device_heads(shape_name: str, device: torch.device, buckets: tuple[i
             add("torch_gather_matmul", size, n, lambda: F.linear(hidden, rows.index_select(0, ids)))
             resident = rows.index_select(0, ids)
             add("torch_pregathered", size, n, lambda: F.linear(hidden, resident))
-            del resident
             if fused:
                 call = lambda: gathered_head_topk(hidden, rows, ids, TOP_K, bias=bias)  # noqa: E731
                 add("fused", size, n, call)

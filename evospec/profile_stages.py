@@ -157,11 +157,10 @@ def measure(runners: dict, shape: ProfileShape, rows: torch.Tensor, buckets: tup
 def profile_synthetic(name: str, backend: str, buckets: tuple[int, ...], rows_per_step: int = 8, context: int = 512,
                       runs: int = 30, warmup: int = 3, progress: Callable[[str], None] | None = None) -> list[StageRow]:
     """Trunk, head per bucket, full head, gather and top-k at a production shape, random weights."""
-    from evospec.exporters.onnx_export import StageSignature, export_stage
-    from evospec.passes.feeds import SIGNATURES
+    from evospec.exporters.onnx_export import export_stage
     from evospec.runtime.gather import make_plan
     from evospec.runtime.runners import OrtRunner, TorchRunner
-    from evospec.runtime.stages import ActiveHeadStage, HeadStage, TrunkStage
+    from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, HeadStage, StageSignature, TrunkStage
 
     report = progress or (lambda what: None)
     report("building random weights")
@@ -199,10 +198,9 @@ def profile_bundle(bundle: Path, buckets: tuple[int, ...] | None, rows_per_step:
                    runs: int = 30, warmup: int = 3, progress: Callable[[str], None] | None = None) -> list[StageRow]:
     """The bundle's own engines (ONNX Runtime or torch) at its shapes."""
     from evospec.bundle import check_backend, check_files, load_reservoir, read_manifest
-    from evospec.passes.feeds import SIGNATURES
     from evospec.runtime.checkpoint import load_drafter
     from evospec.runtime.runners import OrtRunner, TorchRunner
-    from evospec.runtime.stages import ActiveHeadStage, HeadStage, TrunkStage
+    from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, HeadStage, TrunkStage
 
     manifest = read_manifest(bundle)
     check_files(bundle, manifest)

@@ -20,10 +20,11 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 
 from evospec.bench import BenchSettings, domain_prompts
-from evospec.corpus import CorpusError, corpus_domains, read_documents
+from evospec.corpus import CorpusError, corpus_domains
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab import PolicyInputs, make_policy
 from evospec.settings import DecodeSettings
+from evospec.teacher_forced import replay_streams
 from evospec.text_table import text_table
 
 
@@ -80,21 +81,6 @@ def replay_states(generator: SpeculativeGenerator, streams: list[list[int]]) -> 
     if getattr(generator.drafter, "semantic_index", None) is None:
         return None
     return [teacher_forced(generator, ids)[0] for ids in streams]
-
-
-def replay_streams(generator: SpeculativeGenerator, corpus: str, domain: str, tokens: int,
-                   per_document: int = 1024, split: str = "test") -> list[list[int]]:
-    """Up to ``tokens`` tokens of the domain's ``split`` text, at most ``per_document`` from each document."""
-    streams, count = [], 0
-    for doc in read_documents(corpus, domain, split):
-        ids = generator.encode(doc)[:per_document]
-        if len(ids) < 2:
-            continue
-        streams.append(ids)
-        count += len(ids)
-        if count >= tokens:
-            break
-    return streams
 
 
 def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: list[str], frequencies: str | None,

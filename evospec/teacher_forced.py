@@ -1,14 +1,15 @@
 """One teacher-forced pass of target and compiled drafter over a token stream.
 
-Used where a policy must be judged or trained on real text instead of on generated text: the
-drafter's head inputs at every position (what semantic retrieval and the DynaSpec router read)
-and the target's own greedy choice at every position.
+Used where a policy must be judged or trained on real text instead of on generated text (the
+streams come from ``replay_streams``): the drafter's head inputs at every position (what
+semantic retrieval and the DynaSpec router read) and the target's own greedy choice there.
 """
 
 from __future__ import annotations
 
 import torch
 
+from evospec.corpus import read_documents
 from evospec.runtime.drafter import DrafterKVCache
 
 
@@ -27,3 +28,18 @@ def teacher_forced(generator, ids: list[int]) -> tuple[torch.Tensor, torch.Tenso
     drafter(out.features[None].to(drafter.dtype), torch.tensor([ids[1:]], device=device),
             torch.arange(n, device=device)[None], cache, 0, mask)
     return drafter.root_normed.cpu(), out.logits.argmax(-1).cpu()
+
+
+def replay_streams(generator, corpus: str, domain: str, tokens: int,
+                   per_document: int = 1024, split: str = "test") -> list[list[int]]:
+    """Up to ``tokens`` tokens of the domain's ``split`` text, at most ``per_document`` from each document."""
+    streams, count = [], 0
+    for doc in read_documents(corpus, domain, split):
+        ids = generator.encode(doc)[:per_document]
+        if len(ids) < 2:
+            continue
+        streams.append(ids)
+        count += len(ids)
+        if count >= tokens:
+            break
+    return streams

@@ -11,21 +11,12 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from evospec.errors import CompileError
-
-
-@dataclass(frozen=True)
-class StageSignature:
-    """Input/output names and which axes of each input are dynamic ({axis: name})."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    dynamic: tuple[dict[int, str], ...]
+from evospec.runtime.stages import StageSignature
 
 
 MAX_DIM = 1 << 20

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evospec.passes.base import CompileContext, PassResult, relative
-from evospec.passes.feeds import SIGNATURES
+from evospec.runtime.stages import SIGNATURES
 
 
 def tensorrt_profiles(stage: str, ctx: CompileContext) -> list[dict]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from evospec.exporters.onnx_export import export_stage, graph_summary
 from evospec.passes.base import CompileContext, PassResult, relative
-from evospec.passes.feeds import SIGNATURES, recorded_feeds
+from evospec.passes.feeds import recorded_feeds
+from evospec.runtime.stages import SIGNATURES
 
 
 class ExportOnnx:

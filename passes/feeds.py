@@ -8,20 +8,10 @@ on the value ranges they will see, not on unit Gaussians.
 from __future__ import annotations
 
 import torch
-from evospec.exporters.onnx_export import StageSignature
 from evospec.passes.base import CompileContext
 from evospec.runtime.gather import make_plan
+from evospec.runtime.stages import SIGNATURES
 
-SIGNATURES: dict[str, StageSignature] = {
-    "fuse": StageSignature(("features",), ("hidden",), ({1: "T"},)),
-    "trunk": StageSignature(
-        ("hidden", "embeds", "positions", "past_keys", "past_values", "mask"),
-        ("hidden_out", "normed", "new_keys", "new_values"),
-        ({1: "T"}, {1: "T"}, {1: "T"}, {2: "P"}, {2: "P"}, {0: "T", 1: "auto"}),
-    ),
-    "head": StageSignature(("normed", "active", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
-    "head_active": StageSignature(("normed", "rows", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
-}
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 from evospec.passes.base import CompileContext, PassResult
-from evospec.passes.feeds import SIGNATURES, recorded_feeds
+from evospec.passes.feeds import recorded_feeds
+from evospec.runtime.stages import SIGNATURES
 from evospec.runtime.runners import OrtRunner, TorchRunner
 
 from evospec.errors import CompileError

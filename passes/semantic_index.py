@@ -14,7 +14,7 @@ import time
 import torch
 
 from evospec.errors import CompileError
-from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.base import CompileContext, PassResult
 from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, build_index, projection
 
 RECALL_AT = 64

@@ -148,15 +148,12 @@ def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -
     """The torch backend built in memory from a loaded drafter and a reservoir (no bundle on disk)."""
     from evospec.runtime.gather import make_plan
     from evospec.runtime.runners import TorchRunner
-    from evospec.runtime.stages import ActiveHeadStage, FuseStage, HeadStage, TrunkStage
+    from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
-    names = {"fuse": (["features"], ["hidden"]),
-             "trunk": (["hidden", "embeds", "positions", "past_keys", "past_values", "mask"],
-                       ["hidden_out", "normed", "new_keys", "new_values"]),
-             "head": (["normed", "active", "bias"], ["logits"]), "head_active": (["normed", "rows", "bias"], ["logits"])}
     head = HeadStage(reservoir)
     modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": head, "head_active": ActiveHeadStage()}
-    runners = {stage: TorchRunner(stage, modules[stage], *names[stage]) for stage in modules}
+    runners = {stage: TorchRunner(stage, modules[stage], list(SIGNATURES[stage].inputs), list(SIGNATURES[stage].outputs))
+               for stage in modules}
     rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
     return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets,
                            reservoir=head.reservoir)

@@ -17,10 +17,34 @@ it, so the exported trunk does not carry a 151k-row table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from evospec.runtime.drafter import Eagle3Drafter, rotate_half
 from torch import nn
+
+
+@dataclass(frozen=True)
+class StageSignature:
+    """Input/output names and which axes of each input are dynamic ({axis: name})."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic: tuple[dict[int, str], ...]
+
+
+# One place for every stage's names: exporters name graph inputs by them, runners feed by them.
+SIGNATURES: dict[str, StageSignature] = {
+    "fuse": StageSignature(("features",), ("hidden",), ({1: "T"},)),
+    "trunk": StageSignature(
+        ("hidden", "embeds", "positions", "past_keys", "past_values", "mask"),
+        ("hidden_out", "normed", "new_keys", "new_values"),
+        ({1: "T"}, {1: "T"}, {1: "T"}, {2: "P"}, {2: "P"}, {0: "T", 1: "auto"}),
+    ),
+    "head": StageSignature(("normed", "active", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
+    "head_active": StageSignature(("normed", "rows", "bias"), ("logits",), ({0: "N"}, {0: "A"}, {0: "A"})),
+}
 
 
 class FuseStage(nn.Module):

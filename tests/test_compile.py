@@ -190,7 +190,7 @@ def test_bad_bundles(ort_bundle, tmp_path, case):
 
 def test_ort_weights_update_in_place(ort_bundle):
     """Head rows and a trunk weight changed through the bound buffers, without a new session."""
-    from evospec.passes.feeds import SIGNATURES
+    from evospec.runtime.stages import SIGNATURES
     from evospec.runtime.runners import OrtRunner
 
     out, _ = ort_bundle

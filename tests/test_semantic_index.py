@@ -9,7 +9,7 @@ import torch
 from evospec.passes.base import CompileSettings
 from evospec.runtime.vocab.evospec_policy import DriftSettings, EvoSpecPolicy
 from evospec.runtime.vocab.frequencies import TokenFrequencies
-from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, SemanticIndex, build_index, projection
+from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, SemanticIndex
 
 from evospec.compile import compile_bundle
 from evospec.demo_pair import ASSET_DIR

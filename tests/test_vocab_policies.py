@@ -258,7 +258,10 @@ def test_pipelined_policy_is_one_cycle_late_and_deterministic():
         name = "counting"
 
         def reset(self, prompt_ids):
-            self.seen = 0
+            self.seen, self.served_log = 0, []
+
+        def served(self, active):
+            self.served_log.append(int(active))
 
         def observe(self, committed, state=None):
             self.seen += 1
@@ -274,6 +277,8 @@ def test_pipelined_policy_is_one_cycle_late_and_deterministic():
             used.append(int(policy.active_ids()))
             policy.observe([cycle])
         assert used == [0, 0, 1, 2, 3, 4]  # cycle t drafts with what cycle t-2's observation produced
+        policy._drain()
+        assert policy.inner.served_log == used  # misses are judged against the set each cycle really used
     policy.close()
 
 

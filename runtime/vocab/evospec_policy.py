@@ -112,6 +112,12 @@ class EvoSpecPolicy:
             keep = sorted(self.stamp, key=self.stamp.__getitem__, reverse=True)[: 2 * budget]
             self.stamp = {t: self.stamp[t] for t in keep}
 
+    def served(self, active: torch.Tensor) -> None:
+        """The set the drafter actually drafted over this cycle (a pipelined caller serves one computed
+        a cycle earlier than the newest): misses, and so drift, are judged against it."""
+        self._member.zero_()
+        self._member[active] = True
+
     def active_ids(self) -> torch.Tensor:
         budget = self.k - self.core_size
         newest = self.stamp if len(self.stamp) <= budget else heapq.nlargest(budget, self.stamp, key=lambda t: (self.stamp[t], -t))  # ties: lower id
