@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REFERENCE ?= out/reference-medium
 PROMPT ?= Article 5. The controller shall
 
-.PHONY: demo reference vocab test test-all setup clean
+.PHONY: demo reference vocab test test-all gpu-check setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# On a CUDA machine (pass TORCH_SPEC for a CUDA torch): the GPU tests and the GPU head benchmark.
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+	$(BIN)/evospec profile stages --device cuda --synthetic llama3-8b --json docs/profile-llama3-8b-cuda.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
