@@ -228,7 +228,9 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
 
 
 @profile_group.command("align")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="ort or torch bundle.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="ort or torch bundle.")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path),
+              help="Or an EAGLE-3 drafter checkpoint, staged in memory (torch) instead of a bundle.")
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus with topic-switch streams.")
 @click.option("--methods", default="none,osd,evospec,evospec-nocurriculum", show_default=True,
@@ -237,14 +239,18 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, rou
 @click.option("--chunk", type=int, default=32, show_default=True, help="Tokens generated per call along a stream.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path))
-def profile_align_cmd(bundle_dir, target_dir, corpus, methods, streams, chunk, json_path, plot_path):
+def profile_align_cmd(bundle_dir, drafter_dir, target_dir, corpus, methods, streams, chunk, json_path, plot_path):
     """Acceptance over topic-switch streams with each online-alignment method, and the memory each adds."""
     from rich.console import Console
 
     from evospec.profile_align import align_json, align_plot, align_table, run_profile_align
 
+    if (bundle_dir is None) == (drafter_dir is None):
+        raise click.UsageError("give exactly one of --bundle DIR or --drafter DIR")
     with Console(stderr=True).status("profiling alignment") as status:
-        rows = run_profile_align(str(bundle_dir), str(target_dir), str(corpus), [m for m in methods.split(",") if m],
-                                 streams, chunk, progress=lambda what: status.update(what))
+        rows = run_profile_align(None if bundle_dir is None else str(bundle_dir), str(target_dir), str(corpus),
+                                 [m for m in methods.split(",") if m], streams, chunk,
+                                 progress=lambda what: status.update(what),
+                                 drafter=None if drafter_dir is None else str(drafter_dir))
     emit_report(align_table(rows), align_json(rows), json_path, lambda path: align_plot(rows, path), plot_path)
 

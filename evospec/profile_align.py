@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 
 from evospec.corpus import CorpusError, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError
@@ -79,10 +81,30 @@ def recovery(curve: list[tuple[int, float]], segment: int) -> float:
     return sum(waits) / max(len(waits), 1)
 
 
-def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str], streams: int = 2, chunk: int = 32,
-                      context: int = 192, progress: Callable[[str], None] | None = None) -> list[AlignRow]:
+def in_memory_generator(target: str, drafter: str):
+    """A target + drafter pair drafting through in-memory torch stages over a full-vocabulary reservoir
+    (what `evospec compile --backend torch` would write), for ``--target --drafter`` without a bundle."""
+    from evospec.passes.reservoir import build_reservoir
+    from evospec.runtime.compiled_drafter import eager_compiled
     from evospec.runtime.generator import SpeculativeGenerator
 
+    plain = SpeculativeGenerator.from_paths(target, drafter)
+    d = plain.drafter
+    rows = d.draft_to_target(torch.arange(d.config.draft_vocab_size, device=d.d2t.device)).cpu()
+    head = plain.target.model.get_output_embeddings().weight.detach().float().cpu()[: d.config.vocab_size]
+    reservoir, _ = build_reservoir(head, d.lm_head.weight.detach().cpu(), rows)
+    buckets = tuple(sorted({d.config.draft_vocab_size, d.config.vocab_size}))
+    return SpeculativeGenerator(plain.target, eager_compiled(d.float(), reservoir, buckets))
+
+
+def run_profile_align(bundle: str | None, target: str, corpus: str, methods: list[str], streams: int = 2,
+                      chunk: int = 32, context: int = 192, progress: Callable[[str], None] | None = None,
+                      drafter: str | None = None) -> list[AlignRow]:
+    """``bundle`` (an ort or torch bundle) or ``drafter`` (an EAGLE-3 checkpoint, staged in memory)."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    if (bundle is None) == (drafter is None):
+        raise SettingsError("profile align needs exactly one of a bundle or a drafter checkpoint")
     for method in methods:
         if method not in METHODS:
             raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
@@ -91,7 +113,9 @@ def run_profile_align(bundle: str, target: str, corpus: str, methods: list[str],
         raise CorpusError(f"{corpus} has no topic-switch streams (`evospec data build` writes them under switch/)")
     rows = []
     for method in methods:
-        generator = SpeculativeGenerator.from_bundle(bundle, target)  # a fresh drafter per method
+        # a fresh drafter per method
+        generator = (SpeculativeGenerator.from_bundle(bundle, target) if bundle is not None
+                     else in_memory_generator(target, drafter))
         if generator.drafter.reservoir is None:
             raise SettingsError(f"{bundle}: profile align needs an ort or torch bundle (host reservoir rows)")
         aligner = generator.aligner = make_aligner(method, generator.drafter)

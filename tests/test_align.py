@@ -232,3 +232,12 @@ def test_cli_profile_align(bundles, tmp_path):
     bad = run("profile", "align", "--bundle", str(bundles["torch"]), "--target", str(TARGET), "--corpus", str(corpus),
               "--methods", "magic", check=False)
     assert bad.returncode == 2 and "unknown alignment method 'magic'" in bad.stderr
+    both = run("profile", "align", "--bundle", str(bundles["torch"]), "--drafter", str(DRAFTER), "--target", str(TARGET),
+               "--corpus", str(corpus), check=False)
+    assert both.returncode == 2 and "exactly one of --bundle DIR or --drafter DIR" in both.stderr
+    staged = tmp_path / "staged.json"  # a drafter checkpoint instead of a bundle, and the extra methods
+    run("profile", "align", "--drafter", str(DRAFTER), "--target", str(TARGET), "--corpus", str(corpus), "--streams", "1",
+        "--chunk", "8", "--methods", "evospec-norm,evospec-sync", "--json", str(staged))
+    rows = {r["method"]: r for r in json.loads(staged.read_text())}
+    assert rows["evospec-norm"]["updates"] > 0 and rows["evospec-sync"]["updates"] > 0
+    assert rows["evospec-norm"]["alignment_bytes"] > rows["evospec-sync"]["alignment_bytes"]  # + norm moments
