@@ -125,8 +125,11 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
         reservoir = torch.from_numpy(runners["head"].weights["reservoir"])
     elif backend == "torch":
         reservoir = runners["head"].module.reservoir
+    host_rows = None
+    if backend == "tensorrt":  # the engine holds its rows; a host copy (from the bundle's ONNX head) is what
+        host_rows = onnx_weight(bundle / manifest["artefacts"]["onnx/head"], "reservoir")  # alignment updates
     compiled = CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, plan, buckets, reservoir,
-                               static_past=graphs)
+                               static_past=graphs, host_rows=host_rows)
     if "semantic_index" in manifest:
         from evospec.runtime.vocab.semantic import SemanticIndex
 
@@ -134,6 +137,17 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
     if "statistical_index" in manifest:  # fingerprint checked above; parsed when a policy asks for it
         compiled.frequencies_path = bundle / manifest["statistical_index"]["file"]
     return compiled, manifest
+
+
+def onnx_weight(path: Path, name: str) -> torch.Tensor:
+    """One initializer of an ONNX file (external data included) as a writable torch tensor."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    for init in model.graph.initializer:
+        if init.name == name:
+            return torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
+    raise BundleError(f"{path} has no weight {name!r}")
 
 
 def load_reservoir(bundle: Path) -> torch.Tensor:

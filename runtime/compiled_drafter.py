@@ -18,18 +18,22 @@ from evospec.runtime.runners import Runner
 class CompiledDrafter:
     def __init__(self, config: Eagle3Config, d2t: torch.Tensor, embed_table: torch.nn.Module,
                  runners: dict[str, Runner], plan: GatherPlan, buckets: tuple[int, ...],
-                 reservoir: torch.Tensor | None = None, static_past: bool = False) -> None:
+                 reservoir: torch.Tensor | None = None, static_past: bool = False,
+                 host_rows: torch.Tensor | None = None) -> None:
         """``reservoir`` (rows shared with the head engine: host rows for ONNX Runtime, device rows
         for torch on a GPU) turns on the resident head: the ``head_active`` stage over rows kept by
         ``ActiveRows``; without it the ``head`` stage gathers in-graph (TensorRT bundles).
         ``static_past``: the trunk attends over the whole cache capacity with a mask, so its input
-        shapes depend only on the number of new tokens (what CUDA graphs need)."""
+        shapes depend only on the number of new tokens (what CUDA graphs need). ``host_rows``: a host
+        copy of the rows of an engine that holds its own (TensorRT), which online alignment updates
+        and ``rows_changed`` refits into the engine."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
         self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
         self.frequencies_path = None  # a bundle's statistical index (token frequencies + successors), if it has one
         self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
         use_resident = reservoir is not None and "head_active" in runners
         self.static_past = static_past
+        self.host_rows = host_rows if reservoir is None else None
         self._to_map = DeviceUploader(d2t.device)  # id maps go where the tree indexes with them
         rows_device = reservoir.device if reservoir is not None else torch.device("cpu")
         self._to_rows = self._to_map if rows_device == d2t.device else DeviceUploader(rows_device)
@@ -54,13 +58,16 @@ class CompiledDrafter:
 
     @property
     def reservoir(self) -> torch.Tensor | None:
-        """The rows the head reads (None for TensorRT bundles, whose rows live in the engine)."""
-        return None if self.active_rows is None else self.active_rows.reservoir
+        """The rows the head reads, or the host copy of an engine's own rows (TensorRT; None if not loaded)."""
+        return self.host_rows if self.active_rows is None else self.active_rows.reservoir
 
     def rows_changed(self, target_ids: torch.Tensor) -> None:
-        """Reservoir rows of ``target_ids`` were changed in place: refresh the resident copy."""
+        """Reservoir rows of ``target_ids`` were changed in place: refresh the resident copy, or refit
+        an engine that holds its own rows (TensorRT refits whole weights: the cost is one upload)."""
         if self.active_rows is not None:
             self.active_rows.refresh(target_ids)
+        elif self.host_rows is not None:
+            self.runners["head"].update_weight("reservoir", self.host_rows)
 
     def trunk_weights(self) -> dict[str, torch.Tensor]:
         """The fuse and trunk weights as the stages name them (``fc.weight``, ``layer.*``, ``norm.weight``),

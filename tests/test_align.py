@@ -241,3 +241,27 @@ def test_cli_profile_align(bundles, tmp_path):
     rows = {r["method"]: r for r in json.loads(staged.read_text())}
     assert rows["evospec-norm"]["updates"] > 0 and rows["evospec-sync"]["updates"] > 0
     assert rows["evospec-norm"]["alignment_bytes"] > rows["evospec-sync"]["alignment_bytes"]  # + norm moments
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_refits_aligned_rows(tmp_path):
+    """TensorRT holds its rows: alignment updates a host copy and refits the engine (whole weight)."""
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT engines need a CUDA GPU; torch sees none")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'evospec[tensorrt]')")
+    compile_bundle(TARGET, DRAFTER, tmp_path / "trt", CompileSettings(backend="tensorrt", buckets=(384, 512)))
+    generator = SpeculativeGenerator.from_bundle(tmp_path / "trt", TARGET, device="cuda")
+    drafter = generator.drafter
+    rows = drafter.reservoir
+    before = rows.clone()
+    generator.aligner = HeadAligner(rows, AlignSettings(batch=4, every=1, lr=0.5, window=1000))
+    prompt = generator.encode("def parse(self, text):\n    ")
+    s = DecodeSettings(max_new_tokens=32, draft_tree="chain", draft_depth=4)
+    aligned = generator.generate(prompt, s)
+    assert generator.aligner.updates >= 3 and not torch.equal(rows, before)
+    generator.aligner = None
+    assert aligned.token_ids == generator.generate(prompt, DecodeSettings(max_new_tokens=32, use_draft=False)).token_ids
+    normed = torch.randn(3, rows.shape[1], generator=torch.Generator().manual_seed(7))
+    plan = drafter.plan
+    logits = drafter.runners["head"].infer({"normed": normed, "active": plan.ids, "bias": plan.bias})["logits"]
+    assert torch.allclose(logits.float().cpu(), normed @ rows[plan.ids].T + plan.bias, atol=1e-3)
