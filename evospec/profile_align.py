@@ -5,7 +5,8 @@ Each method gets a fresh copy of the bundle's drafter and walks the same topic-s
 ``context`` tokens) is the prompt and ``chunk`` tokens are generated, so the context follows the
 stream's topics while the drafter is judged on the target's own continuations. Alignment state
 carries over from call to call. Rows: mean accepted length per segment, tokens needed after each
-switch until a moving average over 8 verification steps reaches that segment's mean (recovery),
+switch until a moving average over 8 verification steps reaches the unaligned drafter's (`none`)
+mean in that segment of that stream (recovery; a method's own mean if `none` is not measured),
 update latency (the arithmetic, and the decoding thread's share per cycle), and the memory the
 method adds (its buffers, trainable copies, optimiser state and gradients, summed over the
 tensors it allocated).
@@ -45,7 +46,19 @@ class AlignRow:
     rollbacks: int
     update_ms: float  # arithmetic per update, wherever it ran
     decode_thread_ms: float  # per verification cycle, spent by the decoding thread in the aligner
+    recovery_level: str  # whose segment means recovery is judged against: "none" (the unaligned drafter) or "own"
     curve: list[tuple[int, float]] = field(default_factory=list)  # (stream position, tokens of that step)
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+    """``name`` or ``name:LR`` (a learning rate for that run, e.g. ``osd:1e-4``)."""
+    name, _, lr = method.partition(":")
+    if name not in METHODS or (lr and name == "none"):
+        raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)} (optionally NAME:LR)")
+    try:
+        return name, float(lr) if lr else None
+    except ValueError:
+        raise SettingsError(f"alignment method {method!r}: the learning rate after ':' must be a number") from None
 
 
 def make_aligner(method: str, drafter):
@@ -53,27 +66,38 @@ def make_aligner(method: str, drafter):
     from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
     from evospec.runtime.align.online_distill import OnlineDistiller
 
-    if method == "none":
+    name, lr = parse_method(method)
+    if name == "none":
         return None
-    if method == "osd":
-        return OnlineDistiller(drafter)
-    if method in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
-        settings = AlignSettings(curriculum=method != "evospec-nocurriculum", norm=method == "evospec-norm",
-                                 background=method != "evospec-sync")
+    if name == "osd":
+        return OnlineDistiller(drafter, **({} if lr is None else {"lr": lr}))
+    if name in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
+        settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
+                                 background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
         norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
         aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
         return BackgroundAligner(aligner) if settings.background else aligner
     raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
 
 
-def recovery(curve: list[tuple[int, float]], segment: int) -> float:
+def segment_levels(curve: list[tuple[int, float]], segment: int) -> dict[int, float]:
+    """Mean tokens per step in each segment of one stream's step curve."""
+    by: dict[int, list[float]] = {}
+    for pos, tau in curve:
+        by.setdefault(pos // segment, []).append(tau)
+    return {k: sum(v) / len(v) for k, v in by.items()}
+
+
+def recovery(curve: list[tuple[int, float]], segment: int, levels: dict[int, float] | None = None) -> float:
     """Mean over the switches of one stream of the tokens after a switch until the moving average of
-    ``SMOOTH`` verification steps reaches that segment's mean tokens per step."""
+    ``SMOOTH`` verification steps reaches the segment's reference level: ``levels`` (the unaligned
+    drafter's mean there, so every method is held to the same bar) or else the curve's own mean.
+    A method that never reaches it waits the whole segment."""
+    own = segment_levels(curve, segment)
     waits = []
-    segments = sorted({pos // segment for pos, _ in curve})
-    for k in segments[1:]:
+    for k in sorted(own)[1:]:
         inside = [(pos, tau) for pos, tau in curve if pos // segment == k]
-        level = sum(t for _, t in inside) / len(inside)
+        level = (levels or own).get(k, own[k])
         taus = [t for _, t in inside]
         reached = (pos for i, (pos, _) in enumerate(inside)
                    if sum(taus[max(0, i - SMOOTH + 1) : i + 1]) / min(i + 1, SMOOTH) >= level)
@@ -106,20 +130,20 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
     if (bundle is None) == (drafter is None):
         raise SettingsError("profile align needs exactly one of a bundle or a drafter checkpoint")
     for method in methods:
-        if method not in METHODS:
-            raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
+        parse_method(method)
     segment = switch_segment_tokens(corpus, "switch")
     if segment is None:
         raise CorpusError(f"{corpus} has no topic-switch streams (`evospec data build` writes them under switch/)")
-    rows = []
-    for method in methods:
+    rows, reference = [], None  # reference: the `none` run's segment levels per stream, when it is measured
+    order = sorted(methods, key=lambda m: m != "none")  # `none` first: the others' recovery is judged against it
+    for method in order:
         # a fresh drafter per method
         generator = (SpeculativeGenerator.from_bundle(bundle, target) if bundle is not None
                      else in_memory_generator(target, drafter))
         if generator.drafter.reservoir is None:
             raise SettingsError(f"{bundle}: profile align needs an ort or torch bundle (host reservoir rows)")
         aligner = generator.aligner = make_aligner(method, generator.drafter)
-        curve, waits, cycles = [], [], 0
+        curve, waits, cycles, levels = [], [], 0, []
         for s, doc in enumerate(read_documents(corpus, "switch", "test")[:streams]):
             ids = generator.encode(doc)
             stream_curve = []
@@ -130,7 +154,9 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
                     stream_curve.append((at, float(accepted + 1)))
                     at += accepted + 1
                 cycles += result.stats.steps
-            waits.append(recovery(stream_curve, segment))
+            waits.append(recovery(stream_curve, segment, None if reference is None else reference[s]))
+            if method == "none":
+                levels.append(segment_levels(stream_curve, segment))
             curve += stream_curve
             if progress is not None:
                 progress(f"{method}: stream {s + 1}/{streams}")
@@ -148,12 +174,14 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
             updates=updates, rollbacks=0 if aligner is None else aligner.rollbacks,
             update_ms=1e3 * aligner.update_seconds / updates if updates else 0.0,
             decode_thread_ms=1e3 * aligner.blocking_seconds / cycles if aligner is not None and cycles else 0.0,
-            curve=curve))
-    return rows
+            recovery_level="none" if reference is not None or method == "none" else "own", curve=curve))
+        if method == "none":
+            reference = levels
+    return sorted(rows, key=lambda r: methods.index(r.method))
 
 
 def align_table(rows: list[AlignRow]) -> str:
-    base = next((r.alignment_bytes for r in rows if r.method == "osd"), 0)
+    base = next((r.alignment_bytes for r in rows if r.method.partition(":")[0] == "osd"), 0)
     header = ("method", "alignment MiB", "vs osd", "tau", "tau per segment", "recovery tokens", "updates", "rollbacks",
               "ms/update", "decode-thread ms/cycle")
     return text_table(header, [(r.method, f"{r.alignment_bytes / 2**20:.2f}",

