@@ -16,7 +16,6 @@ where its times mean nothing): that is how the tests exercise it.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -172,16 +171,8 @@ def profile_device_step(shape_name: str, device: torch.device, active: int = 163
     name, out = device_name(device), []
     for stage, fn in (("step_serial", serial), ("step_overlap", overlapped)):
         report(stage)
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            samples.append(1e3 * (time.perf_counter() - start))
-        samples.sort()
-        out.append(DeviceRow(stage, active, n, samples[len(samples) // 2], samples[int(0.9 * (len(samples) - 1))],
-                             "host clock", name))
+        median, p90 = time_eager(fn, torch.device("cpu"), runs, warmup)  # host clock: the step ends in a sync
+        out.append(DeviceRow(stage, active, n, median, p90, "host clock", name))
     return out
 
 

@@ -8,15 +8,14 @@ the median and p90 in milliseconds. Ratios are only meaningful within one run on
 from __future__ import annotations
 
 import itertools
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from evospec.device_timing import time_eager
 from evospec.errors import SettingsError
 from evospec.text_table import text_table
 
@@ -44,15 +43,8 @@ class StageRow:
 
 
 def time_call(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(1e3 * (time.perf_counter() - start))
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(0.9 * len(samples)))]
+    """Median and p90 milliseconds by the host clock (CPU backends)."""
+    return time_eager(fn, torch.device("cpu"), runs, warmup)
 
 
 class FullHead(torch.nn.Module):

@@ -48,6 +48,8 @@ class CompiledDrafter:
         self.plan = plan  # host tensors
         self._id_map = self._to_map.upload("id_map", plan.ids[: plan.size])
         self._bias = self._to_rows.upload("bias", plan.bias)
+        if self.active_rows is None:  # the in-graph gather head reads the ids themselves
+            self._active = self._to_rows.upload("active", plan.ids)
 
     def set_active(self, target_ids: torch.Tensor) -> None:
         """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``."""
@@ -146,7 +148,7 @@ class CompiledDrafter:
             feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self._bias}
             logits = self.runners["head_active"].infer(feed)["logits"]
         else:
-            feed = {"normed": normed, "active": self._to_rows.upload("active", self.plan.ids), "bias": self._bias}
+            feed = {"normed": normed, "active": self._active, "bias": self._bias}
             logits = self.runners["head"].infer(feed)["logits"]
         return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, t, self.plan.size).to(device)
 

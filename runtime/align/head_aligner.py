@@ -45,7 +45,7 @@ class AlignSettings:
     window: int = 16
     norm: bool = False  # also train the final norm's weight (needs the drafter's trunk weights)
     norm_lr: float = 1e-4
-    background: bool = True  # compute updates on a worker thread, applied one cycle later
+    background: bool = True  # callers wrap the aligner in BackgroundAligner: updates on a worker, one cycle later
     seed: int = 0
 
 
