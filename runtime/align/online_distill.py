@@ -101,7 +101,8 @@ class OnlineDistiller:
         empty = torch.zeros(1, c.num_key_value_heads, 0, c.head_dim)
         with torch.enable_grad():  # decoding runs under no_grad
             hidden = self.fuse(self.features[span][None])
-            embeds = self.drafter.embed(self.tokens[span][None]).float().detach()
+            tokens = self.tokens[span][None].to(self.drafter.d2t.device)  # the embedding table lives with the target
+            embeds = self.drafter.embed(tokens).float().detach().cpu()
             _, normed, _, _ = self.trunk(hidden, embeds, torch.arange(self.batch)[None], empty, empty, mask)
             log_q = torch.log_softmax(normed[0] @ self.head.T, dim=-1)
             loss = torch.nn.functional.kl_div(log_q, self.log_probs[span], log_target=True, reduction="batchmean")
