@@ -11,10 +11,7 @@ update latency (the arithmetic, and the decoding thread's share per cycle), and 
 method adds (its buffers, trainable copies, optimiser state and gradients, summed over the
 tensors it allocated).
 
-Methods: ``none``; ``osd`` (whole-drafter online distillation, dense, full vocabulary);
-``evospec`` (sparse head rows, curriculum, rollback, on a worker thread); ``evospec-nocurriculum``;
-``evospec-norm`` (also the final norm weight, a trunk parameter); ``evospec-sync`` (updates on the
-decoding thread, for the cost comparison).
+Methods: ``evospec.runtime.align.methods``.
 """
 
 from __future__ import annotations
@@ -27,11 +24,10 @@ import torch
 
 from evospec.corpus import CorpusError, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError
+from evospec.runtime.align.methods import make_aligner, parse_method
 from evospec.settings import DecodeSettings
 from evospec.text_table import text_table
 
-METHODS = ("none", "osd", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
-DEFAULT_METHODS = ("none", "osd", "evospec", "evospec-nocurriculum")
 SMOOTH = 8  # verification steps in the moving average that recovery is judged on
 
 
@@ -48,36 +44,6 @@ class AlignRow:
     decode_thread_ms: float  # per verification cycle, spent by the decoding thread in the aligner
     recovery_level: str  # whose segment means recovery is judged against: "none" (the unaligned drafter) or "own"
     curve: list[tuple[int, float]] = field(default_factory=list)  # (stream position, tokens of that step)
-
-
-def parse_method(method: str) -> tuple[str, float | None]:
-    """``name`` or ``name:LR`` (a learning rate for that run, e.g. ``osd:1e-4``)."""
-    name, _, lr = method.partition(":")
-    if name not in METHODS or (lr and name == "none"):
-        raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)} (optionally NAME:LR)")
-    try:
-        return name, float(lr) if lr else None
-    except ValueError:
-        raise SettingsError(f"alignment method {method!r}: the learning rate after ':' must be a number") from None
-
-
-def make_aligner(method: str, drafter):
-    from evospec.runtime.align.background import BackgroundAligner
-    from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
-    from evospec.runtime.align.online_distill import OnlineDistiller
-
-    name, lr = parse_method(method)
-    if name == "none":
-        return None
-    if name == "osd":
-        return OnlineDistiller(drafter, **({} if lr is None else {"lr": lr}))
-    if name in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
-        settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
-                                 background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
-        norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
-        aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
-        return BackgroundAligner(aligner) if settings.background else aligner
-    raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
 
 
 def segment_levels(curve: list[tuple[int, float]], segment: int) -> dict[int, float]:

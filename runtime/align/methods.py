@@ -1,0 +1,43 @@
+"""Alignment methods by name: what `profile align --methods` and Python users pick from.
+
+``none``; ``osd`` (whole-drafter online distillation, dense, full vocabulary); ``evospec`` (sparse
+head rows, curriculum, rollback, on a worker thread); ``evospec-nocurriculum``; ``evospec-norm``
+(also the final norm weight); ``evospec-sync`` (updates on the decoding thread). ``NAME:LR`` sets
+the learning rate.
+"""
+
+from __future__ import annotations
+
+from evospec.errors import SettingsError
+
+METHODS = ("none", "osd", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+    """``name`` or ``name:LR`` (a learning rate for that run, e.g. ``osd:1e-4``)."""
+    name, _, lr = method.partition(":")
+    if name not in METHODS or (lr and name == "none"):
+        raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)} (optionally NAME:LR)")
+    try:
+        return name, float(lr) if lr else None
+    except ValueError:
+        raise SettingsError(f"alignment method {method!r}: the learning rate after ':' must be a number") from None
+
+
+def make_aligner(method: str, drafter):
+    from evospec.runtime.align.background import BackgroundAligner
+    from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
+    from evospec.runtime.align.online_distill import OnlineDistiller
+
+    name, lr = parse_method(method)
+    if name == "none":
+        return None
+    if name == "osd":
+        return OnlineDistiller(drafter, **({} if lr is None else {"lr": lr}))
+    if name in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
+        settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
+                                 background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
+        norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
+        aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
+        return BackgroundAligner(aligner) if settings.background else aligner
+    raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
