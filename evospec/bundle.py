@@ -141,13 +141,12 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
 
 def onnx_weight(path: Path, name: str) -> torch.Tensor:
     """One initializer of an ONNX file (external data included) as a writable torch tensor."""
-    import onnx
+    from evospec.runtime.runners import onnx_initializers
 
-    model = onnx.load(str(path), load_external_data=True)
-    for init in model.graph.initializer:
-        if init.name == name:
-            return torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
-    raise BundleError(f"{path} has no weight {name!r}")
+    found = onnx_initializers(path, lambda initializer, _: initializer == name)
+    if name not in found:
+        raise BundleError(f"{path} has no weight {name!r}")
+    return torch.from_numpy(found[name])
 
 
 def load_reservoir(bundle: Path) -> torch.Tensor:

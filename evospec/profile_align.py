@@ -46,6 +46,11 @@ class AlignRow:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (stream position, tokens of that step)
 
 
+def moving_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each index (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]
+
+
 def segment_levels(curve: list[tuple[int, float]], segment: int) -> dict[int, float]:
     """Mean tokens per step in each segment of one stream's step curve."""
     by: dict[int, list[float]] = {}
@@ -64,9 +69,8 @@ def recovery(curve: list[tuple[int, float]], segment: int, levels: dict[int, flo
     for k in sorted(own)[1:]:
         inside = [(pos, tau) for pos, tau in curve if pos // segment == k]
         level = (levels or own).get(k, own[k])
-        taus = [t for _, t in inside]
-        reached = (pos for i, (pos, _) in enumerate(inside)
-                   if sum(taus[max(0, i - SMOOTH + 1) : i + 1]) / min(i + 1, SMOOTH) >= level)
+        smooth = moving_mean([t for _, t in inside], SMOOTH)
+        reached = (pos for (pos, _), mean in zip(inside, smooth) if mean >= level)
         waits.append(next(reached, (k + 1) * segment) - k * segment)
     return sum(waits) / max(len(waits), 1)
 
@@ -128,15 +132,12 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
                 progress(f"{method}: stream {s + 1}/{streams}")
         if hasattr(aligner, "close"):
             aligner.close()
-        by_segment: dict[int, list[float]] = {}
-        for pos, tau in curve:
-            by_segment.setdefault(pos // segment, []).append(tau)
         updates = 0 if aligner is None else aligner.updates
         rows.append(AlignRow(
             method=method, alignment_bytes=0 if aligner is None else aligner.nbytes,
             mean_accepted_length=sum(t for _, t in curve) / max(len(curve), 1),
             recovery_tokens=sum(waits) / max(len(waits), 1),
-            segment_accepted_length=[sum(v) / len(v) for _, v in sorted(by_segment.items())],
+            segment_accepted_length=[v for _, v in sorted(segment_levels(curve, segment).items())],
             updates=updates, rollbacks=0 if aligner is None else aligner.rollbacks,
             update_ms=1e3 * aligner.update_seconds / updates if updates else 0.0,
             decode_thread_ms=1e3 * aligner.blocking_seconds / cycles if aligner is not None and cycles else 0.0,
@@ -166,8 +167,7 @@ def align_plot(rows: list[AlignRow], path) -> None:
 
     fig, ax = pyplot().subplots(figsize=(10, 4))
     for r in rows:
-        taus = [t for _, t in r.curve]
-        smooth = [sum(taus[max(0, i - 31) : i + 1]) / min(i + 1, 32) for i in range(len(taus))]
+        smooth = moving_mean([t for _, t in r.curve], 32)
         ax.plot(range(len(smooth)), smooth, label=r.method, linewidth=1)
     ax.set_xlabel("verification step along the topic-switch streams")
     ax.set_ylabel("tokens per step (moving mean of 32)")

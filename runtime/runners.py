@@ -45,6 +45,16 @@ class TorchRunner:
         return {n: ("tensor", ()) for n in self.inputs}
 
 
+def onnx_initializers(path: Path, keep) -> dict[str, np.ndarray]:
+    """Writable, C-ordered copies of the initializers of an ONNX file (external data included) for
+    which ``keep(name, array)`` holds."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    arrays = ((init.name, onnx.numpy_helper.to_array(init)) for init in model.graph.initializer)
+    return {name: np.array(a, copy=True, order="C") for name, a in arrays if keep(name, a)}
+
+
 class OrtRunner:
     """An ONNX Runtime session whose float weights live in buffers this runner owns.
 
@@ -61,18 +71,14 @@ class OrtRunner:
     def activate(self) -> None:
         if self.session is not None:
             return
-        import onnx
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.bind_weights:
             options.add_session_config_entry("session.disable_prepacking", "1")
-            model = onnx.load(str(self.path), load_external_data=True)
-            for init in model.graph.initializer:
-                array = onnx.numpy_helper.to_array(init)
-                if array.dtype in (np.float32, np.float16) and array.size > 1:
-                    self.weights[init.name] = np.array(array, copy=True, order="C")
+            floats = onnx_initializers(self.path, lambda name, a: a.dtype in (np.float32, np.float16) and a.size > 1)
+            self.weights.update(floats)
             self._values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.weights.items()}
             for n, value in self._values.items():
                 options.add_initializer(n, value)

@@ -1,6 +1,7 @@
-"""A bounded buffer of verification feedback: drafter head inputs and the target's top tokens.
+"""What verification hands an aligner (``CycleFeedback``), what an aligner hands back to the
+engines (``Changes``), and a bounded buffer of that feedback for the sparse aligner.
 
-Each entry pairs the drafter's head input at a position with the target's distribution for the
+``FeedbackBuffer``: each entry pairs the drafter's head input at a position with the target's distribution for the
 token that head proposes there, kept as the target's ``top`` most likely tokens and their
 probabilities (the rest of the mass is dropped: a sparse teacher). Storage is preallocated; the
 buffer never grows past ``capacity`` and overwrites its oldest entries.
@@ -53,6 +54,12 @@ class Changes:
                        trunk={**(self.trunk or {}), **(other.trunk or {})} or None)
 
 
+def tensor_bytes(tensors) -> int:
+    """Bytes allocated by the tensors among ``tensors`` (others, such as None or step counters, are skipped):
+    how alignment methods report the memory they add."""
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
 def apply_changes(drafter, changes: Changes) -> None:
     """Let a compiled drafter's engines pick up what an aligner changed."""
     if changes.rows is not None:
@@ -76,7 +83,7 @@ class FeedbackBuffer:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.states, self.ids, self.probs))
+        return tensor_bytes((self.states, self.ids, self.probs))
 
     def add(self, states: torch.Tensor, target_logits: torch.Tensor) -> None:
         """``states`` [n, d] head inputs; ``target_logits`` [n, V] the target's logits for the tokens they propose."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evospec.runtime.align.feedback import Changes, CycleFeedback, FeedbackBuffer
+from evospec.runtime.align.feedback import Changes, CycleFeedback, FeedbackBuffer, tensor_bytes
 from evospec.runtime.align.sparse_adam import SparseRowAdam
 
 
@@ -89,11 +89,10 @@ class HeadAligner:
     @property
     def nbytes(self) -> int:
         """Memory alignment adds: buffer, optimiser state, snapshots (the rows themselves are the drafter's)."""
-        snap = self._snap_rows.numel() * self._snap_rows.element_size() + self._snap_ids.numel() * 8
-        extra = 0
-        if self.norm is not None:
-            extra = 2 * self.norm.numel() * 4 + self.norm_optimiser.nbytes  # working copy + snapshot + moments
-        return self.buffer.nbytes + self.optimiser.nbytes + snap + extra
+        extra = tensor_bytes((self._snap_rows, self._snap_ids, self.norm, self.norm_snapshot))
+        if self.norm_optimiser is not None:
+            extra += self.norm_optimiser.nbytes
+        return self.buffer.nbytes + self.optimiser.nbytes + extra
 
     def pool(self) -> torch.Tensor:
         """Buffer entries an update may draw from: all, or (curriculum) the easiest share so far."""

@@ -34,10 +34,9 @@ def make_aligner(method: str, drafter):
         return None
     if name == "osd":
         return OnlineDistiller(drafter, **({} if lr is None else {"lr": lr}))
-    if name in ("evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync"):
-        settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
-                                 background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
-        norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
-        aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
-        return BackgroundAligner(aligner) if settings.background else aligner
-    raise SettingsError(f"unknown alignment method {method!r}; known: {', '.join(METHODS)}")
+    # the evospec variants (parse_method has refused any other name)
+    settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
+                             background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
+    norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
+    aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
+    return BackgroundAligner(aligner) if settings.background else aligner

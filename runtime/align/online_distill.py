@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from evospec.runtime.align.feedback import Changes, CycleFeedback
+from evospec.runtime.align.feedback import Changes, CycleFeedback, tensor_bytes
 from evospec.runtime.drafter import DecoderLayer, Eagle3Config, RMSNorm
 from evospec.runtime.stages import FuseStage, TrunkStage
 
@@ -35,9 +35,6 @@ class _Trunk(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
-
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
 
 class OnlineDistiller:
@@ -67,10 +64,10 @@ class OnlineDistiller:
     @property
     def nbytes(self) -> int:
         """Buffers + the trunk's trainable copy + gradients + Adam moments, as allocated."""
-        trunk = _tensor_bytes([*self.fuse.parameters(), *self.trunk.parameters()])
-        grads = _tensor_bytes(p.grad for g in self.optimiser.param_groups for p in g["params"])
-        state = _tensor_bytes(t for s in self.optimiser.state.values() for t in s.values())
-        return _tensor_bytes((self.features, self.tokens, self.segment, self.log_probs)) + trunk + grads + state
+        trunk = tensor_bytes([*self.fuse.parameters(), *self.trunk.parameters()])
+        grads = tensor_bytes(p.grad for g in self.optimiser.param_groups for p in g["params"])
+        state = tensor_bytes(t for s in self.optimiser.state.values() for t in s.values())
+        return tensor_bytes((self.features, self.tokens, self.segment, self.log_probs)) + trunk + grads + state
 
     def feedback(self, cycle: CycleFeedback) -> Changes | None:
         start = time.perf_counter()
