@@ -7,6 +7,8 @@ the generator are unchanged: only where the drafter's arithmetic happens moves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.device_upload import DeviceUploader
@@ -31,6 +33,10 @@ class CompiledDrafter:
         self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
         self.frequencies_path = None  # a bundle's statistical index (token frequencies + successors), if it has one
         self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
+        # called with the head input at the newest committed token between the trunk and the head of a
+        # cycle's first call, so a routing policy can choose this cycle's set from the fresh state
+        self.on_root_state: Callable[[torch.Tensor], None] | None = None
+        self._requested: torch.Tensor | None = None  # the tensor the current plan was made from
         use_resident = reservoir is not None and "head_active" in runners
         self.static_past = static_past
         self.host_rows = host_rows if reservoir is None else None
@@ -52,8 +58,18 @@ class CompiledDrafter:
             self._active = self._to_rows.upload("active", plan.ids)
 
     def set_active(self, target_ids: torch.Tensor) -> None:
-        """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``."""
+        """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``.
+
+        Handing back the tensor the current plan was made from (what static policies do) costs
+        nothing; a changed set costs its delta: the plan update is linear in the set, and only the
+        columns whose id changed are copied and uploaded."""
+        if target_ids is self._requested:
+            self.moved_rows = 0
+            return
         plan, self.moved_rows = update_plan(self.plan, target_ids.cpu(), self.buckets)  # plans live on the host
+        self._requested = target_ids
+        if plan is self.plan:
+            return
         if self.active_rows is not None:
             self.active_rows.follow(plan)
         self._use(plan)
@@ -144,6 +160,8 @@ class CompiledDrafter:
         normed = out["normed"].reshape(b * t, c.hidden_size)
         if features_in:  # the cycle's first call: its last row sits at the newest committed token
             self.root_normed = normed.detach().clone()
+            if self.on_root_state is not None:
+                self.on_root_state(self.root_normed[-1])
         if self.active_rows is not None:
             feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self._bias}
             logits = self.runners["head_active"].infer(feed)["logits"]

@@ -66,17 +66,23 @@ def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: 
         plan = make_plan(active_ids, buckets, previous.bias.dtype if previous is not None else torch.float32)
         return plan, plan.size
     size = int(active_ids.numel())
-    old = previous.ids.clone()
-    old[previous.size :] = -1
-    ids = torch.where(torch.isin(old, active_ids), old, torch.full_like(old, -1))  # retained ids stay put
-    ids[size:] = -1  # retained ids beyond the new size must move into the front
+    # membership by scatter into masks over the id range: linear in the two sets, no sort (isin sorts)
+    span = int(max(previous.ids.max(), active_ids.max())) + 1
+    wanted = torch.zeros(span, dtype=torch.bool)
+    wanted[active_ids] = True
+    ids = torch.full_like(previous.ids, -1)
+    old = previous.ids[: min(previous.size, size)]
+    ids[: old.numel()] = torch.where(wanted[old], old, -1)  # retained ids stay put; those beyond the new size move
     holes = torch.nonzero(ids[:size] < 0).flatten()
     if holes.numel() == 0 and size == previous.size:
         return previous, 0  # the same set: nothing moves
     if holes.numel():
-        ids[holes] = active_ids[~torch.isin(active_ids, ids[:size])]
+        placed = torch.zeros(span, dtype=torch.bool)
+        placed[ids[:size][ids[:size] >= 0]] = True
+        ids[holes] = active_ids[~placed[active_ids]]
     ids[size:] = 0
     moved = int(holes.numel())
     dtype = previous.bias.dtype
-    bias = torch.cat((torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
+    bias = previous.bias if size == previous.size else torch.cat(
+        (torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
     return GatherPlan(ids=ids, bias=bias, size=size), moved

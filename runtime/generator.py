@@ -189,62 +189,101 @@ class SpeculativeGenerator:
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]
         aligner = self.aligner if use_draft else None
         pending_logits = out.logits[1:]  # the target's logits for what the next root call's rows propose
+        routed = policy is not None and hasattr(policy, "route")
         if policy is not None:
             policy.observe([root])
+        if routed:  # the set is chosen from this cycle's fresh root state, between trunk and head
+            drafter.on_root_state = lambda state: self._route(policy, state, stats)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                tree = DraftTree.empty()
+                if policy is not None and not routed:
+                    r0 = time.perf_counter()
+                    active = policy.active_ids()
+                    stats.retrieval_time_s += time.perf_counter() - r0
+                    self._set_active(active, stats)
+                if use_draft:
+                    d0 = time.perf_counter()
+                    before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
+                    tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
+                    self._sync()
+                    stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
+                t1 = time.perf_counter()
+                past = tcache.get_seq_length()
+                ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
+                positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
+                out = target.forward(ids, positions, tcache, tree.attention_mask())
+                if s.greedy:
+                    verdict = verify_greedy(tree, out.logits)
+                else:
+                    verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
+                rows = torch.tensor([0] + [i + 1 for i in verdict.accepted])
+                keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
+                self._sync()
+                stats.verify_time_s += time.perf_counter() - t1
+                stats.steps += 1
+                stats.accepted_lengths.append(len(verdict.accepted))
+                stats.draft_tokens_proposed += tree.size
 
-        while True:
-            t0 = time.perf_counter()
-            tree = DraftTree.empty()
-            if policy is not None:
-                r0 = time.perf_counter()
-                active = policy.active_ids()
-                stats.retrieval_time_s += time.perf_counter() - r0
-                drafter.set_active(active)
-                stats.active_rows_moved += drafter.moved_rows
-                stats.active_size_sum += drafter.plan.size
-            if use_draft:
-                tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
-            self._sync()
-            t1 = time.perf_counter()
-            past = tcache.get_seq_length()
-            ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
-            positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
-            out = target.forward(ids, positions, tcache, tree.attention_mask())
-            if s.greedy:
-                verdict = verify_greedy(tree, out.logits)
-            else:
-                verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
-            rows = torch.tensor([0] + [i + 1 for i in verdict.accepted])
-            keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
-            self._sync()
-            stats.draft_time_s += t1 - t0
-            stats.verify_time_s += time.perf_counter() - t1
-            stats.steps += 1
-            stats.accepted_lengths.append(len(verdict.accepted))
-            stats.draft_tokens_proposed += tree.size
-
-            new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
-            if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
-                targets = torch.cat((pending_logits, out.logits[:1])).cpu()
-                changes = aligner.feedback(CycleFeedback(
-                    drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids, features=pairs_hidden,
-                    tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1))
-                if changes:
-                    apply_changes(drafter, changes)
-                pending_logits = out.logits[rows.to(device)][1:]
-            if policy is not None:
-                stats.active_hits += int(torch.isin(torch.tensor(new_tokens), drafter.active_ids.cpu()).sum())
-                stats.active_total += len(new_tokens)
-                r0 = time.perf_counter()
-                policy.observe(new_tokens, getattr(drafter, "context_state", None))
-                stats.retrieval_time_s += time.perf_counter() - r0
-            for token in new_tokens:
-                yield token
-                emitted += 1
-                if token in eos or emitted >= s.max_new_tokens:
+                new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
+                emit = new_tokens[: self._emittable(new_tokens, emitted, eos, s.max_new_tokens)]
+                stats.step_tokens.append(len(emit))
+                if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
+                    a0 = time.perf_counter()
+                    targets = torch.cat((pending_logits, out.logits[:1])).cpu()
+                    changes = aligner.feedback(CycleFeedback(
+                        drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids, features=pairs_hidden,
+                        tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1))
+                    if changes:
+                        apply_changes(drafter, changes)
+                    pending_logits = out.logits[rows.to(device)][1:]
+                    stats.align_time_s += time.perf_counter() - a0
+                if policy is not None:
+                    if len(emit) == len(new_tokens) and self._rejected(tree, verdict):
+                        stats.rejected_choice_total += 1
+                        stats.rejected_choice_hits += int(bool((drafter.active_ids.cpu() == verdict.bonus).any()))
+                    r0 = time.perf_counter()
+                    policy.observe(new_tokens, getattr(drafter, "context_state", None))
+                    stats.retrieval_time_s += time.perf_counter() - r0
+                stats.step_time_s += time.perf_counter() - t0
+                for token in emit:
+                    yield token
+                emitted += len(emit)
+                if len(emit) < len(new_tokens) or emit[-1] in eos or emitted >= s.max_new_tokens:
                     return
-            pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
-            root = verdict.bonus
+                pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
+                root = verdict.bonus
+        finally:
+            if routed:
+                drafter.on_root_state = None
+
+    @staticmethod
+    def _emittable(new_tokens: list[int], emitted: int, eos: set[int], max_new_tokens: int) -> int:
+        """How many of a step's tokens the caller gets: up to and including the first EOS, within the budget."""
+        n = min(len(new_tokens), max_new_tokens - emitted)
+        stop = next((i + 1 for i, t in enumerate(new_tokens[:n]) if t in eos), n)
+        return stop
+
+    @staticmethod
+    def _rejected(tree: DraftTree, verdict) -> bool:
+        """Whether the step rejected a draft token: the last accepted node (or the root) had children,
+        so the target's token there (``verdict.bonus``) is one the drafter should have proposed."""
+        last = verdict.accepted[-1] if verdict.accepted else -1
+        return bool((tree.parents == last).any())
+
+    def _set_active(self, active: torch.Tensor, stats: DecodeStats) -> None:
+        p0 = time.perf_counter()
+        self.drafter.set_active(active)
+        stats.plan_time_s += time.perf_counter() - p0
+        stats.active_rows_moved += self.drafter.moved_rows
+        stats.active_size_sum += self.drafter.plan.size
+
+    def _route(self, policy, state: torch.Tensor, stats: DecodeStats) -> None:
+        r0 = time.perf_counter()
+        active = policy.route(state)
+        stats.retrieval_time_s += time.perf_counter() - r0
+        self._set_active(active, stats)
 
     def _pick(self, logits: torch.Tensor, s: DecodeSettings, generator: torch.Generator) -> int:
         if s.greedy:
