@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from evospec.corpus import CorpusError, corpus_domains, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError
 from evospec.runtime.generator import SpeculativeGenerator
-from evospec.runtime.stats import GenerationResult
+from evospec.runtime.stats import GenerationResult, PooledStats
 from evospec.settings import DecodeSettings
 from evospec.text_table import text_table
 
@@ -39,6 +39,9 @@ class BenchSettings:
 class BenchRow:
     domain: str
     method: str
+    temperature: float
+    top_p: float
+    seed: int
     prompts: int
     new_tokens: int
     steps: int
@@ -75,22 +78,25 @@ def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, se
     return prompts
 
 
-def summarise(domain: str, method: str, results: list[GenerationResult], depth: int, identical: bool | None) -> BenchRow:
-    accepted = [a for r in results for a in r.stats.accepted_lengths]
-    steps = len(accepted)
-    new_tokens = sum(r.stats.new_tokens for r in results)
-    wall = sum(r.stats.wall_time_s for r in results)
+def summarise(domain: str, method: str, results: list[GenerationResult], decode: DecodeSettings,
+              identical: bool | None) -> BenchRow:
+    pooled = PooledStats.of([r.stats for r in results])
+    accepted, steps = pooled.accepted_lengths, pooled.steps
     return BenchRow(
         domain=domain,
         method=method,
+        temperature=decode.temperature,
+        top_p=decode.top_p,
+        seed=decode.seed,
         prompts=len(results),
-        new_tokens=new_tokens,
+        new_tokens=pooled.new_tokens,
         steps=steps,
-        mean_accepted_length=sum(a + 1 for a in accepted) / steps if steps else 0.0,
-        acceptance_per_depth=[sum(a >= d for a in accepted) / steps if steps else 0.0 for d in range(1, depth + 1)],
-        tokens_per_second=new_tokens / wall if wall > 0 else 0.0,
-        draft_ms_per_step=1e3 * sum(r.stats.draft_time_s for r in results) / max(steps, 1),
-        verify_ms_per_step=1e3 * sum(r.stats.verify_time_s for r in results) / max(steps, 1),
+        mean_accepted_length=pooled.mean_accepted_length,
+        acceptance_per_depth=[sum(a >= d for a in accepted) / steps if steps else 0.0
+                              for d in range(1, decode.draft_depth + 1)],
+        tokens_per_second=pooled.new_tokens / pooled.wall_time_s if pooled.wall_time_s > 0 else 0.0,
+        draft_ms_per_step=pooled.ms_per_step["draft"],
+        verify_ms_per_step=pooled.ms_per_step["verify"],
         identical_to_plain=identical,
     )
 
@@ -119,16 +125,16 @@ def run_bench(
             if progress is not None:
                 progress(domain)
         identical = all(s.token_ids == p.token_ids for s, p in zip(speculative, plain)) if decode.greedy else None
-        rows.append(summarise(domain, "eagle3", speculative, decode.draft_depth, identical))
-        rows.append(summarise(domain, "plain", plain, decode.draft_depth, None))
+        rows.append(summarise(domain, "eagle3", speculative, decode, identical))
+        rows.append(summarise(domain, "plain", plain, decode, None))
     return rows
 
 
 def rows_table(rows: list[BenchRow]) -> str:
-    header = ("domain", "method", "tau", "accept@1..", "tok/s", "draft ms/step", "verify ms/step", "identical")
+    header = ("domain", "T", "method", "tau", "accept@1..", "tok/s", "draft ms/step", "verify ms/step", "identical")
     lines = [
         (
-            r.domain, r.method, f"{r.mean_accepted_length:.2f}",
+            r.domain, f"{r.temperature:g}", r.method, f"{r.mean_accepted_length:.2f}",
             " ".join(f"{a:.2f}" for a in r.acceptance_per_depth) if r.method != "plain" else "-",
             f"{r.tokens_per_second:.1f}", f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}",
             "-" if r.identical_to_plain is None else str(r.identical_to_plain),

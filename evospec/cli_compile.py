@@ -183,7 +183,9 @@ def register(main: click.Group) -> None:
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="Compiled bundle.")
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="Its target.")
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (<domain>/test/...).")
-@click.option("--policies", default="eagle3,frspec:16384,evospec:16384", show_default=True)
+@click.option("--policies", default="eagle3,frspec:K,evospec:K", show_default=True,
+              help="Comma list; K in a name is replaced by each of --sizes (full always runs: shares are of it).")
+@click.option("--sizes", default="16384", show_default=True, help="Active sizes K for policies named with K.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="For frspec:K and evospec:K.")
 @click.option("--router", type=click.Path(path_type=Path), default=None, help="For dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all).")
@@ -191,40 +193,75 @@ def register(main: click.Group) -> None:
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--draft-depth", type=int, default=5, show_default=True)
+@click.option("--temperature", "temperatures", default="0", show_default=True,
+              help="Comma list of temperatures, each a full run (0 = greedy), e.g. 0,1.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--replay-tokens", type=int, default=8192, show_default=True,
               help="Test-text tokens per domain replayed for text coverage.")
 @click.option("--stages", "stages_path", type=click.Path(path_type=Path), default=None,
               help="`profile stages --json` output at a production shape: adds a projected speedup column.")
 @click.option("--target-layers", type=int, default=32, show_default=True,
               help="With --stages: decoder layers of the production target (verification cost = layers x trunk).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path))
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path))
-def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, frequencies, router, domains, prompts, prompt_tokens,
-                      max_new_tokens, draft_depth, replay_tokens, stages_path, target_layers, json_path, plot_path):
-    """Coverage and acceptance of each vocabulary policy per domain (greedy chain drafting)."""
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Rows as JSON; the K sweep beside it (.sweep.json).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Share of full tau vs K, a panel per domain.")
+def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequencies, router, domains, prompts,
+                      prompt_tokens, max_new_tokens, draft_depth, temperatures, top_p, seed, replay_tokens, stages_path,
+                      target_layers, json_path, plot_path):
+    """Acceptance and coverage of each vocabulary policy per domain and temperature (chain drafting), with K sweeps."""
     from rich.console import Console
 
+    from evospec.atomic import write_text_atomic
     from evospec.bench import BenchSettings
-    from evospec.profile_vocab import (StageCosts, project_speedups, run_profile_vocab, vocab_json, vocab_plot,
-                                       vocab_table)
+    from evospec.profile_vocab import StageCosts, expand_policies, project_speedups, run_profile_vocab, vocab_json, vocab_table
     from evospec.runtime.generator import SpeculativeGenerator
     from evospec.settings import DecodeSettings
+    from evospec.vocab_sweep import sweep_json, sweep_plot, sweep_rows, sweep_table
 
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
-    decode = DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth)
+    ks = _int_list(sizes, "--sizes")
+    temps = _float_list(temperatures, "--temperature")
+    decodes = [DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth,
+                              temperature=t, top_p=top_p, seed=seed) for t in temps]  # bad values fail here
+    names = expand_policies([p for p in policies.split(",") if p], ks)
     costs = StageCosts.load(str(stages_path)) if stages_path is not None else None  # before the long run
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
-        rows = run_profile_vocab(generator, str(corpus), [p for p in policies.split(",") if p],
-                                 str(frequencies) if frequencies else None, str(router) if router else None, decode,
-                                 settings, replay_tokens,
+        rows = run_profile_vocab(generator, str(corpus), names, str(frequencies) if frequencies else None,
+                                 str(router) if router else None, decodes, settings, replay_tokens,
                                  lambda what: status.update(what))
     if costs is not None:
         project_speedups(rows, costs, target_layers, draft_depth)
         click.echo(f"projected x: PROJECTION at the shape of {stages_path} (verification = {target_layers} x trunk "
                    "+ full head), from the measured tau; not a measured speed-up")
-    emit_report(vocab_table(rows), vocab_json(rows), json_path, lambda path: vocab_plot(rows, path), plot_path)
+    sweep = sweep_rows(rows)
+    emit_report(vocab_table(rows), vocab_json(rows), json_path, lambda path: sweep_plot(sweep, path), plot_path)
+    click.echo(sweep_table(sweep))
+    if json_path is not None:
+        sweep_path = Path(json_path).with_suffix(".sweep.json")
+        write_text_atomic(sweep_path, json.dumps(sweep_json(sweep), indent=2))
+        click.echo(f"wrote {sweep_path}")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+    if not values:
+        raise click.BadParameter("expected at least one value", param_hint=option)
+    return values
 
 
 @profile_group.command("align")

@@ -25,6 +25,7 @@ import torch
 from evospec.corpus import CorpusError, read_documents, switch_segment_tokens
 from evospec.errors import SettingsError
 from evospec.runtime.align.methods import make_aligner, parse_method
+from evospec.runtime.stats import mean_tokens_per_step
 from evospec.settings import DecodeSettings
 from evospec.text_table import text_table
 
@@ -120,9 +121,9 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
             for pos in range(chunk, len(ids) - chunk + 1, chunk):
                 result = generator.generate(ids[max(0, pos - context) : pos], DecodeSettings(max_new_tokens=chunk))
                 at = pos + 1  # the prefill commits one token; each step then commits accepted + 1
-                for accepted in result.stats.accepted_lengths:
-                    stream_curve.append((at, float(accepted + 1)))
-                    at += accepted + 1
+                for emitted in result.stats.step_tokens:  # tokens the caller got at each step
+                    stream_curve.append((at, float(emitted)))
+                    at += emitted
                 cycles += result.stats.steps
             waits.append(recovery(stream_curve, segment, None if reference is None else reference[s]))
             if method == "none":
@@ -135,7 +136,7 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
         updates = 0 if aligner is None else aligner.updates
         rows.append(AlignRow(
             method=method, alignment_bytes=0 if aligner is None else aligner.nbytes,
-            mean_accepted_length=sum(t for _, t in curve) / max(len(curve), 1),
+            mean_accepted_length=mean_tokens_per_step(t for _, t in curve),
             recovery_tokens=sum(waits) / max(len(waits), 1),
             segment_accepted_length=[v for _, v in sorted(segment_levels(curve, segment).items())],
             updates=updates, rollbacks=0 if aligner is None else aligner.rollbacks,

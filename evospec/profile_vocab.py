@@ -1,66 +1,115 @@
-"""`evospec profile vocab`: every vocabulary policy on the same prompts, per domain.
+"""`evospec profile vocab`: every vocabulary policy on the same prompts, per domain and temperature.
 
 Prompts are prefixes of each domain's test documents (as in ``bench``). Each policy drafts with
-the same compiled drafter; per domain and policy the rows give coverage (share of committed
-tokens that were in the active set), mean accepted length, mean active size, rows moved per
-step and draft time. Greedy outputs are checked against plain decoding for every policy.
+the same compiled drafter; per domain, temperature and policy the rows give mean accepted length
+(tau: tokens emitted per step, ``runtime/stats``), its share of the full vocabulary's tau under the
+same decoding settings, *rejected-choice coverage* (at every step that rejected a draft token,
+whether the target's own token there was in the active set), text coverage, active size, rows
+moved per step and the decoding thread's time per step, column by column. Greedy outputs are
+checked against plain decoding for every policy; sampled runs follow the target's distribution by
+construction (chi-square tests), so they carry no identity check.
 
 ``text_coverage`` replays each policy over the domain's real test text (teacher-forced: the
 policy observes the true tokens ``REPLAY_STEP`` at a time, as if each draft step accepted that
 many) and counts how many next tokens its active set held. It reads thousands of tokens per
 domain and does not depend on a small target's greedy output, which can collapse onto a few
-frequent tokens; a teacher-forced model pass is run only to give semantic retrieval its states.
+frequent tokens; a teacher-forced model pass is run only to give retrieval and routing the
+drafter's states, exactly the ones decoding would hand them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
 
 from evospec.bench import BenchSettings, domain_prompts
 from evospec.corpus import CorpusError, corpus_domains
 from evospec.runtime.generator import SpeculativeGenerator
+from evospec.runtime.stats import PooledStats
 from evospec.runtime.vocab import PolicyInputs, make_policy
 from evospec.settings import DecodeSettings
-from evospec.teacher_forced import replay_streams
+from evospec.teacher_forced import replay_streams, teacher_forced
 from evospec.text_table import text_table
+
+FULL = "full"  # the reference every share is taken of; always run
 
 
 @dataclass
 class VocabRow:
     domain: str
     policy: str
+    family: str  # the policy name with its size written as K (frspec:K, dynaspec:K:64, ...)
+    temperature: float
+    top_p: float
+    seed: int
     active_size: float
-    coverage: float
-    text_coverage: float
     mean_accepted_length: float
+    share_of_full: float | None  # tau over the full vocabulary's tau, same domain and decoding settings
+    rejected_choice_coverage: float | None
+    text_coverage: float
     rows_moved_per_step: float
+    retrieval_ms_per_step: float  # policy calls on the decoding thread
+    plan_ms_per_step: float  # gather-plan updates and resident-row copies
     draft_ms_per_step: float
-    retrieval_ms_per_step: float
-    step_ms: float
-    identical_to_plain: bool
+    verify_ms_per_step: float
+    step_ms: float  # the whole step on the decoding thread (at least the sum of the columns before it)
+    identical_to_plain: bool | None  # greedy only
     projected_speedup: float | None = None  # a projection: see project_speedups
 
 
 REPLAY_STEP = 3  # tokens observed per replayed step
 
 
+def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
+    """``frspec:K`` etc. once per size (a K sweep); names without ``K`` as given; ``full`` always first."""
+    out = [FULL]
+    for spec in specs:
+        parts = spec.split(":")
+        named = [":".join(str(k) if p == "K" else p for p in parts) for k in sizes] if "K" in parts else [spec]
+        out += [name for name in named if name not in out]
+    return out
+
+
+def policy_family(spec: str) -> str:
+    """The policy's name with its size written as K: ``frspec:4096`` -> ``frspec:K``."""
+    parts = spec.split(":")
+    if len(parts) > 1 and parts[1].isdigit():
+        parts[1] = "K"
+    return ":".join(parts)
+
+
+def policy_size(spec: str) -> int | None:
+    """K of a sized policy name (``evospec:4096:sync`` -> 4096), None for ``full``/``eagle3``."""
+    parts = spec.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def decoding_state(states: torch.Tensor | None, pos: int) -> torch.Tensor | None:
+    """The drafter state decoding hands a policy when the tokens from ``pos`` on are committed: the
+    head input of the cycle's root call at the newest token before them (``states[j]`` predicts token
+    j + 2, so the root's state is ``states[pos - 2]``)."""
+    return states[pos - 2] if states is not None and pos >= 2 else None
+
+
 def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
                   states: list | None = None) -> float:
     """Share of the true next tokens of ``streams`` (after a ``prompt_tokens`` context) that the
-    policy's active set held when they came. ``states[i][j]``: the drafter's head input at
-    position j of stream i (for semantic retrieval), handed over one step late, as in decoding."""
-    import torch
-
+    policy's active set held when they came. ``states[i][j]``: the drafter's head input at position j
+    of stream i; a routing policy is routed with, and every policy observes, the state decoding would
+    give it at that point (``decoding_state``)."""
     hits = total = 0
     member = torch.zeros(vocab_size, dtype=torch.bool)
+    routed = hasattr(policy, "route")
     for i, ids in enumerate(streams):
         policy.reset(ids[:prompt_tokens])
         previous = None
         for pos in range(prompt_tokens, len(ids), REPLAY_STEP):
-            active = policy.active_ids()
+            state = decoding_state(states[i] if states is not None else None, pos)
+            active = policy.route(state) if routed and state is not None else policy.active_ids()
             if active is not previous:  # static policies hand back the same tensor: no rebuild
                 member.zero_()
                 member[active] = True
@@ -68,30 +117,32 @@ def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_toke
             chunk = ids[pos : pos + REPLAY_STEP]
             hits += int(member[torch.tensor(chunk)].sum())
             total += len(chunk)
-            late = pos - REPLAY_STEP - 1  # the state at the previous step's newest token
-            policy.observe(chunk, states[i][late] if states is not None and late >= 0 else None)
+            policy.observe(chunk, state)
     return hits / max(total, 1)
 
 
-def replay_states(generator: SpeculativeGenerator, streams: list[list[int]]) -> list | None:
-    """Per stream, the compiled drafter's head input at every position (teacher-forced), or None
-    when the drafter has no semantic index to query with them."""
-    from evospec.teacher_forced import teacher_forced
+def replay_states(generator: SpeculativeGenerator, streams: list[list[int]], needed: bool) -> list | None:
+    """Per stream, the compiled drafter's head input at every position (teacher-forced), when some
+    policy reads states (semantic retrieval, routing)."""
+    return [teacher_forced(generator, ids)[0] for ids in streams] if needed else None
 
-    if getattr(generator.drafter, "semantic_index", None) is None:
-        return None
-    return [teacher_forced(generator, ids)[0] for ids in streams]
+
+def _reads_states(policy) -> bool:
+    return hasattr(policy, "route") or getattr(policy, "semantic", None) is not None
 
 
 def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: list[str], frequencies: str | None,
-                      router: str | None,
-                      decode: DecodeSettings, settings: BenchSettings, replay_tokens: int = 8192,
-                      progress: Callable[[str], None] | None = None) -> list[VocabRow]:
+                      router: str | None, decodes: list[DecodeSettings], settings: BenchSettings,
+                      replay_tokens: int = 8192, progress: Callable[[str], None] | None = None) -> list[VocabRow]:
+    """Rows per domain, decoding setting (temperature) and policy; ``policies`` are expanded names
+    (``expand_policies``) and must include ``full``."""
     available = corpus_domains(corpus)
     domains = list(settings.domains or available)
     unknown = sorted(set(domains) - set(available))
     if unknown:
         raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
+    if FULL not in policies:
+        raise ValueError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
     frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
@@ -100,29 +151,35 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)
         streams = replay_streams(generator, corpus, domain, replay_tokens)
-        states = replay_states(generator, streams)
-        generator.policy = None
-        plain = [generator.generate(p, replace(decode, use_draft=False)).token_ids for p in prompts]
-        for spec, policy in built.items():
-            generator.policy = policy
-            replayed = text_coverage(policy, streams, inputs.vocab_size, settings.prompt_tokens, states)
-            results = [generator.generate(p, decode) for p in prompts]
-            steps = sum(r.stats.steps for r in results)
-            accepted = [a for r in results for a in r.stats.accepted_lengths]
-            rows.append(VocabRow(
-                domain=domain, policy=spec,
-                active_size=sum(r.stats.active_size_sum for r in results) / max(steps, 1),
-                coverage=sum(r.stats.active_hits for r in results) / max(1, sum(r.stats.active_total for r in results)),
-                text_coverage=replayed,
-                mean_accepted_length=sum(a + 1 for a in accepted) / max(len(accepted), 1),
-                rows_moved_per_step=sum(r.stats.active_rows_moved for r in results) / max(steps, 1),
-                draft_ms_per_step=1e3 * sum(r.stats.draft_time_s for r in results) / max(steps, 1),
-                retrieval_ms_per_step=1e3 * sum(r.stats.retrieval_time_s for r in results) / max(steps, 1),
-                step_ms=1e3 * sum(r.stats.draft_time_s + r.stats.verify_time_s for r in results) / max(steps, 1),
-                identical_to_plain=all(r.token_ids == q for r, q in zip(results, plain)),
-            ))
-            if progress is not None:
-                progress(f"{domain} {spec}")
+        states = replay_states(generator, streams, any(_reads_states(p) for p in built.values()))
+        replayed = {spec: text_coverage(p, streams, inputs.vocab_size, settings.prompt_tokens, states)
+                    for spec, p in built.items()}
+        for decode in decodes:
+            generator.policy = None
+            plain = [generator.generate(p, replace(decode, use_draft=False)).token_ids for p in prompts] \
+                if decode.greedy else None
+            runs: dict[str, VocabRow] = {}
+            for spec, policy in built.items():
+                generator.policy = policy
+                results = [generator.generate(p, decode) for p in prompts]
+                pooled = PooledStats.of([r.stats for r in results])
+                ms = pooled.ms_per_step
+                runs[spec] = VocabRow(
+                    domain=domain, policy=spec, family=policy_family(spec), temperature=decode.temperature,
+                    top_p=decode.top_p, seed=decode.seed, active_size=pooled.active_size,
+                    mean_accepted_length=pooled.mean_accepted_length, share_of_full=None,
+                    rejected_choice_coverage=pooled.rejected_choice_coverage, text_coverage=replayed[spec],
+                    rows_moved_per_step=pooled.rows_moved_per_step, retrieval_ms_per_step=ms["retrieval"],
+                    plan_ms_per_step=ms["plan"], draft_ms_per_step=ms["draft"], verify_ms_per_step=ms["verify"],
+                    step_ms=ms["step"],
+                    identical_to_plain=None if plain is None else all(r.token_ids == q for r, q in zip(results, plain)),
+                )
+                if progress is not None:
+                    progress(f"{domain} T={decode.temperature:g} {spec}")
+            full_tau = runs[FULL].mean_accepted_length
+            for row in runs.values():
+                row.share_of_full = row.mean_accepted_length / full_tau if full_tau > 0 else None
+            rows += runs.values()
     generator.policy = None
     return rows
 
@@ -169,36 +226,20 @@ def project_speedups(rows: list[VocabRow], costs: StageCosts, target_layers: int
 
 
 def vocab_table(rows: list[VocabRow]) -> str:
-    header = ("domain", "policy", "active", "coverage", "text coverage", "tau", "moved/step", "draft ms/step", "retrieval ms/step",
-              "step ms", "projected x", "identical")
-    lines = [(r.domain, r.policy, f"{r.active_size:.0f}", f"{100 * r.coverage:.1f}%", f"{100 * r.text_coverage:.1f}%",
-              f"{r.mean_accepted_length:.2f}",
-              f"{r.rows_moved_per_step:.0f}", f"{r.draft_ms_per_step:.2f}", f"{r.retrieval_ms_per_step:.2f}",
-              f"{r.step_ms:.2f}", "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
-              str(r.identical_to_plain)) for r in rows]
+    header = ("domain", "T", "policy", "active", "tau", "of full", "rejected-choice cov", "text cov", "moved/step",
+              "retrieval ms", "plan ms", "draft ms", "verify ms", "step ms", "projected x", "identical")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = [(r.domain, f"{r.temperature:g}", r.policy, f"{r.active_size:.0f}", f"{r.mean_accepted_length:.2f}",
+              pct(r.share_of_full), pct(r.rejected_choice_coverage), pct(r.text_coverage),
+              f"{r.rows_moved_per_step:.0f}", f"{r.retrieval_ms_per_step:.2f}", f"{r.plan_ms_per_step:.2f}",
+              f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}", f"{r.step_ms:.2f}",
+              "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
+              "-" if r.identical_to_plain is None else str(r.identical_to_plain)) for r in rows]
     return text_table(header, lines)
 
 
 def vocab_json(rows: list[VocabRow]) -> list[dict]:
     return [asdict(r) for r in rows]
-
-
-def vocab_plot(rows: list[VocabRow], path) -> None:
-    from evospec.plotting import pyplot, save_figure
-
-    domains = list(dict.fromkeys(r.domain for r in rows))
-    policies = list(dict.fromkeys(r.policy for r in rows))
-    fig, (cov_ax, text_ax, tau_ax) = pyplot().subplots(1, 3, figsize=(16, 4))
-    width = 0.8 / len(policies)
-    for i, policy in enumerate(policies):
-        by = {r.domain: r for r in rows if r.policy == policy}
-        xs = [d + i * width for d in range(len(domains))]
-        cov_ax.bar(xs, [100 * by[d].coverage if d in by else 0 for d in domains], width, label=policy)
-        text_ax.bar(xs, [100 * by[d].text_coverage if d in by else 0 for d in domains], width, label=policy)
-        tau_ax.bar(xs, [by[d].mean_accepted_length if d in by else 0 for d in domains], width, label=policy)
-    for ax, label in ((cov_ax, "coverage of committed tokens (%)"), (text_ax, "coverage of test text (%)"), (tau_ax, "mean accepted length (tau)")):
-        ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains)
-        ax.set_ylabel(label)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    save_figure(fig, path)

@@ -13,8 +13,12 @@ def stats_table(stats: DecodeStats) -> str:
         ("mean accepted length (tokens/step)", f"{stats.mean_accepted_length:.2f}"),
         ("draft acceptance rate", f"{stats.acceptance_rate:.1%}"),
         ("prefill time", f"{stats.prefill_time_s * 1e3:.1f} ms"),
+        ("retrieval time (decoding thread)", f"{stats.retrieval_time_s * 1e3:.1f} ms"),
+        ("gather-plan time", f"{stats.plan_time_s * 1e3:.1f} ms"),
         ("draft time", f"{stats.draft_time_s * 1e3:.1f} ms"),
         ("verify time", f"{stats.verify_time_s * 1e3:.1f} ms"),
+        ("alignment time (decoding thread)", f"{stats.align_time_s * 1e3:.1f} ms"),
+        ("step time (all of the above)", f"{stats.step_time_s * 1e3:.1f} ms"),
         ("wall time", f"{stats.wall_time_s * 1e3:.1f} ms"),
         ("tokens/s", f"{stats.tokens_per_second:.1f}"),
     ]

@@ -116,8 +116,10 @@ def test_greedy_exact_while_the_active_set_changes_every_step(torch_bundle, seed
     result = generator.generate(prompt, s)
     plain = generator.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False))
     assert result.token_ids == plain.token_ids
-    # every committed token is scored against the active set (the last step may overrun max_new_tokens)
-    assert result.stats.active_total >= len(result.token_ids) - 1 and result.stats.active_rows_moved > 0
+    # every step that rejected a draft token is judged against the set it drafted over
+    rejected = sum(1 for a in result.stats.accepted_lengths if a < 4)  # a chain or tree of depth 4
+    assert 0 < result.stats.rejected_choice_total <= rejected and result.stats.active_rows_moved > 0
+    assert sum(result.stats.step_tokens) == len(result.token_ids) - 1  # tau counts emitted tokens only
 
 
 def test_cli_frequencies_and_frspec_generation(torch_bundle, tmp_path):
@@ -134,7 +136,9 @@ def test_cli_frequencies_and_frspec_generation(torch_bundle, tmp_path):
     frspec = json.loads(run("generate", "--bundle", str(torch_bundle), "--vocab", "frspec:48", "--frequencies", str(freq),
                             *common).stdout.strip().splitlines()[-1])
     plain = json.loads(run("generate", "--no-draft", *common).stdout.strip().splitlines()[-1])
-    assert frspec["token_ids"] == plain["token_ids"] and 0 <= frspec["active_coverage"] <= 1
+    assert frspec["token_ids"] == plain["token_ids"]
+    assert frspec["rejected_choice_total"] > 0
+    assert frspec["rejected_choice_coverage"] == frspec["rejected_choice_hits"] / frspec["rejected_choice_total"]
     bad = run("generate", "--drafter", str(DRAFTER), "--vocab", "full", *common, check=False)
     assert bad.returncode == 2 and "--vocab needs --bundle" in bad.stderr
 
@@ -217,15 +221,31 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
     assert bad.returncode == 2 and "expected the JSON of `evospec profile stages --json`" in bad.stderr
     proc = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
                "--stages", str(stages), "--target-layers", "4", "--draft-depth", "5",
-               "--policies", "eagle3,frspec:32,evospec:32,evospec:32:sync", "--frequencies", str(freq), "--prompts", "2",
+               "--policies", "eagle3,frspec:K,evospec:K,evospec:K:sync", "--sizes", "16,32", "--frequencies", str(freq),
+               "--prompts", "2", "--temperature", "0,1", "--seed", "3",
                "--prompt-tokens", "16", "--max-new-tokens", "16", "--json", str(out), "--plot", str(tmp_path / "v.png"))
-    assert "coverage" in proc.stdout and "PROJECTION" in proc.stdout
+    assert "rejected-choice cov" in proc.stdout and "PROJECTION" in proc.stdout and "K for 95%" in proc.stdout
     rows = json.loads(out.read_text())
-    assert [(r["domain"], r["policy"]) for r in rows] == [
-        (d, p) for d in ("code", "prose") for p in ("eagle3", "frspec:32", "evospec:32", "evospec:32:sync")]
+    policies = ("full", "eagle3", "frspec:16", "frspec:32", "evospec:16", "evospec:32", "evospec:16:sync", "evospec:32:sync")
+    assert [(r["domain"], r["temperature"], r["policy"]) for r in rows] == [
+        (d, t, p) for d in ("code", "prose") for t in (0.0, 1.0) for p in policies]
     for r in rows:
-        assert r["identical_to_plain"] and 0 <= r["coverage"] <= 1 and r["mean_accepted_length"] >= 1
+        full = next(f for f in rows if f["policy"] == "full" and f["domain"] == r["domain"]
+                    and f["temperature"] == r["temperature"])
+        assert r["share_of_full"] == pytest.approx(r["mean_accepted_length"] / full["mean_accepted_length"])
+        assert r["identical_to_plain"] is (True if r["temperature"] == 0 else None) and r["seed"] == 3
         assert 0 < r["text_coverage"] <= 1
+        parts = (r["retrieval_ms_per_step"], r["plan_ms_per_step"], r["draft_ms_per_step"], r["verify_ms_per_step"])
+        assert r["step_ms"] >= sum(parts) * (1 - 1e-9)  # the columns partition part of the step, never more
+        if r["policy"] == "full":
+            assert r["text_coverage"] == 1.0 and r["plan_ms_per_step"] < 0.05  # an unchanged set costs nothing
+    sweep = json.loads(out.with_suffix(".sweep.json").read_text())
+    assert {(s["domain"], s["temperature"], s["family"]) for s in sweep} == {
+        (d, t, f) for d in ("code", "prose") for t in (0.0, 1.0) for f in ("frspec:K", "evospec:K", "evospec:K:sync")}
+    for s in sweep:
+        assert s["sizes"] == [16, 32]
+        keeps = [k for k, share in zip(s["sizes"], s["shares"]) if share >= 0.95]
+        assert s["smallest_k_95"] == (keeps[0] if keeps else None)
         verify, level = 4 * 1.0 + 4.0, 1.0 + (4.0 if r["policy"] == "eagle3" else 0.5)  # eagle3: 384 rows > 32
         extra = r["retrieval_ms_per_step"] if r["policy"].endswith(":sync") else 0.0
         assert r["projected_speedup"] == pytest.approx(r["mean_accepted_length"] * verify / (verify + 5 * level + extra))
@@ -295,7 +315,7 @@ def test_evospec_policies_decode_exactly(torch_bundle, tmp_path):
         generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET, vocab=spec, frequencies=freq)
         result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_tree="tree"))
         assert result.token_ids == expected, spec
-        assert result.stats.active_total > 0 and result.stats.retrieval_time_s > 0
+        assert result.stats.rejected_choice_total > 0 and result.stats.retrieval_time_s > 0
 
 
 def test_dynaspec_clusters_router_and_shortlist(tmp_path):

@@ -60,6 +60,7 @@ class EvoSpecPolicy:
         self.semantic, self.semantic_count, self.drift = semantic, semantic_count, drift
         self._member = torch.zeros(vocab_size, dtype=torch.bool)
         self.drifts = 0  # topic switches detected since reset
+        self._active: torch.Tensor | None = None  # the last set handed out
         self.reset([])
 
     def reset(self, prompt_ids: list[int]) -> None:
@@ -125,6 +126,9 @@ class EvoSpecPolicy:
         fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
         fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
         active = torch.cat((self.core, tail, fill))
+        if self._active is not None and torch.equal(active, self._active):
+            return self._active  # the same tensor: the drafter's plan update then costs nothing
+        self._active = active
         self._member.zero_()
         self._member[active] = True
         return active
