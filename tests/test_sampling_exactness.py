@@ -1,25 +1,40 @@
 """Speculative sampling reproduces the target's distribution exactly (statistical tests).
 
-Each test draws many samples with fixed seeds and applies a chi-square test at a false-alarm
-rate of about 1e-6; a negative control shows the same test rejects a verifier whose residual
-ignores the tokens the drafter cannot propose.
+Unit tests of the verifier draw many samples with fixed seeds and apply a chi-square test at a
+false-alarm rate of about 1e-6; a negative control shows the same test rejects a verifier whose
+residual ignores the tokens the drafter cannot propose.
+
+End-to-end tests run the whole generator (prefill, drafting, tree verification, cache rollback)
+and compare the joint law of the first new tokens with an exact enumeration computed with
+``transformers``' own temperature and top-p warpers, not with ``evospec.runtime.sampling``. Two
+checks run on the same samples: a chi-square over every outcome (gross errors anywhere, and no
+outcome top-p forbids) and a sized test over two halves of equal mass, whose sample count is
+computed from the relative error it must detect (``halves_samples``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from evospec.runtime.sampling import sampling_probs
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import verify_sampling
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.tiny import TinyShape, tiny_drafter, tiny_target
 
 Z = 4.75  # one-sided normal quantile for a ~1e-6 false-alarm rate
+Z_HALVES = 3.891  # two-sided normal quantile for a 1e-4 false-alarm rate: z^2 > 15.14 (chi-square, 1 df)
+Z_POWER = 2.326  # one-sided normal quantile of 0.99: the power each sized test is built for
+# The relative error an end-to-end test must detect: the default run is sized to stay near 30 s on
+# two cores; the slow run (-m slow) to the 5% the exactness claim is held to.
+QUICK_ERROR, STRICT_ERROR = 0.15, 0.05
 
 
 def chi_square_ok(counts: dict, expected: dict, n: int) -> tuple[bool, float, float]:
@@ -39,6 +54,76 @@ def chi_square_ok(counts: dict, expected: dict, n: int) -> tuple[bool, float, fl
     df = max(cells - 1, 1)
     critical = df * (1 - 2 / (9 * df) + Z * math.sqrt(2 / (9 * df))) ** 3
     return stat < critical and unexpected == 0, stat, critical
+
+
+def equal_halves(expected: dict) -> set:
+    """Outcomes of one half: most likely first, each into the lighter half, so the masses end near 1/2."""
+    halves: tuple[set, set] = (set(), set())
+    mass = [0.0, 0.0]
+    for key, p in sorted(expected.items(), key=lambda kv: (-kv[1], kv[0])):
+        light = int(mass[1] < mass[0])
+        halves[light].add(key)
+        mass[light] += p
+    return halves[0]
+
+
+def halves_samples(half_mass: float, relative_error: float) -> int:
+    """Samples that make the halves test reject a ``relative_error`` in either half with power 0.99.
+
+    The test: z = (count in half - n P) / sqrt(n P (1 - P)), reject when |z| > Z_HALVES (z^2 is the
+    chi-square statistic with one degree of freedom; false alarm 1e-4). If the sampler's law puts
+    P (1 + e) or P + e (1 - P) on the half instead of P, z has mean e min(P, 1 - P) sqrt(n / (P (1 - P)))
+    (the smaller half moves least); power 0.99 needs that mean >= Z_HALVES + Z_POWER, so
+    n = ((Z_HALVES + Z_POWER) / e)^2 max(P, 1 - P) / min(P, 1 - P). For P = 1/2 and e = 5%: 15,460
+    samples, and the expected statistic under that error, 1 + (6.217)^2 = 39.6, is 2.6 times the
+    critical value 15.14. (2,000 samples gave z a mean of only 2.2 for it: rarely rejected.)
+    """
+    p = half_mass
+    return math.ceil(((Z_HALVES + Z_POWER) / relative_error) ** 2 * max(p, 1 - p) / min(p, 1 - p))
+
+
+def halves_z(counts: dict, half: set, half_mass: float, n: int) -> float:
+    observed = sum(c for key, c in counts.items() if key in half)
+    return (observed - n * half_mass) / math.sqrt(n * half_mass * (1 - half_mass))
+
+
+def perturbed_half_masses(half_mass: float, relative_error: float) -> list[float]:
+    """The half's mass under a ``relative_error`` in either half, either way (the other half absorbs it)."""
+    p, e = half_mass, relative_error
+    return [p * (1 + e), p * (1 - e), 1 - (1 - p) * (1 + e), 1 - (1 - p) * (1 - e)]
+
+
+def assert_joint_matches(counts: dict, expected: dict, n: int, relative_error: float) -> None:
+    """Both checks on the samples, then the negative control: the same samples tested against the law
+    with a ``relative_error`` in either half must be rejected, so the test could have seen that error."""
+    ok, stat, critical = chi_square_ok(counts, expected, n)
+    assert ok, ("every-outcome chi-square", stat, critical)
+    half = equal_halves(expected)
+    mass = sum(expected[key] for key in half)
+    assert n >= halves_samples(mass, relative_error)
+    z = halves_z(counts, half, mass, n)
+    assert abs(z) < Z_HALVES, ("halves test", z, mass)
+    for wrong in perturbed_half_masses(mass, relative_error):
+        assert abs(halves_z(counts, half, wrong, n)) > Z_HALVES, ("a perturbed law passed", wrong, mass)
+
+
+def reference_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The target's sampling distribution as ``transformers`` defines it (independent of ``sampling_probs``)."""
+    scores = TemperatureLogitsWarper(temperature)(None, logits.double()[None])
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.softmax(scores, dim=-1)[0]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models are overhead-bound: one thread is ~3x faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def first_token_counts(tree: DraftTree, logits: torch.Tensor, n: int, verifier=verify_sampling) -> dict:
@@ -123,45 +208,83 @@ def test_negative_control_wrong_residual_is_rejected():
 
 
 def exact_joint(model, prompt: list[int], steps: int, temperature: float, top_p: float) -> dict:
-    """P(first ``steps`` new tokens) under the target's tempered, top-p-filtered distribution."""
+    """P(first ``steps`` new tokens) under the target's tempered, top-p-filtered distribution, by
+    enumerating every sequence (one forward each) with ``reference_probs``."""
     vocab = model.config.vocab_size
     joint: dict[tuple, float] = {}
     with torch.no_grad():
         for seq in itertools.product(range(vocab), repeat=steps):
-            prob = 1.0
-            for i in range(steps):
-                logits = model(torch.tensor([prompt + list(seq[:i])])).logits[0, -1]
-                prob *= float(sampling_probs(logits, temperature, top_p)[seq[i]])
-                if prob == 0.0:
-                    break
-            joint[seq] = prob
+            logits = model(torch.tensor([prompt + list(seq)])).logits[0, len(prompt) - 1 : -1]  # [steps, V]
+            joint[seq] = math.prod(float(reference_probs(row, temperature, top_p)[t]) for row, t in zip(logits, seq))
     return joint
 
 
+def test_reference_agrees_with_sampling_probs_where_both_are_defined():
+    """The two implementations of the target's law agree (a divergence would make exactness tests moot)."""
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        logits = torch.randn(9, generator=g, dtype=torch.float64) * 3
+        for temperature, top_p in ((1.0, 1.0), (0.7, 0.9), (1.3, 0.5)):
+            torch.testing.assert_close(sampling_probs(logits, temperature, top_p),
+                                       reference_probs(logits, temperature, top_p), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("mass", [0.5, 0.44])
+def test_halves_test_has_the_power_it_claims(mass):
+    """Monte Carlo over 2,000 replicate runs at the strict sample count: a 5% relative error in either
+    half is rejected in >= 98% of runs (0.99 by the computation), the exact law in almost none."""
+    g = torch.Generator().manual_seed(0)
+
+    def rejected(true_mass: float, n: int) -> float:
+        draws = torch.binomial(torch.full((2000,), float(n)), torch.full((2000,), true_mass), generator=g)
+        z = (draws - n * mass) / math.sqrt(n * mass * (1 - mass))
+        return float((z.abs() > Z_HALVES).double().mean())
+
+    n = halves_samples(mass, STRICT_ERROR)
+    assert rejected(mass, n) <= 0.002
+    for wrong in perturbed_half_masses(mass, STRICT_ERROR):
+        assert rejected(wrong, n) >= 0.98, wrong
+        assert rejected(wrong, 2000) < 0.5, wrong  # the 2,000 samples these tests used to draw: mostly missed
+
+
+def end_to_end_pair():
+    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
+    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
+    # the drafter can only propose tokens 2..5; the target favours others often
+    drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5)
+    return model, drafter
+
+
+def sample_joint(generator: SpeculativeGenerator, prompt: list[int], n: int, **decode) -> tuple[dict, int]:
+    """Counts of the first 3 new tokens over seeds 0..n-1, and the draft tokens accepted in all."""
+    counts: dict[tuple, int] = {}
+    accepted = 0
+    with one_thread():
+        for seed in range(n):
+            result = generator.generate(prompt, DecodeSettings(max_new_tokens=3, seed=seed, **decode))
+            counts[tuple(result.token_ids)] = counts.get(tuple(result.token_ids), 0) + 1
+            accepted += sum(result.stats.accepted_lengths)
+    return counts, accepted
+
+
+ERRORS = [pytest.param(QUICK_ERROR, id="quick"), pytest.param(STRICT_ERROR, id="strict", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("relative_error", ERRORS)
 @pytest.mark.parametrize(
     ("draft_tree", "top_p"),
     [("chain", 1.0), ("tree", 0.9)],
     ids=["sampled-chain", "deterministic-tree-top-p"],
 )
-def test_end_to_end_joint_distribution(draft_tree, top_p):
+def test_end_to_end_joint_distribution(draft_tree, top_p, relative_error):
     """Joint law of the first 3 new tokens (prefill token + one speculative step) equals the target's."""
-    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
-    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
-    # the drafter can only propose tokens 2..5; the target favours others often
-    drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5)
+    model, drafter = end_to_end_pair()
     generator = SpeculativeGenerator.from_models(model, drafter)
-    prompt, temperature, n = [1, 4, 2], 1.0, 2000
+    prompt, temperature = [1, 4, 2], 1.0
     expected = exact_joint(model, prompt, 3, temperature, top_p)
-    counts: dict[tuple, int] = {}
-    accepted = 0
-    for seed in range(n):
-        decode = DecodeSettings(
-            max_new_tokens=3, temperature=temperature, top_p=top_p, seed=seed,
-            draft_tree=draft_tree, draft_depth=3, draft_topk=2, draft_tokens=5,
-        )
-        result = generator.generate(prompt, decode)
-        counts[tuple(result.token_ids)] = counts.get(tuple(result.token_ids), 0) + 1
-        accepted += sum(result.stats.accepted_lengths)
-    ok, stat, critical = chi_square_ok(counts, expected, n)
-    assert ok, (stat, critical)
+    half = equal_halves(expected)
+    n = halves_samples(sum(expected[k] for k in half), relative_error)
+    counts, accepted = sample_joint(generator, prompt, n, temperature=temperature, top_p=top_p,
+                                    draft_tree=draft_tree, draft_depth=3, draft_topk=2, draft_tokens=5)
+    assert_joint_matches(counts, expected, n, relative_error)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
