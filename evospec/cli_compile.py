@@ -187,6 +187,8 @@ def register(main: click.Group) -> None:
               help="Comma list; K in a name is replaced by each of --sizes (full always runs: shares are of it).")
 @click.option("--sizes", default="16384", show_default=True, help="Active sizes K for policies named with K.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="For frspec:K and evospec:K.")
+@click.option("--list", "lists", multiple=True, metavar="NAME=FILE",
+              help="A named frequency list (repeatable): policy NAME@LIST builds from it, e.g. frspec:K@general.")
 @click.option("--router", type=click.Path(path_type=Path), default=None, help="For dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all).")
 @click.option("--prompts", type=int, default=4, show_default=True)
@@ -205,7 +207,7 @@ def register(main: click.Group) -> None:
               help="With --stages: decoder layers of the production target (verification cost = layers x trunk).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Rows as JSON; the K sweep beside it (.sweep.json).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Share of full tau vs K, a panel per domain.")
-def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequencies, router, domains, prompts,
+def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequencies, lists, router, domains, prompts,
                       prompt_tokens, max_new_tokens, draft_depth, temperatures, top_p, seed, replay_tokens, stages_path,
                       target_layers, json_path, plot_path):
     """Acceptance and coverage of each vocabulary policy per domain and temperature (chain drafting), with K sweeps."""
@@ -225,12 +227,13 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequenci
     decodes = [DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth,
                               temperature=t, top_p=top_p, seed=seed) for t in temps]  # bad values fail here
     names = expand_policies([p for p in policies.split(",") if p], ks)
+    named_lists = _named_files(lists, "--list")
     costs = StageCosts.load(str(stages_path)) if stages_path is not None else None  # before the long run
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
         rows = run_profile_vocab(generator, str(corpus), names, str(frequencies) if frequencies else None,
                                  str(router) if router else None, decodes, settings, replay_tokens,
-                                 lambda what: status.update(what))
+                                 lambda what: status.update(what), named_lists)
     if costs is not None:
         project_speedups(rows, costs, target_layers, draft_depth)
         click.echo(f"projected x: PROJECTION at the shape of {stages_path} (verification = {target_layers} x trunk "
@@ -242,6 +245,18 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequenci
         sweep_path = Path(json_path).with_suffix(".sweep.json")
         write_text_atomic(sweep_path, json.dumps(sweep_json(sweep), indent=2))
         click.echo(f"wrote {sweep_path}")
+
+
+def _named_files(values: tuple[str, ...], option: str) -> dict[str, str]:
+    named = {}
+    for value in values:
+        name, eq, path = value.partition("=")
+        if not eq or not name or not path:
+            raise click.BadParameter(f"expected NAME=FILE, got {value!r}", param_hint=option)
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{path}: no such file", param_hint=option)
+        named[name] = path
+    return named
 
 
 def _int_list(text: str, option: str) -> list[int]:

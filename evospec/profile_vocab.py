@@ -28,6 +28,7 @@ import torch
 
 from evospec.bench import BenchSettings, domain_prompts
 from evospec.corpus import CorpusError, corpus_domains
+from evospec.errors import SettingsError
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import PooledStats
 from evospec.runtime.vocab import PolicyInputs, make_policy
@@ -68,24 +69,47 @@ def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
     """``frspec:K`` etc. once per size (a K sweep); names without ``K`` as given; ``full`` always first."""
     out = [FULL]
     for spec in specs:
-        parts = spec.split(":")
-        named = [":".join(str(k) if p == "K" else p for p in parts) for k in sizes] if "K" in parts else [spec]
-        out += [name for name in named if name not in out]
+        name, listed = split_list(spec)
+        parts, suffix = name.split(":"), f"@{listed}" if listed else ""
+        named = [":".join(str(k) if p == "K" else p for p in parts) + suffix for k in sizes] if "K" in parts else [spec]
+        out += [n for n in named if n not in out]
     return out
 
 
+def split_list(spec: str) -> tuple[str, str | None]:
+    """``frspec:4096@general`` -> (``frspec:4096``, ``general``): the policy and the named frequency
+    list it is built from (None: the default list, ``--frequencies``)."""
+    name, at, listed = spec.partition("@")
+    return name, (listed or None) if at else None
+
+
 def policy_family(spec: str) -> str:
-    """The policy's name with its size written as K: ``frspec:4096`` -> ``frspec:K``."""
-    parts = spec.split(":")
+    """The policy's name with its size written as K: ``frspec:4096@general`` -> ``frspec:K@general``."""
+    name, listed = split_list(spec)
+    parts = name.split(":")
     if len(parts) > 1 and parts[1].isdigit():
         parts[1] = "K"
-    return ":".join(parts)
+    return ":".join(parts) + (f"@{listed}" if listed else "")
 
 
 def policy_size(spec: str) -> int | None:
     """K of a sized policy name (``evospec:4096:sync`` -> 4096), None for ``full``/``eagle3``."""
-    parts = spec.split(":")
+    parts = split_list(spec)[0].split(":")
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def build_policies(specs: list[str], inputs: PolicyInputs, frequencies: str | None, lists: dict[str, str],
+                   router: str | None) -> dict:
+    """Every policy by its full name; ``NAME@LIST`` takes its frequency list from ``lists[LIST]``.
+    Bad names and unknown lists fail here, before any run."""
+    built = {}
+    for spec in specs:
+        name, listed = split_list(spec)
+        if listed is not None and listed not in lists:
+            raise SettingsError(f"policy {spec!r} names the frequency list {listed!r}, but only "
+                                f"{sorted(lists) or 'none'} were given (--list NAME=FILE)")
+        built[spec] = make_policy(name, inputs, lists[listed] if listed else frequencies, router)
+    return built
 
 
 def decoding_state(states: torch.Tensor | None, pos: int) -> torch.Tensor | None:
@@ -133,7 +157,8 @@ def _reads_states(policy) -> bool:
 
 def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: list[str], frequencies: str | None,
                       router: str | None, decodes: list[DecodeSettings], settings: BenchSettings,
-                      replay_tokens: int = 8192, progress: Callable[[str], None] | None = None) -> list[VocabRow]:
+                      replay_tokens: int = 8192, progress: Callable[[str], None] | None = None,
+                      lists: dict[str, str] | None = None) -> list[VocabRow]:
     """Rows per domain, decoding setting (temperature) and policy; ``policies`` are expanded names
     (``expand_policies``) and must include ``full``."""
     available = corpus_domains(corpus)
@@ -142,11 +167,11 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     if unknown:
         raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
     if FULL not in policies:
-        raise ValueError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
+        raise SettingsError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
     frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
-    built = {spec: make_policy(spec, inputs, frequencies, router) for spec in policies}  # bad names fail before any run
+    built = build_policies(policies, inputs, frequencies, lists or {}, router)
     rows = []
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)

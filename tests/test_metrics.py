@@ -112,3 +112,27 @@ def test_replay_hands_policies_the_state_decoding_would():
     # a chunk starting at position p is observed with the root call's state at p - 2 (it predicted token p)
     assert policy.seen == [(ids[p], p - 2) for p in range(4, len(ids), 3)]
     assert decoding_state(states, 1) is None
+
+
+def test_policy_names_expand_over_sizes_and_lists(tmp_path):
+    from evospec.profile_vocab import build_policies, expand_policies, policy_family, policy_size
+    from evospec.runtime.vocab import PolicyInputs
+    from evospec.runtime.vocab.frequencies import TokenFrequencies
+
+    from evospec.errors import SettingsError
+
+    names = expand_policies(["eagle3", "frspec:K@general", "frspec:K", "evospec:K:sync"], [64, 128])
+    assert names == ["full", "eagle3", "frspec:64@general", "frspec:128@general", "frspec:64", "frspec:128",
+                     "evospec:64:sync", "evospec:128:sync"]
+    assert [policy_family(n) for n in names[2:4]] == ["frspec:K@general"] * 2
+    assert [policy_size(n) for n in names] == [None, None, 64, 128, 64, 128, 64, 128]
+    counts = torch.arange(512, 0, -1)
+    general, domain = tmp_path / "g.json", tmp_path / "d.json"
+    TokenFrequencies(512, counts, 1, "general").save(general)
+    TokenFrequencies(512, counts.flip(0), 1, "domain").save(domain)
+    inputs = PolicyInputs(512, torch.arange(384))
+    built = build_policies(["frspec:64@general", "frspec:64"], inputs, str(domain), {"general": str(general)}, None)
+    assert set(built["frspec:64@general"].active_ids().tolist()) == set(range(64))
+    assert set(built["frspec:64"].active_ids().tolist()) == set(range(448, 512))
+    with pytest.raises(SettingsError, match="frequency list 'web'"):
+        build_policies(["frspec:64@web"], inputs, str(domain), {"general": str(general)}, None)
