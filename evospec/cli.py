@@ -296,14 +296,32 @@ def vocab_frequencies(corpus, tokenizer_dir, out, split, domains, successors):
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (train split is read).")
 @click.option("--clusters", type=int, default=64, show_default=True)
 @click.option("--tokens", type=int, default=16384, show_default=True, help="Training tokens per domain.")
+@click.option("--depth", type=int, default=5, show_default=True, help="Draft depths (after the root) the router is trained on.")
+@click.option("--hidden", type=int, default=256, show_default=True, help="Router hidden width (0: linear router).")
+@click.option("--steps", type=int, default=600, show_default=True, help="Router training steps (Adam, minibatches of 1024).")
+@click.option("--cluster-on", type=click.Choice(["lm-head", "embeddings", "reservoir"]), default="lm-head", show_default=True,
+              help="Rows clustered: the target's LM head, its input embeddings, or the bundle's reservoir.")
+@click.option("--sizes", default="1024,4096,16384", show_default=True,
+              help="Shortlist sizes K whose backbone share is validated and whose held-out recall is reported.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Router file to write (.safetensors).")
-def vocab_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, out):
-    """Train the DynaSpec baseline's router (clusters of reservoir rows + a linear router on drafter
-    states, fitted to the target's own greedy outputs on the corpus)."""
-    from evospec.dynaspec_training import train_dynaspec
+def vocab_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, depth, hidden, steps, cluster_on, sizes, out):
+    """Train the DynaSpec baseline: clusters of the target's LM-head rows, a router on the drafter's
+    fresh root state fitted to the tokens at depth 1..D, a validated frequent-token backbone; prints
+    held-out routing recall (also stored in the router file)."""
+    from evospec.dynaspec_training import DynaSpecTraining, train_dynaspec
 
-    report = train_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, out,
-                            progress=lambda what: click.echo(what, err=True))
+    try:
+        ks = tuple(int(k) for k in sizes.split(",") if k.strip())
+    except ValueError:
+        raise click.BadParameter(f"comma-separated integers expected (got {sizes!r})", param_hint="--sizes") from None
+    settings = DynaSpecTraining(clusters=clusters, tokens=tokens, depth=depth, hidden=hidden, steps=steps,
+                                cluster_on=cluster_on, sizes=ks)
+    report = train_dynaspec(bundle_dir, target_dir, corpus, out, settings, progress=lambda what: click.echo(what, err=True))
+    for row, fixed in zip(report["heldout"], report["heldout_frequency_list"]):
+        click.echo(f"K={row['k']}: held-out next tokens in the shortlist {row['shortlist_depth1']:.1%} (depth 1), "
+                   f"{row['shortlist_all_depths']:.1%} (depth 1..{depth}), cluster selected {row['cluster_all_depths']:.1%}; "
+                   f"frequency list {fixed['depth1']:.1%} / {fixed['all_depths']:.1%}; backbone {row['backbone_share']:.0%} of K, "
+                   f"{row['clusters_used']:.1f} clusters", err=True)
     click.echo(json.dumps(report))
 
 

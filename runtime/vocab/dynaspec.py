@@ -1,27 +1,41 @@
-"""DynaSpec baseline (``dynaspec:K:C``): token clusters routed by a light classifier.
+"""DynaSpec baseline (``dynaspec:K:C``): a frequent-token backbone plus token clusters routed per cycle.
 
-The reservoir rows are clustered into C groups (spherical k-means: tokens a head scores alike
-share a group). A linear router on the drafter's head input predicts which group the target's
-next token falls in; each step the shortlist is the union of the best-ranked groups, filled in
-router order up to K (within a group, tokens the target produced most often come first). The
-router is trained by ``evospec vocab dynaspec`` from the target's own greedy outputs on a corpus
-and saved as one safetensors file.
+DynaSpec (Zhang, Ullah, Schultheis, Babbar, arXiv 2510.13847) trains a light meta-classifier that
+routes each context to a few coarse token clusters; the union of the top clusters is the drafter's
+shortlist, next to a frequency-ranked subset, and verification keeps the full vocabulary. Here:
+
+- clusters: spherical k-means over the rows of the target's own LM head (``cluster_rows``; the
+  bundle's reservoir is 89% rows synthesised by a ridge map on the medium pair, so it is not used);
+- router: a one-hidden-layer MLP (or linear, ``hidden=0``) on the drafter's head input at the
+  current root, the state this cycle's trunk call has just computed (``route``, called by the
+  compiled drafter between trunk and head), trained on the clusters of the tokens at depth 1..D
+  after the root (``evospec vocab dynaspec``);
+- shortlist of exactly K: the ``backbone`` share of K most frequent tokens, then clusters in router
+  order (within a cluster, most frequent first), the last one cut where K is reached. The backbone
+  share is chosen per size on a validation split at training time and stored in the router file.
+
+One set serves every depth of a cycle (the compiled drafter sets it once, between trunk and head of
+the cycle's first call), so the router is trained on all depths at once, not per depth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from evospec.errors import SettingsError
 
-ROUTER_FORMAT = "evospec-dynaspec/1"
+ROUTER_FORMAT = "evospec-dynaspec/2"
+DEFAULT_BACKBONE = 0.5  # backbone share of K when the router file has no validated share
+_TENSORS = ("labels", "w1", "b1", "w2", "b2", "counts")
 
 
 def cluster_rows(rows: torch.Tensor, clusters: int, iters: int = 15, seed: int = 0) -> torch.Tensor:
-    """[V] group of each row: spherical k-means on the row directions."""
+    """[V] group of each row: spherical k-means on the row directions (tokens a head scores alike share a group)."""
     if not 1 <= clusters <= rows.shape[0]:
         raise SettingsError(f"clusters must be in [1, {rows.shape[0]}] (got {clusters})")
     unit = torch.nn.functional.normalize(rows.float(), dim=-1)
@@ -42,23 +56,52 @@ def cluster_rows(rows: torch.Tensor, clusters: int, iters: int = 15, seed: int =
 
 @dataclass
 class Router:
-    labels: torch.Tensor  # [V] group of each token
-    weight: torch.Tensor  # [C, d]
-    bias: torch.Tensor  # [C]
-    counts: torch.Tensor  # [V] how often the target produced each token in training (order within a group)
+    """Cluster labels, the router's weights and the frequency order, as one safetensors file.
+
+    ``w1``/``b1`` are empty for a linear router. ``backbone_shares`` maps shortlist sizes to the
+    backbone share validated for them; ``report`` is what training measured (held-out recall)."""
+
+    labels: torch.Tensor  # [V] cluster of each token
+    w1: torch.Tensor  # [H, d] (or [0, d]: linear router)
+    b1: torch.Tensor  # [H]
+    w2: torch.Tensor  # [C, H] (or [C, d])
+    b2: torch.Tensor  # [C]
+    counts: torch.Tensor  # [V] how often each token came in training (backbone and order within a cluster)
+    backbone_shares: dict[int, float] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
 
     @property
     def clusters(self) -> int:
-        return int(self.weight.shape[0])
+        return int(self.w2.shape[0])
+
+    @property
+    def state_size(self) -> int:
+        return int((self.w1 if self.w1.numel() else self.w2).shape[1])
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., C] router logits for states [..., d]."""
+        x = states.float()
+        if self.w1.numel():
+            x = torch.nn.functional.gelu(x @ self.w1.T + self.b1)
+        return x @ self.w2.T + self.b2
+
+    def backbone_share(self, k: int) -> float:
+        """The validated share for the stored size nearest to ``k`` (log scale), else the default."""
+        if not self.backbone_shares:
+            return DEFAULT_BACKBONE
+        size = min(self.backbone_shares, key=lambda s: abs(math.log(s) - math.log(k)))
+        return self.backbone_shares[size]
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
         from evospec.atomic import atomic_path
 
+        tensors = {name: getattr(self, name).contiguous() for name in _TENSORS}
+        metadata = {"format": ROUTER_FORMAT, "backbone_shares": json.dumps({str(k): v for k, v in self.backbone_shares.items()}),
+                    "report": json.dumps(self.report)}
         with atomic_path(Path(path)) as tmp:
-            save_file({"labels": self.labels, "weight": self.weight, "bias": self.bias, "counts": self.counts},
-                      str(tmp), metadata={"format": ROUTER_FORMAT})
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> Router:
@@ -69,33 +112,133 @@ class Router:
             raise SettingsError(f"router file {path} does not exist (train one with `evospec vocab dynaspec`)")
         try:
             with safe_open(str(path), "pt") as f:
-                if (f.metadata() or {}).get("format") != ROUTER_FORMAT:
-                    raise SettingsError(f"{path} is not an evospec DynaSpec router")
-                t = {k: f.get_tensor(k) for k in ("labels", "weight", "bias", "counts")}
+                meta = f.metadata() or {}
+                found = meta.get("format")
+                if found != ROUTER_FORMAT:
+                    old = " (an older router format: retrain it with `evospec vocab dynaspec`)" if str(found).startswith(
+                        "evospec-dynaspec/") else ""
+                    raise SettingsError(f"{path} is not an evospec DynaSpec router{old}")
+                missing = [name for name in _TENSORS if name not in f.keys()]
+                if missing:
+                    raise SettingsError(f"{path}: router file lacks tensors {', '.join(missing)}")
+                tensors = {name: f.get_tensor(name) for name in _TENSORS}
+                shares = {int(k): float(v) for k, v in json.loads(meta.get("backbone_shares", "{}")).items()}
+                report = json.loads(meta.get("report", "{}"))
         except SettingsError:
             raise
-        except Exception as exc:  # safetensors' own error types
+        except Exception as exc:  # safetensors' and json's own error types
             raise SettingsError(f"{path} is not a readable router file ({type(exc).__name__}: {exc})") from None
-        return cls(**t)
+        router = cls(**tensors, backbone_shares=shares, report=report)
+        router.check(path)
+        return router
+
+    def check(self, where: str | Path = "router") -> None:
+        """Shapes that agree with each other, labels in range: a clear error instead of a failed matmul."""
+        c, v = self.clusters, self.labels.numel()
+        linear = self.w1.numel() == 0
+        problems = []
+        if self.labels.ndim != 1 or self.counts.shape != (v,):
+            problems.append(f"labels {tuple(self.labels.shape)} and counts {tuple(self.counts.shape)} must both be [V]")
+        if self.b2.shape != (c,) or (not linear and (self.b1.shape != (self.w1.shape[0],) or self.w2.shape[1] != self.w1.shape[0])):
+            problems.append("layer shapes do not chain")
+        if v and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
+            problems.append(f"cluster labels outside [0, {c})")
+        if problems:
+            raise SettingsError(f"{where}: inconsistent router file: {'; '.join(problems)}")
 
 
 def train_router(states: torch.Tensor, next_tokens: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                 steps: int = 300, lr: float = 1e-2, seed: int = 0) -> Router:
-    """Fit the router (softmax regression, full batch Adam) on drafter states -> group of the target's token."""
+                 hidden: int = 256, steps: int = 600, lr: float = 3e-3, batch: int = 1024, seed: int = 0,
+                 counts: torch.Tensor | None = None) -> Router:
+    """Fit the router on drafter states [n, d] -> the clusters of ``next_tokens`` ([n] or [n, m];
+    -1 marks no token): cross-entropy against the positions' cluster distribution (every token
+    of the row weighs the same, so a state is pulled toward all the clusters its next tokens fall in).
+
+    ``counts`` (the frequency order) defaults to the counts of ``next_tokens``."""
     torch.manual_seed(seed)
     clusters = int(labels.max()) + 1
-    linear = torch.nn.Linear(states.shape[1], clusters)
-    optimiser = torch.optim.Adam(linear.parameters(), lr=lr)
-    x, y = states.float(), labels[next_tokens]
+    targets = next_tokens.reshape(next_tokens.shape[0], -1)
+    valid = targets >= 0
+    dist = torch.zeros(targets.shape[0], clusters)
+    dist.scatter_add_(1, labels[targets.clamp_min(0)], valid.float())
+    keep = dist.sum(-1) > 0
+    x, dist = states.float()[keep], dist[keep] / dist[keep].sum(-1, keepdim=True)
+    layers = [torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, clusters)] if hidden else \
+        [torch.nn.Linear(x.shape[1], clusters)]
+    model = torch.nn.Sequential(*layers)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
+        pick = torch.randint(x.shape[0], (min(batch, x.shape[0]),), generator=g)
         optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(linear(x), y).backward()
+        loss = -(dist[pick] * torch.log_softmax(model(x[pick]), -1)).sum(-1).mean()
+        loss.backward()
         optimiser.step()
-    counts = torch.bincount(next_tokens, minlength=vocab_size)
-    return Router(labels.clone(), linear.weight.detach().clone(), linear.bias.detach().clone(), counts)
+    if counts is None:
+        counts = torch.bincount(targets[valid], minlength=vocab_size)
+    first, last = (model[0], model[2]) if hidden else (None, model[0])
+    w1 = first.weight.detach().clone() if first is not None else torch.zeros(0, x.shape[1])
+    b1 = first.bias.detach().clone() if first is not None else torch.zeros(0)
+    return Router(labels.clone(), w1, b1, last.weight.detach().clone(), last.bias.detach().clone(), counts.clone())
+
+
+class Shortlister:
+    """Exactly-K shortlists from router scores, for one size and backbone share.
+
+    Tokens are placed in one order per cycle: the backbone (the B most frequent), then clusters in
+    router order, each cluster's non-backbone tokens most frequent first; the first K are the set.
+    ``positions`` computes where given tokens land in that order for many states at once (training's
+    recall), ``ids`` builds the set for one state (decoding)."""
+
+    def __init__(self, router: Router, k: int, share: float) -> None:
+        v, c = router.labels.numel(), router.clusters
+        self.k, self.backbone_size = k, min(k, round(share * k))
+        by_freq = torch.sort(-router.counts.float(), stable=True).indices  # most frequent first, ties by id
+        self.freq_rank = torch.empty(v, dtype=torch.long)
+        self.freq_rank[by_freq] = torch.arange(v)
+        self.backbone = by_freq[: self.backbone_size]
+        self.in_backbone = self.freq_rank < self.backbone_size
+        rest = by_freq[self.backbone_size :]
+        rest = rest[torch.sort(router.labels[rest], stable=True).indices]  # grouped by cluster, frequency order kept
+        self.members = rest
+        self.sizes = torch.bincount(router.labels[rest], minlength=c)
+        self.offsets = torch.cat((torch.zeros(1, dtype=torch.long), self.sizes.cumsum(0)))
+        self.within = torch.zeros(v, dtype=torch.long)  # a token's place inside its cluster's list
+        self.within[rest] = torch.arange(rest.numel()) - self.offsets[router.labels[rest]]
+        self.labels = router.labels
+
+    def ids(self, scores: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """(the K ids, the clusters used) for router scores [C]."""
+        parts, size, used = [self.backbone], self.backbone_size, []
+        for c in torch.argsort(scores, descending=True, stable=True).tolist():
+            if size >= self.k:
+                break
+            part = self.members[self.offsets[c] : self.offsets[c + 1]][: self.k - size]
+            if part.numel():
+                parts.append(part)
+                used.append(c)
+                size += part.numel()
+        return torch.cat(parts), tuple(used)
+
+    def positions(self, scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(in the shortlist, cluster selected) for tokens [n, m] under scores [n, C]: whether each
+        token is among the first K, and whether its cluster contributed to the set at all."""
+        order = torch.argsort(scores, dim=-1, descending=True, stable=True)  # [n, C]
+        before = torch.zeros_like(order)  # tokens placed ahead of cluster c: backbone + earlier clusters
+        before.scatter_(1, order, self.sizes[order].cumsum(-1) - self.sizes[order])
+        t = tokens.clamp_min(0)
+        start = self.backbone_size + before.gather(1, self.labels[t])  # [n, m]
+        cluster_selected = (start < self.k) & (self.sizes[self.labels[t]] > 0)
+        place = start + self.within[t]
+        inside = torch.where(self.in_backbone[t], torch.ones_like(place, dtype=torch.bool), place < self.k)
+        cluster_selected = cluster_selected | self.in_backbone[t]
+        return inside, cluster_selected
 
 
 class DynaSpecPolicy:
+    """Routed per cycle (``route``, with the fresh root state); ``active_ids`` is the last routed set,
+    or before any routing the K most frequent tokens."""
+
     def __init__(self, k: int, clusters: int, router: Router, vocab_size: int) -> None:
         if router.clusters != clusters:
             raise SettingsError(f"dynaspec:{k}:{clusters}: the router file has {router.clusters} clusters")
@@ -104,27 +247,26 @@ class DynaSpecPolicy:
         if not 1 <= k <= vocab_size:
             raise SettingsError(f"dynaspec:K needs 1 <= K <= {vocab_size} (got {k})")
         self.name, self.k, self.router = f"dynaspec:{k}:{clusters}", k, router
-        # tokens grouped by cluster, most produced first; offsets[c] .. offsets[c+1] is cluster c
-        order = torch.sort(-router.counts.float(), stable=True).indices
-        order = order[torch.sort(router.labels[order], stable=True).indices]
-        self.members = order
-        self.offsets = torch.cat((torch.zeros(1, dtype=torch.long), torch.bincount(router.labels, minlength=clusters).cumsum(0)))
+        self.shortlister = Shortlister(router, k, router.backbone_share(k))
+        self._prior = torch.sort(-router.counts.float(), stable=True).indices[:k].clone()
         self.reset([])
 
     def reset(self, prompt_ids: list[int]) -> None:
-        self._ranking = torch.argsort(self.router.bias, descending=True)  # the prior until a state arrives
+        self._active, self._used = self._prior, None
+
+    def route(self, state: torch.Tensor) -> torch.Tensor:
+        """This cycle's set from the drafter's head input at the current root ([hidden]). The same
+        clusters as last cycle hand back the same tensor, so an unchanged set costs the drafter nothing."""
+        if state.shape[-1] != self.router.state_size:
+            raise SettingsError(f"{self.name}: the router reads states of {self.router.state_size} values, "
+                                f"the drafter gives {state.shape[-1]} (a router trained for another drafter)")
+        ids, used = self.shortlister.ids(self.router.scores(state.detach().reshape(-1).cpu()))
+        if used != self._used:
+            self._active, self._used = ids, used
+        return self._active
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
-        if state is not None:
-            scores = self.router.weight @ state.detach().float().cpu() + self.router.bias
-            self._ranking = torch.argsort(scores, descending=True)
+        """Nothing to learn online: the set follows the fresh state through ``route``."""
 
     def active_ids(self) -> torch.Tensor:
-        parts, size = [], 0
-        for c in self._ranking.tolist():
-            part = self.members[self.offsets[c] : self.offsets[c + 1]][: self.k - size]
-            parts.append(part)
-            size += part.numel()
-            if size >= self.k:
-                break
-        return torch.cat(parts)
+        return self._active
