@@ -6,7 +6,7 @@ its set serves the whole draft, so each training example is that state paired wi
 depth 1..D after the root. Target and drafter run teacher-forced over the corpus's train split
 (every domain but topic-switch streams); ``states[j]`` is the root state when position j + 1 holds
 the root, and the tokens to draft are the target's own greedy choices at positions j + 2 .. j + 1 + D
-and the text's tokens there (what sampled decoding follows).
+and the text's tokens there (what sampled decoding follows); the router is trained on both.
 
 Positions are split in blocks of 64 (neighbours share context, so single positions would leak):
 train (8 of 10 blocks), validation (1: picks the backbone share per size) and held-out (1: the
@@ -25,7 +25,7 @@ import torch
 from evospec.corpus import corpus_domains
 from evospec.errors import SettingsError
 
-BACKBONE_SHARES = (0.0, 0.125, 0.25, 0.5, 0.75)  # candidates tried on the validation split
+BACKBONE_SHARES = (0.0, 0.125, 0.25, 0.5, 0.75, 0.875)  # candidates tried on the validation split
 CLUSTER_SOURCES = ("lm-head", "embeddings", "reservoir")
 BLOCK = 64  # positions per split block
 
@@ -104,6 +104,11 @@ def recall(router, scores: torch.Tensor, tokens: torch.Tensor, k: int, share: fl
             "clusters_used": _clusters_used(shortlister, scores)}
 
 
+def _objective(row: dict) -> float:
+    """What the backbone share is chosen for: greedy choices (T=0) and text tokens (what T=1 follows) alike."""
+    return row["shortlist_all_depths"] + row["shortlist_text"]
+
+
 def _clusters_used(shortlister, scores: torch.Tensor) -> float:
     """Mean number of clusters a shortlist draws from (a cluster counts if any of its tokens is in)."""
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)
@@ -163,13 +168,13 @@ def train_dynaspec(bundle: Path, target: Path, corpus: Path, out: Path, settings
     train, valid, held = split == 0, split == 1, split == 2
     counts = torch.bincount(y[train].flatten(), minlength=vocab)
     progress(f"fitting the router on {int(train.sum())} positions ({int(valid.sum())} validation, {int(held.sum())} held out)")
-    router = train_router(x[train], y[train, : settings.depth], labels, vocab, hidden=settings.hidden,
+    router = train_router(x[train], y[train], labels, vocab, hidden=settings.hidden,
                           steps=settings.steps, seed=settings.seed, counts=counts)
     with torch.no_grad():
         valid_scores, held_scores = router.scores(x[valid]), router.scores(x[held])
     for k in sizes:  # the backbone share that keeps the most validation tokens of depth 1..D in the set
-        router.backbone_shares[k] = max(BACKBONE_SHARES, key=lambda share: recall(
-            router, valid_scores, y[valid], k, share)["shortlist_all_depths"])
+        router.backbone_shares[k] = max(BACKBONE_SHARES, key=lambda share: _objective(
+            recall(router, valid_scores, y[valid], k, share)))
     with torch.no_grad():
         top = held_scores.topk(min(8, settings.clusters), dim=-1).indices
     truth = labels[y[held, 0]]
