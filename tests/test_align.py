@@ -246,7 +246,10 @@ def test_cli_profile_align(bundles, tmp_path):
     assert rows["none"]["alignment_bytes"] == 0
     assert 0 < rows["evospec"]["alignment_bytes"] < rows["osd"]["alignment_bytes"]
     for r in rows.values():
-        assert r["mean_accepted_length"] >= 1 and r["recovery_tokens"] >= 0 and len(r["curve"]) > 2
+        steps = [tokens for _, tokens in r["curve"]]
+        assert len(steps) > 2 and min(steps) >= 1  # every step emits at least the target's own token
+        assert r["mean_accepted_length"] == pytest.approx(sum(steps) / len(steps))
+        assert r["recovery_tokens"] <= segment and r["recovery_level"] == "none"  # a wait never outlasts its segment
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     bad = run("profile", "align", "--bundle", str(bundles["torch"]), "--target", str(TARGET), "--corpus", str(corpus),
               "--methods", "magic", check=False)

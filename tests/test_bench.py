@@ -41,8 +41,12 @@ def test_bench_json_rows(corpus, tmp_path):
     ]
     for row in rows:
         assert row["prompts"] == 2 and row["new_tokens"] == 24
-        assert row["mean_accepted_length"] >= 1.0 and row["tokens_per_second"] > 0
-        assert len(row["acceptance_per_depth"]) == 3
+        # tau: emitted tokens per step; each prompt's first token comes from the prefill, not a step
+        assert row["mean_accepted_length"] == pytest.approx((row["new_tokens"] - row["prompts"]) / row["steps"])
+        assert row["tokens_per_second"] > 0 and len(row["acceptance_per_depth"]) == 3
+        per_depth = row["acceptance_per_depth"]
+        assert per_depth == sorted(per_depth, reverse=True)  # accepting d+1 tokens means accepting d
+        assert row["mean_accepted_length"] <= 1 + sum(per_depth) + 1e-9  # = unless max_new_tokens cut a step
     assert all(r["identical_to_plain"] for r in rows if r["method"] == "eagle3")
     assert all(r["mean_accepted_length"] == 1.0 for r in rows if r["method"] == "plain")
 

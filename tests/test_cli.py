@@ -83,7 +83,11 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint_dirs, tmp_path, args, messa
 def test_demo_runs_the_shipped_pair():
     proc = run("demo", "--max-new-tokens", "24", "--json")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out["token_ids"]) == 24 and out["mean_accepted_length"] >= 1.0
+    steps, emitted = out["steps"], out["step_tokens"]
+    assert len(out["token_ids"]) == 24 and sum(emitted) == 23 and len(emitted) == steps  # the prefill gives one
+    assert out["mean_accepted_length"] == pytest.approx(23 / steps) and out["mean_accepted_length"] > 1  # it drafts
+    assert emitted[:-1] == [a + 1 for a in out["accepted_lengths"][:-1]]  # accepted + the target's; the last is cut
+    assert emitted[-1] <= out["accepted_lengths"][-1] + 1
     assert out["text"]
     table = run("demo", "--max-new-tokens", "24", "--draft-tree", "chain").stdout
     assert "mean accepted length" in table and "identical tokens: True" in table
