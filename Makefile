@@ -31,18 +31,23 @@ reference: $(STAMP)
 	$(BIN)/evospec bench --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --corpus $(REFERENCE)/corpus \
 		--draft-tree chain --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
 
-# After `make reference`: compile the pair, train the DynaSpec router, compare every vocabulary policy.
+# After `make reference`: compile the pair, build FR-Spec's lists (general text only, as its paper does, and
+# the in-domain train splits), train the DynaSpec router, compare every policy at K = 1024, 4096, 16384, T = 0 and 1.
 vocab: $(STAMP)
 	$(BIN)/evospec compile --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --out $(REFERENCE)/bundle-ort \
-		--backend ort --buckets 4096,8192,16384,32768,151851
+		--backend ort --buckets 1024,4096,16384,151851
 	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus --tokenizer $(REFERENCE)/tokenizer \
 		--out $(REFERENCE)/frequencies.json --successors 8
+	mkdir -p $(REFERENCE)/corpus-general && ln -sfn ../corpus/general $(REFERENCE)/corpus-general/general
+	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus-general --tokenizer $(REFERENCE)/tokenizer \
+		--out $(REFERENCE)/frequencies-general.json --successors 8
 	$(BIN)/evospec vocab dynaspec --bundle $(REFERENCE)/bundle-ort --target $(REFERENCE)/target \
-		--corpus $(REFERENCE)/corpus --clusters 64 --out $(REFERENCE)/dynaspec-64.safetensors
+		--corpus $(REFERENCE)/corpus --clusters 512 --out $(REFERENCE)/dynaspec-512.safetensors
 	$(BIN)/evospec profile vocab --bundle $(REFERENCE)/bundle-ort --target $(REFERENCE)/target \
 		--corpus $(REFERENCE)/corpus --frequencies $(REFERENCE)/frequencies.json \
-		--router $(REFERENCE)/dynaspec-64.safetensors --stages docs/profile-llama3-8b-ort.json \
-		--policies full,eagle3,frspec:4096,dynaspec:4096:64,evospec:4096,frspec:16384,dynaspec:16384:64,evospec:16384,evospec:16384:sync \
+		--list general=$(REFERENCE)/frequencies-general.json --router $(REFERENCE)/dynaspec-512.safetensors \
+		--policies eagle3,frspec:K@general,frspec:K,dynaspec:K:512,evospec:K --sizes 1024,4096,16384 \
+		--temperature 0,1 --prompts 4 --max-new-tokens 32 --replay-tokens 4096 \
 		--json $(REFERENCE)/vocab.json --plot $(REFERENCE)/vocab.png
 
 test: $(STAMP)
