@@ -353,7 +353,9 @@ def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write the pair into.")
 @click.option("--target-steps", type=int, default=None, help="Training steps of the target (recipe default).")
 @click.option("--drafter-steps", type=int, default=None, help="Distillation steps of the drafter (recipe default).")
-def build_demo(out, target_steps, drafter_steps):
+@click.option("--reuse-target", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A pair folder whose target/ is kept unchanged: only a new drafter is distilled.")
+def build_demo(out, target_steps, drafter_steps, reuse_target):
     """Train the demo pair from the Python standard library's sources (minutes on a CPU)."""
     from evospec.demo_pair import DemoRecipe, build_demo_pair
 
@@ -362,7 +364,7 @@ def build_demo(out, target_steps, drafter_steps):
         recipe = dataclasses.replace(recipe, target_steps=target_steps)
     if drafter_steps:
         recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, steps=drafter_steps))
-    build_demo_pair(out, recipe)
+    build_demo_pair(out, recipe, reuse_target=reuse_target)
     click.echo(f"wrote {out}")
 
 

@@ -8,6 +8,21 @@ from pathlib import Path
 
 import click
 
+from evospec.determinism import DEFAULT_THREADS
+
+_device = click.option("--device", default="cpu", show_default=True, help="Where to train: cpu or cuda.")
+_threads = click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
+                        help="Torch intra-op threads, pinned so a rebuild gives the same weights.")
+
+
+def _parse_taps(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(t) for t in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer indices such as 1,3,5, got {value!r}") from None
+
 
 @click.group()
 def train() -> None:
@@ -21,9 +36,12 @@ def train() -> None:
 @click.option("--recipe", "recipe_name", default="tiny", show_default=True,
               help="tiny, medium, or a TOML file with a [target] table (see configs/reference-*.toml).")
 @click.option("--steps", type=int, default=None, help="Override the recipe's step count.")
-def train_target_cmd(corpus, tokenizer_dir, out, recipe_name, steps):
+@_device
+@_threads
+def train_target_cmd(corpus, tokenizer_dir, out, recipe_name, steps, device, threads):
     """A Llama-architecture target with the tokenizer's full vocabulary (sampled-softmax training)."""
     from evospec.corpus import corpus_domains
+    from evospec.determinism import reproducible
     from evospec.progress import loss_progress
     from evospec.recipes import recipe_named
     from evospec.runtime.target import load_tokenizer
@@ -34,10 +52,10 @@ def train_target_cmd(corpus, tokenizer_dir, out, recipe_name, steps):
         recipe = dataclasses.replace(recipe, steps=steps)
     corpus_domains(corpus)  # a missing or empty corpus fails here, before the tokenizer loads
     tokenizer = load_tokenizer(tokenizer_dir)
-    with loss_progress("training target", transient=True) as bar:
+    with loss_progress("training target", transient=True) as bar, reproducible(threads, device):
         task = bar.add_task("t", total=recipe.steps, loss=float("nan"))
         model, valid = train_target(tokenizer, str(corpus), recipe,
-                                    lambda step, loss: bar.update(task, completed=step + 1, loss=loss))
+                                    lambda step, loss: bar.update(task, completed=step + 1, loss=loss), device=device)
     save_target(model, tokenizer, out, recipe, valid)
     for domain, loss in sorted(valid.items()):
         click.echo(f"valid loss {domain}: {loss:.3f}")
@@ -55,26 +73,32 @@ def train_target_cmd(corpus, tokenizer_dir, out, recipe_name, steps):
 @click.option("--unroll", type=int, default=None, help="Training-time-test levels.")
 @click.option("--seq-len", type=int, default=None)
 @click.option("--windows", type=int, default=None, help="Training windows drawn from the corpus.")
-def train_drafter_cmd(target_dir, corpus, out, recipe_name, **overrides):
+@click.option("--taps", callback=_parse_taps, default=None,
+              help="Target hidden states to fuse, e.g. 1,3,5 (distinct, ascending; default EAGLE-3's 2,L//2,L-3).")
+@_device
+@_threads
+def train_drafter_cmd(target_dir, corpus, out, recipe_name, device, threads, **overrides):
     """An EAGLE-3 drafter for TARGET, written in the official checkpoint layout."""
     from evospec.corpus import corpus_domains
+    from evospec.determinism import reproducible
     from evospec.progress import loss_progress
     from evospec.recipes import recipe_named
     from evospec.runtime.checkpoint import save_drafter
     from evospec.runtime.target import load_target
-    from evospec.train_drafter import train_drafter
+    from evospec.train_drafter import checked_taps, train_drafter
 
     recipe = dataclasses.replace(recipe_named(recipe_name).drafter, **{k: v for k, v in overrides.items() if v is not None})
     corpus_domains(corpus)
-    target = load_target(target_dir)
+    target = load_target(target_dir, device=device)
     if target.tokenizer is None:
         raise click.UsageError(f"{target_dir} has no tokenizer; the corpus must be tokenised with the target's own")
-    with loss_progress("training drafter", transient=True) as bar:
+    checked_taps(recipe.taps, target.num_layers)  # refuse before the corpus is tokenised
+    with loss_progress("training drafter", transient=True) as bar, reproducible(threads, device):
         task = bar.add_task("d", total=recipe.steps, loss=float("nan"))
         drafter, losses = train_drafter(target, target.tokenizer, str(corpus), recipe,
                                         lambda step, loss: bar.update(task, completed=step + 1, loss=loss))
     save_drafter(drafter, out)
-    click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; wrote {out}")
+    click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; taps {drafter.config.tap_layers}; wrote {out}")
 
 
 @click.group()
@@ -84,18 +108,21 @@ def reference() -> None:
 
 @reference.command("build")
 @click.option("--size", default="medium", show_default=True,
-              help="Recipe: tiny (minutes), medium (about 45 min on 2 cores), or a TOML recipe file.")
+              help="Recipe: tiny (minutes), medium (about 35 min on 2 cores), large (hours on 2 cores, minutes "
+                   "with --device cuda), or a TOML recipe file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder to build into (default: ~/.cache/evospec/reference/<size>).")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Where downloaded source archives are kept (default: ~/.cache/evospec/sources).")
-def reference_build(size, out, cache):
+@_device
+@_threads
+def reference_build(size, out, cache, device, threads):
     """Build (or resume) corpora, tokenizer, target and drafter; the last line printed is JSON with their paths."""
     from rich.console import Console
 
     from evospec.progress import loss_progress
     from evospec.recipes import recipe_named
-    from evospec.reference import build_reference, default_root
+    from evospec.reference import build_reference, default_root, valid_loss
 
     recipe = recipe_named(size)
     root = out or default_root(Path(size).stem if Path(size).suffix == ".toml" else size)
@@ -111,7 +138,9 @@ def reference_build(size, out, cache):
                 # no live bar in logs: a plain line every 5% instead
                 click.echo(f"{stage} {done}/{total}" + ("" if loss is None else f" loss {loss:.3f}"), err=True)
 
-        paths = build_reference(root, recipe, cache, report)
+        paths = build_reference(root, recipe, cache, report, device=device, threads=threads)
+    for domain, loss in sorted(valid_loss(paths.root).items()):
+        click.echo(f"valid loss {domain}: {loss:.3f}", err=True)
     click.echo(json.dumps(paths.as_json()))
 
 

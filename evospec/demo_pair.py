@@ -5,13 +5,15 @@ No weights can be downloaded here, so the pair is trained from real text by :fun
 (``evospec build-demo``; a few minutes on 2 CPU cores) and the result ships with the package under
 ``evospec/assets/demo`` (fp16 weights, a few MB) with a ``recipe.json`` saying how it was made.
 Both models are written in the standard layouts (HF directory with tokenizer; EAGLE-3 checkpoint)
-and loaded back through the same loaders as any user's models.
+and loaded back through the same loaders as any user's models. ``build-demo --reuse-target PAIR``
+keeps a pair's target byte for byte and distils only a new drafter (minutes, not a quarter hour).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sysconfig
 import time
 from collections import Counter
@@ -21,13 +23,14 @@ from pathlib import Path
 import torch
 
 from evospec.atomic import atomic_directory
+from evospec.determinism import DEFAULT_THREADS, build_environment, reproducible
 from evospec.distill import DistillSettings, distill_drafter
 from evospec.errors import CheckpointError
 from evospec.progress import loss_progress
 from evospec.runtime.checkpoint import save_drafter
-from evospec.runtime.drafter import default_tap_layers
+from evospec.runtime.drafter import tap_problem
 from evospec.runtime.generator import SpeculativeGenerator
-from evospec.runtime.target import TargetModel
+from evospec.runtime.target import TargetModel, load_target
 from evospec.tiny import TinyShape, tiny_drafter, tiny_target
 
 ASSET_DIR = Path(__file__).parent / "assets" / "demo"
@@ -45,6 +48,9 @@ class DemoRecipe:
     draft_vocab: int = 384
     distill: DistillSettings = DistillSettings(steps=600, batch_size=16, unroll=3, lr=3e-3, seed=0)
     seed: int = 0
+    # Written into the drafter's config. EAGLE-3's default for 6 layers, (2, 3, 3), repeats a
+    # layer, which vLLM and upstream EAGLE cannot serve; low/middle/high of the 5 states they expose.
+    taps: tuple[int, int, int] = (1, 3, 5)
 
 
 def stdlib_corpus() -> list[str]:
@@ -88,30 +94,58 @@ def train_target(ids: torch.Tensor, recipe: DemoRecipe):
     return model.eval(), float(loss.detach())
 
 
-def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
-    """Train the pair and write ``out/target``, ``out/drafter`` and ``out/recipe.json`` atomically."""
+def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe(), reuse_target: Path | None = None) -> Path:
+    """Train the pair and write ``out/target``, ``out/drafter`` and ``out/recipe.json`` atomically.
+
+    Args:
+        out: The pair folder to write.
+        recipe: How to train (``recipe.shape`` and the target knobs are ignored with ``reuse_target``).
+        reuse_target: A pair folder whose ``target/`` is copied unchanged (its tokenizer too): only
+            the drafter is distilled, on the target as shipped (fp16 weights, run in float32).
+    """
+    problem = tap_problem(recipe.taps, recipe.shape.layers if reuse_target is None else None)
+    if problem is not None:
+        raise CheckpointError(f"demo recipe: {problem}; vLLM and upstream EAGLE could not serve the drafter")
     started = time.perf_counter()
     texts = stdlib_corpus()
-    tokenizer = train_tokenizer(texts, recipe.shape.vocab_size)
-    eos = tokenizer.eos_token_id
-    ids = torch.tensor([t for text in texts for t in tokenizer.encode(text) + [eos]])
-    model, target_loss = train_target(ids, recipe)
-    model.generation_config.eos_token_id = None  # code has no natural end here; demo runs to max tokens
-    target = TargetModel(model, default_tap_layers(recipe.shape.layers))
+    reused: dict = {}
+    with reproducible(DEFAULT_THREADS):
+        if reuse_target is None:
+            tokenizer = train_tokenizer(texts, recipe.shape.vocab_size)
+        else:
+            source = Path(reuse_target) / "target"
+            loaded = load_target(source, dtype="float32")
+            tokenizer, model = loaded.tokenizer, loaded.model
+            manifest_path = Path(reuse_target) / "recipe.json"
+            reused = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        eos = tokenizer.eos_token_id
+        ids = torch.tensor([t for text in texts for t in tokenizer.encode(text) + [eos]])
+        if reuse_target is None:
+            model, target_loss = train_target(ids, recipe)
+            model.generation_config.eos_token_id = None  # code has no natural end here; demo runs to max tokens
+        else:
+            target_loss = reused.get("target_final_loss")
+        problem = tap_problem(recipe.taps, model.config.num_hidden_layers)
+        if problem is not None:
+            raise CheckpointError(f"demo recipe: {problem}; vLLM and upstream EAGLE could not serve the drafter")
+        target = TargetModel(model, recipe.taps)
 
-    counts = Counter(ids.tolist())
-    draft_ids = torch.tensor(sorted(t for t, _ in counts.most_common(recipe.draft_vocab)))
-    drafter = tiny_drafter(model, seed=recipe.seed + 1, init_std=0.02, draft_ids=draft_ids)
-    g = torch.Generator().manual_seed(recipe.seed + 2)
-    sequences = torch.cat([_batches(ids, recipe, g) for _ in range(16)])[:, :128]
-    settings = recipe.distill
-    with loss_progress("distilling demo drafter") as bar:
-        task = bar.add_task("d", total=settings.steps, loss=float("nan"))
-        losses = distill_drafter(target, drafter, sequences, settings,
-                                 lambda step, loss: bar.update(task, advance=1, loss=loss))
+        counts = Counter(ids.tolist())
+        draft_ids = torch.tensor(sorted(t for t, _ in counts.most_common(recipe.draft_vocab)))
+        drafter = tiny_drafter(model, seed=recipe.seed + 1, init_std=0.02, draft_ids=draft_ids, tap_layers=recipe.taps)
+        g = torch.Generator().manual_seed(recipe.seed + 2)
+        sequences = torch.cat([_batches(ids, recipe, g) for _ in range(16)])[:, :128]
+        settings = recipe.distill
+        with loss_progress("distilling demo drafter") as bar:
+            task = bar.add_task("d", total=settings.steps, loss=float("nan"))
+            losses = distill_drafter(target, drafter, sequences, settings,
+                                     lambda step, loss: bar.update(task, advance=1, loss=loss))
     with atomic_directory(out) as tmp:
-        model.to(torch.float16).save_pretrained(tmp / "target")
-        tokenizer.save_pretrained(tmp / "target")
+        if reuse_target is None:
+            model.to(torch.float16).save_pretrained(tmp / "target")
+            tokenizer.save_pretrained(tmp / "target")
+        else:
+            shutil.copytree(source, tmp / "target")
         save_drafter(drafter.to(torch.float16), tmp / "drafter")
         manifest = {
             "recipe": asdict(recipe),
@@ -120,8 +154,13 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe()) -> Path:
             "target_final_loss": target_loss,
             "drafter_final_loss": losses[-1],
             "build_seconds": round(time.perf_counter() - started, 1),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "machine": f"{platform.machine()}, {DEFAULT_THREADS} torch threads",
+            "environment": build_environment(DEFAULT_THREADS, "cpu"),
         }
+        if reuse_target is not None:
+            manifest["target_reused"] = {"from": str(reuse_target), "recipe": reused.get("recipe"),
+                                         "build_seconds": reused.get("build_seconds"),
+                                         "machine": reused.get("machine")}
         (tmp / "recipe.json").write_text(json.dumps(manifest, indent=2))
     return out
 

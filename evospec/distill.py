@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
 from evospec.runtime.target import TargetModel
+from evospec.training_state import load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +90,36 @@ def distill_drafter(
     sequences: torch.Tensor,  # [N, T] token ids the target produced
     settings: DistillSettings = DistillSettings(),
     progress: Callable[[int, float], None] | None = None,
+    state_path: Path | None = None,
+    save_every: int = 100,
+    state_key: dict[str, Any] | None = None,
 ) -> list[float]:
-    """Train ``drafter`` in place; returns the loss per step. The target is run per batch."""
-    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device))
+    """Train ``drafter`` in place (on its own device); returns the loss per step.
+
+    The target is run per batch. Batch indices are drawn on the CPU from ``settings.seed``, so any
+    device draws the same batches. With ``state_path``, drafter, optimiser, generator and losses are
+    saved there every ``save_every`` steps (keyed by ``state_key``, default the settings) and an
+    interrupted run resumes from it with the same batches.
+    """
+    device = drafter.d2t.device
+    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=device))
     params = [p for p in drafter.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(settings.seed)
+    key = state_key if state_key is not None else asdict(settings)
+    losses: list[float] = []
+    state = load_training_state(state_path, key)
+    if state is not None:
+        drafter.load_state_dict(state["drafter"])
+        optimiser.load_state_dict(state["optimiser"])
+        g.set_state(state["generator"])
+        losses = list(state["losses"])
     drafter.train()
-    losses = []
-    for step in range(settings.steps):
+    for step in range(len(losses), settings.steps):
         idx = torch.randint(0, sequences.shape[0], (settings.batch_size,), generator=g)
-        features, logits = teacher_outputs(target, sequences[idx], rows)
-        loss = distill_loss(drafter, features, logits, sequences[idx], settings)
+        batch = sequences[idx].to(device)
+        features, logits = teacher_outputs(target, batch, rows)
+        loss = distill_loss(drafter, features, logits, batch, settings)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -106,6 +127,10 @@ def distill_drafter(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
+        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < settings.steps:
+            save_training_state(state_path, {"recipe": key, "drafter": drafter.state_dict(),
+                                             "optimiser": optimiser.state_dict(), "generator": g.get_state(),
+                                             "losses": losses})
     drafter.eval()
     return losses
 

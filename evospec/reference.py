@@ -9,11 +9,13 @@ another recipe is an error, not a silent mix.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from evospec.atomic import write_text_atomic
+from evospec.determinism import DEFAULT_THREADS, build_environment, reproducible
 from evospec.errors import SettingsError
 from evospec.recipes import ReferenceRecipe
 
@@ -44,6 +46,14 @@ class ReferencePaths:
     def target_state(self) -> Path:
         return self.root / "target.train-state.pt"
 
+    @property
+    def drafter_state(self) -> Path:
+        return self.root / "drafter.train-state.pt"
+
+    @property
+    def build_record(self) -> Path:
+        return self.root / "build.json"
+
     def as_json(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in ("corpus", "tokenizer", "target", "drafter")}
 
@@ -54,7 +64,7 @@ def default_root(size: str) -> Path:
 
 def _pin_recipe(paths: ReferencePaths, recipe: ReferenceRecipe) -> None:
     pinned = paths.root / "recipe.json"
-    wanted = asdict(recipe)
+    wanted = json.loads(json.dumps(asdict(recipe)))  # as read back: tuples become lists
     if pinned.exists():
         try:
             found = json.loads(pinned.read_text())
@@ -66,10 +76,30 @@ def _pin_recipe(paths: ReferencePaths, recipe: ReferenceRecipe) -> None:
     write_text_atomic(pinned, json.dumps(wanted, indent=2))
 
 
+def _record(paths: ReferencePaths, **changes: object) -> dict:
+    """Update ``build.json`` (kept across resumed runs: a stage built earlier keeps its entry)."""
+    record = json.loads(paths.build_record.read_text()) if paths.build_record.exists() else {}
+    for key, value in changes.items():
+        record[key] = {**record.get(key, {}), **value} if isinstance(value, dict) else value
+    write_text_atomic(paths.build_record, json.dumps(record, indent=2))
+    return record
+
+
 def build_reference(
     root: Path, recipe: ReferenceRecipe, source_cache: Path, progress: Progress | None = None, save_every: int = 100,
+    device: str = "cpu", threads: int = DEFAULT_THREADS,
 ) -> ReferencePaths:
-    """Build (or finish building) the reference pair under ``root``; returns its paths."""
+    """Build (or finish building) the reference pair under ``root``; returns its paths.
+
+    Args:
+        root: The pair's folder.
+        recipe: Target and drafter recipes (pinned in ``recipe.json``).
+        source_cache: Where downloaded source archives are kept.
+        progress: Called as (stage, done, total, loss).
+        save_every: Steps between training-state saves (both training stages resume from them).
+        device: Where the target and drafter train (``cpu`` or ``cuda``).
+        threads: Torch intra-op threads, pinned for reproducibility (recorded in ``build.json``).
+    """
     from evospec.data_build import build_corpus
     from evospec.qwen_vocab import write_qwen_tokenizer
     from evospec.runtime.checkpoint import save_drafter
@@ -88,17 +118,32 @@ def build_reference(
         report("corpus", 0, 1, None)
         build_corpus(paths.corpus, source_cache, tokenizer=tokenizer)
         report("corpus", 1, 1, None)
-    if not paths.target.exists():
-        steps = recipe.target.steps
-        model, valid = train_target(tokenizer, str(paths.corpus), recipe.target,
-                                    lambda step, loss: report("target", step + 1, steps, loss),
-                                    state_path=paths.target_state, save_every=save_every)
-        save_target(model, tokenizer, paths.target, recipe.target, valid)
-        paths.target_state.unlink(missing_ok=True)
-    if not paths.drafter.exists():
-        target = load_target(paths.target)
-        steps = recipe.drafter.steps
-        drafter, _ = train_drafter(target, tokenizer, str(paths.corpus), recipe.drafter,
-                                   lambda step, loss: report("drafter", step + 1, steps, loss))
-        save_drafter(drafter, paths.drafter)
+    with reproducible(threads, device):
+        if not paths.target.exists():
+            steps, started = recipe.target.steps, time.perf_counter()
+            model, valid = train_target(tokenizer, str(paths.corpus), recipe.target,
+                                        lambda step, loss: report("target", step + 1, steps, loss),
+                                        state_path=paths.target_state, save_every=save_every, device=device)
+            save_target(model, tokenizer, paths.target, recipe.target, valid)
+            paths.target_state.unlink(missing_ok=True)
+            _record(paths, target={"valid_loss": valid, "seconds": round(time.perf_counter() - started, 1),
+                                   "environment": build_environment(threads, device)})
+        if not paths.drafter.exists():
+            target = load_target(paths.target, device=device)
+            steps, started = recipe.drafter.steps, time.perf_counter()
+            drafter, losses = train_drafter(target, tokenizer, str(paths.corpus), recipe.drafter,
+                                            lambda step, loss: report("drafter", step + 1, steps, loss),
+                                            state_path=paths.drafter_state, save_every=save_every)
+            save_drafter(drafter, paths.drafter)
+            paths.drafter_state.unlink(missing_ok=True)
+            _record(paths, drafter={"first_loss": losses[0], "final_loss": losses[-1],
+                                    "taps": list(drafter.config.tap_layers),
+                                    "seconds": round(time.perf_counter() - started, 1),
+                                    "environment": build_environment(threads, device)})
     return paths
+
+
+def valid_loss(root: Path) -> dict[str, float]:
+    """The target's full-vocabulary validation loss per domain, as the build recorded it."""
+    training = ReferencePaths(root).target / "training.json"
+    return json.loads(training.read_text())["valid_loss"] if training.exists() else {}

@@ -105,12 +105,14 @@ def tiny_drafter(
     with_embeddings: bool = False,
     draft_ids: torch.Tensor | None = None,
     init_std: float = 0.3,
+    tap_layers: tuple[int, ...] | None = None,
 ) -> Eagle3Drafter:
     """A random EAGLE-3 drafter for ``target_model``.
 
     Args:
         draft_ids: Target ids the draft vocabulary covers (sorted); default: a random subset of
             ``draft_vocab`` ids, or every id when ``draft_vocab`` is None.
+        tap_layers: Taps written into the config (None: EAGLE-3's default for the target).
     """
     cfg = target_model.config
     vocab = cfg.vocab_size
@@ -118,7 +120,7 @@ def tiny_drafter(
     if draft_ids is None:
         n = draft_vocab or vocab
         draft_ids = torch.randperm(vocab, generator=g)[:n].sort().values
-    config = tiny_drafter_config(cfg, int(draft_ids.numel()))
+    config = tiny_drafter_config(cfg, int(draft_ids.numel()), tap_layers)
     drafter = Eagle3Drafter(config, with_embeddings, shared_embeddings=target_model.get_input_embeddings())
     with torch.no_grad():
         for name, p in drafter.named_parameters():

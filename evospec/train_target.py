@@ -3,13 +3,17 @@
 A 151k-row output layer makes a full softmax the whole cost of a CPU training step, so training
 uses a *sampled softmax*: each step scores the batch's own target tokens plus ``negatives`` tokens
 drawn from the corpus unigram distribution (power 0.75), never the whole vocabulary. Validation
-loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, per domain.
+loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, per domain (every
+domain folder of the corpus but ``switch``: no domain name is built in).
+
+Every random draw (initialisation, batches, negatives, validation windows) comes from the recipe's
+seed through explicit generators that live on the CPU, so a run draws the same numbers on any
+device; ``evospec.determinism.reproducible`` pins the rest.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from evospec.corpus import corpus_domains, read_documents
-from evospec.errors import SettingsError
+from evospec.training_state import load_training_state, save_training_state
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class TargetRecipe:
     """Shape and schedule of a reference target (``configs/reference-*.toml`` load into this)."""
 
     hidden_size: int = 64
-    layers: int = 4
+    layers: int = 8
     heads: int = 4
     kv_heads: int = 2
     intermediate_size: int = 176
@@ -88,7 +92,7 @@ def sampled_softmax_loss(model, batch: torch.Tensor, sampler: torch.Tensor, nega
     """Cross-entropy over the batch's targets plus unigram-sampled negatives, not the whole vocabulary."""
     inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
     hidden = model.model(input_ids=inputs).last_hidden_state.reshape(-1, model.config.hidden_size)
-    drawn = torch.multinomial(sampler, negatives, replacement=True, generator=g)
+    drawn = torch.multinomial(sampler, negatives, replacement=True, generator=g).to(targets.device)
     candidates, inverse = torch.unique(torch.cat((targets, drawn)), return_inverse=True)
     logits = hidden @ model.lm_head.weight[candidates].T  # [N, C]
     return F.cross_entropy(logits, inverse[: targets.numel()])
@@ -100,45 +104,28 @@ def full_vocab_loss(model, batch: torch.Tensor, chunk: int = 16384) -> float:
     inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
     hidden = model.model(input_ids=inputs).last_hidden_state.reshape(-1, model.config.hidden_size)
     weight = model.lm_head.weight
-    lse = torch.full((hidden.shape[0],), -math.inf)
+    lse = torch.full((hidden.shape[0],), -math.inf, device=hidden.device)
     for start in range(0, weight.shape[0], chunk):
         lse = torch.logaddexp(lse, torch.logsumexp(hidden @ weight[start : start + chunk].T, dim=-1))
     target_logit = (hidden * weight[targets]).sum(-1)
     return float((lse - target_logit).mean())
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_state(path: Path, recipe: TargetRecipe) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: say which
-        raise SettingsError(f"training state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart") from None
-    if state.get("recipe") != asdict(recipe):
-        raise SettingsError(f"training state {path} was written by a different recipe; delete it to restart")
-    return state
-
-
 def train_target(
     tokenizer, corpus: str, recipe: TargetRecipe, progress: Callable[[int, float], None] | None = None,
-    state_path: Path | None = None, save_every: int = 100,
+    state_path: Path | None = None, save_every: int = 100, device: str = "cpu",
 ) -> tuple[object, dict[str, float]]:
-    """Returns (model in eval mode, validation loss per domain).
+    """Returns (model in eval mode, on the CPU; validation loss per domain).
 
     With ``state_path``, model, optimiser, schedule and random state are saved there every
     ``save_every`` steps and training resumes from it: an interrupted run loses minutes, not all.
-    The resumed run draws the same batches as an uninterrupted one.
+    The resumed run draws the same batches as an uninterrupted one. ``device`` is where the model
+    trains (``cuda`` where a GPU exists); batches and negatives are drawn on the CPU either way.
     """
     train = domain_token_streams(tokenizer, corpus, "train")
     valid = domain_token_streams(tokenizer, corpus, "valid")
     vocab = len(tokenizer)
-    model = new_target(vocab, recipe, tokenizer.eos_token_id)
+    model = new_target(vocab, recipe, tokenizer.eos_token_id).to(device)
     counts = Counter()
     for ids in train.values():
         counts.update(ids.tolist())
@@ -149,7 +136,7 @@ def train_target(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
     g = torch.Generator().manual_seed(recipe.seed)
     first = 0
-    state = _load_state(state_path, recipe) if state_path is not None else None
+    state = load_training_state(state_path, asdict(recipe))
     if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -158,7 +145,7 @@ def train_target(
         first = state["step"]
     model.train()
     for step in range(first, recipe.steps):
-        batch = sample_windows(train, recipe.batch_size, recipe.seq_len + 1, g)
+        batch = sample_windows(train, recipe.batch_size, recipe.seq_len + 1, g).to(device)
         loss = sampled_softmax_loss(model, batch, sampler, recipe.negatives, g)
         optimiser.zero_grad()
         loss.backward()
@@ -168,15 +155,16 @@ def train_target(
         if progress is not None:
             progress(step, float(loss.detach()))
         if state_path is not None and (step + 1) % save_every == 0 and step + 1 < recipe.steps:
-            _save_state(state_path, {"recipe": asdict(recipe), "step": step + 1, "model": model.state_dict(),
-                                     "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                                     "generator": g.get_state()})
+            save_training_state(state_path, {"recipe": asdict(recipe), "step": step + 1, "model": model.state_dict(),
+                                             "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                                             "generator": g.get_state()})
     model.eval()
     vg = torch.Generator().manual_seed(recipe.seed + 1)
     per_domain = {}
     for domain, ids in valid.items():
-        per_domain[domain] = full_vocab_loss(model, sample_windows({domain: ids}, recipe.valid_windows, recipe.seq_len + 1, vg))
-    return model, per_domain
+        windows = sample_windows({domain: ids}, recipe.valid_windows, recipe.seq_len + 1, vg).to(device)
+        per_domain[domain] = full_vocab_loss(model, windows)
+    return model.cpu(), per_domain
 
 
 def save_target(model, tokenizer, out: Path, recipe: TargetRecipe, valid_loss: dict[str, float]) -> Path:

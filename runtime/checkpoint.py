@@ -10,15 +10,18 @@ with ``strict=False``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter
+from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
 from safetensors.torch import load_file, save_file
 
 from evospec.atomic import atomic_directory
 from evospec.errors import CheckpointError, CompatibilityError
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -36,6 +39,26 @@ def _tap_layers(cfg: dict[str, Any]) -> tuple[int, ...] | None:
         if ids:
             return tuple(int(i) for i in ids)
     return None
+
+
+def warn_unservable_taps(config: Eagle3Config, path: Path, target_num_layers: int | None = None) -> None:
+    """Log a warning when vLLM or upstream EAGLE could not serve this drafter's taps.
+
+    EvoSpec decodes with any three in-range taps, so this is no error: the checkpoint is fine here
+    and only fails elsewhere. Without explicit taps the warning needs the target's layer count.
+    """
+    taps, where = config.tap_layers, ""
+    if taps is None:
+        if target_num_layers is None:
+            return
+        taps, where = default_tap_layers(target_num_layers), f" (EAGLE-3's default for {target_num_layers} layers)"
+    problem = tap_problem(taps, target_num_layers)
+    if problem is not None:
+        logger.warning("%s: %s%s; EvoSpec decodes with them, but vLLM and upstream EAGLE cannot serve this drafter "
+                       "(vLLM collects one state per distinct layer, in layer order: a shape error at the first "
+                       "draft; upstream EAGLE always uses the default). Retrain with distinct ascending taps (vLLM reads "
+                       "them from config.json) or, for upstream EAGLE too, a target of at least 8 layers",
+                       path, problem, where)
 
 
 def read_config(directory: str | Path) -> Eagle3Config:
@@ -125,6 +148,7 @@ def load_drafter(
     target_vocab_size: int,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    target_num_layers: int | None = None,
 ) -> Eagle3Drafter:
     """Load an EAGLE-3 drafter and check it against the target it will draft for.
 
@@ -135,10 +159,13 @@ def load_drafter(
         target_vocab_size: Rows of the target's LM head.
         device: Where to put the drafter.
         dtype: Floating-point type of the drafter's weights.
+        target_num_layers: The target's decoder layers; with it, default taps that other engines
+            cannot serve are warned about too (explicit ones always are).
     """
     directory = Path(directory)
     config = read_config(directory)
     cfg_path = directory / "config.json"
+    warn_unservable_taps(config, cfg_path, target_num_layers)
     if config.target_hidden_size != target_hidden_size:
         raise CompatibilityError(
             f"{cfg_path}: drafter expects target hidden size {config.target_hidden_size}, "
@@ -194,8 +221,9 @@ def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: 
             draft_vocab_size=c.draft_vocab_size,
             hidden_act="silu",
         )
-        if c.tap_layers is not None:
-            cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(c.tap_layers)}
+        if c.tap_layers is not None:  # both places vLLM reads (some versions look only at the top level)
+            cfg["eagle_aux_hidden_state_layer_ids"] = list(c.tap_layers)
+            cfg["eagle_config"] = {**(cfg.get("eagle_config") or {}), "eagle_aux_hidden_state_layer_ids": list(c.tap_layers)}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in drafter.state_dict().items()}
         if safetensors:

@@ -72,6 +72,27 @@ def default_tap_layers(num_target_layers: int) -> tuple[int, int, int]:
     return (2, num_target_layers // 2, num_target_layers - 3)
 
 
+def tap_problem(taps: tuple[int, ...], num_layers: int | None = None) -> str | None:
+    """Why vLLM or upstream EAGLE could not serve a drafter with these taps, or None.
+
+    vLLM collects the residual stream *before* each decoder layer whose index is tapped (``idx in
+    aux_hidden_state_layers``, in layer order: HF ``hidden_states`` indexing, the same as ours). A
+    repeated index yields one state, not two (a shape error at the first draft: 2d features where
+    ``fc`` expects 3d), an unordered tuple is concatenated in layer order, not in the drafter's, and
+    it can tap neither 0 (no residual yet) nor ``num_layers`` (after the last layer). Upstream EAGLE
+    hard-codes EAGLE-3's default (2, L//2, L-3), which repeats or reverses a layer below 8 layers
+    (6 layers: (2, 3, 3); 4 layers: (2, 2, 1)).
+    """
+    taps = tuple(taps)
+    if len(set(taps)) != len(taps):
+        return f"taps {taps} repeat a layer"
+    if list(taps) != sorted(taps):
+        return f"taps {taps} are not in ascending order"
+    if num_layers is not None and not all(1 <= t <= num_layers - 1 for t in taps):
+        return f"taps {taps} leave 1..{num_layers - 1}, the states a {num_layers}-layer target exposes to vLLM"
+    return None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()

@@ -91,6 +91,7 @@ class SpeculativeGenerator:
                 target_vocab_size=target.vocab_size,
                 device=target.device,
                 dtype=target.model.dtype,
+                target_num_layers=target.num_layers,
             )
         return cls(target, drafter)
 

@@ -193,3 +193,46 @@ def test_tokenizer_that_does_not_match_the_target(checkpoint_dirs):
     tok.save_pretrained(target_dir)
     with pytest.raises(CheckpointError, match="tokenizer has 97 tokens but the model's embedding has 96 rows"):
         load_target(target_dir)
+
+
+@pytest.mark.parametrize(("taps", "layers", "problem"), [
+    ((2, 3, 3), None, "repeat a layer"), ((2, 2, 1), None, "repeat a layer"), ((3, 1, 2), None, "ascending"),
+    ((0, 2, 3), 4, "leave 1..3"), ((1, 2, 4), 4, "leave 1..3"), ((1, 2, 3), 4, None), ((2, 4, 5), 8, None),
+])
+def test_tap_problem(taps, layers, problem):
+    from evospec.runtime.drafter import tap_problem
+
+    found = tap_problem(taps, layers)
+    assert found is None if problem is None else problem in found
+
+
+def test_unservable_taps_warn_on_load_naming_file_and_taps(tmp_path, caplog):
+    """EvoSpec loads them (they decode here), but says which file and taps other engines would fail on."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=1)  # 4 layers: default taps (2, 2, 1)
+    for name, taps in (("dup", (2, 3, 3)), ("unordered", (3, 1, 2)), ("good", (1, 2, 3)), ("default", None)):
+        save_drafter(tiny_drafter(model, draft_vocab=40, seed=2, tap_layers=taps), tmp_path / name)
+    cfg = json.loads((tmp_path / "good" / "config.json").read_text())
+    assert cfg["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]  # where vLLM reads them first
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]
+    assert "eagle_aux_hidden_state_layer_ids" not in json.loads((tmp_path / "default" / "config.json").read_text())
+
+    def warnings(name, layers=None):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="evospec.runtime.checkpoint"):
+            load_drafter(tmp_path / name, target_embeddings=model.get_input_embeddings(), target_hidden_size=32,
+                         target_vocab_size=96, target_num_layers=layers)
+        return [r.getMessage() for r in caplog.records]
+
+    (dup,) = warnings("dup")
+    assert str(tmp_path / "dup" / "config.json") in dup and "(2, 3, 3) repeat a layer" in dup and "vLLM" in dup
+    assert "not in ascending order" in warnings("unordered")[0]
+    assert warnings("good", 4) == [] and warnings("default") == []  # no layer count: the default is unknown
+    (default,) = warnings("default", 4)
+    assert "(2, 2, 1) repeat a layer (EAGLE-3's default for 4 layers)" in default
+
+
+def test_generator_warns_on_default_taps_that_repeat(checkpoint_dirs, caplog):
+    target_dir, drafter_dir, _, _ = checkpoint_dirs  # 4-layer target, drafter without explicit taps
+    with caplog.at_level("WARNING", logger="evospec.runtime.checkpoint"):
+        SpeculativeGenerator.from_paths(target_dir, drafter_dir)
+    assert any("(2, 2, 1) repeat a layer" in r.getMessage() for r in caplog.records)

@@ -56,6 +56,8 @@ def test_recipe_files(tmp_path):
     path.write_text("[target]\nhidden_size = 48\nsteps = 5\n[drafter]\nsteps = 7\n")
     recipe = load_recipe(path)
     assert recipe.target == TargetRecipe(hidden_size=48, steps=5) and recipe.drafter == DrafterRecipe(steps=7)
+    path.write_text("[drafter]\ntaps = [1, 3, 5]\n")
+    assert load_recipe(path).drafter.taps == (1, 3, 5)  # TOML lists become the tuple presets hold
     for text, message in (("[target]\nhiden = 1\n", r"\[target\]: unknown keys \['hiden'\]"),
                           ("[trainer]\n", r"unknown tables \['trainer'\]"), ("[target\n", "r.toml")):
         path.write_text(text)
@@ -124,8 +126,14 @@ def test_train_target_and_drafter_end_to_end(corpus, tmp_path):
         "--recipe", str(recipe))
     assert (tmp_path / "t" / "tokenizer.json").exists() and not list(tmp_path.glob(".t.*"))
     assert set(_json.loads((tmp_path / "t" / "training.json").read_text())["valid_loss"]) == set(TEXT)
-    proc = run("train", "drafter", "--target", str(tmp_path / "t"), "--corpus", str(corpus), "--out", str(tmp_path / "d"),
-               "--draft-vocab", "40", "--steps", "30", "--seq-len", "24", "--windows", "32")
+    drafter_args = ("train", "drafter", "--target", str(tmp_path / "t"), "--corpus", str(corpus), "--out",
+                    str(tmp_path / "d"), "--draft-vocab", "40", "--steps", "30", "--seq-len", "24", "--windows", "32")
+    refused = run(*drafter_args, check=False)  # 4 layers: EAGLE-3's default taps (2, 2, 1) repeat a layer
+    assert refused.returncode == 2 and not (tmp_path / "d").exists()
+    assert refused.stderr.strip().count("\n") == 0 and "taps (2, 2, 1) repeat a layer" in refused.stderr
+    assert "--taps 1,2,3" in refused.stderr
+    proc = run(*drafter_args, "--taps", "1,2,3")
+    assert _json.loads((tmp_path / "d" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]
     first, last = (float(x) for x in proc.stdout.split("loss ")[1].split(";")[0].split(" -> "))
     assert last < first
     generator = SpeculativeGenerator.from_paths(tmp_path / "t", tmp_path / "d")
@@ -154,11 +162,16 @@ def test_reference_build_end_to_end_and_resume(corpus, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text("[target]\nhidden_size = 32\nlayers = 4\nintermediate_size = 64\nseq_len = 32\nsteps = 30\n"
                       "lr = 1e-2\nnegatives = 16\nvalid_windows = 2\n"
-                      "[drafter]\ndraft_vocab = 40\nsteps = 20\nbatch_size = 8\nseq_len = 24\nwindows = 32\n")
+                      "[drafter]\ndraft_vocab = 40\nsteps = 20\nbatch_size = 8\nseq_len = 24\nwindows = 32\n"
+                      "taps = [1, 2, 3]\n")
     proc = run("reference", "build", "--size", str(recipe), "--out", str(out))
     paths = _json.loads(proc.stdout.strip().splitlines()[-1])
     assert paths == {k: str(out / k) for k in ("corpus", "tokenizer", "target", "drafter")}
     assert "target 30/30" in proc.stderr and "drafter 20/20" in proc.stderr
+    record = _json.loads((out / "build.json").read_text())
+    assert set(record["target"]["valid_loss"]) == set(TEXT) and record["drafter"]["taps"] == [1, 2, 3]
+    for domain, loss in record["target"]["valid_loss"].items():
+        assert f"valid loss {domain}: {loss:.3f}" in proc.stderr
     assert not (out / "target.train-state.pt").exists()
     generator = SpeculativeGenerator.from_paths(paths["target"], paths["drafter"])
     prompt = generator.encode("def add(")
@@ -170,6 +183,7 @@ def test_reference_build_end_to_end_and_resume(corpus, tmp_path):
     proc = run("reference", "build", "--size", str(recipe), "--out", str(out))
     assert (out / "target" / "config.json").stat().st_mtime_ns == stamp  # complete stages are kept
     assert "drafter 20/20" in proc.stderr and "target" not in proc.stderr.replace(str(out), "")
+    assert set(_json.loads((out / "build.json").read_text())) == {"target", "drafter"}  # the target's entry kept
     recipe.write_text(recipe.read_text().replace("steps = 30", "steps = 31"))
     proc = run("reference", "build", "--size", str(recipe), "--out", str(out), check=False)
     assert proc.returncode == 2 and "built with another recipe" in proc.stderr
