@@ -162,13 +162,14 @@ def bundles(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec-norm"), ("ort", "osd"),
-                                            ("torch", "osd")])
+                                            ("torch", "osd"), ("ort", "osd-reservoir")])
 def test_exact_while_weights_change_mid_generation(bundles, backend, method):
     generator = SpeculativeGenerator.from_bundle(bundles[backend], TARGET)
     drafter = generator.drafter
     before, trunk_before = drafter.reservoir.clone(), drafter.trunk_weights()
-    if method == "osd":
-        generator.aligner = OnlineDistiller(drafter, batch=4, every=1, lr=0.05)
+    if method.startswith("osd"):
+        head = "draft" if method == "osd" else "reservoir"
+        generator.aligner = OnlineDistiller(drafter, batch=4, every=1, lr=0.05, head=head)
     else:
         settings = AlignSettings(batch=4, every=1, lr=0.5, window=1000, norm=method == "evospec-norm", norm_lr=0.05)
         generator.aligner = BackgroundAligner(HeadAligner(drafter.reservoir, settings,
@@ -180,7 +181,7 @@ def test_exact_while_weights_change_mid_generation(bundles, backend, method):
     trunk_after = drafter.trunk_weights()  # read back from the engines: the updates reached them
     if method != "evospec":
         assert not torch.equal(trunk_after["norm.weight"], trunk_before["norm.weight"])
-    if method == "osd":
+    if method.startswith("osd"):
         assert not torch.equal(trunk_after["fc.weight"], trunk_before["fc.weight"])
     generator.aligner = None
     assert aligned.token_ids == generator.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids

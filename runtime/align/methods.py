@@ -1,6 +1,8 @@
 """Alignment methods by name: what `profile align --methods` and Python users pick from.
 
-``none``; ``osd`` (whole-drafter online distillation, dense, full vocabulary); ``evospec`` (sparse
+``none``; ``osd`` (standard online distillation of the drafter as it is: fc, decoder layer, norm and
+its own draft-vocabulary head rows, distributions over that vocabulary, dense Adam); ``osd-reservoir``
+(the same over every reservoir row, full-vocabulary distributions); ``evospec`` (sparse
 head rows, curriculum, rollback, on a worker thread); ``evospec-nocurriculum``; ``evospec-norm``
 (also the final norm weight); ``evospec-sync`` (updates on the decoding thread). ``NAME:LR`` sets
 the learning rate.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from evospec.errors import SettingsError
 
-METHODS = ("none", "osd", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
+METHODS = ("none", "osd", "osd-reservoir", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
 
 
 def parse_method(method: str) -> tuple[str, float | None]:
@@ -32,8 +34,9 @@ def make_aligner(method: str, drafter):
     name, lr = parse_method(method)
     if name == "none":
         return None
-    if name == "osd":
-        return OnlineDistiller(drafter, **({} if lr is None else {"lr": lr}))
+    if name in ("osd", "osd-reservoir"):
+        return OnlineDistiller(drafter, head="draft" if name == "osd" else "reservoir",
+                               **({} if lr is None else {"lr": lr}))
     # the evospec variants (parse_method has refused any other name)
     settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
                              background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
