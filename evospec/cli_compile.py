@@ -286,7 +286,8 @@ def _float_list(text: str, option: str) -> list[float]:
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus with topic-switch streams.")
 @click.option("--methods", default="none,osd,evospec,evospec-nocurriculum", show_default=True,
-              help="Comma list of: none, osd, evospec, evospec-nocurriculum, evospec-norm, evospec-sync.")
+              help="Comma list of: none, osd, osd-reservoir, evospec, evospec-nocurriculum, evospec-norm, "
+                   "evospec-sync (NAME:LR sets a learning rate).")
 @click.option("--streams", type=int, default=2, show_default=True)
 @click.option("--chunk", type=int, default=32, show_default=True, help="Tokens generated per call along a stream.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))

@@ -9,7 +9,8 @@ switch until a moving average over 8 verification steps reaches the unaligned dr
 mean in that segment of that stream (recovery; a method's own mean if `none` is not measured),
 update latency (the arithmetic, and the decoding thread's share per cycle), and the memory the
 method adds (its buffers, trainable copies, optimiser state and gradients, summed over the
-tensors it allocated).
+tensors it allocated), also as a ratio to ``osd`` (standard online distillation of the drafter
+as it is) and, when measured, to ``osd-reservoir`` (the same over every reservoir row).
 
 Methods: ``evospec.runtime.align.methods``.
 """
@@ -148,12 +149,22 @@ def run_profile_align(bundle: str | None, target: str, corpus: str, methods: lis
     return sorted(rows, key=lambda r: methods.index(r.method))
 
 
+def memory_base(rows: list[AlignRow], method: str) -> int:
+    """Bytes ``method`` added (its first run, at whatever learning rate), or 0 if it was not measured."""
+    return next((r.alignment_bytes for r in rows if r.method.partition(":")[0] == method), 0)
+
+
+def ratio(value: int, base: int) -> str:
+    return f"{value / base:.3f}x" if base else "-"
+
+
 def align_table(rows: list[AlignRow]) -> str:
-    base = next((r.alignment_bytes for r in rows if r.method.partition(":")[0] == "osd"), 0)
-    header = ("method", "alignment MiB", "vs osd", "tau", "tau per segment", "recovery tokens", "updates", "rollbacks",
-              "ms/update", "decode-thread ms/cycle")
-    return text_table(header, [(r.method, f"{r.alignment_bytes / 2**20:.2f}",
-                                f"{r.alignment_bytes / base:.3f}x" if base else "-", f"{r.mean_accepted_length:.2f}",
+    base, reservoir = memory_base(rows, "osd"), memory_base(rows, "osd-reservoir")
+    header = ("method", "alignment MiB", "vs osd", *(("vs osd-reservoir",) if reservoir else ()), "tau",
+              "tau per segment", "recovery tokens", "updates", "rollbacks", "ms/update", "decode-thread ms/cycle")
+    return text_table(header, [(r.method, f"{r.alignment_bytes / 2**20:.2f}", ratio(r.alignment_bytes, base),
+                                *((ratio(r.alignment_bytes, reservoir),) if reservoir else ()),
+                                f"{r.mean_accepted_length:.2f}",
                                 " ".join(f"{t:.2f}" for t in r.segment_accepted_length), f"{r.recovery_tokens:.0f}",
                                 r.updates, r.rollbacks, f"{r.update_ms:.2f}", f"{r.decode_thread_ms:.2f}")
                                for r in rows])
