@@ -25,7 +25,7 @@ import torch
 from evospec.atomic import atomic_directory
 from evospec.determinism import DEFAULT_THREADS, build_environment, reproducible
 from evospec.distill import DistillSettings, distill_drafter
-from evospec.errors import CheckpointError
+from evospec.errors import CheckpointError, SettingsError
 from evospec.progress import loss_progress
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.drafter import tap_problem
@@ -94,6 +94,12 @@ def train_target(ids: torch.Tensor, recipe: DemoRecipe):
     return model.eval(), float(loss.detach())
 
 
+def _check_taps(taps: tuple[int, ...], layers: int) -> None:
+    problem = tap_problem(taps, layers)
+    if problem is not None:
+        raise SettingsError(f"demo recipe: {problem}; vLLM and upstream EAGLE could not serve the drafter")
+
+
 def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe(), reuse_target: Path | None = None) -> Path:
     """Train the pair and write ``out/target``, ``out/drafter`` and ``out/recipe.json`` atomically.
 
@@ -103,9 +109,8 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe(), reuse_target: 
         reuse_target: A pair folder whose ``target/`` is copied unchanged (its tokenizer too): only
             the drafter is distilled, on the target as shipped (fp16 weights, run in float32).
     """
-    problem = tap_problem(recipe.taps, recipe.shape.layers if reuse_target is None else None)
-    if problem is not None:
-        raise CheckpointError(f"demo recipe: {problem}; vLLM and upstream EAGLE could not serve the drafter")
+    if reuse_target is None:
+        _check_taps(recipe.taps, recipe.shape.layers)  # before a quarter hour of target training
     started = time.perf_counter()
     texts = stdlib_corpus()
     reused: dict = {}
@@ -125,9 +130,7 @@ def build_demo_pair(out: Path, recipe: DemoRecipe = DemoRecipe(), reuse_target: 
             model.generation_config.eos_token_id = None  # code has no natural end here; demo runs to max tokens
         else:
             target_loss = reused.get("target_final_loss")
-        problem = tap_problem(recipe.taps, model.config.num_hidden_layers)
-        if problem is not None:
-            raise CheckpointError(f"demo recipe: {problem}; vLLM and upstream EAGLE could not serve the drafter")
+        _check_taps(recipe.taps, model.config.num_hidden_layers)
         target = TargetModel(model, recipe.taps)
 
         counts = Counter(ids.tolist())

@@ -30,15 +30,17 @@ class ReferenceRecipe:
 PRESETS: dict[str, ReferenceRecipe] = {
     # Minutes on 2 CPU cores: tests and smoke runs. Taps (2, 4, 5).
     "tiny": ReferenceRecipe(TargetRecipe(), DrafterRecipe(draft_vocab=8192, steps=100, batch_size=8)),
-    # About 35 minutes on 2 CPU cores. Deep and thin: 8 layers of d=160 cost about the FLOPs of the
-    # earlier 6 layers of d=192 (MobileLLM's finding: at this scale depth beats width). Taps (2, 4, 5).
+    # About 35 minutes on 2 CPU cores. Deep and thin: 8 layers of d=160 hold 2.33M non-embedding
+    # weights per token against the earlier 6 layers of d=192's 2.36M, so a step costs about the same
+    # FLOPs (MobileLLM's finding: at this scale depth beats width). Taps (2, 4, 5).
     "medium": ReferenceRecipe(
         TargetRecipe(hidden_size=160, layers=8, heads=4, kv_heads=2, intermediate_size=448, seq_len=256,
                      batch_size=8, steps=1500, lr=2e-3, negatives=8192, valid_windows=16),
         DrafterRecipe(draft_vocab=16384, steps=600, batch_size=8, unroll=3, lr=3e-3, seq_len=128, windows=4096),
     ),
     # Hours on 2 CPU cores (resumable: both training stages save their state every 100 steps),
-    # minutes with `--device cuda`. About 8x medium's training tokens. Taps (2, 6, 9).
+    # minutes with `--device cuda`. 8x medium's training tokens on a model of 4x its weights per
+    # token: estimated from FLOP counts at roughly 8-12 hours on 2 cores, not yet timed. Taps (2, 6, 9).
     "large": ReferenceRecipe(
         TargetRecipe(hidden_size=256, layers=12, heads=8, kv_heads=4, intermediate_size=704, seq_len=512,
                      batch_size=8, steps=6000, lr=1.5e-3, negatives=16384, valid_windows=32),

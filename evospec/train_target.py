@@ -3,8 +3,9 @@
 A 151k-row output layer makes a full softmax the whole cost of a CPU training step, so training
 uses a *sampled softmax*: each step scores the batch's own target tokens plus ``negatives`` tokens
 drawn from the corpus unigram distribution (power 0.75), never the whole vocabulary. Validation
-loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, per domain (every
-domain folder of the corpus but ``switch``: no domain name is built in).
+loss is the exact full-vocabulary cross-entropy, computed in vocabulary chunks, per domain: every
+domain folder the corpus has (``corpus_domains``; no list of names here) except ``switch``, whose
+streams are spliced from the other domains' test documents.
 
 Every random draw (initialisation, batches, negatives, validation windows) comes from the recipe's
 seed through explicit generators that live on the CPU, so a run draws the same numbers on any
@@ -133,7 +134,9 @@ def train_target(
     for token, c in counts.items():
         sampler[token] = c**0.75
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    # 5% warm-up; OneCycleLR divides by (warm-up steps - 1), zero at exactly 20 steps: short runs warm up longer
+    warmup = min(0.5, max(0.05, 2 / recipe.steps))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps, pct_start=warmup)
     g = torch.Generator().manual_seed(recipe.seed)
     first = 0
     state = load_training_state(state_path, asdict(recipe))

@@ -187,3 +187,14 @@ def test_reference_build_end_to_end_and_resume(corpus, tmp_path):
     recipe.write_text(recipe.read_text().replace("steps = 30", "steps = 31"))
     proc = run("reference", "build", "--size", str(recipe), "--out", str(out), check=False)
     assert proc.returncode == 2 and "built with another recipe" in proc.stderr
+
+
+@pytest.mark.parametrize("steps", [1, 20])
+def test_short_runs_train(corpus, steps):
+    """OneCycleLR's 5% warm-up is zero steps long at 20 steps (a division by zero): short runs warm up longer."""
+    tok = char_tokenizer()
+    tok.eos_token = "\n"
+    recipe = TargetRecipe(hidden_size=16, layers=2, intermediate_size=32, seq_len=8, batch_size=2, steps=steps,
+                          negatives=8, valid_windows=1)
+    _, valid = train_target(tok, str(corpus), recipe)
+    assert set(valid) == set(TEXT)
