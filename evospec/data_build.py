@@ -4,21 +4,22 @@ Per domain: documents deduplicated (exact, after whitespace normalisation), spli
 train/valid/test by a hash of the document id (stable when sources grow), and a ``manifest.json``
 with every source's package, version, licence, bytes and (with a tokenizer) token counts. A
 ``switch`` domain holds topic-switch streams built from the test splits: documents of different
-domains back to back, switching every N tokens.
+domains back to back, switching every N tokens (general, code, law, medicine, then multilingual:
+a change of language is the drift a deployment meets when its users switch to Spanish).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from evospec.atomic import atomic_directory
 from evospec.data_sources import DataError, Source, default_sources
 
-SWITCH_ORDER = ("general", "code", "law", "medicine")
+SWITCH_ORDER = ("general", "code", "law", "medicine", "multilingual")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,27 @@ def split_of(doc_id: str, settings: SplitSettings) -> str:
     if bucket < settings.test_share + settings.valid_share:
         return "valid"
     return "train"
+
+
+def _hash_rank(doc_id: str) -> bytes:
+    return hashlib.sha256(doc_id.encode()).digest()
+
+
+def capped(documents: Iterable[tuple[str, str]], max_bytes: int | None, seen: dict[str, int]) -> Iterator[tuple[str, str]]:
+    """The documents in a stable subset of about ``max_bytes`` (ranked by a hash of the id, taken
+    until the total reaches the cap), or all of them; ``seen`` gets the source's full size."""
+    documents = list(documents)
+    seen["documents"] = len(documents)
+    seen["bytes"] = sum(len(text.encode()) for _, text in documents)
+    if max_bytes is None:
+        yield from documents
+        return
+    total = 0
+    for doc_id, text in sorted(documents, key=lambda d: _hash_rank(d[0])):
+        if total >= max_bytes:
+            return
+        total += len(text.encode())
+        yield doc_id, text
 
 
 def _file_name(doc_id: str) -> str:
@@ -77,7 +99,8 @@ def build_corpus(
             report = reports.setdefault(source.domain, DomainReport())
             hashes = seen.setdefault(source.domain, set())
             docs = bytes_ = 0
-            for doc_id, text in source.documents(archive):
+            available: dict[str, int] = {}
+            for doc_id, text in capped(source.documents(archive), source.max_bytes, available):
                 digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
                 if not text.strip() or digest in hashes:
                     report.duplicates_removed += bool(text.strip())
@@ -96,8 +119,10 @@ def build_corpus(
                 bytes_ += len(text.encode())
             if docs == 0:
                 raise DataError(f"{source.package}=={source.version} gave no documents for {source.domain}")
-            report.sources.append({"name": source.name, "package": source.package, "version": source.version,
-                                   "licence": source.licence, "documents": docs, "bytes": bytes_})
+            report.sources.append({"name": source.name, "registry": source.registry, "package": source.package,
+                                   "version": source.version, "licence": source.licence, "documents": docs,
+                                   "bytes": bytes_, "max_bytes": source.max_bytes,
+                                   "available_documents": available["documents"], "available_bytes": available["bytes"]})
         for domain in reports:
             for split in ("train", "valid", "test"):
                 (tmp / domain / split).mkdir(parents=True, exist_ok=True)
@@ -114,7 +139,11 @@ def build_corpus(
 
 
 def build_switch_streams(root: Path, tokenizer, settings: SplitSettings) -> dict:
-    """Streams that cycle through the domains' test documents, ``switch_tokens`` per segment."""
+    """Streams that cycle through the domains' test documents, ``switch_tokens`` per segment.
+
+    Stream s takes from each domain the test document at s/streams of the way through its sorted
+    pool, so streams spread over a domain's sources (and the multilingual domain's languages).
+    """
     order = [d for d in SWITCH_ORDER if any((root / d / "test").glob("*.txt"))]
     if len(order) < 2:
         return {"streams": 0, "order": order}
@@ -123,14 +152,15 @@ def build_switch_streams(root: Path, tokenizer, settings: SplitSettings) -> dict
     def segment(text: str) -> str:
         if tokenizer is None:
             return text[: 4 * settings.switch_tokens]
-        return tokenizer.decode(tokenizer.encode(text)[: settings.switch_tokens])
+        # a cut inside a multi-byte character decodes to U+FFFD: drop that partial character
+        return tokenizer.decode(tokenizer.encode(text)[: settings.switch_tokens]).rstrip("\ufffd")
 
     folder = root / "switch" / "test"
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "valid"):
         (root / "switch" / split).mkdir(parents=True, exist_ok=True)
     for s in range(settings.switch_streams):
-        parts = [segment(pools[d][s % len(pools[d])].read_text()) for d in order]
+        parts = [segment(pools[d][s * len(pools[d]) // settings.switch_streams].read_text()) for d in order]
         (folder / f"stream_{s:03d}.txt").write_text("\n\n".join(parts))
     return {"streams": settings.switch_streams, "order": order, "segment_tokens": settings.switch_tokens,
             "segment_unit": "tokens" if tokenizer is not None else "characters/4"}

@@ -20,6 +20,7 @@ class TokenFrequencies:
     documents: int
     source: str
     successors: dict[int, list[int]] | None = None  # token -> its most frequent next tokens in the corpus
+    counted: dict | None = None  # what was counted: {"corpus", "split", "domains"} (`vocab frequencies`)
 
     def top(self, k: int, vocab_size: int | None = None) -> torch.Tensor:
         """The ``k`` most frequent ids, sorted by id."""
@@ -44,6 +45,7 @@ class TokenFrequencies:
             "tokens": int(self.counts.sum()), "source": self.source,
             "counts": {str(int(i)): int(self.counts[i]) for i in nonzero},
             "successors": None if self.successors is None else {str(t): s for t, s in self.successors.items()},
+            "counted": self.counted,
         }))
 
     @classmethod
@@ -63,7 +65,8 @@ class TokenFrequencies:
         successors = data.get("successors")
         if successors is not None:
             successors = {int(t): [int(x) for x in nxt] for t, nxt in successors.items()}
-        return cls(int(data["vocab_size"]), counts, int(data["documents"]), str(data.get("source", "")), successors)
+        return cls(int(data["vocab_size"]), counts, int(data["documents"]), str(data.get("source", "")), successors,
+                   data.get("counted"))
 
 
 def count_tokens(batches: Iterable[list[list[int]]], vocab_size: int, source: str,
