@@ -125,15 +125,15 @@ def unserialize(data: bytes) -> object:
 
 
 def _decompress_blob(blob: bytes) -> bytes:
-    if len(blob) < 5:
+    if len(blob) < 6:
         raise RDataError("lazy-load blob too short")
     size = struct.unpack(">I", blob[:4])[0]
     body = blob[4:]
     try:
-        if body[:1] in (b"Z", b"2", b"X", b"0") and not body.startswith(b"x"):  # types 2/3 carry a method byte
+        if body[:1] in (b"Z", b"2", b"X", b"0"):  # compression types 2/3 carry a method byte
             method, body = body[:1], body[1:]
             out = {b"Z": zlib.decompress, b"2": bz2.decompress, b"X": lzma.decompress, b"0": bytes}[method](body)
-        else:
+        else:  # type 1: zlib
             out = zlib.decompress(body)
     except (zlib.error, OSError, lzma.LZMAError) as exc:
         raise RDataError(f"cannot decompress a lazy-load blob ({exc})") from None
@@ -142,22 +142,30 @@ def _decompress_blob(blob: bytes) -> bytes:
     return out
 
 
-def lazyload_objects(rdx: bytes, rdb: bytes) -> dict[str, object]:
-    """Every variable of a lazy-load database, by name (index ``rdx`` as shipped, gzip-compressed)."""
+def lazyload_index(rdx: bytes) -> dict[str, tuple[int, int]]:
+    """Each variable's (offset, length) in the ``.rdb`` file, from the index as shipped (gzip)."""
     try:
-        index = unserialize(gzip.decompress(rdx) if rdx[:2] == b"\x1f\x8b" else zlib.decompress(rdx[4:]))
-    except (OSError, zlib.error) as exc:
+        data = gzip.decompress(rdx) if rdx[:2] == b"\x1f\x8b" else rdx
+    except (OSError, EOFError) as exc:
         raise RDataError(f"cannot decompress the lazy-load index ({exc})") from None
+    index = unserialize(data)
     if not isinstance(index, RObject) or index.type != VECSXP:
         raise RDataError("lazy-load index is not an R list")
     names = index.attributes.get("names")
     fields = dict(zip(names.values, index.values)) if isinstance(names, RObject) else {}
     variables = fields.get("variables")
-    if not isinstance(variables, RObject):
-        raise RDataError("lazy-load index has no 'variables'")
-    var_names = variables.attributes.get("names")
-    objects = {}
-    for name, where in zip(var_names.values if isinstance(var_names, RObject) else [], variables.values):
-        offset, length = where.values
-        objects[name] = unserialize(_decompress_blob(rdb[offset : offset + length]))
-    return objects
+    var_names = variables.attributes.get("names") if isinstance(variables, RObject) else None
+    if not isinstance(var_names, RObject):
+        raise RDataError("lazy-load index has no named 'variables'")
+    out = {}
+    for name, where in zip(var_names.values, variables.values):
+        if not isinstance(where, RObject) or len(where.values) != 2:
+            raise RDataError(f"lazy-load index entry {name!r} is not an (offset, length) pair")
+        out[name] = (int(where.values[0]), int(where.values[1]))
+    return out
+
+
+def lazyload_objects(rdx: bytes, rdb: bytes) -> dict[str, object]:
+    """Every variable of a lazy-load database, by name."""
+    return {name: unserialize(_decompress_blob(rdb[offset : offset + length]))
+            for name, (offset, length) in lazyload_index(rdx).items()}

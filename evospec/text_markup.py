@@ -122,8 +122,8 @@ def roff_to_text(source: str) -> str:
     in_table_spec = False
 
     def flush() -> None:
-        text = ("\n".join(current) if nofill else _join(current)).strip()
-        if text:
+        text = "\n".join(current).strip("\n") if nofill else _join(current).strip()
+        if text.strip():
             paragraphs.append(text)
         current.clear()
 
