@@ -80,7 +80,8 @@ def corpus_frequencies(tokenizer, corpus: str | Path, domains: tuple[str, ...], 
 
     batches = (tokenizer(batch, add_special_tokens=False)["input_ids"]
                for domain in domains for batch in iter_document_batches(corpus, domain, split))
-    table = count_table(batches, len(tokenizer), f"{corpus} {split} {','.join(domains)}", progress, successors=successors)
+    source = f"{corpus} {split} {','.join(domains)}"
+    table = count_table(batches, len(tokenizer), source, progress, successors=successors)
     table.counted = {"corpus": str(corpus), "split": split, "domains": list(domains)}
     return table
 
@@ -148,7 +149,7 @@ def coverage_table(rows: list[CoverageRow]) -> str:
     by = {(r.domain, r.k): r.coverage for r in rows}
     header = ["domain (test split)"] + [f"top-{k}" for k in ks]
     lines = [[d] + [f"{by[(d, k)]:.1%}" for k in ks] for d in domains]
-    short = [f"top-{r.k} has {r.list_size}" for r in rows if r.domain == domains[0] and r.list_size < r.k] if rows else []
+    short = [f"top-{r.k} has {r.list_size}" for r in rows if r.domain == domains[0] and r.list_size < r.k]
     title = f"list: {rows[0].list_label}" if rows else "list: none"
     if short:
         title += f" (fewer distinct tokens than K: {', '.join(short)})"

@@ -51,7 +51,9 @@ def _hash_rank(doc_id: str) -> bytes:
     return hashlib.sha256(b"max_bytes:" + doc_id.encode()).digest()
 
 
-def capped(documents: Iterable[tuple[str, str]], max_bytes: int | None, seen: dict[str, int]) -> Iterator[tuple[str, str]]:
+def capped(
+    documents: Iterable[tuple[str, str]], max_bytes: int | None, seen: dict[str, int]
+) -> Iterator[tuple[str, str]]:
     """The documents in a stable subset of about ``max_bytes`` (ranked by a hash of the id, taken
     until the total reaches the cap), or all of them; ``seen`` gets the source's full size."""
     documents = list(documents)
@@ -123,7 +125,8 @@ def build_corpus(
             report.sources.append({"name": source.name, "registry": source.registry, "package": source.package,
                                    "version": source.version, "licence": source.licence, "documents": docs,
                                    "bytes": bytes_, "max_bytes": source.max_bytes,
-                                   "available_documents": available["documents"], "available_bytes": available["bytes"]})
+                                   "available_documents": available["documents"],
+                                   "available_bytes": available["bytes"]})
         for domain in reports:
             for split in ("train", "valid", "test"):
                 (tmp / domain / split).mkdir(parents=True, exist_ok=True)

@@ -368,7 +368,8 @@ MANPAGE_LANGUAGES = (
     ("ja", "manpages-ja", "0.5.0.0.20221215+dfsg-1"), ("zh", "manpages-zh", "1.6.4.0-1"),
 )
 MANPAGE_BYTES = 1_000_000
-MANPAGE_LICENCE = "translations under the licences of the pages they translate (GPL-2+, BSD, MIT, ...; see the package's copyright)"
+MANPAGE_LICENCE = ("translations under the licences of the pages they translate "
+                   "(GPL-2+, BSD, MIT, ...; see the package's copyright)")
 
 
 def default_sources() -> list[Source]:
