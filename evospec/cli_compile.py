@@ -222,8 +222,8 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequenci
 
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
-    ks = _int_list(sizes, "--sizes")
-    temps = _float_list(temperatures, "--temperature")
+    ks = _number_list(sizes, "--sizes", int, minimum=1)
+    temps = _number_list(temperatures, "--temperature", float)
     decodes = [DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth,
                               temperature=t, top_p=top_p, seed=seed) for t in temps]  # bad values fail here
     names = expand_policies([p for p in policies.split(",") if p], ks)
@@ -259,23 +259,15 @@ def _named_files(values: tuple[str, ...], option: str) -> dict[str, str]:
     return named
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def _number_list(text: str, option: str, cast: type, minimum: float | None = None) -> list:
+    """Comma-separated numbers of one type (``int`` or ``float``), or a one-line usage error naming the option."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
-    return values
-
-
-def _float_list(text: str, option: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
-    if not values:
-        raise click.BadParameter("expected at least one value", param_hint=option)
+        raise click.BadParameter(f"expected comma-separated {cast.__name__}s, got {text!r}", param_hint=option) from None
+    if not values or (minimum is not None and min(values) < minimum):
+        raise click.BadParameter(f"expected at least one value{'' if minimum is None else f' >= {minimum}'}, "
+                                 f"got {text!r}", param_hint=option)
     return values
 
 
