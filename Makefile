@@ -38,8 +38,7 @@ vocab: $(STAMP)
 		--backend ort --buckets 1024,4096,16384,151851
 	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus --tokenizer $(REFERENCE)/tokenizer \
 		--out $(REFERENCE)/frequencies.json --successors 8
-	mkdir -p $(REFERENCE)/corpus-general && ln -sfn ../corpus/general $(REFERENCE)/corpus-general/general
-	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus-general --tokenizer $(REFERENCE)/tokenizer \
+	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus --domains general --tokenizer $(REFERENCE)/tokenizer \
 		--out $(REFERENCE)/frequencies-general.json --successors 8
 	$(BIN)/evospec vocab dynaspec --bundle $(REFERENCE)/bundle-ort --target $(REFERENCE)/target \
 		--corpus $(REFERENCE)/corpus --clusters 512 --out $(REFERENCE)/dynaspec-512.safetensors
