@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from evospec.errors import CheckpointError, CompatibilityError, EvoSpecError, SettingsError
-from evospec.settings import DecodeSettings
+from evospec.core.errors import CheckpointError, CompatibilityError, EvoSpecError, SettingsError
+from evospec.core.settings import DecodeSettings
 
 _LAZY = {
     "SpeculativeGenerator": "evospec.runtime.generator",

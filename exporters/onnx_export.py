@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from evospec.errors import CompileError
+from evospec.core.errors import CompileError
 from evospec.runtime.stages import StageSignature
-
 
 MAX_DIM = 1 << 20
 

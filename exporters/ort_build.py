@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evospec.errors import CompileError
+from evospec.core.errors import CompileError
 
 
 def build_ort(onnx_path: Path, out_path: Path, providers: list[str] | None = None) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evospec.errors import CompileError
+from evospec.core.errors import CompileError
 
 
 def _trt():
@@ -49,14 +49,3 @@ def build_engine(onnx_path: Path, out_path: Path, profiles: list[dict[str, tuple
     tmp.write_bytes(bytes(serialized))
     tmp.replace(out_path)
     return out_path
-
-
-def refit_weights(engine, weights: dict[str, object]) -> None:
-    """Update named weights of a deserialised REFIT engine in place (``trt.Refitter``)."""
-    trt = _trt()
-    refitter = trt.Refitter(engine, trt.Logger(trt.Logger.WARNING))
-    for name, array in weights.items():
-        if not refitter.set_named_weights(name, trt.Weights(array)):
-            raise CompileError(f"TensorRT engine has no refittable weight {name!r}")
-    if not refitter.refit_cuda_engine():
-        raise CompileError("TensorRT refit failed: some weights were not supplied (see the log)")

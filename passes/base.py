@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from evospec.errors import CompileError, EvoSpecError
+from evospec.core.errors import CompileError, EvoSpecError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,6 @@ class CompileSettings:
     max_draft_tokens: int = 512  # TensorRT profiles: most tokens in one trunk call (prefill chunk or tree level)
 
     def __post_init__(self) -> None:
-        from evospec.errors import SettingsError
-
         if self.backend not in ("ort", "tensorrt", "torch"):
             raise SettingsError(f"backend must be ort, tensorrt or torch (got {self.backend!r})")
         if self.precision not in ("fp32", "fp16"):

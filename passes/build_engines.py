@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evospec.exporters.ort_build import build_ort
 from evospec.passes.base import CompileContext, PassResult, relative
 from evospec.runtime.stages import SIGNATURES
 
@@ -40,8 +41,6 @@ class BuildEngines:
         for stage in SIGNATURES:
             source = ctx.work / ctx.files[f"onnx/{stage}"]
             if backend == "ort":
-                from evospec.exporters.ort_build import build_ort
-
                 path = build_ort(source, folder / f"{stage}.opt.onnx")
             else:
                 from evospec.exporters.tensorrt_build import build_engine

@@ -8,10 +8,10 @@ on the value ranges they will see, not on unit Gaussians.
 from __future__ import annotations
 
 import torch
+
 from evospec.passes.base import CompileContext
 from evospec.runtime.gather import make_plan
 from evospec.runtime.stages import SIGNATURES
-
 
 
 @torch.no_grad()

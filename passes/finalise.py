@@ -7,19 +7,9 @@ and sha256 of all files go into the manifest, so a truncated or swapped file is 
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from evospec.passes.base import CompileContext, PassResult, relative
 from evospec.runtime.checkpoint import save_drafter
-
-
-def fingerprint(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+from evospec.runtime.files import fingerprint
 
 
 class Finalise:

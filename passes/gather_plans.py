@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from evospec.core.errors import SettingsError
 from evospec.passes.base import CompileContext, PassResult
 from evospec.runtime.gather import choose_bucket
-
-from evospec.errors import SettingsError
 
 
 class PlanGathers:

@@ -8,12 +8,12 @@ A stage out of tolerance fails the compile: a bundle that drafts differently is 
 from __future__ import annotations
 
 import torch
+
+from evospec.core.errors import CompileError
 from evospec.passes.base import CompileContext, PassResult
 from evospec.passes.feeds import recorded_feeds
-from evospec.runtime.stages import SIGNATURES
 from evospec.runtime.runners import OrtRunner, TorchRunner
-
-from evospec.errors import CompileError
+from evospec.runtime.stages import SIGNATURES
 
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}  # (atol, rtol of the reference's max |value|)
 

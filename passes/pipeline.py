@@ -10,8 +10,8 @@ from evospec.passes.gather_plans import PlanGathers
 from evospec.passes.parity import CheckParity
 from evospec.passes.reservoir import BuildReservoir
 from evospec.passes.semantic_index import BuildSemanticIndex
-from evospec.passes.statistical_index import CopyStatisticalIndex
 from evospec.passes.split import SplitStages
+from evospec.passes.statistical_index import CopyStatisticalIndex
 from evospec.passes.validate_inputs import ValidateInputs
 
 

@@ -9,6 +9,7 @@ rows (10%) before the final fit on all of them; both relative errors go into the
 from __future__ import annotations
 
 import torch
+
 from evospec.passes.base import CompileContext, PassResult
 from evospec.runtime.stages import ActiveHeadStage, HeadStage
 
@@ -51,7 +52,7 @@ class BuildReservoir:
 
     def __call__(self, ctx: CompileContext) -> PassResult:
         drafter = ctx.drafter
-        rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
+        rows = drafter.draft_vocab_target_ids().cpu()
         target_head = ctx.target.model.get_output_embeddings().weight.detach().cpu()[: drafter.config.vocab_size]
         reservoir, report = build_reservoir(target_head, drafter.lm_head.weight.detach().cpu(), rows)
         ctx.reservoir, ctx.draft_rows = reservoir, rows

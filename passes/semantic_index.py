@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from evospec.errors import CompileError
+from evospec.core.errors import CompileError
 from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.feeds import recorded_feeds
 from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, build_index, projection
 
 RECALL_AT = 64
@@ -37,8 +38,6 @@ class BuildSemanticIndex:
             raise CompileError("the semantic index needs usearch: pip install 'evospec[index]', "
                                "or compile with --index-dims 0 to leave it out") from None
         from safetensors.torch import save_file
-
-        from evospec.passes.feeds import recorded_feeds
 
         rows = ctx.reservoir
         dims = min(dims, rows.shape[1])

@@ -8,7 +8,7 @@ time and a bundle cannot be paired with counts made for another tokenizer.
 
 from __future__ import annotations
 
-from evospec.errors import CompileError, SettingsError
+from evospec.core.errors import CompileError, SettingsError
 from evospec.passes.base import CompileContext, PassResult
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 

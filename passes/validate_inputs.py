@@ -5,28 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from evospec.passes.base import CompileContext, PassResult
-
-WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
-
-
-def hash_directory(directory: Path) -> dict[str, dict]:
-    """sha256 and size of every model file (configs, weights, tokenizer) directly in ``directory``."""
-    from evospec.passes.finalise import fingerprint
-
-    files = {}
-    for path in sorted(Path(directory).iterdir()):
-        if path.is_file() and path.suffix in WEIGHT_SUFFIXES and not path.name.startswith("."):
-            found = fingerprint(path)
-            files[path.name] = {"sha256": found["sha256"], "bytes": found["bytes"]}
-    return files
+from evospec.runtime.files import hash_directory
+from evospec.runtime.generator import SpeculativeGenerator
 
 
 class ValidateInputs:
     name = "validate_inputs"
 
     def __call__(self, ctx: CompileContext) -> PassResult:
-        from evospec.runtime.generator import SpeculativeGenerator
-
         generator = SpeculativeGenerator.from_paths(ctx.target_dir, ctx.drafter_dir)  # all loader checks
         ctx.target, ctx.drafter = generator.target, generator.drafter
         c = ctx.drafter.config

@@ -15,21 +15,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
 from safetensors.torch import load_file, save_file
 
-from evospec.atomic import atomic_directory
-from evospec.errors import CheckpointError, CompatibilityError
+from evospec.core.atomic import atomic_directory
+from evospec.core.errors import CheckpointError, CompatibilityError
+from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _require(cfg: dict[str, Any], key: str, path: Path) -> Any:
-    if key not in cfg:
-        raise CheckpointError(f"{path}: EAGLE-3 config is missing '{key}'")
-    return cfg[key]
+_REQUIRED = object()
+
+
+def _number(cfg: dict[str, Any], key: str, path: Path, cast: type = int, default: Any = _REQUIRED) -> Any:
+    """``cfg[key]`` as ``cast`` (int: a whole number, not a bool); a missing optional key or null takes ``default``."""
+    value = cfg.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: EAGLE-3 config is missing '{key}'")
+        return default
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not isinstance(value, int | float) or (cast is int and not whole):
+        raise CheckpointError(f"{path}: '{key}' must be {'an integer' if cast is int else 'a number'}, got {value!r}")
+    return cast(value)
 
 
 def _tap_layers(cfg: dict[str, Any]) -> tuple[int, ...] | None:
@@ -78,24 +88,24 @@ def read_config(directory: str | Path) -> Eagle3Config:
         raise CheckpointError(
             f"{path}: architectures {archs} is not an EAGLE-3 drafter (expected '{EAGLE3_ARCHITECTURE}')"
         )
-    d = int(_require(cfg, "hidden_size", path))
-    heads = int(_require(cfg, "num_attention_heads", path))
-    vocab = int(_require(cfg, "vocab_size", path))
+    d = _number(cfg, "hidden_size", path)
+    heads = _number(cfg, "num_attention_heads", path)
+    vocab = _number(cfg, "vocab_size", path)
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{path}: hidden_act {cfg['hidden_act']!r} is not supported (expected 'silu')")
-    layers = int(cfg.get("num_hidden_layers", 1))
+    layers = _number(cfg, "num_hidden_layers", path, default=1)
     if layers != 1:
         raise CheckpointError(f"{path}: num_hidden_layers={layers}; EAGLE-3 drafters have exactly 1 layer")
     return Eagle3Config(
         hidden_size=d,
-        target_hidden_size=int(cfg.get("target_hidden_size") or d),
-        intermediate_size=int(_require(cfg, "intermediate_size", path)),
+        target_hidden_size=_number(cfg, "target_hidden_size", path, default=d),
+        intermediate_size=_number(cfg, "intermediate_size", path),
         num_attention_heads=heads,
-        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or d // heads),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        num_key_value_heads=_number(cfg, "num_key_value_heads", path, default=heads),
+        head_dim=_number(cfg, "head_dim", path, default=d // heads),
+        rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, default=1e-6),
         vocab_size=vocab,
-        draft_vocab_size=int(cfg.get("draft_vocab_size") or vocab),
+        draft_vocab_size=_number(cfg, "draft_vocab_size", path, default=vocab),
         tap_layers=_tap_layers(cfg),
         norm_before_residual=bool(cfg.get("norm_before_residual", False)),
         raw=cfg,

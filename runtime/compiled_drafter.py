@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
-from evospec.runtime.gather import GatherPlan, update_plan
-from evospec.runtime.runners import Runner
+from evospec.runtime.gather import GatherPlan, make_plan, update_plan
+from evospec.runtime.runners import Runner, TorchRunner
+from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
 
 class CompiledDrafter:
@@ -173,14 +175,11 @@ class CompiledDrafter:
 
 def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -> CompiledDrafter:
     """The torch backend built in memory from a loaded drafter and a reservoir (no bundle on disk)."""
-    from evospec.runtime.gather import make_plan
-    from evospec.runtime.runners import TorchRunner
-    from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
     head = HeadStage(reservoir)
     modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": head, "head_active": ActiveHeadStage()}
     runners = {stage: TorchRunner(stage, modules[stage], list(SIGNATURES[stage].inputs), list(SIGNATURES[stage].outputs))
                for stage in modules}
-    rows = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size, device=drafter.d2t.device)).cpu()
+    rows = drafter.draft_vocab_target_ids().cpu()
     return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets,
                            reservoir=head.reservoir)

@@ -247,6 +247,10 @@ class Eagle3Drafter(nn.Module):
         """Map draft-vocabulary ids to target ids (EAGLE-3: target = draft + d2t[draft])."""
         return draft_ids + self.d2t[draft_ids]
 
+    def draft_vocab_target_ids(self) -> torch.Tensor:
+        """Target ids of the drafter's own vocabulary in draft-id order: [draft_vocab_size], on d2t's device."""
+        return self.draft_to_target(torch.arange(self.config.draft_vocab_size, device=self.d2t.device))
+
     def forward(
         self,
         hidden: torch.Tensor,  # [B, T, 3*target_d] target features, or [B, T, d] drafter states

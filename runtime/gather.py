@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evospec.errors import SettingsError
+from evospec.core.errors import SettingsError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from evospec.core.errors import CompatibilityError
+from evospec.core.settings import DecodeSettings
 from evospec.runtime.align.feedback import CycleFeedback, apply_changes
+from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
 from evospec.runtime.sampling import sample, sampling_probs
@@ -22,9 +26,7 @@ from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
 from evospec.runtime.verify import verify_greedy, verify_sampling
-
-from evospec.errors import CompatibilityError
-from evospec.settings import DecodeSettings
+from evospec.runtime.vocab import PolicyInputs, make_policy
 
 
 class TokenStream:
@@ -105,7 +107,6 @@ class SpeculativeGenerator:
         ``vocab`` names a vocabulary policy (``full``, ``eagle3``, ``frspec:K``); default: the
         drafter's own vocabulary, fixed.
         """
-        from evospec.bundle import check_target, load_compiled_drafter, read_manifest
 
         manifest = read_manifest(bundle)  # a bad bundle fails before the (slow) target load
         check_target(Path(bundle), manifest, Path(target_dir))
@@ -113,8 +114,6 @@ class SpeculativeGenerator:
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
         if vocab is not None:
-            from evospec.runtime.vocab import PolicyInputs, make_policy
-
             policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, drafter.semantic_index),
                                  frequencies or drafter.frequencies_path, router)
         return cls(target, drafter, policy)

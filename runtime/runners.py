@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from evospec.errors import BundleError
+from evospec.core.errors import BundleError
 
 
 class Runner(Protocol):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from evospec.runtime.drafter import Eagle3Drafter, rotate_half
 from torch import nn
+
+from evospec.runtime.drafter import Eagle3Drafter, rotate_half
 
 
 @dataclass(frozen=True)

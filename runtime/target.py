@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from evospec.errors import CheckpointError, CompatibilityError
+from evospec.core.errors import CheckpointError, CompatibilityError
 
 logger = logging.getLogger(__name__)
 

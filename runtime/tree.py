@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
 
 
@@ -158,6 +159,6 @@ def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand
     if cand_q:
         q = torch.cat(cand_q)[kept].cpu()  # [N, Vd] over draft ids
         full = torch.zeros(len(kept), drafter.config.vocab_size, dtype=q.dtype)
-        full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q
+        full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q  # head columns
         tree.proposals = full
     return tree

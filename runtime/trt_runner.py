@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from evospec.core.errors import BundleError
+
 
 class TrtRunner:
     def __init__(self, name: str, path: Path, buckets: tuple[int, ...] | None = None) -> None:
@@ -46,18 +48,26 @@ class TrtRunner:
 
     def update_weight(self, name: str, value: torch.Tensor) -> None:
         """Refit one weight in place (the engine was built with REFIT); ``name.T`` weights take the transpose."""
-        from evospec.exporters.tensorrt_build import refit_weights
-
-        from evospec.errors import CompileError
-
         self.activate()
         array = value.detach().float().cpu().numpy()
         try:
             refit_weights(self._engine, {name: array})
-        except CompileError:  # not found under its own name: the export stored it transposed
+        except BundleError:  # not found under its own name: the export stored it transposed
             refit_weights(self._engine, {f"{name}.T": array.T.copy()})
 
     def deactivate(self) -> None:
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
+
+
+def refit_weights(engine, weights: dict[str, object]) -> None:
+    """Update named weights of a deserialised REFIT engine in place (``trt.Refitter``)."""
+    import tensorrt as trt  # present: the bundle loader checked before building a TrtRunner
+
+    refitter = trt.Refitter(engine, trt.Logger(trt.Logger.WARNING))
+    for name, array in weights.items():
+        if not refitter.set_named_weights(name, trt.Weights(array)):
+            raise BundleError(f"TensorRT engine has no refittable weight {name!r}")
+    if not refitter.refit_cuda_engine():
+        raise BundleError("TensorRT refit failed: some weights were not supplied (see the log)")

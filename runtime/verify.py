@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.tree import DraftTree
 

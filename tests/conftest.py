@@ -12,12 +12,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
 from evospec.runtime.checkpoint import save_drafter  # noqa: E402
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel
-
-from evospec.distill import DistillSettings, distill_drafter, sample_sequences
-from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+from evospec.train.distill import DistillSettings, distill_drafter, sample_sequences
 
 torch.set_num_threads(2)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.bundle.compile import compile_bundle
 from evospec.passes.base import CompileSettings
 from evospec.runtime.align.background import BackgroundAligner
 from evospec.runtime.align.feedback import CycleFeedback, FeedbackBuffer
 from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
 from evospec.runtime.align.online_distill import OnlineDistiller
 from evospec.runtime.align.sparse_adam import SparseRowAdam
-
-from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
+from evospec.train.demo_pair import ASSET_DIR
 
 TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from evospec.corpus import CorpusError, corpus_domains, read_documents
-from evospec.demo_pair import ASSET_DIR
+from evospec.data.corpus import CorpusError, corpus_domains, read_documents
+from evospec.train.demo_pair import ASSET_DIR
 
 from .test_cli import run
 
@@ -82,7 +82,7 @@ def test_corpus_layout_errors(tmp_path):
 
 def test_switch_prompts_end_just_after_a_topic_switch(tmp_path):
     """Topic-switch prompts must cross a switch: a prefix of a stream would be all one topic."""
-    from evospec.bench import SWITCH_LEAD, BenchSettings, domain_prompts
+    from evospec.eval.bench import SWITCH_LEAD, BenchSettings, domain_prompts
 
     class Words:  # one token per word: segment boundaries are exact
         def encode(self, text):

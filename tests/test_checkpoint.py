@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from evospec.runtime.checkpoint import load_drafter, read_config, save_drafter
-from evospec.runtime.drafter import DrafterKVCache
 from safetensors.torch import load_file, save_file
 
 from evospec import CheckpointError, CompatibilityError, SpeculativeGenerator
-from evospec.tiny import TINY_SHAPES, TinyShape, tiny_drafter, tiny_target
+from evospec.runtime.checkpoint import load_drafter, read_config, save_drafter
+from evospec.runtime.drafter import DrafterKVCache
+from evospec.testing.tiny import TINY_SHAPES, TinyShape, tiny_drafter, tiny_target
 
 
 def drafter_logits(drafter, d: int) -> torch.Tensor:
@@ -115,6 +115,8 @@ CASES = {
     "d2t-out-of-range": (lambda d: rewrite(d / "model.safetensors", bad_d2t_range), CheckpointError, "outside [0, 96)"),
     "t2d-inconsistent": (lambda d: rewrite(d / "model.safetensors", bad_t2d), CheckpointError, "must be the same set"),
     "d2t-duplicate": (lambda d: rewrite(d / "model.safetensors", duplicate_target), CheckpointError, "same target id"),
+    "hidden-size-not-a-number": (lambda d: edit_config(d, hidden_size="big"), CheckpointError, "'hidden_size' must be an integer, got 'big'"),
+    "eps-not-a-number": (lambda d: edit_config(d, rms_norm_eps="tiny"), CheckpointError, "'rms_norm_eps' must be a number, got 'tiny'"),
     "vocab-mismatch": (lambda d: edit_config(d, vocab_size=100), CompatibilityError, "vocab_size 100"),
     "hidden-mismatch": (lambda d: edit_config(d, target_hidden_size=48), CompatibilityError, "target hidden size 48"),
 }

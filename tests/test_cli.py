@@ -39,7 +39,7 @@ def test_generate_json_matches_target_greedy(checkpoint_dirs):
 def test_generate_text_prompt_with_tokenizer_and_no_draft(tmp_path):
     import dataclasses
 
-    from evospec.tiny import TINY_SHAPES, tiny_target
+    from evospec.testing.tiny import TINY_SHAPES, tiny_target
 
     model = tiny_target(dataclasses.replace(TINY_SHAPES["llama"], vocab_size=len(char_tokenizer())), seed=5)
     target_dir = tmp_path / "target"

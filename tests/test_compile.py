@@ -7,18 +7,18 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.bundle.compile import BUNDLE_FORMAT, compile_bundle
+from evospec.core.errors import BundleError, CompileError, SettingsError
 from evospec.passes.base import CompileSettings, PassResult
 from evospec.passes.pipeline import default_passes
 from evospec.passes.reservoir import build_reservoir
 from evospec.runtime.gather import choose_bucket, make_plan
 from evospec.runtime.stages import HeadStage
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.compile import BUNDLE_FORMAT, compile_bundle
-from evospec.demo_pair import ASSET_DIR
-from evospec.errors import BundleError, CompileError, SettingsError
+from evospec.train.demo_pair import ASSET_DIR
 
 pytest.importorskip("onnxruntime", reason="the compile tests need onnxruntime (pip install 'evospec[onnx]')")
 
@@ -143,7 +143,7 @@ def _edit_manifest(bundle, **changes):
 @pytest.mark.parametrize("case", ["missing-dir", "no-manifest", "bad-json", "format", "missing-file", "truncated",
                                   "altered", "other-target", "backend-missing"])
 def test_bad_bundles(ort_bundle, tmp_path, case):
-    from evospec.bundle import check_backend
+    from evospec.runtime.bundle import check_backend
 
     bundle = _copy(ort_bundle[0], tmp_path)
     target = TARGET
@@ -190,8 +190,8 @@ def test_bad_bundles(ort_bundle, tmp_path, case):
 
 def test_ort_weights_update_in_place(ort_bundle):
     """Head rows and a trunk weight changed through the bound buffers, without a new session."""
-    from evospec.runtime.stages import SIGNATURES
     from evospec.runtime.runners import OrtRunner
+    from evospec.runtime.stages import SIGNATURES
 
     out, _ = ort_bundle
     head = OrtRunner("head", out / "onnx" / "head.onnx")
@@ -229,7 +229,7 @@ def test_ort_weights_update_in_place(ort_bundle):
 
 
 def test_compile_settings_errors(tmp_path):
-    from evospec.cli_compile import compile_settings
+    from evospec.cli.bundle import compile_settings
 
     with pytest.raises(SettingsError, match="ascending"):
         CompileSettings(buckets=(512, 256))

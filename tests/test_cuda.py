@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 pytestmark = [
     pytest.mark.gpu,

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from evospec.corpus import corpus_domains, read_documents
-from evospec.data_build import SplitSettings, build_corpus
-from evospec.data_sources import (
+from evospec.data.build import SplitSettings, build_corpus
+from evospec.data.corpus import corpus_domains, read_documents
+from evospec.data.markup import dictd_number, fortunes, gcide_text, roff_escapes, roff_to_text
+from evospec.data.rdata import RDataError, lazyload_index
+from evospec.data.sources import (
     DataError,
     DebianSource,
     EuRegulations,
@@ -33,8 +35,6 @@ from evospec.data_sources import (
     default_sources,
     parse_obo_terms,
 )
-from evospec.rdata import RDataError, lazyload_index
-from evospec.text_markup import dictd_number, fortunes, gcide_text, roff_escapes, roff_to_text
 
 from .test_cli import run
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from evospec.passes.base import CompileSettings
-from evospec.runtime.device_upload import DeviceUploader
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.bundle import load_compiled_drafter
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
+from evospec.bundle.compile import compile_bundle
+from evospec.passes.base import CompileSettings
+from evospec.runtime.bundle import load_compiled_drafter
+from evospec.runtime.device_upload import DeviceUploader
+from evospec.train.demo_pair import ASSET_DIR
 
 TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
 CUDA = torch.cuda.is_available()

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router, Shortlister, cluster_rows, train_router
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evospec.dynaspec_training import depth_targets, frequency_recall, recall, split_blocks
-from evospec.errors import SettingsError
+from evospec.core.errors import SettingsError
+from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router, Shortlister, cluster_rows, train_router
+from evospec.train.dynaspec_router import depth_targets, frequency_recall, recall, split_blocks
 
 
 def learnable(seed: int = 0, groups: int = 4, per_group: int = 25, width: int = 16, n: int = 800):
@@ -140,9 +140,9 @@ def test_cli_training_stores_heldout_recall_in_the_router(tmp_path):
     """`vocab dynaspec` on the demo pair: recall printed, in the JSON report and in the router file's metadata."""
     from safetensors import safe_open
 
-    from evospec.compile import compile_bundle
-    from evospec.demo_pair import ASSET_DIR
+    from evospec.bundle.compile import compile_bundle
     from evospec.passes.base import CompileSettings
+    from evospec.train.demo_pair import ASSET_DIR
 
     from .test_cli import run
 

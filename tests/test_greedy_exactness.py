@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 from .conftest import hf_greedy
 

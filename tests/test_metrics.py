@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from evospec import DecodeSettings
+from evospec.bundle.compile import compile_bundle
+from evospec.eval.profile_vocab import decoding_state, text_coverage
 from evospec.passes.base import CompileSettings
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import DecodeStats, PooledStats
 from evospec.runtime.vocab.base import StaticPolicy
-
-from evospec import DecodeSettings
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
-from evospec.profile_vocab import decoding_state, text_coverage
+from evospec.train.demo_pair import ASSET_DIR
 
 TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
 DEPTH = 5
@@ -115,11 +115,10 @@ def test_replay_hands_policies_the_state_decoding_would():
 
 
 def test_policy_names_expand_over_sizes_and_lists(tmp_path):
-    from evospec.profile_vocab import build_policies, expand_policies, policy_family, policy_size
+    from evospec.core.errors import SettingsError
+    from evospec.eval.profile_vocab import build_policies, expand_policies, policy_family, policy_size
     from evospec.runtime.vocab import PolicyInputs
     from evospec.runtime.vocab.frequencies import TokenFrequencies
-
-    from evospec.errors import SettingsError
 
     names = expand_policies(["eagle3", "frspec:K@general", "frspec:K", "evospec:K:sync"], [64, 128])
     assert names == ["full", "eagle3", "frspec:64@general", "frspec:128@general", "frspec:64", "frspec:128",

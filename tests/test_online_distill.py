@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.bundle.compile import compile_bundle
 from evospec.passes.base import CompileSettings
 from evospec.runtime.align.feedback import CycleFeedback
 from evospec.runtime.align.methods import make_aligner
 from evospec.runtime.align.online_distill import OnlineDistiller, draft_vocabulary_rows
-
-from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
+from evospec.train.demo_pair import ASSET_DIR
 
 TARGET, DRAFTER = ASSET_DIR / "target", ASSET_DIR / "drafter"
 

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from evospec.runtime.vocab import PolicyInputs, make_policy
-from evospec.runtime.vocab.frequencies import TokenFrequencies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from evospec.runtime.vocab import PolicyInputs, make_policy
+from evospec.runtime.vocab.frequencies import TokenFrequencies
 
 HIDDEN = 8  # the drafter state size the router and the semantic index read
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evospec.profile_stages import SYNTHETIC_SHAPES
+from evospec.eval.profile_stages import SYNTHETIC_SHAPES
 
 from .test_cli import run
 
@@ -39,7 +39,7 @@ def test_profile_synthetic_rows(tmp_path, backend):
 
 
 def test_profile_bundle_and_bad_input(tmp_path):
-    from evospec.demo_pair import ASSET_DIR
+    from evospec.train.demo_pair import ASSET_DIR
 
     bundle = tmp_path / "b"
     run("compile", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"), "--out", str(bundle),

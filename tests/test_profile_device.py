@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from evospec.profile_device import device_table, profile_device_heads
+
+from evospec.eval.profile_device import device_table, profile_device_heads
 
 from .test_cli import run
 

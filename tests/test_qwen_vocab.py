@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evospec.qwen_vocab import (
+from evospec.data.qwen_tokenizer import (
     QWEN_PATTERN,
     QWEN_SPECIAL,
     TokenizerError,
@@ -81,7 +81,7 @@ def test_bad_ranks_files(tmp_path):
 def test_identical_ids_on_every_corpus_document(tokenizers, tmp_path):
     """Downloads the corpus sources (about 25 MB; run with -m slow): HF ids equal tiktoken's and
     decode back to the text, for every document of every domain and split."""
-    from evospec.corpus import corpus_domains, read_documents
+    from evospec.data.corpus import corpus_domains, read_documents
 
     hf, reference = tokenizers
     run("data", "build", "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "cache"))

@@ -10,12 +10,12 @@ import shutil
 import pytest
 import torch
 
-from evospec.errors import SettingsError
-from evospec.recipes import ReferenceRecipe
-from evospec.reference import build_reference
+from evospec.core.errors import SettingsError
 from evospec.runtime.target import load_target
-from evospec.train_drafter import DrafterRecipe, checked_taps, train_drafter
-from evospec.train_target import TargetRecipe
+from evospec.train.drafter import DrafterRecipe, checked_taps, train_drafter
+from evospec.train.recipes import ReferenceRecipe
+from evospec.train.reference import build_reference
+from evospec.train.target import TargetRecipe
 
 from .conftest import char_tokenizer
 from .test_train_target import TEXT
@@ -114,16 +114,16 @@ def test_train_drafter_accepts_distinct_ascending_taps(taps, layers, chosen):
 
 
 def test_every_preset_serves_on_every_engine():
-    from evospec.recipes import PRESETS
+    from evospec.train.recipes import PRESETS
 
     for name, recipe in PRESETS.items():
         checked_taps(recipe.drafter.taps, recipe.target.layers)  # raises where an engine could not serve it
 
 
 def test_shipped_demo_pair_has_taps_every_engine_serves(caplog):
-    from evospec.demo_pair import ASSET_DIR, DemoRecipe, demo_generator
     from evospec.runtime.checkpoint import read_config
     from evospec.runtime.drafter import tap_problem
+    from evospec.train.demo_pair import ASSET_DIR, DemoRecipe, demo_generator
 
     config = read_config(ASSET_DIR / "drafter")
     assert config.tap_layers == DemoRecipe().taps and tap_problem(config.tap_layers, 6) is None
@@ -136,7 +136,7 @@ def test_shipped_demo_pair_has_taps_every_engine_serves(caplog):
 def test_reproducible_pins_the_thread_count_that_reductions_depend_on():
     """A float sum over millions of elements is split by thread (1 and 2 threads differ in the last
     bits on this CPU build): inside ``reproducible`` the ambient thread count no longer matters."""
-    from evospec.determinism import reproducible
+    from evospec.core.determinism import reproducible
 
     x = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0))
     threads, sums = torch.get_num_threads(), []
@@ -154,7 +154,7 @@ def test_reproducible_pins_the_thread_count_that_reductions_depend_on():
 
 def test_build_demo_can_reuse_a_target_and_distil_only_a_drafter(tmp_path):
     """`build-demo --reuse-target` keeps the pair's target byte for byte and writes the recipe's taps."""
-    from evospec.demo_pair import ASSET_DIR, DemoRecipe
+    from evospec.train.demo_pair import ASSET_DIR, DemoRecipe
 
     from .test_cli import run
 

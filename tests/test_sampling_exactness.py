@@ -21,13 +21,13 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from evospec.runtime.sampling import sampling_probs
-from evospec.runtime.tree import DraftTree
-from evospec.runtime.verify import verify_sampling
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.tiny import TinyShape, tiny_drafter, tiny_target
+from evospec.runtime.sampling import sampling_probs
+from evospec.runtime.tree import DraftTree
+from evospec.runtime.verify import verify_sampling
+from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
 
 Z = 4.75  # one-sided normal quantile for a ~1e-6 false-alarm rate
 Z_HALVES = 3.891  # two-sided normal quantile for a 1e-4 false-alarm rate: z^2 > 15.14 (chi-square, 1 df)

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+
+from evospec.bundle.compile import compile_bundle
+from evospec.core.errors import BundleError
 from evospec.passes.base import CompileSettings
 from evospec.runtime.vocab.evospec_policy import DriftSettings, EvoSpecPolicy
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, SemanticIndex
-
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
-from evospec.errors import BundleError
+from evospec.train.demo_pair import ASSET_DIR
 
 pytest.importorskip("usearch", reason="the semantic index needs usearch (pip install 'evospec[index]')")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from evospec.runtime.tree import DraftTree
 from hypothesis import given
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SettingsError
+from evospec.runtime.tree import DraftTree
 
 
 def test_settings_from_toml(tmp_path):
@@ -20,13 +20,32 @@ def test_settings_from_toml(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("[decode]\ndraft_depht = 3\n", "unknown [decode] keys ['draft_depht']"), ("[decode\n", "not valid TOML")],
+    [
+        ("[decode]\ndraft_depht = 3\n", "unknown [decode] keys ['draft_depht']"),
+        ("[decode\n", "not valid TOML"),
+        ('[decode]\nmax_new_tokens = "many"\n', "max_new_tokens must be int, got str 'many'"),
+        ("[decode]\nmax_new_tokens = 3.5\n", "max_new_tokens must be int, got float 3.5"),
+        ('[decode]\nuse_draft = "no"\n', "use_draft must be bool, got str 'no'"),
+        ("decode = 3\n", "[decode] must be a table, got int 3"),
+    ],
+    ids=["unknown-key", "bad-toml", "str-for-int", "float-for-int", "str-for-bool", "not-a-table"],
 )
 def test_bad_settings_file(tmp_path, text, message):
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         DecodeSettings.from_toml(path)
+
+
+def test_config_that_is_a_directory(tmp_path):
+    with pytest.raises(SettingsError, match="is a directory, not a TOML file"):
+        DecodeSettings.from_toml(tmp_path)
+
+
+def test_settings_errors_name_the_field_not_the_whole_settings():
+    with pytest.raises(SettingsError) as info:
+        DecodeSettings(draft_depth=0)
+    assert str(info.value) == "draft_depth must be >= 1 (got draft_depth = 0)"
 
 
 def test_bundled_default_config_loads():

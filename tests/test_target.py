@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel, keep_cache_slots
-
-from evospec.tiny import TINY_SHAPES, TinyShape, tiny_target
+from evospec.testing.tiny import TINY_SHAPES, TinyShape, tiny_target
 
 
 def test_tapped_features_are_inputs_of_the_tapped_layers():
@@ -53,7 +53,7 @@ def test_sliding_window_target_is_exact_beyond_the_window():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from evospec import DecodeSettings, SpeculativeGenerator
-    from evospec.tiny import tiny_drafter
+    from evospec.testing.tiny import tiny_drafter
 
     from .conftest import hf_greedy
 
@@ -76,10 +76,10 @@ def test_sliding_window_target_is_exact_beyond_the_window():
 
 
 def test_mixed_attention_kinds_are_refused():
-    from evospec.runtime.target import attention_window
     from transformers import AutoConfig
 
     from evospec import CompatibilityError
+    from evospec.runtime.target import attention_window
 
     cfg = AutoConfig.for_model("qwen2", sliding_window=16, use_sliding_window=True, max_window_layers=1, num_hidden_layers=2)
     kinds = set(getattr(cfg, "layer_types", None) or [])

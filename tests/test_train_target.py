@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evospec.errors import SettingsError
-from evospec.recipes import PRESETS, load_recipe, recipe_named
-from evospec.train_drafter import DrafterRecipe
-from evospec.train_target import TargetRecipe, full_vocab_loss, new_target, train_target
+from evospec.core.errors import SettingsError
+from evospec.train.drafter import DrafterRecipe
+from evospec.train.recipes import PRESETS, load_recipe, recipe_named
+from evospec.train.target import TargetRecipe, full_vocab_loss, new_target, train_target
 
 from .conftest import char_tokenizer
 

@@ -7,18 +7,18 @@ import json
 
 import pytest
 import torch
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.bundle.compile import compile_bundle
+from evospec.core.errors import SettingsError
 from evospec.passes.base import CompileSettings
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.gather import make_plan, update_plan
 from evospec.runtime.vocab import PolicyInputs, make_policy
 from evospec.runtime.vocab.frequencies import TokenFrequencies, count_tokens
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
-
-from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.compile import compile_bundle
-from evospec.demo_pair import ASSET_DIR
-from evospec.errors import SettingsError
+from evospec.train.demo_pair import ASSET_DIR
 
 from .test_cli import run
 
@@ -150,8 +150,7 @@ def test_sampling_exact_while_the_active_set_changes_every_step(relative_error):
     sized to detect ``relative_error`` in either half of the law (see ``halves_samples``)."""
     from evospec.passes.reservoir import build_reservoir
     from evospec.runtime.compiled_drafter import eager_compiled
-
-    from evospec.tiny import TinyShape, tiny_drafter, tiny_target
+    from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
 
     from .test_sampling_exactness import assert_joint_matches, equal_halves, exact_joint, halves_samples, sample_joint
 
@@ -251,7 +250,7 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
 
 
 def test_text_coverage_counts_true_next_tokens():
-    from evospec.profile_vocab import text_coverage
+    from evospec.eval.profile_vocab import text_coverage
     from evospec.runtime.vocab.base import StaticPolicy
     from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 
@@ -374,7 +373,7 @@ def test_cli_vocab_dynaspec_then_profile(torch_bundle, tmp_path):
 
 
 def test_bundle_carries_the_statistical_index(tmp_path):
-    from evospec.errors import BundleError, CompileError
+    from evospec.core.errors import BundleError, CompileError
 
     freq = tmp_path / "f.json"
     counts = torch.ones(512, dtype=torch.long)

@@ -10,7 +10,10 @@ the learning rate.
 
 from __future__ import annotations
 
-from evospec.errors import SettingsError
+from evospec.core.errors import SettingsError
+from evospec.runtime.align.background import BackgroundAligner
+from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
+from evospec.runtime.align.online_distill import OnlineDistiller
 
 METHODS = ("none", "osd", "osd-reservoir", "evospec", "evospec-nocurriculum", "evospec-norm", "evospec-sync")
 
@@ -27,10 +30,6 @@ def parse_method(method: str) -> tuple[str, float | None]:
 
 
 def make_aligner(method: str, drafter):
-    from evospec.runtime.align.background import BackgroundAligner
-    from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
-    from evospec.runtime.align.online_distill import OnlineDistiller
-
     name, lr = parse_method(method)
     if name == "none":
         return None

@@ -7,7 +7,7 @@ target's distribution over the drafter's own vocabulary (its ``draft_vocab_size`
 target ids ``draft + d2t[draft]``): the target's logits restricted to those rows, log-softmaxed.
 That is the same as renormalising the target's full-vocabulary probabilities over those rows
 (softmax of restricted logits equals restricted probabilities divided by their sum), and it is
-the teacher the drafter was trained against offline (``evospec.distill``: softmax of the target's
+the teacher the drafter was trained against offline (``evospec.train.distill``: softmax of the target's
 logits on the draft vocabulary), so online training continues the drafter's own objective (an unrenormalised teacher,
 the restricted probabilities without dividing by their sum m, would give the logit gradient
 m * q - p = m * (q - p / m): the same target, each position weighted by the target's mass on the

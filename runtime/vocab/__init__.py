@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evospec.core.errors import SettingsError
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
-
-from evospec.errors import SettingsError
+from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
+from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+from evospec.runtime.vocab.frequencies import TokenFrequencies
+from evospec.runtime.vocab.pipelined import PipelinedPolicy
+from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
 POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync")
 
@@ -19,8 +23,6 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                 router: str | Path | None = None) -> VocabPolicy:
     """A policy from its name; ``frspec:K`` and ``evospec:K`` need a frequency file (``evospec vocab
     frequencies``), ``dynaspec:K:C`` a router file (``evospec vocab dynaspec``)."""
-    from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
-
     name, _, arg = spec.partition(":")
     if name == "full" and not arg:
         return full_policy(inputs)
@@ -31,8 +33,6 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
             raise SettingsError(f"policy {spec!r}: expected frspec:K with an integer K, e.g. frspec:16384")
         if frequencies is None:
             raise SettingsError("policy frspec:K needs --frequencies FILE (make one with `evospec vocab frequencies`)")
-        from evospec.runtime.vocab.frequencies import TokenFrequencies
-
         return frspec_policy(inputs, int(arg), TokenFrequencies.load(frequencies))
     if name == "evospec":
         arg, _, mode = arg.partition(":")
@@ -41,15 +41,10 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                 "e.g. evospec:16384")
         if frequencies is None:
             raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
-        from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
-        from evospec.runtime.vocab.frequencies import TokenFrequencies
-
         policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, semantic=inputs.semantic)
         if mode == "sync":  # retrieval on the decoding thread: to measure what the pipeline hides
             policy.name = spec
             return policy
-        from evospec.runtime.vocab.pipelined import PipelinedPolicy
-
         return PipelinedPolicy(policy)
     if name == "dynaspec":
         k, _, c = arg.partition(":")
@@ -57,8 +52,6 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
             raise SettingsError(f"policy {spec!r}: expected dynaspec:K:C with integers K and C, e.g. dynaspec:16384:64")
         if router is None:
             raise SettingsError("policy dynaspec:K:C needs --router FILE (train one with `evospec vocab dynaspec`)")
-        from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
-
         return DynaSpecPolicy(int(k), int(c), Router.load(router), inputs.vocab_size)
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from evospec.errors import SettingsError
+from evospec.core.atomic import atomic_path
+from evospec.core.errors import SettingsError
 
 ROUTER_FORMAT = "evospec-dynaspec/2"
 DEFAULT_BACKBONE = 0.5  # backbone share of K when the router file has no validated share
@@ -95,7 +96,6 @@ class Router:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        from evospec.atomic import atomic_path
 
         tensors = {name: getattr(self, name).contiguous() for name in _TENSORS}
         metadata = {"format": ROUTER_FORMAT, "backbone_shares": json.dumps({str(k): v for k, v in self.backbone_shares.items()}),

@@ -20,9 +20,9 @@ import heapq
 from dataclasses import dataclass
 
 import torch
-from evospec.runtime.vocab.frequencies import TokenFrequencies
 
-from evospec.errors import SettingsError
+from evospec.core.errors import SettingsError
+from evospec.runtime.vocab.frequencies import TokenFrequencies
 
 
 @dataclass(frozen=True)

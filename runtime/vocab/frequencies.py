@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from evospec.errors import SettingsError
+from evospec.core.atomic import write_text_atomic
+from evospec.core.errors import SettingsError
 
 
 @dataclass
@@ -37,8 +38,6 @@ class TokenFrequencies:
         return torch.sort(-self.counts, stable=True).indices[:k]
 
     def save(self, path: Path) -> None:
-        from evospec.atomic import write_text_atomic
-
         nonzero = torch.nonzero(self.counts).flatten()
         write_text_atomic(Path(path), json.dumps({
             "format": "evospec-token-frequencies/1", "vocab_size": self.vocab_size, "documents": self.documents,

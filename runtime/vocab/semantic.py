@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evospec.errors import BundleError
+from evospec.core.errors import BundleError
 
 INDEX_FILE, PROJECTION_FILE = "index/semantic.usearch", "index/projection.safetensors"
 

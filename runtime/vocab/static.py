@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 

@@ -1,0 +1,20 @@
+"""The ``evospec`` command: the root group (``root.main``) and one module per command group,
+registered on it here, explicitly."""
+
+from __future__ import annotations
+
+from evospec.cli import bundle, data, decode, train
+from evospec.cli import eval as measure
+from evospec.cli.root import main
+
+COMMANDS = (
+    decode.generate, decode.demo,                                    # decoding
+    train.build_demo, train.train, train.reference,                 # training the pairs
+    data.data, data.tokenizer, data.vocab,                           # text and tokens
+    bundle.compile_cmd, bundle.inspect_cmd, bundle.doctor_cmd,       # compiled bundles
+    measure.bench, measure.profile_group,                            # measuring
+)
+for command in COMMANDS:
+    main.add_command(command)
+
+__all__ = ["main"]

@@ -1,0 +1,146 @@
+"""Commands that decode: ``generate`` and ``demo`` (and the decoding options they share)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from evospec.core.settings import DecodeSettings
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--prompt-ids") from None
+
+
+def decode_options(fn):
+    options = [
+        click.option("--prompt", help="Prompt text (needs a tokenizer in the target directory)."),
+        click.option("--prompt-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3."),
+        click.option("--max-new-tokens", type=int, default=None, help="New tokens to generate."),
+        click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling."),
+        click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution."),
+        click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests."),
+        click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default=None),
+        click.option("--draft-depth", type=int, default=None, help="Draft levels per step."),
+        click.option("--draft-topk", type=int, default=None, help="Children per node in the dynamic tree."),
+        click.option("--draft-tokens", type=int, default=None, help="Nodes kept in the dynamic tree."),
+        click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
+        click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
+        click.option("--stream", is_flag=True, help="Print tokens as they are accepted."),
+        click.option("--json", "as_json", is_flag=True, help="End with one JSON line: tokens, text and stats."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _settings(config_path: Path | None, no_draft: bool, **values) -> DecodeSettings:
+    overrides = dict(values, use_draft=False if no_draft else None)
+    if config_path is not None:
+        return DecodeSettings.from_toml(config_path, **overrides)
+    return DecodeSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def checked_prompt(prompt: str | None, prompt_ids: str | None) -> str | list[int]:
+    """The prompt as text or parsed ids, checked before any model is loaded."""
+    if (prompt is None) == (prompt_ids is None):
+        raise click.UsageError("give exactly one of --prompt and --prompt-ids")
+    return prompt if prompt is not None else _parse_ids(prompt_ids)
+
+
+def prompt_token_ids(generator, prompt: str | list[int]) -> list[int]:
+    return generator.encode(prompt) if isinstance(prompt, str) else prompt
+
+
+def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: bool, as_json: bool):
+    """Generate, print the text (or stream it) and the stats table, or one JSON line; returns the result."""
+    from evospec.cli.stats_table import stats_table
+
+    token_stream = generator.stream(ids, settings)
+    tokens: list[int] = []
+    shown = ""
+    for token in token_stream:
+        if stream and not as_json:
+            # decode the whole text so far: a byte-level token may end inside a multi-byte character
+            tokens.append(token)
+            text = generator.decode(tokens)
+            piece = text[len(shown) :] if text is not None else f"{token} "
+            shown = text if text is not None else shown
+            click.echo(piece, nl=False)
+    result = token_stream.result
+    if stream and not as_json:
+        click.echo()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return result
+    if not stream:
+        click.echo(result.text if result.text is not None else ",".join(map(str, result.token_ids)))
+    click.echo(stats_table(result.stats), err=False)
+    return result
+
+
+@click.command()
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
+              help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
+@click.option("--vocab", "vocab_policy", default=None,
+              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, evospec:K).")
+@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
+              help="Token-frequency file for frspec:K and evospec:K (`evospec vocab frequencies`).")
+@click.option("--router", type=click.Path(path_type=Path), default=None,
+              help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
+@decode_options
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, prompt, prompt_ids,
+             config_path, no_draft, stream, as_json, **values):
+    """Generate with speculative decoding (exact: greedy output equals the target's own)."""
+    settings = _settings(config_path, no_draft, **values)
+    checked = checked_prompt(prompt, prompt_ids)
+    if drafter_dir is not None and bundle_dir is not None:
+        raise click.UsageError("give --drafter or --bundle, not both (a bundle carries its drafter)")
+    if drafter_dir is None and bundle_dir is None and settings.use_draft:
+        raise click.UsageError("--drafter (or --bundle) is required unless --no-draft is given")
+    if vocab_policy is not None and bundle_dir is None:
+        raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
+    from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
+
+    if bundle_dir is not None and settings.use_draft:
+        generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
+                                                     vocab=vocab_policy, frequencies=frequencies, router=router)
+    else:
+        generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
+                                                    device=device, dtype=dtype)
+    run_generation(generator, prompt_token_ids(generator, checked), settings, stream, as_json)
+
+
+@click.command()
+@click.option("--pair", "pair_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder with target/ and drafter/ (from `evospec build-demo` or `evospec reference build`; "
+                   "default: the pair shipped with evospec).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@decode_options
+def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+    """Generate with a model pair (default: the built-in small code model and its drafter), then plainly."""
+    from evospec.train.demo_pair import demo_generator
+
+    settings = _settings(config_path, no_draft, **values)
+    checked = checked_prompt("def " if prompt is None and prompt_ids is None else prompt, prompt_ids)
+    generator = demo_generator(pair_dir, device=device)
+    ids = prompt_token_ids(generator, checked)
+    generator.generate([0], dataclasses.replace(settings, max_new_tokens=4))  # warm-up, not reported
+    result = run_generation(generator, ids, settings, stream, as_json)
+    if not as_json and settings.use_draft:
+        plain = generator.generate(ids, dataclasses.replace(settings, use_draft=False))
+        click.echo(
+            f"plain decoding, same prompt: {plain.stats.tokens_per_second:.1f} tokens/s; "
+            f"speculative/plain: {result.stats.tokens_per_second / plain.stats.tokens_per_second:.2f}x; "
+            f"identical tokens: {plain.token_ids == result.token_ids}"
+        )

@@ -1,0 +1,120 @@
+"""Typed settings for speculative decoding, one dataclass per concern.
+
+Defaults are named constants so that configs, the CLI and the Python API agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from evospec.core.errors import SettingsError
+
+DEFAULT_DRAFT_DEPTH = 5
+DEFAULT_DRAFT_TOPK = 8
+DEFAULT_DRAFT_TOKENS = 32
+DEFAULT_MAX_NEW_TOKENS = 64
+
+DraftTreeKind = Literal["chain", "tree"]
+
+# What each annotation accepts: an int field takes no bool and no float; a float field takes an int.
+_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,)}
+
+
+def check_field_types(settings: object) -> None:
+    """Type-check a settings dataclass as loaded (TOML, CLI or Python), naming the field and the value:
+    ``max_new_tokens = "many"`` or ``3.5`` and ``use_draft = "no"`` are errors here, not crashes later."""
+    for field in dataclasses.fields(settings):
+        accepts = _ACCEPTS.get(str(field.type))
+        value = getattr(settings, field.name)
+        if accepts is None:
+            continue
+        wrong = not isinstance(value, accepts) or (bool not in accepts and isinstance(value, bool))
+        if wrong:
+            raise SettingsError(f"{field.name} must be {field.type}, got {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How one generation call drafts, verifies and samples.
+
+    Attributes:
+        max_new_tokens: Number of new tokens to produce (fewer if EOS is produced).
+        temperature: 0 selects greedy verification (output equals the target's greedy output);
+            > 0 selects exact speculative sampling from the target's tempered distribution.
+        top_p: Nucleus filter applied to the target's distribution when sampling (1.0 = off).
+        seed: Seed of the generator used for drafting samples and acceptance tests.
+        draft_tree: ``chain`` drafts one token per depth; ``tree`` drafts EAGLE's dynamic tree.
+        draft_depth: Number of draft levels per step.
+        draft_topk: Children expanded per node and frontier width of the dynamic tree.
+        draft_tokens: Nodes kept in the dynamic tree (best cumulative log-probability).
+        use_draft: False decodes autoregressively through the same code (a tree of no nodes).
+        stop_on_eos: Stop after the target's EOS token, as ``transformers.generate`` does.
+    """
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    draft_tree: DraftTreeKind = "tree"
+    draft_depth: int = DEFAULT_DRAFT_DEPTH
+    draft_topk: int = DEFAULT_DRAFT_TOPK
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
+    use_draft: bool = True
+    stop_on_eos: bool = True
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature >= 0.0, "temperature must be >= 0"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.draft_tree in ("chain", "tree"), "draft_tree must be 'chain' or 'tree'"),
+            (self.draft_depth >= 1, "draft_depth must be >= 1"),
+            (self.draft_topk >= 1, "draft_topk must be >= 1"),
+            (self.draft_tokens >= 1, "draft_tokens must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                field = message.split()[0]
+                raise SettingsError(f"{message} (got {field} = {getattr(self, field)!r})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def tree_width(self) -> int:
+        """Children per node: 1 for a chain."""
+        return 1 if self.draft_tree == "chain" else self.draft_topk
+
+    @property
+    def tree_budget(self) -> int:
+        """Draft nodes verified per step."""
+        return self.draft_depth if self.draft_tree == "chain" else self.draft_tokens
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: object) -> DecodeSettings:
+        """Load the ``[decode]`` table of a TOML config, then apply non-None overrides."""
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text()).get("decode", {})
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise SettingsError(f"config file {path} is a directory, not a TOML file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"config file {path} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        if not isinstance(table, dict):
+            raise SettingsError(f"config file {path}: [decode] must be a table, got {type(table).__name__} {table!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise SettingsError(f"config file {path}: unknown [decode] keys {unknown}; known: {sorted(known)}")
+        table.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**table)

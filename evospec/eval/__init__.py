@@ -1,0 +1,1 @@
+"""Measuring: bench, the profile commands (stages, device, vocab, align), timing helpers."""

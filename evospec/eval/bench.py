@@ -1,0 +1,170 @@
+"""``evospec bench``: acceptance and speed per domain, speculative against plain decoding.
+
+Prompts are prefixes of each domain's test documents. Every prompt is decoded twice through the
+same loop, with the drafter (method ``eagle3``) and without (``plain``); greedy outputs must be
+identical, and the row says whether they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from evospec.core.errors import SettingsError
+from evospec.core.plotting import pyplot, save_figure
+from evospec.core.settings import DecodeSettings
+from evospec.core.text_table import text_table
+from evospec.data.corpus import CorpusError, corpus_domains, read_documents, switch_segment_tokens
+from evospec.runtime.generator import SpeculativeGenerator
+from evospec.runtime.stats import GenerationResult, PooledStats
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Attributes:
+    domains: Domains to run (None: every domain folder of the corpus).
+    prompts: Prompts per domain (prefixes of the first test documents long enough).
+    prompt_tokens: Tokens in each prompt.
+    """
+
+    domains: tuple[str, ...] | None = None
+    prompts: int = 8
+    prompt_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.prompt_tokens < 1:
+            raise SettingsError(f"prompts and prompt_tokens must be >= 1 (got {self.prompts}, {self.prompt_tokens})")
+
+
+@dataclass
+class BenchRow:
+    domain: str
+    method: str
+    temperature: float
+    top_p: float
+    seed: int
+    prompts: int
+    new_tokens: int
+    steps: int
+    mean_accepted_length: float
+    acceptance_per_depth: list[float]  # share of steps that accepted at least d draft tokens, d = 1..depth
+    tokens_per_second: float
+    draft_ms_per_step: float
+    verify_ms_per_step: float
+    identical_to_plain: bool | None
+
+
+SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
+
+
+def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, settings: BenchSettings) -> list[list[int]]:
+    """Prefixes of the test documents; for topic-switch streams, windows that end ``SWITCH_LEAD``
+    tokens after a switch (prompt i after switch 1 + i mod (segments - 1)), so decoding continues
+    in a new topic with the old one in context."""
+    prompts = []
+    segment = switch_segment_tokens(corpus, domain)
+    for i, doc in enumerate(read_documents(corpus, domain, "test")):
+        ids = generator.encode(doc)
+        if segment is not None and len(ids) >= 2 * segment:
+            boundaries = max(1, len(ids) // segment - 1)
+            end = segment * (1 + i % boundaries) + SWITCH_LEAD
+            if end - settings.prompt_tokens >= 0 and end <= len(ids):
+                prompts.append(ids[end - settings.prompt_tokens : end])
+        elif len(ids) >= settings.prompt_tokens:
+            prompts.append(ids[: settings.prompt_tokens])
+        if len(prompts) == settings.prompts:
+            break
+    if not prompts:
+        raise CorpusError(f"{corpus}/{domain}/test has no document of at least {settings.prompt_tokens} tokens")
+    return prompts
+
+
+def summarise(domain: str, method: str, results: list[GenerationResult], decode: DecodeSettings,
+              identical: bool | None) -> BenchRow:
+    pooled = PooledStats.of([r.stats for r in results])
+    accepted, steps = pooled.accepted_lengths, pooled.steps
+    return BenchRow(
+        domain=domain,
+        method=method,
+        temperature=decode.temperature,
+        top_p=decode.top_p,
+        seed=decode.seed,
+        prompts=len(results),
+        new_tokens=pooled.new_tokens,
+        steps=steps,
+        mean_accepted_length=pooled.mean_accepted_length,
+        acceptance_per_depth=[sum(a >= d for a in accepted) / steps if steps else 0.0
+                              for d in range(1, decode.draft_depth + 1)],
+        tokens_per_second=pooled.new_tokens / pooled.wall_time_s if pooled.wall_time_s > 0 else 0.0,
+        draft_ms_per_step=pooled.ms_per_step["draft"],
+        verify_ms_per_step=pooled.ms_per_step["verify"],
+        identical_to_plain=identical,
+    )
+
+
+def run_bench(
+    generator: SpeculativeGenerator,
+    corpus: str,
+    decode: DecodeSettings,
+    settings: BenchSettings = BenchSettings(),
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Rows for every domain: ``eagle3`` (speculative) and ``plain`` (``--no-draft``)."""
+    available = corpus_domains(corpus)
+    domains = list(settings.domains or available)
+    unknown = sorted(set(domains) - set(available))
+    if unknown:
+        raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
+    generator.generate([0], replace(decode, max_new_tokens=2))  # warm-up, not measured
+    rows: list[BenchRow] = []
+    for domain in domains:
+        prompts = domain_prompts(generator, corpus, domain, settings)
+        speculative, plain = [], []
+        for prompt in prompts:
+            speculative.append(generator.generate(prompt, decode))
+            plain.append(generator.generate(prompt, replace(decode, use_draft=False)))
+            if progress is not None:
+                progress(domain)
+        identical = all(s.token_ids == p.token_ids for s, p in zip(speculative, plain)) if decode.greedy else None
+        rows.append(summarise(domain, "eagle3", speculative, decode, identical))
+        rows.append(summarise(domain, "plain", plain, decode, None))
+    return rows
+
+
+def rows_table(rows: list[BenchRow]) -> str:
+    header = ("domain", "T", "method", "tau", "accept@1..", "tok/s", "draft ms/step", "verify ms/step", "identical")
+    lines = [
+        (
+            r.domain, f"{r.temperature:g}", r.method, f"{r.mean_accepted_length:.2f}",
+            " ".join(f"{a:.2f}" for a in r.acceptance_per_depth) if r.method != "plain" else "-",
+            f"{r.tokens_per_second:.1f}", f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}",
+            "-" if r.identical_to_plain is None else str(r.identical_to_plain),
+        )
+        for r in rows
+    ]
+    return text_table(header, lines)
+
+
+def rows_json(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def bench_plot(rows: list[BenchRow], path) -> None:
+    """Two panels per domain: mean accepted length (speculative methods) and tokens/s (every method)."""
+
+    domains = list(dict.fromkeys(r.domain for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    fig, (tau_ax, speed_ax) = pyplot().subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        by_domain = {r.domain: r for r in rows if r.method == method}
+        xs = [d + i * width for d in range(len(domains))]
+        if method != "plain":
+            tau_ax.bar(xs, [by_domain[d].mean_accepted_length if d in by_domain else 0 for d in domains], width, label=method)
+        speed_ax.bar(xs, [by_domain[d].tokens_per_second if d in by_domain else 0 for d in domains], width, label=method)
+    for ax, label in ((tau_ax, "mean accepted length (tau)"), (speed_ax, "tokens/s")):
+        ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+    save_figure(fig, path)
