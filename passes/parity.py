@@ -51,9 +51,10 @@ class CheckParity:
 
                 engine = TrtRunner(stage, ctx.work / ctx.files[f"tensorrt/{stage}"], tuple(ctx.manifest["gather"]["buckets"]))
             rows: dict[str, list[dict]] = {}
-            for feed in feeds[stage]:
-                for name, row in compare(reference.infer(feed), engine.infer(feed), atol, rtol).items():
-                    rows.setdefault(name, []).append(row)
+            with reference, engine:
+                for feed in feeds[stage]:
+                    for name, row in compare(reference.infer(feed), engine.infer(feed), atol, rtol).items():
+                        rows.setdefault(name, []).append(row)
             worst = {name: max(rs, key=lambda r: (not r["ok"], r["max_abs_error"] / max(r["bound"], 1e-30)))
                      for name, rs in rows.items()}
             report["stages"][stage] = worst

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from evospec.runtime.runners import ActivatedRunner
+
 
 @dataclass
 class _Captured:
@@ -24,7 +26,7 @@ class _Captured:
     outputs: dict[str, torch.Tensor]
 
 
-class GraphedRunner:
+class GraphedRunner(ActivatedRunner):
     """Wraps a runner whose ``infer`` runs torch on CUDA; same interface, replayed from graphs."""
 
     def __init__(self, runner, by_reference: tuple[str, ...] = (), max_graphs: int = 64, max_rows: int = 64,
@@ -44,8 +46,8 @@ class GraphedRunner:
     def activate(self) -> None:
         self.runner.activate()
 
-    def input_metadata(self):
-        return self.runner.input_metadata()
+    def deactivate(self) -> None:
+        self.runner.deactivate()
 
     def _key(self, feeds: dict[str, torch.Tensor]) -> tuple:
         return tuple((n, tuple(t.shape), t.dtype, t.data_ptr() if n in self.by_reference else None)

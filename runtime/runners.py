@@ -21,28 +21,39 @@ class Runner(Protocol):
 
     def activate(self) -> None: ...
 
+    def deactivate(self) -> None: ...
+
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
-    def input_metadata(self) -> dict[str, tuple[str, tuple]]: ...
+
+class ActivatedRunner:
+    """``with runner:`` activates it (sessions, engines, contexts) and releases them on exit."""
+
+    def activate(self) -> None:
+        pass
+
+    def deactivate(self) -> None:
+        pass
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.deactivate()
 
 
-class TorchRunner:
+class TorchRunner(ActivatedRunner):
     """Eager torch: the reference every engine is checked against."""
 
     def __init__(self, name: str, module: torch.nn.Module, inputs: list[str], outputs: list[str]) -> None:
         self.name, self.module, self.inputs, self.outputs = name, module.eval(), inputs, outputs
-
-    def activate(self) -> None:
-        pass
 
     @torch.no_grad()
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.module(*(feeds[n] for n in self.inputs))
         out = out if isinstance(out, tuple) else (out,)
         return dict(zip(self.outputs, out))
-
-    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
-        return {n: ("tensor", ()) for n in self.inputs}
 
 
 def onnx_initializers(path: Path, keep) -> dict[str, np.ndarray]:
@@ -55,7 +66,7 @@ def onnx_initializers(path: Path, keep) -> dict[str, np.ndarray]:
     return {name: np.array(a, copy=True, order="C") for name, a in arrays if keep(name, a)}
 
 
-class OrtRunner:
+class OrtRunner(ActivatedRunner):
     """An ONNX Runtime session whose float weights live in buffers this runner owns.
 
     The weights are handed to the session with ``add_initializer`` (prepacking disabled), so
@@ -94,9 +105,9 @@ class OrtRunner:
         names = [o.name for o in self.session.get_outputs()]
         return {n: torch.from_numpy(o) for n, o in zip(names, outputs)}
 
-    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
-        self.activate()
-        return {i.name: (i.type, tuple(i.shape)) for i in self.session.get_inputs()}
+    def deactivate(self) -> None:
+        """Release the session; the weight buffers stay (a later ``activate`` binds them again)."""
+        self.session = None
 
     def update_weight(self, name: str, value: np.ndarray | torch.Tensor, rows: np.ndarray | None = None) -> None:
         """Overwrite a weight (or only ``rows`` of it) in place; the session sees it on its next run.

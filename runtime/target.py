@@ -7,6 +7,7 @@ ancestors), and afterwards only the accepted path is kept in the cache.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ class TargetModel:
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=additive[None, None],
-            past_key_values=cache,
+            **{cache_argument(self.model): cache},
             cache_position=torch.arange(past, past + t, device=input_ids.device),
             use_cache=True,
             output_hidden_states=bool(self.tap_layers),
@@ -118,6 +119,13 @@ class TargetModel:
         else:
             features = out.logits.new_zeros(t, 0)
         return TargetOutput(logits=out.logits[0].float(), features=features)
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name ``forward`` takes the KV cache by, and the output returns it under: transformers 5.2x
+    renamed ``past_key_values`` to ``cache`` (the old name warns and goes in 5.40); older releases,
+    which pyproject still admits, know only ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def attention_window(config) -> int | None:

@@ -143,12 +143,9 @@ def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand
     depths = torch.cat(cand_depths).tolist()
     parents = torch.cat(cand_parents).tolist()
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
-    keep = set(order[: req.budget])
-    for i in list(keep):  # cannot trigger with log-probs <= 0 and the depth tie-break; kept as a guarantee
-        while parents[i] >= 0 and parents[i] not in keep:
-            keep.add(parents[i])
-            i = parents[i]
-    kept = sorted(keep)
+    # Scores are cumulative log-probabilities (<= 0), so a child never outranks its parent, and ties go
+    # to the shallower node: every kept node's ancestors are kept too (tested: ancestor closure).
+    kept = sorted(order[: req.budget])
     new_index = {old: new for new, old in enumerate(kept)}
     draft_ids = torch.cat(cand_ids)[kept]
     tree = DraftTree(

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from evospec.core.errors import BundleError
+from evospec.runtime.runners import ActivatedRunner
 
 
-class TrtRunner:
+class TrtRunner(ActivatedRunner):
     def __init__(self, name: str, path: Path, buckets: tuple[int, ...] | None = None) -> None:
         self.name, self.path, self.buckets = name, Path(path), buckets
         self._runner = None
@@ -41,10 +42,6 @@ class TrtRunner:
                 self._profile = profile
         cuda_feeds = {k: v.to("cuda").contiguous() for k, v in feeds.items()}  # torch in -> torch out
         return dict(self._runner.infer(cuda_feeds, copy_outputs_to_host=False))
-
-    def input_metadata(self) -> dict[str, tuple[str, tuple]]:
-        self.activate()
-        return {name: (str(dtype), tuple(shape)) for name, (dtype, shape) in self._runner.get_input_metadata().items()}
 
     def update_weight(self, name: str, value: torch.Tensor) -> None:
         """Refit one weight in place (the engine was built with REFIT); ``name.T`` weights take the transpose."""

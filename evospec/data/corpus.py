@@ -28,6 +28,16 @@ def corpus_domains(root: str | Path) -> list[str]:
     return domains
 
 
+def chosen_domains(root: str | Path, requested: tuple[str, ...] | list[str] | None) -> list[str]:
+    """``requested`` domains (None: every domain of the corpus), each checked to exist there."""
+    available = corpus_domains(root)
+    domains = list(requested or available)
+    unknown = sorted(set(domains) - set(available))
+    if unknown:
+        raise CorpusError(f"corpus {root} has no domain(s) {unknown}; it has {available}")
+    return domains
+
+
 def read_documents(root: str | Path, domain: str, split: str = "test") -> list[str]:
     """Documents of one domain and split, in file-name order; empty documents are skipped."""
     folder = Path(root) / domain / split

@@ -14,7 +14,7 @@ from evospec.core.errors import SettingsError
 from evospec.core.plotting import pyplot, save_figure
 from evospec.core.settings import DecodeSettings
 from evospec.core.text_table import text_table
-from evospec.data.corpus import CorpusError, corpus_domains, read_documents, switch_segment_tokens
+from evospec.data.corpus import CorpusError, chosen_domains, read_documents, switch_segment_tokens
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import GenerationResult, PooledStats
 
@@ -110,11 +110,7 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
     """Rows for every domain: ``eagle3`` (speculative) and ``plain`` (``--no-draft``)."""
-    available = corpus_domains(corpus)
-    domains = list(settings.domains or available)
-    unknown = sorted(set(domains) - set(available))
-    if unknown:
-        raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
+    domains = chosen_domains(corpus, settings.domains)
     generator.generate([0], replace(decode, max_new_tokens=2))  # warm-up, not measured
     rows: list[BenchRow] = []
     for domain in domains:

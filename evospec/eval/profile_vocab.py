@@ -29,7 +29,7 @@ import torch
 from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
 from evospec.core.text_table import text_table
-from evospec.data.corpus import CorpusError, corpus_domains
+from evospec.data.corpus import chosen_domains
 from evospec.data.teacher_forced import replay_streams, teacher_forced
 from evospec.eval.bench import BenchSettings, domain_prompts
 from evospec.runtime.generator import SpeculativeGenerator
@@ -161,17 +161,22 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
                       lists: dict[str, str] | None = None) -> list[VocabRow]:
     """Rows per domain, decoding setting (temperature) and policy; ``policies`` are expanded names
     (``expand_policies``) and must include ``full``."""
-    available = corpus_domains(corpus)
-    domains = list(settings.domains or available)
-    unknown = sorted(set(domains) - set(available))
-    if unknown:
-        raise CorpusError(f"corpus {corpus} has no domain(s) {unknown}; it has {available}")
+    domains = chosen_domains(corpus, settings.domains)
     if FULL not in policies:
         raise SettingsError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, getattr(drafter, "semantic_index", None))
     frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
     built = build_policies(policies, inputs, frequencies, lists or {}, router)
+    try:
+        return _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress)
+    finally:
+        generator.policy = None
+        for policy in built.values():
+            policy.close()
+
+
+def _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress) -> list[VocabRow]:
     rows = []
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)
@@ -205,7 +210,6 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
             for row in runs.values():
                 row.share_of_full = row.mean_accepted_length / full_tau if full_tau > 0 else None
             rows += runs.values()
-    generator.policy = None
     return rows
 
 

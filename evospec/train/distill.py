@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
-from evospec.runtime.target import TargetModel
+from evospec.runtime.target import TargetModel, cache_argument
 from evospec.train.state import load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
@@ -146,9 +146,10 @@ def sample_sequences(
     cache = None
     logits_in = seqs
     model = target.model
+    argument = cache_argument(model)
     for _ in range(length - 1):
-        out = model(input_ids=logits_in, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=logits_in, use_cache=True, **{argument: cache})
+        cache = getattr(out, argument)
         probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=g)
         seqs = torch.cat((seqs, nxt), dim=1)

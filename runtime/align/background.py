@@ -24,7 +24,6 @@ class BackgroundAligner:
     def __init__(self, aligner: HeadAligner) -> None:
         self.inner = aligner
         self.blocking_seconds = 0.0
-        self.wait_seconds = 0.0  # of which: waiting for an update the worker had not finished
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evospec-align")
         self._pending: Future[UpdateResult | None] | None = None
 
@@ -55,9 +54,7 @@ class BackgroundAligner:
         """Apply the update in flight, waiting for it if the worker is still on it."""
         if self._pending is None:
             return None
-        start = time.perf_counter()
         result = self._pending.result()
-        self.wait_seconds += time.perf_counter() - start
         self._pending = None
         return None if result is None else self.inner.apply(result)
 

@@ -34,6 +34,9 @@ class VocabPolicy(Protocol):
         """``committed``: tokens verified this step; ``state``: the drafter's head input at the
         newest committed token before them (for semantic retrieval), when the drafter has one."""
 
+    def close(self) -> None:
+        """Release what the policy holds (worker threads); it is not used afterwards."""
+
 
 class StaticPolicy:
     """A fixed active set (``full``, ``eagle3``, ``frspec``): reset and observe do nothing."""
@@ -48,4 +51,7 @@ class StaticPolicy:
         return self._ids
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+        pass
+
+    def close(self) -> None:
         pass

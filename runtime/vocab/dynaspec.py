@@ -270,3 +270,6 @@ class DynaSpecPolicy:
 
     def active_ids(self) -> torch.Tensor:
         return self._active
+
+    def close(self) -> None:  # no worker threads: nothing to release
+        pass

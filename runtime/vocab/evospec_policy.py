@@ -132,3 +132,6 @@ class EvoSpecPolicy:
         self._member.zero_()
         self._member[active] = True
         return active
+
+    def close(self) -> None:  # no worker threads: nothing to release
+        pass
