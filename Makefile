@@ -14,7 +14,7 @@ PROMPT ?= Article 5. The controller shall
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade "pip>=23" "setuptools>=68" wheel
+	$(BIN)/pip install --quiet --upgrade "pip>=23" "setuptools>=77" wheel
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[test,data,plot]"
 	touch $(STAMP)

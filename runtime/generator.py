@@ -9,6 +9,7 @@ accepted path in the target cache. ``use_draft=False`` runs the same loop with a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
 from evospec.runtime.verify import verify_greedy, verify_sampling
 from evospec.runtime.vocab import PolicyInputs, make_policy
+
+logger = logging.getLogger(__name__)
 
 
 class TokenStream:
@@ -135,6 +138,11 @@ class SpeculativeGenerator:
         bad = [t for t in prompt_ids if not 0 <= t < self.target.vocab_size]
         if bad:
             raise CompatibilityError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.target.vocab_size})")
+        limit = getattr(self.target.model.config, "max_position_embeddings", None)
+        if limit is not None and len(prompt_ids) + settings.max_new_tokens > limit:
+            logger.warning("prompt (%d tokens) + max_new_tokens (%d) exceeds the target's context length (%d "
+                           "positions): tokens past it come from positions the target was not trained on",
+                           len(prompt_ids), settings.max_new_tokens, limit)
         stats = DecodeStats(prompt_tokens=len(prompt_ids))
         start = time.perf_counter()
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import click
+import torch
 
 from evospec.core.settings import DecodeSettings
 
@@ -18,26 +19,45 @@ def _parse_ids(text: str) -> list[int]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--prompt-ids") from None
 
 
+_DEFAULTS = DecodeSettings()
+
+
+def _default(field: str) -> str:
+    return f" [default: {getattr(_DEFAULTS, field)}, or the --config file's]"
+
+
 def decode_options(fn):
+    """The decoding options of ``generate`` and ``demo``. Their values default to None so that a --config
+    file's [decode] table applies; the help shows the defaults that apply without one."""
     options = [
         click.option("--prompt", help="Prompt text (needs a tokenizer in the target directory)."),
         click.option("--prompt-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3."),
-        click.option("--max-new-tokens", type=int, default=None, help="New tokens to generate."),
-        click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling."),
-        click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution."),
-        click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests."),
-        click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default=None),
-        click.option("--draft-depth", type=int, default=None, help="Draft levels per step."),
-        click.option("--draft-topk", type=int, default=None, help="Children per node in the dynamic tree."),
-        click.option("--draft-tokens", type=int, default=None, help="Nodes kept in the dynamic tree."),
+        click.option("--max-new-tokens", type=int, default=None, help="New tokens to generate." + _default("max_new_tokens")),
+        click.option("--temperature", type=float, default=None,
+                     help="0 = greedy; > 0 = exact sampling." + _default("temperature")),
+        click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution." + _default("top_p")),
+        click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests." + _default("seed")),
+        click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default=None,
+                     help="A chain (one token per level) or EAGLE's dynamic tree." + _default("draft_tree")),
+        click.option("--draft-depth", type=int, default=None, help="Draft levels per step." + _default("draft_depth")),
+        click.option("--draft-topk", type=int, default=None, help="Children per node in the dynamic tree." + _default("draft_topk")),
+        click.option("--draft-tokens", type=int, default=None, help="Nodes kept in the dynamic tree." + _default("draft_tokens")),
         click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
-        click.option("--stream", is_flag=True, help="Print tokens as they are accepted."),
+        click.option("--stream", is_flag=True, help="Print tokens as they are accepted (with --json: one JSON line per token)."),
         click.option("--json", "as_json", is_flag=True, help="End with one JSON line: tokens, text and stats."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Torch CPU threads [default: torch's own, all cores; demo: 1]. Small models decode fastest on "
+                          "one thread, and on a busy machine extra threads only wait for each other."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _settings(config_path: Path | None, no_draft: bool, **values) -> DecodeSettings:
@@ -66,13 +86,16 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
     tokens: list[int] = []
     shown = ""
     for token in token_stream:
-        if stream and not as_json:
+        if stream:
             # decode the whole text so far: a byte-level token may end inside a multi-byte character
             tokens.append(token)
             text = generator.decode(tokens)
             piece = text[len(shown) :] if text is not None else f"{token} "
             shown = text if text is not None else shown
-            click.echo(piece, nl=False)
+            if as_json:
+                click.echo(json.dumps({"token_id": token, "text": piece if text is not None else None}))
+            else:
+                click.echo(piece, nl=False)
     result = token_stream.result
     if stream and not as_json:
         click.echo()
@@ -100,9 +123,10 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @decode_options
 def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, prompt, prompt_ids,
-             config_path, no_draft, stream, as_json, **values):
+             config_path, no_draft, stream, as_json, threads, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
+    set_threads(threads)
     checked = checked_prompt(prompt, prompt_ids)
     if drafter_dir is not None and bundle_dir is not None:
         raise click.UsageError("give --drafter or --bundle, not both (a bundle carries its drafter)")
@@ -127,14 +151,17 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, rou
                    "default: the pair shipped with evospec).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @decode_options
-def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as_json, **values):
+def demo(pair_dir, device, prompt, prompt_ids, config_path, no_draft, stream, as_json, threads, **values):
     """Generate with a model pair (default: the built-in small code model and its drafter), then plainly."""
     from evospec.train.demo_pair import demo_generator
 
     settings = _settings(config_path, no_draft, **values)
+    set_threads(1 if threads is None else threads)
     checked = checked_prompt("def " if prompt is None and prompt_ids is None else prompt, prompt_ids)
     generator = demo_generator(pair_dir, device=device)
     ids = prompt_token_ids(generator, checked)
+    if not as_json:
+        click.echo(f"prompt: {checked!r}")
     generator.generate([0], dataclasses.replace(settings, max_new_tokens=4))  # warm-up, not reported
     result = run_generation(generator, ids, settings, stream, as_json)
     if not as_json and settings.use_draft:

@@ -11,7 +11,7 @@ def stats_table(stats: DecodeStats) -> str:
         ("new tokens", f"{stats.new_tokens}"),
         ("verification steps", f"{stats.steps}"),
         ("mean accepted length (tokens/step)", f"{stats.mean_accepted_length:.2f}"),
-        ("draft acceptance rate", f"{stats.acceptance_rate:.1%}"),
+        ("draft tokens accepted / proposed", f"{stats.acceptance_rate:.1%}"),
         ("prefill time", f"{stats.prefill_time_s * 1e3:.1f} ms"),
         ("retrieval time (decoding thread)", f"{stats.retrieval_time_s * 1e3:.1f} ms"),
         ("gather-plan time", f"{stats.plan_time_s * 1e3:.1f} ms"),
