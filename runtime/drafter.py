@@ -178,18 +178,26 @@ class Attention(nn.Module):
         start: int,
         mask: torch.Tensor,  # [T, start+T] bool, True = may attend
     ) -> torch.Tensor:
+        q, k, v = self.qkv(x, cos, sin)
+        keys, values = cache.write(start, k, v)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask[None, None], enable_gqa=self.n_heads != self.n_kv
+        )
+        return self.output(out)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [B, H, T, hd] and keys, values [B, Hkv, T, hd] of x [B, T, 2d], RoPE applied (cos/sin [1, T, hd])."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        keys, values = cache.write(start, k, v)
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask[None, None], enable_gqa=self.n_heads != self.n_kv
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+    def output(self, heads: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, hd] attention output -> [B, T, d]."""
+        b, _, t, _ = heads.shape
+        return self.o_proj(heads.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 class DecoderLayer(nn.Module):
@@ -204,14 +212,43 @@ class DecoderLayer(nn.Module):
         self.norm_before_residual = config.norm_before_residual
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, **attn: Any) -> torch.Tensor:
+        x, residual = self.attention_input(embeds, hidden)
+        return self.finish(residual, self.self_attn(x, **attn))
+
+    def attention_input(self, embeds: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x [B, T, 2d] = [norm(embeds) ; norm(hidden)] that q/k/v read, the residual branch)."""
         normed = self.hidden_norm(hidden)
         residual = normed if self.norm_before_residual else hidden
-        x = torch.cat((self.input_layernorm(embeds), normed), dim=-1)
-        hidden = residual + self.self_attn(x, **attn)
+        return torch.cat((self.input_layernorm(embeds), normed), dim=-1), residual
+
+    def finish(self, residual: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual add, then the MLP block."""
+        hidden = residual + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-class Eagle3Drafter(nn.Module):
+def draft_vocab_target_ids(d2t: torch.Tensor) -> torch.Tensor:
+    """Target ids of a draft vocabulary in draft-id order (EAGLE-3: target = draft + d2t[draft])."""
+    return torch.arange(d2t.numel(), device=d2t.device) + d2t
+
+
+class Eagle3Trunk(nn.Module):
+    """An EAGLE-3 drafter without embeddings and head: fc, the decoder layer, the final norm, RoPE.
+
+    The attribute names are the checkpoint's (``fc``, ``midlayer.*``, ``norm``), so the stages and the
+    online distiller read a trunk and a whole drafter alike.
+    """
+
+    def __init__(self, config: Eagle3Config) -> None:
+        super().__init__()
+        self.config = config
+        self.fc = nn.Linear(3 * config.target_hidden_size, config.hidden_size, bias=False)
+        self.midlayer = DecoderLayer(config)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = LlamaRotaryEmbedding(config.llama_config())
+
+
+class Eagle3Drafter(Eagle3Trunk):
     """EAGLE-3 draft head: fuse target states, one decoder layer, norm, reduced-vocabulary head.
 
     ``embed_tokens`` is the drafter's own embedding when the checkpoint has one, else the target's
@@ -219,22 +256,17 @@ class Eagle3Drafter(nn.Module):
     """
 
     def __init__(self, config: Eagle3Config, has_embeddings: bool, shared_embeddings: nn.Module | None = None) -> None:
-        super().__init__()
-        self.config = config
-        d = config.hidden_size
         if not has_embeddings and shared_embeddings is None:
             raise ValueError("a drafter without embed_tokens needs the target's embeddings")
+        super().__init__(config)
+        d = config.hidden_size
         # A tuple keeps the target's table out of this module's parameters and state_dict.
         self._table = (nn.Embedding(config.vocab_size, d),) if has_embeddings else (shared_embeddings,)
         if has_embeddings:
             self.embed_tokens = self._table[0]
-        self.fc = nn.Linear(3 * config.target_hidden_size, d, bias=False)
-        self.midlayer = DecoderLayer(config)
-        self.norm = RMSNorm(d, config.rms_norm_eps)
         self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
-        self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -249,7 +281,7 @@ class Eagle3Drafter(nn.Module):
 
     def draft_vocab_target_ids(self) -> torch.Tensor:
         """Target ids of the drafter's own vocabulary in draft-id order: [draft_vocab_size], on d2t's device."""
-        return self.draft_to_target(torch.arange(self.config.draft_vocab_size, device=self.d2t.device))
+        return draft_vocab_target_ids(self.d2t)
 
     def forward(
         self,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evospec.runtime.drafter import Eagle3Drafter, rotate_half
+from evospec.runtime.drafter import Eagle3Trunk
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ SIGNATURES: dict[str, StageSignature] = {
 
 
 class FuseStage(nn.Module):
-    def __init__(self, drafter: Eagle3Drafter) -> None:
+    def __init__(self, drafter: Eagle3Trunk) -> None:
         super().__init__()
         self.fc = drafter.fc
 
@@ -65,7 +65,7 @@ class TrunkStage(nn.Module):
     head, new keys and values [B, Hkv, T, hd]).
     """
 
-    def __init__(self, drafter: Eagle3Drafter) -> None:
+    def __init__(self, drafter: Eagle3Trunk) -> None:
         super().__init__()
         c = drafter.config
         self.layer = drafter.midlayer
@@ -82,17 +82,8 @@ class TrunkStage(nn.Module):
 
     def forward(self, hidden, embeds, positions, past_keys, past_values, mask):
         layer, attn = self.layer, self.layer.self_attn
-        b, t, _ = hidden.shape
-        normed_hidden = layer.hidden_norm(hidden)
-        residual = normed_hidden if layer.norm_before_residual else hidden
-        x = torch.cat((layer.input_layernorm(embeds), normed_hidden), dim=-1)
-        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = self.rope(positions, hidden.dtype)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        x, residual = layer.attention_input(embeds, hidden)
+        q, k, v = attn.qkv(x, *self.rope(positions, hidden.dtype))
         keys = torch.cat((past_keys, k), dim=2)
         values = torch.cat((past_values, v), dim=2)
         if self.n_heads != self.n_kv:  # grouped-query attention, spelled out for exporters
@@ -101,8 +92,7 @@ class TrunkStage(nn.Module):
         scores = q @ keys.transpose(-1, -2) / self.head_dim**0.5
         scores = scores.masked_fill(~mask, float("-inf"))
         out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values
-        hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = layer.finish(residual, attn.output(out))
         return hidden, self.norm(hidden), k, v
 
 

@@ -40,31 +40,16 @@ import torch
 from torch import nn
 
 from evospec.runtime.align.feedback import Changes, CycleFeedback, tensor_bytes
-from evospec.runtime.drafter import DecoderLayer, Eagle3Config, RMSNorm
+from evospec.runtime.drafter import Eagle3Trunk, draft_vocab_target_ids
 from evospec.runtime.stages import FuseStage, TrunkStage
 
 Head = Literal["draft", "reservoir"]
 
 
-class _Trunk(nn.Module):
-    """The drafter without its head, in the attribute layout ``FuseStage``/``TrunkStage`` read."""
-
-    def __init__(self, config: Eagle3Config) -> None:
-        super().__init__()
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-        self.config = config
-        self.fc = nn.Linear(3 * config.target_hidden_size, config.hidden_size, bias=False)
-        self.midlayer = DecoderLayer(config)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = LlamaRotaryEmbedding(config.llama_config())
-
-
 def draft_vocabulary_rows(drafter) -> torch.Tensor:
-    """[draft_vocab_size] the target ids of the drafter's own head rows, in draft-id order (EAGLE-3:
-    target = draft + d2t[draft]); the reservoir holds those rows there unchanged (``build_reservoir``)."""
-    d2t = drafter.d2t.detach().cpu().long()
-    return torch.arange(d2t.numel()) + d2t
+    """[draft_vocab_size] the target ids of the drafter's own head rows, in draft-id order, on the host; the
+    reservoir holds those rows there unchanged (``build_reservoir``)."""
+    return draft_vocab_target_ids(drafter.d2t.detach().cpu().long())
 
 
 class OnlineDistiller:
@@ -78,7 +63,7 @@ class OnlineDistiller:
         if head not in ("draft", "reservoir"):
             raise ValueError(f"head must be 'draft' or 'reservoir' (got {head!r})")
         self.drafter, self.batch, self.every, self.head_kind = drafter, batch, every, head
-        trunk = _Trunk(drafter.config)
+        trunk = Eagle3Trunk(drafter.config)
         self.fuse, self.trunk = FuseStage(trunk), TrunkStage(trunk)
         weights = drafter.trunk_weights()
         self.fuse.load_state_dict({n: w for n, w in weights.items() if n.startswith("fc.")})
