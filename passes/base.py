@@ -1,8 +1,10 @@
 """The pass machinery: a pass takes the compile context, changes it, and says what it changed.
 
-Modelled on ONNX IR's passes: each pass is a small object with a name and a ``__call__`` that
-returns a ``PassResult``. ``run_passes`` runs an ordered list, times each pass into the manifest,
-and turns a failure into a ``CompileError`` that names the failing pass and those that ran.
+Modelled on ONNX IR's passes: each pass is a small ``CompilePass`` with a name; calling it checks
+``requires`` (what it reads is there and well formed), runs ``call`` and checks ``ensures`` (what it
+promised to write is there, with the shapes later passes rely on). ``run_passes`` runs an ordered
+list, times each pass into the manifest, and turns any failure, a broken condition included, into a
+``CompileError`` that names the failing pass and those that ran.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+from torch import nn
+
 from evospec.core.errors import CompileError, EvoSpecError, SettingsError
+from evospec.runtime.drafter import Eagle3Drafter
+from evospec.runtime.target import TargetModel
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,11 @@ class CompileContext:
     drafter_dir: Path
     work: Path
     settings: CompileSettings
-    target: Any = None
-    drafter: Any = None
-    stages: dict[str, Any] = field(default_factory=dict)  # name -> torch module
-    reservoir: Any = None  # [V, d] tensor
-    draft_rows: Any = None  # [Vd] target ids of the drafter's own head rows
+    target: TargetModel | None = None  # set by validate_inputs
+    drafter: Eagle3Drafter | None = None  # set by validate_inputs
+    stages: dict[str, nn.Module] = field(default_factory=dict)  # name -> torch module (split, reservoir)
+    reservoir: torch.Tensor | None = None  # [V, d] float, set by reservoir
+    draft_vocab_ids: torch.Tensor | None = None  # [Vd] target ids of the drafter's own head rows, set by reservoir
     files: dict[str, str] = field(default_factory=dict)  # artefact name -> path relative to work
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +84,45 @@ class Pass(Protocol):
     name: str
 
     def __call__(self, ctx: CompileContext) -> PassResult: ...
+
+
+def condition(holds: bool, message: str) -> None:
+    """One requires/ensures condition: a broken one stops the compile with ``message``."""
+    if not holds:
+        raise CompileError(message)
+
+
+class CompilePass:
+    """Base of the compile passes: ``reads`` names the context fields the pass needs set (checked by
+    ``requires``, which a pass may extend); ``ensures`` checks what it wrote; ``call`` does the work."""
+
+    name: str = "pass"
+    reads: tuple[str, ...] = ()
+
+    def requires(self, ctx: CompileContext) -> None:
+        for name in self.reads:
+            value = getattr(ctx, name)
+            condition(value is not None and not (isinstance(value, dict) and not value),
+                      f"requires ctx.{name}, which no earlier pass set (check the pass order in pipeline.py)")
+
+    def ensures(self, ctx: CompileContext) -> None:
+        pass
+
+    def call(self, ctx: CompileContext) -> PassResult:
+        raise NotImplementedError
+
+    def __call__(self, ctx: CompileContext) -> PassResult:
+        self.requires(ctx)
+        result = self.call(ctx)
+        self.ensures(ctx)
+        return result
+
+
+def ensure_artefacts(ctx: CompileContext, names: list[str]) -> None:
+    """Each named artefact is recorded in ``ctx.files`` and exists in the bundle's work directory."""
+    for name in names:
+        condition(name in ctx.files and (ctx.work / ctx.files[name]).exists(),
+                  f"ensures artefact {name!r} is written (files: {sorted(ctx.files)})")
 
 
 def run_passes(

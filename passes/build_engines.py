@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evospec.exporters.ort_build import build_ort
-from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.base import CompileContext, CompilePass, PassResult, ensure_artefacts, relative
 from evospec.runtime.stages import SIGNATURES
 
 
@@ -28,10 +28,20 @@ def tensorrt_profiles(stage: str, ctx: CompileContext) -> list[dict]:
             for b in ctx.manifest["gather"]["buckets"]]
 
 
-class BuildEngines:
+class BuildEngines(CompilePass):
     name = "build_engines"
+    reads = ('stages',)
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def requires(self, ctx: CompileContext) -> None:
+        super().requires(ctx)
+        if ctx.settings.backend != "torch":
+            ensure_artefacts(ctx, [f"onnx/{stage}" for stage in SIGNATURES])
+
+    def ensures(self, ctx: CompileContext) -> None:
+        if ctx.settings.backend != "torch":
+            ensure_artefacts(ctx, [f"{ctx.settings.backend}/{stage}" for stage in SIGNATURES])
+
+    def call(self, ctx: CompileContext) -> PassResult:
         backend = ctx.settings.backend
         if backend == "torch":
             return PassResult(False, "torch backend: nothing to build (stages run eagerly from bundle weights)")

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from evospec.exporters.onnx_export import export_stage, graph_summary
-from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition, ensure_artefacts, relative
 from evospec.passes.feeds import recorded_feeds
 from evospec.runtime.stages import SIGNATURES
 
 
-class ExportOnnx:
+class ExportOnnx(CompilePass):
     name = "export_onnx"
+    reads = ('stages', 'reservoir')
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def requires(self, ctx: CompileContext) -> None:
+        super().requires(ctx)
+        condition(set(SIGNATURES) <= set(ctx.stages), f"requires stages {sorted(SIGNATURES)} (have {sorted(ctx.stages)})")
+
+    def ensures(self, ctx: CompileContext) -> None:
+        ensure_artefacts(ctx, [f"onnx/{stage}" for stage in SIGNATURES])
+
+    def call(self, ctx: CompileContext) -> PassResult:
         examples = recorded_feeds(ctx, 1)
         (ctx.work / "onnx").mkdir(exist_ok=True)
         summaries = {}

@@ -38,7 +38,7 @@ def recorded_feeds(ctx: CompileContext, count: int, prefix: int = 5, step: int =
                       "past_keys": keys, "past_values": values, "mask": mask}
         feeds["trunk"].append(trunk_feed)
         normed = stages["trunk"](*trunk_feed.values())[1]
-        plan = make_plan(ctx.draft_rows, tuple(ctx.manifest["gather"]["buckets"]))
+        plan = make_plan(ctx.draft_vocab_ids, tuple(ctx.manifest["gather"]["buckets"]))
         feeds["head"].append({"normed": normed[0], "active": plan.ids, "bias": plan.bias})
         feeds["head_active"].append({"normed": normed[0], "rows": ctx.reservoir[plan.ids], "bias": plan.bias})
     return feeds

@@ -7,15 +7,20 @@ and sha256 of all files go into the manifest, so a truncated or swapped file is 
 
 from __future__ import annotations
 
-from evospec.passes.base import CompileContext, PassResult, relative
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition, ensure_artefacts, relative
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.files import fingerprint
 
 
-class Finalise:
+class Finalise(CompilePass):
     name = "finalise"
+    reads = ('drafter', 'reservoir')
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        ensure_artefacts(ctx, ["drafter"] + (["reservoir"] if ctx.settings.backend == "torch" else []))
+        condition(bool(ctx.manifest.get("files")), "ensures every bundle file is fingerprinted in the manifest")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         save_drafter(ctx.drafter, ctx.work / "drafter")
         ctx.files["drafter"] = "drafter"
         if ctx.settings.backend == "torch":  # the other backends carry the reservoir inside head.onnx

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from evospec.core.errors import SettingsError
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition
 from evospec.runtime.gather import choose_bucket
 
 
-class PlanGathers:
+class PlanGathers(CompilePass):
     name = "gather_plans"
+    reads = ('reservoir', 'draft_vocab_ids')
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        buckets = ctx.manifest.get("gather", {}).get("buckets", [])
+        condition(bool(buckets) and buckets == sorted(set(buckets)) and buckets[-1] <= ctx.reservoir.shape[0],
+                  f"ensures ascending buckets no larger than the reservoir (got {buckets})")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         buckets = tuple(b for b in ctx.settings.buckets if b <= ctx.reservoir.shape[0]) or (ctx.reservoir.shape[0],)
-        size = int(ctx.draft_rows.numel())
+        size = int(ctx.draft_vocab_ids.numel())
         try:
             default = choose_bucket(size, buckets)
         except SettingsError as exc:

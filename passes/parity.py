@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from evospec.core.errors import CompileError
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition
 from evospec.passes.feeds import recorded_feeds
 from evospec.runtime.runners import OrtRunner, TorchRunner
 from evospec.runtime.stages import SIGNATURES
@@ -30,10 +30,14 @@ def compare(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tenso
     return rows
 
 
-class CheckParity:
+class CheckParity(CompilePass):
     name = "parity"
+    reads = ('stages',)
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        condition("parity" in ctx.manifest, "ensures a parity report in the manifest")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         backend = ctx.settings.backend
         if backend == "torch":
             ctx.manifest["parity"] = {"backend": "torch", "note": "the reference itself; nothing to compare"}

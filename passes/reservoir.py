@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition
 from evospec.runtime.stages import ActiveHeadStage, HeadStage
 
 
@@ -26,17 +26,17 @@ def relative_error(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> float:
     return float((x.double() @ a - y.double()).norm() / y.double().norm().clamp_min(1e-30))
 
 
-def build_reservoir(target_head: torch.Tensor, draft_head: torch.Tensor, draft_rows: torch.Tensor, seed: int = 0):
+def build_reservoir(target_head: torch.Tensor, draft_head: torch.Tensor, draft_vocab_ids: torch.Tensor, seed: int = 0):
     """Returns (reservoir [V, d], report dict)."""
     vocab, width = target_head.shape[0], draft_head.shape[1]
     reservoir = torch.zeros(vocab, width, dtype=torch.float32)
-    reservoir[draft_rows] = draft_head.float()
+    reservoir[draft_vocab_ids] = draft_head.float()
     missing = torch.ones(vocab, dtype=torch.bool)
-    missing[draft_rows] = False
-    report = {"rows": vocab, "from_drafter": int(draft_rows.numel()), "synthesised": int(missing.sum())}
+    missing[draft_vocab_ids] = False
+    report = {"rows": vocab, "from_drafter": int(draft_vocab_ids.numel()), "synthesised": int(missing.sum())}
     if missing.any():
-        x, y = target_head[draft_rows].float(), draft_head.float()
-        order = torch.randperm(len(draft_rows), generator=torch.Generator().manual_seed(seed))
+        x, y = target_head[draft_vocab_ids].float(), draft_head.float()
+        order = torch.randperm(len(draft_vocab_ids), generator=torch.Generator().manual_seed(seed))
         held = order[: max(1, len(order) // 10)]
         fit = order[len(held):] if len(order) > len(held) else order
         a = fit_map(x[fit], y[fit])
@@ -47,15 +47,26 @@ def build_reservoir(target_head: torch.Tensor, draft_head: torch.Tensor, draft_r
     return reservoir, report
 
 
-class BuildReservoir:
+class BuildReservoir(CompilePass):
     name = "reservoir"
+    reads = ('target', 'drafter')
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        c = ctx.drafter.config
+        condition(tuple(ctx.reservoir.shape) == (c.vocab_size, c.hidden_size) and ctx.reservoir.is_floating_point(),
+                  f"ensures the reservoir is float [V, d] = [{c.vocab_size}, {c.hidden_size}] "
+                  f"(got {ctx.reservoir.dtype} {tuple(ctx.reservoir.shape)})")
+        ids = ctx.draft_vocab_ids
+        condition(ids.shape == (c.draft_vocab_size,) and int(ids.min()) >= 0 and int(ids.max()) < c.vocab_size,
+                  f"ensures draft_vocab_ids are [{c.draft_vocab_size}] target ids in [0, {c.vocab_size})")
+        condition({"head", "head_active"} <= set(ctx.stages), "ensures stages head and head_active")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         drafter = ctx.drafter
-        rows = drafter.draft_vocab_target_ids().cpu()
+        vocab_ids = drafter.draft_vocab_target_ids().cpu()
         target_head = ctx.target.model.get_output_embeddings().weight.detach().cpu()[: drafter.config.vocab_size]
-        reservoir, report = build_reservoir(target_head, drafter.lm_head.weight.detach().cpu(), rows)
-        ctx.reservoir, ctx.draft_rows = reservoir, rows
+        reservoir, report = build_reservoir(target_head, drafter.lm_head.weight.detach().cpu(), vocab_ids)
+        ctx.reservoir, ctx.draft_vocab_ids = reservoir, vocab_ids
         ctx.stages["head"] = HeadStage(reservoir).eval()
         ctx.stages["head_active"] = ActiveHeadStage().eval()
         ctx.manifest["reservoir"] = report

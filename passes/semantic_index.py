@@ -14,7 +14,7 @@ import time
 import torch
 
 from evospec.core.errors import CompileError
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, ensure_artefacts
 from evospec.passes.feeds import recorded_feeds
 from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, build_index, projection
 
@@ -25,10 +25,15 @@ def recall(found: list[list[int]], exact: torch.Tensor) -> float:
     return sum(len(set(f) & set(e.tolist())) for f, e in zip(found, exact)) / max(1, exact.numel())
 
 
-class BuildSemanticIndex:
+class BuildSemanticIndex(CompilePass):
     name = "semantic_index"
+    reads = ('reservoir', 'drafter')
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        if ctx.settings.index_dims:
+            ensure_artefacts(ctx, ["semantic_index", "semantic_projection"])
+
+    def call(self, ctx: CompileContext) -> PassResult:
         dims = ctx.settings.index_dims
         if dims == 0:
             return PassResult(False, "semantic index off (index_dims = 0): policy evospec uses its statistical index only")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition
 from evospec.runtime.stages import FuseStage, TrunkStage
 
 
-class SplitStages:
+class SplitStages(CompilePass):
     name = "split"
+    reads = ('drafter',)
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        condition({"fuse", "trunk"} <= set(ctx.stages), f"ensures stages fuse and trunk (have {sorted(ctx.stages)})")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         ctx.stages["fuse"] = FuseStage(ctx.drafter).eval()
         ctx.stages["trunk"] = TrunkStage(ctx.drafter).eval()
         return PassResult(True, "fuse (fc) + trunk (decoder layer + norm; cache, positions, mask as inputs); "

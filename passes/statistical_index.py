@@ -9,16 +9,21 @@ time and a bundle cannot be paired with counts made for another tokenizer.
 from __future__ import annotations
 
 from evospec.core.errors import CompileError, SettingsError
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, ensure_artefacts
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 
 FREQUENCIES_FILE = "index/frequencies.json"
 
 
-class CopyStatisticalIndex:
+class CopyStatisticalIndex(CompilePass):
     name = "statistical_index"
+    reads = ('drafter',)
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        if ctx.settings.frequencies is not None:
+            ensure_artefacts(ctx, ["statistical_index"])
+
+    def call(self, ctx: CompileContext) -> PassResult:
         if ctx.settings.frequencies is None:
             return PassResult(False, "no --frequencies: frspec:K and evospec:K will need --frequencies at run time")
         try:

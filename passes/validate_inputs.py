@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evospec.passes.base import CompileContext, PassResult
+from evospec.passes.base import CompileContext, CompilePass, PassResult, condition
 from evospec.runtime.files import hash_directory
 from evospec.runtime.generator import SpeculativeGenerator
 
 
-class ValidateInputs:
+class ValidateInputs(CompilePass):
     name = "validate_inputs"
 
-    def __call__(self, ctx: CompileContext) -> PassResult:
+    def ensures(self, ctx: CompileContext) -> None:
+        condition(ctx.target is not None and ctx.drafter is not None, "ensures target and drafter are loaded")
+        condition("inputs" in ctx.manifest, "ensures the input files are hashed into the manifest")
+
+    def call(self, ctx: CompileContext) -> PassResult:
         generator = SpeculativeGenerator.from_paths(ctx.target_dir, ctx.drafter_dir)  # all loader checks
         ctx.target, ctx.drafter = generator.target, generator.drafter
         c = ctx.drafter.config

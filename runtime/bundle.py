@@ -98,8 +98,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
     drafter = load_drafter(bundle / "drafter", target_embeddings=target.model.get_input_embeddings(),
                            target_hidden_size=target.hidden_size, target_vocab_size=target.vocab_size,
                            device=target.device, dtype=torch.float32)
-    rows = drafter.draft_vocab_target_ids().cpu()
-    plan = make_plan(rows, tuple(manifest["gather"]["buckets"]))
+    vocab_ids = drafter.draft_vocab_target_ids().cpu()
+    plan = make_plan(vocab_ids, tuple(manifest["gather"]["buckets"]))
     runners = {}
     for stage, signature in SIGNATURES.items():
         if backend == "ort":

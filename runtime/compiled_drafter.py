@@ -49,7 +49,7 @@ class CompiledDrafter:
         self.buckets = buckets
         self.dtype = torch.float32  # engines take and return fp32 at their boundary
         self.moved_rows = 0  # head columns changed by the last set_active (a delta, not a rebuild)
-        self.draft_rows = plan.ids[: plan.size].clone()  # the drafter's own vocabulary (policy eagle3)
+        self.draft_vocab_ids = plan.ids[: plan.size].clone()  # the drafter's own vocabulary (policy eagle3)
         self._use(plan)
 
     def _use(self, plan: GatherPlan) -> None:
@@ -180,6 +180,6 @@ def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -
     modules = {"fuse": FuseStage(drafter), "trunk": TrunkStage(drafter), "head": head, "head_active": ActiveHeadStage()}
     runners = {stage: TorchRunner(stage, modules[stage], list(SIGNATURES[stage].inputs), list(SIGNATURES[stage].outputs))
                for stage in modules}
-    rows = drafter.draft_vocab_target_ids().cpu()
-    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(rows, buckets), buckets,
+    vocab_ids = drafter.draft_vocab_target_ids().cpu()
+    return CompiledDrafter(drafter.config, drafter.d2t, drafter._table[0], runners, make_plan(vocab_ids, buckets), buckets,
                            reservoir=head.reservoir)

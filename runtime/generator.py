@@ -117,7 +117,7 @@ class SpeculativeGenerator:
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
         if vocab is not None:
-            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_rows, drafter.semantic_index),
+            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
                                  frequencies or drafter.frequencies_path, router)
         return cls(target, drafter, policy)
 
@@ -226,22 +226,22 @@ class SpeculativeGenerator:
                     verdict = verify_greedy(tree, out.logits)
                 else:
                     verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
-                rows = torch.tensor([0] + [i + 1 for i in verdict.accepted])
+                rows = torch.tensor([0] + [i + 1 for i in verdict.accepted_nodes])
                 keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
                 self._sync()
                 stats.verify_time_s += time.perf_counter() - t1
                 stats.steps += 1
-                stats.accepted_lengths.append(len(verdict.accepted))
+                stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size
 
-                new_tokens = [int(tree.tokens[i]) for i in verdict.accepted] + [verdict.bonus]
+                new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
                 emit = new_tokens[: self._emittable(new_tokens, emitted, eos, s.max_new_tokens)]
                 stats.step_tokens.append(len(emit))
                 if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
                     a0 = time.perf_counter()
                     targets = torch.cat((pending_logits, out.logits[:1])).cpu()
                     changes = aligner.feedback(CycleFeedback(
-                        drafter.root_normed, targets, len(verdict.accepted), drafter.active_ids, features=pairs_hidden,
+                        drafter.root_normed, targets, len(verdict.accepted_nodes), drafter.active_ids, features=pairs_hidden,
                         tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1))
                     if changes:
                         apply_changes(drafter, changes)
@@ -277,7 +277,7 @@ class SpeculativeGenerator:
     def _rejected(tree: DraftTree, verdict) -> bool:
         """Whether the step rejected a draft token: the last accepted node (or the root) had children,
         so the target's token there (``verdict.bonus``) is one the drafter should have proposed."""
-        last = verdict.accepted[-1] if verdict.accepted else -1
+        last = verdict.accepted_nodes[-1] if verdict.accepted_nodes else -1
         return bool((tree.parents == last).any())
 
     def _set_active(self, active: torch.Tensor, stats: DecodeStats) -> None:

@@ -24,7 +24,7 @@ from evospec.runtime.tree import DraftTree
 
 @dataclass
 class Verdict:
-    accepted: list[int]  # accepted draft node indices, root to leaf
+    accepted_nodes: list[int]  # accepted draft node indices, root to leaf
     bonus: int  # the target's token after the last accepted node
 
 

@@ -116,6 +116,29 @@ class Explode:
         raise RuntimeError("boom")
 
 
+def test_pass_conditions_name_what_is_missing_or_malformed(tmp_path):
+    """requires: a pass run before the one that sets what it reads; ensures: a pass that writes a wrong shape."""
+    from evospec.passes.gather_plans import PlanGathers
+    from evospec.passes.reservoir import BuildReservoir
+    from evospec.passes.split import SplitStages
+    from evospec.passes.validate_inputs import ValidateInputs
+
+    with pytest.raises(CompileError, match=r"pass 'gather_plans' failed: requires ctx.reservoir, which no earlier pass set"):
+        compile_bundle(TARGET, DRAFTER, tmp_path / "a", CompileSettings(buckets=(512,)),
+                       passes=[ValidateInputs(), SplitStages(), PlanGathers()])
+
+    class HalfReservoir(BuildReservoir):
+        def call(self, ctx):
+            result = super().call(ctx)
+            ctx.reservoir = ctx.reservoir[:, : ctx.reservoir.shape[1] // 2]
+            return result
+
+    with pytest.raises(CompileError, match=r"pass 'reservoir' failed: ensures the reservoir is float \[V, d\]"):
+        compile_bundle(TARGET, DRAFTER, tmp_path / "b", CompileSettings(buckets=(512,)),
+                       passes=[ValidateInputs(), SplitStages(), HalfReservoir()])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failing_pass_is_named_and_leaves_no_bundle(tmp_path):
     passes = default_passes()
     passes.insert(3, Explode())

@@ -27,7 +27,7 @@ def worlds(draw):
     """A vocabulary, the drafter's rows, a frequency file's content, K, C, a prompt and observations."""
     vocab = draw(st.integers(4, 80))
     token = st.integers(0, vocab - 1)
-    draft_rows = sorted(draw(st.sets(token, min_size=1, max_size=vocab)))
+    draft_vocab_ids = sorted(draw(st.sets(token, min_size=1, max_size=vocab)))
     counts = draw(st.lists(st.integers(0, 3), min_size=vocab, max_size=vocab))  # many zeros and ties
     successors = draw(st.dictionaries(token, st.lists(token, max_size=5, unique=True), max_size=vocab))
     k = draw(st.integers(2, vocab))
@@ -35,7 +35,7 @@ def worlds(draw):
     prompt = draw(st.lists(token, max_size=12))
     steps = draw(st.lists(st.tuples(st.lists(token, min_size=1, max_size=6), st.booleans()), max_size=25))
     seed = draw(st.integers(0, 2**16))
-    return vocab, draft_rows, counts, successors, k, clusters, prompt, steps, seed
+    return vocab, draft_vocab_ids, counts, successors, k, clusters, prompt, steps, seed
 
 
 def router_file(path: Path, vocab: int, clusters: int, k: int, share: float, g: torch.Generator) -> int:
@@ -70,15 +70,15 @@ def check(ids: torch.Tensor, k: int, vocab: int, spec: str, when: str) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=worlds(), semantic=st.booleans(), backbone=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
 def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, backbone):
-    vocab, draft_rows, counts, successors, k, clusters, prompt, steps, seed = world
+    vocab, draft_vocab_ids, counts, successors, k, clusters, prompt, steps, seed = world
     g = torch.Generator().manual_seed(seed)
-    inputs = PolicyInputs(vocab, torch.tensor(draft_rows), semantic_index(vocab, g) if semantic else None)
+    inputs = PolicyInputs(vocab, torch.tensor(draft_vocab_ids), semantic_index(vocab, g) if semantic else None)
     with tempfile.TemporaryDirectory() as tmp:
         freq = Path(tmp) / "f.json"
         TokenFrequencies(vocab, torch.tensor(counts, dtype=torch.long), 1, "hypothesis", successors).save(freq)
         router = Path(tmp) / "r.safetensors"
         clusters = router_file(router, vocab, clusters, k, backbone, g)
-        specs = {"full": vocab, "eagle3": len(draft_rows), f"frspec:{k}": k, f"evospec:{k}": k,
+        specs = {"full": vocab, "eagle3": len(draft_vocab_ids), f"frspec:{k}": k, f"evospec:{k}": k,
                  f"evospec:{k}:sync": k, f"dynaspec:{k}:{clusters}": k}
         for spec, size in specs.items():
             policy = make_policy(spec, inputs, frequencies=freq, router=router)

@@ -131,7 +131,7 @@ def first_token_counts(tree: DraftTree, logits: torch.Tensor, n: int, verifier=v
     counts: dict[int, int] = {}
     for _ in range(n):
         verdict = verifier(tree, logits, 1.0, 1.0, g)
-        token = int(tree.tokens[verdict.accepted[0]]) if verdict.accepted else verdict.bonus
+        token = int(tree.tokens[verdict.accepted_nodes[0]]) if verdict.accepted_nodes else verdict.bonus
         counts[token] = counts.get(token, 0) + 1
     return counts
 
@@ -172,7 +172,7 @@ def test_sampled_draft_with_narrow_vocabulary_emits_target_distribution():
         x = int(torch.multinomial(q, 1, generator=g))
         tree = root_tree([x], q[None])
         verdict = verify_sampling(tree, LOGITS.repeat(2, 1), 1.0, 1.0, g)
-        token = x if verdict.accepted else verdict.bonus
+        token = x if verdict.accepted_nodes else verdict.bonus
         counts[token] = counts.get(token, 0) + 1
     ok, stat, critical = chi_square_ok(counts, dict(enumerate(p.tolist())), n)
     assert ok, (counts, stat, critical)
@@ -201,7 +201,7 @@ def test_negative_control_wrong_residual_is_rejected():
     for _ in range(n):
         x = int(torch.multinomial(q, 1, generator=g))
         verdict = wrong_verifier(root_tree([x], q[None]), LOGITS.repeat(2, 1), 1.0, 1.0, g)
-        token = x if verdict.accepted else verdict.bonus
+        token = x if verdict.accepted_nodes else verdict.bonus
         counts[token] = counts.get(token, 0) + 1
     ok, _, _ = chi_square_ok(counts, dict(enumerate(p.tolist())), n)
     assert not ok

@@ -53,8 +53,8 @@ def compile_in_memory(target: str | Path, drafter: str | Path):
     (what `evospec compile --backend torch` would write), for ``--target --drafter`` without a bundle."""
     plain = SpeculativeGenerator.from_paths(target, drafter)
     d = plain.drafter
-    rows = d.draft_vocab_target_ids().cpu()
+    vocab_ids = d.draft_vocab_target_ids().cpu()
     head = plain.target.model.get_output_embeddings().weight.detach().float().cpu()[: d.config.vocab_size]
-    reservoir, _ = build_reservoir(head, d.lm_head.weight.detach().cpu(), rows)
+    reservoir, _ = build_reservoir(head, d.lm_head.weight.detach().cpu(), vocab_ids)
     buckets = tuple(sorted({d.config.draft_vocab_size, d.config.vocab_size}))
     return SpeculativeGenerator(plain.target, eager_compiled(d.float(), reservoir, buckets))

@@ -43,18 +43,18 @@ class DistillSettings:
 
 
 @torch.no_grad()
-def teacher_outputs(target: TargetModel, sequences: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tapped features [B, T, 3d] and the target's logits [B, T, len(rows)] on the draft vocabulary only.
+def teacher_outputs(target: TargetModel, sequences: torch.Tensor, vocab_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tapped features [B, T, 3d] and the target's logits [B, T, len(vocab_ids)] on the draft vocabulary only.
 
-    Only the LM-head rows of ``rows`` are computed: with a 151k vocabulary the full logits of a
+    Only the LM-head rows of ``vocab_ids`` are computed: with a 151k vocabulary the full logits of a
     batch would not fit in memory, and the drafter never needs the others.
     """
     out = target.model.get_decoder()(input_ids=sequences, output_hidden_states=True)
     features = torch.cat([out.hidden_states[i] for i in target.tap_layers], dim=-1)
     head = target.model.get_output_embeddings()
-    logits = out.last_hidden_state @ head.weight[rows].T
+    logits = out.last_hidden_state @ head.weight[vocab_ids].T
     if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[rows]
+        logits = logits + head.bias[vocab_ids]
     return features, logits.float()
 
 
@@ -102,7 +102,7 @@ def distill_drafter(
     interrupted run resumes from it with the same batches.
     """
     device = drafter.d2t.device
-    rows = drafter.draft_vocab_target_ids().to(device)
+    vocab_ids = drafter.draft_vocab_target_ids().to(device)
     params = [p for p in drafter.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(settings.seed)
@@ -118,7 +118,7 @@ def distill_drafter(
     for step in range(len(losses), settings.steps):
         idx = torch.randint(0, sequences.shape[0], (settings.batch_size,), generator=g)
         batch = sequences[idx].to(device)
-        features, logits = teacher_outputs(target, batch, rows)
+        features, logits = teacher_outputs(target, batch, vocab_ids)
         loss = distill_loss(drafter, features, logits, batch, settings)
         optimiser.zero_grad()
         loss.backward()

@@ -35,7 +35,7 @@ class BackgroundAligner:
         inner = self.inner
         norm = None if inner.norm is None else inner.norm.clone()  # the weight this cycle drafted with
         changes = self.collect()
-        inner.count(cycle.accepted)
+        inner.count(cycle.accepted_count)
         verdict = inner.judge()
         changes = (changes or Changes()).merge(verdict)
         due = inner.cycles % inner.s.every == 0 and verdict is None  # not straight after a rollback

@@ -21,13 +21,13 @@ class CycleFeedback:
     ``head_inputs`` [n, d]: the drafter's head input there (the root call of the cycle);
     ``target_logits`` [n, V]: the target's logits for the token that head proposes;
     ``features`` [n, 3*Dt] and ``tokens`` [n]: the root call's own inputs (for whole-drafter methods);
-    ``accepted``: tokens accepted this cycle; ``active_ids``: the active set drafted over;
+    ``accepted_count``: draft tokens accepted this cycle; ``active_ids``: the active set drafted over;
     ``new_context``: first cycle of a generation call (the positions do not continue the last call's).
     """
 
     head_inputs: torch.Tensor
     target_logits: torch.Tensor
-    accepted: int
+    accepted_count: int
     active_ids: torch.Tensor
     features: torch.Tensor | None = None
     tokens: torch.Tensor | None = None

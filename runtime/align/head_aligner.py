@@ -82,7 +82,7 @@ class HeadAligner:
         self.blocking_seconds = 0.0  # time the decoding thread spent in ``feedback``
         self._snap_ids = torch.zeros(0, dtype=torch.long)  # rows changed since the last verdict, and their
         self._snap_rows = reservoir.new_zeros(0, reservoir.shape[1])  # values before the first change
-        self.accepted: deque[int] = deque(maxlen=2 * settings.window)
+        self.accepted_history: deque[int] = deque(maxlen=2 * settings.window)
         self._judge_at: int | None = None  # cycle at which the pending updates are judged
         self._before = 0.0
 
@@ -115,7 +115,7 @@ class HeadAligner:
 
     def observe(self, cycle: CycleFeedback) -> None:
         self.record(cycle, self.norm)
-        self.count(cycle.accepted)
+        self.count(cycle.accepted_count)
 
     def record(self, cycle: CycleFeedback, norm: torch.Tensor | None) -> None:
         """Buffer one cycle; ``norm`` is the norm weight the cycle drafted with (with ``norm``)."""
@@ -125,7 +125,7 @@ class HeadAligner:
         self.buffer.add(states, cycle.target_logits)
 
     def count(self, accepted: int) -> None:
-        self.accepted.append(accepted)
+        self.accepted_history.append(accepted)
         self.cycles += 1
 
     def due(self) -> bool:
@@ -135,7 +135,7 @@ class HeadAligner:
         """At the end of a judgement window: keep the updates, or restore every changed row."""
         if self._judge_at is None or self.cycles < self._judge_at:
             return None
-        after = sum(list(self.accepted)[-self.s.window :]) / self.s.window
+        after = sum(list(self.accepted_history)[-self.s.window :]) / self.s.window
         changes = self._rollback() if after < self._before else None
         self._forget_snapshot()
         return changes
@@ -200,7 +200,7 @@ class HeadAligner:
         if self.norm is not None and self.norm_snapshot is None:
             self.norm_snapshot = self.norm.clone()
         if self._judge_at is None:  # the first update since the last verdict opens a judgement window
-            recent = list(self.accepted)[-self.s.window :]
+            recent = list(self.accepted_history)[-self.s.window :]
             self._before = sum(recent) / max(1, len(recent))
             self._judge_at = self.cycles + self.s.window
         self.rows[result.rows] -= result.deltas

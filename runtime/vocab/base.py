@@ -19,7 +19,7 @@ class PolicyInputs:
     """What policies may be built from: the reservoir size and the drafter's own vocabulary."""
 
     vocab_size: int
-    draft_rows: torch.Tensor  # target ids of the drafter's own LM-head rows
+    draft_vocab_ids: torch.Tensor  # target ids of the drafter's own LM-head rows
     semantic: Any = None  # a bundle's SemanticIndex (runtime/vocab/semantic.py), if it has one
 
 

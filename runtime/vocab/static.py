@@ -13,7 +13,7 @@ def full_policy(inputs: PolicyInputs) -> StaticPolicy:
 
 
 def eagle3_policy(inputs: PolicyInputs) -> StaticPolicy:
-    return StaticPolicy("eagle3", inputs.draft_rows)
+    return StaticPolicy("eagle3", inputs.draft_vocab_ids)
 
 
 def frspec_policy(inputs: PolicyInputs, k: int, frequencies: TokenFrequencies) -> StaticPolicy:
