@@ -1,8 +1,8 @@
 """Load and save EAGLE-3 drafter checkpoints in the official layout (EAGLE authors, SpecForge).
 
-A checkpoint directory holds ``config.json`` (architectures ``LlamaForCausalLMEagle3``,
-``draft_vocab_size``, optional tapped target layers) and ``model.safetensors`` or
-``pytorch_model.bin``. Every way a checkpoint can be wrong raises :class:`CheckpointError`
+A checkpoint directory holds ``config.json`` (architectures ``LlamaForCausalLMEagle3``, or
+EAGLE's own ``LlamaForCausalLM`` with EAGLE-3-shaped weights; ``draft_vocab_size``, optional tapped
+target layers) and weights (``checkpoint_weights``: one file or shards). Every way a checkpoint can be wrong raises :class:`CheckpointError`
 or :class:`CompatibilityError` naming the file and what was expected; nothing is loaded
 with ``strict=False``.
 """
@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from evospec.core.atomic import atomic_directory
 from evospec.core.errors import CheckpointError, CompatibilityError
+from evospec.runtime.checkpoint_weights import complete_vocab_maps, drop_known_buffers, looks_like_eagle3, read_weights
 from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
 
 _REQUIRED = object()
 
@@ -40,6 +38,20 @@ def _number(cfg: dict[str, Any], key: str, path: Path, cast: type = int, default
     if isinstance(value, bool) or not isinstance(value, int | float) or (cast is int and not whole):
         raise CheckpointError(f"{path}: '{key}' must be {'an integer' if cast is int else 'a number'}, got {value!r}")
     return cast(value)
+
+
+# Config switches of EAGLE-3 variants (SpecForge, vLLM's speculators) and the value of the plain
+# architecture evospec implements; any other value would change the logits, so it is refused.
+PLAIN_VARIANT = {"fc_norm": False, "norm_before_fc": False, "norm_output": True, "logit_scale": 1.0,
+                 "use_aux_hidden_state": True}
+
+
+def check_variants(cfg: dict[str, Any], path: Path) -> None:
+    for key, plain in PLAIN_VARIANT.items():
+        for table in (cfg, cfg.get("eagle_config") or {}):
+            if key in table and table[key] is not None and table[key] != plain:
+                raise CheckpointError(f"{path}: {key} = {table[key]!r} is an EAGLE-3 variant evospec does not implement "
+                                      f"(only {key} = {plain!r}); its drafts would differ from the trained model's")
 
 
 def _tap_layers(cfg: dict[str, Any]) -> tuple[int, ...] | None:
@@ -85,9 +97,14 @@ def read_config(directory: str | Path) -> Eagle3Config:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     archs = cfg.get("architectures") or []
     if EAGLE3_ARCHITECTURE not in archs:
-        raise CheckpointError(
-            f"{path}: architectures {archs} is not an EAGLE-3 drafter (expected '{EAGLE3_ARCHITECTURE}')"
-        )
+        # EAGLE's own training config says LlamaForCausalLM: accepted when the weights are EAGLE-3-shaped
+        if not ("LlamaForCausalLM" in archs and looks_like_eagle3(read_weights(directory)[0])):
+            raise CheckpointError(
+                f"{path}: architectures {archs} is not an EAGLE-3 drafter (expected '{EAGLE3_ARCHITECTURE}')"
+            )
+        logger.info("%s: architectures %s with EAGLE-3-shaped weights (fc, midlayer): read as an EAGLE-3 drafter",
+                    path, archs)
+    check_variants(cfg, path)
     d = _number(cfg, "hidden_size", path)
     heads = _number(cfg, "num_attention_heads", path)
     vocab = _number(cfg, "vocab_size", path)
@@ -110,20 +127,6 @@ def read_config(directory: str | Path) -> Eagle3Config:
         norm_before_residual=bool(cfg.get("norm_before_residual", False)),
         raw=cfg,
     )
-
-
-def read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    for name in WEIGHT_FILES:
-        path = directory / name
-        if not path.exists():
-            continue
-        try:
-            if name.endswith(".safetensors"):
-                return load_file(str(path)), path
-            return torch.load(path, map_location="cpu", weights_only=True), path
-        except Exception as exc:  # corrupt or truncated file: say which one
-            raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
-    raise CheckpointError(f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})")
 
 
 def check_vocab_maps(d2t: torch.Tensor, t2d: torch.Tensor, config: Eagle3Config, path: Path) -> None:
@@ -186,6 +189,7 @@ def load_drafter(
             f"{cfg_path}: drafter vocab_size {config.vocab_size} differs from the target's {target_vocab_size}"
         )
     weights, weights_path = read_weights(directory)
+    weights = complete_vocab_maps(drop_known_buffers(weights, weights_path), config, weights_path)
     has_embeddings = "embed_tokens.weight" in weights
     if not has_embeddings and target_embeddings.weight.shape[1] != config.hidden_size:
         raise CompatibilityError(
@@ -220,7 +224,6 @@ def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: 
             architectures=[EAGLE3_ARCHITECTURE],
             model_type="llama",
             hidden_size=c.hidden_size,
-            target_hidden_size=c.target_hidden_size,
             intermediate_size=c.intermediate_size,
             num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads,
@@ -231,6 +234,11 @@ def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: 
             draft_vocab_size=c.draft_vocab_size,
             hidden_act="silu",
         )
+        # Upstream EAGLE reads the target's embeddings only when target_hidden_size is absent (and loads
+        # with strict=False): write it only for a drafter narrower or wider than its target.
+        cfg.pop("target_hidden_size", None)
+        if c.target_hidden_size != c.hidden_size:
+            cfg["target_hidden_size"] = c.target_hidden_size
         if c.tap_layers is not None:  # both places vLLM reads (some versions look only at the top level)
             cfg["eagle_aux_hidden_state_layer_ids"] = list(c.tap_layers)
             cfg["eagle_config"] = {**(cfg.get("eagle_config") or {}), "eagle_aux_hidden_state_layer_ids": list(c.tap_layers)}

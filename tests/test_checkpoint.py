@@ -97,7 +97,7 @@ CASES = {
     "missing-dir": (lambda d: __import__("shutil").rmtree(d), CheckpointError, "does not exist"),
     "missing-config": (lambda d: (d / "config.json").unlink(), CheckpointError, "config.json"),
     "bad-json": (lambda d: (d / "config.json").write_text("{"), CheckpointError, "not valid JSON"),
-    "not-eagle3": (lambda d: edit_config(d, architectures=["LlamaForCausalLM"]), CheckpointError, "not an EAGLE-3"),
+    "not-eagle3": (lambda d: edit_config(d, architectures=["GPT2LMHeadModel"]), CheckpointError, "not an EAGLE-3"),
     "no-weights": (lambda d: (d / "model.safetensors").unlink(), CheckpointError, "no weights found"),
     "truncated": (
         lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
