@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from evospec.core.errors import CompileError, EvoSpecError, SettingsError
-from evospec.runtime.drafter import Eagle3Drafter
+from evospec.runtime.drafter import TAP_NUMBERINGS, Eagle3Drafter
 from evospec.runtime.target import TargetModel
 
 
@@ -34,6 +34,8 @@ class CompileSettings:
     parity_feeds: Recorded feeds per stage for the parity check.
     index_dims: Dimensions of the semantic index's projection (0: no semantic index).
     frequencies: A token-frequency file (``evospec vocab frequencies``) to carry in the bundle.
+    tap_numbering: How the drafter's config counts its taps: ``input`` (EAGLE, vLLM) or ``output``
+        (SGLang, SpecForge). The bundle's drafter copy is written in ``input`` numbering.
     """
 
     backend: str = "ort"
@@ -43,6 +45,7 @@ class CompileSettings:
     parity_feeds: int = 3
     index_dims: int = 64
     frequencies: str | None = None
+    tap_numbering: str = "input"
     max_context: int = 4096  # TensorRT profiles: longest drafter cache
     max_draft_tokens: int = 512  # TensorRT profiles: most tokens in one trunk call (prefill chunk or tree level)
 
@@ -53,6 +56,8 @@ class CompileSettings:
             raise SettingsError(f"precision must be fp32 or fp16 (got {self.precision!r})")
         if not self.buckets or any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
             raise SettingsError(f"buckets must be ascending positive sizes (got {self.buckets})")
+        if self.tap_numbering not in TAP_NUMBERINGS:
+            raise SettingsError(f"tap_numbering must be one of {', '.join(TAP_NUMBERINGS)} (got {self.tap_numbering!r})")
         if self.index_dims < 0:
             raise SettingsError(f"index_dims must be >= 0 (0: no semantic index; got {self.index_dims})")
 

@@ -17,7 +17,8 @@ class ValidateInputs(CompilePass):
         condition("inputs" in ctx.manifest, "ensures the input files are hashed into the manifest")
 
     def call(self, ctx: CompileContext) -> PassResult:
-        generator = SpeculativeGenerator.from_paths(ctx.target_dir, ctx.drafter_dir)  # all loader checks
+        generator = SpeculativeGenerator.from_paths(ctx.target_dir, ctx.drafter_dir,  # all loader checks
+                                                    tap_numbering=ctx.settings.tap_numbering)
         ctx.target, ctx.drafter = generator.target, generator.drafter
         c = ctx.drafter.config
         ctx.manifest["inputs"] = {
@@ -29,6 +30,7 @@ class ValidateInputs(CompilePass):
             "target_hidden_size": c.target_hidden_size, "num_attention_heads": c.num_attention_heads,
             "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
             "tap_layers": list(ctx.target.tap_layers), "target_layers": ctx.target.num_layers,
+            "tap_numbering_read": c.tap_numbering,
         }
         files = sum(len(v["files"]) for v in ctx.manifest["inputs"].values())
         return PassResult(False, f"target and drafter load and fit together; {files} files hashed")

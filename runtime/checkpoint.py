@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from evospec.core.atomic import atomic_directory
 from evospec.core.errors import CheckpointError, CompatibilityError
 from evospec.runtime.checkpoint_weights import complete_vocab_maps, drop_known_buffers, looks_like_eagle3, read_weights
-from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
+from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, TAP_NUMBERINGS, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,16 @@ def check_variants(cfg: dict[str, Any], path: Path) -> None:
                                       f"(only {key} = {plain!r}); its drafts would differ from the trained model's")
 
 
-def _tap_layers(cfg: dict[str, Any]) -> tuple[int, ...] | None:
-    """Tapped layers as named by SpecForge/vLLM (top level or under ``eagle_config``)."""
+def _tap_layers(cfg: dict[str, Any], numbering: str, path: Path) -> tuple[int, ...] | None:
+    """Tapped layers as listed by SpecForge/vLLM (top level or under ``eagle_config``), in HF indexing."""
+    if numbering not in TAP_NUMBERINGS:
+        raise CheckpointError(f"tap numbering must be one of {', '.join(TAP_NUMBERINGS)} (got {numbering!r})")
     for table in (cfg, cfg.get("eagle_config") or {}):
         ids = table.get("eagle_aux_hidden_state_layer_ids")
         if ids:
-            return tuple(int(i) for i in ids)
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise CheckpointError(f"{path}: eagle_aux_hidden_state_layer_ids must be a list of integers, got {ids!r}")
+            return tuple(i + 1 if numbering == "output" else i for i in ids)
     return None
 
 
@@ -83,8 +87,8 @@ def warn_unservable_taps(config: Eagle3Config, path: Path, target_num_layers: in
                        path, problem, where)
 
 
-def read_config(directory: str | Path) -> Eagle3Config:
-    """Parse and check an EAGLE-3 ``config.json``."""
+def read_config(directory: str | Path, tap_numbering: str = "input") -> Eagle3Config:
+    """Parse and check an EAGLE-3 ``config.json``; its taps are read in ``tap_numbering`` (``TAP_NUMBERINGS``)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"drafter directory {directory} does not exist")
@@ -123,7 +127,8 @@ def read_config(directory: str | Path) -> Eagle3Config:
         rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, default=1e-6),
         vocab_size=vocab,
         draft_vocab_size=_number(cfg, "draft_vocab_size", path, default=vocab),
-        tap_layers=_tap_layers(cfg),
+        tap_layers=_tap_layers(cfg, tap_numbering, path),
+        tap_numbering=tap_numbering,
         norm_before_residual=bool(cfg.get("norm_before_residual", False)),
         raw=cfg,
     )
@@ -162,6 +167,7 @@ def load_drafter(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     target_num_layers: int | None = None,
+    tap_numbering: str = "input",
 ) -> Eagle3Drafter:
     """Load an EAGLE-3 drafter and check it against the target it will draft for.
 
@@ -174,9 +180,11 @@ def load_drafter(
         dtype: Floating-point type of the drafter's weights.
         target_num_layers: The target's decoder layers; with it, default taps that other engines
             cannot serve are warned about too (explicit ones always are).
+        tap_numbering: How the config counts its taps: ``input`` (EAGLE, vLLM) or ``output`` (SGLang,
+            SpecForge).
     """
     directory = Path(directory)
-    config = read_config(directory)
+    config = read_config(directory, tap_numbering)
     cfg_path = directory / "config.json"
     warn_unservable_taps(config, cfg_path, target_num_layers)
     if config.target_hidden_size != target_hidden_size:

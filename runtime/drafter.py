@@ -20,6 +20,11 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
 
+# How a config's eagle_aux_hidden_state_layer_ids count layers. "input": id i taps the input of decoder
+# layer i (HF hidden_states[i]; EAGLE, vLLM and evospec). "output": id i taps the output of layer i
+# (SGLang, so SpecForge writes it; SGLang adds 1 before capturing), i.e. HF hidden_states[i + 1].
+TAP_NUMBERINGS = ("input", "output")
+
 
 @dataclass(frozen=True)
 class Eagle3Config:
@@ -38,6 +43,8 @@ class Eagle3Config:
         tap_layers: Target hidden-state indices fused by ``fc`` (HF ``hidden_states`` indexing:
             0 = embeddings, i = output of layer i-1), or None for EAGLE-3's default.
         norm_before_residual: Variant where ``hidden_norm`` is applied before the residual branch.
+        tap_numbering: The numbering the checkpoint's config listed its taps in (``tap_layers`` is
+            always in HF indexing, converted on load).
         raw: The full config dict (RoPE settings are taken from it).
     """
 
@@ -52,6 +59,7 @@ class Eagle3Config:
     draft_vocab_size: int
     tap_layers: tuple[int, ...] | None = None
     norm_before_residual: bool = False
+    tap_numbering: str = "input"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def llama_config(self) -> LlamaConfig:

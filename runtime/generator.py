@@ -81,11 +81,13 @@ class SpeculativeGenerator:
 
     @classmethod
     def from_paths(
-        cls, target_dir: str | Path, drafter_dir: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"
+        cls, target_dir: str | Path, drafter_dir: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32",
+        tap_numbering: str = "input",
     ) -> SpeculativeGenerator:
-        """Load a target (HF directory) and an EAGLE-3 drafter (official layout) from local paths."""
+        """Load a target (HF directory) and an EAGLE-3 drafter (official layout) from local paths;
+        ``tap_numbering``: ``output`` for drafters whose config counts taps as SGLang does (SpecForge)."""
         if drafter_dir is not None:
-            read_config(drafter_dir)  # fail on a bad drafter before the (slow) target load
+            read_config(drafter_dir, tap_numbering)  # fail on a bad drafter before the (slow) target load
         target = load_target(target_dir, device=device, dtype=dtype)
         drafter = None
         if drafter_dir is not None:
@@ -97,6 +99,7 @@ class SpeculativeGenerator:
                 device=target.device,
                 dtype=target.model.dtype,
                 target_num_layers=target.num_layers,
+                tap_numbering=tap_numbering,
             )
         return cls(target, drafter)
 

@@ -125,3 +125,31 @@ def test_sharded_checkpoint_loads_and_a_missing_shard_is_named(checkpoint_dirs):
     (drafter_dir / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="lists shard model-00002-of-00002.safetensors, which is missing"):
         load(drafter_dir, model)
+
+
+def test_sglang_numbered_taps_are_read_as_the_layers_sglang_taps(tmp_path):
+    """SpecForge lists taps as SGLang counts them (output of layer i = HF hidden_states[i + 1]): read with
+    tap_numbering="output", such a drafter drafts exactly like the same drafter listed in EAGLE's numbering."""
+    from evospec import DecodeSettings, SpeculativeGenerator
+
+    model = tiny_target(TINY_SHAPES["llama"], seed=7)  # 4 layers
+    model.save_pretrained(tmp_path / "target")
+    save_drafter(tiny_drafter(model, draft_vocab=48, seed=8, tap_layers=(1, 2, 3)), tmp_path / "eagle")
+    save_drafter(tiny_drafter(model, draft_vocab=48, seed=8, tap_layers=(1, 2, 3)), tmp_path / "specforge")
+    edit_config(tmp_path / "specforge", eagle_aux_hidden_state_layer_ids=[0, 1, 2], eagle_config={})
+    assert read_config(tmp_path / "specforge", tap_numbering="output").tap_layers == (1, 2, 3)
+    assert read_config(tmp_path / "specforge").tap_layers == (0, 1, 2)  # EAGLE's numbering: other layers
+    settings = DecodeSettings(max_new_tokens=24, draft_tree="chain")
+    runs = {}
+    for name, numbering in (("eagle", "input"), ("specforge", "output"), ("misread", "input")):
+        directory = tmp_path / ("eagle" if name == "eagle" else "specforge")
+        generator = SpeculativeGenerator.from_paths(tmp_path / "target", directory, tap_numbering=numbering)
+        result = generator.generate([3, 5, 7], settings)
+        runs[name] = (generator.target.tap_layers, result.token_ids, result.stats.accepted_lengths)
+    assert runs["specforge"] == runs["eagle"] and runs["eagle"][0] == (1, 2, 3)
+    assert runs["misread"][0] == (0, 1, 2)
+    read_as_sglang = load_drafter(tmp_path / "specforge", target_embeddings=model.get_input_embeddings(),
+                                  target_hidden_size=model.config.hidden_size,
+                                  target_vocab_size=model.config.vocab_size, tap_numbering="output")
+    save_drafter(read_as_sglang, tmp_path / "rewritten")  # written in EAGLE's and vLLM's numbering
+    assert json.loads((tmp_path / "rewritten" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]

@@ -121,9 +121,12 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
               help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
+@click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
+              help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
+                   "or output of layer i (SGLang, so SpecForge checkpoints).")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, prompt, prompt_ids,
-             config_path, no_draft, stream, as_json, threads, **values):
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, tap_numbering, prompt,
+             prompt_ids, config_path, no_draft, stream, as_json, threads, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
     set_threads(threads)
@@ -132,6 +135,9 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, rou
         raise click.UsageError("give --drafter or --bundle, not both (a bundle carries its drafter)")
     if drafter_dir is None and bundle_dir is None and settings.use_draft:
         raise click.UsageError("--drafter (or --bundle) is required unless --no-draft is given")
+    if bundle_dir is not None and tap_numbering != "input":
+        raise click.UsageError("--tap-numbering applies to --drafter; a bundle's drafter copy counts taps as EAGLE does "
+                               "(give --tap-numbering to `evospec compile`)")
     if vocab_policy is not None and bundle_dir is None:
         raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
@@ -141,7 +147,7 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, rou
                                                      vocab=vocab_policy, frequencies=frequencies, router=router)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
-                                                    device=device, dtype=dtype)
+                                                    device=device, dtype=dtype, tap_numbering=tap_numbering)
     run_generation(generator, prompt_token_ids(generator, checked), settings, stream, as_json)
 
 

@@ -32,7 +32,11 @@ from evospec.core.settings import DecodeSettings
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot here.")
-def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype, **values):
+@click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
+              help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
+                   "or output of layer i (SGLang, so SpecForge checkpoints).")
+def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype,
+          tap_numbering, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding."""
     from rich.progress import Progress
 
@@ -44,7 +48,8 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
     total = prompts * len(chosen or corpus_domains(corpus))
-    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype)
+    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
+                                                tap_numbering=tap_numbering)
     with Progress(transient=True) as bar:
         task = bar.add_task("bench", total=total)
         rows = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1))
