@@ -20,7 +20,14 @@ from safetensors.torch import save_file
 from evospec.core.atomic import atomic_directory
 from evospec.core.errors import CheckpointError, CompatibilityError
 from evospec.runtime.checkpoint_weights import complete_vocab_maps, drop_known_buffers, looks_like_eagle3, read_weights
-from evospec.runtime.drafter import EAGLE3_ARCHITECTURE, TAP_NUMBERINGS, Eagle3Config, Eagle3Drafter, default_tap_layers, tap_problem
+from evospec.runtime.drafter import (
+    EAGLE3_ARCHITECTURE,
+    TAP_NUMBERINGS,
+    Eagle3Config,
+    Eagle3Drafter,
+    default_tap_layers,
+    tap_problem,
+)
 
 logger = logging.getLogger(__name__)
 
