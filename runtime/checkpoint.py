@@ -231,36 +231,55 @@ def load_drafter(
 
 def save_drafter(drafter: Eagle3Drafter, directory: str | Path, *, safetensors: bool = True) -> Path:
     """Write a drafter in the official layout, atomically (temp directory, then rename)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in drafter.state_dict().items()}
+    return write_checkpoint(directory, drafter.config, state, safetensors=safetensors)
+
+
+def checkpoint_config(c: Eagle3Config, tap_numbering: str = "input") -> dict[str, Any]:
+    """``config.json`` of a drafter in the official layout, taps listed in ``tap_numbering``."""
+    cfg = dict(c.raw)
+    cfg.update(
+        architectures=[EAGLE3_ARCHITECTURE],
+        model_type="llama",
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        num_hidden_layers=1,
+        rms_norm_eps=c.rms_norm_eps,
+        vocab_size=c.vocab_size,
+        draft_vocab_size=c.draft_vocab_size,
+        hidden_act="silu",
+    )
+    # Upstream EAGLE reads the target's embeddings only when target_hidden_size is absent (and loads
+    # with strict=False): write it only for a drafter narrower or wider than its target.
+    cfg.pop("target_hidden_size", None)
+    if c.target_hidden_size != c.hidden_size:
+        cfg["target_hidden_size"] = c.target_hidden_size
+    if c.tap_layers is not None:  # both places vLLM reads (some versions look only at the top level)
+        if tap_numbering == "output" and min(c.tap_layers) < 1:
+            raise CheckpointError(f"taps {c.tap_layers} include the embeddings (0), which SGLang's numbering cannot name")
+        ids = [t - 1 if tap_numbering == "output" else t for t in c.tap_layers]
+        cfg["eagle_aux_hidden_state_layer_ids"] = ids
+        cfg["eagle_config"] = {**(cfg.get("eagle_config") or {}), "eagle_aux_hidden_state_layer_ids": ids}
+    return cfg
+
+
+def write_checkpoint(directory: str | Path, config: Eagle3Config, weights: dict[str, torch.Tensor], *,
+                     safetensors: bool = True, tap_numbering: str = "input") -> Path:
+    """Write config and weights in the official layout, atomically (temp directory, then rename)."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        cfg = dict(drafter.config.raw)
-        c = drafter.config
-        cfg.update(
-            architectures=[EAGLE3_ARCHITECTURE],
-            model_type="llama",
-            hidden_size=c.hidden_size,
-            intermediate_size=c.intermediate_size,
-            num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads,
-            head_dim=c.head_dim,
-            num_hidden_layers=1,
-            rms_norm_eps=c.rms_norm_eps,
-            vocab_size=c.vocab_size,
-            draft_vocab_size=c.draft_vocab_size,
-            hidden_act="silu",
-        )
-        # Upstream EAGLE reads the target's embeddings only when target_hidden_size is absent (and loads
-        # with strict=False): write it only for a drafter narrower or wider than its target.
-        cfg.pop("target_hidden_size", None)
-        if c.target_hidden_size != c.hidden_size:
-            cfg["target_hidden_size"] = c.target_hidden_size
-        if c.tap_layers is not None:  # both places vLLM reads (some versions look only at the top level)
-            cfg["eagle_aux_hidden_state_layer_ids"] = list(c.tap_layers)
-            cfg["eagle_config"] = {**(cfg.get("eagle_config") or {}), "eagle_aux_hidden_state_layer_ids": list(c.tap_layers)}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in drafter.state_dict().items()}
-        if safetensors:
-            save_file(state, str(tmp / "model.safetensors"))
-        else:
-            torch.save(state, tmp / "pytorch_model.bin")
+        write_checkpoint_files(tmp, config, weights, safetensors=safetensors, tap_numbering=tap_numbering)
     return directory
+
+
+def write_checkpoint_files(folder: Path, config: Eagle3Config, weights: dict[str, torch.Tensor], *,
+                           safetensors: bool = True, tap_numbering: str = "input") -> None:
+    """config.json and the weights into ``folder`` (a temporary directory the caller renames into place)."""
+    (folder / "config.json").write_text(json.dumps(checkpoint_config(config, tap_numbering), indent=2))
+    if safetensors:
+        save_file(weights, str(folder / "model.safetensors"))
+    else:
+        torch.save(weights, folder / "pytorch_model.bin")

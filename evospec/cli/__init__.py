@@ -12,6 +12,7 @@ COMMANDS = (
     train.build_demo, train.train, train.reference,                 # training the pairs
     data.data, data.tokenizer, data.vocab,                           # text and tokens
     bundle.compile_cmd, bundle.inspect_cmd, bundle.doctor_cmd,       # compiled bundles
+    bundle.export_cmd,
     measure.bench, measure.profile_group,                            # measuring
 )
 for command in COMMANDS:

@@ -100,3 +100,30 @@ def doctor_cmd(as_json):
     width = max(len(r["component"]) for r in rows)
     for r in rows:
         click.echo(f"{r['component']:<{width}}  {'yes' if r['available'] else 'no ':<3}  {r['detail']}")
+
+
+@click.command("export")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="An EAGLE-3 checkpoint to export.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
+              help="Or a compiled bundle: its drafter, and reservoir rows for tokens outside the drafter's vocabulary.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Drafter directory to write (atomically).")
+@click.option("--format", "fmt", type=click.Choice(["eagle", "vllm", "sglang"]), required=True,
+              help="The engine that will load it (taps in its numbering; sglang also writes its token map).")
+@click.option("--vocab", default="eagle3", show_default=True,
+              help="Draft vocabulary: eagle3 (the drafter's own), frspec:K (K most frequent tokens) or a file of token "
+                   "ids (JSON list or torch.save'd list).")
+@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
+              help="For frspec:K: a frequency file (`evospec vocab frequencies`); a bundle's own is the default.")
+@click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
+              help="With --drafter: how its config counts taps (output: SGLang/SpecForge).")
+def export_cmd(drafter_dir, bundle_dir, out, fmt, vocab, frequencies, tap_numbering):
+    """Write a drafter that EAGLE, vLLM or SGLang loads unchanged, with a chosen static vocabulary."""
+    from evospec.bundle.export import export_drafter
+
+    summary = export_drafter(out, fmt, vocab, drafter_dir=drafter_dir, bundle_dir=bundle_dir, frequencies=frequencies,
+                             tap_numbering=tap_numbering)
+    click.echo(f"format {summary.format} · vocab {summary.vocab}: {summary.draft_vocab_size} draft tokens "
+               f"({summary.rows_from_drafter} rows from the drafter, {summary.rows_from_reservoir} from the reservoir)")
+    click.echo(f"taps written: {summary.tap_ids_written if summary.tap_ids_written is not None else 'none (engine default)'}")
+    click.echo(f"wrote {out}: {', '.join(summary.files)}")
+
