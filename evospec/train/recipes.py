@@ -30,7 +30,7 @@ class ReferenceRecipe:
 PRESETS: dict[str, ReferenceRecipe] = {
     # Minutes on 2 CPU cores: tests and smoke runs. Taps (2, 4, 5).
     "tiny": ReferenceRecipe(TargetRecipe(), DrafterRecipe(draft_vocab=8192, steps=100, batch_size=8)),
-    # About 35 minutes on 2 CPU cores. Deep and thin: 8 layers of d=160 hold 2.33M non-embedding
+    # 78 min measured on 2 shared CPU cores (2026-12-02). Deep and thin: 8 layers of d=160 hold 2.33M non-embedding
     # weights per token against the earlier 6 layers of d=192's 2.36M, so a step costs about the same
     # FLOPs (MobileLLM's finding: at this scale depth beats width). Taps (2, 4, 5).
     "medium": ReferenceRecipe(
