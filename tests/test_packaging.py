@@ -52,3 +52,10 @@ def test_import_without_optional_backends():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "set()"
+
+
+def test_the_command_line_answers_without_loading_torch():
+    """`evospec --help` and usage errors come back at once: the CLI loads torch only inside a command."""
+    code = "import sys, evospec, evospec.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
 from evospec.core.settings import DecodeSettings
 
@@ -57,6 +56,8 @@ def decode_options(fn):
 
 def set_threads(threads: int | None) -> None:
     if threads is not None:
+        import torch  # here, not at the top: `evospec --help` and usage errors answer without loading torch
+
         torch.set_num_threads(threads)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evospec.core.determinism import DEFAULT_THREADS
+from evospec.core.settings import DEFAULT_THREADS
 
 _device = click.option("--device", default="cpu", show_default=True, help="Where to train: cpu or cuda.")
 _threads = click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-DEFAULT_THREADS = 2  # the machine kind README's figures come from; any fixed value reproduces itself
+from evospec.core.settings import DEFAULT_THREADS
 
 
 @contextmanager

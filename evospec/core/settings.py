@@ -17,6 +17,7 @@ DEFAULT_DRAFT_DEPTH = 5
 DEFAULT_DRAFT_TOPK = 8
 DEFAULT_DRAFT_TOKENS = 32
 DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_THREADS = 2  # training threads: the machine kind README's figures come from; any fixed value reproduces itself
 
 DraftTreeKind = Literal["chain", "tree"]
 
