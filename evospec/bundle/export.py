@@ -89,10 +89,11 @@ def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: P
         raise SettingsError("export needs exactly one of --drafter DIR and --bundle DIR")
     reservoir = None
     if bundle_dir is not None:
+        if tap_numbering != "input":
+            raise SettingsError("--tap-numbering applies to --drafter; a bundle's drafter copy counts taps as EAGLE does")
         manifest = read_manifest(bundle_dir)
         check_files(Path(bundle_dir), manifest)
         drafter_dir = Path(bundle_dir) / "drafter"  # written in EAGLE's numbering by the compile
-        tap_numbering = "input"
         reservoir = (load_reservoir(Path(bundle_dir)) if manifest["backend"] == "torch"
                      else onnx_weight(Path(bundle_dir) / manifest["artefacts"]["onnx/head"], "reservoir"))
         if frequencies is None and "statistical_index" in manifest:
