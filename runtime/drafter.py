@@ -250,10 +250,13 @@ class Eagle3Trunk(nn.Module):
     def __init__(self, config: Eagle3Config) -> None:
         super().__init__()
         self.config = config
+        self._build_trunk(config)
+        self.rotary = LlamaRotaryEmbedding(config.llama_config())
+
+    def _build_trunk(self, config: Eagle3Config) -> None:
         self.fc = nn.Linear(3 * config.target_hidden_size, config.hidden_size, bias=False)
         self.midlayer = DecoderLayer(config)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
 
 class Eagle3Drafter(Eagle3Trunk):
@@ -266,15 +269,18 @@ class Eagle3Drafter(Eagle3Trunk):
     def __init__(self, config: Eagle3Config, has_embeddings: bool, shared_embeddings: nn.Module | None = None) -> None:
         if not has_embeddings and shared_embeddings is None:
             raise ValueError("a drafter without embed_tokens needs the target's embeddings")
-        super().__init__(config)
+        nn.Module.__init__(self)  # parameters in the checkpoint's order: embeddings, trunk, head (seeded inits rely on it)
+        self.config = config
         d = config.hidden_size
         # A tuple keeps the target's table out of this module's parameters and state_dict.
         self._table = (nn.Embedding(config.vocab_size, d),) if has_embeddings else (shared_embeddings,)
         if has_embeddings:
             self.embed_tokens = self._table[0]
+        self._build_trunk(config)
         self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self.rotary = LlamaRotaryEmbedding(config.llama_config())
 
     @property
     def dtype(self) -> torch.dtype:

@@ -49,7 +49,7 @@ def trained_pair():
     target = TargetModel(model, default_tap_layers(model.config.num_hidden_layers))
     drafter = tiny_drafter(model, seed=4, init_std=0.05)
     sequences = sample_sequences(target, 64, 40, temperature=0.3)
-    distill_drafter(target, drafter, sequences, DistillSettings(steps=600, batch_size=16, unroll=2))
+    distill_drafter(target, drafter, sequences, DistillSettings(steps=600, batch_size=16, unroll=2, lr=2e-2))
     return model, drafter
 
 
