@@ -47,6 +47,7 @@ class TargetModel:
     ) -> None:
         self.model = model.eval()
         self.tap_layers = tap_layers
+        self._cache_argument = cache_argument(model)  # once: inspecting forward's signature each step is waste
         self.tokenizer = tokenizer
         self.window = attention_window(model.config)
 
@@ -109,7 +110,7 @@ class TargetModel:
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=additive[None, None],
-            **{cache_argument(self.model): cache},
+            **{self._cache_argument: cache},
             cache_position=torch.arange(past, past + t, device=input_ids.device),
             use_cache=True,
             output_hidden_states=bool(self.tap_layers),
