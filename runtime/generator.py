@@ -19,6 +19,7 @@ import torch
 from evospec.core.errors import CompatibilityError
 from evospec.core.settings import DecodeSettings
 from evospec.runtime.align.feedback import CycleFeedback, apply_changes
+from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
@@ -27,7 +28,8 @@ from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
 from evospec.runtime.verify import verify_greedy, verify_sampling
-from evospec.runtime.vocab import PolicyInputs, make_policy
+from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
+from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +109,32 @@ class SpeculativeGenerator:
     def from_bundle(
         cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
         vocab: str | None = None, frequencies: str | Path | None = None, router: str | Path | None = None,
+        evospec_config: str | Path | None = None,
     ) -> SpeculativeGenerator:
         """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for.
 
-        ``vocab`` names a vocabulary policy (``full``, ``eagle3``, ``frspec:K``); default: the
-        drafter's own vocabulary, fixed.
+        ``vocab`` names a vocabulary policy (``full``, ``eagle3``, ``frspec:K``, ``evospec:K``, ...);
+        a ``+align`` suffix adds EvoSpec's online alignment (``evospec:K+align``: the full method);
+        default: the drafter's own vocabulary, fixed. ``evospec_config``: a TOML file of EvoSpec's
+        settings (default: the built-in ones, mirrored by configs/evospec.toml).
         """
+        config = EvoSpecConfig.load(evospec_config)  # a bad config or policy name fails before the target load
+        name, align = split_align(vocab) if vocab is not None else (None, False)
 
         manifest = read_manifest(bundle)  # a bad bundle fails before the (slow) target load
         check_target(Path(bundle), manifest, Path(target_dir))
         target = load_target(target_dir, device=device, dtype=dtype)
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
-        if vocab is not None:
-            policy = make_policy(vocab, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
-                                 frequencies or drafter.frequencies_path, router)
-        return cls(target, drafter, policy)
+        if name is not None:
+            policy = make_policy(name, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
+                                 frequencies or drafter.frequencies_path, router, config)
+        generator = cls(target, drafter, policy)
+        if align:
+            if drafter.reservoir is None:
+                raise CompatibilityError(f"{bundle}: +align needs a bundle whose head rows live on the host (ort or torch)")
+            generator.aligner = make_evospec_aligner(drafter, config.for_policy(name))
+        return generator
 
     def encode(self, text: str) -> list[int]:
         if self.target.tokenizer is None:

@@ -8,7 +8,7 @@ import torch
 
 from evospec import DecodeSettings
 from evospec.bundle.compile import compile_bundle
-from evospec.eval.profile_vocab import decoding_state, text_coverage
+from evospec.eval.replay import decoding_state, text_coverage
 from evospec.passes.base import CompileSettings
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import DecodeStats, PooledStats

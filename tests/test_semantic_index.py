@@ -10,7 +10,7 @@ import torch
 from evospec.bundle.compile import compile_bundle
 from evospec.core.errors import BundleError
 from evospec.passes.base import CompileSettings
-from evospec.runtime.vocab.evospec_policy import DriftSettings, EvoSpecPolicy
+from evospec.runtime.vocab.evospec_policy import DriftSettings, EvoSpecPolicy, PolicySettings
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.semantic import INDEX_FILE, PROJECTION_FILE, SemanticIndex
 from evospec.train.demo_pair import ASSET_DIR
@@ -104,7 +104,7 @@ def _frequencies(vocab=200):
 
 def test_policy_adds_semantic_neighbours_of_the_state():
     index = FixedIndex([150, 151, 152])
-    policy = EvoSpecPolicy(40, _frequencies(), 200, semantic=index, semantic_count=3)
+    policy = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(semantic_count=3), semantic=index)
     policy.reset([1, 2])
     policy.observe([3], state=torch.zeros(8))
     assert {150, 151, 152} <= set(policy.active_ids().tolist()) and index.calls == [3]
@@ -114,8 +114,8 @@ def test_policy_adds_semantic_neighbours_of_the_state():
 
 def test_drift_fires_on_a_topic_switch_and_refreshes_the_tail():
     index = FixedIndex(list(range(100, 200)))
-    policy = EvoSpecPolicy(60, _frequencies(), 200, semantic=index, semantic_count=2,
-                           drift=DriftSettings(warmup=4, boost=8, keep_steps=0))
+    policy = EvoSpecPolicy(60, _frequencies(), 200, PolicySettings(
+        semantic_count=2, drift=DriftSettings(warmup=4, boost=8, keep_steps=0)), semantic=index)
     policy.reset([])
     topic_a, topic_b = [30, 31, 32, 33], [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71]
     for step in range(20):  # one topic: its tokens repeat, the set holds them, no drift

@@ -217,12 +217,14 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
     assert bad.returncode == 2 and "expected the JSON of `evospec profile stages --json`" in bad.stderr
     proc = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
                "--stages", str(stages), "--target-layers", "4", "--draft-depth", "5",
-               "--policies", "eagle3,frspec:K,evospec:K,evospec:K:sync", "--sizes", "16,32", "--frequencies", str(freq),
+               "--policies", "eagle3,frspec:K,evospec:K,evospec:K:sync,evospec:K+align", "--sizes", "16,32",
+               "--frequencies", str(freq),
                "--prompts", "2", "--temperature", "0,1", "--seed", "3",
                "--prompt-tokens", "16", "--max-new-tokens", "16", "--json", str(out), "--plot", str(tmp_path / "v.png"))
     assert "rejected-choice cov" in proc.stdout and "PROJECTION" in proc.stdout and "K for 95%" in proc.stdout
     rows = json.loads(out.read_text())
-    policies = ("full", "eagle3", "frspec:16", "frspec:32", "evospec:16", "evospec:32", "evospec:16:sync", "evospec:32:sync")
+    policies = ("full", "eagle3", "frspec:16", "frspec:32", "evospec:16", "evospec:32", "evospec:16:sync", "evospec:32:sync",
+                "evospec:16+align", "evospec:32+align")
     assert [(r["domain"], r["temperature"], r["policy"]) for r in rows] == [
         (d, t, p) for d in ("code", "prose") for t in (0.0, 1.0) for p in policies]
     for r in rows:
@@ -230,14 +232,24 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
                     and f["temperature"] == r["temperature"])
         assert r["share_of_full"] == pytest.approx(r["mean_accepted_length"] / full["mean_accepted_length"])
         assert r["identical_to_plain"] is (True if r["temperature"] == 0 else None) and r["seed"] == 3
-        assert 0 < r["text_coverage"] <= 1
-        parts = (r["retrieval_ms_per_step"], r["plan_ms_per_step"], r["draft_ms_per_step"], r["verify_ms_per_step"])
+        assert 0 < r["text_coverage"] <= 1 and 0 < r["target_mass"] <= 1 + 1e-6 and r["tokens_per_second"] > 0
+        if r["policy"].endswith("+align"):  # replayed as the policy alone; alignment time shows in its column
+            base = next(b for b in rows if b["policy"] == r["policy"][: -len("+align")] and b["domain"] == r["domain"]
+                        and b["temperature"] == r["temperature"])
+            assert r["text_coverage"] == base["text_coverage"] and r["target_mass"] == base["target_mass"]
+            assert r["align_ms_per_step"] > 0
+        else:
+            assert r["align_ms_per_step"] == 0
+        parts = (r["retrieval_ms_per_step"], r["plan_ms_per_step"], r["draft_ms_per_step"], r["verify_ms_per_step"],
+                 r["align_ms_per_step"])
         assert r["step_ms"] >= sum(parts) * (1 - 1e-9)  # the columns partition part of the step, never more
         if r["policy"] == "full":
             assert r["text_coverage"] == 1.0 and r["plan_ms_per_step"] < 0.05  # an unchanged set costs nothing
+            assert r["target_mass"] == pytest.approx(1.0, abs=1e-5)  # every token is in the full set
     sweep = json.loads(out.with_suffix(".sweep.json").read_text())
     assert {(s["domain"], s["temperature"], s["family"]) for s in sweep} == {
-        (d, t, f) for d in ("code", "prose") for t in (0.0, 1.0) for f in ("frspec:K", "evospec:K", "evospec:K:sync")}
+        (d, t, f) for d in ("code", "prose") for t in (0.0, 1.0)
+        for f in ("frspec:K", "evospec:K", "evospec:K:sync", "evospec:K+align")}
     for s in sweep:
         assert s["sizes"] == [16, 32]
         keeps = [k for k, share in zip(s["sizes"], s["shares"]) if share >= 0.95]
@@ -247,10 +259,13 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
         assert r["projected_speedup"] == pytest.approx(r["mean_accepted_length"] * verify / (verify + 5 * level + extra))
         assert r["active_size"] <= (384 if r["policy"] == "eagle3" else 32)
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    no_valid = run("profile", "vocab", "--bundle", str(torch_bundle), "--target", str(TARGET), "--corpus", str(corpus),
+                   "--policies", "eagle3", "--split", "valid", check=False)
+    assert no_valid.returncode != 0 and "code/valid does not exist" in no_valid.stderr
 
 
 def test_text_coverage_counts_true_next_tokens():
-    from evospec.eval.profile_vocab import text_coverage
+    from evospec.eval.replay import text_coverage
     from evospec.runtime.vocab.base import StaticPolicy
     from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 

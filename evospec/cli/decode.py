@@ -115,18 +115,21 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
               help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
 @click.option("--vocab", "vocab_policy", default=None,
-              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, evospec:K).")
+              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, "
+                   "evospec:K, evospec:K:VARIANT); a +align suffix adds EvoSpec's online alignment (evospec:K+align).")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
               help="Token-frequency file for frspec:K and evospec:K (`evospec vocab frequencies`).")
 @click.option("--router", type=click.Path(path_type=Path), default=None,
               help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
+@click.option("--evospec-config", type=click.Path(path_type=Path), default=None,
+              help="TOML of EvoSpec's settings and variants (template: configs/evospec.toml; default: built-in).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
               help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
                    "or output of layer i (SGLang, so SpecForge checkpoints).")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, device, dtype, tap_numbering, prompt,
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, evospec_config, device, dtype, tap_numbering, prompt,
              prompt_ids, config_path, no_draft, stream, as_json, threads, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
@@ -145,7 +148,8 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, rou
 
     if bundle_dir is not None and settings.use_draft:
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
-                                                     vocab=vocab_policy, frequencies=frequencies, router=router)
+                                                     vocab=vocab_policy, frequencies=frequencies, router=router,
+                                                     evospec_config=evospec_config)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
                                                     device=device, dtype=dtype, tap_numbering=tap_numbering)

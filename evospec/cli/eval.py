@@ -139,12 +139,17 @@ def _profile_device(synthetic, bundle_dir, buckets, hidden_rows, rows_per_step, 
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="Its target.")
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder (<domain>/test/...).")
 @click.option("--policies", default="eagle3,frspec:K,evospec:K", show_default=True,
-              help="Comma list; K in a name is replaced by each of --sizes (full always runs: shares are of it).")
+              help="Comma list; K in a name is replaced by each of --sizes (full always runs: shares are of it); "
+                   "evospec:K:VARIANT runs a variant of --evospec-config, a +align suffix adds online alignment.")
 @click.option("--sizes", default="16384", show_default=True, help="Active sizes K for policies named with K.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="For frspec:K and evospec:K.")
 @click.option("--list", "lists", multiple=True, metavar="NAME=FILE",
               help="A named frequency list (repeatable): policy NAME@LIST builds from it, e.g. frspec:K@general.")
 @click.option("--router", type=click.Path(path_type=Path), default=None, help="For dynaspec:K:C (`evospec vocab dynaspec`).")
+@click.option("--evospec-config", type=click.Path(path_type=Path), default=None,
+              help="TOML of EvoSpec's settings and variants (template: configs/evospec.toml; default: built-in).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True,
+              help="Corpus split of the prompts and replayed text: valid to tune settings, test to report.")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all).")
 @click.option("--prompts", type=int, default=4, show_default=True)
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
@@ -162,7 +167,8 @@ def _profile_device(synthetic, bundle_dir, buckets, hidden_rows, rows_per_step, 
               help="With --stages: decoder layers of the production target (verification cost = layers x trunk).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Rows as JSON; the K sweep beside it (.sweep.json).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Share of full tau vs K, a panel per domain.")
-def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequencies, lists, router, domains, prompts,
+def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequencies, lists, router, evospec_config, split,
+                      domains, prompts,
                       prompt_tokens, max_new_tokens, draft_depth, temperatures, top_p, seed, replay_tokens, stages_path,
                       target_layers, json_path, plot_path):
     """Acceptance and coverage of each vocabulary policy per domain and temperature (chain drafting), with K sweeps."""
@@ -181,9 +187,10 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequenci
     )
     from evospec.eval.vocab_sweep import sweep_json, sweep_plot, sweep_rows, sweep_table
     from evospec.runtime.generator import SpeculativeGenerator
+    from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
-    settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
+    settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens, split=split)
     ks = _number_list(sizes, "--sizes", int, minimum=1)
     temps = _number_list(temperatures, "--temperature", float)
     decodes = [DecodeSettings(max_new_tokens=max_new_tokens, draft_tree="chain", draft_depth=draft_depth,
@@ -191,11 +198,12 @@ def profile_vocab_cmd(bundle_dir, target_dir, corpus, policies, sizes, frequenci
     names = expand_policies([p for p in policies.split(",") if p], ks)
     named_lists = _named_files(lists, "--list")
     costs = StageCosts.load(str(stages_path)) if stages_path is not None else None  # before the long run
+    evospec = EvoSpecConfig.load(evospec_config)
     generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir)
     with Console(stderr=True).status("profiling vocabularies") as status:
         rows = run_profile_vocab(generator, str(corpus), names, str(frequencies) if frequencies else None,
                                  str(router) if router else None, decodes, settings, replay_tokens,
-                                 lambda what: status.update(what), named_lists)
+                                 lambda what: status.update(what), named_lists, evospec)
     if costs is not None:
         project_speedups(rows, costs, target_layers, draft_depth)
         click.echo(f"projected x: PROJECTION at the shape of {stages_path} (verification = {target_layers} x trunk "

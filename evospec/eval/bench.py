@@ -25,15 +25,19 @@ class BenchSettings:
     domains: Domains to run (None: every domain folder of the corpus).
     prompts: Prompts per domain (prefixes of the first test documents long enough).
     prompt_tokens: Tokens in each prompt.
+    split: Corpus split the prompts come from: ``test`` for reported figures, ``valid`` for tuning.
     """
 
     domains: tuple[str, ...] | None = None
     prompts: int = 8
     prompt_tokens: int = 64
+    split: str = "test"
 
     def __post_init__(self) -> None:
         if self.prompts < 1 or self.prompt_tokens < 1:
             raise SettingsError(f"prompts and prompt_tokens must be >= 1 (got {self.prompts}, {self.prompt_tokens})")
+        if self.split not in ("train", "valid", "test"):
+            raise SettingsError(f"split must be train, valid or test (got {self.split!r})")
 
 
 @dataclass
@@ -58,12 +62,12 @@ SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
 
 
 def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, settings: BenchSettings) -> list[list[int]]:
-    """Prefixes of the test documents; for topic-switch streams, windows that end ``SWITCH_LEAD``
+    """Prefixes of the documents of ``settings.split`` (test by default); for topic-switch streams, windows that end ``SWITCH_LEAD``
     tokens after a switch (prompt i after switch 1 + i mod (segments - 1)), so decoding continues
     in a new topic with the old one in context."""
     prompts = []
     segment = switch_segment_tokens(corpus, domain)
-    for i, doc in enumerate(read_documents(corpus, domain, "test")):
+    for i, doc in enumerate(read_documents(corpus, domain, settings.split)):
         ids = generator.encode(doc)
         if segment is not None and len(ids) >= 2 * segment:
             boundaries = max(1, len(ids) // segment - 1)
@@ -75,7 +79,7 @@ def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, se
         if len(prompts) == settings.prompts:
             break
     if not prompts:
-        raise CorpusError(f"{corpus}/{domain}/test has no document of at least {settings.prompt_tokens} tokens")
+        raise CorpusError(f"{corpus}/{domain}/{settings.split} has no document of at least {settings.prompt_tokens} tokens")
     return prompts
 
 

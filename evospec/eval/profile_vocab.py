@@ -9,6 +9,13 @@ moved per step and the decoding thread's time per step, column by column. Greedy
 checked against plain decoding for every policy; sampled runs follow the target's distribution by
 construction (chi-square tests), so they carry no identity check.
 
+``POLICY+align`` runs a policy with EvoSpec's online alignment (``evospec:K+align`` is the full
+method: retrieval brings long-tail rows into the active set and alignment corrects them from each
+verification); the aligner starts fresh and the reservoir rows are restored after every
+(domain, temperature, policy) run, so no run inherits another's updates. ``evospec:K:VARIANT``
+runs a named variant of EvoSpec's settings (``--evospec-config``). Prompts and replayed text come
+from ``settings.split``: ``valid`` for tuning, ``test`` for reported figures.
+
 ``text_coverage`` replays each policy over the domain's real test text (teacher-forced: the
 policy observes the true tokens ``REPLAY_STEP`` at a time, as if each draft step accepted that
 many) and counts how many next tokens its active set held. It reads thousands of tokens per
@@ -30,11 +37,14 @@ from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
 from evospec.core.text_table import text_table
 from evospec.data.corpus import chosen_domains
-from evospec.data.teacher_forced import replay_streams, teacher_forced
+from evospec.data.teacher_forced import replay_streams
 from evospec.eval.bench import BenchSettings, domain_prompts
+from evospec.eval.replay import replay_policies, replay_states
+from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import PooledStats
-from evospec.runtime.vocab import PolicyInputs, make_policy
+from evospec.runtime.vocab import ALIGN, PolicyInputs, make_policy, split_align
+from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 
 FULL = "full"  # the reference every share is taken of; always run
 
@@ -52,17 +62,17 @@ class VocabRow:
     share_of_full: float | None  # tau over the full vocabulary's tau, same domain and decoding settings
     rejected_choice_coverage: float | None
     text_coverage: float
+    target_mass: float | None  # the target's probability inside the set over replayed text (T=0: its argmax)
+    tokens_per_second: float  # tokens emitted over the generation calls' wall time (prefill included)
     rows_moved_per_step: float
     retrieval_ms_per_step: float  # policy calls on the decoding thread
     plan_ms_per_step: float  # gather-plan updates and resident-row copies
     draft_ms_per_step: float
     verify_ms_per_step: float
+    align_ms_per_step: float  # handing feedback to the aligner and applying its updates (decoding thread)
     step_ms: float  # the whole step on the decoding thread (at least the sum of the columns before it)
     identical_to_plain: bool | None  # greedy only
     projected_speedup: float | None = None  # a projection: see project_speedups
-
-
-REPLAY_STEP = 3  # tokens observed per replayed step
 
 
 def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
@@ -70,7 +80,8 @@ def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
     out = [FULL]
     for spec in specs:
         name, listed = split_list(spec)
-        parts, suffix = name.split(":"), f"@{listed}" if listed else ""
+        parts = name.split(":")
+        suffix = (f"@{listed}" if listed else "") + (ALIGN if split_align(spec)[1] else "")
         named = [":".join(str(k) if p == "K" else p for p in parts) + suffix for k in sizes] if "K" in parts else [spec]
         out += [n for n in named if n not in out]
     return out
@@ -78,8 +89,8 @@ def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
 
 def split_list(spec: str) -> tuple[str, str | None]:
     """``frspec:4096@general`` -> (``frspec:4096``, ``general``): the policy and the named frequency
-    list it is built from (None: the default list, ``--frequencies``)."""
-    name, at, listed = spec.partition("@")
+    list it is built from (None: the default list, ``--frequencies``); a ``+align`` suffix is dropped."""
+    name, at, listed = split_align(spec)[0].partition("@")
     return name, (listed or None) if at else None
 
 
@@ -89,7 +100,7 @@ def policy_family(spec: str) -> str:
     parts = name.split(":")
     if len(parts) > 1 and parts[1].isdigit():
         parts[1] = "K"
-    return ":".join(parts) + (f"@{listed}" if listed else "")
+    return ":".join(parts) + (f"@{listed}" if listed else "") + (ALIGN if split_align(spec)[1] else "")
 
 
 def policy_size(spec: str) -> int | None:
@@ -99,56 +110,17 @@ def policy_size(spec: str) -> int | None:
 
 
 def build_policies(specs: list[str], inputs: PolicyInputs, frequencies: str | None, lists: dict[str, str],
-                   router: str | None) -> dict:
+                   router: str | None, evospec: EvoSpecConfig | None = None) -> dict:
     """Every policy by its full name; ``NAME@LIST`` takes its frequency list from ``lists[LIST]``.
-    Bad names and unknown lists fail here, before any run."""
+    Bad names, unknown lists and unknown variants fail here, before any run."""
     built = {}
     for spec in specs:
         name, listed = split_list(spec)
         if listed is not None and listed not in lists:
             raise SettingsError(f"policy {spec!r} names the frequency list {listed!r}, but only "
                                 f"{sorted(lists) or 'none'} were given (--list NAME=FILE)")
-        built[spec] = make_policy(name, inputs, lists[listed] if listed else frequencies, router)
+        built[spec] = make_policy(name, inputs, lists[listed] if listed else frequencies, router, evospec)
     return built
-
-
-def decoding_state(states: torch.Tensor | None, pos: int) -> torch.Tensor | None:
-    """The drafter state decoding hands a policy when the tokens from ``pos`` on are committed: the
-    head input of the cycle's root call at the newest token before them (``states[j]`` predicts token
-    j + 2, so the root's state is ``states[pos - 2]``)."""
-    return states[pos - 2] if states is not None and pos >= 2 else None
-
-
-def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
-                  states: list | None = None) -> float:
-    """Share of the true next tokens of ``streams`` (after a ``prompt_tokens`` context) that the
-    policy's active set held when they came. ``states[i][j]``: the drafter's head input at position j
-    of stream i; a routing policy is routed with, and every policy observes, the state decoding would
-    give it at that point (``decoding_state``)."""
-    hits = total = 0
-    member = torch.zeros(vocab_size, dtype=torch.bool)
-    routed = hasattr(policy, "route")
-    for i, ids in enumerate(streams):
-        policy.reset(ids[:prompt_tokens])
-        previous = None
-        for pos in range(prompt_tokens, len(ids), REPLAY_STEP):
-            state = decoding_state(states[i] if states is not None else None, pos)
-            active = policy.route(state) if routed and state is not None else policy.active_ids()
-            if active is not previous:  # static policies hand back the same tensor: no rebuild
-                member.zero_()
-                member[active] = True
-                previous = active
-            chunk = ids[pos : pos + REPLAY_STEP]
-            hits += int(member[torch.tensor(chunk)].sum())
-            total += len(chunk)
-            policy.observe(chunk, state)
-    return hits / max(total, 1)
-
-
-def replay_states(generator: SpeculativeGenerator, streams: list[list[int]], needed: bool) -> list | None:
-    """Per stream, the compiled drafter's head input at every position (teacher-forced), when some
-    policy reads states (semantic retrieval, routing)."""
-    return [teacher_forced(generator, ids)[0] for ids in streams] if needed else None
 
 
 def _reads_states(policy) -> bool:
@@ -158,32 +130,55 @@ def _reads_states(policy) -> bool:
 def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: list[str], frequencies: str | None,
                       router: str | None, decodes: list[DecodeSettings], settings: BenchSettings,
                       replay_tokens: int = 8192, progress: Callable[[str], None] | None = None,
-                      lists: dict[str, str] | None = None) -> list[VocabRow]:
+                      lists: dict[str, str] | None = None, evospec: EvoSpecConfig | None = None) -> list[VocabRow]:
     """Rows per domain, decoding setting (temperature) and policy; ``policies`` are expanded names
-    (``expand_policies``) and must include ``full``."""
+    (``expand_policies``) and must include ``full``; ``evospec``: EvoSpec's settings (default built-in)."""
     domains = chosen_domains(corpus, settings.domains)
     if FULL not in policies:
         raise SettingsError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
     inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, getattr(drafter, "semantic_index", None))
     frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
-    built = build_policies(policies, inputs, frequencies, lists or {}, router)
+    config = evospec or EvoSpecConfig.builtin()
+    built = build_policies(policies, inputs, frequencies, lists or {}, router, config)
+    aligned = {spec: config.for_policy(split_align(spec)[0]) for spec in built if split_align(spec)[1]}
+    if aligned and getattr(drafter, "reservoir", None) is None:
+        raise SettingsError("+align needs a bundle whose head rows live on the host (an ort or torch bundle)")
     try:
-        return _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress)
+        return _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress, aligned)
     finally:
-        generator.policy = None
+        generator.policy = generator.aligner = None
         for policy in built.values():
             policy.close()
 
 
-def _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress) -> list[VocabRow]:
+def _generate_aligned(generator, prompts, decode, settings):
+    """Generate ``prompts`` in turn with a fresh EvoSpec aligner carried from prompt to prompt, then put
+    every reservoir row back as it was (the next run starts from the compiled drafter)."""
+    drafter = generator.drafter
+    saved = drafter.reservoir.clone()
+    aligner = generator.aligner = make_evospec_aligner(drafter, settings)
+    try:
+        return [generator.generate(p, decode) for p in prompts]
+    finally:
+        generator.aligner = None
+        if hasattr(aligner, "close"):
+            aligner.close()
+        drafter.reservoir.copy_(saved)
+        drafter.rows_changed(torch.arange(saved.shape[0]))
+
+
+def _measure(generator, corpus, domains, settings, decodes, built, inputs, replay_tokens, progress,
+             aligned) -> list[VocabRow]:
     rows = []
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)
-        streams = replay_streams(generator, corpus, domain, replay_tokens)
+        streams = replay_streams(generator, corpus, domain, replay_tokens, split=settings.split)
         states = replay_states(generator, streams, any(_reads_states(p) for p in built.values()))
-        replayed = {spec: text_coverage(p, streams, inputs.vocab_size, settings.prompt_tokens, states)
-                    for spec, p in built.items()}
+        # a policy run with +align replays as the policy alone: replayed once, under its base name
+        bases = {split_align(spec)[0]: p for spec, p in built.items()}
+        replayed = replay_policies(generator, bases, streams, inputs.vocab_size, settings.prompt_tokens, states,
+                                   sorted({d.temperature for d in decodes}), decodes[0].top_p)
         for decode in decodes:
             generator.policy = None
             plain = [generator.generate(p, replace(decode, use_draft=False)).token_ids for p in prompts] \
@@ -191,17 +186,23 @@ def _measure(generator, corpus, domains, settings, decodes, built, inputs, repla
             runs: dict[str, VocabRow] = {}
             for spec, policy in built.items():
                 generator.policy = policy
-                results = [generator.generate(p, decode) for p in prompts]
+                if spec in aligned:
+                    results = _generate_aligned(generator, prompts, decode, aligned[spec])
+                else:
+                    results = [generator.generate(p, decode) for p in prompts]
                 pooled = PooledStats.of([r.stats for r in results])
                 ms = pooled.ms_per_step
                 runs[spec] = VocabRow(
                     domain=domain, policy=spec, family=policy_family(spec), temperature=decode.temperature,
                     top_p=decode.top_p, seed=decode.seed, active_size=pooled.active_size,
                     mean_accepted_length=pooled.mean_accepted_length, share_of_full=None,
-                    rejected_choice_coverage=pooled.rejected_choice_coverage, text_coverage=replayed[spec],
+                    rejected_choice_coverage=pooled.rejected_choice_coverage,
+                    text_coverage=replayed[split_align(spec)[0]].text_coverage,
+                    target_mass=replayed[split_align(spec)[0]].target_mass(decode.temperature),
+                    tokens_per_second=pooled.new_tokens / pooled.wall_time_s if pooled.wall_time_s > 0 else 0.0,
                     rows_moved_per_step=pooled.rows_moved_per_step, retrieval_ms_per_step=ms["retrieval"],
                     plan_ms_per_step=ms["plan"], draft_ms_per_step=ms["draft"], verify_ms_per_step=ms["verify"],
-                    step_ms=ms["step"],
+                    align_ms_per_step=ms["align"], step_ms=ms["step"],
                     identical_to_plain=None if plain is None else all(r.token_ids == q for r, q in zip(results, plain)),
                 )
                 if progress is not None:
@@ -253,16 +254,18 @@ def project_speedups(rows: list[VocabRow], costs: StageCosts, target_layers: int
 
 
 def vocab_table(rows: list[VocabRow]) -> str:
-    header = ("domain", "T", "policy", "active", "tau", "of full", "rejected-choice cov", "text cov", "moved/step",
-              "retrieval ms", "plan ms", "draft ms", "verify ms", "step ms", "projected x", "identical")
+    header = ("domain", "T", "policy", "active", "tau", "of full", "rejected-choice cov", "text cov", "target mass",
+              "tokens/s", "moved/step",
+              "retrieval ms", "plan ms", "draft ms", "verify ms", "align ms", "step ms", "projected x", "identical")
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
     lines = [(r.domain, f"{r.temperature:g}", r.policy, f"{r.active_size:.0f}", f"{r.mean_accepted_length:.2f}",
-              pct(r.share_of_full), pct(r.rejected_choice_coverage), pct(r.text_coverage),
+              pct(r.share_of_full), pct(r.rejected_choice_coverage), pct(r.text_coverage), pct(r.target_mass),
+              f"{r.tokens_per_second:.1f}",
               f"{r.rows_moved_per_step:.0f}", f"{r.retrieval_ms_per_step:.2f}", f"{r.plan_ms_per_step:.2f}",
-              f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}", f"{r.step_ms:.2f}",
+              f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}", f"{r.align_ms_per_step:.2f}", f"{r.step_ms:.2f}",
               "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
               "-" if r.identical_to_plain is None else str(r.identical_to_plain)) for r in rows]
     return text_table(header, lines)

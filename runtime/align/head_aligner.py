@@ -67,10 +67,16 @@ class UpdateResult:
 
 class HeadAligner:
     def __init__(self, reservoir: torch.Tensor, settings: AlignSettings = AlignSettings(),
-                 norm_weight: torch.Tensor | None = None) -> None:
+                 norm_weight: torch.Tensor | None = None, trainable: torch.Tensor | None = None) -> None:
+        """``trainable``: [V] bool, the rows updates may change (None: every row); EvoSpec's combined
+        method passes the rows the drafter was not trained with, so alignment corrects exactly the
+        synthesised rows that retrieval brings into the active set and leaves the distilled ones alone."""
         if settings.norm and norm_weight is None:
             raise ValueError("AlignSettings(norm=True) needs the drafter's final norm weight")
-        self.rows, self.s = reservoir, settings
+        if trainable is not None and (trainable.dtype != torch.bool or trainable.shape != reservoir.shape[:1]):
+            raise ValueError(f"trainable must be a bool mask of {reservoir.shape[0]} rows, got "
+                             f"{trainable.dtype} {tuple(trainable.shape)}")
+        self.rows, self.s, self.trainable = reservoir, settings, trainable
         self.buffer = FeedbackBuffer(settings.buffer, reservoir.shape[1], settings.top)
         self.optimiser = SparseRowAdam(reservoir, lr=settings.lr)
         self.norm = norm_weight.detach().float().clone() if settings.norm else None
@@ -183,6 +189,8 @@ class HeadAligner:
         grad_logits /= x.shape[0]
         top = q.topk(min(self.s.proposals, q.shape[1]), dim=-1).indices
         touched = torch.unique(torch.cat((cols.flatten(), top.flatten())))
+        if self.trainable is not None:
+            touched = touched[self.trainable[union[touched]]]
         rows = union[touched]
         deltas = self.optimiser.delta(rows, grad_logits[:, touched].T @ inputs)
         norm_delta = None

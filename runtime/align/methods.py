@@ -10,6 +10,8 @@ the learning rate.
 
 from __future__ import annotations
 
+import torch
+
 from evospec.core.errors import SettingsError
 from evospec.runtime.align.background import BackgroundAligner
 from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
@@ -42,3 +44,16 @@ def make_aligner(method: str, drafter):
     norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
     aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
     return BackgroundAligner(aligner) if settings.background else aligner
+
+
+def make_evospec_aligner(drafter, settings):
+    """The aligner of EvoSpec's combined method (``evospec:K+align``) from an ``EvoSpecSettings``:
+    sparse head-row alignment with ``settings.align``, on ``settings.align_rows`` (``retrieved``:
+    only rows outside the drafter's own trained vocabulary)."""
+    trainable = None
+    if settings.align_rows == "retrieved":
+        trainable = torch.ones(drafter.reservoir.shape[0], dtype=torch.bool)
+        trainable[drafter.draft_vocab_ids.cpu()] = False
+    norm = drafter.trunk_weights()["norm.weight"] if settings.align.norm else None
+    aligner = HeadAligner(drafter.reservoir, settings.align, norm_weight=norm, trainable=trainable)
+    return BackgroundAligner(aligner) if settings.align.background else aligner

@@ -1,7 +1,8 @@
 """Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``dynaspec:K:C``, ``evospec:K``.
 
 ``evospec:K`` retrieves on a worker thread one cycle ahead (``PipelinedPolicy``);
-``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides).
+``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides);
+``evospec:K:VARIANT`` runs a named variant of EvoSpec's settings (``evospec_settings``).
 """
 
 from __future__ import annotations
@@ -12,17 +13,29 @@ from evospec.core.errors import SettingsError
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
 from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
 from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.pipelined import PipelinedPolicy
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
-POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync")
+ALIGN = "+align"  # a policy name's suffix: run it with EvoSpec's online alignment (``evospec:K+align``)
+POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync", "evospec:K:VARIANT")
+
+
+def split_align(spec: str) -> tuple[str, bool]:
+    """``evospec:1024+align`` -> (``evospec:1024``, True): the policy and whether online alignment runs with it."""
+    if spec.endswith(ALIGN):
+        return spec[: -len(ALIGN)], True
+    if "+" in spec:
+        raise SettingsError(f"policy {spec!r}: the only suffix after '+' is 'align' (e.g. evospec:1024+align)")
+    return spec, False
 
 
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,
-                router: str | Path | None = None) -> VocabPolicy:
+                router: str | Path | None = None, evospec: EvoSpecConfig | None = None) -> VocabPolicy:
     """A policy from its name; ``frspec:K`` and ``evospec:K`` need a frequency file (``evospec vocab
-    frequencies``), ``dynaspec:K:C`` a router file (``evospec vocab dynaspec``)."""
+    frequencies``), ``dynaspec:K:C`` a router file (``evospec vocab dynaspec``); ``evospec`` holds
+    EvoSpec's settings and variants (default: the built-in ones)."""
     name, _, arg = spec.partition(":")
     if name == "full" and not arg:
         return full_policy(inputs)
@@ -36,14 +49,16 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         return frspec_policy(inputs, int(arg), TokenFrequencies.load(frequencies))
     if name == "evospec":
         arg, _, mode = arg.partition(":")
-        if not arg.isdigit() or mode not in ("", "sync"):
-            raise SettingsError(f"policy {spec!r}: expected evospec:K or evospec:K:sync with an integer K, "
-                                "e.g. evospec:16384")
+        if not arg.isdigit():
+            raise SettingsError(f"policy {spec!r}: expected evospec:K, evospec:K:sync or evospec:K:VARIANT with an "
+                                "integer K, e.g. evospec:16384")
         if frequencies is None:
             raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
-        policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, semantic=inputs.semantic)
+        config = evospec or EvoSpecConfig.builtin()
+        settings = config.variant(None if mode == "sync" else mode).policy
+        policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, settings,
+                               semantic=inputs.semantic, name=spec)
         if mode == "sync":  # retrieval on the decoding thread: to measure what the pipeline hides
-            policy.name = spec
             return policy
         return PipelinedPolicy(policy)
     if name == "dynaspec":
@@ -56,4 +71,4 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
     raise SettingsError(f"unknown vocabulary policy {spec!r}; known: {', '.join(POLICY_NAMES)}")
 
 
-__all__ = ["POLICY_NAMES", "PolicyInputs", "StaticPolicy", "VocabPolicy", "make_policy"]
+__all__ = ["ALIGN", "POLICY_NAMES", "PolicyInputs", "StaticPolicy", "VocabPolicy", "make_policy", "split_align"]

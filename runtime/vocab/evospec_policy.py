@@ -17,47 +17,35 @@ semantic index is asked for ``drift_boost`` times more rows, so the tail refills
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 import torch
 
 from evospec.core.errors import SettingsError
+from evospec.runtime.vocab.evospec_settings import DriftSettings, PolicySettings
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 
-
-@dataclass(frozen=True)
-class DriftSettings:
-    """Attributes:
-    fast, slow: smoothing of the short- and long-run miss rates (exponential moving averages).
-    jump: drift when fast > slow + jump.
-    warmup: steps before drift can fire.
-    keep_steps: stamps from this many steps before the drift survive it (0: only the new step's).
-    boost: the semantic query after a drift asks for ``boost`` x ``semantic_count`` rows.
-    """
-
-    fast: float = 0.5
-    slow: float = 0.05
-    jump: float = 0.2
-    warmup: int = 8
-    keep_steps: int = 1
-    boost: int = 8
+__all__ = ["DriftSettings", "EvoSpecPolicy", "PolicySettings"]
 
 
 class EvoSpecPolicy:
-    def __init__(self, k: int, frequencies: TokenFrequencies, vocab_size: int, core_share: float = 0.5,
-                 semantic=None, semantic_count: int = 64, drift: DriftSettings | None = DriftSettings()) -> None:
-        if frequencies.successors is None:
+    def __init__(self, k: int, frequencies: TokenFrequencies, vocab_size: int,
+                 settings: PolicySettings | None = None, semantic=None, name: str | None = None) -> None:
+        settings = settings or PolicySettings()
+        if frequencies.successors is None and settings.corpus_successors:
             raise SettingsError("policy evospec:K needs a frequency file with successors "
                                 "(`evospec vocab frequencies --successors 8`)")
         if not 2 <= k <= vocab_size:
             raise SettingsError(f"evospec:K needs 2 <= K <= {vocab_size} (got {k})")
-        self.name = f"evospec:{k}"
-        self.k, self.core_size = k, max(1, int(k * core_share))
+        self.name = name or f"evospec:{k}"
+        self.settings = settings
+        self.k, self.core_size = k, min(k, max(1, int(k * settings.core_share)))
         self.ranked = frequencies.ranked(k, vocab_size)  # core, then the fill for an unused tail budget
         self.core = self.ranked[: self.core_size]
         self._core_set = set(self.core.tolist())
-        self.successors = frequencies.successors
-        self.semantic, self.semantic_count, self.drift = semantic, semantic_count, drift
+        self.successors = (frequencies.successors or {}) if settings.corpus_successors else {}
+        self.semantic = semantic if settings.semantic_count > 0 else None
+        self.semantic_count = settings.semantic_count
+        self.drift = settings.drift if settings.drift.enabled else None
         self._member = torch.zeros(vocab_size, dtype=torch.bool)
         self.drifts = 0  # topic switches detected since reset
         self._active: torch.Tensor | None = None  # the last set handed out
@@ -94,9 +82,11 @@ class EvoSpecPolicy:
             self.drifts += 1
             fresh = self.step - self.drift.keep_steps
             self.stamp = {t: s for t, s in self.stamp.items() if s >= fresh}
+        context, session = self.settings.context, self.settings.session_successors
         for token in committed:
-            self._mark(token)  # context and misses (a miss is a committed token outside the set)
-            if self.last is not None:
+            if context:
+                self._mark(token)  # context and misses (a miss is a committed token outside the set)
+            if self.last is not None and session:
                 self.session_next.setdefault(self.last, {})[token] = self.step
             self.last = token
         if self.last is not None:
@@ -104,12 +94,15 @@ class EvoSpecPolicy:
                 self._mark(token)
             for token in self.session_next.get(self.last, ()):
                 self._mark(token)
+        if self.settings.max_age:  # ageing: evidence older than max_age steps leaves the tail
+            oldest = self.step - self.settings.max_age
+            self.stamp = {t: s for t, s in self.stamp.items() if s > oldest}
         if self.semantic is not None and state is not None:
             count = self.semantic_count * (self.drift.boost if drifted else 1)
             for token in self.semantic.query(state, count):
                 self._mark(token)
         budget = self.k - self.core_size
-        if len(self.stamp) > 4 * budget:  # bounded memory: forget the stalest evidence
+        if len(self.stamp) > 4 * max(budget, 1):  # bounded memory: forget the stalest evidence
             keep = sorted(self.stamp, key=self.stamp.__getitem__, reverse=True)[: 2 * budget]
             self.stamp = {t: self.stamp[t] for t in keep}
 

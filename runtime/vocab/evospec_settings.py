@@ -1,0 +1,199 @@
+"""EvoSpec's settings: how the living vocabulary spends its budget and how online alignment trains
+the rows it brings in, with named variants (the ablations) in one TOML file.
+
+The chosen settings are the dataclasses' defaults and the variants (the ablations, each an
+override of them) are ``VARIANTS`` below, in code, so an installed package has them;
+``configs/evospec.toml`` mirrors both (a test checks) and is the template for a user's own file
+(``--evospec-config``). ``evospec:K:NAME`` in a policy list runs variant NAME, ``evospec:K+align``
+adds online alignment, ``evospec:K:NAME+align`` both. Each switch changes one thing
+(``tests/test_evospec_settings.py`` checks that it does what it claims). The settings were chosen
+on the valid split, never on test text (README, "EvoSpec's settings").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from evospec.core.errors import SettingsError
+from evospec.core.settings import check_field_types
+from evospec.runtime.align.head_aligner import AlignSettings
+
+RESERVED_VARIANTS = ("sync",)  # a mode (retrieval on the decoding thread), not a settings variant
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Topic-switch detection.
+
+    Attributes:
+        enabled: False: never drop old evidence (ageing by recency alone).
+        fast, slow: smoothing of the short- and long-run miss rates (exponential moving averages).
+        jump: drift when fast > slow + jump.
+        warmup: steps before drift can fire.
+        keep_steps: stamps from this many steps before the drift survive it (0: only the new step's).
+        boost: the semantic query after a drift asks for ``boost`` x ``semantic_count`` rows.
+    """
+
+    enabled: bool = True
+    fast: float = 0.5
+    slow: float = 0.05
+    jump: float = 0.2
+    warmup: int = 8
+    keep_steps: int = 1
+    boost: int = 8
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if not (0 < self.fast <= 1 and 0 < self.slow <= 1 and self.jump > 0 and self.warmup >= 0
+                and self.keep_steps >= 0 and self.boost >= 1):
+            raise SettingsError(f"drift settings out of range: {self}")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How ``evospec:K`` fills its K rows.
+
+    Attributes:
+        core_share: share of K held by the most frequent corpus tokens (the rest is the tail).
+        context: stamp every prompt and committed token (identifiers and defined terms recur).
+        corpus_successors: stamp what followed the newest token in the corpus (the statistical index).
+        session_successors: stamp what followed the newest token earlier in this session.
+        semantic_count: rows the semantic index adds per cycle (0: no semantic retrieval).
+        max_age: evidence older than this many steps leaves the tail (0: only recency ranks it).
+        drift: topic-switch detection.
+    """
+
+    core_share: float = 0.5
+    context: bool = True
+    corpus_successors: bool = True
+    session_successors: bool = True
+    semantic_count: int = 64
+    max_age: int = 0
+    drift: DriftSettings = field(default_factory=DriftSettings)
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if not 0.0 < self.core_share <= 1.0:
+            raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
+        if self.semantic_count < 0 or self.max_age < 0:
+            raise SettingsError(f"semantic_count and max_age must be >= 0 (got {self.semantic_count}, {self.max_age})")
+
+
+@dataclass(frozen=True)
+class EvoSpecSettings:
+    """One named EvoSpec configuration: the policy and its online alignment.
+
+    ``align_rows``: which rows alignment may change: ``retrieved`` (rows the drafter was not trained
+    with, i.e. the ones retrieval brings in and the reservoir synthesised) or ``all``."""
+
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
+    align_rows: str = "retrieved"
+
+    def __post_init__(self) -> None:
+        if self.align_rows not in ("retrieved", "all"):
+            raise SettingsError(f"align_rows must be 'retrieved' or 'all' (got {self.align_rows!r})")
+
+
+def _build(cls, table: Any, where: str, base: Any = None):
+    """``cls`` from a TOML table (nested dataclass fields from sub-tables), over ``base``'s values."""
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table, got {type(table).__name__} {table!r}")
+    base = base if base is not None else cls()
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise SettingsError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    values = {}
+    for name, value in table.items():
+        current = getattr(base, name)
+        values[name] = _build(type(current), value, f"{where}.{name}", current) \
+            if dataclasses.is_dataclass(current) else value
+    try:
+        built = replace(base, **values)
+    except TypeError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    try:
+        check_field_types(built)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    return built
+
+
+@dataclass(frozen=True)
+class EvoSpecConfig:
+    """The chosen settings and the named variants (each a full EvoSpecSettings)."""
+
+    chosen: EvoSpecSettings
+    variants: dict[str, EvoSpecSettings]
+    source: str
+
+    def variant(self, name: str | None) -> EvoSpecSettings:
+        if not name:
+            return self.chosen
+        if name not in self.variants:
+            raise SettingsError(f"evospec variant {name!r} is not in {self.source}; known: "
+                                f"{', '.join(sorted(self.variants)) or 'none'}")
+        return self.variants[name]
+
+    def for_policy(self, name: str) -> EvoSpecSettings:
+        """The settings a policy runs (and aligns) with: ``evospec:K:VARIANT`` its variant's, any other
+        name (``evospec:K``, ``frspec:K`` aligned without retrieval, ...) the chosen ones."""
+        parts = name.split("@")[0].split(":")
+        variant = parts[2] if parts[0] == "evospec" and len(parts) > 2 and parts[2] != "sync" else None
+        return self.variant(variant)
+
+    @classmethod
+    def builtin(cls) -> EvoSpecConfig:
+        return cls.from_table({"variants": VARIANTS}, "built-in settings")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> EvoSpecConfig:
+        """A config file (``configs/evospec.toml`` is the template); None: the built-in settings."""
+        if path is None:
+            return cls.builtin()
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"evospec config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"evospec config {path} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"evospec config {path} is not valid TOML: {exc}") from None
+        return cls.from_table(table, str(path))
+
+    @classmethod
+    def from_table(cls, table: dict, path: str) -> EvoSpecConfig:
+        table = dict(table)
+        variants_table = table.pop("variants", {})
+        chosen = _build(EvoSpecSettings, table, str(path))
+        if not isinstance(variants_table, dict):
+            raise SettingsError(f"{path}: [variants] must be a table of tables")
+        variants = {}
+        for name, override in variants_table.items():
+            if name in RESERVED_VARIANTS or not name.replace("-", "").isalnum():
+                raise SettingsError(f"{path}: variant name {name!r} is reserved or not of letters, digits and '-'")
+            variants[name] = _build(EvoSpecSettings, override, f"{path} [variants.{name}]", chosen)
+        return cls(chosen, variants, str(path))
+
+
+# The ablations: each variant changes one switch of the chosen settings (policy or alignment).
+VARIANTS: dict[str, dict] = {
+    "core-25": {"policy": {"core_share": 0.25}},
+    "core-75": {"policy": {"core_share": 0.75}},
+    "frequency-only": {"policy": {"core_share": 1.0}},
+    "no-context": {"policy": {"context": False}},
+    "no-corpus-successors": {"policy": {"corpus_successors": False}},
+    "no-session-successors": {"policy": {"session_successors": False}},
+    "no-semantic": {"policy": {"semantic_count": 0}},
+    "semantic-256": {"policy": {"semantic_count": 256}},
+    "age-64": {"policy": {"max_age": 64}},
+    "no-drift": {"policy": {"drift": {"enabled": False}}},
+    "no-curriculum": {"align": {"curriculum": False}},
+    "align-all-rows": {"align_rows": "all"},
+}

@@ -1,0 +1,253 @@
+"""EvoSpec's settings and its combined method (``evospec:K+align``): the config file mirrors the
+built-in settings, bad files fail clearly, every ablation switch changes what it claims, and
+decoding stays exact while the vocabulary and the head rows change every cycle."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.core.errors import SettingsError
+from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
+from evospec.runtime.align.methods import make_evospec_aligner
+from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
+from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+from evospec.runtime.vocab.evospec_settings import VARIANTS, DriftSettings, EvoSpecConfig, PolicySettings
+from evospec.runtime.vocab.frequencies import TokenFrequencies
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evospec.toml"
+
+
+def _frequencies(vocab: int = 200, successors: dict | None = None) -> TokenFrequencies:
+    counts = torch.zeros(vocab, dtype=torch.long)
+    counts[:40] = torch.arange(40, 0, -1)  # ids 0..39 are frequent, 0 the most
+    return TokenFrequencies(vocab, counts, 1, "unit", successors={} if successors is None else successors)
+
+
+def test_config_file_mirrors_the_builtin_settings():
+    from_file, builtin = EvoSpecConfig.load(CONFIG), EvoSpecConfig.builtin()
+    assert from_file.chosen == builtin.chosen and from_file.variants == builtin.variants
+    for name, override in VARIANTS.items():  # each variant changes exactly what it names, nothing else
+        variant = builtin.variant(name)
+        changed = {f.name for f in dataclasses.fields(variant) if getattr(variant, f.name) != getattr(builtin.chosen, f.name)}
+        assert changed == set(override), name
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[policy]\ncore_shar = 0.5\n", "unknown keys ['core_shar']"),
+    ("[policy]\ncore_share = 'half'\n", "core_share must be float"),
+    ("[policy]\ncore_share = 1.5\n", "core_share must be in (0, 1]"),
+    ("[align]\nbatch = 2.5\n", "batch must be int"),
+    ("align_rows = 'some'\n", "align_rows must be 'retrieved' or 'all'"),
+    ("[variants.sync]\npolicy = { context = false }\n", "reserved"),
+    ("[policy\n", "not valid TOML"),
+])
+def test_bad_config_files_fail_with_the_key_named(tmp_path, text, message):
+    path = tmp_path / "evospec.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        EvoSpecConfig.load(path)
+    with pytest.raises(SettingsError, match="does not exist"):
+        EvoSpecConfig.load(tmp_path / "missing.toml")
+
+
+def test_policy_names_select_variants_and_alignment():
+    inputs = PolicyInputs(200, torch.arange(100))
+    config = EvoSpecConfig.builtin()
+    freq = _frequencies()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        assert make_policy("evospec:40:sync", inputs, "f", evospec=config).settings == config.chosen.policy
+        variant = make_policy("evospec:40:core-25", inputs, "f", evospec=config)
+        assert variant.inner.settings.core_share == 0.25 and variant.inner.core_size == 10
+        variant.close()
+        with pytest.raises(SettingsError, match="variant 'nope' is not in built-in settings"):
+            make_policy("evospec:40:nope", inputs, "f", evospec=config)
+    assert split_align("evospec:40:no-drift+align") == ("evospec:40:no-drift", True)
+    assert split_align("frspec:40") == ("frspec:40", False)
+    with pytest.raises(SettingsError, match="only suffix"):
+        split_align("evospec:40+osd")
+    assert config.for_policy("evospec:40:no-curriculum").align.curriculum is False
+    assert config.for_policy("frspec:40@general") == config.chosen
+
+
+def _run(policy: EvoSpecPolicy, steps: list[list[int]], state=None) -> set[int]:
+    policy.reset([])
+    for committed in steps:
+        policy.active_ids()
+        policy.observe(committed, state)
+    return set(policy.active_ids().tolist())
+
+
+def test_core_share_sets_the_core_size():
+    for share, core in ((0.25, 10), (0.5, 20), (1.0, 40)):
+        policy = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(core_share=share))
+        assert policy.core_size == core and policy.core.tolist() == list(range(core))
+    only = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(core_share=1.0))
+    assert _run(only, [[150, 151]]) == set(range(40))  # no tail: FR-Spec over the same list
+
+
+def test_context_switch_stamps_committed_tokens():
+    on = EvoSpecPolicy(40, _frequencies(), 200)
+    off = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(context=False))
+    assert {150, 151} <= _run(on, [[150, 151]]) and not {150, 151} & _run(off, [[150, 151]])
+
+
+def test_corpus_successor_switch():
+    freq = _frequencies(successors={150: [160, 161]})
+    on = EvoSpecPolicy(40, freq, 200)
+    off = EvoSpecPolicy(40, freq, 200, PolicySettings(corpus_successors=False))
+    assert {160, 161} <= _run(on, [[150]]) and not {160, 161} & _run(off, [[150]])
+
+
+def test_session_successor_switch():
+    def seen(settings: PolicySettings) -> set[int]:
+        # 170 followed 150 earlier; later 150 recurs after 170 has aged out of the tail's recency window
+        policy = EvoSpecPolicy(24, _frequencies(), 200, settings)  # tail of 12
+        return _run(policy, [[150, 170]] + [[100 + i] for i in range(12)] + [[150]])
+
+    assert 170 in seen(PolicySettings()) and 170 not in seen(PolicySettings(session_successors=False))
+
+
+class _FixedIndex:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def query(self, state, count):
+        self.calls.append(count)
+        return list(range(180, 180 + count))
+
+
+def test_semantic_count_switch():
+    index = _FixedIndex()
+    on = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(semantic_count=3), semantic=index)
+    assert {180, 181, 182} <= _run(on, [[1]], state=torch.zeros(4)) and index.calls == [3]
+    off = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(semantic_count=0), semantic=index)
+    assert 180 not in _run(off, [[1]], state=torch.zeros(4)) and index.calls == [3]  # never queried
+
+
+def test_max_age_switch():
+    steps = [[150]] + [[1]] * 5  # 150 seen once, then only core tokens for five steps
+    assert 150 in _run(EvoSpecPolicy(40, _frequencies(), 200), steps)
+    assert 150 not in _run(EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(max_age=3)), steps)
+
+
+def test_drift_switch():
+    def drifts(enabled: bool) -> int:
+        policy = EvoSpecPolicy(60, _frequencies(), 200, PolicySettings(drift=DriftSettings(enabled=enabled, warmup=4)))
+        _run(policy, [[1, 2]] * 20 + [[120 + 3 * i, 121 + 3 * i, 122 + 3 * i] for i in range(6)])
+        return policy.drifts
+
+    assert drifts(True) >= 1 and drifts(False) == 0
+
+
+def test_curriculum_switch_changes_the_pool():
+    def pool(curriculum: bool) -> int:
+        aligner = HeadAligner(torch.zeros(50, 4), AlignSettings(buffer=40, batch=4, curriculum=curriculum))
+        aligner.buffer.add(torch.randn(40, 4), torch.randn(40, 50))
+        return aligner.pool().numel()
+
+    assert pool(True) == 10 and pool(False) == 40  # pace_start 0.25 of the buffer, or all of it
+
+
+class _Drafter:
+    """What ``make_evospec_aligner`` reads from a compiled drafter."""
+
+    def __init__(self) -> None:
+        self.reservoir = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+        self.draft_vocab_ids = torch.arange(10)  # rows 0..9 were trained; 10..29 are synthesised
+
+
+@pytest.mark.parametrize("align_rows", ["retrieved", "all"])
+def test_align_rows_switch_limits_the_rows_that_change(align_rows):
+    drafter = _Drafter()
+    before = drafter.reservoir.clone()
+    settings = dataclasses.replace(EvoSpecConfig.builtin().chosen, align_rows=align_rows,
+                                   align=AlignSettings(batch=4, every=1, lr=0.1, background=False))
+    aligner = make_evospec_aligner(drafter, settings)
+    g = torch.Generator().manual_seed(1)
+    aligner.buffer.add(torch.randn(8, 4, generator=g), torch.randn(8, 30, generator=g) * 4)
+    aligner.apply(aligner.compute(aligner.draw(torch.arange(0, 30, 2))))
+    changed = set(torch.nonzero((drafter.reservoir != before).any(-1)).flatten().tolist())
+    assert changed and (changed <= set(range(10, 30))) == (align_rows == "retrieved")
+
+
+ALIGN_EVERY_CYCLE = """
+[align]
+batch = 1
+every = 1
+lr = 0.5
+window = 1000000
+background = {background}
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory):
+    from evospec.bundle.compile import compile_bundle
+    from evospec.passes.base import CompileSettings
+    from evospec.train.demo_pair import ASSET_DIR
+
+    bundle = tmp_path_factory.mktemp("combined") / "bundle"
+    compile_bundle(ASSET_DIR / "target", ASSET_DIR / "drafter", bundle,
+                   CompileSettings(backend="torch", buckets=(64, 512), index_dims=0))
+    return bundle, ASSET_DIR / "target"
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_combined_method_greedy_exact_while_vocabulary_and_rows_change(tmp_path, demo_bundle, background):
+    bundle, target = demo_bundle
+    freq = _frequencies(512, successors={t: [(7 * t + 3) % 512, (11 * t + 5) % 512] for t in range(512)})
+    freq.save(tmp_path / "freq.json")
+    config = tmp_path / "evospec.toml"
+    config.write_text('align_rows = "all"\n' + ALIGN_EVERY_CYCLE.format(background=str(background).lower()))
+    generator = SpeculativeGenerator.from_bundle(bundle, target, vocab="evospec:48:sync+align",
+                                                 frequencies=tmp_path / "freq.json", evospec_config=config)
+    before = generator.drafter.reservoir.clone()
+    prompt = generator.encode("def parse(self, text):\n    ")
+    s = DecodeSettings(max_new_tokens=40, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=10)
+    result = generator.generate(prompt, s)
+    assert generator.aligner.updates >= result.stats.steps - 2  # rows changed (nearly) every cycle
+    assert not torch.equal(generator.drafter.reservoir, before) and result.stats.active_rows_moved > 0
+    generator.aligner.close() if background else None
+    generator.aligner = generator.policy = None
+    assert result.token_ids == generator.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False)).token_ids
+
+
+@pytest.mark.parametrize("relative_error", [
+    pytest.param(0.15, id="quick"), pytest.param(0.05, id="strict", marks=pytest.mark.slow)])
+def test_combined_method_sampling_follows_the_target(relative_error):
+    """Joint law of the first 3 new tokens while EvoSpec's policy changes the active set and its aligner
+    changes head rows every cycle (one update per generation call, carried across calls)."""
+    from evospec.passes.reservoir import build_reservoir
+    from evospec.runtime.compiled_drafter import eager_compiled
+    from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
+
+    from .test_sampling_exactness import assert_joint_matches, equal_halves, exact_joint, halves_samples, sample_joint
+
+    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
+    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
+    drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5).float()
+    rows = drafter.draft_to_target(torch.arange(4))
+    reservoir, _ = build_reservoir(model.lm_head.weight.detach().float(), drafter.lm_head.weight.detach(), rows)
+    compiled = eager_compiled(drafter, reservoir, (3, 6))
+    counts = torch.tensor([0, 0, 5, 4, 3, 2])
+    freq = TokenFrequencies(6, counts, 1, "unit", successors={t: [(t + 1) % 6] for t in range(6)})
+    policy = EvoSpecPolicy(3, freq, 6, PolicySettings(core_share=0.34, semantic_count=0))
+    generator = SpeculativeGenerator.from_models(model, compiled)
+    generator.policy = policy
+    settings = dataclasses.replace(EvoSpecConfig.builtin().chosen, align_rows="all",
+                                   align=AlignSettings(batch=1, every=1, lr=0.3, window=10**6, background=False, top=4))
+    generator.aligner = make_evospec_aligner(compiled, settings)
+    before = compiled.reservoir.clone()
+    prompt = [1, 4, 2]
+    expected = exact_joint(model, prompt, 3, 1.0, 1.0)
+    n = halves_samples(sum(expected[k] for k in equal_halves(expected)), relative_error)
+    joint, accepted = sample_joint(generator, prompt, n, temperature=1.0, draft_tree="chain", draft_depth=3)
+    assert generator.aligner.updates >= n - 1 and not torch.equal(compiled.reservoir, before)
+    assert_joint_matches(joint, expected, n, relative_error)
+    assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
