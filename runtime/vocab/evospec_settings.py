@@ -92,7 +92,7 @@ class EvoSpecSettings:
 
     policy: PolicySettings = field(default_factory=PolicySettings)
     align: AlignSettings = field(default_factory=AlignSettings)
-    align_rows: str = "retrieved"
+    align_rows: str = "all"  # chosen on the valid split (README): "retrieved" trained nothing at K=1024
 
     def __post_init__(self) -> None:
         if self.align_rows not in ("retrieved", "all"):
@@ -195,5 +195,5 @@ VARIANTS: dict[str, dict] = {
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
-    "align-all-rows": {"align_rows": "all"},
+    "align-retrieved-rows": {"align_rows": "retrieved"},
 }
