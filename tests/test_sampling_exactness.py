@@ -255,6 +255,19 @@ def end_to_end_pair():
     return model, drafter
 
 
+def compiled_end_to_end_pair():
+    """``end_to_end_pair`` with its drafter compiled (torch stages) over a full 6-row reservoir, so
+    vocabulary policies and online alignment can act on it."""
+    from evospec.passes.reservoir import build_reservoir
+    from evospec.runtime.compiled_drafter import eager_compiled
+
+    model, drafter = end_to_end_pair()
+    drafter = drafter.float()
+    rows = drafter.draft_to_target(torch.arange(4))
+    reservoir, _ = build_reservoir(model.lm_head.weight.detach().float(), drafter.lm_head.weight.detach(), rows)
+    return model, eager_compiled(drafter, reservoir, (3, 6))
+
+
 def sample_joint(generator: SpeculativeGenerator, prompt: list[int], n: int, **decode) -> tuple[dict, int]:
     """Counts of the first 3 new tokens over seeds 0..n-1, and the draft tokens accepted in all."""
     counts: dict[tuple, int] = {}

@@ -148,18 +148,16 @@ def test_cli_frequencies_and_frspec_generation(torch_bundle, tmp_path):
 def test_sampling_exact_while_the_active_set_changes_every_step(relative_error):
     """Joint law of the first 3 new tokens with a sampled chain over a random active set each step:
     sized to detect ``relative_error`` in either half of the law (see ``halves_samples``)."""
-    from evospec.passes.reservoir import build_reservoir
-    from evospec.runtime.compiled_drafter import eager_compiled
-    from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
+    from .test_sampling_exactness import (
+        assert_joint_matches,
+        compiled_end_to_end_pair,
+        equal_halves,
+        exact_joint,
+        halves_samples,
+        sample_joint,
+    )
 
-    from .test_sampling_exactness import assert_joint_matches, equal_halves, exact_joint, halves_samples, sample_joint
-
-    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
-    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float64)
-    drafter = tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5).float()
-    rows = drafter.draft_to_target(torch.arange(4))
-    reservoir, _ = build_reservoir(model.lm_head.weight.detach().float(), drafter.lm_head.weight.detach(), rows)
-    compiled = eager_compiled(drafter, reservoir, (3, 6))
+    model, compiled = compiled_end_to_end_pair()
 
     class SmallRandom(RandomPolicy):
         def active_ids(self):

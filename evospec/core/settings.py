@@ -38,6 +38,21 @@ def check_field_types(settings: object) -> None:
             raise SettingsError(f"{field.name} must be {field.type}, got {type(value).__name__} {value!r}")
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """The TOML document at ``path``, or a one-line SettingsError saying what is wrong with the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"{what} {path} is a directory, not a TOML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{what} {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """How one generation call drafts, verifies and samples.
@@ -101,16 +116,7 @@ class DecodeSettings:
     def from_toml(cls, path: str | Path, **overrides: object) -> DecodeSettings:
         """Load the ``[decode]`` table of a TOML config, then apply non-None overrides."""
         path = Path(path)
-        try:
-            table = tomllib.loads(path.read_text()).get("decode", {})
-        except FileNotFoundError:
-            raise SettingsError(f"config file {path} does not exist") from None
-        except IsADirectoryError:
-            raise SettingsError(f"config file {path} is a directory, not a TOML file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"config file {path} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        table = read_toml(path).get("decode", {})
         if not isinstance(table, dict):
             raise SettingsError(f"config file {path}: [decode] must be a table, got {type(table).__name__} {table!r}")
         known = {f.name for f in dataclasses.fields(cls)}

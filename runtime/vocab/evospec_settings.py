@@ -13,13 +13,12 @@ on the valid split, never on test text (README, "EvoSpec's settings").
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from evospec.core.errors import SettingsError
-from evospec.core.settings import check_field_types
+from evospec.core.settings import check_field_types, read_toml
 from evospec.runtime.align.head_aligner import AlignSettings
 
 RESERVED_VARIANTS = ("sync",)  # a mode (retrieval on the decoding thread), not a settings variant
@@ -156,16 +155,7 @@ class EvoSpecConfig:
         """A config file (``configs/evospec.toml`` is the template); None: the built-in settings."""
         if path is None:
             return cls.builtin()
-        path = Path(path)
-        try:
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SettingsError(f"evospec config {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"evospec config {path} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"evospec config {path} is not valid TOML: {exc}") from None
-        return cls.from_table(table, str(path))
+        return cls.from_table(read_toml(path, "evospec config"), str(path))
 
     @classmethod
     def from_table(cls, table: dict, path: str) -> EvoSpecConfig:
