@@ -55,7 +55,7 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         if frequencies is None:
             raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
         config = evospec or EvoSpecConfig.builtin()
-        settings = config.variant(None if mode == "sync" else mode).policy
+        settings = config.for_policy(spec).policy
         policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, settings,
                                semantic=inputs.semantic, name=spec)
         if mode == "sync":  # retrieval on the decoding thread: to measure what the pipeline hides
