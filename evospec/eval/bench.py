@@ -53,9 +53,11 @@ class BenchRow:
     mean_accepted_length: float
     acceptance_per_depth: list[float]  # share of steps that accepted at least d draft tokens, d = 1..depth
     tokens_per_second: float
-    draft_ms_per_step: float
-    verify_ms_per_step: float
-    identical_to_plain: bool | None
+    draft_ms_per_step: float | None  # None where the engine does not report it (vLLM)
+    verify_ms_per_step: float | None
+    identical_to_plain: bool | None  # greedy output == the target's own (our runtime without a drafter)
+    engine: str = "evospec"  # evospec (this runtime) or vllm (`--engine vllm`)
+    batch: int = 1  # requests decoded together (this runtime decodes one at a time)
 
 
 SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
@@ -106,38 +108,59 @@ def summarise(domain: str, method: str, results: list[GenerationResult], decode:
     )
 
 
+@dataclass
+class BenchRun:
+    """This runtime's rows, the prompts they decoded and the plain (target-only) outputs per domain:
+    what another engine is run on and compared with."""
+
+    rows: list[BenchRow]
+    prompts: dict[str, list[list[int]]]
+    plain_outputs: dict[str, list[list[int]]]
+
+
 def run_bench(
     generator: SpeculativeGenerator,
     corpus: str,
     decode: DecodeSettings,
     settings: BenchSettings = BenchSettings(),
     progress: Callable[[str], None] | None = None,
-) -> list[BenchRow]:
-    """Rows for every domain: ``eagle3`` (speculative) and ``plain`` (``--no-draft``)."""
+    speculative: bool = True,
+) -> BenchRun:
+    """Rows for every domain: ``eagle3`` (speculative, unless ``speculative`` is False) and ``plain`` (``--no-draft``)."""
     domains = chosen_domains(corpus, settings.domains)
     generator.generate([0], replace(decode, max_new_tokens=2))  # warm-up, not measured
-    rows: list[BenchRow] = []
+    run = BenchRun([], {}, {})
     for domain in domains:
         prompts = domain_prompts(generator, corpus, domain, settings)
-        speculative, plain = [], []
+        speculative_results, plain = [], []
         for prompt in prompts:
-            speculative.append(generator.generate(prompt, decode))
+            if speculative:
+                speculative_results.append(generator.generate(prompt, decode))
             plain.append(generator.generate(prompt, replace(decode, use_draft=False)))
             if progress is not None:
                 progress(domain)
-        identical = all(s.token_ids == p.token_ids for s, p in zip(speculative, plain)) if decode.greedy else None
-        rows.append(summarise(domain, "eagle3", speculative, decode, identical))
-        rows.append(summarise(domain, "plain", plain, decode, None))
-    return rows
+        if speculative:
+            identical = (all(s.token_ids == p.token_ids for s, p in zip(speculative_results, plain))
+                         if decode.greedy else None)
+            run.rows.append(summarise(domain, "eagle3", speculative_results, decode, identical))
+        run.rows.append(summarise(domain, "plain", plain, decode, None))
+        run.prompts[domain] = prompts
+        run.plain_outputs[domain] = [p.token_ids for p in plain]
+    return run
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def rows_table(rows: list[BenchRow]) -> str:
-    header = ("domain", "T", "method", "tau", "accept@1..", "tok/s", "draft ms/step", "verify ms/step", "identical")
+    header = ("domain", "T", "engine", "batch", "method", "tau", "accept@1..", "tok/s", "draft ms/step",
+              "verify ms/step", "identical")
     lines = [
         (
-            r.domain, f"{r.temperature:g}", r.method, f"{r.mean_accepted_length:.2f}",
+            r.domain, f"{r.temperature:g}", r.engine, str(r.batch), r.method, f"{r.mean_accepted_length:.2f}",
             " ".join(f"{a:.2f}" for a in r.acceptance_per_depth) if r.method != "plain" else "-",
-            f"{r.tokens_per_second:.1f}", f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}",
+            f"{r.tokens_per_second:.1f}", _ms(r.draft_ms_per_step), _ms(r.verify_ms_per_step),
             "-" if r.identical_to_plain is None else str(r.identical_to_plain),
         )
         for r in rows
@@ -149,19 +172,26 @@ def rows_json(rows: list[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
+def series_label(row: BenchRow) -> str:
+    """The method alone for this runtime at batch 1; engine and batch otherwise."""
+    if row.engine == "evospec" and row.batch == 1:
+        return row.method
+    return f"{row.engine} {row.method} b{row.batch}"
+
+
 def bench_plot(rows: list[BenchRow], path) -> None:
     """Two panels per domain: mean accepted length (speculative methods) and tokens/s (every method)."""
 
     domains = list(dict.fromkeys(r.domain for r in rows))
-    methods = list(dict.fromkeys(r.method for r in rows))
+    series = list(dict.fromkeys(series_label(r) for r in rows))
     fig, (tau_ax, speed_ax) = pyplot().subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        by_domain = {r.domain: r for r in rows if r.method == method}
+    width = 0.8 / len(series)
+    for i, label in enumerate(series):
+        by_domain = {r.domain: r for r in rows if series_label(r) == label}
         xs = [d + i * width for d in range(len(domains))]
-        if method != "plain":
-            tau_ax.bar(xs, [by_domain[d].mean_accepted_length if d in by_domain else 0 for d in domains], width, label=method)
-        speed_ax.bar(xs, [by_domain[d].tokens_per_second if d in by_domain else 0 for d in domains], width, label=method)
+        if not label.endswith("plain"):
+            tau_ax.bar(xs, [by_domain[d].mean_accepted_length if d in by_domain else 0 for d in domains], width, label=label)
+        speed_ax.bar(xs, [by_domain[d].tokens_per_second if d in by_domain else 0 for d in domains], width, label=label)
     for ax, label in ((tau_ax, "mean accepted length (tau)"), (speed_ax, "tokens/s")):
         ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains)
         ax.set_ylabel(label)
