@@ -65,12 +65,18 @@ class CheckParity(CompilePass):
             failures += [f"{stage}.{n} (error {r['max_abs_error']:.2e} > {r['bound']:.2e})" for n, r in worst.items() if not r["ok"]]
         if backend == "tensorrt":
             report["polygraphy"] = polygraphy_compare(ctx, feeds)
+            failures += polygraphy_failures(report["polygraphy"])
         ctx.manifest["parity"] = report
         if failures:
             raise CompileError(f"{backend} engines differ from the torch stages beyond tolerance: {', '.join(failures)}")
         worst_err = max(r["max_abs_error"] for s in report["stages"].values() for r in s.values())
         return PassResult(False, f"{backend} matches torch on {len(feeds['fuse'])} feeds per stage "
                                  f"(worst abs error {worst_err:.2e})")
+
+
+def polygraphy_failures(result: dict[str, bool]) -> list[str]:
+    """Stages where Polygraphy's comparator found TensorRT and ONNX Runtime apart: each fails the compile."""
+    return [f"{stage} (Polygraphy: TensorRT vs ONNX Runtime)" for stage, ok in result.items() if not ok]
 
 
 def polygraphy_compare(ctx: CompileContext, feeds: dict) -> dict:

@@ -207,6 +207,7 @@ class SpeculativeGenerator:
                 if self._static_cache is None or self._static_cache.keys.shape[2] < capacity:
                     self._static_cache = DrafterKVCache(drafter.config, -(-capacity // 512) * 512, device, drafter.dtype)
                 dcache = self._static_cache
+                dcache.length = 0  # a new sequence: kept for its shape, not its contents (old slots are masked)
             else:
                 dcache = DrafterKVCache(drafter.config, capacity, device, drafter.dtype)
         pairs_hidden, pairs_tokens = out.features, prompt[1:] + [root]

@@ -15,6 +15,20 @@ from evospec.core.errors import BundleError
 from evospec.runtime.runners import ActivatedRunner
 
 
+def bucket_profile(buckets: tuple[int, ...], feeds: dict[str, torch.Tensor]) -> int | None:
+    """The optimisation profile of the bucket a head call is fed, or None for a stage without buckets.
+
+    Both head engines (``head`` takes ``active`` ids, ``head_active`` takes gathered ``rows``) take a
+    ``bias`` of the bucket's size, so the bucket is read from it.
+    """
+    if "bias" not in feeds:
+        return None
+    size = int(feeds["bias"].numel())
+    if size not in buckets:
+        raise BundleError(f"a head call of {size} rows matches no engine profile (buckets {list(buckets)})")
+    return buckets.index(size)
+
+
 class TrtRunner(ActivatedRunner):
     def __init__(self, name: str, path: Path, buckets: tuple[int, ...] | None = None) -> None:
         self.name, self.path, self.buckets = name, Path(path), buckets
@@ -35,8 +49,8 @@ class TrtRunner(ActivatedRunner):
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.activate()
-        if self.buckets is not None and "active" in feeds:
-            profile = self.buckets.index(int(feeds["active"].numel()))
+        profile = None if self.buckets is None else bucket_profile(self.buckets, feeds)
+        if profile is not None:
             if profile != self._profile:
                 self._runner.set_profile(profile)
                 self._profile = profile

@@ -305,7 +305,8 @@ def test_tensorrt_bundle_drafts_like_eager(tmp_path):
     compiled = SpeculativeGenerator.from_bundle(tmp_path / "trt", TARGET, device="cuda")
     prompt = eager.encode("def ")
     s = DecodeSettings(max_new_tokens=32, draft_tree="chain", draft_depth=4)
-    assert compiled.generate(prompt, s).token_ids == eager.generate(prompt, s).token_ids
+    a, b = eager.generate(prompt, s), compiled.generate(prompt, s)
+    assert a.token_ids == b.token_ids and a.stats.accepted_lengths == b.stats.accepted_lengths
 
 
 @pytest.mark.gpu
@@ -319,3 +320,28 @@ def test_ort_bundle_with_a_cuda_target(ort_bundle):
     s = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
     a, b = eager.generate(prompt, s), compiled.generate(prompt, s)
     assert a.token_ids == b.token_ids == eager.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids
+    assert a.stats.accepted_lengths == b.stats.accepted_lengths
+
+
+def test_head_calls_select_the_profile_of_their_bucket():
+    """TensorRT head engines hold one profile per bucket; both head stages are matched by their bias's size
+    (head_active takes gathered rows, not active ids, and used to run every bucket at profile 0)."""
+    from evospec.core.errors import BundleError
+    from evospec.runtime.trt_runner import bucket_profile
+
+    buckets = (384, 512, 1024)
+    for profile, size in enumerate(buckets):
+        head = {"normed": torch.zeros(2, 8), "active": torch.zeros(size, dtype=torch.long), "bias": torch.zeros(size)}
+        rows = {"normed": torch.zeros(2, 8), "rows": torch.zeros(size, 8), "bias": torch.zeros(size)}
+        assert bucket_profile(buckets, head) == bucket_profile(buckets, rows) == profile
+    assert bucket_profile(buckets, {"hidden": torch.zeros(1, 8)}) is None  # fuse and trunk have one profile
+    with pytest.raises(BundleError, match="matches no engine profile"):
+        bucket_profile(buckets, {"bias": torch.zeros(700)})
+
+
+def test_a_polygraphy_mismatch_fails_the_compile():
+    from evospec.passes.parity import polygraphy_failures
+
+    assert polygraphy_failures({"fuse": True, "head": True}) == []
+    assert polygraphy_failures({"fuse": True, "head_active": False}) == [
+        "head_active (Polygraphy: TensorRT vs ONNX Runtime)"]

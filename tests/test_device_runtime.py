@@ -36,6 +36,27 @@ def test_static_past_drafts_exactly_like_the_dynamic_cache(torch_bundle):
     assert a.stats.accepted_lengths == b.stats.accepted_lengths and b.stats.mean_accepted_length > 1.5
 
 
+def test_static_cache_starts_empty_on_every_call(torch_bundle):
+    """The static (CUDA-graph) cache is kept between calls for its shape, not its contents: twelve consecutive
+    calls draft exactly as a fresh generator does, accepted lengths included (a cache that kept growing attended
+    to the previous call's keys, lost acceptance, and overflowed on the eleventh call)."""
+    static = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    static.drafter.static_past = True
+    prompts = [static.encode(text) for text in ("def walk(self, node):\n    ", "The court held that ",
+                                                "class Parser:\n    def __init__(self):\n        ")]
+    first = {}
+    for call in range(12):
+        prompt = prompts[call % len(prompts)]
+        result = static.generate(prompt, TREE)
+        key = call % len(prompts)
+        if key not in first:
+            fresh = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+            fresh.drafter.static_past = True
+            first[key] = fresh.generate(prompt, TREE)
+        assert result.token_ids == first[key].token_ids, call
+        assert result.stats.accepted_lengths == first[key].stats.accepted_lengths, call
+
+
 def test_uploader_on_cpu_is_the_identity():
     ids = torch.arange(5)
     assert DeviceUploader("cpu").upload("ids", ids) is ids
@@ -62,6 +83,9 @@ def test_cuda_graph_runtime_is_exact_and_replays(torch_bundle):
     second = generator.generate(prompt, TREE)
     plain = generator.generate(prompt, DecodeSettings(max_new_tokens=40, use_draft=False))
     assert first.token_ids == second.token_ids == plain.token_ids
+    assert first.stats.accepted_lengths == second.stats.accepted_lengths  # the second call starts from an empty cache
+    on_cpu = SpeculativeGenerator.from_bundle(torch_bundle, TARGET).generate(prompt, TREE)
+    assert first.stats.accepted_lengths == on_cpu.stats.accepted_lengths  # drafts like the eager CPU drafter
     assert captures["trunk"] > 0 and captures["head_active"] > 0
     assert {name: r.captures for name, r in drafter.runners.items()} == captures  # the second call only replays
     eager, _ = load_compiled_drafter(torch_bundle, generator.target, cuda_graphs=False)

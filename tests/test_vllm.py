@@ -22,7 +22,6 @@ from evospec.train.demo_pair import ASSET_DIR
 
 from .test_bench import CODE, PROSE
 
-pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[1]
 VLLM_BIN = Path(os.environ.get("EVOSPEC_VLLM_BIN", REPO / ".venv-vllm" / "bin"))
 DEPTH = 4
@@ -85,12 +84,14 @@ def check_side_by_side(rows: list[dict], batches: list[int]) -> None:
             assert row["mean_accepted_length"] > 1.5
 
 
+@pytest.mark.vllm
 def test_vllm_serves_the_exported_drafter_exactly(vllm_bin, corpus, tmp_path):
     export_drafter(tmp_path / "eagle3", "vllm", drafter_dir=ASSET_DIR / "drafter")
     rows = bench_both(vllm_bin, tmp_path / "eagle3", corpus, tmp_path / "rows.json", "1,2")
     check_side_by_side(rows, [1, 2])
 
 
+@pytest.mark.vllm
 def test_vllm_serves_an_frspec_pruned_export_exactly(vllm_bin, corpus, tmp_path):
     from transformers import AutoTokenizer
 
@@ -104,3 +105,28 @@ def test_vllm_serves_an_frspec_pruned_export_exactly(vllm_bin, corpus, tmp_path)
     assert json.loads((tmp_path / "fr" / "config.json").read_text())["draft_vocab_size"] == 160
     rows = bench_both(vllm_bin, tmp_path / "fr", corpus, tmp_path / "rows.json", "1")
     check_side_by_side(rows, [1])
+
+
+@pytest.mark.vllm
+def test_a_head_size_vllm_has_no_cpu_kernel_for_is_refused_by_name(vllm_bin, checkpoint_dirs, corpus):
+    target_dir, drafter_dir, _, _ = checkpoint_dirs  # head_dim 8
+    proc = subprocess.run(
+        [str(vllm_bin / "evospec"), "bench", "--engine", "vllm", "--target", str(target_dir), "--drafter",
+         str(drafter_dir), "--corpus", str(corpus), "--draft-tree", "chain"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{target_dir}: head_dim 8 has no kernel in vLLM's CPU attention" in proc.stderr
+
+
+def test_without_vllm_the_engine_option_says_how_to_get_it(corpus):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this test environment itself")
+    from .test_cli import run
+
+    proc = run("bench", "--engine", "vllm", "--target", str(ASSET_DIR / "target"), "--drafter",
+               str(ASSET_DIR / "drafter"), "--corpus", str(corpus), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "make vllm-setup" in proc.stderr

@@ -60,12 +60,13 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
     vllm_settings = None
     if engine != "evospec":
-        from evospec.eval.vllm_engine import VllmSettings, vllm_missing_reason
+        from evospec.eval.vllm_engine import VllmSettings, check_head_sizes, vllm_missing_reason
 
         vllm_settings = VllmSettings(batch_sizes=tuple(_number_list(batch_sizes, "--batch", int, 1)),
                                      threads=vllm_threads, compile=vllm_compile)
         if (reason := vllm_missing_reason()) is not None:
             raise SettingsError(reason)
+        check_head_sizes(target_dir, vllm_drafter or drafter_dir)  # before minutes of decoding, not after
     total = prompts * len(chosen or corpus_domains(corpus))
     generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
                                                 tap_numbering=tap_numbering)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from evospec.core.errors import SettingsError
 from evospec.core.settings import DEFAULT_THREADS
 
 _device = click.option("--device", default="cpu", show_default=True, help="Where to train: cpu or cuda.")
@@ -150,11 +151,20 @@ def reference_build(size, out, cache, device, threads):
 @click.option("--drafter-steps", type=int, default=None, help="Distillation steps of the drafter (recipe default).")
 @click.option("--reuse-target", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A pair folder whose target/ is kept unchanged: only a new drafter is distilled.")
-def build_demo(out, target_steps, drafter_steps, reuse_target):
+@click.option("--layers", type=click.IntRange(min=6), default=None,
+              help="Target layers (recipe default 6, taps 1,3,5); 8 or more tap EAGLE-3's default (2, L//2, L-3), "
+                   "which vLLM serves without a tap list.")
+def build_demo(out, target_steps, drafter_steps, reuse_target, layers):
     """Train the demo pair from the Python standard library's sources (minutes on a CPU)."""
     from evospec.train.demo_pair import DemoRecipe, build_demo_pair
 
     recipe = DemoRecipe()
+    if layers is not None and layers != recipe.shape.layers:
+        if layers < 8:
+            raise SettingsError(f"--layers {layers}: EAGLE-3's default taps (2, L//2, L-3) repeat a layer below 8 "
+                                "layers; use 6 (the recipe's own taps 1,3,5) or at least 8")
+        recipe = dataclasses.replace(recipe, shape=dataclasses.replace(recipe.shape, layers=layers),
+                                     taps=(2, layers // 2, layers - 3))
     if target_steps:
         recipe = dataclasses.replace(recipe, target_steps=target_steps)
     if drafter_steps:

@@ -66,6 +66,22 @@ def environment(settings: VllmSettings) -> dict[str, str]:
     return env
 
 
+def check_head_sizes(*model_dirs: Path) -> None:
+    """vLLM's CPU attention has kernels for a fixed list of head sizes; a model outside it kills the engine
+    with a worker traceback, so it is refused here by name first."""
+    import json
+
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    for directory in model_dirs:
+        config = json.loads((Path(directory) / "config.json").read_text())
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        if head_dim not in supported:
+            raise SettingsError(f"{directory}: head_dim {head_dim} has no kernel in vLLM's CPU attention "
+                                f"(supported: {supported}); vLLM cannot serve this model on the CPU")
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -160,6 +176,7 @@ def run_vllm(target_dir: Path, drafter_dir: Path, prompts: dict[str, list[list[i
         raise SettingsError(reason)
     if decode.use_draft and decode.draft_tree != "chain":
         raise SettingsError("vLLM's EAGLE-3 drafts a chain: run the comparison with --draft-tree chain")
+    check_head_sizes(target_dir, drafter_dir)
     longest = max(len(p) for domain in prompts.values() for p in domain)
     max_model_len = longest + decode.max_new_tokens + decode.draft_depth + 8
     rows: list[BenchRow] = []
