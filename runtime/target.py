@@ -151,7 +151,16 @@ def attention_window(config) -> int | None:
 
 
 def keep_cache_slots(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches."""
+    """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches.
+
+    When the kept slots are a prefix (a chain, or a tree whose accepted path is its first branch) the
+    cache is cut to that length, a view with no copy; otherwise each layer's slots are gathered.
+    """
+    n = int(keep.numel())
+    if n and int(keep[-1]) == n - 1:  # ascending and ending at n-1: exactly 0..n-1
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+        return
     for layer in cache.layers:
         idx = keep.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)

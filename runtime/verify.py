@@ -50,8 +50,10 @@ def verify_sampling(
     children = tree.children()
     accepted: list[int] = []
     row = 0
+    # every row at once, where the logits are, then one copy to the host (not a sync per tree level)
+    probs = sampling_probs(logits, temperature, top_p).cpu()
     while True:
-        p = sampling_probs(logits[row].cpu(), temperature, top_p)
+        p = probs[row]
         for child in children[row]:
             x = tokens[child]
             u = float(torch.rand(1, generator=generator, dtype=torch.float64))

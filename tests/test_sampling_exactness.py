@@ -219,6 +219,19 @@ def exact_joint(model, prompt: list[int], steps: int, temperature: float, top_p:
     return joint
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0, 8.0], ids=["flat", "medium", "peaked"])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_over_a_large_vocabulary_matches_transformers_rows_at_once(scale, top_p):
+    """151k tokens: the partial-sort paths (nucleus within the top 1,024 or 16,384) and the full sort, with
+    rows of different widths in one call, keep exactly the tokens TopPLogitsWarper keeps."""
+    g = torch.Generator().manual_seed(int(scale * 10 + top_p * 100))
+    logits = torch.randn(3, 151851, generator=g, dtype=torch.float64) * torch.tensor([[scale], [scale / 2], [scale * 2]])
+    ours = sampling_probs(logits, 1.0, top_p)
+    reference = torch.softmax(TopPLogitsWarper(top_p)(None, logits.clone()), dim=-1)
+    assert torch.equal(ours > 0, reference > 0)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-15)
+
+
 def test_reference_agrees_with_sampling_probs_where_both_are_defined():
     """The two implementations of the target's law agree (a divergence would make exactness tests moot)."""
     g = torch.Generator().manual_seed(3)
