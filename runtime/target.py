@@ -106,20 +106,45 @@ class TargetModel:
         dtype = self.model.dtype
         additive = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
         additive.masked_fill_(~visible, torch.finfo(dtype).min)
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attention_mask=additive[None, None],
-            **{self._cache_argument: cache},
-            cache_position=torch.arange(past, past + t, device=input_ids.device),
-            use_cache=True,
-            output_hidden_states=bool(self.tap_layers),
-        )
+        layers = self._tap_modules()
+        captured: dict[int, torch.Tensor] = {}
+        # only the tapped layers' inputs are kept (hooks), not all L+1 hidden states
+        hooks = [layers[i].register_forward_pre_hook(_capture_input(captured, i), with_kwargs=True)
+                 for i in set(self.tap_layers)] if layers is not None else []
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                attention_mask=additive[None, None],
+                **{self._cache_argument: cache},
+                cache_position=torch.arange(past, past + t, device=input_ids.device),
+                use_cache=True,
+                output_hidden_states=bool(self.tap_layers) and layers is None,
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
         if self.tap_layers:
-            features = torch.cat([out.hidden_states[i][0] for i in self.tap_layers], dim=-1)
+            states = captured if layers is not None else out.hidden_states
+            features = torch.cat([states[i][0] for i in self.tap_layers], dim=-1)
         else:
             features = out.logits.new_zeros(t, 0)
         return TargetOutput(logits=out.logits[0].float(), features=features)
+
+    def _tap_modules(self) -> torch.nn.ModuleList | None:
+        """The decoder layers whose inputs are the taps (HF ``hidden_states[i]`` is layer i's input), or
+        None where a tap is the final normed output or the model keeps its layers elsewhere."""
+        layers = getattr(getattr(self.model, "model", None), "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or any(not 0 <= i < len(layers) for i in self.tap_layers):
+            return None
+        return layers
+
+
+def _capture_input(store: dict[int, torch.Tensor], index: int):
+    def hook(module, args, kwargs):
+        store[index] = args[0] if args else kwargs["hidden_states"]
+
+    return hook
 
 
 def cache_argument(model: PreTrainedModel) -> str:

@@ -87,3 +87,15 @@ def test_mixed_attention_kinds_are_refused():
         pytest.skip(f"this transformers version does not describe per-layer attention kinds ({kinds})")
     with pytest.raises(CompatibilityError, match="mixes attention kinds"):
         attention_window(cfg)
+
+
+@pytest.mark.parametrize("taps", [(1, 2, 3), (0, 2, 4), (2, 3, 3)], ids=["inner", "final-output", "repeated"])
+def test_tapped_features_equal_hf_hidden_states(taps):
+    """Taps are captured by hooks on the tapped layers only; they equal transformers' hidden_states[i]
+    (a tap at the last index, the final normed output, is read from hidden_states itself)."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=1)
+    target = TargetModel(model, taps)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    out = target.forward(ids, torch.arange(5)[None], target.new_cache())
+    states = model(input_ids=ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(out.features, torch.cat([states[i][0] for i in taps], dim=-1), rtol=0, atol=1e-6)
