@@ -238,14 +238,20 @@ class SpeculativeGenerator:
                 ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
                 positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
                 out = target.forward(ids, positions, tcache, tree.attention_mask())
+                t2 = time.perf_counter()
                 if s.greedy:
                     verdict = verify_greedy(tree, out.logits)
                 else:
                     verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
+                t3 = time.perf_counter()
                 rows = torch.tensor([0] + [i + 1 for i in verdict.accepted_nodes])
                 keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
                 self._sync()
-                stats.verify_time_s += time.perf_counter() - t1
+                t4 = time.perf_counter()
+                stats.target_time_s += t2 - t1
+                stats.verdict_time_s += t3 - t2
+                stats.cache_time_s += t4 - t3
+                stats.verify_time_s += t4 - t1
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size

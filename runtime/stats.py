@@ -32,6 +32,9 @@ class DecodeStats:
     drafter itself), ``verify_time_s`` (target pass, verification, cache rollback) and
     ``align_time_s`` (handing feedback to an aligner and applying its changes); ``step_time_s`` is
     the whole, measured end to end, so nothing a step costs can fall between columns.
+    ``verify_time_s`` is itself split into ``target_time_s`` (the target's forward), ``verdict_time_s``
+    (greedy or sampling verification) and ``cache_time_s`` (rolling the target's cache back); on a GPU
+    the forward runs asynchronously, so its time shows up in the verdict's first host read.
 
     ``rejected_choice_hits / rejected_choice_total``: at every step that rejected a draft token,
     whether the target's own token at that position (the one the drafter should have proposed)
@@ -49,6 +52,9 @@ class DecodeStats:
     plan_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
+    target_time_s: float = 0.0
+    verdict_time_s: float = 0.0
+    cache_time_s: float = 0.0
     align_time_s: float = 0.0
     step_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -94,7 +100,7 @@ class PooledStats:
     new_tokens: int
     mean_accepted_length: float
     accepted_lengths: tuple[int, ...]
-    ms_per_step: dict[str, float]  # retrieval, plan, draft, verify, align, step
+    ms_per_step: dict[str, float]  # retrieval, plan, draft, verify (= target + verdict + cache), align, step
     rejected_choice_coverage: float | None
     active_size: float
     rows_moved_per_step: float
@@ -105,7 +111,7 @@ class PooledStats:
         steps = sum(s.steps for s in stats)
         per_step = max(steps, 1)
         hits, total = sum(s.rejected_choice_hits for s in stats), sum(s.rejected_choice_total for s in stats)
-        columns = ("retrieval", "plan", "draft", "verify", "align", "step")
+        columns = ("retrieval", "plan", "draft", "verify", "target", "verdict", "cache", "align", "step")
         return cls(
             steps=steps,
             new_tokens=sum(s.new_tokens for s in stats),

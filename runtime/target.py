@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from evospec.core.errors import CheckpointError, CompatibilityError
+from evospec.runtime.skinny_head import use_skinny_head
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def load_target(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError("--device cuda was asked for but torch sees no CUDA device")
     model.to(device)
+    use_skinny_head(model)  # CPU: a verification pass's few rows of logits at about one row's cost
     tokenizer = None
     if any((directory / f).exists() for f in TOKENIZER_FILES):
         tokenizer = load_tokenizer(directory)

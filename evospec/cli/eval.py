@@ -46,8 +46,9 @@ from evospec.core.settings import DecodeSettings
               help="vLLM: OpenMP threads bound to cores 0..N-1 (default: vLLM's auto binding).")
 @click.option("--vllm-compile/--vllm-eager", default=False, show_default=True,
               help="vLLM: torch.compile its model (its serving default) or run eager.")
+@click.option("--breakdown", is_flag=True, help="Also print where each step's time went (ms per step by part).")
 def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype,
-          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, **values):
+          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, breakdown, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
     from rich.progress import Progress
 
@@ -78,7 +79,12 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     if vllm_settings is not None:
         rows += _vllm_rows(target_dir, drafter_dir, vllm_drafter, tap_numbering, run, decode, vllm_settings,
                            generator.target.eos_token_ids)
-    emit_report(rows_table(rows), rows_json(rows), json_path, lambda path: bench_plot(rows, path), plot_path)
+    table = rows_table(rows)
+    if breakdown:
+        from evospec.eval.bench import breakdown_table
+
+        table += "\n\nms per step, this runtime (draft = trunk + head + tree building):\n" + breakdown_table(rows)
+    emit_report(table, rows_json(rows), json_path, lambda path: bench_plot(rows, path), plot_path)
 
 
 def _vllm_rows(target_dir, drafter_dir, vllm_drafter, tap_numbering, run, decode, settings, stop_ids) -> list:

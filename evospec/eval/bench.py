@@ -58,6 +58,7 @@ class BenchRow:
     identical_to_plain: bool | None  # greedy output == the target's own (our runtime without a drafter)
     engine: str = "evospec"  # evospec (this runtime) or vllm (`--engine vllm`)
     batch: int = 1  # requests decoded together (this runtime decodes one at a time)
+    ms_per_step: dict[str, float] | None = None  # this runtime: where a step's time went (see step_breakdown)
 
 
 SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
@@ -105,7 +106,33 @@ def summarise(domain: str, method: str, results: list[GenerationResult], decode:
         draft_ms_per_step=pooled.ms_per_step["draft"],
         verify_ms_per_step=pooled.ms_per_step["verify"],
         identical_to_plain=identical,
+        ms_per_step=step_breakdown(pooled.ms_per_step),
     )
+
+
+BREAKDOWN = ("draft", "target", "verdict", "cache", "retrieval", "plan", "align")
+
+
+def step_breakdown(ms: dict[str, float]) -> dict[str, float]:
+    """A step's wall time by part, with ``other`` (the loop's own bookkeeping) as the remainder, so the
+    parts add up to ``step``: nothing a step costs is left out."""
+    parts = {name: ms[name] for name in BREAKDOWN}
+    return {**parts, "other": max(ms["step"] - sum(parts.values()), 0.0), "step": ms["step"]}
+
+
+def breakdown_table(rows: list[BenchRow]) -> str:
+    """ms per step by part; ``outside`` is the share of the step spent outside the target's and the
+    drafter's forwards (verification, cache rollback, policy, plan, alignment, bookkeeping)."""
+    header = ("domain", "T", "method", *BREAKDOWN, "other", "step", "outside forwards")
+    lines = []
+    for r in rows:
+        if r.ms_per_step is None or r.ms_per_step["step"] == 0:
+            continue
+        ms = r.ms_per_step
+        outside = (ms["step"] - ms["draft"] - ms["target"]) / ms["step"]
+        lines.append((r.domain, f"{r.temperature:g}", r.method, *(f"{ms[n]:.2f}" for n in (*BREAKDOWN, "other", "step")),
+                      f"{100 * outside:.1f}%"))
+    return text_table(header, lines)
 
 
 @dataclass
