@@ -99,3 +99,33 @@ def test_tapped_features_equal_hf_hidden_states(taps):
     out = target.forward(ids, torch.arange(5)[None], target.new_cache())
     states = model(input_ids=ids, output_hidden_states=True).hidden_states
     torch.testing.assert_close(out.features, torch.cat([states[i][0] for i in taps], dim=-1), rtol=0, atol=1e-6)
+
+
+def test_skinny_head_computes_the_linear_head_with_the_weight_shared():
+    from torch import nn
+
+    from evospec.runtime.skinny_head import SkinnyHead, use_skinny_head
+
+    class LM(nn.Module):
+        def __init__(self, bias: bool) -> None:
+            super().__init__()
+            self.lm_head = nn.Linear(16, 1000, bias=bias)
+
+    model = LM(bias=False)
+    linear = model.lm_head
+    assert use_skinny_head(model) and isinstance(model.lm_head, SkinnyHead)
+    assert model.lm_head.weight is linear.weight  # tied embeddings stay tied
+    for rows in (1, 6, 16):
+        hidden = torch.randn(1, rows, 16)
+        torch.testing.assert_close(model.lm_head(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
+    one = torch.randn(1, 1, 16)
+    assert torch.equal(model.lm_head(one), linear(one))  # a single row takes the same kernel
+    assert not use_skinny_head(LM(bias=True))  # a biased head is left alone
+
+
+def test_loaded_cpu_targets_use_the_skinny_head(checkpoint_dirs):
+    from evospec.runtime.skinny_head import SkinnyHead
+    from evospec.runtime.target import load_target
+
+    target = load_target(checkpoint_dirs[0])
+    assert isinstance(target.model.lm_head, SkinnyHead) and target.vocab_size == target.model.config.vocab_size

@@ -60,7 +60,7 @@ def bench_both(vllm_bin: Path, drafter: Path, corpus: Path, out: Path, batches: 
         [str(vllm_bin / "evospec"), "bench", "--engine", "both", "--target", str(ASSET_DIR / "target"),
          "--drafter", str(drafter), "--vllm-drafter", str(drafter), "--corpus", str(corpus), "--prompts", "2",
          "--prompt-tokens", "16", "--max-new-tokens", "24", "--draft-tree", "chain", "--draft-depth", str(DEPTH),
-         "--batch", batches, "--json", str(out)],
+         "--batch", batches, "--vllm-eager", "--json", str(out)],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -43,13 +43,14 @@ class VllmSettings:
     kv_cache_gib: KV cache vLLM allocates (``VLLM_CPU_KVCACHE_SPACE``).
     threads: OpenMP threads vLLM binds to cores 0..threads-1; None keeps vLLM's own choice (its
         ``auto`` binding reserves one core for the front end).
-    compile: Let vLLM compile its model with torch.compile (its default); False runs eager.
+    compile: Let vLLM compile its model with torch.compile (its default, and its fastest on this CPU:
+        347 against 186 tokens/s plain on the 8-layer demo pair); False runs eager and starts faster.
     """
 
     batch_sizes: tuple[int, ...] = (1,)
     kv_cache_gib: int = 1
     threads: int | None = None
-    compile: bool = False
+    compile: bool = True
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
