@@ -32,8 +32,9 @@ def test_bench_json_rows(corpus, tmp_path):
         "bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
         "--corpus", str(corpus), "--prompts", "2", "--prompt-tokens", "16", "--max-new-tokens", "12",
         "--draft-tree", "chain", "--draft-depth", "3", "--json", str(out), "--plot", str(tmp_path / "bench.png"),
+        "--breakdown",
     )
-    assert "identical" in proc.stdout
+    assert "identical" in proc.stdout and "outside forwards" in proc.stdout
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads(out.read_text())
     assert [(r["domain"], r["method"]) for r in rows] == [
@@ -47,6 +48,10 @@ def test_bench_json_rows(corpus, tmp_path):
         per_depth = row["acceptance_per_depth"]
         assert per_depth == sorted(per_depth, reverse=True)  # accepting d+1 tokens means accepting d
         assert row["mean_accepted_length"] <= 1 + sum(per_depth) + 1e-9  # = unless max_new_tokens cut a step
+    for row in rows:  # the breakdown's parts add up to the step, and a plain step drafts nothing
+        parts = row["ms_per_step"]
+        assert sum(v for k, v in parts.items() if k != "step") == pytest.approx(parts["step"], rel=1e-6)
+        assert parts["target"] > 0 and (parts["draft"] > 0) == (row["method"] == "eagle3")
     assert all(r["identical_to_plain"] for r in rows if r["method"] == "eagle3")
     assert all(r["mean_accepted_length"] == 1.0 for r in rows if r["method"] == "plain")
 
