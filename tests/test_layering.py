@@ -17,7 +17,7 @@ from pathlib import Path
 
 import evospec
 
-RANK = {"core": 0, "runtime": 1, "data": 2, "exporters": 2, "testing": 2, "passes": 3, "bundle": 4,
+RANK = {"core": 0, "runtime": 1, "data": 2, "exporters": 2, "testing": 2, "serving": 2, "passes": 3, "bundle": 4,
         "train": 5, "eval": 5, "cli": 6}
 ROOT_MAY_IMPORT = {"core", "runtime"}  # `import evospec` is the public API and stays light
 

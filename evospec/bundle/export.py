@@ -4,7 +4,9 @@ The draft vocabulary is the drafter's own (``eagle3``), the K most frequent toke
 FR-Spec's pruning) or the token ids of a file. Its ``lm_head`` rows are the drafter's own where it
 has them; from a bundle, the other tokens take the reservoir's rows (synthesised by the
 ``reservoir`` pass, counted in the summary); from a bare checkpoint they cannot, so ``frspec:K``
-picks among the drafter's own tokens there. Taps are written in the engine's numbering (SGLang
+picks among the drafter's own tokens there. ``--format vllm --vocab evospec:K`` writes a living
+drafter for the EvoSpec vLLM plugin (``evospec.serving``): K resident rows (the policy's initial
+set), the reservoir the policy draws from and the statistical index (``serving/living.py``). Taps are written in the engine's numbering (SGLang
 counts the output of layer i, the others the input), ``target_hidden_size`` only when it differs
 (upstream EAGLE shares the target's embeddings then). ``sglang`` also writes the token list SGLang
 takes as ``--speculative-token-map``.
@@ -26,6 +28,7 @@ from evospec.runtime.checkpoint import check_vocab_maps, read_config, write_chec
 from evospec.runtime.checkpoint_weights import complete_vocab_maps, drop_known_buffers, read_weights
 from evospec.runtime.drafter import draft_vocab_target_ids
 from evospec.runtime.vocab.frequencies import TokenFrequencies
+from evospec.serving.living import ARCHITECTURE, FORMAT, LivingSpec, make_shared_vocabulary, write_living_files
 
 FORMATS = ("eagle", "vllm", "sglang")
 TOKEN_MAP_FILE = "speculative_token_map.pt"
@@ -80,6 +83,38 @@ def chosen_ids(vocab: str, own: torch.Tensor, vocab_size: int, frequencies: Path
     return ids
 
 
+def _head_rows(ids: torch.Tensor, own: torch.Tensor, head: torch.Tensor,
+               reservoir: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head rows of ``ids``: the drafter's own where it has them, else the reservoir's; and which were own."""
+    row_of = {int(t): i for i, t in enumerate(own.tolist())}
+    from_drafter = torch.tensor([t in row_of for t in ids.tolist()], dtype=torch.bool)
+    rows = torch.empty(ids.numel(), head.shape[1], dtype=head.dtype)
+    if bool(from_drafter.any()):
+        rows[from_drafter] = head[[row_of[int(t)] for t in ids[from_drafter]]]
+    if not bool(from_drafter.all()):
+        rows[~from_drafter] = reservoir[ids[~from_drafter]].to(head.dtype)
+    return rows, from_drafter
+
+
+def _living_vocabulary(vocab: str, fmt: str, own: torch.Tensor, vocab_size: int, frequencies: Path | None,
+                       any_token: bool) -> tuple[LivingSpec, torch.Tensor, torch.Tensor]:
+    """The spec, the reservoir ids (every token from a bundle, the drafter's own otherwise) and the
+    initial resident set of ``--vocab evospec:K``."""
+    if fmt != "vllm":
+        raise SettingsError(f"--vocab {vocab}: a living vocabulary runs in the EvoSpec vLLM plugin; use --format vllm")
+    if frequencies is None:
+        raise SettingsError(f"--vocab {vocab} needs --frequencies FILE with successors (`evospec vocab frequencies "
+                            "--successors 8`) or a bundle compiled with --frequencies")
+    spec = LivingSpec(vocab)
+    reservoir_ids = torch.arange(vocab_size) if any_token else own.sort().values
+    table = TokenFrequencies.load(frequencies)
+    rows = torch.zeros(reservoir_ids.numel(), 1)  # placeholder rows: only the choice of ids is wanted here
+    shared = make_shared_vocabulary(spec, reservoir_ids, rows, table, vocab_size, background=False)
+    initial = shared.resident.ids.clone()
+    shared.close()
+    return spec, reservoir_ids, initial
+
+
 def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: Path | None = None,
                    bundle_dir: Path | None = None, frequencies: Path | None = None,
                    tap_numbering: str = "input") -> ExportSummary:
@@ -103,15 +138,14 @@ def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: P
     weights = complete_vocab_maps(drop_known_buffers(weights, path), config, path)
     check_vocab_maps(weights["d2t"], weights["t2d"], config, path)
     own = draft_vocab_target_ids(weights["d2t"].long())
-    ids = chosen_ids(vocab, own.sort().values, config.vocab_size, frequencies, any_token=reservoir is not None)
-    row_of = {int(t): i for i, t in enumerate(own.tolist())}
-    from_drafter = torch.tensor([t in row_of for t in ids.tolist()])
     head = weights["lm_head.weight"]
-    rows = torch.empty(ids.numel(), head.shape[1], dtype=head.dtype)
-    if bool(from_drafter.any()):
-        rows[from_drafter] = head[[row_of[int(t)] for t in ids[from_drafter]]]
-    if not bool(from_drafter.all()):
-        rows[~from_drafter] = reservoir[ids[~from_drafter]].to(head.dtype)
+    living = None
+    if vocab.startswith("evospec:"):  # a living drafter: the policy's initial set, its reservoir and index
+        living, reservoir_ids, ids = _living_vocabulary(vocab, fmt, own, config.vocab_size, frequencies,
+                                                        any_token=reservoir is not None)
+    else:
+        ids = chosen_ids(vocab, own.sort().values, config.vocab_size, frequencies, any_token=reservoir is not None)
+    rows, from_drafter = _head_rows(ids, own, head, reservoir)
     t2d = torch.zeros(config.vocab_size, dtype=torch.bool)
     t2d[ids] = True
     weights.update({"lm_head.weight": rows.contiguous(), "d2t": ids - torch.arange(ids.numel()), "t2d": t2d})
@@ -120,6 +154,14 @@ def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: P
         write_checkpoint_files(folder, exported, weights, tap_numbering="output" if fmt == "sglang" else "input")
         if fmt == "sglang":
             torch.save(ids.tolist(), folder / TOKEN_MAP_FILE)  # SGLang's --speculative-token-map, beside the drafter
+        if living is not None:
+            write_living_files(folder, living, reservoir_ids, _head_rows(reservoir_ids, own, head, reservoir)[0],
+                               Path(frequencies))
+            written_config = json.loads((folder / "config.json").read_text())
+            written_config["architectures"] = [ARCHITECTURE]
+            written_config["evospec"] = {"format": FORMAT, "policy": living.policy, "reservoir": living.reservoir,
+                                         "frequencies": living.frequencies}
+            (folder / "config.json").write_text(json.dumps(written_config, indent=2))
     written = json.loads((Path(out) / "config.json").read_text()).get("eagle_aux_hidden_state_layer_ids")
     return ExportSummary(fmt, vocab, int(ids.numel()), int(from_drafter.sum()), int((~from_drafter).sum()), written,
                          sorted(p.name for p in Path(out).iterdir()))

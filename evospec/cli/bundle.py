@@ -110,10 +110,12 @@ def doctor_cmd(as_json):
 @click.option("--format", "fmt", type=click.Choice(["eagle", "vllm", "sglang"]), required=True,
               help="The engine that will load it (taps in its numbering; sglang also writes its token map).")
 @click.option("--vocab", default="eagle3", show_default=True,
-              help="Draft vocabulary: eagle3 (the drafter's own), frspec:K (K most frequent tokens) or a file of token "
-                   "ids (JSON list or torch.save'd list).")
+              help="Draft vocabulary: eagle3 (the drafter's own), frspec:K (K most frequent tokens), a file of token "
+                   "ids (JSON list or torch.save'd list), or with --format vllm evospec:K: a living vocabulary of K "
+                   "resident rows for the EvoSpec vLLM plugin (`evospec serve`).")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
-              help="For frspec:K: a frequency file (`evospec vocab frequencies`); a bundle's own is the default.")
+              help="For frspec:K and evospec:K: a frequency file (`evospec vocab frequencies`; evospec:K needs "
+                   "--successors); a bundle's own is the default.")
 @click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
               help="With --drafter: how its config counts taps (output: SGLang/SpecForge).")
 def export_cmd(drafter_dir, bundle_dir, out, fmt, vocab, frequencies, tap_numbering):

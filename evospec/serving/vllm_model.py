@@ -1,0 +1,105 @@
+"""The living-vocabulary EAGLE-3 drafter inside vLLM: vLLM's own drafter with K resident rows whose
+token ids change between steps. Imported by vLLM only (it imports vLLM).
+
+Where vLLM's EAGLE proposer passes (``vllm/v1/spec_decode/llm_base_proposer.py``), per step:
+``combine_hidden_states`` once (the step begins: the newest planned set is copied into the
+resident rows in place), then ``forward`` for the first pass, whose ``input_ids`` are the tokens the
+target just verified (the prompt at prefill) and whose forward context splits them per request
+(``query_start_loc``): they are handed to the shared vocabulary (a worker plans the next set); then
+one ``forward`` + ``compute_logits`` per further draft position. With vLLM's padded drafter batch the
+first pass also carries rejected draft tokens; they were drafted from the set already, so as
+evidence they only refresh recency.
+
+Hot path: no shape changes and no new tensors for vLLM: ``lm_head.weight`` [K, d] and
+``draft_id_to_target_id`` [K] are written in place, in the un-compiled part of the drafter (vLLM
+compiles ``self.model``, the decoder layer; the head and ``compute_logits`` run eagerly).
+``compute_logits`` reads the live weight: on CPU vLLM prepacks a head's weight for oneDNN at load,
+and a packed copy would never see the row copies. Observation sits in ``forward`` (Python, eager);
+under CUDA graphs it would have to move out of the captured call (not done: no GPU here).
+Verification is vLLM's, against the target's full vocabulary: outputs stay exact whatever the set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from vllm.config import VllmConfig
+from vllm.forward_context import get_forward_context, is_forward_context_available
+from vllm.model_executor.models.llama_eagle3 import Eagle3LlamaForCausalLM
+
+from evospec.serving.living import load_shared_vocabulary
+
+logger = logging.getLogger(__name__)
+LOG_EVERY = 512  # steps between summaries of what the vocabulary did
+
+
+def request_segments(input_ids: torch.Tensor) -> list[list[int]]:
+    """The first pass's tokens split per request (vLLM's ``query_start_loc``), or one segment."""
+    tokens = input_ids.detach().to("cpu").tolist()
+    starts = None
+    if is_forward_context_available():
+        metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, dict) and metadata:
+            starts = getattr(next(iter(metadata.values())), "query_start_loc", None)
+    if starts is None:
+        return [tokens]
+    bounds = starts.detach().to("cpu").tolist()
+    return [tokens[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+class Eagle3EvoSpecLlamaForCausalLM(Eagle3LlamaForCausalLM):
+    """vLLM's EAGLE-3 Llama drafter with a living draft vocabulary (see the module docstring)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        if vllm_config.parallel_config.tensor_parallel_size != 1:
+            raise ValueError("the EvoSpec drafter holds the whole head on one rank: run it with tensor parallel 1 "
+                             "(replicas scale out with data parallel instead)")
+        if self.draft_id_to_target_id is None:
+            raise ValueError("the EvoSpec drafter needs draft_vocab_size < the target's vocabulary (K resident rows)")
+        directory = Path(vllm_config.speculative_config.draft_model_config.model)
+        self.vocabulary = load_shared_vocabulary(directory)
+        if self.vocabulary.resident.k != self.config.draft_vocab_size:
+            raise ValueError(f"{directory}: K={self.vocabulary.resident.k} != draft_vocab_size "
+                             f"{self.config.draft_vocab_size}")
+        self.logit_scale = float(getattr(self.config, "logit_scale", 1.0))
+        self.register_buffer("draft_index", torch.arange(self.config.draft_vocab_size), persistent=False)
+        self._first_pass = False  # set when a drafting step begins: its next forward carries verified tokens
+        logger.info("EvoSpec drafter: %s, K=%d resident rows from a reservoir of %d, %s",
+                    self.vocabulary.policy.name, self.vocabulary.resident.k, self.vocabulary.resident.rows.shape[0],
+                    "static" if self.vocabulary.static else "planned on a worker thread")
+
+    def load_weights(self, weights) -> None:
+        super().load_weights(weights)
+        self.vocabulary.resident.load_into(self.lm_head.weight, self.draft_id_to_target_id)
+
+    def combine_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        change = self.vocabulary.next_change()
+        if change is not None:
+            self.vocabulary.resident.apply(change, self.lm_head.weight, self.draft_id_to_target_id)
+        counters = self.vocabulary.counters
+        if counters.steps and counters.steps % LOG_EVERY == 0:
+            logger.info("EvoSpec vocabulary: %d steps, %d sets applied, %d rows copied (%.2f per step)",
+                        counters.steps, counters.sets, counters.rows_copied, counters.rows_copied / counters.steps)
+        self._first_pass = True
+        return super().combine_hidden_states(hidden_states)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, hidden_states: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._first_pass:
+            self._first_pass = False
+            if input_ids is not None and not self.vocabulary.static:
+                self.vocabulary.observe(request_segments(input_ids))
+        return super().forward(input_ids, positions, hidden_states, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        logits = F.linear(hidden_states, self.lm_head.weight)  # [n, K], from the live rows
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        full = logits.new_full((logits.shape[0], self.config.vocab_size), float("-inf"))  # [n, V]
+        full[:, self.draft_index + self.draft_id_to_target_id] = logits
+        return full
