@@ -3,7 +3,7 @@ registered on it here, explicitly."""
 
 from __future__ import annotations
 
-from evospec.cli import bundle, data, decode, train
+from evospec.cli import bundle, data, decode, serve, train
 from evospec.cli import eval as measure
 from evospec.cli.root import main
 
@@ -14,6 +14,7 @@ COMMANDS = (
     bundle.compile_cmd, bundle.inspect_cmd, bundle.doctor_cmd,       # compiled bundles
     bundle.export_cmd,
     measure.bench, measure.profile_group,                            # measuring
+    serve.serve_cmd, serve.loadtest_cmd,                             # serving (vLLM)
 )
 for command in COMMANDS:
     main.add_command(command)

@@ -33,7 +33,7 @@ from vllm.model_executor.models.llama_eagle3 import Eagle3LlamaForCausalLM
 
 from evospec.serving.living import load_shared_vocabulary
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vllm.evospec")  # under vLLM's logger: its handlers print it in every process
 LOG_EVERY = 512  # steps between summaries of what the vocabulary did
 
 
