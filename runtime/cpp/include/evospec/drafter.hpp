@@ -1,0 +1,124 @@
+// EvoSpec's drafter runtime for C++ services: open a compiled bundle, draft over a living
+// vocabulary, and hand the draft tree to the service's own target and verifier.
+//
+// The interface is narrow on purpose (like TensorRT-LLM's Drafter or vLLM's proposers): a service
+// owns its target model, its KV cache and its verification; it hands this library the target's
+// tapped hidden states of newly committed positions and the tokens it committed, and gets a draft
+// tree back. Everything here computes what the Python runtime (runtime/compiled_drafter.py,
+// runtime/tree.py, runtime/vocab/) computes, token for token (tests/test_cpp.py checks it).
+//
+// This header needs only the C++17 standard library: the libtorch the implementation uses stays
+// behind it, so a service compiles against it without torch's headers.
+//
+// One decoding sequence per Drafter; a Drafter is not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace evospec {
+
+// A bundle that cannot be used: missing, not a bundle, another format, a missing, truncated or
+// altered file, a corrupt index. what() is the one line the Python runtime's BundleError says.
+class BundleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Bad settings or input: an unknown policy, a wrong feature width, an empty prompt.
+class SettingsError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// How a draft is shaped (Python: DecodeSettings' draft_tree/draft_depth/draft_topk/draft_tokens).
+struct DraftSettings {
+  int depth = 5;    // levels drafted per step
+  int width = 8;    // children per node and frontier width; 1 = a chain
+  int budget = 32;  // nodes kept (best cumulative log-probability); a chain keeps ``depth``
+
+  static DraftSettings chain(int depth) { return {depth, 1, depth}; }
+  static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }
+};
+
+// Nodes in topological order; node i's parent is parents[i] (-1: the newest committed token).
+struct DraftTree {
+  std::vector<int64_t> tokens;   // target token ids
+  std::vector<int64_t> parents;  // -1 or an earlier index
+  std::vector<int64_t> depths;   // 1..depth
+};
+
+struct DrafterOptions {
+  // Vocabulary policy, as the Python runtime names it: "" (the drafter's own vocabulary, fixed),
+  // "full", "eagle3", "frspec:K", "evospec:K" (retrieval one cycle ahead, as Python's pipelined
+  // policy), "evospec:K:sync" (retrieval in the same cycle).
+  std::string vocab;
+  // Token-frequency file (``evospec vocab frequencies``); default: the bundle's statistical index.
+  std::string frequencies;
+  // A HuggingFace target directory to read the token embeddings from when the drafter has none
+  // (EAGLE-3 drafters usually share the target's). Ignored when the drafter has its own.
+  std::string target_dir;
+  // Check every bundle file's size and sha256 against the manifest (as Python does by default).
+  bool check_files = true;
+  // KV-cache slots of the drafter's single layer: committed positions plus a step's scratch.
+  int64_t max_context = 4096;
+};
+
+// Sizes and the active vocabulary, for services that size their own buffers.
+struct DrafterInfo {
+  int64_t hidden_size = 0;         // drafter width d
+  int64_t target_hidden_size = 0;  // width of each tapped target state (features are 3x this)
+  int64_t vocab_size = 0;          // target vocabulary (reservoir rows)
+  std::string backend;             // the bundle's backend as compiled (the C++ library runs libtorch)
+  std::string policy;              // the vocabulary policy in use
+};
+
+class Drafter {
+ public:
+  // Open ``bundle`` (a directory ``evospec compile`` wrote). Throws BundleError or SettingsError.
+  explicit Drafter(const std::string& bundle, const DrafterOptions& options = {});
+  ~Drafter();
+  Drafter(Drafter&&) noexcept;
+  Drafter& operator=(Drafter&&) noexcept;
+  Drafter(const Drafter&) = delete;
+  Drafter& operator=(const Drafter&) = delete;
+
+  // Begin a sequence: clears the KV cache and resets the policy to ``prompt`` (token ids).
+  void start(const std::vector<int64_t>& prompt);
+
+  // Draft the next tree. ``features``: [positions, 3 * target_hidden_size] float32, row-major: the
+  // tapped target hidden states (low, middle, high, concatenated) of the positions committed since
+  // the last call (the whole prompt at the first call). ``newest_token``: the token the target
+  // just produced after them (the root the tree grows from). The drafter pairs each position with
+  // the token after it: the prompt (first call) or the tokens ``commit`` received, then
+  // ``newest_token``; ``positions`` must equal that count. Writes those positions into the KV cache.
+  DraftTree propose(const float* features, int64_t positions, int64_t newest_token, const DraftSettings& settings);
+
+  // The draft tokens the target accepted this step, in order along the accepted path (not the
+  // target's own bonus token: that is the next call's ``newest_token``). Their KV entries are
+  // written at the next ``propose``, from the target's states there (EAGLE-3 drafts from the
+  // target's features); the policy observes them with the newest token then, as Python does.
+  void commit(const std::vector<int64_t>& accepted);
+
+  // Target ids the head scored at the last propose, in head-column order.
+  std::vector<int64_t> active_ids() const;
+  // Head columns whose row changed at the last propose (the resident rows' delta).
+  int64_t moved_rows() const;
+
+  // Online row updates: overwrite the reservoir rows of ``ids`` (``rows``: [ids.size(), d] float32,
+  // row-major) and refresh the resident copies of those that are active.
+  void update_rows(const std::vector<int64_t>& ids, const float* rows);
+  // The current reservoir row of ``id`` (d floats).
+  std::vector<float> row(int64_t id) const;
+
+  const DrafterInfo& info() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace evospec

@@ -1,0 +1,272 @@
+// The Drafter facade: a bundle's weights, the resident head rows, the KV cache and the policy,
+// driven in the order the Python decoding loop drives them (runtime/generator.py):
+// observe the committed tokens -> choose the active set -> feed the new positions -> draft a tree.
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "bundle.hpp"
+#include "evospec/drafter.hpp"
+#include "gather.hpp"
+#include "model.hpp"
+#include "policy.hpp"
+#include "safetensors.hpp"
+#include "tree.hpp"
+
+namespace evospec {
+
+namespace fs = std::filesystem;
+using namespace detail;
+
+struct Drafter::Impl {
+  std::string bundle;
+  DrafterOptions options;
+  DrafterInfo info;
+  std::unique_ptr<Model> model;
+  std::vector<int64_t> buckets;
+  GatherPlan plan;
+  at::Tensor id_map;  // [plan.size] head column -> target id
+  std::unique_ptr<ResidentRows> rows;
+  std::unique_ptr<SemanticIndex> semantic;
+  std::unique_ptr<Policy> policy;
+  int64_t moved = 0;
+  // one sequence's state
+  at::Tensor keys, values;  // [1, Hkv, capacity, hd]
+  int64_t length = 0;       // committed cache slots
+  std::vector<int64_t> prompt, pending;  // tokens not yet paired with a position
+  bool started = false, first = true;
+  at::Tensor root_normed;  // head inputs of the last cycle's first call
+
+  // CompiledDrafter.__call__ (the torch resident-head path), op for op.
+  std::pair<at::Tensor, at::Tensor> forward(at::Tensor hidden, const at::Tensor& target_ids, const at::Tensor& positions,
+                                            int64_t start, at::Tensor mask) {
+    const ModelConfig& c = model->config();
+    hidden = hidden.to(at::kFloat);
+    bool features_in = hidden.size(-1) == 3 * c.target_hidden_size;
+    if (features_in) hidden = model->fuse(hidden);
+    at::Tensor embeds = model->embed(target_ids);
+    int64_t b = target_ids.size(0), t = target_ids.size(1);
+    at::Tensor past_keys, past_values;
+    if (start == 0) {  // the stages take a non-empty past: one dummy slot that the mask hides
+      past_keys = past_values = at::zeros({b, c.num_kv_heads, 1, c.head_dim}, at::kFloat);
+      mask = at::cat({at::zeros({t, 1}, at::kBool), mask}, 1);
+    } else {
+      past_keys = keys.narrow(2, 0, start);
+      past_values = values.narrow(2, 0, start);
+    }
+    TrunkOut out = model->trunk(hidden, embeds, positions, past_keys, past_values, mask);
+    keys.narrow(2, start, t).copy_(out.new_keys);
+    values.narrow(2, start, t).copy_(out.new_values);
+    at::Tensor normed = out.normed.reshape({b * t, c.hidden_size});
+    if (features_in) root_normed = normed.clone();
+    at::Tensor logits = Model::head(normed, rows->rows(), rows->bias());
+    return {out.hidden, logits.narrow(1, 0, plan.size).reshape({b, t, plan.size})};
+  }
+
+  void set_active(const std::vector<int64_t>& active) {
+    GatherPlan next = update_plan(plan, active, buckets, moved);
+    if (next.ids == plan.ids && next.size == plan.size) return;
+    rows->follow(next);
+    plan = std::move(next);
+    id_map = at::tensor(std::vector<int64_t>(plan.ids.begin(), plan.ids.begin() + plan.size), at::kLong);
+  }
+};
+
+namespace {
+
+// What a policy is built from (runtime/vocab/__init__.py's make_policy and PolicyInputs).
+struct PolicyInputs {
+  std::string bundle, frequencies;
+  int64_t vocab_size, hidden_size;
+  std::vector<int64_t> own_ids;
+  std::unique_ptr<SemanticIndex>& semantic;  // loaded here when the policy retrieves by state
+};
+
+std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, const json::Value& manifest) {
+  int64_t vocab = d.vocab_size;
+  std::string name = spec.substr(0, spec.find(':'));
+  std::string arg = spec.find(':') == std::string::npos ? "" : spec.substr(spec.find(':') + 1);
+  auto is_number = [](const std::string& s) { return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos; };
+  auto frequencies = [&](const std::string& needs) {
+    std::string path = d.frequencies;
+    if (path.empty() && manifest.has("statistical_index"))
+      path = normalise_path(d.bundle + "/" + manifest.at("statistical_index").at("file").as_string());
+    if (path.empty()) throw SettingsError(needs);
+    return TokenFrequencies::load(path);
+  };
+  if (name == "full" && arg.empty()) {
+    std::vector<int64_t> ids(vocab);
+    for (int64_t i = 0; i < vocab; ++i) ids[i] = i;
+    return std::make_unique<StaticPolicy>(ids);
+  }
+  if (name == "eagle3" && arg.empty())  // the drafter's own vocabulary: the plan it starts with
+    return std::make_unique<StaticPolicy>(d.own_ids);
+  if (name == "frspec") {
+    if (!is_number(arg)) throw SettingsError("policy '" + spec + "': expected frspec:K with an integer K, e.g. frspec:16384");
+    auto f = frequencies("policy frspec:K needs --frequencies FILE (make one with `evospec vocab frequencies`)");
+    return std::make_unique<StaticPolicy>(f.top(std::stoll(arg), vocab));
+  }
+  if (name == "evospec") {
+    std::string k = arg.substr(0, arg.find(':'));
+    std::string mode = arg.find(':') == std::string::npos ? "" : arg.substr(arg.find(':') + 1);
+    if (!is_number(k) || (!mode.empty() && mode != "sync"))
+      throw SettingsError("policy '" + spec + "': the C++ drafter runs evospec:K and evospec:K:sync with the built-in "
+                          "settings (named variants run in the Python runtime)");
+    auto f = frequencies("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)");
+    EvoSpecSettings settings;
+    if (manifest.has("semantic_index") && settings.semantic_count > 0) {
+      d.semantic = load_semantic_index(d.bundle, vocab, d.hidden_size);
+      if (!d.semantic)
+        throw SettingsError("policy " + spec + " retrieves from the bundle's semantic index, but this build of the C++ "
+                            "library has no USearch (configure with -DEVOSPEC_WITH_USEARCH=ON)");
+    }
+    auto inner = make_evospec_policy(std::stoll(k), f, vocab, settings, d.semantic.get());
+    if (mode == "sync") return inner;
+    return std::make_unique<PipelinedPolicy>(std::move(inner));
+  }
+  throw SettingsError("unknown vocabulary policy '" + spec + "'; the C++ drafter knows: full, eagle3, frspec:K, "
+                      "evospec:K, evospec:K:sync");
+}
+
+}  // namespace
+
+Drafter::Drafter(const std::string& bundle, const DrafterOptions& options) : impl_(std::make_unique<Impl>()) {
+  c10::InferenceMode guard;
+  Impl& d = *impl_;
+  d.bundle = normalise_path(bundle);
+  d.options = options;
+  json::Value manifest = read_manifest(bundle);
+  if (options.check_files) check_files(bundle, manifest);
+  d.info.backend = manifest.at("backend").as_string();
+  if (d.info.backend != "torch" || !manifest.at("artefacts").has("reservoir"))
+    throw BundleError(d.bundle + " was built for backend '" + d.info.backend + "'; the C++ drafter reads torch bundles "
+                      "(their reservoir.safetensors): compile with --backend torch");
+  d.model = std::make_unique<Model>(d.bundle + "/" + manifest.at("artefacts").at("drafter").as_string(), options.target_dir);
+  const ModelConfig& c = d.model->config();
+  d.info.hidden_size = c.hidden_size;
+  d.info.target_hidden_size = c.target_hidden_size;
+  d.info.vocab_size = c.vocab_size;
+  for (const auto& b : manifest.at("gather").at("buckets").array) d.buckets.push_back(b.as_int());
+  std::string reservoir_path = d.bundle + "/" + manifest.at("artefacts").at("reservoir").as_string();
+  at::Tensor reservoir;
+  try {
+    reservoir = load_safetensors(reservoir_path).at("reservoir").to(at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    throw BundleError(reservoir_path + " is not a readable reservoir (" + e.what() + ")");
+  }
+  // the drafter's own vocabulary first, as Python's CompiledDrafter starts
+  at::Tensor own = at::arange(c.draft_vocab_size, at::kLong) + d.model->d2t();
+  std::vector<int64_t> own_ids(own.data_ptr<int64_t>(), own.data_ptr<int64_t>() + own.numel());
+  d.plan = make_plan(own_ids, d.buckets);
+  d.id_map = at::tensor(own_ids, at::kLong);
+  d.rows = std::make_unique<ResidentRows>(reservoir, d.plan);
+  d.info.policy = options.vocab.empty() ? "eagle3 (fixed)" : options.vocab;
+  if (!options.vocab.empty()) {
+    d.policy = make_policy(options.vocab, {d.bundle, options.frequencies, c.vocab_size, c.hidden_size, own_ids, d.semantic},
+                           manifest);
+  }
+  d.keys = at::zeros({1, c.num_kv_heads, options.max_context, c.head_dim}, at::kFloat);
+  d.values = at::zeros_like(d.keys);
+}
+
+Drafter::~Drafter() = default;
+Drafter::Drafter(Drafter&&) noexcept = default;
+Drafter& Drafter::operator=(Drafter&&) noexcept = default;
+
+void Drafter::start(const std::vector<int64_t>& prompt) {
+  if (prompt.empty()) throw SettingsError("the prompt is empty: speculative decoding needs at least one prompt token");
+  for (int64_t t : prompt)
+    if (t < 0 || t >= impl_->info.vocab_size)
+      throw SettingsError("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                          std::to_string(impl_->info.vocab_size) + ")");
+  c10::InferenceMode guard;
+  Impl& d = *impl_;
+  d.length = 0;
+  d.prompt = prompt;
+  d.pending.clear();
+  d.started = true;
+  d.first = true;
+  d.root_normed = at::Tensor();
+  if (d.policy) d.policy->reset(prompt);
+}
+
+void Drafter::commit(const std::vector<int64_t>& accepted) {
+  if (!impl_->started || impl_->first) throw SettingsError("commit() comes after propose(): start() and propose() first");
+  impl_->pending.insert(impl_->pending.end(), accepted.begin(), accepted.end());
+}
+
+DraftTree Drafter::propose(const float* features, int64_t positions, int64_t newest_token, const DraftSettings& s) {
+  Impl& d = *impl_;
+  if (!d.started) throw SettingsError("propose() before start(): begin a sequence with its prompt");
+  if (s.depth < 1 || s.width < 1 || s.budget < 1)
+    throw SettingsError("draft depth, width and budget must be >= 1");
+  c10::InferenceMode guard;
+  const ModelConfig& c = d.model->config();
+  // the tokens after each new position: prompt[1:] + [newest] first, then what commit() received + [newest]
+  std::vector<int64_t> tokens = d.first ? std::vector<int64_t>(d.prompt.begin() + 1, d.prompt.end()) : d.pending;
+  tokens.push_back(newest_token);
+  if (positions != static_cast<int64_t>(tokens.size()))
+    throw SettingsError("propose() got features for " + std::to_string(positions) + " positions, but " +
+                        std::to_string(tokens.size()) + " were committed since the last call (" +
+                        (d.first ? "the prompt" : "the accepted tokens and the newest token") + ")");
+  if (d.length + positions + s.depth * s.width > d.options.max_context)
+    throw SettingsError("the drafter's KV cache holds " + std::to_string(d.options.max_context) +
+                        " slots (DrafterOptions::max_context); this step needs " +
+                        std::to_string(d.length + positions + s.depth * s.width));
+  if (d.policy) {
+    // the generator's order: observe what was committed (with the state the last cycle left), then choose
+    std::vector<int64_t> committed = d.first ? std::vector<int64_t>{newest_token} : tokens;
+    d.policy->observe(committed, d.first || !d.root_normed.defined() ? at::Tensor() : d.root_normed[-1]);
+    d.set_active(d.policy->active_ids());
+  } else {
+    d.moved = 0;
+  }
+  at::Tensor feats = at::from_blob(const_cast<float*>(features), {1, positions, 3 * c.target_hidden_size}, at::kFloat).clone();
+  at::Tensor ids = at::tensor(tokens, at::kLong).unsqueeze(0);
+  int64_t start = d.length, t = positions;
+  at::Tensor mask = at::ones({t, start + t}, at::kBool).tril(start);
+  at::Tensor pos = at::arange(start, start + t, at::kLong).unsqueeze(0);
+  auto [hidden, logits] = d.forward(feats, ids, pos, start, mask);
+  d.length += t;
+  d.pending.clear();
+  d.first = false;
+  TreeRequest req;
+  req.hidden = hidden[0].narrow(0, t - 1, 1);
+  req.logits = logits[0][t - 1];
+  req.committed = d.length;
+  req.width = s.width;
+  req.depth = s.depth;
+  req.budget = s.budget;
+  Forward fwd = [&d](const at::Tensor& h, const at::Tensor& i, const at::Tensor& p, int64_t st, const at::Tensor& m) {
+    return d.forward(h, i, p, st, m);
+  };
+  return draft_tree(fwd, d.id_map, d.options.max_context, req);
+}
+
+std::vector<int64_t> Drafter::active_ids() const {
+  const GatherPlan& p = impl_->plan;
+  return std::vector<int64_t>(p.ids.begin(), p.ids.begin() + p.size);
+}
+
+int64_t Drafter::moved_rows() const { return impl_->moved; }
+
+void Drafter::update_rows(const std::vector<int64_t>& ids, const float* rows) {
+  c10::InferenceMode guard;
+  Impl& d = *impl_;
+  int64_t n = static_cast<int64_t>(ids.size());
+  for (int64_t id : ids)
+    if (id < 0 || id >= d.info.vocab_size) throw SettingsError("row id " + std::to_string(id) + " is outside the reservoir");
+  at::Tensor values = at::from_blob(const_cast<float*>(rows), {n, d.info.hidden_size}, at::kFloat).clone();
+  d.rows->reservoir().index_copy_(0, at::tensor(ids, at::kLong), values);
+  d.rows->refresh(ids);
+}
+
+std::vector<float> Drafter::row(int64_t id) const {
+  at::Tensor r = impl_->rows->reservoir()[id].contiguous();
+  return std::vector<float>(r.data_ptr<float>(), r.data_ptr<float>() + r.numel());
+}
+
+const DrafterInfo& Drafter::info() const { return impl_->info; }
+
+}  // namespace evospec

@@ -1,0 +1,190 @@
+// EvoSpec's living vocabulary (runtime/vocab/evospec_policy.py), step for step.
+//
+// The Python policy keeps its evidence in dicts, whose insertion order decides the order of the
+// tail (and so the head's column order and top-k tie-breaks). ``Ordered`` reproduces a Python
+// dict's order rules: an update keeps a key's place, a new key goes last, a filter keeps order.
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "evospec/drafter.hpp"
+#include "policy.hpp"
+
+namespace evospec::detail {
+
+namespace {
+
+class Ordered {
+ public:
+  void set(int64_t key, int64_t value) {
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      entries_[it->second].second = value;
+      return;
+    }
+    index_[key] = entries_.size();
+    entries_.emplace_back(key, value);
+  }
+  template <class Keep>
+  void filter(Keep keep) {
+    std::vector<std::pair<int64_t, int64_t>> kept;
+    for (const auto& e : entries_)
+      if (keep(e)) kept.push_back(e);
+    assign(std::move(kept));
+  }
+  void assign(std::vector<std::pair<int64_t, int64_t>> entries) {
+    entries_ = std::move(entries);
+    index_.clear();
+    for (size_t i = 0; i < entries_.size(); ++i) index_[entries_[i].first] = i;
+  }
+  void clear() { entries_.clear(), index_.clear(); }
+  size_t size() const { return entries_.size(); }
+  const std::vector<std::pair<int64_t, int64_t>>& entries() const { return entries_; }
+
+ private:
+  std::vector<std::pair<int64_t, int64_t>> entries_;
+  std::unordered_map<int64_t, size_t> index_;
+};
+
+class EvoSpecPolicy : public Policy {
+ public:
+  EvoSpecPolicy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size, const EvoSpecSettings& s,
+                const SemanticIndex* semantic)
+      : s_(s), k_(k), semantic_(s.semantic_count > 0 ? semantic : nullptr), member_(vocab_size, false) {
+    if (!frequencies.has_successors && s.corpus_successors)
+      throw SettingsError("policy evospec:K needs a frequency file with successors (`evospec vocab frequencies --successors 8`)");
+    if (k < 2 || k > vocab_size)
+      throw SettingsError("evospec:K needs 2 <= K <= " + std::to_string(vocab_size) + " (got " + std::to_string(k) + ")");
+    core_size_ = std::min(k, std::max<int64_t>(1, static_cast<int64_t>(k * s.core_share)));
+    ranked_ = frequencies.ranked(k, vocab_size);
+    core_set_.insert(ranked_.begin(), ranked_.begin() + core_size_);
+    if (s.corpus_successors) successors_ = frequencies.successors;
+    reset({});
+  }
+
+  void reset(const std::vector<int64_t>& prompt) override {
+    step_ = 0;
+    stamp_.clear();
+    session_next_.clear();
+    has_last_ = false;
+    fast_miss_ = slow_miss_ = 0.0;
+    std::fill(member_.begin(), member_.end(), false);
+    observe(prompt, at::Tensor());
+  }
+
+  void served(const std::vector<int64_t>& active) override { set_member(active); }
+
+  void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
+    ++step_;
+    bool drifted = detect_drift(committed);
+    if (drifted) {  // a topic switch: drop the old topic's evidence
+      int64_t fresh = step_ - s_.drift_keep_steps;
+      stamp_.filter([&](const auto& e) { return e.second >= fresh; });
+    }
+    for (int64_t token : committed) {
+      if (s_.context) mark(token);
+      if (has_last_ && s_.session_successors) session_next_[last_].set(token, step_);
+      last_ = token;
+      has_last_ = true;
+    }
+    if (has_last_) {
+      auto corpus = successors_.find(last_);
+      if (corpus != successors_.end())
+        for (int64_t token : corpus->second) mark(token);
+      auto session = session_next_.find(last_);
+      if (session != session_next_.end()) {
+        std::vector<int64_t> keys;  // copy: marking may not touch this map, but keep Python's iteration order
+        for (const auto& e : session->second.entries()) keys.push_back(e.first);
+        for (int64_t token : keys) mark(token);
+      }
+    }
+    if (s_.max_age) {
+      int64_t oldest = step_ - s_.max_age;
+      stamp_.filter([&](const auto& e) { return e.second > oldest; });
+    }
+    if (semantic_ != nullptr && state.defined()) {
+      int64_t count = s_.semantic_count * (drifted ? s_.drift_boost : 1);
+      for (int64_t token : semantic_->query(state, count)) mark(token);
+    }
+    int64_t budget = k_ - core_size_;
+    if (static_cast<int64_t>(stamp_.size()) > 4 * std::max<int64_t>(budget, 1)) {
+      // sorted(stamp, key=stamp.get, reverse=True)[:2*budget]: newest first, ties keep dict order
+      auto entries = stamp_.entries();
+      std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+      entries.resize(std::min<size_t>(entries.size(), static_cast<size_t>(2 * budget)));
+      stamp_.assign(std::move(entries));
+    }
+  }
+
+  std::vector<int64_t> active_ids() override {
+    int64_t budget = k_ - core_size_;
+    std::vector<int64_t> tail;
+    if (static_cast<int64_t>(stamp_.size()) <= budget) {
+      for (const auto& e : stamp_.entries()) tail.push_back(e.first);
+    } else {  // heapq.nlargest by (stamp, -token): newest first, ties to the lower id
+      auto entries = stamp_.entries();
+      std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+        return a.second != b.second ? a.second > b.second : a.first < b.first;
+      });
+      for (int64_t i = 0; i < budget; ++i) tail.push_back(entries[i].first);
+    }
+    std::unordered_set<int64_t> in_tail(tail.begin(), tail.end());
+    std::vector<int64_t> active(ranked_.begin(), ranked_.begin() + core_size_);
+    active.insert(active.end(), tail.begin(), tail.end());
+    int64_t room = budget - static_cast<int64_t>(tail.size());
+    for (size_t i = core_size_; i < ranked_.size() && room > 0; ++i)
+      if (!in_tail.count(ranked_[i])) active.push_back(ranked_[i]), --room;
+    if (active != active_) {
+      active_ = active;
+      set_member(active);
+    }
+    return active_;
+  }
+
+ private:
+  EvoSpecSettings s_;
+  int64_t k_, core_size_ = 0;
+  const SemanticIndex* semantic_;
+  std::vector<int64_t> ranked_, active_;
+  std::unordered_set<int64_t> core_set_;
+  std::unordered_map<int64_t, std::vector<int64_t>> successors_;
+  std::vector<bool> member_;
+  Ordered stamp_;
+  std::unordered_map<int64_t, Ordered> session_next_;
+  int64_t step_ = 0, last_ = 0;
+  bool has_last_ = false;
+  double fast_miss_ = 0.0, slow_miss_ = 0.0;
+
+  void mark(int64_t token) {
+    if (!core_set_.count(token)) stamp_.set(token, step_);
+  }
+
+  void set_member(const std::vector<int64_t>& active) {
+    std::fill(member_.begin(), member_.end(), false);
+    for (int64_t id : active) member_[id] = true;
+  }
+
+  bool detect_drift(const std::vector<int64_t>& committed) {
+    if (!s_.drift_enabled || committed.empty() || std::find(member_.begin(), member_.end(), true) == member_.end())
+      return false;
+    int64_t hits = 0;
+    for (int64_t t : committed) hits += member_[t] ? 1 : 0;
+    // torch: member[committed].float().mean() in float32, then a Python float
+    float mean = static_cast<float>(hits) / static_cast<float>(committed.size());
+    double miss = 1.0 - static_cast<double>(mean);
+    fast_miss_ += s_.drift_fast * (miss - fast_miss_);
+    bool drifted = step_ > s_.drift_warmup && fast_miss_ > slow_miss_ + s_.drift_jump;
+    slow_miss_ = drifted ? fast_miss_ : slow_miss_ + s_.drift_slow * (miss - slow_miss_);
+    return drifted;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
+                                            const EvoSpecSettings& settings, const SemanticIndex* semantic) {
+  return std::make_unique<EvoSpecPolicy>(k, frequencies, vocab_size, settings, semantic);
+}
+
+}  // namespace evospec::detail

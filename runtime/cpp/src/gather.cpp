@@ -1,0 +1,97 @@
+#include "gather.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+#include "evospec/drafter.hpp"
+
+namespace evospec::detail {
+
+int64_t choose_bucket(int64_t size, const std::vector<int64_t>& buckets) {
+  std::vector<int64_t> sorted(buckets);
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t b : sorted)
+    if (size <= b) return b;
+  throw SettingsError("an active set of " + std::to_string(size) + " rows does not fit the largest bucket " +
+                      std::to_string(sorted.back()) + "; compile with a larger --buckets entry");
+}
+
+GatherPlan make_plan(const std::vector<int64_t>& active, const std::vector<int64_t>& buckets) {
+  if (active.empty()) throw SettingsError("an active set needs at least one id");
+  GatherPlan plan;
+  plan.size = static_cast<int64_t>(active.size());
+  plan.ids = active;
+  plan.ids.resize(choose_bucket(plan.size, buckets), 0);
+  return plan;
+}
+
+GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& active,
+                       const std::vector<int64_t>& buckets, int64_t& moved) {
+  int64_t size = static_cast<int64_t>(active.size());
+  int64_t bucket = choose_bucket(size, buckets);
+  if (previous.ids.empty() || previous.bucket() != bucket) {
+    GatherPlan plan = make_plan(active, buckets);
+    moved = plan.size;
+    return plan;
+  }
+  std::unordered_set<int64_t> wanted(active.begin(), active.end());
+  GatherPlan plan;
+  plan.size = size;
+  plan.ids.assign(bucket, -1);
+  int64_t keep = std::min(previous.size, size);
+  for (int64_t j = 0; j < keep; ++j)
+    if (wanted.count(previous.ids[j])) plan.ids[j] = previous.ids[j];  // retained ids stay put
+  std::vector<int64_t> holes;
+  for (int64_t j = 0; j < size; ++j)
+    if (plan.ids[j] < 0) holes.push_back(j);
+  if (holes.empty() && size == previous.size) {
+    moved = 0;
+    return previous;  // the same set: nothing moves
+  }
+  std::unordered_set<int64_t> placed;
+  for (int64_t j = 0; j < size; ++j)
+    if (plan.ids[j] >= 0) placed.insert(plan.ids[j]);
+  size_t next = 0;
+  for (int64_t id : active)  // new ids fill the holes in the order the policy listed them
+    if (!placed.count(id)) plan.ids[holes[next++]] = id;
+  std::fill(plan.ids.begin() + size, plan.ids.end(), 0);
+  moved = static_cast<int64_t>(holes.size());
+  return plan;
+}
+
+ResidentRows::ResidentRows(at::Tensor reservoir, const GatherPlan& plan) : reservoir_(std::move(reservoir)), plan_(plan) {
+  rows_ = reservoir_.index_select(0, at::tensor(plan_.ids, at::kLong));
+  set_bias();
+}
+
+void ResidentRows::set_bias() {
+  bias_ = at::zeros({plan_.bucket()}, at::kFloat);
+  if (plan_.size < plan_.bucket()) bias_.narrow(0, plan_.size, plan_.bucket() - plan_.size).fill_(-INFINITY);
+}
+
+void ResidentRows::follow(const GatherPlan& plan) {
+  if (plan.bucket() != plan_.bucket()) {
+    rows_ = reservoir_.index_select(0, at::tensor(plan.ids, at::kLong));
+  } else {
+    std::vector<int64_t> cols, ids;
+    for (int64_t j = 0; j < plan.bucket(); ++j)
+      if (plan.ids[j] != plan_.ids[j]) cols.push_back(j), ids.push_back(plan.ids[j]);
+    if (!cols.empty())
+      rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(ids, at::kLong)));
+  }
+  bool resize = plan.size != plan_.size || plan.bucket() != plan_.bucket();
+  plan_ = plan;
+  if (resize) set_bias();
+}
+
+void ResidentRows::refresh(const std::vector<int64_t>& ids) {
+  std::unordered_set<int64_t> changed(ids.begin(), ids.end());
+  std::vector<int64_t> cols, col_ids;
+  for (int64_t j = 0; j < plan_.bucket(); ++j)
+    if (changed.count(plan_.ids[j])) cols.push_back(j), col_ids.push_back(plan_.ids[j]);
+  if (!cols.empty())
+    rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(col_ids, at::kLong)));
+}
+
+}  // namespace evospec::detail

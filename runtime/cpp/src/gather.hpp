@@ -1,0 +1,45 @@
+// Gather plans and resident rows (runtime/gather.py, runtime/active_rows.py): which reservoir
+// rows the head scores, padded to a bucket, and the gathered copy kept between steps.
+//
+// The column order must equal Python's exactly: top-k breaks ties by column, and the ids of the
+// draft tree are read through the plan. So ``update_plan`` keeps every retained id in its column
+// and fills holes with the new ids in the order the policy listed them, as Python does.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace evospec::detail {
+
+struct GatherPlan {
+  std::vector<int64_t> ids;  // [bucket] target id per head column; padding: 0
+  int64_t size = 0;          // active columns (they come first)
+  int64_t bucket() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// Smallest bucket holding ``size``; throws SettingsError (Python's message) when none does.
+int64_t choose_bucket(int64_t size, const std::vector<int64_t>& buckets);
+GatherPlan make_plan(const std::vector<int64_t>& active, const std::vector<int64_t>& buckets);
+// A plan for ``active`` keeping retained ids in their columns; ``moved``: columns that changed.
+GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& active,
+                       const std::vector<int64_t>& buckets, int64_t& moved);
+
+// The active rows, gathered once and then refreshed by deltas (only changed columns are copied).
+class ResidentRows {
+ public:
+  ResidentRows(at::Tensor reservoir, const GatherPlan& plan);
+  void follow(const GatherPlan& plan);           // copy the columns whose id changed
+  void refresh(const std::vector<int64_t>& ids);  // re-copy active columns of rows changed in place
+  const at::Tensor& rows() const { return rows_; }    // [bucket, d]
+  const at::Tensor& bias() const { return bias_; }    // [bucket] 0 / -inf
+  at::Tensor& reservoir() { return reservoir_; }
+
+ private:
+  at::Tensor reservoir_, rows_, bias_;
+  GatherPlan plan_;
+  void set_bias();
+};
+
+}  // namespace evospec::detail

@@ -1,0 +1,78 @@
+#include "policy.hpp"
+
+#include <algorithm>
+#include <numeric>
+
+#include "evospec/drafter.hpp"
+#include "json.hpp"
+
+namespace evospec::detail {
+
+TokenFrequencies TokenFrequencies::load(const std::string& path) {
+  json::Value data;
+  try {
+    data = json::parse_file(path);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    if (what.rfind("cannot read", 0) == 0)
+      throw SettingsError("frequency file " + path + " does not exist (make one with `evospec vocab frequencies`)");
+    throw SettingsError("frequency file " + path + " is not valid JSON: " + what);
+  }
+  if (!data.has("format") || data.at("format").kind != json::Value::Kind::String ||
+      data.at("format").string != "evospec-token-frequencies/1")
+    throw SettingsError(path + " is not an evospec token-frequency file");
+  TokenFrequencies f;
+  f.vocab_size = data.at("vocab_size").as_int();
+  f.counts.assign(f.vocab_size, 0);
+  for (const auto& [token, count] : data.at("counts").object) f.counts.at(std::stoll(token)) = count.as_int();
+  if (data.has("successors") && !data.at("successors").is_null()) {
+    f.has_successors = true;
+    for (const auto& [token, next] : data.at("successors").object) {
+      std::vector<int64_t>& list = f.successors[std::stoll(token)];
+      for (const auto& x : next.array) list.push_back(x.as_int());
+    }
+  }
+  return f;
+}
+
+std::vector<int64_t> TokenFrequencies::ranked(int64_t k, int64_t vocab) const {
+  if (vocab != vocab_size)
+    throw SettingsError("frequency table counts " + std::to_string(vocab_size) + " token ids but the model has " +
+                        std::to_string(vocab) + "; count with the target's own tokenizer");
+  if (k < 1 || k > vocab_size)
+    throw SettingsError("K must be in [1, " + std::to_string(vocab_size) + "] (got " + std::to_string(k) + ")");
+  std::vector<int64_t> ids(vocab_size);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+  ids.resize(k);
+  return ids;
+}
+
+std::vector<int64_t> TokenFrequencies::top(int64_t k, int64_t vocab) const {
+  std::vector<int64_t> ids = ranked(k, vocab);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
+  queue_.clear();
+  inner_->reset(prompt);
+  current_ = inner_->active_ids();
+}
+
+void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::Tensor& state) {
+  // What Python's worker runs for this observation (in order, so computing it now is the same).
+  inner_->served(current_);
+  inner_->observe(committed, state);
+  queue_.push_back(inner_->active_ids());
+}
+
+std::vector<int64_t> PipelinedPolicy::active_ids() {
+  while (queue_.size() > 1) {  // the newest job overlaps this cycle; older ones are due
+    current_ = std::move(queue_.front());
+    queue_.erase(queue_.begin());
+  }
+  return current_;
+}
+
+}  // namespace evospec::detail

@@ -1,0 +1,92 @@
+// Vocabulary policies (runtime/vocab/): which target ids the head scores next step.
+//
+// Mirrors of the Python policies, so a C++ service gets the same active set at every step:
+// static ones (full, eagle3, frspec:K), EvoSpec's living vocabulary (evospec_policy.cpp) and the
+// one-cycle-ahead schedule of Python's PipelinedPolicy (the deterministic lag, without a thread).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace evospec::detail {
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual void reset(const std::vector<int64_t>& prompt) = 0;
+  virtual std::vector<int64_t> active_ids() = 0;
+  // ``state``: the drafter's head input at the newest committed token before ``committed``, or undefined.
+  virtual void observe(const std::vector<int64_t>& committed, const at::Tensor& state) = 0;
+  // The set the drafter actually served this cycle (pipelined callers; see EvoSpecPolicy).
+  virtual void served(const std::vector<int64_t>&) {}
+};
+
+class StaticPolicy : public Policy {
+ public:
+  explicit StaticPolicy(std::vector<int64_t> ids) : ids_(std::move(ids)) {}
+  void reset(const std::vector<int64_t>&) override {}
+  std::vector<int64_t> active_ids() override { return ids_; }
+  void observe(const std::vector<int64_t>&, const at::Tensor&) override {}
+
+ private:
+  std::vector<int64_t> ids_;
+};
+
+// A token-frequency file (``evospec vocab frequencies``; runtime/vocab/frequencies.py).
+struct TokenFrequencies {
+  int64_t vocab_size = 0;
+  std::vector<int64_t> counts;
+  bool has_successors = false;
+  std::unordered_map<int64_t, std::vector<int64_t>> successors;
+
+  static TokenFrequencies load(const std::string& path);  // SettingsError with Python's messages
+  std::vector<int64_t> ranked(int64_t k, int64_t vocab) const;  // most frequent first; ties: lower id
+  std::vector<int64_t> top(int64_t k, int64_t vocab) const;     // ranked(k), sorted by id
+};
+
+// The semantic index (runtime/vocab/semantic.py): ids of the rows nearest a drafter state.
+class SemanticIndex {
+ public:
+  virtual ~SemanticIndex() = default;
+  virtual std::vector<int64_t> query(const at::Tensor& state, int64_t count) const = 0;
+};
+
+// The bundle's index (index/semantic.usearch + index/projection.safetensors), or nullptr when the
+// library was built without USearch's headers. Throws BundleError for missing or corrupt files.
+std::unique_ptr<SemanticIndex> load_semantic_index(const std::string& bundle, int64_t vocab_size, int64_t hidden_size);
+bool semantic_index_available();
+
+// Python's PipelinedPolicy: the set served at cycle t was computed from the observation of
+// cycle t-2, and the inner policy is told which set was served when it observes.
+class PipelinedPolicy : public Policy {
+ public:
+  explicit PipelinedPolicy(std::unique_ptr<Policy> inner) : inner_(std::move(inner)) {}
+  void reset(const std::vector<int64_t>& prompt) override;
+  std::vector<int64_t> active_ids() override;
+  void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override;
+
+ private:
+  std::unique_ptr<Policy> inner_;
+  std::vector<std::vector<int64_t>> queue_;  // sets computed, oldest first
+  std::vector<int64_t> current_;
+};
+
+// EvoSpec's settings (runtime/vocab/evospec_settings.py): the built-in defaults.
+struct EvoSpecSettings {
+  double core_share = 0.5;
+  bool context = true, corpus_successors = true, session_successors = true;
+  int64_t semantic_count = 64, max_age = 0;
+  bool drift_enabled = true;
+  double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;
+  int64_t drift_warmup = 8, drift_keep_steps = 1, drift_boost = 8;
+};
+
+std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
+                                            const EvoSpecSettings& settings, const SemanticIndex* semantic);
+
+}  // namespace evospec::detail
