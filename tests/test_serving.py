@@ -190,3 +190,34 @@ def test_the_plugin_is_registered_for_vllm_in_the_package_metadata():
     found = [e for e in entry_points(group="vllm.general_plugins") if e.name == "evospec"]
     if found:  # an install made after the entry point was added (a stale editable install lacks it)
         assert found[0].value == "evospec.serving.vllm_plugin:register"
+
+
+def test_the_soak_mix_is_seeded_and_holds_every_kind_of_request():
+    from evospec.eval.soak import MALFORMED, SoakSettings, request_mix
+
+    settings = SoakSettings(requests=400, max_tokens=32, seed=3)
+    mix = request_mix(settings, prompts=5, count=400)
+    assert mix == request_mix(settings, prompts=5, count=400)  # the same seed, the same requests
+    malformed = [r for r in mix if r.malformed]
+    cancelled = [r for r in mix if r.cancel_after is not None]
+    sampled = [r for r in mix if r.temperature > 0]
+    assert {r.malformed for r in malformed} == set(MALFORMED)
+    assert 0.02 < len(malformed) / 400 < 0.1 and 0.05 < len(cancelled) / 400 < 0.16 and len(sampled) > 60
+    assert not any(r.malformed and (r.cancel_after or r.temperature) for r in mix)
+    assert all(1 <= r.max_tokens <= 32 and 0 <= r.prompt < 5 for r in mix)
+    assert [r.index for r in request_mix(settings, 5, 3, first=50)] == [50, 51, 52]
+
+
+def test_prometheus_counters_are_summed_over_replicas():
+    from evospec.eval.loadtest import speculation_counters
+
+    lines = (
+        "# HELP vllm:spec_decode_num_drafts_total Number of drafts.",
+        'vllm:spec_decode_num_drafts_total{engine="0",model_name="t"} 10.0',
+        'vllm:spec_decode_num_drafts_total{engine="1",model_name="t"} 5.0',
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="t",position="0"} 8.0',
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="1",model_name="t",position="0"} 4.0',
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="t",position="1"} 3.0',
+        'vllm:spec_decode_num_drafts_created{engine="0",model_name="t"} 1.7e9',
+    )
+    assert speculation_counters("\n".join(lines)) == (15.0, {0: 12.0, 1: 3.0})

@@ -14,7 +14,7 @@ COMMANDS = (
     bundle.compile_cmd, bundle.inspect_cmd, bundle.doctor_cmd,       # compiled bundles
     bundle.export_cmd,
     measure.bench, measure.profile_group,                            # measuring
-    serve.serve_cmd, serve.loadtest_cmd,                             # serving (vLLM)
+    serve.serve_cmd, serve.loadtest_cmd, serve.soak_cmd,             # serving (vLLM)
 )
 for command in COMMANDS:
     main.add_command(command)

@@ -153,3 +153,64 @@ def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_to
                 "eager": eager, "startup_s": startups, "machine": f"{platform.machine()}, shared 2-core CPU host"}
         write_rows(json_path, rows, meta)
         click.echo(f"wrote {json_path}")
+
+
+@click.command("soak")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HuggingFace target directory.")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), default=None,
+              help="Drafter directory (an `evospec export --format vllm` output); omit for no speculation.")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder the prompts come from.")
+@click.option("--domain", default="code", show_default=True, help="Corpus domain of the prompts.")
+@click.option("--prompts", "prompt_count", type=int, default=16, show_default=True, help="Distinct prompts in the pool.")
+@click.option("--prompt-tokens", type=int, default=48, show_default=True, help="Tokens per prompt.")
+@click.option("--requests", type=int, default=1000, show_default=True, help="Requests after warm-up.")
+@click.option("--warmup", type=int, default=50, show_default=True, help="Requests before the memory baseline.")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight.")
+@click.option("--max-tokens", type=int, default=96, show_default=True, help="Longest request (each draws 1..this).")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas (vLLM data parallel).")
+@click.option("--draft-depth", type=int, default=5, show_default=True, help="Draft tokens per step.")
+@click.option("--eager/--compile", default=False, show_default=True, help="vLLM eager or compiled.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path), default=Path("soak-server.log"), show_default=True,
+              help="The server's log.")
+def soak_cmd(target_dir, drafter_dir, corpus, domain, prompt_count, prompt_tokens, requests, warmup, concurrency,
+             max_tokens, replicas, draft_depth, eager, json_path, log_path):
+    """Mixed requests (lengths, temperatures, cancellations mid-stream, malformed ones) against one server:
+    none lost, T=0 exact, malformed -> 4xx, still healthy, resident memory within +-5% after warm-up."""
+    import importlib.util
+    import json as json_module
+
+    from evospec.core.errors import SettingsError
+    from evospec.eval.loadtest import corpus_prompts, greedy_reference
+    from evospec.eval.soak import SoakSettings, run_soak, write_report
+    from evospec.serving.process import free_port
+    from evospec.serving.server import SETUP_HINT, ServeSettings
+
+    if importlib.util.find_spec("openai") is None or importlib.util.find_spec("vllm") is None:
+        raise SettingsError(f"soak needs vllm and the openai client in this environment; {SETUP_HINT}")
+    settings = SoakSettings(requests=requests, warmup=warmup, concurrency=concurrency, max_tokens=max_tokens)
+    prompts = corpus_prompts(target_dir, corpus, domain, prompt_count, prompt_tokens)
+    reference = greedy_reference(target_dir, prompts, max_tokens)
+    vocab_size = int(json_module.loads((Path(target_dir) / "config.json").read_text())["vocab_size"])
+    serve = ServeSettings(target=target_dir, drafter=drafter_dir, port=free_port(), replicas=replicas,
+                          draft_depth=draft_depth, max_model_len=prompt_tokens + max_tokens + draft_depth + 16,
+                          max_num_seqs=concurrency, eager=eager, served_model_name="target")
+    report = run_soak(serve, settings, prompts, reference, vocab_size, log_path.resolve(),
+                      progress=lambda done, r: click.echo(f"  {done} requests: {r.completed} completed, {r.cancelled} "
+                                                          f"cancelled, {r.malformed_4xx}/{r.malformed} malformed -> 4xx, "
+                                                          f"{len(r.lost)} lost, RSS {r.rss_samples_mb[-1]:.0f} MB",
+                                                          err=True))
+    click.echo(f"{report.requests} requests in {report.wall_s:.0f} s: {report.completed} completed "
+               f"({report.exact_greedy}/{report.greedy} T=0 equal to the target's greedy), {report.cancelled} cancelled, "
+               f"{report.malformed_4xx}/{report.malformed} malformed -> 4xx, {len(report.lost)} lost; healthy at the end: "
+               f"{report.healthy_at_end}; RSS {report.rss_baseline_mb:.0f} MB after warm-up, max change "
+               f"{100 * report.rss_max_change:.1f}%")
+    for line in (report.lost + report.wrong_status)[:10]:
+        click.echo(f"  {line}")
+    if json_path is not None:
+        write_report(json_path, report, settings, {"target": str(target_dir), "drafter": str(drafter_dir),
+                                                   "replicas": replicas, "eager": eager})
+        click.echo(f"wrote {json_path}")
+    if not report.passed(settings.rss_band):
+        click.echo("soak: FAILED (see above)", err=True)
+        raise click.exceptions.Exit(1)

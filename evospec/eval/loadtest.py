@@ -97,11 +97,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def stream_one(client, model: str, prompt: list[int], settings: LoadSettings) -> RequestResult:
-    """One streamed completion at T=0; token ids from vLLM's ``return_token_ids``."""
+def stream_one(client, model: str, prompt: list[int], settings: LoadSettings, temperature: float = 0.0) -> RequestResult:
+    """One streamed completion (T=0 unless asked); token ids from vLLM's ``return_token_ids``."""
     start = time.perf_counter()
     first, ids, text = None, [], []
-    stream = client.completions.create(model=model, prompt=prompt, max_tokens=settings.max_tokens, temperature=0.0,
+    stream = client.completions.create(model=model, prompt=prompt, max_tokens=settings.max_tokens, temperature=temperature,
                                        stream=True, timeout=settings.request_timeout_s,
                                        extra_body={"return_token_ids": True, "ignore_eos": True})
     for chunk in stream:

@@ -87,6 +87,10 @@ class ServerProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the server's whole process tree (it runs in its own session)."""
+        return session_rss_bytes(self.process.pid) if self.process is not None else 0
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.base_url}/metrics", timeout=10) as response:
             return response.read().decode()
@@ -107,3 +111,19 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def session_rss_bytes(session_id: int) -> int:
+    """Resident memory of every process in a session (the server, its engine core and workers), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) != session_id:  # after the command name: state, ppid, pgrp, session
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):  # a process that ended while we read it
+            continue
+    return total
