@@ -3,7 +3,7 @@ registered on it here, explicitly."""
 
 from __future__ import annotations
 
-from evospec.cli import bundle, data, decode, serve, train
+from evospec.cli import bundle, cpp, data, decode, serve, train
 from evospec.cli import eval as measure
 from evospec.cli.root import main
 
@@ -15,8 +15,10 @@ COMMANDS = (
     bundle.export_cmd,
     measure.bench, measure.profile_group,                            # measuring
     serve.serve_cmd, serve.loadtest_cmd, serve.soak_cmd,             # serving (vLLM)
+    cpp.record_drafts_cmd,                                           # the C++ drafter library (runtime/cpp)
 )
 for command in COMMANDS:
     main.add_command(command)
+measure.profile_group.add_command(cpp.profile_cpp_cmd)  # `evospec profile cpp`
 
 __all__ = ["main"]

@@ -102,11 +102,15 @@ class PythonReplay:
 
 
 @torch.no_grad()
-def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1) -> PythonReplay:
+def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
+                  row_updates: dict[str, torch.Tensor] | None = None) -> PythonReplay:
     """Replay a recording through the Python drafter alone (no target forward): per step, the
     policy's observe/choose, the gather-plan update, the drafter's pass over the new positions and
-    the tree. ``step_ms``: the best of ``repeat`` replays per step (what ``evospec-draft`` times)."""
+    the tree. ``step_ms``: the best of ``repeat`` replays per step (what ``evospec-draft`` times).
+    ``row_updates``: ``step_<i>_ids`` / ``step_<i>_rows`` written into the reservoir before step i
+    (as ``evospec-draft --row-updates`` does), then the resident rows refreshed (online alignment's path)."""
     recording, features = load_recording(directory)
+    row_updates = row_updates or {}
     gen = SpeculativeGenerator.from_bundle(bundle, target, vocab=recording["vocab"])
     drafter, policy = gen.drafter, gen.policy
     s = recording["settings"]
@@ -120,6 +124,10 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1) 
             policy.reset(prompt)
         state = None
         for i, step in enumerate(recording["steps"]):
+            if f"step_{i}_ids" in row_updates:
+                ids = row_updates[f"step_{i}_ids"].long()
+                drafter.reservoir.index_copy_(0, ids, row_updates[f"step_{i}_rows"].float())
+                drafter.rows_changed(ids)
             t0 = time.perf_counter()
             tokens = (prompt[1:] if i == 0 else recording["steps"][i - 1]["accepted"]) + [step["newest"]]
             if policy is not None:

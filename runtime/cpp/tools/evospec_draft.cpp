@@ -2,11 +2,14 @@
 // library, and writes each step's draft tree and active set as JSON.
 //
 //   evospec-draft --bundle BUNDLE --recording DIR --out FILE.json [--vocab POLICY] [--target DIR] [--repeat N]
+//                 [--row-updates FILE.safetensors]
 //
 // A recording (``evospec record-drafts``) holds the prompt, the draft settings, and per step the
 // target's tapped states of the newly committed positions, the newest token and the draft tokens
 // the target accepted. The output lists, per step, the tree and the active set the library
 // produced, and the wall time of each step (propose + commit; the best of --repeat replays).
+// --row-updates: ``step_<i>_ids`` (int64) and ``step_<i>_rows`` (float32 [n, d]) written into the
+// reservoir through Drafter::update_rows before step i's propose (online row updates from C++).
 // Errors: one line on stderr, "evospec: error: ...", exit code 2 (as the Python CLI).
 #include <algorithm>
 #include <chrono>
@@ -46,7 +49,7 @@ int run(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) args[argv[i]] = argv[i + 1];
   if (argc % 2 == 0 || !args.count("--bundle") || !args.count("--recording") || !args.count("--out")) {
     std::cerr << "usage: evospec-draft --bundle BUNDLE --recording DIR --out FILE.json [--vocab POLICY] "
-                 "[--target DIR] [--repeat N]\n";
+                 "[--target DIR] [--repeat N] [--row-updates FILE.safetensors]\n";
     return 2;
   }
   std::string dir = args["--recording"];
@@ -66,6 +69,9 @@ int run(int argc, char** argv) {
   options.target_dir = args.count("--target") ? args["--target"] : "";
   evospec::Drafter drafter(args["--bundle"], options);
 
+  std::map<std::string, at::Tensor> updates;
+  if (args.count("--row-updates")) updates = evospec::load_safetensors(args["--row-updates"]);
+
   std::vector<int64_t> prompt = read_ints(rec.at("prompt"));
   int repeat = std::max(1, std::stoi(args["--repeat"]));
   std::vector<double> best(steps.size(), 1e300);
@@ -73,6 +79,13 @@ int run(int argc, char** argv) {
   for (int r = 0; r < repeat; ++r) {
     drafter.start(prompt);
     for (size_t i = 0; i < steps.size(); ++i) {
+      auto ids = updates.find("step_" + std::to_string(i) + "_ids");
+      if (ids != updates.end()) {
+        at::Tensor id_list = ids->second.to(at::kLong).contiguous();
+        at::Tensor rows = updates.at("step_" + std::to_string(i) + "_rows").to(at::kFloat).contiguous();
+        drafter.update_rows(std::vector<int64_t>(id_list.data_ptr<int64_t>(), id_list.data_ptr<int64_t>() + id_list.numel()),
+                            rows.data_ptr<float>());
+      }
       auto t0 = std::chrono::steady_clock::now();
       evospec::DraftTree tree = drafter.propose(steps[i].features.data_ptr<float>(), steps[i].features.size(0),
                                                 steps[i].newest, settings);
