@@ -17,6 +17,7 @@ for tests). Exactness never depends on the set: vLLM verifies against the target
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ class VocabularyCounters:
     segments: int = 0  # request segments observed
     sets: int = 0  # active sets applied
     rows_copied: int = 0  # rows written into the resident head
+    engine_s: float = 0.0  # seconds on the engine's thread: queueing tokens, planning the change (the caller adds the copy)
+    worker_s: float = 0.0  # seconds the worker spent updating the policy and choosing sets
 
 
 class SharedVocabulary:
@@ -68,6 +71,13 @@ class SharedVocabulary:
         return torch.cat((keep, extra))
 
     def _plan(self, segments: list[list[int]], served: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self._plan_now(segments, served)
+        finally:
+            self.counters.worker_s += time.perf_counter() - start
+
+    def _plan_now(self, segments: list[list[int]], served: torch.Tensor) -> torch.Tensor:
         served_fn = getattr(self.policy, "served", None)  # EvoSpec judges misses against the set it served
         if served_fn is not None:
             served_fn(served)
@@ -79,6 +89,7 @@ class SharedVocabulary:
         """The tokens vLLM fed the drafter's first pass this step, one list per request."""
         if self.static:
             return
+        start = time.perf_counter()
         self.counters.segments += len(segments)
         self._backlog.extend(s for s in segments if s)
         if self._worker is None:
@@ -86,6 +97,7 @@ class SharedVocabulary:
             self._backlog = []
         elif self._job is None:
             self._submit()
+        self.counters.engine_s += time.perf_counter() - start
 
     def _submit(self) -> None:
         if self._backlog and self._worker is not None:
@@ -96,6 +108,13 @@ class SharedVocabulary:
         """The change to apply before this step drafts, or None; never waits for the worker."""
         if self.static:
             return None
+        start = time.perf_counter()
+        try:
+            return self._next_change()
+        finally:
+            self.counters.engine_s += time.perf_counter() - start
+
+    def _next_change(self) -> RowChange | None:
         self.counters.steps += 1
         if self._worker is None:
             wanted, self._ready = self._ready, None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -79,12 +80,16 @@ class Eagle3EvoSpecLlamaForCausalLM(Eagle3LlamaForCausalLM):
 
     def combine_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
         change = self.vocabulary.next_change()
-        if change is not None:
-            self.vocabulary.resident.apply(change, self.lm_head.weight, self.draft_id_to_target_id)
         counters = self.vocabulary.counters
+        if change is not None:
+            start = time.perf_counter()
+            self.vocabulary.resident.apply(change, self.lm_head.weight, self.draft_id_to_target_id)
+            counters.engine_s += time.perf_counter() - start
         if counters.steps and counters.steps % LOG_EVERY == 0:
-            logger.info("EvoSpec vocabulary: %d steps, %d sets applied, %d rows copied (%.2f per step)",
-                        counters.steps, counters.sets, counters.rows_copied, counters.rows_copied / counters.steps)
+            logger.info("EvoSpec vocabulary: %d steps, %d sets applied, %d rows copied (%.2f per step); "
+                        "%.3f ms per step on the engine thread, %.3f ms per step on the worker", counters.steps,
+                        counters.sets, counters.rows_copied, counters.rows_copied / counters.steps,
+                        1e3 * counters.engine_s / counters.steps, 1e3 * counters.worker_s / counters.steps)
         self._first_pass = True
         return super().combine_hidden_states(hidden_states)
 
@@ -93,7 +98,10 @@ class Eagle3EvoSpecLlamaForCausalLM(Eagle3LlamaForCausalLM):
         if self._first_pass:
             self._first_pass = False
             if input_ids is not None and not self.vocabulary.static:
-                self.vocabulary.observe(request_segments(input_ids))
+                start = time.perf_counter()
+                segments = request_segments(input_ids)
+                self.vocabulary.counters.engine_s += time.perf_counter() - start
+                self.vocabulary.observe(segments)
         return super().forward(input_ids, positions, hidden_states, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
