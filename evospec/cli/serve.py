@@ -96,11 +96,13 @@ def _methods(values: tuple[str, ...]) -> list[tuple[str, Path | None]]:
 @click.option("--eager/--compile", default=False, show_default=True,
               help="Run vLLM eager (starts fast) or compiled (vLLM's default, faster decoding).")
 @click.option("--kv-cache-gib", type=int, default=1, show_default=True, help="KV cache of vLLM's CPU build, GiB.")
+@click.option("--replicas", type=int, default=1, show_default=True,
+              help="Engine replicas behind each server's one endpoint (vLLM data parallel).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON.")
 @click.option("--logs", type=click.Path(path_type=Path), default=Path("loadtest-logs"), show_default=True,
               help="Folder for each server's log.")
 def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_tokens, max_tokens, concurrency,
-                 draft_depth, eager, kv_cache_gib, json_path, logs):
+                 draft_depth, eager, kv_cache_gib, replicas, json_path, logs):
     """Stream completions with the openai client against vLLM servers (one per method): tokens/s, p50/p99
     latency, acceptance per position from /metrics, and every T=0 response checked against the target's
     greedy output."""
@@ -136,7 +138,7 @@ def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_to
     for name, drafter in chosen:
         serve = ServeSettings(target=target_dir, drafter=drafter, port=free_port(), draft_depth=draft_depth,
                               max_model_len=prompt_tokens + max_tokens + draft_depth + 16, max_num_seqs=max(levels),
-                              kv_cache_gib=kv_cache_gib, eager=eager, served_model_name="target")
+                              kv_cache_gib=kv_cache_gib, eager=eager, served_model_name="target", replicas=replicas)
         click.echo(f"{name}: serving on port {serve.port} (log {logs / f'{name}.log'})", err=True)
         cells, outputs, startups[name] = run_method(
             name, serve, prompts, settings, reference, plain, logs.resolve() / f"{name}.log",
@@ -150,7 +152,7 @@ def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_to
         meta = {"target": str(target_dir), "methods": {n: str(d) if d else None for n, d in chosen},
                 "corpus": str(corpus), "domain": domain, "split": split, "requests": requests,
                 "prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "draft_depth": draft_depth,
-                "eager": eager, "startup_s": startups, "machine": f"{platform.machine()}, shared 2-core CPU host"}
+                "eager": eager, "replicas": replicas, "startup_s": startups, "machine": f"{platform.machine()}, shared 2-core CPU host"}
         write_rows(json_path, rows, meta)
         click.echo(f"wrote {json_path}")
 
