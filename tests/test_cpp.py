@@ -1,0 +1,244 @@
+"""The C++ drafter library (runtime/cpp) drafts exactly what the Python runtime drafts.
+
+The library is built once per run in a temporary directory (removed afterwards) with cmake and the
+torch wheel's libtorch. The Python runtime generates greedily from a torch bundle and records every
+draft step (``evospec record-drafts``); ``evospec-draft`` replays the recorded target features
+through the library; trees (tokens, parents, depths) and active sets (in head-column order) must
+be equal at every step — on the demo pair shipped in the package and on a tiny pair built here, with
+static policies and with EvoSpec's living vocabulary, whose set changes every step. A bad bundle
+gives the Python runtime's one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evospec.bundle.compile import compile_bundle
+from evospec.cli import main
+from evospec.core.errors import BundleError
+from evospec.core.settings import DecodeSettings
+from evospec.eval.cpp_drafter import CppDrafterError, mismatches, recorded_expectations, run_cpp
+from evospec.eval.record_drafts import record, replay_python
+from evospec.passes.base import CompileSettings
+from evospec.runtime.bundle import check_files, read_manifest
+from evospec.runtime.checkpoint import save_drafter
+from evospec.runtime.vocab.frequencies import count_tokens
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+from evospec.train.demo_pair import ASSET_DIR
+
+pytestmark = pytest.mark.cpp
+
+CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
+DEMO_TARGET = ASSET_DIR / "target"
+TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
+CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
+
+
+def toolchain_problem() -> str | None:
+    """Why the library cannot be built here, or None."""
+    if shutil.which("cmake") is None:
+        return "cmake is not installed (apt install cmake, or pip install cmake)"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler (c++/g++) on PATH"
+    import torch.utils
+
+    if not (Path(torch.utils.cmake_prefix_path) / "Torch" / "TorchConfig.cmake").is_file():
+        return "this torch wheel ships no libtorch CMake config (torch/share/cmake/Torch)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def binary():
+    """evospec-draft, built from runtime/cpp in a temporary directory that is removed afterwards."""
+    problem = toolchain_problem()
+    if problem:
+        pytest.skip(f"the C++ drafter cannot be built here: {problem}")
+    import torch.utils
+
+    build = Path(tempfile.mkdtemp(prefix="evospec-cpp-build-"))
+    try:
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        for cmd in (["cmake", "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                    ["cmake", "--build", str(build), "-j2"]):
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+            assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        yield build / "evospec-draft"
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def work():
+    directory = Path(tempfile.mkdtemp(prefix="evospec-cpp-test-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(work):
+    """The shipped demo pair compiled for torch, with a statistical index (successors counted on the
+    standard library's sources, the demo target's training text) and a 16-dim semantic index."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_TARGET))
+    sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    docs = [tokenizer.encode(p.read_text(errors="ignore")[:4000]) for p in sources]
+    count_tokens([docs], 512, "stdlib", successors=8).save(work / "demo-frequencies.json")
+    compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "demo-bundle",
+                   CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16,
+                                   frequencies=str(work / "demo-frequencies.json")))
+    return work / "demo-bundle"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(work):
+    """A tiny Llama pair built in code (a drafter with its own embeddings, 48-token draft vocabulary)."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=11)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=12, with_embeddings=True)
+    model.save_pretrained(work / "tiny-target")
+    save_drafter(drafter, work / "tiny-drafter")
+    g = torch.Generator().manual_seed(13)
+    docs = [torch.randint(0, 96, (64,), generator=g).tolist() for _ in range(32)]
+    count_tokens([docs], 96, "random", successors=4).save(work / "tiny-frequencies.json")
+    compile_bundle(work / "tiny-target", work / "tiny-drafter", work / "tiny-bundle",
+                   CompileSettings(backend="torch", buckets=(16, 32, 96), index_dims=8,
+                                   frequencies=str(work / "tiny-frequencies.json")))
+    return work / "tiny-target", work / "tiny-bundle"
+
+
+def check_against_python(binary, bundle, target, recording_dir, prompt, settings, vocab, out) -> dict:
+    recording = record(bundle, target, prompt, recording_dir, settings, vocab=vocab)
+    assert len(recording["steps"]) >= 5, "too few draft steps to compare"
+    cpp = run_cpp(binary, bundle, recording_dir, out, target=target)
+    assert mismatches(*recorded_expectations(recording_dir), cpp) == []
+    return recording
+
+
+def changes(recording: dict) -> int:
+    steps = recording["steps"]
+    return sum(steps[i]["active"] != steps[i - 1]["active"] for i in range(1, len(steps)))
+
+
+@pytest.mark.parametrize(("settings", "vocab"), [
+    (CHAIN, None), (TREE, "frspec:128"), (TREE, "evospec:64:sync"), (CHAIN, "evospec:64"),
+], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined"])
+def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, vocab):
+    name = f"demo-{settings.draft_tree}-{vocab}".replace(":", "_")
+    recording = check_against_python(binary, demo_bundle, DEMO_TARGET, work / name, "def parse(", settings, vocab,
+                                      work / f"{name}.json")
+    if vocab == "evospec:64:sync":  # the living vocabulary really lives: a new set at every step
+        assert changes(recording) == len(recording["steps"]) - 1
+
+
+@pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), (CHAIN, "full")],
+                         ids=["tree-evospec-sync", "chain-full"])
+def test_tiny_pair_drafts_equal_python(binary, tiny_bundle, work, settings, vocab):
+    target, bundle = tiny_bundle
+    name = f"tiny-{settings.draft_tree}-{vocab}".replace(":", "_")
+    recording = check_against_python(binary, bundle, target, work / name, [3, 17, 42, 5, 9], settings, vocab,
+                                     work / f"{name}.json")
+    if vocab == "evospec:24:sync":  # 44 of 45 steps on 2026-12-03: evidence can leave a set as it was
+        assert changes(recording) >= 0.9 * (len(recording["steps"]) - 1)
+
+
+def test_row_updates_from_cpp_equal_python(binary, demo_bundle, work):
+    """Rows overwritten before each step (the drafted tokens' rows negated, so the drafts change)
+    through Drafter::update_rows draft like the Python runtime's reservoir update + rows_changed."""
+    from safetensors.torch import load_file, save_file
+
+    recording_dir = work / "demo-updates"
+    recording = record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, TREE, vocab="evospec:64:sync")
+    reservoir = load_file(str(demo_bundle / "reservoir.safetensors"))["reservoir"]
+    updates = {}
+    for i, step in enumerate(recording["steps"]):
+        ids = torch.tensor(sorted(set(step["tree"]["tokens"])), dtype=torch.long)
+        updates[f"step_{i}_ids"], updates[f"step_{i}_rows"] = ids, -reservoir[ids]
+    save_file(updates, str(work / "updates.safetensors"))
+    python = replay_python(demo_bundle, DEMO_TARGET, recording_dir, row_updates=updates)
+    cpp = run_cpp(binary, demo_bundle, recording_dir, work / "updates.json", target=DEMO_TARGET,
+                  row_updates=work / "updates.safetensors")
+    assert mismatches(python.trees, python.active, cpp) == []
+    assert python.trees != [s["tree"] for s in recording["steps"]], "the updates changed no draft: the check is vacuous"
+
+
+def python_error(bundle: Path) -> str:
+    with pytest.raises(BundleError) as caught:
+        check_files(bundle, read_manifest(bundle))
+    return str(caught.value)
+
+
+def test_bad_bundles_give_pythons_error(binary, demo_bundle, work):
+    recording_dir = work / "demo-chain-None"  # any recording: the bundle is what is wrong
+    if not recording_dir.is_dir():
+        record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, CHAIN)
+    cases = {}
+    cases["missing"] = work / "no-such-bundle"
+    (work / "empty").mkdir(exist_ok=True)
+    cases["no manifest"] = work / "empty"
+
+    def variant(name: str, change) -> None:
+        path = work / f"bad-{name.replace(' ', '-')}"
+        shutil.copytree(demo_bundle, path)
+        change(path)
+        cases[name] = path
+
+    def old_format(p: Path) -> None:
+        manifest = json.loads((p / "manifest.json").read_text())
+        (p / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+
+    def truncated(p: Path) -> None:
+        data = (p / "reservoir.safetensors").read_bytes()
+        (p / "reservoir.safetensors").write_bytes(data[:-16])
+
+    def altered(p: Path) -> None:
+        data = bytearray((p / "drafter" / "model.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (p / "drafter" / "model.safetensors").write_bytes(bytes(data))
+
+    variant("old format", old_format)
+    variant("truncated", truncated)
+    variant("altered", altered)
+    variant("missing file", lambda p: (p / "index" / "semantic.usearch").unlink())
+    for name, bundle in cases.items():
+        expected = python_error(bundle)
+        with pytest.raises(CppDrafterError) as caught:
+            run_cpp(binary, bundle, recording_dir, work / "bad.json", target=DEMO_TARGET)
+        assert str(caught.value) == expected, name
+
+    # Not a torch bundle: the C++ library says what to compile instead.
+    ort = work / "bad-backend"
+    shutil.copytree(demo_bundle, ort)
+    manifest = json.loads((ort / "manifest.json").read_text())
+    (ort / "manifest.json").write_text(json.dumps({**manifest, "backend": "ort"}))
+    with pytest.raises(CppDrafterError, match="compile with --backend torch"):
+        run_cpp(binary, ort, recording_dir, work / "bad.json", target=DEMO_TARGET)
+
+
+def test_record_and_profile_commands(binary, demo_bundle, work):
+    """`evospec record-drafts` then `evospec profile cpp`: both runtimes agree with the recording, timed."""
+    runner = CliRunner()
+    out = work / "cli-recording"
+    done = runner.invoke(main, ["record-drafts", "--bundle", str(demo_bundle), "--target", str(DEMO_TARGET),
+                                "--out", str(out), "--prompt", "import ", "--vocab", "evospec:64:sync",
+                                "--max-new-tokens", "24", "--draft-depth", "3", "--draft-topk", "2",
+                                "--draft-tokens", "6"])
+    assert done.exit_code == 0, done.output
+    assert (out / "recording.json").is_file() and (out / "features.safetensors").is_file()
+    done = runner.invoke(main, ["profile", "cpp", "--bundle", str(demo_bundle), "--target", str(DEMO_TARGET),
+                                "--recording", str(out), "--binary", str(binary), "--repeat", "1",
+                                "--json", str(work / "profile.json")])
+    assert done.exit_code == 0, done.output
+    row = json.loads((work / "profile.json").read_text())[0]
+    assert row["cpp_mismatches_vs_recording"] == [] and row["python_replay_mismatches_vs_recording"] == []
+    assert row["cpp_step_ms_median"] > 0 and row["python_step_ms_median"] > 0
+    assert "c++" in done.output and "python" in done.output
