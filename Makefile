@@ -75,9 +75,9 @@ vllm-setup: $(VLLM_STAMP)
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The vLLM side-by-side tests alone (they are also part of `make test`).
+# The vLLM tests alone: side by side (issue 17) and serving with the plugin (issue 19); also part of `make test`.
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	$(BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_serve.py
 
 # After `make reference` (its corpus): this runtime and vLLM-CPU on the same prompts, drafter and static vocabulary.
 # vLLM's CPU attention has no kernel for the medium pair's head size (40), so the pair is the 8-layer demo recipe
