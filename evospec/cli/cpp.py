@@ -46,13 +46,14 @@ def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, fr
 @click.option("--binary", type=click.Path(path_type=Path), default=None,
               help="evospec-draft (default: build/cpp/evospec-draft, what `make cpp` builds).")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Replays per side; each step's best is kept.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for both runtimes (default: each one's own).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result as JSON here.")
-def profile_cpp_cmd(bundle_dir, target_dir, recording, binary, repeat, json_path) -> None:
+def profile_cpp_cmd(bundle_dir, target_dir, recording, binary, repeat, threads, json_path) -> None:
     """The C++ drafter step against the Python one on the same recorded inputs (and whether they agree)."""
     from evospec.core.text_table import text_table
     from evospec.eval.cpp_drafter import DEFAULT_BINARY, profile_cpp
 
-    row = profile_cpp(binary or DEFAULT_BINARY, bundle_dir, target_dir, recording, repeat)
+    row = profile_cpp(binary or DEFAULT_BINARY, bundle_dir, target_dir, recording, repeat, threads)
     table = text_table(
         ["runtime", "median drafter step ms", "time / C++ time", "steps", "trees + active sets equal the recording"],
         [["python", f"{row['python_step_ms_median']:.3f}", f"{row['python_over_cpp']:.2f}x", row["steps"],

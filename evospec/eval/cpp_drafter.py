@@ -10,6 +10,7 @@ of ``repeat`` replays, and the table gives the median over steps.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -26,8 +27,9 @@ class CppDrafterError(EvoSpecError):
 
 
 def run_cpp(binary: Path, bundle: Path, recording: Path, out: Path, *, target: Path | None = None,
-            vocab: str | None = None, repeat: int = 1, row_updates: Path | None = None) -> dict:
-    """Run ``evospec-draft`` and return its JSON (policy, step_ms, steps: tokens/parents/depths/active/moved)."""
+            vocab: str | None = None, repeat: int = 1, row_updates: Path | None = None, threads: int | None = None) -> dict:
+    """Run ``evospec-draft`` and return its JSON (policy, step_ms, steps: tokens/parents/depths/active/moved).
+    ``threads``: libtorch's intra-op threads there (OMP_NUM_THREADS; default: libtorch's own choice)."""
     if not Path(binary).is_file():
         raise SettingsError(f"{binary} does not exist: build the C++ library with `make cpp`")
     cmd = [str(binary), "--bundle", str(bundle), "--recording", str(recording), "--out", str(out), "--repeat", str(repeat)]
@@ -37,7 +39,8 @@ def run_cpp(binary: Path, bundle: Path, recording: Path, out: Path, *, target: P
         cmd += ["--vocab", vocab]
     if row_updates is not None:
         cmd += ["--row-updates", str(row_updates)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise CppDrafterError(done.stderr.strip().removeprefix("evospec: error: ") or f"exit code {done.returncode}")
     return json.loads(Path(out).read_text())
@@ -63,17 +66,27 @@ def recorded_expectations(recording: Path) -> tuple[list[dict], list[list[int]]]
     return [s["tree"] for s in rec["steps"]], [s["active"] for s in rec["steps"]]
 
 
-def profile_cpp(binary: Path, bundle: Path, target: Path, recording: Path, repeat: int = 5) -> dict:
-    """Replay ``recording`` through both runtimes, check they agree, and time the drafter step."""
-    python: PythonReplay = replay_python(bundle, target, recording, repeat=repeat)
+def profile_cpp(binary: Path, bundle: Path, target: Path, recording: Path, repeat: int = 5,
+                threads: int | None = None) -> dict:
+    """Replay ``recording`` through both runtimes, check they agree, and time the drafter step.
+    ``threads``: intra-op threads for both sides (default: each library's own choice)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        python: PythonReplay = replay_python(bundle, target, recording, repeat=repeat)
+    finally:
+        torch.set_num_threads(before)
     with tempfile.TemporaryDirectory() as tmp:
-        cpp = run_cpp(binary, bundle, recording, Path(tmp) / "cpp.json", target=target, repeat=repeat)
+        cpp = run_cpp(binary, bundle, recording, Path(tmp) / "cpp.json", target=target, repeat=repeat, threads=threads)
     expected_trees, expected_active = recorded_expectations(recording)
     rec, _ = load_recording(recording)
     py_ms, cpp_ms = statistics.median(python.step_ms), statistics.median(cpp["step_ms"])
     return {
         "bundle": str(bundle), "recording": str(recording), "vocab": rec["vocab"], "settings": rec["settings"],
-        "steps": len(rec["steps"]), "repeat": repeat,
+        "steps": len(rec["steps"]), "repeat": repeat, "threads": threads or "default",
         "python_step_ms_median": py_ms, "cpp_step_ms_median": cpp_ms, "python_over_cpp": py_ms / cpp_ms,
         "python_step_ms": python.step_ms, "cpp_step_ms": cpp["step_ms"],
         "cpp_mismatches_vs_recording": mismatches(expected_trees, expected_active, cpp),
