@@ -157,7 +157,8 @@ def test_row_updates_from_cpp_equal_python(binary, demo_bundle, work):
     from safetensors.torch import load_file, save_file
 
     recording_dir = work / "demo-updates"
-    recording = record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, TREE, vocab="evospec:64:sync")
+    short = DecodeSettings(max_new_tokens=24, draft_tree="tree", draft_depth=3, draft_topk=4, draft_tokens=8)
+    recording = record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, short, vocab="evospec:64:sync")
     reservoir = load_file(str(demo_bundle / "reservoir.safetensors"))["reservoir"]
     updates = {}
     for i, step in enumerate(recording["steps"]):

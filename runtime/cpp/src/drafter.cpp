@@ -1,6 +1,7 @@
 // The Drafter facade: a bundle's weights, the resident head rows, the KV cache and the policy,
 // driven in the order the Python decoding loop drives them (runtime/generator.py):
 // observe the committed tokens -> choose the active set -> feed the new positions -> draft a tree.
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
@@ -133,6 +134,8 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
 
 Drafter::Drafter(const std::string& bundle, const DrafterOptions& options) : impl_(std::make_unique<Impl>()) {
   c10::InferenceMode guard;
+  if (options.threads < 0) throw SettingsError("DrafterOptions::threads must be >= 0 (0: libtorch's choice)");
+  if (options.threads > 0) at::set_num_threads(options.threads);
   Impl& d = *impl_;
   d.bundle = normalise_path(bundle);
   d.options = options;

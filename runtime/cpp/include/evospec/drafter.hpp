@@ -65,6 +65,9 @@ struct DrafterOptions {
   bool check_files = true;
   // KV-cache slots of the drafter's single layer: committed positions plus a step's scratch.
   int64_t max_context = 4096;
+  // libtorch intra-op threads, set when the drafter opens (process-wide: libtorch has one pool);
+  // 0 leaves libtorch's choice. On a loaded machine 1 is often fastest (README, issue 20).
+  int threads = 0;
 };
 
 // Sizes and the active vocabulary, for services that size their own buffers.
