@@ -67,7 +67,7 @@ class SpeculativeGenerator:
                     f"drafter taps target hidden states {taps}, but the target has {target.num_layers} layers "
                     f"(valid indices 0..{target.num_layers}, three of them)"
                 )
-            target = TargetModel(target.model, tuple(taps), target.tokenizer)
+            target = target.with_taps(tuple(taps))
         if policy is not None and not hasattr(drafter, "set_active"):
             raise CompatibilityError("vocabulary policies need a compiled drafter (`evospec compile`, then --bundle)")
         self.target = target

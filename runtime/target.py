@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from evospec.core.errors import CheckpointError, CompatibilityError
+from evospec.runtime.lean_target import LeanCache, LeanDecoder, lean_support
 from evospec.runtime.skinny_head import use_skinny_head
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class TargetModel:
         tap_layers: Indices into HF ``hidden_states`` (0 = embeddings, i = output of layer i-1);
             empty when no drafter is attached.
         tokenizer: Optional tokenizer for text prompts and output.
+        lean: Run the Llama-family forward of :mod:`evospec.runtime.lean_target` (the same arithmetic
+            without the framework's per-call work) where the model is covered; False always runs the
+            transformers forward.
     """
 
     def __init__(
@@ -45,12 +49,18 @@ class TargetModel:
         model: PreTrainedModel,
         tap_layers: tuple[int, ...],
         tokenizer: PreTrainedTokenizerBase | None = None,
+        lean: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tap_layers = tap_layers
         self._cache_argument = cache_argument(model)  # once: inspecting forward's signature each step is waste
         self.tokenizer = tokenizer
         self.window = attention_window(model.config)
+        self.lean = LeanDecoder(model) if lean and lean_support(model) is None else None
+
+    def with_taps(self, tap_layers: tuple[int, ...]) -> TargetModel:
+        """The same model (and forward) tapping other layers."""
+        return TargetModel(self.model, tuple(tap_layers), self.tokenizer, lean=self.lean is not None)
 
     @property
     def config(self):
@@ -81,21 +91,24 @@ class TargetModel:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def new_cache(self) -> DynamicCache:
+    def new_cache(self) -> DynamicCache | LeanCache:
         """A full (never truncated) cache: sliding windows are applied by the mask instead, so that
-        rejected tree branches can always be rolled back."""
-        return DynamicCache()
+        rejected tree branches can always be rolled back. The lean forward's cache is allocated up
+        front and grows by doubling."""
+        return DynamicCache() if self.lean is None else self.lean.new_cache()
 
     @torch.no_grad()
     def forward(
         self,
         input_ids: torch.Tensor,  # [1, T]
         positions: torch.Tensor,  # [1, T]
-        cache: DynamicCache,
+        cache: DynamicCache | LeanCache,
         tree_mask: torch.Tensor | None = None,  # [T, T] bool among the new tokens; None = causal
     ) -> TargetOutput:
         past = cache.get_seq_length()
         t = input_ids.shape[1]
+        if self.lean is not None and t == 1 and self.window is None:  # one token sees every slot: no mask
+            return self._lean_forward(input_ids, positions, cache, None)
         if tree_mask is None:
             tree_mask = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
         visible = torch.cat(
@@ -104,6 +117,8 @@ class TargetModel:
         if self.window is not None:  # cache slot k holds position k, then the new tokens' positions
             key_pos = torch.cat((torch.arange(past, device=input_ids.device), positions[0]))
             visible &= (positions[0][:, None] - key_pos[None, :]) < self.window
+        if self.lean is not None:
+            return self._lean_forward(input_ids, positions, cache, visible)
         dtype = self.model.dtype
         additive = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
         additive.masked_fill_(~visible, torch.finfo(dtype).min)
@@ -131,6 +146,14 @@ class TargetModel:
         else:
             features = out.logits.new_zeros(t, 0)
         return TargetOutput(logits=out.logits[0].float(), features=features)
+
+    def _lean_forward(self, input_ids, positions, cache, visible) -> TargetOutput:
+        logits, states = self.lean.forward(input_ids, positions, cache, visible, self.tap_layers)
+        if self.tap_layers:
+            features = torch.cat([states[i] for i in self.tap_layers], dim=-1)
+        else:
+            features = logits.new_zeros(input_ids.shape[1], 0)
+        return TargetOutput(logits=logits.float(), features=features)
 
     def _tap_modules(self) -> torch.nn.ModuleList | None:
         """The decoder layers whose inputs are the taps (HF ``hidden_states[i]`` is layer i's input), or
@@ -176,12 +199,15 @@ def attention_window(config) -> int | None:
     )
 
 
-def keep_cache_slots(cache: DynamicCache, keep: torch.Tensor) -> None:
+def keep_cache_slots(cache: DynamicCache | LeanCache, keep: torch.Tensor) -> None:
     """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches.
 
     When the kept slots are a prefix (a chain, or a tree whose accepted path is its first branch) the
     cache is cut to that length, a view with no copy; otherwise each layer's slots are gathered.
     """
+    if isinstance(cache, LeanCache):
+        cache.keep(keep)
+        return
     n = int(keep.numel())
     if n and int(keep[-1]) == n - 1:  # ascending and ending at n-1: exactly 0..n-1
         for layer in cache.layers:

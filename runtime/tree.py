@@ -96,6 +96,8 @@ def draft_tree(
     device = req.hidden.device
     # A living vocabulary can be smaller than the tree width: never ask top-k for more than exists.
     w = min(req.width, req.logits.shape[-1])
+    if w == 1:
+        return _draft_chain(drafter, cache, req, generator)
     ids, scores, q = _choose(req.logits[None], req, generator, w)  # [1, w]
     cand_ids = [ids[0]]
     cand_scores = [scores[0]]
@@ -137,6 +139,42 @@ def draft_tree(
     return _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q)
 
 
+def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator) -> DraftTree:
+    """The tree with one child per node, without the tree's bookkeeping: each level sees every slot
+    before it, so the mask is all ones, and cumulative scores only shrink with depth, so the budget
+    keeps the first levels (what :func:`_select` would keep)."""
+    ids, _, q = _choose(req.logits[None], req, generator, 1)  # [1, 1]
+    chosen, proposals = [ids[0]], [q] if q is not None else []
+    hidden = req.hidden[None]  # [1, 1, d]
+    for level in range(1, min(req.depth, req.budget)):
+        start = req.committed + level - 1
+        if start + 1 > cache.capacity:
+            break
+        mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
+        positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
+        hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, mask)
+        ids, _, q = _choose(logits[0], req, generator, 1)
+        chosen.append(ids[0])
+        if q is not None:
+            proposals.append(q)
+    n = len(chosen)
+    tree = DraftTree(
+        tokens=drafter.draft_to_target(torch.cat(chosen)).cpu(),
+        parents=torch.arange(-1, n - 1, dtype=torch.long),
+        depths=torch.arange(1, n + 1, dtype=torch.long),
+    )
+    if proposals:
+        tree.proposals = _full_proposals(drafter, torch.cat(proposals).cpu())
+    return tree
+
+
+def _full_proposals(drafter: Eagle3Drafter, q: torch.Tensor) -> torch.Tensor:
+    """[N, Vd] draft-id probabilities spread over the target vocabulary's columns: [N, V]."""
+    full = torch.zeros(q.shape[0], drafter.config.vocab_size, dtype=q.dtype)
+    full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q  # head columns
+    return full
+
+
 def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q) -> DraftTree:
     """Keep the ``budget`` best candidates; ancestors always rank before descendants."""
     scores = torch.cat(cand_scores).tolist()
@@ -154,8 +192,5 @@ def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand
         depths=torch.tensor([depths[i] for i in kept], dtype=torch.long),
     )
     if cand_q:
-        q = torch.cat(cand_q)[kept].cpu()  # [N, Vd] over draft ids
-        full = torch.zeros(len(kept), drafter.config.vocab_size, dtype=q.dtype)
-        full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q  # head columns
-        tree.proposals = full
+        tree.proposals = _full_proposals(drafter, torch.cat(cand_q)[kept].cpu())  # [N, Vd] over draft ids
     return tree

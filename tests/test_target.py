@@ -11,7 +11,7 @@ from evospec.testing.tiny import TINY_SHAPES, TinyShape, tiny_target
 
 
 def test_tapped_features_are_inputs_of_the_tapped_layers():
-    """EAGLE-3 taps the input of decoder layers (2, L//2, L-3): HF hidden_states[i]."""
+    """EAGLE-3 taps the input of decoder layers (2, L//2, L-3): HF hidden_states[i] (transformers forward)."""
     model = tiny_target(TinyShape(layers=7), seed=0)
     taps = default_tap_layers(7)
     assert taps == (2, 3, 4)
@@ -21,7 +21,7 @@ def test_tapped_features_are_inputs_of_the_tapped_layers():
             lambda mod, args, kwargs, i=i: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"])),
             with_kwargs=True,
         )
-    target = TargetModel(model, taps)
+    target = TargetModel(model, taps, lean=False)
     out = target.forward(torch.tensor([[1, 2, 3]]), torch.arange(3)[None], target.new_cache())
     assert torch.equal(out.features, torch.cat([seen[i][0] for i in taps], dim=-1))
 

@@ -117,7 +117,7 @@ def train_drafter(
     taps = checked_taps(recipe.taps, target.num_layers)
     documents = domain_token_ids(tokenizer, corpus, "train")  # tokenised once: vocabulary and windows
     draft_ids = draft_vocabulary((doc for docs in documents.values() for doc in docs), recipe.draft_vocab, target.vocab_size)
-    target = TargetModel(target.model, taps, target.tokenizer)
+    target = target.with_taps(taps)
     drafter = new_drafter(target, draft_ids, recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     sequences = sample_windows(join_with_eos(documents, tokenizer.eos_token_id), recipe.windows, recipe.seq_len, g)
