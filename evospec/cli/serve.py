@@ -169,6 +169,10 @@ def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_to
 @click.option("--warmup", type=int, default=50, show_default=True, help="Requests before the memory baseline.")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight.")
 @click.option("--max-tokens", type=int, default=96, show_default=True, help="Longest request (each draws 1..this).")
+@click.option("--sampled-share", type=float, default=0.3, show_default=True,
+              help="Share of requests sampled at T>0 (the rest are greedy and checked for exactness).")
+@click.option("--cancel-share", type=float, default=0.1, show_default=True, help="Share cancelled mid-stream.")
+@click.option("--malformed-share", type=float, default=0.05, show_default=True, help="Share of malformed requests.")
 @click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas (vLLM data parallel).")
 @click.option("--draft-depth", type=int, default=5, show_default=True, help="Draft tokens per step.")
 @click.option("--eager/--compile", default=False, show_default=True, help="vLLM eager or compiled.")
@@ -176,7 +180,7 @@ def loadtest_cmd(target_dir, methods, corpus, domain, split, requests, prompt_to
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=Path("soak-server.log"), show_default=True,
               help="The server's log.")
 def soak_cmd(target_dir, drafter_dir, corpus, domain, prompt_count, prompt_tokens, requests, warmup, concurrency,
-             max_tokens, replicas, draft_depth, eager, json_path, log_path):
+             max_tokens, sampled_share, cancel_share, malformed_share, replicas, draft_depth, eager, json_path, log_path):
     """Mixed requests (lengths, temperatures, cancellations mid-stream, malformed ones) against one server:
     none lost, T=0 exact, malformed -> 4xx, still healthy, resident memory within +-5% after warm-up."""
     import importlib.util
@@ -190,7 +194,8 @@ def soak_cmd(target_dir, drafter_dir, corpus, domain, prompt_count, prompt_token
 
     if importlib.util.find_spec("openai") is None or importlib.util.find_spec("vllm") is None:
         raise SettingsError(f"soak needs vllm and the openai client in this environment; {SETUP_HINT}")
-    settings = SoakSettings(requests=requests, warmup=warmup, concurrency=concurrency, max_tokens=max_tokens)
+    settings = SoakSettings(requests=requests, warmup=warmup, concurrency=concurrency, max_tokens=max_tokens,
+                            cancel_share=cancel_share, malformed_share=malformed_share, sampled_share=sampled_share)
     prompts = corpus_prompts(target_dir, corpus, domain, prompt_count, prompt_tokens)
     reference = greedy_reference(target_dir, prompts, max_tokens)
     vocab_size = int(json_module.loads((Path(target_dir) / "config.json").read_text())["vocab_size"])
