@@ -172,6 +172,29 @@ def test_row_updates_from_cpp_equal_python(binary, demo_bundle, work):
     assert python.trees != [s["tree"] for s in recording["steps"]], "the updates changed no draft: the check is vacuous"
 
 
+def test_trunk_weight_updates_from_cpp_equal_python(binary, demo_bundle, work):
+    """Fuse/trunk weights changed before each step through Drafter::update_weight (named as the Python
+    runtime's trunk_weights) draft like Python's update_trunk_weights, and the drafts change."""
+    from safetensors.torch import load_file, save_file
+
+    recording_dir = work / "demo-weights"
+    short = DecodeSettings(max_new_tokens=24, draft_tree="tree", draft_depth=3, draft_topk=4, draft_tokens=8)
+    recording = record(demo_bundle, DEMO_TARGET, "import ", recording_dir, short, vocab="frspec:128")
+    weights = load_file(str(demo_bundle / "drafter" / "model.safetensors"))
+    updates = {}
+    for i in range(len(recording["steps"])):
+        fc, o_proj = weights["fc.weight"].float(), weights["midlayer.self_attn.o_proj.weight"].float()
+        updates[f"step_{i}_weight:norm.weight"] = weights["norm.weight"].float() * (1.0 + 0.5 * (i % 3))
+        updates[f"step_{i}_weight:layer.self_attn.o_proj.weight"] = o_proj * (1 - 0.1 * i)
+        updates[f"step_{i}_weight:fc.weight"] = (fc.flip(0) if i % 2 else fc).clone()
+    save_file(updates, str(work / "weights.safetensors"))
+    python = replay_python(demo_bundle, DEMO_TARGET, recording_dir, row_updates=updates)
+    cpp = run_cpp(binary, demo_bundle, recording_dir, work / "weights.json", target=DEMO_TARGET,
+                  row_updates=work / "weights.safetensors")
+    assert mismatches(python.trees, python.active, cpp) == []
+    assert python.trees != [s["tree"] for s in recording["steps"]], "the updates changed no draft: the check is vacuous"
+
+
 def python_error(bundle: Path) -> str:
     with pytest.raises(BundleError) as caught:
         check_files(bundle, read_manifest(bundle))

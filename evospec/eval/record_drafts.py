@@ -108,7 +108,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
     policy's observe/choose, the gather-plan update, the drafter's pass over the new positions and
     the tree. ``step_ms``: the best of ``repeat`` replays per step (what ``evospec-draft`` times).
     ``row_updates``: ``step_<i>_ids`` / ``step_<i>_rows`` written into the reservoir before step i
-    (as ``evospec-draft --row-updates`` does), then the resident rows refreshed (online alignment's path)."""
+    (as ``evospec-draft --row-updates`` does), then the resident rows refreshed (online alignment's path);
+    ``step_<i>_weight:<name>``: fuse/trunk weights written through ``update_trunk_weights``."""
     recording, features = load_recording(directory)
     row_updates = row_updates or {}
     gen = SpeculativeGenerator.from_bundle(bundle, target, vocab=recording["vocab"])
@@ -124,6 +125,10 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
             policy.reset(prompt)
         state = None
         for i, step in enumerate(recording["steps"]):
+            prefix = f"step_{i}_weight:"
+            weights = {k[len(prefix):]: v.float() for k, v in row_updates.items() if k.startswith(prefix)}
+            if weights:
+                drafter.update_trunk_weights(weights)
             if f"step_{i}_ids" in row_updates:
                 ids = row_updates[f"step_{i}_ids"].long()
                 drafter.reservoir.index_copy_(0, ids, row_updates[f"step_{i}_rows"].float())

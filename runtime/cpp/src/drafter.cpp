@@ -270,6 +270,18 @@ std::vector<float> Drafter::row(int64_t id) const {
   return std::vector<float>(r.data_ptr<float>(), r.data_ptr<float>() + r.numel());
 }
 
+void Drafter::update_weight(const std::string& name, const float* values, size_t count) {
+  c10::InferenceMode guard;
+  at::Tensor* weight = impl_->model->weight(name);
+  if (weight == nullptr)
+    throw SettingsError("no fuse/trunk weight named '" + name + "' (names as CompiledDrafter.trunk_weights(): "
+                        "fc.weight, norm.weight, layer.self_attn.q_proj.weight, ...)");
+  if (static_cast<int64_t>(count) != weight->numel())
+    throw SettingsError("weight '" + name + "' has " + std::to_string(weight->numel()) + " elements, got " +
+                        std::to_string(count));
+  weight->copy_(at::from_blob(const_cast<float*>(values), weight->sizes(), at::kFloat));  // in place, as Python copies
+}
+
 const DrafterInfo& Drafter::info() const { return impl_->info; }
 
 }  // namespace evospec

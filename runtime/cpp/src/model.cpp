@@ -166,4 +166,15 @@ at::Tensor Model::head(const at::Tensor& normed, const at::Tensor& rows, const a
   return at::linear(normed, rows) + bias;
 }
 
+at::Tensor* Model::weight(const std::string& name) {
+  const std::map<std::string, at::Tensor*> names{
+      {"fc.weight", &fc_}, {"norm.weight", &final_norm_}, {"layer.hidden_norm.weight", &hidden_norm_},
+      {"layer.input_layernorm.weight", &input_norm_}, {"layer.post_attention_layernorm.weight", &post_norm_},
+      {"layer.self_attn.q_proj.weight", &q_}, {"layer.self_attn.k_proj.weight", &k_},
+      {"layer.self_attn.v_proj.weight", &v_}, {"layer.self_attn.o_proj.weight", &o_},
+      {"layer.mlp.gate_proj.weight", &gate_}, {"layer.mlp.up_proj.weight", &up_}, {"layer.mlp.down_proj.weight", &down_}};
+  auto it = names.find(name);
+  return it == names.end() ? nullptr : it->second;
+}
+
 }  // namespace evospec::detail

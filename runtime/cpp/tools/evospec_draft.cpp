@@ -9,7 +9,8 @@
 // the target accepted. The output lists, per step, the tree and the active set the library
 // produced, and the wall time of each step (propose + commit; the best of --repeat replays).
 // --row-updates: ``step_<i>_ids`` (int64) and ``step_<i>_rows`` (float32 [n, d]) written into the
-// reservoir through Drafter::update_rows before step i's propose (online row updates from C++).
+// reservoir through Drafter::update_rows before step i's propose (online row updates from C++), and
+// ``step_<i>_weight:<name>`` written through Drafter::update_weight (fuse/trunk weights).
 // Errors: one line on stderr, "evospec: error: ...", exit code 2 (as the Python CLI).
 #include <algorithm>
 #include <chrono>
@@ -79,6 +80,12 @@ int run(int argc, char** argv) {
   for (int r = 0; r < repeat; ++r) {
     drafter.start(prompt);
     for (size_t i = 0; i < steps.size(); ++i) {
+      std::string weight_prefix = "step_" + std::to_string(i) + "_weight:";
+      for (const auto& [key, value] : updates)
+        if (key.rfind(weight_prefix, 0) == 0) {
+          at::Tensor w = value.to(at::kFloat).contiguous();
+          drafter.update_weight(key.substr(weight_prefix.size()), w.data_ptr<float>(), static_cast<size_t>(w.numel()));
+        }
       auto ids = updates.find("step_" + std::to_string(i) + "_ids");
       if (ids != updates.end()) {
         at::Tensor id_list = ids->second.to(at::kLong).contiguous();

@@ -117,6 +117,12 @@ class Drafter {
   // The current reservoir row of ``id`` (d floats).
   std::vector<float> row(int64_t id) const;
 
+  // Online updates of the fuse/trunk weights (aligners that train more than head rows), named as
+  // the Python runtime's CompiledDrafter.trunk_weights() names them: "fc.weight", "norm.weight",
+  // "layer.<module>.weight" (e.g. "layer.self_attn.q_proj.weight"). ``values``: the whole weight,
+  // row-major float32, ``count`` elements. Throws SettingsError for an unknown name or wrong size.
+  void update_weight(const std::string& name, const float* values, size_t count);
+
   const DrafterInfo& info() const;
 
  private:
