@@ -69,7 +69,9 @@ class Eagle3EvoSpecLlamaForCausalLM(Eagle3LlamaForCausalLM):
                              f"{self.config.draft_vocab_size}")
         self.logit_scale = float(getattr(self.config, "logit_scale", 1.0))
         self.register_buffer("draft_index", torch.arange(self.config.draft_vocab_size), persistent=False)
-        self._first_pass = False  # set when a drafting step begins: its next forward carries verified tokens
+        # Set when a drafting step begins: its next forward carries the verified tokens. A flag set before a call
+        # is what vLLM's proposer interface leaves (it hands the model no step or token metadata).
+        self._first_pass = False
         logger.info("EvoSpec drafter: %s, K=%d resident rows from a reservoir of %d, %s",
                     self.vocabulary.policy.name, self.vocabulary.resident.k, self.vocabulary.resident.rows.shape[0],
                     "static" if self.vocabulary.static else "planned on a worker thread")
