@@ -32,9 +32,10 @@ def test_bench_json_rows(corpus, tmp_path):
         "bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
         "--corpus", str(corpus), "--prompts", "2", "--prompt-tokens", "16", "--max-new-tokens", "12",
         "--draft-tree", "chain", "--draft-depth", "3", "--json", str(out), "--plot", str(tmp_path / "bench.png"),
-        "--breakdown",
+        "--breakdown", "--threads", "1",
     )
     assert "identical" in proc.stdout and "outside forwards" in proc.stdout
+    assert "this runtime: 1 torch threads" in proc.stdout
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads(out.read_text())
     assert [(r["domain"], r["method"]) for r in rows] == [

@@ -48,8 +48,11 @@ from evospec.core.settings import DecodeSettings
               help="vLLM: torch.compile its model (its serving default, and its fastest here) or run eager "
                    "(starts in seconds instead of minutes).")
 @click.option("--breakdown", is_flag=True, help="Also print where each step's time went (ms per step by part).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="This runtime: torch intra-op threads (default: torch's own choice, one per core). A tiny "
+                   "model's step is many small calls, where one thread can beat two.")
 def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype,
-          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, breakdown, **values):
+          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, breakdown, threads, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
     from rich.progress import Progress
 
@@ -70,6 +73,11 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
             raise SettingsError(reason)
         check_head_sizes(target_dir, vllm_drafter or drafter_dir)  # before minutes of decoding, not after
     total = prompts * len(chosen or corpus_domains(corpus))
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    click.echo(f"this runtime: {torch.get_num_threads()} torch threads")
     generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
                                                 tap_numbering=tap_numbering)
     with Progress(transient=True) as bar:
