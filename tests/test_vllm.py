@@ -130,3 +130,17 @@ def test_without_vllm_the_engine_option_says_how_to_get_it(corpus):
                str(ASSET_DIR / "drafter"), "--corpus", str(corpus), check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "make vllm-setup" in proc.stderr
+
+
+@pytest.mark.vllm
+def test_a_corrupt_vllm_drafter_config_is_named(vllm_bin, corpus, tmp_path):
+    bad = tmp_path / "bad-drafter"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    proc = subprocess.run(
+        [str(vllm_bin / "evospec"), "bench", "--engine", "vllm", "--target", str(ASSET_DIR / "target"), "--drafter",
+         str(ASSET_DIR / "drafter"), "--vllm-drafter", str(bad), "--corpus", str(corpus), "--draft-tree", "chain"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{bad / 'config.json'} is not valid JSON" in proc.stderr

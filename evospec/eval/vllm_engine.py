@@ -70,14 +70,18 @@ def environment(settings: VllmSettings) -> dict[str, str]:
 def check_head_sizes(*model_dirs: Path) -> None:
     """vLLM's CPU attention has kernels for a fixed list of head sizes; a model outside it kills the engine
     with a worker traceback, so it is refused here by name first."""
-    import json
-
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from evospec.runtime.files import read_model_config
 
     supported = CPUAttentionBackend.get_supported_head_sizes()
     for directory in model_dirs:
-        config = json.loads((Path(directory) / "config.json").read_text())
-        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        config = read_model_config(directory)
+        try:
+            head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            raise SettingsError(f"{directory}/config.json: no head_dim, and no hidden_size and "
+                                "num_attention_heads to derive it from") from None
         if head_dim not in supported:
             raise SettingsError(f"{directory}: head_dim {head_dim} has no kernel in vLLM's CPU attention "
                                 f"(supported: {supported}); vLLM cannot serve this model on the CPU")
