@@ -107,3 +107,20 @@ def test_switch_prompts_end_just_after_a_topic_switch(tmp_path):
         switch = 1 + i % 3
         assert prompt[-SWITCH_LEAD:] == [1000 * switch + k for k in range(SWITCH_LEAD)]  # the new topic's start
         assert prompt[0] // 1000 == switch - 1  # with the old topic before it
+
+
+def test_bench_with_a_bundle_and_a_policy(corpus, tmp_path):
+    """A compiled bundle drafts under a vocabulary policy; its greedy output is still the target's own."""
+    bundle = tmp_path / "b"
+    run("compile", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"), "--out", str(bundle),
+        "--buckets", "384,512")
+    out = tmp_path / "bench.json"
+    run("bench", "--target", str(ASSET_DIR / "target"), "--bundle", str(bundle), "--vocab", "full", "--corpus",
+        str(corpus), "--domains", "code", "--prompts", "1", "--prompt-tokens", "16", "--max-new-tokens", "12",
+        "--draft-tree", "chain", "--draft-depth", "3", "--breakdown", "--json", str(out))
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["eagle3", "plain"] and rows[0]["identical_to_plain"] is True
+    for args, message in ((["--drafter", str(ASSET_DIR / "drafter"), "--bundle", str(bundle)], "one of them"),
+                          (["--drafter", str(ASSET_DIR / "drafter"), "--vocab", "full"], "need --bundle")):
+        proc = run("bench", "--target", str(ASSET_DIR / "target"), "--corpus", str(corpus), *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -15,7 +15,14 @@ from evospec.core.settings import DecodeSettings
 
 @click.command()
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
-@click.option("--drafter", "drafter_dir", required=True, type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
+              help="Draft with a compiled bundle (`evospec compile`) instead of --drafter (this runtime only).")
+@click.option("--vocab", "vocab_policy", default=None,
+              help="With --bundle: the active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, evospec:K; "
+                   "+align adds online alignment).")
+@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
+              help="With --bundle: token-frequency file for frspec:K and evospec:K.")
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder: <domain>/test/*.txt|jsonl.")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all in the corpus).")
 @click.option("--prompts", type=int, default=8, show_default=True, help="Prompts per domain.")
@@ -51,8 +58,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="This runtime: torch intra-op threads (default: torch's own choice, one per core). A tiny "
                    "model's step is many small calls, where one thread can beat two.")
-def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json_path, plot_path, device, dtype,
-          tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads, vllm_compile, breakdown, threads, **values):
+def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus, domains, prompts, prompt_tokens,
+          json_path, plot_path, device, dtype, tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads,
+          vllm_compile, breakdown, threads, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
     from rich.progress import Progress
 
@@ -60,6 +68,12 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     from evospec.eval.bench import BenchSettings, bench_plot, rows_json, rows_table, run_bench
     from evospec.runtime.generator import SpeculativeGenerator
 
+    if (drafter_dir is None) == (bundle_dir is None):
+        raise click.UsageError("give --drafter or --bundle (one of them)")
+    if bundle_dir is not None and engine != "evospec":
+        raise click.UsageError("--bundle is this runtime's compiled drafter; vLLM serves a --drafter export")
+    if (vocab_policy is not None or frequencies is not None) and bundle_dir is None:
+        raise click.UsageError("--vocab and --frequencies need --bundle: policies choose rows of its reservoir")
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
@@ -78,8 +92,12 @@ def bench(target_dir, drafter_dir, corpus, domains, prompts, prompt_tokens, json
     if threads is not None:
         torch.set_num_threads(threads)
     click.echo(f"this runtime: {torch.get_num_threads()} torch threads")
-    generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
-                                                tap_numbering=tap_numbering)
+    if bundle_dir is not None:
+        generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
+                                                     vocab=vocab_policy, frequencies=frequencies)
+    else:
+        generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
+                                                    tap_numbering=tap_numbering)
     with Progress(transient=True) as bar:
         task = bar.add_task("bench", total=total)
         run = run_bench(generator, str(corpus), decode, settings, lambda domain: bar.update(task, advance=1),
