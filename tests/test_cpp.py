@@ -41,6 +41,7 @@ CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
 DEMO_TARGET = ASSET_DIR / "target"
 TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
+LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 
 
 def toolchain_problem() -> str | None:
@@ -130,14 +131,17 @@ def changes(recording: dict) -> int:
 
 
 @pytest.mark.parametrize(("settings", "vocab"), [
-    (CHAIN, None), (TREE, "frspec:128"), (TREE, "evospec:64:sync"), (CHAIN, "evospec:64"),
-], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined"])
+    (CHAIN, None), (TREE, "frspec:128"), (LONG_TREE, "evospec:64:sync"), (CHAIN, "evospec:64"),
+    (CHAIN, "evospec:48:core-25"), (TREE, "evospec:64:no-context"),
+], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
+        "tree-evospec-no-context"])
 def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, vocab):
     name = f"demo-{settings.draft_tree}-{vocab}".replace(":", "_")
     recording = check_against_python(binary, demo_bundle, DEMO_TARGET, work / name, "def parse(", settings, vocab,
                                       work / f"{name}.json")
-    if vocab == "evospec:64:sync":  # the living vocabulary really lives: a new set at every step
+    if vocab == "evospec:64:sync":  # the living vocabulary really lives: a new set at every step,
         assert changes(recording) == len(recording["steps"]) - 1
+        assert recording["drifts"] >= 1  # and a topic switch was detected (drift path + boosted semantic query)
 
 
 @pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), (CHAIN, "full")],

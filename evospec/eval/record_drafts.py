@@ -62,6 +62,7 @@ def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, setti
     gen.steps = []
     ids = gen.encode(prompt) if isinstance(prompt, str) else list(prompt)
     result = gen.generate(ids, settings)
+    drifts = getattr(gen.policy, "drifts", None)  # topic switches EvoSpec detected (its drift path ran)
     if gen.policy is not None and hasattr(gen.policy, "close"):
         gen.policy.close()
     steps = []
@@ -70,7 +71,7 @@ def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, setti
         steps.append({"positions": len(step["tokens"]), "newest": step["tokens"][-1], "accepted": following[:-1],
                       "tree": step["tree"], "active": step["active"], "moved": step["moved"]})
     recording = {"format": RECORDING_FORMAT, "bundle": str(bundle), "vocab": vocab, "settings": draft_settings(settings),
-                 "prompt": ids, "new_tokens": result.token_ids, "steps": steps}
+                 "prompt": ids, "new_tokens": result.token_ids, "drifts": drifts, "steps": steps}
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)

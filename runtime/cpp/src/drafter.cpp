@@ -79,6 +79,7 @@ namespace {
 // What a policy is built from (runtime/vocab/__init__.py's make_policy and PolicyInputs).
 struct PolicyInputs {
   std::string bundle, frequencies;
+  EvoSpecSettings evospec;
   int64_t vocab_size, hidden_size;
   std::vector<int64_t> own_ids;
   std::unique_ptr<SemanticIndex>& semantic;  // loaded here when the policy retrieves by state
@@ -111,11 +112,11 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
   if (name == "evospec") {
     std::string k = arg.substr(0, arg.find(':'));
     std::string mode = arg.find(':') == std::string::npos ? "" : arg.substr(arg.find(':') + 1);
-    if (!is_number(k) || (!mode.empty() && mode != "sync"))
-      throw SettingsError("policy '" + spec + "': the C++ drafter runs evospec:K and evospec:K:sync with the built-in "
-                          "settings (named variants run in the Python runtime)");
+    if (!is_number(k))
+      throw SettingsError("policy '" + spec + "': expected evospec:K, evospec:K:sync or evospec:K:VARIANT with an "
+                          "integer K, e.g. evospec:16384");
     auto f = frequencies("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)");
-    EvoSpecSettings settings;
+    EvoSpecSettings settings = mode.empty() || mode == "sync" ? d.evospec : evospec_variant(d.evospec, mode);
     if (manifest.has("semantic_index") && settings.semantic_count > 0) {
       d.semantic = load_semantic_index(d.bundle, vocab, d.hidden_size);
       if (!d.semantic)
@@ -127,7 +128,7 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
     return std::make_unique<PipelinedPolicy>(std::move(inner));
   }
   throw SettingsError("unknown vocabulary policy '" + spec + "'; the C++ drafter knows: full, eagle3, frspec:K, "
-                      "evospec:K, evospec:K:sync");
+                      "evospec:K, evospec:K:sync, evospec:K:VARIANT");
 }
 
 }  // namespace
@@ -166,7 +167,8 @@ Drafter::Drafter(const std::string& bundle, const DrafterOptions& options) : imp
   d.rows = std::make_unique<ResidentRows>(reservoir, d.plan);
   d.info.policy = options.vocab.empty() ? "eagle3 (fixed)" : options.vocab;
   if (!options.vocab.empty()) {
-    d.policy = make_policy(options.vocab, {d.bundle, options.frequencies, c.vocab_size, c.hidden_size, own_ids, d.semantic},
+    d.policy = make_policy(options.vocab,
+                           {d.bundle, options.frequencies, options.evospec, c.vocab_size, c.hidden_size, own_ids, d.semantic},
                            manifest);
   }
   d.keys = at::zeros({1, c.num_kv_heads, options.max_context, c.head_dim}, at::kFloat);

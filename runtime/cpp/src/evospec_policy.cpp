@@ -182,6 +182,28 @@ class EvoSpecPolicy : public Policy {
 
 }  // namespace
 
+EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::string& name) {
+  // runtime/vocab/evospec_settings.py VARIANTS: each changes one switch of the chosen settings
+  EvoSpecSettings s = settings;
+  if (name == "core-25") s.core_share = 0.25;
+  else if (name == "core-75") s.core_share = 0.75;
+  else if (name == "frequency-only") s.core_share = 1.0;
+  else if (name == "no-context") s.context = false;
+  else if (name == "no-corpus-successors") s.corpus_successors = false;
+  else if (name == "no-session-successors") s.session_successors = false;
+  else if (name == "no-semantic") s.semantic_count = 0;
+  else if (name == "semantic-256") s.semantic_count = 256;
+  else if (name == "age-64") s.max_age = 64;
+  else if (name == "no-drift") s.drift_enabled = false;
+  else if (name == "no-curriculum" || name == "align-retrieved-rows") {
+  }  // alignment variants: the policy runs the chosen settings
+  else
+    throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
+                        "core-25, core-75, frequency-only, no-context, no-corpus-successors, no-curriculum, no-drift, "
+                        "no-semantic, no-session-successors, semantic-256");
+  return s;
+}
+
 std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
                                             const EvoSpecSettings& settings, const SemanticIndex* semantic) {
   return std::make_unique<EvoSpecPolicy>(k, frequencies, vocab_size, settings, semantic);

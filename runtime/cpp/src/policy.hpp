@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "evospec/drafter.hpp"
+
 namespace evospec::detail {
 
 class Policy {
@@ -76,15 +78,10 @@ class PipelinedPolicy : public Policy {
   std::vector<int64_t> current_;
 };
 
-// EvoSpec's settings (runtime/vocab/evospec_settings.py): the built-in defaults.
-struct EvoSpecSettings {
-  double core_share = 0.5;
-  bool context = true, corpus_successors = true, session_successors = true;
-  int64_t semantic_count = 64, max_age = 0;
-  bool drift_enabled = true;
-  double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;
-  int64_t drift_warmup = 8, drift_keep_steps = 1, drift_boost = 8;
-};
+using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
+
+// ``settings`` with the built-in variant ``name`` applied (SettingsError for an unknown one).
+EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::string& name);
 
 std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
                                             const EvoSpecSettings& settings, const SemanticIndex* semantic);

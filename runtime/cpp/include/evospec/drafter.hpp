@@ -51,11 +51,30 @@ struct DraftTree {
   std::vector<int64_t> depths;   // 1..depth
 };
 
+// How ``evospec:K`` fills its K rows (runtime/vocab/evospec_settings.py's PolicySettings and
+// DriftSettings); the defaults are the Python runtime's built-in (chosen) settings. A policy named
+// ``evospec:K:VARIANT`` applies the built-in variant's override on top of these (core-25, core-75,
+// frequency-only, no-context, no-corpus-successors, no-session-successors, no-semantic,
+// semantic-256, age-64, no-drift; no-curriculum and align-retrieved-rows change alignment only).
+struct EvoSpecPolicySettings {
+  double core_share = 0.5;          // share of K held by the most frequent corpus tokens
+  bool context = true;              // stamp every prompt and committed token
+  bool corpus_successors = true;    // stamp the newest token's corpus successors (statistical index)
+  bool session_successors = true;   // stamp what followed the newest token earlier in this session
+  int64_t semantic_count = 64;      // rows the semantic index adds per cycle (0: none)
+  int64_t max_age = 0;              // evidence older than this many steps leaves the tail (0: never)
+  bool drift_enabled = true;        // topic-switch detection
+  double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;  // miss-rate averages; drift when fast > slow + jump
+  int64_t drift_warmup = 8, drift_keep_steps = 1, drift_boost = 8;
+};
+
 struct DrafterOptions {
   // Vocabulary policy, as the Python runtime names it: "" (the drafter's own vocabulary, fixed),
   // "full", "eagle3", "frspec:K", "evospec:K" (retrieval one cycle ahead, as Python's pipelined
   // policy), "evospec:K:sync" (retrieval in the same cycle).
   std::string vocab;
+  // EvoSpec's settings for ``evospec:K`` policies (default: the built-in ones).
+  EvoSpecPolicySettings evospec;
   // Token-frequency file (``evospec vocab frequencies``); default: the bundle's statistical index.
   std::string frequencies;
   // A HuggingFace target directory to read the token embeddings from when the drafter has none
