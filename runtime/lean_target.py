@@ -25,6 +25,7 @@ from torch import nn
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 INITIAL_CAPACITY = 1024
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")  # frequencies that change with the sequence length: no table
 
 
 def lean_support(model: nn.Module) -> str | None:
@@ -38,6 +39,8 @@ def lean_support(model: nn.Module) -> str | None:
         return "the model does not keep its layers, norm and rotary embedding where the Llama family does"
     if getattr(config, "pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1 splits the projections"
+    if getattr(config, "mlp_bias", False):
+        return "biased gate/up projections are not covered"
     return None
 
 
@@ -187,7 +190,7 @@ class LeanDecoder:
         self.layers = fused_layers(model)
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         # a table of cos/sin per position, except for rope types that rescale with the sequence length
-        self._rope_table = rope.get("rope_type", "default") != "dynamic"
+        self._rope_table = rope.get("rope_type", rope.get("type", "default")) not in LENGTH_DEPENDENT_ROPE
         self._cos = self._sin = None
 
     def new_cache(self, capacity: int = INITIAL_CAPACITY) -> LeanCache:

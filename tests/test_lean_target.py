@@ -78,12 +78,17 @@ def test_cache_grows_and_keeps_its_slots():
     torch.testing.assert_close(last[0], whole[-1], rtol=0, atol=1e-10)
 
 
-def test_uncovered_models_keep_the_transformers_forward():
+@pytest.mark.parametrize("case", ["gpt2", "llama-mlp-bias"])
+def test_uncovered_models_keep_the_transformers_forward(case):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("gpt2", vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    if case == "gpt2":
+        config = AutoConfig.for_model("gpt2", vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    else:
+        config = AutoConfig.for_model("llama", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, mlp_bias=True)
     model = AutoModelForCausalLM.from_config(config).eval()
-    assert "gpt2" in lean_support(model)
+    assert lean_support(model) is not None
     target = TargetModel(model, ())
     assert target.lean is None
     assert target.forward(torch.tensor([[1, 2]]), torch.arange(2)[None], target.new_cache()).logits.shape == (2, 64)
