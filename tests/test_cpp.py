@@ -155,6 +155,28 @@ def test_tiny_pair_drafts_equal_python(binary, tiny_bundle, work, settings, voca
         assert changes(recording) >= 0.9 * (len(recording["steps"]) - 1)
 
 
+def test_dynaspec_routed_sets_equal_python(binary, demo_bundle, work):
+    """DynaSpec's router chooses each cycle's set between trunk and head; a router trained here (16
+    clusters of the demo reservoir, 32 hidden units, a few steps on random states) is enough to check
+    that the routed sets and trees are the Python runtime's."""
+    from safetensors.torch import load_file
+
+    from evospec.runtime.vocab.dynaspec import cluster_rows, train_router
+
+    reservoir = load_file(str(demo_bundle / "reservoir.safetensors"))["reservoir"]
+    g = torch.Generator().manual_seed(0)
+    router = train_router(torch.randn(256, 128, generator=g), torch.randint(0, 512, (256, 3), generator=g),
+                          cluster_rows(reservoir, 16), 512, hidden=32, steps=30)
+    router.backbone_shares = {64: 0.25, 256: 0.5}
+    router.save(work / "router.safetensors")
+    recording_dir = work / "demo-dynaspec"
+    recording = record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, TREE, vocab="dynaspec:96:16",
+                       router=work / "router.safetensors")
+    assert changes(recording) >= 5, "the routed set hardly changed: the check would be weak"
+    cpp = run_cpp(binary, demo_bundle, recording_dir, work / "dynaspec.json", target=DEMO_TARGET)
+    assert mismatches(*recorded_expectations(recording_dir), cpp) == []
+
+
 def test_row_updates_from_cpp_equal_python(binary, demo_bundle, work):
     """Rows overwritten before each step (the drafted tokens' rows negated, so the drafts change)
     through Drafter::update_rows draft like the Python runtime's reservoir update + rows_changed."""

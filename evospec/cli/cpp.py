@@ -16,15 +16,16 @@ from evospec.cli.output import emit_report
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Recording directory to write.")
 @click.option("--prompt", default=None, help="Prompt text (the target's tokenizer).")
 @click.option("--prompt-ids", default=None, help="Or comma-separated prompt token ids.")
-@click.option("--vocab", default=None, help="Vocabulary policy (full, eagle3, frspec:K, evospec:K, evospec:K:sync).")
+@click.option("--vocab", default=None, help="Vocabulary policy (full, eagle3, frspec:K, evospec:K[:sync|:VARIANT], dynaspec:K:C).")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None, help="Frequency file (default: the bundle's).")
+@click.option("--router", type=click.Path(path_type=Path), default=None, help="DynaSpec router file (dynaspec:K:C).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--draft-tree", type=click.Choice(["chain", "tree"]), default="tree", show_default=True)
 @click.option("--draft-depth", type=int, default=5, show_default=True)
 @click.option("--draft-topk", type=int, default=8, show_default=True)
 @click.option("--draft-tokens", type=int, default=32, show_default=True)
-def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, frequencies, max_new_tokens, draft_tree,
-                      draft_depth, draft_topk, draft_tokens) -> None:
+def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, frequencies, router, max_new_tokens,
+                      draft_tree, draft_depth, draft_topk, draft_tokens) -> None:
     """Generate greedily with the Python runtime and record each draft step's inputs and outputs."""
     from evospec.core.errors import SettingsError
     from evospec.core.settings import DecodeSettings
@@ -35,7 +36,7 @@ def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, fr
     ids = prompt if prompt is not None else [int(x) for x in prompt_ids.split(",")]
     settings = DecodeSettings(max_new_tokens=max_new_tokens, draft_tree=draft_tree, draft_depth=draft_depth,
                               draft_topk=draft_topk, draft_tokens=draft_tokens)
-    recording = record(bundle_dir, target_dir, ids, out, settings, vocab=vocab, frequencies=frequencies)
+    recording = record(bundle_dir, target_dir, ids, out, settings, vocab=vocab, frequencies=frequencies, router=router)
     click.echo(f"recorded {len(recording['steps'])} draft steps ({len(recording['new_tokens'])} new tokens) in {out}")
 
 

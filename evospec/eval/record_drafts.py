@@ -54,11 +54,12 @@ def draft_settings(s: DecodeSettings) -> dict:
 
 
 def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, settings: DecodeSettings,
-           vocab: str | None = None, frequencies: Path | None = None) -> dict:
-    """Generate greedily from ``bundle`` with policy ``vocab`` and write the recording to ``out``."""
+           vocab: str | None = None, frequencies: Path | None = None, router: Path | None = None) -> dict:
+    """Generate greedily from ``bundle`` with policy ``vocab`` (``router``: a DynaSpec router file)
+    and write the recording to ``out``."""
     if settings.temperature != 0:
         raise SettingsError("recordings are greedy (temperature 0): the C++ drafter drafts deterministic trees")
-    gen = RecordingGenerator.from_bundle(bundle, target, vocab=vocab, frequencies=frequencies)
+    gen = RecordingGenerator.from_bundle(bundle, target, vocab=vocab, frequencies=frequencies, router=router)
     gen.steps = []
     ids = gen.encode(prompt) if isinstance(prompt, str) else list(prompt)
     result = gen.generate(ids, settings)
@@ -70,7 +71,8 @@ def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, setti
         following = gen.steps[i + 1]["tokens"] if i + 1 < len(gen.steps) else []
         steps.append({"positions": len(step["tokens"]), "newest": step["tokens"][-1], "accepted": following[:-1],
                       "tree": step["tree"], "active": step["active"], "moved": step["moved"]})
-    recording = {"format": RECORDING_FORMAT, "bundle": str(bundle), "vocab": vocab, "settings": draft_settings(settings),
+    recording = {"format": RECORDING_FORMAT, "bundle": str(bundle), "vocab": vocab,
+                 "router": None if router is None else str(router), "settings": draft_settings(settings),
                  "prompt": ids, "new_tokens": result.token_ids, "drifts": drifts, "steps": steps}
     from safetensors.torch import save_file
 
@@ -113,8 +115,11 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
     ``step_<i>_weight:<name>``: fuse/trunk weights written through ``update_trunk_weights``."""
     recording, features = load_recording(directory)
     row_updates = row_updates or {}
-    gen = SpeculativeGenerator.from_bundle(bundle, target, vocab=recording["vocab"])
+    gen = SpeculativeGenerator.from_bundle(bundle, target, vocab=recording["vocab"], router=recording.get("router"))
     drafter, policy = gen.drafter, gen.policy
+    routed = policy is not None and hasattr(policy, "route")  # DynaSpec: the set follows the root state
+    if routed:
+        drafter.on_root_state = lambda state: drafter.set_active(policy.route(state))
     s = recording["settings"]
     prompt = recording["prompt"]
     best = [float("inf")] * len(features)
@@ -138,7 +143,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
             tokens = (prompt[1:] if i == 0 else recording["steps"][i - 1]["accepted"]) + [step["newest"]]
             if policy is not None:
                 policy.observe([step["newest"]] if i == 0 else tokens, state)
-                drafter.set_active(policy.active_ids())
+                if not routed:
+                    drafter.set_active(policy.active_ids())
             start, t = cache.length, len(tokens)
             mask = torch.ones(t, start + t, dtype=torch.bool).tril(diagonal=start)
             hidden, logits = drafter(features[i][None], torch.tensor([tokens]), torch.arange(start, start + t)[None],
@@ -152,6 +158,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
             if r == 0:
                 trees.append({"tokens": tree.tokens.tolist(), "parents": tree.parents.tolist(), "depths": tree.depths.tolist()})
                 active.append(drafter.active_ids.cpu().tolist())
+    if routed:
+        drafter.on_root_state = None
     if policy is not None and hasattr(policy, "close"):
         policy.close()
     return PythonReplay(trees, active, best)

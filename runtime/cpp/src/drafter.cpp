@@ -60,7 +60,10 @@ struct Drafter::Impl {
     keys.narrow(2, start, t).copy_(out.new_keys);
     values.narrow(2, start, t).copy_(out.new_values);
     at::Tensor normed = out.normed.reshape({b * t, c.hidden_size});
-    if (features_in) root_normed = normed.clone();
+    if (features_in) {  // the cycle's first call: its last row sits at the newest committed token
+      root_normed = normed.clone();
+      if (policy && policy->routed()) set_active(policy->route(root_normed[-1]));  // between trunk and head
+    }
     at::Tensor logits = Model::head(normed, rows->rows(), rows->bias());
     return {out.hidden, logits.narrow(1, 0, plan.size).reshape({b, t, plan.size})};
   }
@@ -78,7 +81,7 @@ namespace {
 
 // What a policy is built from (runtime/vocab/__init__.py's make_policy and PolicyInputs).
 struct PolicyInputs {
-  std::string bundle, frequencies;
+  std::string bundle, frequencies, router;
   EvoSpecSettings evospec;
   int64_t vocab_size, hidden_size;
   std::vector<int64_t> own_ids;
@@ -127,8 +130,17 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
     if (mode == "sync") return inner;
     return std::make_unique<PipelinedPolicy>(std::move(inner));
   }
+  if (name == "dynaspec") {
+    std::string k = arg.substr(0, arg.find(':'));
+    std::string c = arg.find(':') == std::string::npos ? "" : arg.substr(arg.find(':') + 1);
+    if (!is_number(k) || !is_number(c))
+      throw SettingsError("policy '" + spec + "': expected dynaspec:K:C with integers K and C, e.g. dynaspec:16384:64");
+    if (d.router.empty())
+      throw SettingsError("policy dynaspec:K:C needs --router FILE (train one with `evospec vocab dynaspec`)");
+    return make_dynaspec_policy(std::stoll(k), std::stoll(c), d.router, vocab);
+  }
   throw SettingsError("unknown vocabulary policy '" + spec + "'; the C++ drafter knows: full, eagle3, frspec:K, "
-                      "evospec:K, evospec:K:sync, evospec:K:VARIANT");
+                      "evospec:K, evospec:K:sync, evospec:K:VARIANT, dynaspec:K:C");
 }
 
 }  // namespace
@@ -168,7 +180,8 @@ Drafter::Drafter(const std::string& bundle, const DrafterOptions& options) : imp
   d.info.policy = options.vocab.empty() ? "eagle3 (fixed)" : options.vocab;
   if (!options.vocab.empty()) {
     d.policy = make_policy(options.vocab,
-                           {d.bundle, options.frequencies, options.evospec, c.vocab_size, c.hidden_size, own_ids, d.semantic},
+                           {d.bundle, options.frequencies, options.router, options.evospec, c.vocab_size, c.hidden_size,
+                            own_ids, d.semantic},
                            manifest);
   }
   d.keys = at::zeros({1, c.num_kv_heads, options.max_context, c.head_dim}, at::kFloat);
@@ -223,7 +236,7 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
     // the generator's order: observe what was committed (with the state the last cycle left), then choose
     std::vector<int64_t> committed = d.first ? std::vector<int64_t>{newest_token} : tokens;
     d.policy->observe(committed, d.first || !d.root_normed.defined() ? at::Tensor() : d.root_normed[-1]);
-    d.set_active(d.policy->active_ids());
+    if (!d.policy->routed()) d.set_active(d.policy->active_ids());
   } else {
     d.moved = 0;
   }

@@ -26,6 +26,10 @@ class Policy {
   virtual void observe(const std::vector<int64_t>& committed, const at::Tensor& state) = 0;
   // The set the drafter actually served this cycle (pipelined callers; see EvoSpecPolicy).
   virtual void served(const std::vector<int64_t>&) {}
+  // Routed policies (DynaSpec) choose the set from the fresh root state, between the trunk and the
+  // head of a cycle's first call, instead of through active_ids() before it.
+  virtual bool routed() const { return false; }
+  virtual std::vector<int64_t> route(const at::Tensor&) { return active_ids(); }
 };
 
 class StaticPolicy : public Policy {
@@ -85,5 +89,8 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
 
 std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
                                             const EvoSpecSettings& settings, const SemanticIndex* semantic);
+
+// DynaSpec (``dynaspec:K:C``) from a router file (``evospec vocab dynaspec``).
+std::unique_ptr<Policy> make_dynaspec_policy(int64_t k, int64_t clusters, const std::string& router, int64_t vocab_size);
 
 }  // namespace evospec::detail

@@ -25,7 +25,7 @@ at::ScalarType dtype_of(const std::string& name, const std::string& path) {
 
 }  // namespace
 
-std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
+std::map<std::string, at::Tensor> load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read " + path);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -43,7 +43,12 @@ std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
   size_t data_len = bytes.size() - 8 - header_len;
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, info] : header.object) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {
+      if (metadata != nullptr)
+        for (const auto& [key, value] : info.object)
+          if (value.kind == json::Value::Kind::String) (*metadata)[key] = value.string;
+      continue;
+    }
     at::ScalarType dtype = dtype_of(info.at("dtype").as_string(), path);
     std::vector<int64_t> shape;
     for (const auto& d : info.at("shape").array) shape.push_back(d.as_int());

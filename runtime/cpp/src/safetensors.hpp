@@ -13,6 +13,8 @@
 namespace evospec {
 
 // Every tensor of the file by name; throws std::runtime_error naming the file and what is wrong.
-std::map<std::string, at::Tensor> load_safetensors(const std::string& path);
+// ``metadata``, when given, receives the header's ``__metadata__`` strings.
+std::map<std::string, at::Tensor> load_safetensors(const std::string& path,
+                                                   std::map<std::string, std::string>* metadata = nullptr);
 
 }  // namespace evospec

@@ -2,7 +2,7 @@
 // library, and writes each step's draft tree and active set as JSON.
 //
 //   evospec-draft --bundle BUNDLE --recording DIR --out FILE.json [--vocab POLICY] [--target DIR] [--repeat N]
-//                 [--row-updates FILE.safetensors]
+//                 [--row-updates FILE.safetensors] [--router ROUTER.safetensors]
 //
 // A recording (``evospec record-drafts``) holds the prompt, the draft settings, and per step the
 // target's tapped states of the newly committed positions, the newest token and the draft tokens
@@ -50,7 +50,7 @@ int run(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) args[argv[i]] = argv[i + 1];
   if (argc % 2 == 0 || !args.count("--bundle") || !args.count("--recording") || !args.count("--out")) {
     std::cerr << "usage: evospec-draft --bundle BUNDLE --recording DIR --out FILE.json [--vocab POLICY] "
-                 "[--target DIR] [--repeat N] [--row-updates FILE.safetensors]\n";
+                 "[--target DIR] [--repeat N] [--row-updates FILE.safetensors] [--router FILE]\n";
     return 2;
   }
   std::string dir = args["--recording"];
@@ -68,6 +68,8 @@ int run(int argc, char** argv) {
   evospec::DrafterOptions options;
   options.vocab = args.count("--vocab") ? args["--vocab"] : rec.at("vocab").is_null() ? "" : rec.at("vocab").as_string();
   options.target_dir = args.count("--target") ? args["--target"] : "";
+  options.router = args.count("--router") ? args["--router"]
+                   : rec.has("router") && !rec.at("router").is_null() ? rec.at("router").as_string() : "";
   evospec::Drafter drafter(args["--bundle"], options);
 
   std::map<std::string, at::Tensor> updates;

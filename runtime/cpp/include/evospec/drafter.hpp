@@ -71,8 +71,10 @@ struct EvoSpecPolicySettings {
 struct DrafterOptions {
   // Vocabulary policy, as the Python runtime names it: "" (the drafter's own vocabulary, fixed),
   // "full", "eagle3", "frspec:K", "evospec:K" (retrieval one cycle ahead, as Python's pipelined
-  // policy), "evospec:K:sync" (retrieval in the same cycle).
+  // policy), "evospec:K:sync" (retrieval in the same cycle), "evospec:K:VARIANT", "dynaspec:K:C".
   std::string vocab;
+  // DynaSpec router file (``evospec vocab dynaspec``), for "dynaspec:K:C".
+  std::string router;
   // EvoSpec's settings for ``evospec:K`` policies (default: the built-in ones).
   EvoSpecPolicySettings evospec;
   // Token-frequency file (``evospec vocab frequencies``); default: the bundle's statistical index.
