@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -44,9 +45,15 @@ CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
 LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 
 
+def tool(name: str) -> str | None:
+    """``name`` on PATH, or beside this Python (``pip install cmake ninja`` puts them in the venv's bin,
+    which `make test` does not put on PATH)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 def toolchain_problem() -> str | None:
     """Why the library cannot be built here, or None."""
-    if shutil.which("cmake") is None:
+    if tool("cmake") is None:
         return "cmake is not installed (apt install cmake, or pip install cmake)"
     if shutil.which("c++") is None and shutil.which("g++") is None:
         return "no C++ compiler (c++/g++) on PATH"
@@ -67,10 +74,11 @@ def binary():
 
     build = Path(tempfile.mkdtemp(prefix="evospec-cpp-build-"))
     try:
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        for cmd in (["cmake", "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+        cmake, ninja = tool("cmake"), tool("ninja")
+        generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+        for cmd in ([cmake, "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
                      f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                    ["cmake", "--build", str(build), "-j2"]):
+                    [cmake, "--build", str(build), "-j2"]):
             done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1200)
             assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         yield build / "evospec-draft"
