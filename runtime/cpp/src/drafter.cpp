@@ -211,6 +211,10 @@ void Drafter::start(const std::vector<int64_t>& prompt) {
 
 void Drafter::commit(const std::vector<int64_t>& accepted) {
   if (!impl_->started || impl_->first) throw SettingsError("commit() comes after propose(): start() and propose() first");
+  for (int64_t t : accepted)
+    if (t < 0 || t >= impl_->info.vocab_size)
+      throw SettingsError("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                          std::to_string(impl_->info.vocab_size) + ")");
   impl_->pending.insert(impl_->pending.end(), accepted.begin(), accepted.end());
 }
 
@@ -219,6 +223,11 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   if (!d.started) throw SettingsError("propose() before start(): begin a sequence with its prompt");
   if (s.depth < 1 || s.width < 1 || s.budget < 1)
     throw SettingsError("draft depth, width and budget must be >= 1");
+  if (features == nullptr || positions < 1)
+    throw SettingsError("propose() needs the target's features of at least one new position");
+  if (newest_token < 0 || newest_token >= d.info.vocab_size)
+    throw SettingsError("token id " + std::to_string(newest_token) + " is outside the vocabulary [0, " +
+                        std::to_string(d.info.vocab_size) + ")");
   c10::InferenceMode guard;
   const ModelConfig& c = d.model->config();
   // the tokens after each new position: prompt[1:] + [newest] first, then what commit() received + [newest]
