@@ -221,3 +221,20 @@ def test_prometheus_counters_are_summed_over_replicas():
         'vllm:spec_decode_num_drafts_created{engine="0",model_name="t"} 1.7e9',
     )
     assert speculation_counters("\n".join(lines)) == (15.0, {0: 12.0, 1: 3.0})
+
+
+def test_the_worker_plans_against_the_ids_resident_when_its_change_is_applied():
+    shared = make_shared_vocabulary(LivingSpec("evospec:8"), *reservoir(), frequencies(), V, background=True)
+    weight, d2t = head_for(shared.resident)
+    try:
+        for step, tokens in enumerate(([40, 41], [42, 43, 44], [50, 51], [52], [60, 61, 62, 63])):
+            change = shared.next_change()
+            if change is not None:
+                shared.resident.apply(change, weight, d2t)
+                check_head(shared.resident, weight, d2t)
+            shared.observe([tokens])
+            assert shared._job is not None  # submitted after the apply, with the ids now resident
+            planned = shared._job.result(timeout=30)
+            assert torch.equal(planned.against, shared.resident.ids), step
+    finally:
+        shared.close()

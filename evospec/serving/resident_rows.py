@@ -68,13 +68,17 @@ class ResidentRows:
             raise SettingsError(f"{int((~self.has_row(wanted)).sum())} active ids have no reservoir row")
         return wanted
 
-    def plan(self, wanted: torch.Tensor) -> RowChange:
-        """The columns to rewrite so that the resident ids equal the set ``wanted`` ([K] ids, any order)."""
+    def plan(self, wanted: torch.Tensor, current: torch.Tensor | None = None) -> RowChange:
+        """The columns to rewrite so that the resident ids equal the set ``wanted`` ([K] ids, any order).
+
+        ``current``: the resident ids to plan against (default: now's); a worker thread passes the
+        snapshot it was given, so planning reads nothing the engine thread writes."""
         wanted = self._checked(wanted)
+        current = self.ids if current is None else current
         if wanted.numel() != self.k:
             raise SettingsError(f"an active set must hold exactly K={self.k} ids (got {wanted.numel()})")
-        leaving = torch.nonzero(~torch.isin(self.ids, wanted)).flatten()
-        entering = wanted[~torch.isin(wanted, self.ids)]
+        leaving = torch.nonzero(~torch.isin(current, wanted)).flatten()
+        entering = wanted[~torch.isin(wanted, current)]
         return RowChange(leaving, entering)  # equal lengths: both sets hold K distinct ids
 
     def apply(self, change: RowChange, weight: torch.Tensor, d2t: torch.Tensor | None) -> None:

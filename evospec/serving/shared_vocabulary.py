@@ -8,7 +8,9 @@ runtime (``EvoSpecPolicy``); evidence of finished requests ages out the same way
 (``frspec:K``) never change the set and do no work.
 
 Off the critical path: ``observe`` queues the step's segments and returns; a single worker thread
-updates the policy and computes the next set; ``next_change`` (called at the start of a drafting
+updates the policy, computes the next set and plans the row change against the resident ids it was
+handed (no other change is applied while its job runs, so they are still the resident ids when the
+change is taken; checked); ``next_change`` (called at the start of a drafting
 step) takes a finished set if there is one and never waits, so a slow policy delays the set by a
 step or more, never the decoding. With ``background=False`` the work runs inline (deterministic,
 for tests). Exactness never depends on the set: vLLM verifies against the target's full vocabulary.
@@ -41,6 +43,15 @@ class VocabularyCounters:
     worker_s: float = 0.0  # seconds the worker spent updating the policy and choosing sets
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A set the worker chose and the row change that brings it in, planned against ``against``."""
+
+    against: torch.Tensor  # [K] resident ids the change was planned against
+    wanted: torch.Tensor  # [K] the new set
+    change: RowChange
+
+
 class SharedVocabulary:
     """Args:
         policy: any vocabulary policy (``frspec:K``: static; ``evospec:K``: living), over target ids.
@@ -58,7 +69,7 @@ class SharedVocabulary:
             max_workers=1, thread_name_prefix="evospec-vocabulary")
         self._backlog: list[list[int]] = []
         self._job: Future | None = None
-        self._ready: torch.Tensor | None = None  # inline mode: the newest planned set
+        self._ready: Planned | None = None  # inline mode: the newest planned change
 
     def fit(self, ids: torch.Tensor) -> torch.Tensor:
         """K ids that all have rows: the policy's own first (its order; policies hand out distinct ids),
@@ -70,20 +81,21 @@ class SharedVocabulary:
         extra = self.fill[~taken[self.fill]][: self.resident.k - keep.numel()]
         return torch.cat((keep, extra))
 
-    def _plan(self, segments: list[list[int]], served: torch.Tensor) -> torch.Tensor:
+    def _plan(self, segments: list[list[int]], served: torch.Tensor) -> Planned:
         start = time.perf_counter()
         try:
             return self._plan_now(segments, served)
         finally:
             self.counters.worker_s += time.perf_counter() - start
 
-    def _plan_now(self, segments: list[list[int]], served: torch.Tensor) -> torch.Tensor:
+    def _plan_now(self, segments: list[list[int]], served: torch.Tensor) -> Planned:
         served_fn = getattr(self.policy, "served", None)  # EvoSpec judges misses against the set it served
         if served_fn is not None:
             served_fn(served)
         for segment in segments:
             self.policy.observe(segment)
-        return self.fit(self.policy.active_ids())
+        wanted = self.fit(self.policy.active_ids())
+        return Planned(served, wanted, self.resident.plan(wanted, served))
 
     def observe(self, segments: list[list[int]]) -> None:
         """The tokens vLLM fed the drafter's first pass this step, one list per request."""
@@ -117,15 +129,17 @@ class SharedVocabulary:
     def _next_change(self) -> RowChange | None:
         self.counters.steps += 1
         if self._worker is None:
-            wanted, self._ready = self._ready, None
+            planned, self._ready = self._ready, None
         elif self._job is not None and self._job.done():
-            wanted, self._job = self._job.result(), None  # re-raises a policy error here, on the engine thread
-            self._submit()
+            planned, self._job = self._job.result(), None  # re-raises a policy error here, on the engine thread
         else:
             return None
-        if wanted is None:
+        if planned is None:
             return None
-        change = self.resident.plan(wanted)
+        change = planned.change
+        if not torch.equal(planned.against, self.resident.ids):  # cannot happen with one job in flight; replan
+            change = self.resident.plan(planned.wanted)
+        # the next job is submitted by the next ``observe``, after the caller applied this change
         self.counters.sets += 1
         self.counters.rows_copied += len(change)
         return change
