@@ -15,7 +15,6 @@ import json
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -95,14 +94,14 @@ def work():
 
 @pytest.fixture(scope="module")
 def demo_bundle(work):
-    """The shipped demo pair compiled for torch, with a statistical index (successors counted on the
-    standard library's sources, the demo target's training text) and a 16-dim semantic index."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_TARGET))
-    sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
-    docs = [tokenizer.encode(p.read_text(errors="ignore")[:4000]) for p in sources]
-    count_tokens([docs], 512, "stdlib", successors=8).save(work / "demo-frequencies.json")
+    """The shipped demo pair compiled for torch, with a 16-dim semantic index and a statistical index
+    counted on a seeded Zipf-like token stream (frequent and rare tokens, successors; no text or
+    tokenizer needed, so the policies' behaviour does not depend on this machine's files)."""
+    g = torch.Generator().manual_seed(7)
+    weights = 1.0 / torch.arange(1, 513).float()
+    perm = torch.randperm(512, generator=g)
+    docs = [perm[torch.multinomial(weights, 256, replacement=True, generator=g)].tolist() for _ in range(32)]
+    count_tokens([docs], 512, "zipf", successors=8).save(work / "demo-frequencies.json")
     compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "demo-bundle",
                    CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16,
                                    frequencies=str(work / "demo-frequencies.json")))
