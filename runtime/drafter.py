@@ -123,8 +123,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, inner, bias=False)
         self.down_proj = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # F.linear: a draft step is many small calls
+        return F.linear(F.silu(F.linear(x, self.gate_proj.weight)) * F.linear(x, self.up_proj.weight),
+                        self.down_proj.weight)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -198,16 +199,18 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries [B, H, T, hd] and keys, values [B, Hkv, T, hd] of x [B, T, 2d], RoPE applied (cos/sin [1, T, hd])."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = F.linear(x, self.q_proj.weight).view(b, t, self.n_heads, self.head_dim)
+        k = F.linear(x, self.k_proj.weight).view(b, t, self.n_kv, self.head_dim)
+        v = F.linear(x, self.v_proj.weight).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        qk = torch.cat((q, k), dim=2).transpose(1, 2)  # RoPE on queries and keys in one pass
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+        qk = qk * cos + rotate_half(qk) * sin
+        return qk[:, : self.n_heads], qk[:, self.n_heads :], v
 
     def output(self, heads: torch.Tensor) -> torch.Tensor:
         """[B, H, T, hd] attention output -> [B, T, d]."""
         b, _, t, _ = heads.shape
-        return self.o_proj(heads.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return F.linear(heads.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim), self.o_proj.weight)
 
 
 class DecoderLayer(nn.Module):
