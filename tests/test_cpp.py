@@ -137,9 +137,11 @@ def changes(recording: dict) -> int:
     return sum(steps[i]["active"] != steps[i - 1]["active"] for i in range(1, len(steps)))
 
 
+SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out of the default suite's time
+
 @pytest.mark.parametrize(("settings", "vocab"), [
-    (CHAIN, None), (TREE, "frspec:128"), (LONG_TREE, "evospec:64:sync"), (CHAIN, "evospec:64"),
-    (CHAIN, "evospec:48:core-25"), (TREE, "evospec:64:no-context"),
+    (CHAIN, None), (TREE, "frspec:128"), (LONG_TREE, "evospec:64:sync"), pytest.param(CHAIN, "evospec:64", marks=SLOW),
+    pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
 ], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
         "tree-evospec-no-context"])
 def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, vocab):
@@ -151,7 +153,7 @@ def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, voca
         assert recording["drifts"] >= 1  # and a topic switch was detected (drift path + boosted semantic query)
 
 
-@pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), (CHAIN, "full")],
+@pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), pytest.param(CHAIN, "full", marks=SLOW)],
                          ids=["tree-evospec-sync", "chain-full"])
 def test_tiny_pair_drafts_equal_python(binary, tiny_bundle, work, settings, vocab):
     target, bundle = tiny_bundle
