@@ -28,6 +28,7 @@ from evospec.runtime.drafter import (
     default_tap_layers,
     tap_problem,
 )
+from evospec.runtime.files import read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,8 @@ def warn_unservable_taps(config: Eagle3Config, path: Path, target_num_layers: in
 def read_config(directory: str | Path, tap_numbering: str = "input") -> Eagle3Config:
     """Parse and check an EAGLE-3 ``config.json``; its taps are read in ``tap_numbering`` (``TAP_NUMBERINGS``)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"drafter directory {directory} does not exist")
     path = directory / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: an EAGLE-3 drafter directory needs config.json") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    cfg = read_model_config(directory, "drafter", "an EAGLE-3 drafter directory")
     archs = cfg.get("architectures") or []
     if EAGLE3_ARCHITECTURE not in archs:
         # EAGLE's own training config says LlamaForCausalLM: accepted when the weights are EAGLE-3-shaped

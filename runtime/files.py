@@ -17,12 +17,13 @@ from evospec.core.errors import CheckpointError
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
 
 
-def read_model_config(directory: str | Path, kind: str = "model") -> dict:
+def read_model_config(directory: str | Path, kind: str = "model", described: str | None = None) -> dict:
     """``directory/config.json`` as a dict, or a CheckpointError naming what is wrong and where.
 
     Args:
         directory: A model directory (HF layout).
         kind: What the directory should hold, for the messages ("target", "drafter").
+        described: How the missing-config message names the directory (default: "a <kind> directory").
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -31,7 +32,7 @@ def read_model_config(directory: str | Path, kind: str = "model") -> dict:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: a {kind} directory needs config.json") from None
+        raise CheckpointError(f"{path} is missing: {described or f'a {kind} directory'} needs config.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
