@@ -18,6 +18,8 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from evospec.runtime.lean_target import LENGTH_DEPENDENT_ROPE
+
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
 
 # How a config's eagle_aux_hidden_state_layer_ids count layers. "input": id i taps the input of decoder
@@ -287,6 +289,8 @@ class Eagle3Drafter(Eagle3Trunk):
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
         self.rotary = LlamaRotaryEmbedding(config.llama_config())
         self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # not a buffer: the state dict stays the checkpoint's
+        rope = config.raw.get("rope_parameters") or config.raw.get("rope_scaling") or {}
+        self._rope_by_table = rope.get("rope_type", rope.get("type", "default")) not in LENGTH_DEPENDENT_ROPE
 
     @property
     def dtype(self) -> torch.dtype:
@@ -295,8 +299,7 @@ class Eagle3Drafter(Eagle3Trunk):
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin ``[B, T, hd]`` for ``positions``, read from a per-position table (one index instead of
         the rotary module's eight calls per draft step); rope types that rescale with the length compute."""
-        rope = self.config.raw.get("rope_parameters") or self.config.raw.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) == "dynamic":
+        if not self._rope_by_table:
             return self.rotary(hidden, positions)
         table = self._rope_table
         top = int(positions.max()) + 1
