@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from evospec.cli.options import bundle_options
 from evospec.core.settings import DecodeSettings
 
 
@@ -112,13 +113,7 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.command()
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
 @click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
-@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
-              help="Draft with a compiled bundle (`evospec compile`) instead of --drafter.")
-@click.option("--vocab", "vocab_policy", default=None,
-              help="With --bundle: the drafter's active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, "
-                   "evospec:K, evospec:K:VARIANT); a +align suffix adds EvoSpec's online alignment (evospec:K+align).")
-@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
-              help="Token-frequency file for frspec:K and evospec:K (`evospec vocab frequencies`).")
+@bundle_options
 @click.option("--router", type=click.Path(path_type=Path), default=None,
               help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
 @click.option("--evospec-config", type=click.Path(path_type=Path), default=None,

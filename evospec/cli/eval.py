@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from evospec.cli.bundle import compile_settings
+from evospec.cli.options import bundle_options
 from evospec.cli.output import emit_report
 from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
@@ -16,13 +17,7 @@ from evospec.core.settings import DecodeSettings
 @click.command()
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
 @click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
-@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
-              help="Draft with a compiled bundle (`evospec compile`) instead of --drafter (this runtime only).")
-@click.option("--vocab", "vocab_policy", default=None,
-              help="With --bundle: the active vocabulary policy (full, eagle3, frspec:K, dynaspec:K:C, evospec:K; "
-                   "+align adds online alignment).")
-@click.option("--frequencies", type=click.Path(path_type=Path), default=None,
-              help="With --bundle: token-frequency file for frspec:K and evospec:K.")
+@bundle_options
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="Corpus folder: <domain>/test/*.txt|jsonl.")
 @click.option("--domains", default=None, help="Comma-separated domains (default: all in the corpus).")
 @click.option("--prompts", type=int, default=8, show_default=True, help="Prompts per domain.")
