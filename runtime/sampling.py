@@ -6,6 +6,8 @@ and used by verification, by the plain decoding path and by the tests.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -18,37 +20,68 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0)
     """
     if temperature <= 0:
         raise ValueError("sampling_probs needs temperature > 0; greedy decoding uses argmax")
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    scaled = logits.double() / temperature
+    probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
-        probs = probs.masked_fill(~_nucleus(probs, top_p), 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
+        probs.masked_fill_(~_nucleus(scaled, probs, top_p), 0.0)
+        probs.div_(probs.sum(dim=-1, keepdim=True))
     return probs
 
 
-NUCLEUS_CANDIDATES = (1024, 16384)  # partial sorts tried, most likely tokens first, before sorting everything
+NUCLEUS_BINS = 4096  # histogram bins per refinement level
+NUCLEUS_SORT_LIMIT = 4096  # a window this small is sorted outright
 
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Which tokens top-p keeps. A language model's nucleus is usually among its few thousand most likely
-    tokens, so it is looked for with partial sorts (``topk``) first; rows whose nucleus is wider fall back
-    to a full sort (of 151k tokens: ~20 ms on a CPU core, against ~1 ms for the top 1024)."""
-    budget = 1.0 - top_p
-    vocab = probs.shape[-1]
-    for k in NUCLEUS_CANDIDATES:
-        if k >= vocab:
+def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which tokens top-p keeps, without sorting the vocabulary.
+
+    In ascending order of probability a token is removed while the running mass (it and every less likely
+    token) is at most ``1 - top_p``. That running mass is monotone, so the boundary is found like a radix
+    select: bin the tokens by scaled logit (monotone in probability), add each bin's mass, and keep only the
+    one bin where the running mass crosses the budget; refine it the same way until it is small enough to
+    sort. Bins below it are removed whole, bins above kept whole. A near-uniform 151k-token row costs a few
+    passes instead of a full sort (~20 ms on a CPU core), whatever the width of its nucleus.
+    """
+    flat_scaled = scaled.reshape(-1, scaled.shape[-1])
+    flat_probs = probs.reshape(-1, probs.shape[-1])
+    keep = torch.stack([_row_nucleus(s, p, 1.0 - top_p) for s, p in zip(flat_scaled, flat_probs)])
+    return keep.reshape(probs.shape)
+
+
+def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> torch.Tensor:
+    removed = torch.zeros_like(probs, dtype=torch.bool)
+    window: torch.Tensor | None = None  # token ids whose fate is still open; None = every token
+    below = 0.0  # mass of every token under the window (all removed)
+    while window is None or window.numel() > NUCLEUS_SORT_LIMIT:
+        keys = scaled if window is None else scaled[window]
+        low, high = float(keys.min()), float(keys.max())
+        if low == -math.inf:  # masked tokens have no mass; bin the rest (the masked ones fall in bin 0)
+            low = float(keys.masked_fill(keys == -math.inf, math.inf).min())
+        scale = NUCLEUS_BINS / (high - low) if high > low else math.inf
+        if not math.isfinite(scale):  # (nearly) one value: only a sort of the ties decides
             break
-        top, order = probs.topk(k, dim=-1)  # descending
-        total = probs.sum(dim=-1, keepdim=True)
-        tail_mass = total - top.cumsum(dim=-1) + top  # the token's own mass and every less likely token's
-        # the first token outside the candidates (and so every later one) is removed: the nucleus is inside
-        if bool((tail_mass[..., -1] - top[..., -1] <= budget).all()):
-            keep_top = tail_mass > budget
-            keep_top[..., 0] = True
-            return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_top)
-    sorted_probs, order = probs.sort(dim=-1)  # ascending
-    remove_sorted = sorted_probs.cumsum(dim=-1) <= budget
-    remove_sorted[..., -1] = False
-    return ~torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        bins = ((keys - low) * scale).clamp_(0, NUCLEUS_BINS - 1).long()
+        mass = probs if window is None else probs[window]
+        running = below + torch.bincount(bins, weights=mass, minlength=NUCLEUS_BINS).cumsum(0)
+        crossing = int(torch.searchsorted(running, torch.tensor([budget], dtype=running.dtype), right=True))
+        if crossing >= NUCLEUS_BINS:  # rounding: the whole window fits the budget; decide it by sorting
+            break
+        if window is None:
+            removed = bins < crossing
+            window = (bins == crossing).nonzero().squeeze(1)
+        else:
+            removed[window[bins < crossing]] = True
+            if bool((bins == crossing).all()):
+                break
+            window = window[bins == crossing]
+        below = float(running[crossing - 1]) if crossing > 0 else below
+    if window is None:
+        window = torch.arange(probs.numel(), device=probs.device)
+    order = window[scaled[window].argsort()]  # by logit, as transformers orders tokens of equal probability
+    removed[order[below + probs[order].cumsum(0) <= budget]] = True
+    if bool(removed.all()):  # at least one token stays: the highest logit
+        removed[scaled.argmax()] = False
+    return ~removed
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
