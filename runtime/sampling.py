@@ -85,5 +85,5 @@ def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> to
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
-    """One draw from a 1-D probability vector with an explicit generator."""
+    """One draw from a 1-D vector of non-negative weights (need not sum to one) with an explicit generator."""
     return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -14,6 +14,7 @@ accepted, the bonus token is drawn from the residual: the emitted token follows 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,28 +51,37 @@ def verify_sampling(
     children = tree.children()
     accepted: list[int] = []
     row = 0
-    # every row at once, where the logits are, then one copy to the host (not a sync per tree level)
-    probs = sampling_probs(logits, temperature, top_p).cpu()
+    rows = _target_rows(logits, temperature, top_p)
     while True:
-        p = probs[row]
+        # ``p`` is the target's (residual) law up to the factor ``total``: renormalising a 151k-row vector
+        # costs a pass over it, and neither the acceptance test nor torch.multinomial needs it
+        p, total = rows(row), 1.0
         for child in children[row]:
             x = tokens[child]
             u = float(torch.rand(1, generator=generator, dtype=torch.float64))
             if tree.proposals is None:
-                if u < float(p[x]):
+                if u * total < float(p[x]):
                     break
                 p = p.clone()
                 p[x] = 0.0
             else:
                 q = tree.proposals[child].to(p.dtype)
-                if u * float(q[x]) < float(p[x]):
+                if u * float(q[x]) * total < float(p[x]):
                     break
-                p = (p - q).clamp_min(0.0)
-            total = p.sum()
+                p = (p - q * total).clamp_min(0.0)
+            total = float(p.sum())
             if not total > 0:
                 raise RuntimeError("speculative sampling residual has no mass; this is a bug")
-            p = p / total
         else:
             return Verdict(accepted, sample(p, generator))
         accepted.append(child)
         row = child + 1
+
+
+def _target_rows(logits: torch.Tensor, temperature: float, top_p: float) -> Callable[[int], torch.Tensor]:
+    """The target's law at each tree row, on the host. On an accelerator every row is computed at once and
+    copied with one sync per step; on the CPU only the rows the walk reaches (accepted + 1 of 1 + N) are."""
+    if logits.device.type != "cpu":
+        probs = sampling_probs(logits, temperature, top_p).cpu()
+        return lambda row: probs[row]
+    return lambda row: sampling_probs(logits[row], temperature, top_p)
