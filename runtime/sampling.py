@@ -23,7 +23,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0)
     scaled = logits.double() / temperature
     probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
-        probs.masked_fill_(~_nucleus(scaled, probs, top_p), 0.0)
+        probs.mul_(_nucleus(scaled, probs, top_p))
         probs.div_(probs.sum(dim=-1, keepdim=True))
     return probs
 
@@ -42,6 +42,8 @@ def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch.T
     sort. Bins below it are removed whole, bins above kept whole. A near-uniform 151k-token row costs a few
     passes instead of a full sort (~20 ms on a CPU core), whatever the width of its nucleus.
     """
+    if probs.dim() == 1:
+        return _row_nucleus(scaled, probs, 1.0 - top_p)
     flat_scaled = scaled.reshape(-1, scaled.shape[-1])
     flat_probs = probs.reshape(-1, probs.shape[-1])
     keep = torch.stack([_row_nucleus(s, p, 1.0 - top_p) for s, p in zip(flat_scaled, flat_probs)])
@@ -60,7 +62,7 @@ def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> to
         scale = NUCLEUS_BINS / (high - low) if high > low else math.inf
         if not math.isfinite(scale):  # (nearly) one value: only a sort of the ties decides
             break
-        bins = ((keys - low) * scale).clamp_(0, NUCLEUS_BINS - 1).long()
+        bins = torch.sub(keys, low).mul_(scale).clamp_(0, NUCLEUS_BINS - 1).int()
         mass = probs if window is None else probs[window]
         running = below + torch.bincount(bins, weights=mass, minlength=NUCLEUS_BINS).cumsum(0)
         crossing = int(torch.searchsorted(running, torch.tensor([budget], dtype=running.dtype), right=True))
@@ -78,12 +80,23 @@ def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> to
     if window is None:
         window = torch.arange(probs.numel(), device=probs.device)
     order = window[scaled[window].argsort()]  # by logit, as transformers orders tokens of equal probability
-    removed[order[below + probs[order].cumsum(0) <= budget]] = True
-    if bool(removed.all()):  # at least one token stays: the highest logit
+    running = below + probs[order].cumsum(0)
+    removed[order[running <= budget]] = True
+    if (running.numel() == 0 or float(running[-1]) <= budget) and bool(removed.all()):  # one token stays at least
         removed[scaled.argmax()] = False
     return ~removed
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
-    """One draw from a 1-D vector of non-negative weights (need not sum to one) with an explicit generator."""
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+def sample(weights: torch.Tensor, generator: torch.Generator) -> int:
+    """One draw from a 1-D vector of non-negative weights (need not sum to one) with an explicit generator.
+
+    By the inverse of the cumulative weights: one cumsum and a binary search (~0.2 ms for 151k float64
+    weights, where ``torch.multinomial`` takes ~4 ms). A zero weight is never drawn: its cumulative value
+    equals the previous one, and the search returns the first index whose cumulative value exceeds u.
+    """
+    cumulative = weights.double().cumsum(0)
+    u = torch.rand(1, generator=generator, dtype=torch.float64) * cumulative[-1]
+    index = int(torch.searchsorted(cumulative, u, right=True))
+    if index >= weights.numel():  # u rounded up to the total: the last token with weight
+        index = int((weights > 0).nonzero()[-1])
+    return index
