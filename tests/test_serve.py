@@ -1,6 +1,6 @@
-"""`evospec serve` end to end: vLLM's OpenAI-compatible server with the EvoSpec plugin's living drafter,
-streamed by the real `openai` client, output equal to the target's greedy output; and the command's
-one-line errors. The server and the client run in vLLM's environment (.venv-vllm, as tests/test_vllm.py)."""
+"""`evospec serve` end to end: vLLM's OpenAI-compatible server with the EvoSpec plugin's living drafter
+(online alignment on), `/v1/completions` and `/v1/chat/completions` streamed by the real `openai` client,
+output equal to the target's greedy output; and the command's one-line errors. The server and the client run in vLLM's environment (.venv-vllm, as tests/test_vllm.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from evospec.train.demo_pair import ASSET_DIR
 
 from .test_bench import CODE, PROSE
 from .test_cli import run
-from .test_vllm import vllm_bin  # noqa: F401  (fixture: skips with the reason where .venv-vllm is absent)
+from .test_vllm import VLLM_BIN, vllm_bin, vllm_missing  # noqa: F401  (vllm_bin: skips where .venv-vllm is absent)
 
 TARGET = ASSET_DIR / "target"
 PROMPT = [5, 17, 33, 2, 40, 41, 42, 43]
@@ -41,12 +41,12 @@ print(json.dumps({"ids": result.token_ids, "text": result.text, "chunks": chunks
 """
 
 
-def living_export(tmp_path) -> tuple:
+def living_export(tmp_path, vocab: str = "evospec:128"):
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(TARGET)(CODE + PROSE)["input_ids"]
     count_tokens([[ids]], 512, "test", successors=8).save(tmp_path / "freq.json")
-    export_drafter(tmp_path / "living", "vllm", "evospec:128", drafter_dir=ASSET_DIR / "drafter",
+    export_drafter(tmp_path / "living", "vllm", vocab, drafter_dir=ASSET_DIR / "drafter",
                    frequencies=tmp_path / "freq.json")
     return tmp_path / "living"
 
@@ -75,34 +75,52 @@ def status_of(base: str, body: dict) -> int:
         return error.code
 
 
-@pytest.mark.vllm
-def test_serve_streams_the_targets_greedy_output_through_the_living_drafter(vllm_bin, tmp_path):  # noqa: F811
-    drafter = living_export(tmp_path)
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+@pytest.fixture(scope="module")
+def aligned_server(tmp_path_factory):
+    """One server for the module's end-to-end tests: the living drafter with online alignment on
+    (``evospec:128+align``) and a chat template (the demo tokenizer has none), eager, on a free port."""
+    if (reason := vllm_missing()) is not None:
+        pytest.skip(reason)
+    tmp_path = tmp_path_factory.mktemp("serve")
+    drafter = living_export(tmp_path, "evospec:128+align")
+    (tmp_path / "chat.jinja").write_text(CHAT_TEMPLATE)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with open(log, "wb") as out:  # cwd outside the checkout: a stale evospec.egg-info there hides the entry point
         server = subprocess.Popen(
-            [str(vllm_bin / "evospec"), "serve", "--target", str(TARGET), "--drafter", str(drafter), "--port", str(port),
-             "--eager", "--max-model-len", "128", "--max-num-seqs", "4", "--draft-depth", "4"],
+            [str(VLLM_BIN / "evospec"), "serve", "--target", str(TARGET), "--drafter", str(drafter), "--port", str(port),
+             "--eager", "--max-model-len", "128", "--max-num-seqs", "4", "--draft-depth", "4",
+             "--", "--chat-template", str(tmp_path / "chat.jinja")],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         wait_healthy(base, server, log)
-        client = subprocess.run([str(vllm_bin / "python"), "-c", CLIENT, base, json.dumps(PROMPT), str(MAX_TOKENS)],
-                                check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert client.returncode == 0, client.stderr[-3000:]
-        streamed = json.loads(client.stdout.strip().splitlines()[-1])
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-            metrics = response.read().decode()
-        assert status_of(base, {"model": "target", "prompt": "x", "max_tokens": -1}) == 400  # malformed: a 4xx
-        assert status_of(base, {"model": "nope", "prompt": "x", "max_tokens": 4}) == 404
+        yield base, log
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def run_client(vllm_bin, script: str, *args: str) -> dict:  # noqa: F811
+    client = subprocess.run([str(vllm_bin / "python"), "-c", script, *args], check=False, capture_output=True,
+                            text=True, timeout=300)
+    assert client.returncode == 0, client.stderr[-3000:]
+    return json.loads(client.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.vllm
+def test_serve_streams_the_targets_greedy_output_through_the_living_drafter(vllm_bin, aligned_server):  # noqa: F811
+    base, log = aligned_server
+    streamed = run_client(vllm_bin, CLIENT, base, json.dumps(PROMPT), str(MAX_TOKENS))
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert status_of(base, {"model": "target", "prompt": "x", "max_tokens": -1}) == 400  # malformed: a 4xx
+    assert status_of(base, {"model": "nope", "prompt": "x", "max_tokens": 4}) == 404
     from transformers import AutoTokenizer
 
     expected = greedy_reference(TARGET, [PROMPT], MAX_TOKENS)[0]
@@ -111,7 +129,8 @@ def test_serve_streams_the_targets_greedy_output_through_the_living_drafter(vllm
     assert streamed["chunks"] >= 2  # it streamed
     server_log = log.read_text()
     assert "Resolved architecture: Eagle3EvoSpecLlamaForCausalLM" in server_log
-    assert "EvoSpec drafter: evospec:128, K=128 resident rows" in server_log
+    assert "EvoSpec drafter: evospec:128, K=128 resident rows" in server_log and "online alignment on" in server_log
+    assert "EvoSpec alignment: first update trained" in server_log  # the proposer hook fed it verified pairs
     drafts = sum(float(line.split()[-1]) for line in metrics.splitlines()
                  if line.startswith("vllm:spec_decode_num_drafts_total"))
     accepted = sum(float(line.split()[-1]) for line in metrics.splitlines()

@@ -6,9 +6,10 @@ has them; from a bundle, the other tokens take the reservoir's rows (synthesised
 ``reservoir`` pass, counted in the summary); from a bare checkpoint they cannot, so ``frspec:K``
 picks among the drafter's own tokens there. ``--format vllm --vocab evospec:K`` writes a living
 drafter for the EvoSpec vLLM plugin (``evospec.serving``): K resident rows (the policy's initial
-set), the reservoir the policy draws from and the statistical index (``serving/living.py``). Taps are written in the engine's numbering (SGLang
-counts the output of layer i, the others the input), ``target_hidden_size`` only when it differs
-(upstream EAGLE shares the target's embeddings then). ``sglang`` also writes the token list SGLang
+set), the reservoir the policy draws from and the statistical index (``serving/living.py``);
+``evospec:K+align`` (or ``frspec:K+align``) also turns on the plugin's online alignment of those rows.
+Taps are written in the engine's numbering (SGLang counts the output of layer i, the others the
+input), ``target_hidden_size`` only when it differs (upstream EAGLE shares the target's embeddings then). ``sglang`` also writes the token list SGLang
 takes as ``--speculative-token-map``.
 """
 
@@ -28,7 +29,7 @@ from evospec.runtime.checkpoint import check_vocab_maps, read_config, write_chec
 from evospec.runtime.checkpoint_weights import complete_vocab_maps, drop_known_buffers, read_weights
 from evospec.runtime.drafter import draft_vocab_target_ids
 from evospec.runtime.vocab.frequencies import TokenFrequencies
-from evospec.serving.living import ARCHITECTURE, FORMAT, LivingSpec, make_shared_vocabulary, write_living_files
+from evospec.serving.living import ARCHITECTURE, LivingSpec, make_shared_vocabulary, write_living_files
 
 FORMATS = ("eagle", "vllm", "sglang")
 TOKEN_MAP_FILE = "speculative_token_map.pt"
@@ -105,7 +106,7 @@ def _living_vocabulary(vocab: str, fmt: str, own: torch.Tensor, vocab_size: int,
     if frequencies is None:
         raise SettingsError(f"--vocab {vocab} needs --frequencies FILE with successors (`evospec vocab frequencies "
                             "--successors 8`) or a bundle compiled with --frequencies")
-    spec = LivingSpec(vocab)
+    spec = LivingSpec.parse(vocab)
     reservoir_ids = torch.arange(vocab_size) if any_token else own.sort().values
     table = TokenFrequencies.load(frequencies)
     rows = torch.zeros(reservoir_ids.numel(), 1)  # placeholder rows: only the choice of ids is wanted here
@@ -140,7 +141,7 @@ def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: P
     own = draft_vocab_target_ids(weights["d2t"].long())
     head = weights["lm_head.weight"]
     living = None
-    if vocab.startswith("evospec:"):  # a living drafter: the policy's initial set, its reservoir and index
+    if vocab.startswith("evospec:") or vocab.endswith("+align"):  # a living drafter: initial set, reservoir, index
         living, reservoir_ids, ids = _living_vocabulary(vocab, fmt, own, config.vocab_size, frequencies,
                                                         any_token=reservoir is not None)
     else:
@@ -159,8 +160,7 @@ def export_drafter(out: Path, fmt: str, vocab: str = "eagle3", *, drafter_dir: P
                                Path(frequencies))
             written_config = json.loads((folder / "config.json").read_text())
             written_config["architectures"] = [ARCHITECTURE]
-            written_config["evospec"] = {"format": FORMAT, "policy": living.policy, "reservoir": living.reservoir,
-                                         "frequencies": living.frequencies}
+            written_config["evospec"] = living.table()
             (folder / "config.json").write_text(json.dumps(written_config, indent=2))
     written = json.loads((Path(out) / "config.json").read_text()).get("eagle_aux_hidden_state_layer_ids")
     return ExportSummary(fmt, vocab, int(ids.numel()), int(from_drafter.sum()), int((~from_drafter).sum()), written,

@@ -112,7 +112,8 @@ def doctor_cmd(as_json):
 @click.option("--vocab", default="eagle3", show_default=True,
               help="Draft vocabulary: eagle3 (the drafter's own), frspec:K (K most frequent tokens), a file of token "
                    "ids (JSON list or torch.save'd list), or with --format vllm evospec:K: a living vocabulary of K "
-                   "resident rows for the EvoSpec vLLM plugin (`evospec serve`).")
+                   "resident rows for the EvoSpec vLLM plugin (`evospec serve`); a +align suffix (evospec:K+align, "
+                   "frspec:K+align) also trains those rows online from what vLLM verifies.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
               help="For frspec:K and evospec:K: a frequency file (`evospec vocab frequencies`; evospec:K needs "
                    "--successors); a bundle's own is the default.")

@@ -16,7 +16,7 @@ import click
                    "exported first). Omit to serve without speculation.")
 @click.option("--vocab", default=None,
               help="Export --drafter first with this draft vocabulary: eagle3, frspec:K or evospec:K (the living "
-                   "vocabulary, served by the plugin).")
+                   "vocabulary, served by the plugin); +align (evospec:K+align) also trains its rows online.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
               help="With --vocab frspec:K or evospec:K: the frequency file (`evospec vocab frequencies`).")
 @click.option("--export-dir", type=click.Path(path_type=Path), default=None,

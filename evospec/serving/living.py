@@ -6,7 +6,11 @@ and ``d2t``) whose config names the plugin's architecture and carries an ``evosp
 
     "architectures": ["Eagle3EvoSpecLlamaForCausalLM"],
     "evospec": {"format": "evospec-living-vocabulary/1", "policy": "evospec:K",
-                "reservoir": "evospec/reservoir.safetensors", "frequencies": "evospec/frequencies.json"}
+                "reservoir": "evospec/reservoir.safetensors", "frequencies": "evospec/frequencies.json",
+                "align": {"lr": 0.001, ...}}
+
+``align`` (written by ``--vocab evospec:K+align``; absent: off) turns on online alignment of the
+resident rows (``serving/alignment.py``), with its settings.
 
 The reservoir (``ids`` [N], ``rows`` [N, d]) is every head row the policy may bring in: the drafter's
 own rows from a bare checkpoint, every target token's row from a bundle. It lives in a subfolder
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.static import frspec_policy
+from evospec.serving.alignment import ResidentAlignSettings
 from evospec.serving.resident_rows import ResidentRows
 from evospec.serving.shared_vocabulary import SharedVocabulary
 
@@ -37,6 +42,7 @@ FORMAT = "evospec-living-vocabulary/1"
 RESERVOIR_FILE = "evospec/reservoir.safetensors"
 FREQUENCIES_FILE = "evospec/frequencies.json"
 POLICIES = ("frspec:K", "evospec:K", "evospec:K:VARIANT")
+ALIGN = "+align"  # a policy's suffix: train the resident rows online (as the runtime's evospec:K+align)
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,25 @@ class LivingSpec:
         policy: ``frspec:K`` (static) or ``evospec:K[:VARIANT]`` (living); K is the resident row count.
         reservoir: file of the reservoir rows, relative to the drafter directory.
         frequencies: the statistical index (token frequencies with successors), relative likewise.
+        align: online alignment's settings, or None: off.
     """
 
     policy: str
     reservoir: str = RESERVOIR_FILE
     frequencies: str = FREQUENCIES_FILE
+    align: ResidentAlignSettings | None = field(default=None)
+
+    @classmethod
+    def parse(cls, vocab: str) -> LivingSpec:
+        """``evospec:K[:VARIANT]`` or ``frspec:K``, with ``+align`` for online alignment (default settings)."""
+        policy, align = (vocab[: -len(ALIGN)], True) if vocab.endswith(ALIGN) else (vocab, False)
+        policy_size(policy)
+        return cls(policy, align=ResidentAlignSettings() if align else None)
+
+    def table(self) -> dict:
+        """The ``evospec`` table of config.json."""
+        table = {"format": FORMAT, "policy": self.policy, "reservoir": self.reservoir, "frequencies": self.frequencies}
+        return table if self.align is None else {**table, "align": self.align.table()}
 
     @property
     def k(self) -> int:
@@ -63,7 +83,8 @@ def policy_size(policy: str) -> int:
     name, _, rest = policy.partition(":")
     k = rest.partition(":")[0]
     if name not in ("frspec", "evospec") or not k.isdigit() or int(k) < 2 or (name == "frspec" and ":" in rest):
-        raise SettingsError(f"living vocabulary {policy!r}: expected one of {', '.join(POLICIES)} with K >= 2")
+        raise SettingsError(f"living vocabulary {policy!r}: expected one of {', '.join(POLICIES)} with K >= 2, "
+                            f"optionally with {ALIGN}")
     return int(k)
 
 
@@ -110,8 +131,12 @@ def read_spec(directory: Path) -> tuple[LivingSpec, dict]:
     if not isinstance(table, dict) or table.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: not a living-vocabulary drafter (config.json has no evospec table of "
                               f"format {FORMAT}); write one with `evospec export --format vllm --vocab evospec:K`")
+    align = table.get("align")
+    if align is not None and not isinstance(align, dict):
+        raise CheckpointError(f"{path}: evospec.align must be a table of alignment settings (got {align!r})")
     return LivingSpec(str(table["policy"]), str(table.get("reservoir", RESERVOIR_FILE)),
-                      str(table.get("frequencies", FREQUENCIES_FILE))), config
+                      str(table.get("frequencies", FREQUENCIES_FILE)),
+                      None if align is None else ResidentAlignSettings.from_table(align)), config
 
 
 def load_shared_vocabulary(directory: Path, background: bool = True) -> SharedVocabulary:
