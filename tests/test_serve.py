@@ -76,6 +76,23 @@ def status_of(base: str, body: dict) -> int:
 
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+CHAT_CLIENT = """
+import json, sys
+from openai import OpenAI
+base, messages, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+prompt, ids, text, chunks = None, [], [], 0
+for chunk in client.chat.completions.create(model="target", messages=messages, max_tokens=n, temperature=0, stream=True,
+                                            extra_body={"return_token_ids": True, "ignore_eos": True}):
+    chunks += 1
+    prompt = prompt or (chunk.model_extra or {}).get("prompt_token_ids")
+    for choice in chunk.choices:
+        ids += (choice.model_extra or {}).get("token_ids") or []
+        text.append(choice.delta.content or "")
+print(json.dumps({"prompt": prompt, "ids": ids, "text": "".join(text), "chunks": chunks}))
+"""
+
+
 @pytest.fixture(scope="module")
 def aligned_server(tmp_path_factory):
     """One server for the module's end-to-end tests: the living drafter with online alignment on
@@ -136,6 +153,24 @@ def test_serve_streams_the_targets_greedy_output_through_the_living_drafter(vllm
     accepted = sum(float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith("vllm:spec_decode_num_accepted_tokens_total"))
     assert drafts > 0 and accepted / drafts > 0.5  # the drafter proposed, and the target accepted much of it
+
+
+@pytest.mark.vllm
+def test_chat_completions_stream_the_targets_greedy_output_of_the_templated_prompt(vllm_bin, aligned_server):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    base, _ = aligned_server
+    messages = [{"role": "user", "content": "def parse(text):"}]
+    streamed = run_client(vllm_bin, CHAT_CLIENT, base, json.dumps(messages), str(MAX_TOKENS))
+    tokenizer = AutoTokenizer.from_pretrained(TARGET)
+    rendered = tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered == "user: def parse(text):\nassistant:"
+    prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]  # chat requests add no special tokens
+    assert streamed["prompt"] == prompt
+    expected = greedy_reference(TARGET, [prompt], MAX_TOKENS)[0]
+    assert streamed["ids"] == expected and streamed["text"] == tokenizer.decode(expected)
+    assert streamed["chunks"] >= 2
 
 
 @pytest.mark.vllm
