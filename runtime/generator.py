@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from evospec.core.errors import CompatibilityError
+from evospec.core.errors import CompatibilityError, SettingsError
 from evospec.core.settings import DecodeSettings
 from evospec.runtime.align.feedback import CycleFeedback, apply_changes
 from evospec.runtime.align.methods import make_evospec_aligner
@@ -75,6 +75,7 @@ class SpeculativeGenerator:
         self.policy = policy  # chooses the drafter's active vocabulary each step (compiled drafters)
         self._static_cache = None  # the drafter cache kept between calls for static-shape (graphed) drafters
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
+        self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -109,15 +110,19 @@ class SpeculativeGenerator:
     def from_bundle(
         cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
         vocab: str | None = None, frequencies: str | Path | None = None, router: str | Path | None = None,
-        evospec_config: str | Path | None = None,
+        evospec_config: str | Path | None = None, drafter_runtime: str = "python", threads: int = 0,
     ) -> SpeculativeGenerator:
         """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for.
 
         ``vocab`` names a vocabulary policy (``full``, ``eagle3``, ``frspec:K``, ``evospec:K``, ...);
         a ``+align`` suffix adds EvoSpec's online alignment (``evospec:K+align``: the full method);
         default: the drafter's own vocabulary, fixed. ``evospec_config``: a TOML file of EvoSpec's
-        settings (default: the built-in ones, mirrored by configs/evospec.toml).
+        settings (default: the built-in ones, mirrored by configs/evospec.toml). ``drafter_runtime``:
+        ``python`` (runtime/compiled_drafter.py) or ``cpp`` (the C++ library through its C ABI, torch
+        bundles; the policy runs inside it; ``threads``: its libtorch threads, 0 = unchanged).
         """
+        if drafter_runtime not in ("python", "cpp"):
+            raise SettingsError(f"drafter runtime {drafter_runtime!r}: expected python or cpp")
         config = EvoSpecConfig.load(evospec_config)  # a bad config or policy name fails before the target load
         name, align = split_align(vocab) if vocab is not None else (None, False)
 
@@ -129,6 +134,16 @@ class SpeculativeGenerator:
         if name is not None:
             policy = make_policy(name, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
                                  frequencies or drafter.frequencies_path, router, config)
+        if drafter_runtime == "cpp":
+            if align:
+                raise SettingsError("+align with the C++ drafter: the library applies row updates but the aligner "
+                                    "runs in Python's drafter; use --drafter-runtime python")
+            from evospec.runtime.native_drafter import NativeDrafter
+
+            generator = cls(target, drafter)  # the Python drafter stays loaded for its configuration (taps)
+            generator.native = NativeDrafter(bundle, vocab=name, frequencies=frequencies, router=router,
+                                             target_dir=target_dir, threads=threads, check_files=False)
+            return generator
         generator = cls(target, drafter, policy)
         if align:
             if drafter.reservoir is None:
@@ -185,6 +200,10 @@ class SpeculativeGenerator:
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
         use_draft = s.use_draft and drafter is not None
+        native = self.native if use_draft else None
+        if native is not None and s.temperature > 0 and s.tree_width == 1:
+            raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
+                                "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
         policy = self.policy if use_draft else None
         if policy is not None:
             policy.reset(prompt)
@@ -199,7 +218,9 @@ class SpeculativeGenerator:
         emitted = 1
         if root in eos or emitted >= s.max_new_tokens:
             return
-        if use_draft:
+        if native is not None:
+            native.start(prompt)
+        elif use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             if getattr(drafter, "static_past", False):
                 # CUDA graphs read the cache in place: keep one cache (rounded up, reused while it is large
@@ -230,7 +251,10 @@ class SpeculativeGenerator:
                 if use_draft:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
-                    tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
+                    if native is not None:
+                        tree = self._draft_native(native, pairs_hidden, root, s, stats)
+                    else:
+                        tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
                     self._sync()
                     stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
                 t1 = time.perf_counter()
@@ -257,6 +281,8 @@ class SpeculativeGenerator:
                 stats.draft_tokens_proposed += tree.size
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
+                if native is not None:
+                    native.commit(new_tokens[:-1])
                 emit = new_tokens[: self._emittable(new_tokens, emitted, eos, s.max_new_tokens)]
                 stats.step_tokens.append(len(emit))
                 if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
@@ -319,6 +345,18 @@ class SpeculativeGenerator:
         if s.greedy:
             return int(logits.argmax())
         return sample(sampling_probs(logits.cpu(), s.temperature, s.top_p), generator)
+
+    @staticmethod
+    def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats) -> DraftTree:
+        """The C++ library's tree; its policy's choice and row moves happen inside ``propose``."""
+        drafted = native.propose(pairs_hidden, root, s.draft_depth, s.tree_width, s.tree_budget)
+        if native.policy is not None:
+            active, moved = native.active()
+            stats.active_rows_moved += moved
+            stats.active_size_sum += len(active)
+        return DraftTree(tokens=torch.tensor(drafted.tokens, dtype=torch.long),
+                         parents=torch.tensor(drafted.parents, dtype=torch.long),
+                         depths=torch.tensor(drafted.depths, dtype=torch.long))
 
     def _draft(
         self,

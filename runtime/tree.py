@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
+from evospec.runtime.sampling import sample
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
     logp = torch.log_softmax(logits.float(), dim=-1)
     if req.temperature > 0 and width == 1:
         q = torch.softmax(logits.double() / req.temperature, dim=-1)
-        ids = torch.multinomial(q.cpu(), 1, generator=generator).to(logits.device)
+        ids = torch.tensor([[sample(row, generator)] for row in q.cpu()], device=logits.device)
         return ids, logp.gather(-1, ids), q
     scores, ids = logp.topk(width, dim=-1)
     return ids, scores, None

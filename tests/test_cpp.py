@@ -312,3 +312,72 @@ def test_record_and_profile_commands(binary, demo_bundle, work):
     assert row["cpp_mismatches_vs_recording"] == [] and row["python_replay_mismatches_vs_recording"] == []
     assert row["cpp_step_ms_median"] > 0 and row["python_step_ms_median"] > 0
     assert "c++" in done.output and "python" in done.output
+
+
+# --- The library inside Python's decoding loop (runtime/native_drafter.py, `--drafter-runtime cpp`) ---
+
+SAMPLED_TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12,
+                              temperature=0.8, top_p=0.9, seed=5)
+
+
+@pytest.fixture
+def library(binary, monkeypatch):
+    monkeypatch.setenv("EVOSPEC_CPP_LIBRARY", str(binary.parent / "libevospec_drafter.so"))
+    return binary.parent / "libevospec_drafter.so"
+
+
+@pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, None), (LONG_TREE, "evospec:64:sync"), (SAMPLED_TREE, "frspec:64"),
+                                                 pytest.param(CHAIN, "evospec:64", marks=SLOW)],
+                         ids=["greedy-chain-own-vocab", "greedy-tree-evospec", "sampled-tree-frspec", "chain-evospec"])
+def test_decoding_with_the_cpp_drafter_equals_decoding_with_pythons(library, demo_bundle, settings, vocab):
+    """Same tokens, same accepted length at every step and the same rows moved as the Python drafter (whose
+    drafts tests above show equal step by step); greedy output equals the target's own. Sampled: the trees are
+    deterministic top-k, so with the same seed verification draws the same numbers and the outputs match."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    prompt = list(range(5, 37))
+    freq = {"frequencies": str(demo_bundle.parent / "demo-frequencies.json")} if vocab else {}
+    results = {}
+    for runtime in ("python", "cpp"):
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab=vocab, drafter_runtime=runtime, **freq)
+        results[runtime] = generator.generate(prompt, settings)
+    python, cpp = results["python"], results["cpp"]
+    assert cpp.token_ids == python.token_ids and len(cpp.token_ids) == settings.max_new_tokens
+    assert cpp.stats.accepted_lengths == python.stats.accepted_lengths and sum(cpp.stats.accepted_lengths) > 0
+    assert cpp.stats.active_rows_moved == python.stats.active_rows_moved
+    if vocab == "evospec:64:sync":
+        assert cpp.stats.active_rows_moved > cpp.stats.steps  # the set changed as decoding went
+    if settings.temperature == 0:
+        plain = SpeculativeGenerator.from_paths(DEMO_TARGET).generate(prompt, DecodeSettings(
+            max_new_tokens=settings.max_new_tokens, use_draft=False))
+        assert cpp.token_ids == plain.token_ids
+
+
+def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
+    from evospec.core.errors import SettingsError
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, drafter_runtime="cpp")
+    with pytest.raises(SettingsError, match="sampled chain"):
+        generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="chain", temperature=1.0))
+    with pytest.raises(SettingsError, match=r"\+align with the C\+\+ drafter"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64+align", drafter_runtime="cpp")
+    ort = work / "native-ort-bundle"
+    shutil.copytree(demo_bundle, ort, dirs_exist_ok=True)
+    manifest = json.loads((ort / "manifest.json").read_text())
+    (ort / "manifest.json").write_text(json.dumps({**manifest, "backend": "ort"}))
+    from evospec.runtime.native_drafter import NativeDrafter
+
+    with pytest.raises(BundleError, match="compile with --backend torch"):
+        NativeDrafter(ort)
+
+
+def test_generate_command_with_the_cpp_drafter(library, demo_bundle):
+    runner = CliRunner()
+    args = ["generate", "--target", str(DEMO_TARGET), "--prompt-ids", "5,6,7,8,9", "--max-new-tokens", "24", "--json"]
+    plain = runner.invoke(main, args + ["--no-draft"])
+    native = runner.invoke(main, args + ["--bundle", str(demo_bundle), "--drafter-runtime", "cpp",
+                                         "--vocab", "evospec:64:sync", "--draft-tree", "chain"])
+    assert plain.exit_code == 0 and native.exit_code == 0, native.output
+    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])  # noqa: E731 (stdout: no progress bars)
+    assert last(native)["token_ids"] == last(plain)["token_ids"]

@@ -124,7 +124,7 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
               help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
                    "or output of layer i (SGLang, so SpecForge checkpoints).")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, router, evospec_config, device, dtype, tap_numbering, prompt,
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, router, evospec_config, device, dtype, tap_numbering, prompt,
              prompt_ids, config_path, no_draft, stream, as_json, threads, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
@@ -139,12 +139,15 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, rou
                                "(give --tap-numbering to `evospec compile`)")
     if vocab_policy is not None and bundle_dir is None:
         raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
+    if drafter_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
 
     if bundle_dir is not None and settings.use_draft:
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
                                                      vocab=vocab_policy, frequencies=frequencies, router=router,
-                                                     evospec_config=evospec_config)
+                                                     evospec_config=evospec_config, drafter_runtime=drafter_runtime,
+                                                     threads=threads or 0)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
                                                     device=device, dtype=dtype, tap_numbering=tap_numbering)

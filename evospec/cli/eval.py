@@ -53,7 +53,7 @@ from evospec.core.settings import DecodeSettings
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="This runtime: torch intra-op threads (default: torch's own choice, one per core). A tiny "
                    "model's step is many small calls, where one thread can beat two.")
-def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus, domains, prompts, prompt_tokens,
+def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, corpus, domains, prompts, prompt_tokens,
           json_path, plot_path, device, dtype, tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads,
           vllm_compile, breakdown, threads, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
@@ -65,10 +65,14 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus
 
     if (drafter_dir is None) == (bundle_dir is None):
         raise click.UsageError("give --drafter or --bundle (one of them)")
-    if bundle_dir is not None and engine != "evospec":
-        raise click.UsageError("--bundle is this runtime's compiled drafter; vLLM serves a --drafter export")
+    if vocab_policy is not None and engine != "evospec":
+        raise click.UsageError("--vocab is this runtime's policy; vLLM serves a fixed export (--vllm-drafter DIR from "
+                               "`evospec export --format vllm --vocab ...`): compare policies with --engine evospec")
     if (vocab_policy is not None or frequencies is not None) and bundle_dir is None:
         raise click.UsageError("--vocab and --frequencies need --bundle: policies choose rows of its reservoir")
+    if drafter_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
+    vllm_source = drafter_dir if bundle_dir is None else bundle_dir / "drafter"  # a bundle carries its drafter's copy
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
     settings = BenchSettings(domains=chosen, prompts=prompts, prompt_tokens=prompt_tokens)
@@ -80,7 +84,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus
                                      threads=vllm_threads, compile=vllm_compile)
         if (reason := vllm_missing_reason()) is not None:
             raise SettingsError(reason)
-        check_head_sizes(target_dir, vllm_drafter or drafter_dir)  # before minutes of decoding, not after
+        check_head_sizes(target_dir, vllm_drafter or vllm_source)  # before minutes of decoding, not after
     total = prompts * len(chosen or corpus_domains(corpus))
     import torch
 
@@ -89,7 +93,8 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus
     click.echo(f"this runtime: {torch.get_num_threads()} torch threads")
     if bundle_dir is not None:
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
-                                                     vocab=vocab_policy, frequencies=frequencies)
+                                                     vocab=vocab_policy, frequencies=frequencies,
+                                                     drafter_runtime=drafter_runtime, threads=threads or 0)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
                                                     tap_numbering=tap_numbering)
@@ -99,7 +104,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, corpus
                         speculative=engine != "vllm")
     rows = run.rows
     if vllm_settings is not None:
-        rows += _vllm_rows(target_dir, drafter_dir, vllm_drafter, tap_numbering, run, decode, vllm_settings,
+        rows += _vllm_rows(target_dir, vllm_source, vllm_drafter, tap_numbering, run, decode, vllm_settings,
                            generator.target.eos_token_ids)
     table = rows_table(rows)
     if breakdown:

@@ -8,7 +8,8 @@ import click
 
 
 def bundle_options(command):
-    """``--bundle``, ``--vocab`` and ``--frequencies``: draft with a compiled bundle under a vocabulary policy."""
+    """``--bundle``, ``--vocab``, ``--frequencies``, ``--drafter-runtime``: draft with a compiled bundle under a vocabulary
+    policy, in Python or in the C++ library."""
     for option in reversed((
         click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
                      help="Draft with a compiled bundle (`evospec compile`) instead of --drafter."),
@@ -18,6 +19,9 @@ def bundle_options(command):
                           "(evospec:K+align)."),
         click.option("--frequencies", type=click.Path(path_type=Path), default=None,
                      help="Token-frequency file for frspec:K and evospec:K (`evospec vocab frequencies`)."),
+        click.option("--drafter-runtime", type=click.Choice(["python", "cpp"]), default="python", show_default=True,
+                     help="With --bundle: draft with Python's stages or with the C++ library (`make cpp`; torch "
+                          "bundles; the vocabulary policy runs inside it; verification stays Python's)."),
     )):
         command = option(command)
     return command

@@ -1,0 +1,45 @@
+/* A C ABI over evospec::Drafter (drafter.hpp), for services in other languages and for Python's
+ * ctypes (runtime/native_drafter.py: the decoding loop drafting through this library).
+ *
+ * Every call returns a status: EVOSPEC_OK, or an error kind whose one-line message
+ * evospec_last_error() returns (per thread, valid until the thread's next failing call). No C++
+ * exception crosses this boundary. Buffers are the caller's; a propose() whose tree does not fit
+ * ``capacity`` fails with EVOSPEC_SETTINGS_ERROR and says how many nodes it needed.
+ */
+#ifndef EVOSPEC_DRAFTER_C_H
+#define EVOSPEC_DRAFTER_C_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { EVOSPEC_OK = 0, EVOSPEC_BUNDLE_ERROR = 1, EVOSPEC_SETTINGS_ERROR = 2, EVOSPEC_INTERNAL_ERROR = 3 };
+
+typedef struct evospec_drafter evospec_drafter;
+
+/* Strings may be NULL or "" (the default). threads: 0 = libtorch's choice. check_files: 0 or 1. */
+int evospec_drafter_open(const char* bundle, const char* vocab, const char* frequencies, const char* router,
+                         const char* target_dir, int threads, int64_t max_context, int check_files,
+                         evospec_drafter** out);
+void evospec_drafter_close(evospec_drafter* drafter);
+const char* evospec_last_error(void);
+
+int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64_t count);
+/* features: [positions, 3 * target_hidden_size] float32, row-major. Writes *nodes nodes. */
+int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
+                            int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
+                            int64_t capacity, int64_t* nodes);
+int evospec_drafter_commit(evospec_drafter* drafter, const int64_t* accepted, int64_t count);
+/* The active set's size and the rows moved at the last propose; ids written when ids != NULL
+ * (at most capacity of them). */
+int evospec_drafter_active(evospec_drafter* drafter, int64_t* ids, int64_t capacity, int64_t* size, int64_t* moved);
+/* hidden_size, target_hidden_size, vocab_size */
+int evospec_drafter_sizes(evospec_drafter* drafter, int64_t* sizes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,124 @@
+// The C ABI (include/evospec/drafter_c.h): exceptions become a status and a per-thread message.
+#include "evospec/drafter_c.h"
+
+#include <string>
+
+#include "evospec/drafter.hpp"
+
+struct evospec_drafter {
+  evospec::Drafter drafter;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+template <typename Body>
+int guarded(Body body) {
+  try {
+    body();
+    return EVOSPEC_OK;
+  } catch (const evospec::BundleError& e) {
+    last_error = e.what();
+    return EVOSPEC_BUNDLE_ERROR;
+  } catch (const evospec::SettingsError& e) {
+    last_error = e.what();
+    return EVOSPEC_SETTINGS_ERROR;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return EVOSPEC_INTERNAL_ERROR;
+  } catch (...) {
+    last_error = "unknown C++ exception";
+    return EVOSPEC_INTERNAL_ERROR;
+  }
+}
+
+std::string text(const char* s) { return s == nullptr ? std::string() : std::string(s); }
+
+int missing(const char* what) {
+  last_error = std::string(what) + " is NULL";
+  return EVOSPEC_SETTINGS_ERROR;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* evospec_last_error(void) { return last_error.c_str(); }
+
+int evospec_drafter_open(const char* bundle, const char* vocab, const char* frequencies, const char* router,
+                         const char* target_dir, int threads, int64_t max_context, int check_files,
+                         evospec_drafter** out) {
+  if (bundle == nullptr) return missing("bundle");
+  if (out == nullptr) return missing("out");
+  *out = nullptr;
+  return guarded([&] {
+    evospec::DrafterOptions options;
+    options.vocab = text(vocab);
+    options.frequencies = text(frequencies);
+    options.router = text(router);
+    options.target_dir = text(target_dir);
+    options.threads = threads;
+    if (max_context > 0) options.max_context = max_context;
+    options.check_files = check_files != 0;
+    *out = new evospec_drafter{evospec::Drafter(bundle, options)};
+  });
+}
+
+void evospec_drafter_close(evospec_drafter* drafter) { delete drafter; }
+
+int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64_t count) {
+  if (drafter == nullptr) return missing("drafter");
+  if (prompt == nullptr && count > 0) return missing("prompt");
+  return guarded([&] { drafter->drafter.start(std::vector<int64_t>(prompt, prompt + count)); });
+}
+
+int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
+                            int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
+                            int64_t capacity, int64_t* nodes) {
+  if (drafter == nullptr) return missing("drafter");
+  if (features == nullptr || tokens == nullptr || parents == nullptr || depths == nullptr || nodes == nullptr)
+    return missing("a propose() buffer");
+  return guarded([&] {
+    evospec::DraftTree tree = drafter->drafter.propose(features, positions, newest_token, {depth, width, budget});
+    int64_t n = static_cast<int64_t>(tree.tokens.size());
+    if (n > capacity)
+      throw evospec::SettingsError("the draft tree has " + std::to_string(n) + " nodes, the buffers hold " +
+                                   std::to_string(capacity));
+    for (int64_t i = 0; i < n; ++i) {
+      tokens[i] = tree.tokens[i];
+      parents[i] = tree.parents[i];
+      depths[i] = tree.depths[i];
+    }
+    *nodes = n;
+  });
+}
+
+int evospec_drafter_commit(evospec_drafter* drafter, const int64_t* accepted, int64_t count) {
+  if (drafter == nullptr) return missing("drafter");
+  if (accepted == nullptr && count > 0) return missing("accepted");
+  return guarded([&] { drafter->drafter.commit(std::vector<int64_t>(accepted, accepted + count)); });
+}
+
+int evospec_drafter_active(evospec_drafter* drafter, int64_t* ids, int64_t capacity, int64_t* size, int64_t* moved) {
+  if (drafter == nullptr) return missing("drafter");
+  return guarded([&] {
+    std::vector<int64_t> active = drafter->drafter.active_ids();
+    if (size != nullptr) *size = static_cast<int64_t>(active.size());
+    if (moved != nullptr) *moved = drafter->drafter.moved_rows();
+    if (ids != nullptr)
+      for (int64_t i = 0; i < capacity && i < static_cast<int64_t>(active.size()); ++i) ids[i] = active[i];
+  });
+}
+
+int evospec_drafter_sizes(evospec_drafter* drafter, int64_t* sizes) {
+  if (drafter == nullptr) return missing("drafter");
+  if (sizes == nullptr) return missing("sizes");
+  const evospec::DrafterInfo& info = drafter->drafter.info();
+  sizes[0] = info.hidden_size;
+  sizes[1] = info.target_hidden_size;
+  sizes[2] = info.vocab_size;
+  return EVOSPEC_OK;
+}
+
+}  // extern "C"

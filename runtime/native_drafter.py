@@ -1,0 +1,129 @@
+"""The C++ drafter library (runtime/cpp, issue 20) inside Python's decoding loop, through its C ABI.
+
+Why: at batch 1 on a CPU the Python drafter is bound by per-op interpreter overhead (a chain of five
+one-layer drafter passes is ~60 op calls each); the library runs the same stages, tree and
+vocabulary policy op for op in C++ (tests/test_cpp.py: equal trees and active sets step by step).
+The target, its cache and verification stay in Python, so decoding stays exact whatever drafts.
+
+The library is loaded with ctypes from ``build/cpp/libevospec_drafter.so`` (``make cpp``) or the path
+in ``EVOSPEC_CPP_LIBRARY``; it links the libtorch of the torch wheel it was built against, which is
+the one this process has loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evospec.core.errors import BundleError, SettingsError
+
+DEFAULT_LIBRARY = Path(__file__).resolve().parents[1] / "build" / "cpp" / "libevospec_drafter.so"
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_f32p = ctypes.POINTER(ctypes.c_float)
+
+
+def library_path() -> Path:
+    return Path(os.environ.get("EVOSPEC_CPP_LIBRARY", DEFAULT_LIBRARY))
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    if not path.is_file():
+        raise SettingsError(f"{path} does not exist: build the C++ drafter library with `make cpp` "
+                            "(or set EVOSPEC_CPP_LIBRARY)")
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot load the C++ drafter library ({exc})") from None
+    if not hasattr(lib, "evospec_drafter_open"):
+        raise SettingsError(f"{path} has no C API (evospec_drafter_open): rebuild it with `make cpp`")
+    lib.evospec_drafter_open.argtypes = [ctypes.c_char_p] * 5 + [ctypes.c_int, ctypes.c_int64, ctypes.c_int,
+                                                                 ctypes.POINTER(ctypes.c_void_p)]
+    lib.evospec_drafter_close.argtypes = [ctypes.c_void_p]
+    lib.evospec_drafter_close.restype = None
+    lib.evospec_last_error.restype = ctypes.c_char_p
+    lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
+    lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                            ctypes.c_int, ctypes.c_int, _i64p, _i64p, _i64p, ctypes.c_int64, _i64p]
+    lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
+    lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, _i64p, _i64p]
+    lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, _i64p]
+    return lib
+
+
+@dataclass
+class NativeTree:
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+
+
+class NativeDrafter:
+    """One decoding sequence at a time (as the library's Drafter): ``start``, then per step ``propose``
+    (features of the newly committed positions, the newest token) and ``commit`` (accepted drafts)."""
+
+    MAX_NODES = 1024
+
+    def __init__(self, bundle: str | Path, *, vocab: str | None = None, frequencies: str | Path | None = None,
+                 router: str | Path | None = None, target_dir: str | Path | None = None, threads: int = 0,
+                 max_context: int = 4096, check_files: bool = True, library: Path | None = None) -> None:
+        self._lib = _load(Path(library) if library is not None else library_path())
+        handle = ctypes.c_void_p()
+        encode = lambda v: None if v is None else str(v).encode()  # noqa: E731
+        self._check(self._lib.evospec_drafter_open(
+            encode(bundle), encode(vocab), encode(frequencies), encode(router), encode(target_dir), int(threads),
+            int(max_context), int(check_files), ctypes.byref(handle)))
+        self._handle = handle
+        sizes = (ctypes.c_int64 * 3)()
+        self._check(self._lib.evospec_drafter_sizes(self._handle, sizes))
+        self.hidden_size, self.target_hidden_size, self.vocab_size = sizes
+        self._nodes = {name: np.empty(self.MAX_NODES, dtype=np.int64) for name in ("tokens", "parents", "depths")}
+        self.policy = vocab
+
+    def _check(self, status: int) -> None:
+        if status == 0:
+            return
+        message = (self._lib.evospec_last_error() or b"").decode(errors="replace")
+        raise (BundleError if status == 1 else SettingsError)(message)
+
+    def start(self, prompt: list[int]) -> None:
+        ids = np.asarray(prompt, dtype=np.int64)
+        self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(_i64p), ids.size))
+
+    def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int) -> NativeTree:
+        feats = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
+        if feats.ndim != 2 or feats.shape[1] != 3 * self.target_hidden_size:
+            raise SettingsError(f"features of shape {tuple(feats.shape)}; the drafter takes [positions, "
+                                f"{3 * self.target_hidden_size}] (three tapped target states)")
+        n = ctypes.c_int64()
+        buf = self._nodes
+        self._check(self._lib.evospec_drafter_propose(
+            self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, width, budget,
+            buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p), buf["depths"].ctypes.data_as(_i64p),
+            self.MAX_NODES, ctypes.byref(n)))
+        k = n.value
+        return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist())
+
+    def commit(self, accepted: list[int]) -> None:
+        ids = np.asarray(accepted, dtype=np.int64)
+        self._check(self._lib.evospec_drafter_commit(self._handle, ids.ctypes.data_as(_i64p), ids.size))
+
+    def active(self) -> tuple[list[int], int]:
+        """The active set at the last propose (head-column order) and the rows that moved into it."""
+        size, moved = ctypes.c_int64(), ctypes.c_int64()
+        self._check(self._lib.evospec_drafter_active(self._handle, None, 0, ctypes.byref(size), ctypes.byref(moved)))
+        ids = np.empty(size.value, dtype=np.int64)
+        self._check(self._lib.evospec_drafter_active(self._handle, ids.ctypes.data_as(_i64p), ids.size, None, None))
+        return ids.tolist(), moved.value
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.evospec_drafter_close(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
