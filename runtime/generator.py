@@ -60,14 +60,7 @@ class SpeculativeGenerator:
 
     def __init__(self, target: TargetModel, drafter: Eagle3Drafter | None = None, policy=None) -> None:
         if drafter is not None:
-            taps = drafter.config.tap_layers or default_tap_layers(target.num_layers)
-            bad = [i for i in taps if not 0 <= i <= target.num_layers]
-            if len(taps) != 3 or bad:
-                raise CompatibilityError(
-                    f"drafter taps target hidden states {taps}, but the target has {target.num_layers} layers "
-                    f"(valid indices 0..{target.num_layers}, three of them)"
-                )
-            target = target.with_taps(tuple(taps))
+            target = _tapped(target, drafter.config.tap_layers)
         if policy is not None and not hasattr(drafter, "set_active"):
             raise CompatibilityError("vocabulary policies need a compiled drafter (`evospec compile`, then --bundle)")
         self.target = target
@@ -128,27 +121,42 @@ class SpeculativeGenerator:
 
         manifest = read_manifest(bundle)  # a bad bundle fails before the (slow) target load
         check_target(Path(bundle), manifest, Path(target_dir))
+        if drafter_runtime == "cpp":
+            return cls._with_native_drafter(bundle, target_dir, device, dtype, name, align, frequencies, router,
+                                            evospec_config, threads)
         target = load_target(target_dir, device=device, dtype=dtype)
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
         if name is not None:
             policy = make_policy(name, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
                                  frequencies or drafter.frequencies_path, router, config)
-        if drafter_runtime == "cpp":
-            if align:
-                raise SettingsError("+align with the C++ drafter: the library applies row updates but the aligner "
-                                    "runs in Python's drafter; use --drafter-runtime python")
-            from evospec.runtime.native_drafter import NativeDrafter
-
-            generator = cls(target, drafter)  # the Python drafter stays loaded for its configuration (taps)
-            generator.native = NativeDrafter(bundle, vocab=name, frequencies=frequencies, router=router,
-                                             target_dir=target_dir, threads=threads, check_files=False)
-            return generator
         generator = cls(target, drafter, policy)
         if align:
             if drafter.reservoir is None:
                 raise CompatibilityError(f"{bundle}: +align needs a bundle whose head rows live on the host (ort or torch)")
             generator.aligner = make_evospec_aligner(drafter, config.for_policy(name))
+        return generator
+
+    @classmethod
+    def _with_native_drafter(cls, bundle, target_dir, device, dtype, policy, align, frequencies, router, evospec_config,
+                             threads) -> SpeculativeGenerator:
+        """The C++ library drafts (and runs the policy); Python keeps the target and verification. No Python
+        drafter is loaded: its reservoir would be a second copy of the rows the library holds."""
+        if align:
+            raise SettingsError("+align with the C++ drafter: the library applies row updates, but the aligner that "
+                                "computes them runs with Python's drafter; use --drafter-runtime python")
+        if evospec_config is not None:
+            raise SettingsError("--evospec-config with the C++ drafter: it runs EvoSpec's built-in settings "
+                                "(DrafterOptions::evospec in C++); use --drafter-runtime python for a settings file")
+        if device != "cpu":
+            raise SettingsError(f"the C++ drafter runs on the CPU; the target is on {device}: use --drafter-runtime python")
+        from evospec.runtime.native_drafter import NativeDrafter
+
+        native = NativeDrafter(bundle, vocab=policy, frequencies=frequencies, router=router, target_dir=target_dir,
+                               threads=threads)  # a bad bundle or policy fails before the (slow) target load
+        generator = cls(load_target(target_dir, device=device, dtype=dtype))
+        generator.target = _tapped(generator.target, read_config(Path(bundle) / "drafter").tap_layers)
+        generator.native = native
         return generator
 
     def encode(self, text: str) -> list[int]:
@@ -199,8 +207,8 @@ class SpeculativeGenerator:
         target, drafter, device = self.target, self.drafter, self.target.device
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
-        use_draft = s.use_draft and drafter is not None
-        native = self.native if use_draft else None
+        native = self.native if s.use_draft else None
+        use_draft = s.use_draft and (drafter is not None or native is not None)
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
@@ -389,3 +397,15 @@ class SpeculativeGenerator:
             temperature=s.temperature,
         )
         return draft_tree(drafter, cache, request, generator)
+
+
+def _tapped(target: TargetModel, tap_layers: tuple[int, ...] | None) -> TargetModel:
+    """The target set to hand out the drafter's three tapped hidden states (EAGLE's default when unset)."""
+    taps = tap_layers or default_tap_layers(target.num_layers)
+    bad = [i for i in taps if not 0 <= i <= target.num_layers]
+    if len(taps) != 3 or bad:
+        raise CompatibilityError(
+            f"drafter taps target hidden states {taps}, but the target has {target.num_layers} layers "
+            f"(valid indices 0..{target.num_layers}, three of them)"
+        )
+    return target.with_taps(tuple(taps))
