@@ -25,7 +25,9 @@ from .test_serving import successor_frequencies  # noqa: F401  (fixture)
 # C is a 5-token prefill (its last row samples); D was discarded (vLLM points its sampling row before its start).
 STARTS = torch.tensor([0, 6, 12, 17, 23], dtype=torch.int32)
 SAMPLE = torch.tensor([2, 6, 16, 16], dtype=torch.int32)
+SEQ_LENS = torch.tensor([100, 50, 5, 30], dtype=torch.int32)  # C's whole sequence is this step's query: a prompt
 VERIFIED = [0, 1, 12, 13, 14, 15]
+IN_PROMPT = [False, False, True, True, True, True]
 
 
 def first_pass_input_ids(target_ids: torch.Tensor, next_ids: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
@@ -42,6 +44,9 @@ def test_the_verified_rows_of_a_padded_batch_are_those_before_each_sampling_row(
     assert unpadded.tolist() == [0, 1, 3]
     with pytest.raises(ValueError, match="3 entries for 4 requests"):
         proposer_hook.verified_rows(STARTS, SAMPLE[:3])
+    rows = torch.tensor(VERIFIED)
+    assert proposer_hook.prompt_rows(STARTS, SEQ_LENS, rows).tolist() == IN_PROMPT
+    assert not proposer_hook.prompt_rows(STARTS, None, rows).any()
 
 
 def test_each_verified_rows_label_is_the_verified_token_after_it():
@@ -56,10 +61,10 @@ def test_each_verified_rows_label_is_the_verified_token_after_it():
 
 class Listener(proposer_hook.VerifiedRowsListener):
     def __init__(self) -> None:
-        self.seen: list[list[int]] = []
+        self.seen: list[tuple[list[int], list[bool]]] = []
 
-    def verified_rows(self, rows: torch.Tensor) -> None:
-        self.seen.append(rows.tolist())
+    def verified_rows(self, rows: torch.Tensor, in_prompt: torch.Tensor) -> None:
+        self.seen.append((rows.tolist(), in_prompt.tolist()))
 
 
 class FakeProposer:
@@ -78,12 +83,12 @@ def test_the_hook_tells_a_listening_drafter_its_rows_and_changes_nothing_vllm_co
     proposer_hook.install(FakeProposer)
     proposer_hook.install(FakeProposer)  # idempotent: one wrapper
     assert getattr(FakeProposer.propose, proposer_hook.WRAPPED) and FakeProposer.propose.__wrapped__.__name__ == "propose"
-    metadata = SimpleNamespace(query_start_loc=STARTS, query_start_loc_cpu=STARTS)
+    metadata = SimpleNamespace(query_start_loc=STARTS, query_start_loc_cpu=STARTS, seq_lens_cpu_upper_bound=SEQ_LENS)
     listener = Listener()
     result = FakeProposer(listener).propose(num_speculative_tokens=5, target_token_ids=None, target_positions=None,
                                             target_hidden_states=None, next_token_ids=None, token_indices_to_sample=SAMPLE,
                                             common_attn_metadata=metadata, sampling_metadata=None)
-    assert result == ("vllm's own", SAMPLE, metadata) and listener.seen == [VERIFIED]
+    assert result == ("vllm's own", SAMPLE, metadata) and listener.seen == [(VERIFIED, IN_PROMPT)]
     assert FakeProposer(object()).propose(5, None, None, None, None, SAMPLE, metadata, None)[0] == "vllm's own"
 
 
@@ -166,7 +171,7 @@ def test_the_align_export_writes_its_settings_and_the_plugin_reads_them(tmp_path
     export_drafter(tmp_path / "a", "vllm", "evospec:96+align", drafter_dir=ASSET_DIR / "drafter",
                    frequencies=successor_frequencies)
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["evospec"]["policy"] == "evospec:96" and config["evospec"]["align"]["lr"] == 1e-3
+    assert config["evospec"]["policy"] == "evospec:96" and config["evospec"]["align"]["lr"] == 2e-5
     assert read_spec(tmp_path / "a")[0].align == ResidentAlignSettings()
     assert LivingSpec.parse("frspec:8+align").align is not None and LivingSpec.parse("evospec:8").align is None
     config["evospec"]["align"] = {"lr": 1e-3, "speed": 2}

@@ -43,18 +43,24 @@ class ResidentAlignSettings:
     """The ``align`` table of a living drafter's ``evospec`` config (``export --vocab evospec:K+align``).
 
     Attributes:
-        lr: Adam's learning rate for the head rows (the runtime aligner's default).
+        lr: Adam's learning rate for the head rows. Adam moves every touched element by about ``lr`` per
+            update whatever its gradient, and a busy server updates every step: the runtime aligner's 1e-3
+            lowered tau on the demo pair (2.84 -> 2.75), 2e-5 did not (README, issue 19).
         proposals: the drafter's strongest rows per pair that take a step besides the label's row.
         buffer: pairs kept while the worker is busy (the oldest are dropped): bounds memory.
         window: pairs scored per rollback verdict.
         rollback: restore a window's changed rows when its accuracy falls below the window before.
+        prompts: also train on prompt rows (a request's first prefill); off: only on decode rows, the
+            target's own continuations, which are what the drafter must predict (the runtime's aligner
+            likewise learns from decoding cycles only).
     """
 
-    lr: float = 1e-3
+    lr: float = 2e-5
     proposals: int = 8
     buffer: int = 512
     window: int = 256
     rollback: bool = True
+    prompts: bool = False
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.proposals < 0 or self.buffer < 1 or self.window < 1:
@@ -127,7 +133,8 @@ class ResidentAligner:
         self._ready: Update | None = None  # inline mode
         self._forget: list[int] = []  # columns restored by a rollback: their moments reset with the next job
         self._generation = 0  # bumped by a rollback: updates computed before it are dropped
-        self._snapshot: dict[int, torch.Tensor] = {}  # token id -> its row before this window changed it
+        self._snap_ids = torch.zeros(0, dtype=torch.long)  # tokens this window changed, and their rows
+        self._snap_rows = torch.zeros(0, weight.shape[1])  # before the window's first change to them
         self._window = [0, 0]  # hits, scored in the open window
         self._before: float | None = None
 
@@ -135,7 +142,7 @@ class ResidentAligner:
     def nbytes(self) -> int:
         """Memory alignment holds besides vLLM's own weights (moments, pending pairs, snapshots)."""
         pending = sum(x.numel() * x.element_size() + y.numel() * 8 for x, y in self._backlog)
-        snapshot = sum(r.numel() * r.element_size() for r in self._snapshot.values())
+        snapshot = self._snap_rows.numel() * 4 + self._snap_ids.numel() * 8
         return self.optimiser.nbytes + pending + snapshot + self._owner.numel() * 8
 
     @staticmethod
@@ -222,8 +229,11 @@ class ResidentAligner:
             return
         keep = self.resident.ids[update.cols] == update.against  # columns whose token changed since: skipped
         cols, delta = update.cols[keep], update.delta[keep]
-        for col in cols.tolist():
-            self._snapshot.setdefault(int(self.resident.ids[col]), self.weight[col].detach().to("cpu", copy=True))
+        ids = self.resident.ids[cols]
+        first = ~torch.isin(ids, self._snap_ids)  # rows this window changes for the first time
+        self._snap_ids = torch.cat((self._snap_ids, ids[first]))
+        self._snap_rows = torch.cat((self._snap_rows, self.weight.detach()[cols[first].to(self.weight.device)].to(
+            "cpu", torch.float32)))
         self.weight.data[cols.to(self.weight.device)] -= delta.to(self.weight.device, self.weight.dtype)
         self._write_back(cols)
         if not self.counters.updates:
@@ -239,23 +249,25 @@ class ResidentAligner:
     def _judge(self, hits: int, scored: int) -> None:
         """Close the window once it scored ``window`` pairs (or its snapshot reached K rows): keep or restore."""
         if not self.s.rollback:
-            self._snapshot.clear()
+            self._forget_snapshot()
             return
         self._window[0] += hits
         self._window[1] += scored
-        if self._window[1] < self.s.window and len(self._snapshot) < self.resident.k:
+        if self._window[1] < self.s.window and self._snap_ids.numel() < self.resident.k:
             return
         accuracy = self._window[0] / max(1, self._window[1])
         if self._before is not None and accuracy < self._before:
             self._restore()
         else:
             self._before = accuracy
-        self._snapshot.clear()
+        self._forget_snapshot()
         self._window = [0, 0]
 
+    def _forget_snapshot(self) -> None:
+        self._snap_ids, self._snap_rows = self._snap_ids[:0], self._snap_rows[:0]
+
     def _restore(self) -> None:
-        ids = torch.tensor(list(self._snapshot), dtype=torch.long)
-        rows = torch.stack(list(self._snapshot.values()))
+        ids, rows = self._snap_ids, self._snap_rows
         self.resident.rows[self.resident.row_of[ids]] = rows.to(self.resident.rows.dtype)
         where = torch.nonzero(self.resident.ids[:, None] == ids[None, :])  # [m, 2] (column, snapshot index)
         self.weight.data[where[:, 0].to(self.weight.device)] = rows[where[:, 1]].to(self.weight.device, self.weight.dtype)

@@ -48,11 +48,23 @@ def verified_rows(query_start_loc: torch.Tensor, token_indices_to_sample: torch.
     return rows[rows < sample[request]]
 
 
+def prompt_rows(query_start_loc: torch.Tensor, seq_lens: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """[n] bool: which of ``rows`` belong to a request's first prefill (its whole sequence is this step's
+    query: vLLM's ``seq_lens_cpu_upper_bound``, exact for prefill rows). Prompt rows hold the prompt's
+    text, decode rows the target's own continuation. None (no host copy of the lengths): none are."""
+    if seq_lens is None:
+        return torch.zeros(rows.numel(), dtype=torch.bool)
+    starts = query_start_loc.detach().to("cpu", torch.long)
+    first_prefill = seq_lens.detach().to("cpu", torch.long) == starts[1:] - starts[:-1]  # [R]
+    return first_prefill[torch.searchsorted(starts[1:], rows, right=True)]
+
+
 class VerifiedRowsListener:
     """A drafter that wants to know, per step, which first-pass rows are verified (a mixin)."""
 
-    def verified_rows(self, rows: torch.Tensor) -> None:
-        """Called before each drafting step with the rows of ``verified_rows`` for its first pass."""
+    def verified_rows(self, rows: torch.Tensor, in_prompt: torch.Tensor) -> None:
+        """Called before each drafting step with the rows of ``verified_rows`` for its first pass and
+        which of them are prompt rows (``prompt_rows``)."""
         raise NotImplementedError
 
 
@@ -74,7 +86,9 @@ def install(proposer_class: type, unwrap: Callable[[object], object] = lambda mo
         if isinstance(model, VerifiedRowsListener):
             bound = signature.bind(self, *args, **kwargs).arguments
             metadata = bound["common_attn_metadata"]
-            model.verified_rows(verified_rows(metadata.query_start_loc_cpu, bound.get("token_indices_to_sample")))
+            rows = verified_rows(metadata.query_start_loc_cpu, bound.get("token_indices_to_sample"))
+            model.verified_rows(rows, prompt_rows(metadata.query_start_loc_cpu,
+                                                  metadata.seq_lens_cpu_upper_bound, rows))
         return original(self, *args, **kwargs)
 
     setattr(propose, WRAPPED, True)

@@ -98,8 +98,9 @@ class Eagle3EvoSpecLlamaForCausalLM(Eagle3LlamaForCausalLM, proposer_hook.Verifi
             self.aligner = ResidentAligner(self.lm_head.weight, self.vocabulary.resident, self.align_settings,
                                            self.logit_scale)
 
-    def verified_rows(self, rows: torch.Tensor) -> None:
-        self._verified = rows
+    def verified_rows(self, rows: torch.Tensor, in_prompt: torch.Tensor) -> None:
+        train_on_prompts = self.align_settings is not None and self.align_settings.prompts
+        self._verified = rows if train_on_prompts else rows[~in_prompt]
 
     def combine_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.aligner is not None:  # before the set change: a trained row that leaves is written back first
