@@ -20,14 +20,17 @@ from evospec.runtime.sampling import sample
 class DraftTree:
     """Draft nodes in topological order; node i's parent is ``parents[i]`` (-1 = the root token).
 
-    ``proposals[i]`` is the distribution (over target ids) node i was sampled from, or None when
-    nodes were chosen deterministically (top-k), which verification treats as a point mass.
+    ``proposals[i]`` is the distribution node i was sampled from, or None when nodes were chosen
+    deterministically (top-k), which verification treats as a point mass. With ``proposal_ids`` it is
+    over the drafter's head columns, whose target ids those are (a padded active set repeats id 0 with
+    q = 0, so a token's q is the sum over its columns); without, over the target vocabulary.
     """
 
     tokens: torch.Tensor  # [N] target ids
     parents: torch.Tensor  # [N]
     depths: torch.Tensor  # [N] 1..D
-    proposals: torch.Tensor | None = None  # [N, V]
+    proposals: torch.Tensor | None = None  # [N, Vd] over proposal_ids, or [N, V]
+    proposal_ids: torch.Tensor | None = None  # [Vd] target id of each head column
 
     @property
     def size(self) -> int:
@@ -164,16 +167,15 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
         parents=torch.arange(-1, n - 1, dtype=torch.long),
         depths=torch.arange(1, n + 1, dtype=torch.long),
     )
-    if proposals:
-        tree.proposals = _full_proposals(drafter, torch.cat(proposals).cpu())
+    return _with_proposals(tree, drafter, torch.cat(proposals).cpu()) if proposals else tree
+
+
+def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) -> DraftTree:
+    """Attach [N, Vd] head-column probabilities and the columns' target ids (not spread over the target
+    vocabulary: verification touches only these columns)."""
+    tree.proposals = q
+    tree.proposal_ids = drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()
     return tree
-
-
-def _full_proposals(drafter: Eagle3Drafter, q: torch.Tensor) -> torch.Tensor:
-    """[N, Vd] draft-id probabilities spread over the target vocabulary's columns: [N, V]."""
-    full = torch.zeros(q.shape[0], drafter.config.vocab_size, dtype=q.dtype)
-    full[:, drafter.draft_to_target(torch.arange(q.shape[1], device=drafter.d2t.device)).cpu()] = q  # head columns
-    return full
 
 
 def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q) -> DraftTree:
@@ -192,6 +194,4 @@ def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand
         parents=torch.tensor([new_index.get(parents[i], -1) for i in kept], dtype=torch.long),
         depths=torch.tensor([depths[i] for i in kept], dtype=torch.long),
     )
-    if cand_q:
-        tree.proposals = _full_proposals(drafter, torch.cat(cand_q)[kept].cpu())  # [N, Vd] over draft ids
-    return tree
+    return _with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree

@@ -64,11 +64,17 @@ def verify_sampling(
                     break
                 p = p.clone()
                 p[x] = 0.0
-            else:
+            elif tree.proposal_ids is None:  # q over the target vocabulary
                 q = tree.proposals[child].to(p.dtype)
                 if u * float(q[x]) * total < float(p[x]):
                     break
                 p = (p - q * total).clamp_min(0.0)
+            else:  # q over the head's columns: only they change
+                q, columns = tree.proposals[child].to(p.dtype), tree.proposal_ids
+                if u * float(q[columns == x].sum()) * total < float(p[x]):
+                    break
+                p = p.clone().index_add_(0, columns, q, alpha=-total)  # repeated columns add up
+                p[columns] = p[columns].clamp_min(0.0)
             total = float(p.sum())
             if not total > 0:
                 raise RuntimeError("speculative sampling residual has no mass; this is a bug")
