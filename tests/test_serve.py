@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 
 from evospec.bundle.export import export_drafter
 from evospec.eval.loadtest import greedy_reference
+from evospec.eval.soak import post_status
 from evospec.runtime.vocab.frequencies import count_tokens
 from evospec.serving.process import free_port
 from evospec.train.demo_pair import ASSET_DIR
@@ -63,16 +63,6 @@ def wait_healthy(base: str, process: subprocess.Popen, log, deadline_s: float = 
             pass
         time.sleep(0.5)
     pytest.fail(f"no /health within {deadline_s} s: {log.read_text()[-3000:]}")
-
-
-def status_of(base: str, body: dict) -> int:
-    request = urllib.request.Request(f"{base}/v1/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -136,8 +126,8 @@ def test_serve_streams_the_targets_greedy_output_through_the_living_drafter(vllm
     streamed = run_client(vllm_bin, CLIENT, base, json.dumps(PROMPT), str(MAX_TOKENS))
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
         metrics = response.read().decode()
-    assert status_of(base, {"model": "target", "prompt": "x", "max_tokens": -1}) == 400  # malformed: a 4xx
-    assert status_of(base, {"model": "nope", "prompt": "x", "max_tokens": 4}) == 404
+    assert post_status(base, {"model": "target", "prompt": "x", "max_tokens": -1}) == 400  # malformed: a 4xx
+    assert post_status(base, {"model": "nope", "prompt": "x", "max_tokens": 4}) == 404
     from transformers import AutoTokenizer
 
     expected = greedy_reference(TARGET, [PROMPT], MAX_TOKENS)[0]

@@ -242,7 +242,9 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
                  r["align_ms_per_step"])
         assert r["step_ms"] >= sum(parts) * (1 - 1e-9)  # the columns partition part of the step, never more
         if r["policy"] == "full":
-            assert r["text_coverage"] == 1.0 and r["rows_moved_per_step"] == 0  # an unchanged set moves no rows
+            # (that an unchanged set then costs nothing is a count, tested in test_metrics: no rows moved, same plan;
+            # full moves the rows outside the drafter's own vocabulary in once per prompt)
+            assert r["text_coverage"] == 1.0
             assert r["target_mass"] == pytest.approx(1.0, abs=1e-5)  # every token is in the full set
     sweep = json.loads(out.with_suffix(".sweep.json").read_text())
     assert {(s["domain"], s["temperature"], s["family"]) for s in sweep} == {
