@@ -68,14 +68,15 @@ def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> to
         crossing = int(torch.searchsorted(running, torch.tensor([budget], dtype=running.dtype), right=True))
         if crossing >= NUCLEUS_BINS:  # rounding: the whole window fits the budget; decide it by sorting
             break
+        inside = bins == crossing
         if window is None:
             removed = bins < crossing
-            window = (bins == crossing).nonzero().squeeze(1)
+            window = inside.nonzero().squeeze(1)
         else:
             removed[window[bins < crossing]] = True
-            if bool((bins == crossing).all()):
+            if bool(inside.all()):
                 break
-            window = window[bins == crossing]
+            window = window[inside]
         below = float(running[crossing - 1]) if crossing > 0 else below
     if window is None:
         window = torch.arange(probs.numel(), device=probs.device)
