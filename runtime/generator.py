@@ -26,7 +26,7 @@ from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_l
 from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
-from evospec.runtime.tree import DraftRequest, DraftTree, draft_tree
+from evospec.runtime.tree import DraftRequest, DraftTree, StepCostModel, StepCosts, StepTiming, draft_tree
 from evospec.runtime.verify import verify_greedy, verify_sampling
 from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
@@ -69,6 +69,7 @@ class SpeculativeGenerator:
         self._static_cache = None  # the drafter cache kept between calls for static-shape (graphed) drafters
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
+        self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -209,6 +210,10 @@ class SpeculativeGenerator:
         eos = target.eos_token_ids if s.stop_on_eos else set()
         native = self.native if s.use_draft else None
         use_draft = s.use_draft and (drafter is not None or native is not None)
+        auto = use_draft and s.draft_budget == "auto"
+        if native is not None and auto:
+            raise SettingsError("--draft-budget auto needs the Python drafter: the C++ library returns no path "
+                                "scores to value its nodes by; use --drafter-runtime python or --draft-budget fixed")
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
@@ -251,6 +256,7 @@ class SpeculativeGenerator:
             while True:
                 t0 = time.perf_counter()
                 tree = DraftTree.empty()
+                root_s = tree_s = 0.0
                 if policy is not None and not routed:
                     r0 = time.perf_counter()
                     active = policy.active_ids()
@@ -262,7 +268,8 @@ class SpeculativeGenerator:
                     if native is not None:
                         tree = self._draft_native(native, pairs_hidden, root, s, stats)
                     else:
-                        tree = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator)
+                        budget, costs = self.step_costs.plan(s.tree_budget, s.tree_width) if auto else (s.tree_budget, None)
+                        tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator, budget, costs)
                     self._sync()
                     stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
                 t1 = time.perf_counter()
@@ -287,6 +294,11 @@ class SpeculativeGenerator:
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size
+                if auto:
+                    self.step_costs.observe(StepTiming(
+                        rows=1 + tree.size, target_ms=(t2 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
+                        expansions=tree.expansions, width=s.tree_width, accepted=len(verdict.accepted_nodes),
+                        predicted=float(tree.scores.exp().clamp(max=1.0).sum()) if tree.scores is not None else 0.0))
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
                 if native is not None:
@@ -373,8 +385,12 @@ class SpeculativeGenerator:
         pairs_tokens: list[int],  # [T] the token after each of them
         s: DecodeSettings,
         generator: torch.Generator,
-    ) -> DraftTree:
+        budget: int,
+        costs: StepCosts | None,
+    ) -> tuple[DraftTree, float, float]:
+        """The step's tree, and the seconds of the drafter's root call and of drafting past it."""
         drafter, device = self.drafter, self.target.device
+        r0 = time.perf_counter()
         start, t = cache.length, len(pairs_tokens)
         mask = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(diagonal=start)
         positions = torch.arange(start, start + t, device=device)[None]
@@ -387,16 +403,22 @@ class SpeculativeGenerator:
             mask,
         )
         cache.length += t
+        if s.draft_budget == "auto":
+            self._sync()  # a value-based budget times the two parts apart
+        r1 = time.perf_counter()
         request = DraftRequest(
             hidden=hidden[0, -1:],
             logits=logits[0, -1],
             committed=cache.length,
             width=s.tree_width,
             depth=s.draft_depth,
-            budget=s.tree_budget,
+            budget=budget,
             temperature=s.temperature,
+            costs=costs,
         )
-        return draft_tree(drafter, cache, request, generator)
+        tree = draft_tree(drafter, cache, request, generator)
+        self._sync()
+        return tree, r1 - r0, time.perf_counter() - r1
 
 
 def _tapped(target: TargetModel, tap_layers: tuple[int, ...] | None) -> TargetModel:

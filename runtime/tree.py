@@ -4,10 +4,20 @@ A step expands ``width`` children per frontier node for ``depth`` levels, keepin
 best nodes (by cumulative log-probability) as the next frontier, then keeps the best ``budget``
 nodes overall. Scratch KV slots written during expansion lie past the committed cache length and
 are simply overwritten by the next step.
+
+With :class:`StepCosts` in the request the budget is chosen by value (EAGLE-2's ranking, Sequoia's
+cost model): a tree of nodes with path probabilities p_i is worth about E = 1 + sum(p_i) tokens and
+costs C = fixed + levels * level_ms + nodes * row_ms; nodes are kept in score order while
+p_i / row_ms >= E / C, frontier paths that can no longer pay for a row are not expanded, and a level
+is drafted only while its best frontier path could raise E / C. Verification is exact for any tree,
+so this changes speed, never output. :class:`StepCostModel` measures the costs online.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +41,8 @@ class DraftTree:
     depths: torch.Tensor  # [N] 1..D
     proposals: torch.Tensor | None = None  # [N, Vd] over proposal_ids, or [N, V]
     proposal_ids: torch.Tensor | None = None  # [Vd] target id of each head column
+    scores: torch.Tensor | None = None  # [N] cumulative draft log-probabilities (value-based budgets)
+    expansions: int = 0  # drafter calls past the root call that built the tree (value-based budgets)
 
     @property
     def size(self) -> int:
@@ -59,6 +71,27 @@ class DraftTree:
         return mask
 
 
+@dataclass(frozen=True)
+class StepCosts:
+    """What one step costs in ms, as the value-based budget weighs it (see the module docstring).
+
+    Attributes:
+        fixed_ms: Paid by every step whatever its tree: the drafter's root call and a target pass over the root.
+        level_ms: One drafter expansion level (a call over the frontier).
+        row_ms: One more verified row in the target pass.
+        calibration: Scales the drafter's path probabilities: accepted drafts over what kept nodes predicted.
+    """
+
+    fixed_ms: float
+    level_ms: float
+    row_ms: float
+    calibration: float = 1.0
+
+    def value(self, score: float) -> float:
+        """Expected accepted drafts of a node whose cumulative log-probability is ``score``."""
+        return min(1.0, self.calibration * math.exp(score))
+
+
 @dataclass
 class DraftRequest:
     """Everything one draft step needs, passed explicitly.
@@ -69,8 +102,9 @@ class DraftRequest:
         committed: Committed drafter cache length (scratch slots start here).
         width: Children per node (1 = chain).
         depth: Levels to draft.
-        budget: Nodes to keep.
+        budget: Nodes to keep (with ``costs``: at most).
         temperature: > 0 with width 1 samples the chain from the drafter's tempered distribution.
+        costs: The step's costs for a value-based budget; None keeps the best ``budget`` nodes.
     """
 
     hidden: torch.Tensor
@@ -80,6 +114,7 @@ class DraftRequest:
     depth: int
     budget: int
     temperature: float = 0.0
+    costs: StepCosts | None = None
 
 
 def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator, width: int):
@@ -91,6 +126,31 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
         return ids, logp.gather(-1, ids), q
     scores, ids = logp.topk(width, dim=-1)
     return ids, scores, None
+
+
+def _value_prefix(scores: list[float], order: list[int], costs: StepCosts, expansions: int) -> tuple[int, float, float]:
+    """How many of ``order`` (best first) pay for their rows (p / row_ms >= E / C), and the tree's
+    expected tokens E and cost C with them."""
+    tokens, cost = 1.0, costs.fixed_ms + expansions * costs.level_ms
+    kept = 0
+    for i in order:
+        p = costs.value(scores[i])
+        if p * cost < tokens * costs.row_ms:
+            break
+        tokens, cost, kept = tokens + p, cost + costs.row_ms, kept + 1
+    return kept, tokens, cost
+
+
+def _level_pays(costs: StepCosts, best: float, tokens: float, cost: float, rows: int) -> bool:
+    """Whether one more level, adding at most ``rows`` nodes each worth at most ``best``, could raise
+    E / C: (E + k p) / (C + level + k row) > E / C  <=>  k (C p - E row) > E level."""
+    return rows > 0 and rows * (cost * best - tokens * costs.row_ms) > tokens * costs.level_ms
+
+
+def _ranked(scores: list[float], depths: list[int]) -> list[int]:
+    # Scores are cumulative log-probabilities (<= 0), so a child never outranks its parent, and ties go
+    # to the shallower node: every prefix of this order is closed under ancestors (tested).
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
 
 
 @torch.no_grad()
@@ -114,23 +174,31 @@ def draft_tree(
     scratch = w * (req.depth - 1)
     visible = torch.zeros(w, max(scratch, 1), dtype=torch.bool, device=device)  # frontier row -> scratch slots
     n_cand = w
+    expansions = 0
     for level in range(1, req.depth):
         start = req.committed + (level - 1) * w
         if start + w > cache.capacity:
             break
-        visible[torch.arange(w), (level - 1) * w + torch.arange(w)] = True
+        if req.costs is not None:
+            pays = _paying_frontier(req, frontier_scores.tolist(), cand_scores, cand_depths, expansions, w)
+            if pays is None:
+                break
+            here = pays.to(device)
+            frontier, frontier_scores, frontier_hidden, visible = frontier[pays], frontier_scores[here], frontier_hidden[here], visible[here]
+        f = frontier.numel()  # the level's drafter rows: w, or fewer under a value-based budget
+        visible[torch.arange(f), (level - 1) * w + torch.arange(f)] = True
         mask = torch.cat(
-            (torch.ones(w, req.committed, dtype=torch.bool, device=device), visible[:, : level * w]), dim=1
-        )
+            (torch.ones(f, req.committed, dtype=torch.bool, device=device), visible[:, : (level - 1) * w + f]), dim=1
+        )  # the drafter attends over the cache up to its last written slot; unused slots of a level stay masked
         target_ids = drafter.draft_to_target(torch.cat(cand_ids)[frontier])
-        positions = torch.full((1, w), req.committed - 1 + level, dtype=torch.long, device=device)
+        positions = torch.full((1, f), req.committed - 1 + level, dtype=torch.long, device=device)
         hidden, logits = drafter(frontier_hidden[None], target_ids[None], positions, cache, start, mask)
-        ids, scores, q = _choose(logits[0], req, generator, w)  # [w, w]
+        ids, scores, q = _choose(logits[0], req, generator, w)  # [f, w]
         cum = frontier_scores[:, None] + scores
         cand_ids.append(ids.flatten())
         cand_scores.append(cum.flatten())
         cand_parents.append(frontier.repeat_interleave(w))
-        cand_depths.append(torch.full((w * w,), level + 1, dtype=torch.long))
+        cand_depths.append(torch.full((f * w,), level + 1, dtype=torch.long))
         if q is not None:
             cand_q.append(q)
         best = cum.flatten().topk(w).indices
@@ -139,35 +207,75 @@ def draft_tree(
         frontier_scores = cum.flatten()[best]
         frontier_hidden = hidden[0, rows]
         visible = visible[rows]
-        n_cand += w * w
-    return _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q)
+        n_cand += f * w
+        expansions += 1
+    return _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q, expansions)
+
+
+def _paying_frontier(req: DraftRequest, frontier_scores: list[float], cand_scores, cand_depths, expansions: int,
+                     width: int) -> torch.Tensor | None:
+    """Positions of the frontier nodes worth expanding under ``req.costs``, or None when the next level
+    cannot pay: a child is worth at most its parent, so a frontier node that cannot pay for a row of its
+    own has no child that can, and the level is drafted only if its best path could raise E / C. A budget
+    already filled by nodes that pay ends expansion too (a fixed budget would still trade its weakest
+    nodes for better children)."""
+    costs = req.costs
+    scores, depths = torch.cat(cand_scores).tolist(), torch.cat(cand_depths).tolist()
+    kept, tokens, cost = _value_prefix(scores, _ranked(scores, depths)[: req.budget], costs, expansions)
+    pays = [i for i, s in enumerate(frontier_scores) if costs.value(s) * cost >= tokens * costs.row_ms]
+    if not pays:
+        return None
+    best = max(costs.value(frontier_scores[i]) for i in pays)
+    if not _level_pays(costs, best, tokens, cost, min(len(pays) * width, req.budget - kept)):
+        return None
+    return torch.tensor(pays, dtype=torch.long)
 
 
 def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator) -> DraftTree:
     """The tree with one child per node, without the tree's bookkeeping: each level sees every slot
     before it, so the mask is all ones, and cumulative scores only shrink with depth, so the budget
-    keeps the first levels (what :func:`_select` would keep)."""
-    ids, _, q = _choose(req.logits[None], req, generator, 1)  # [1, 1]
+    keeps the first levels (what :func:`_select` would keep); a value-based budget may end it earlier."""
+    ids, logp, q = _choose(req.logits[None], req, generator, 1)  # [1, 1]
     chosen, proposals = [ids[0]], [q] if q is not None else []
+    path = [float(logp[0, 0])]  # cumulative log-probability of each level's node
     hidden = req.hidden[None]  # [1, 1, d]
+    costs = req.costs
     for level in range(1, min(req.depth, req.budget)):
         start = req.committed + level - 1
         if start + 1 > cache.capacity:
             break
+        if costs is not None:
+            if proposals:  # sampled: every drawn node is kept (see below), so E and C count them all
+                kept = len(path)
+                tokens = 1.0 + sum(costs.value(score) for score in path)
+                cost = costs.fixed_ms + (level - 1) * costs.level_ms + kept * costs.row_ms
+            else:
+                kept, tokens, cost = _value_prefix(path, list(range(len(path))), costs, level - 1)
+            if kept < len(path) or not _level_pays(costs, costs.value(path[-1]), tokens, cost, 1):
+                break
         mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
         hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, mask)
-        ids, _, q = _choose(logits[0], req, generator, 1)
+        ids, logp, q = _choose(logits[0], req, generator, 1)
         chosen.append(ids[0])
+        path.append(path[-1] + float(logp[0, 0]))
         if q is not None:
             proposals.append(q)
-    n = len(chosen)
+    expansions = len(chosen) - 1
+    # A sampled node is never cut for its own value: keeping a draw only when it scores well would make
+    # the kept drafts follow q restricted to good draws while verification divides by q (a biased law).
+    # Whether to draw the next level depends only on the draws before it, which keeps sampling exact.
+    n = len(chosen) if costs is None or proposals else _value_prefix(path, list(range(len(path))), costs, expansions)[0]
+    if n == 0:
+        return dataclasses.replace(DraftTree.empty(), expansions=expansions)
     tree = DraftTree(
-        tokens=drafter.draft_to_target(torch.cat(chosen)).cpu(),
+        tokens=drafter.draft_to_target(torch.cat(chosen[:n])).cpu(),
         parents=torch.arange(-1, n - 1, dtype=torch.long),
         depths=torch.arange(1, n + 1, dtype=torch.long),
+        scores=torch.tensor(path[:n]),
+        expansions=expansions,
     )
-    return _with_proposals(tree, drafter, torch.cat(proposals).cpu()) if proposals else tree
+    return _with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree
 
 
 def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) -> DraftTree:
@@ -178,20 +286,117 @@ def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) ->
     return tree
 
 
-def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q) -> DraftTree:
-    """Keep the ``budget`` best candidates; ancestors always rank before descendants."""
+def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q, expansions: int) -> DraftTree:
+    """Keep the ``budget`` best candidates (with ``req.costs``: the best that pay for their rows, at most
+    ``budget``); ancestors always rank before descendants, so every kept node's ancestors are kept too."""
     scores = torch.cat(cand_scores).tolist()
     depths = torch.cat(cand_depths).tolist()
     parents = torch.cat(cand_parents).tolist()
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
-    # Scores are cumulative log-probabilities (<= 0), so a child never outranks its parent, and ties go
-    # to the shallower node: every kept node's ancestors are kept too (tested: ancestor closure).
-    kept = sorted(order[: req.budget])
+    order = _ranked(scores, depths)[: req.budget]
+    if req.costs is not None:
+        order = order[: _value_prefix(scores, order, req.costs, expansions)[0]]
+    if not order:
+        return dataclasses.replace(DraftTree.empty(), expansions=expansions)
+    kept = sorted(order)
     new_index = {old: new for new, old in enumerate(kept)}
     draft_ids = torch.cat(cand_ids)[kept]
     tree = DraftTree(
         tokens=drafter.draft_to_target(draft_ids).cpu(),
         parents=torch.tensor([new_index.get(parents[i], -1) for i in kept], dtype=torch.long),
         depths=torch.tensor([depths[i] for i in kept], dtype=torch.long),
+        scores=torch.tensor([scores[i] for i in kept]),
+        expansions=expansions,
     )
     return _with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One drafted step as :class:`StepCostModel` sees it.
+
+    Attributes:
+        rows: Rows of the target pass (1 + draft nodes).
+        target_ms: The target pass.
+        root_ms: The drafter's root call (newly committed positions; it proposes the first level).
+        tree_ms: Drafting past the root call: expansion levels and selection.
+        expansions: Drafter calls past the root call.
+        width: The tree width drafted with.
+        predicted: Sum of the kept nodes' path probabilities, uncalibrated.
+        accepted: Draft nodes accepted.
+    """
+
+    rows: int
+    target_ms: float
+    root_ms: float
+    tree_ms: float
+    expansions: int
+    width: int
+    predicted: float
+    accepted: int
+
+
+SEED_FRACTIONS = (1.0, 0.25, 0.5, 1.0)  # fixed budgets (of the maximum) of the first steps: rows to fit against
+DEFAULT_COST_WINDOW = 64  # steps the fits look back over
+DEFAULT_EXPLORE_EVERY = 32  # every so many steps, the full budget (keeps large trees in the fit)
+CALIBRATION_RANGE = (0.25, 4.0)
+MIN_ROW_MS = 1e-3
+
+
+class StepCostModel:
+    """Online :class:`StepCosts` from the decoding thread's own timings, for ``--draft-budget auto``.
+
+    The target pass is a least-squares line of ms against rows over the last ``window`` steps; the
+    drafter's root call and expansion level (per tree width) are means over them; the calibration is
+    accepted drafts over the path probabilities the kept nodes predicted. The first steps draft fixed
+    budgets of different sizes (``SEED_FRACTIONS``: a line needs different row counts), and every
+    ``explore_every``-th step the full budget, so the fit keeps seeing large trees when the value rule
+    has settled on small ones. It lives as long as its generator: the costs are the machine's and the
+    model's, not one prompt's.
+    """
+
+    def __init__(self, window: int = DEFAULT_COST_WINDOW, explore_every: int = DEFAULT_EXPLORE_EVERY) -> None:
+        self.explore_every = explore_every
+        self._steps: deque[StepTiming] = deque(maxlen=window)
+        self._seen = 0
+        self._line: tuple[float, float] | None = None  # (ms at 0 rows, ms per row): the last well-posed fit
+
+    def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts | None]:
+        """The next step's node budget and costs (None: a fixed-budget step that seeds or explores)."""
+        if self._seen < len(SEED_FRACTIONS):
+            return max(1, round(max_budget * SEED_FRACTIONS[self._seen])), None
+        costs = self.costs(width)
+        if costs is None or (self.explore_every and self._seen % self.explore_every == 0):
+            return max_budget, None
+        return max_budget, costs
+
+    def observe(self, timing: StepTiming) -> None:
+        self._steps.append(timing)
+        self._seen += 1
+
+    def costs(self, width: int) -> StepCosts | None:
+        """The costs fitted to the steps observed so far (None before a line can be fitted)."""
+        steps = list(self._steps)
+        if not steps:
+            return None
+        line = self._fit([s.rows for s in steps], [s.target_ms for s in steps])
+        if line is None:
+            return None
+        base, row = line
+        levels = [s.tree_ms / s.expansions for s in steps if s.expansions and s.width == width]
+        root = sum(s.root_ms for s in steps) / len(steps)
+        level = sum(levels) / len(levels) if levels else root  # a level is one more drafter call
+        predicted = sum(s.predicted for s in steps)
+        calibration = sum(s.accepted for s in steps) / predicted if predicted > 0 else 1.0
+        low, high = CALIBRATION_RANGE
+        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row,
+                         calibration=min(high, max(low, calibration)))
+
+    def _fit(self, rows: list[int], ms: list[float]) -> tuple[float, float] | None:
+        n = len(rows)
+        mean_x, mean_y = sum(rows) / n, sum(ms) / n
+        var = sum((x - mean_x) ** 2 for x in rows)
+        if var > 0:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(rows, ms, strict=True)) / var
+            slope = max(slope, MIN_ROW_MS)
+            self._line = (max(0.0, mean_y - slope * mean_x), slope)
+        return self._line

@@ -42,6 +42,10 @@ def decode_options(fn):
         click.option("--draft-depth", type=int, default=None, help="Draft levels per step." + _default("draft_depth")),
         click.option("--draft-topk", type=int, default=None, help="Children per node in the dynamic tree." + _default("draft_topk")),
         click.option("--draft-tokens", type=int, default=None, help="Nodes kept in the dynamic tree." + _default("draft_tokens")),
+        click.option("--draft-budget", type=click.Choice(["fixed", "auto"]), default=None,
+                     help="fixed: keep --draft-tokens nodes (a chain: --draft-depth); auto: keep the nodes whose path "
+                          "probability pays for their verified row under step costs measured online, at most the "
+                          "fixed tree (Python drafter)." + _default("draft_budget")),
         click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
         click.option("--stream", is_flag=True, help="Print tokens as they are accepted (with --json: one JSON line per token)."),

@@ -20,9 +20,10 @@ DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_THREADS = 2  # training threads: the machine kind README's figures come from; any fixed value reproduces itself
 
 DraftTreeKind = Literal["chain", "tree"]
+DraftBudgetKind = Literal["fixed", "auto"]
 
 # What each annotation accepts: an int field takes no bool and no float; a float field takes an int.
-_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,)}
+_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,), "DraftBudgetKind": (str,)}
 
 
 def check_field_types(settings: object) -> None:
@@ -67,6 +68,9 @@ class DecodeSettings:
         draft_depth: Number of draft levels per step.
         draft_topk: Children expanded per node and frontier width of the dynamic tree.
         draft_tokens: Nodes kept in the dynamic tree (best cumulative log-probability).
+        draft_budget: ``fixed`` keeps ``draft_tokens`` nodes (a chain: ``draft_depth``); ``auto`` keeps the
+            nodes whose path probability pays for their verified row under costs measured online, and
+            drafts levels only while they can pay (at most the fixed tree: runtime/tree.py).
         use_draft: False decodes autoregressively through the same code (a tree of no nodes).
         stop_on_eos: Stop after the target's EOS token, as ``transformers.generate`` does.
     """
@@ -79,6 +83,7 @@ class DecodeSettings:
     draft_depth: int = DEFAULT_DRAFT_DEPTH
     draft_topk: int = DEFAULT_DRAFT_TOPK
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
+    draft_budget: DraftBudgetKind = "fixed"
     use_draft: bool = True
     stop_on_eos: bool = True
 
@@ -92,6 +97,7 @@ class DecodeSettings:
             (self.draft_depth >= 1, "draft_depth must be >= 1"),
             (self.draft_topk >= 1, "draft_topk must be >= 1"),
             (self.draft_tokens >= 1, "draft_tokens must be >= 1"),
+            (self.draft_budget in ("fixed", "auto"), "draft_budget must be 'fixed' or 'auto'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -109,7 +115,7 @@ class DecodeSettings:
 
     @property
     def tree_budget(self) -> int:
-        """Draft nodes verified per step."""
+        """Draft nodes verified per step (with ``draft_budget = "auto"``: at most)."""
         return self.draft_depth if self.draft_tree == "chain" else self.draft_tokens
 
     @classmethod

@@ -37,8 +37,8 @@ class RecordingGenerator(SpeculativeGenerator):
 
     steps: list[dict]
 
-    def _draft(self, cache, pairs_hidden, pairs_tokens, s, generator) -> DraftTree:
-        tree = super()._draft(cache, pairs_hidden, pairs_tokens, s, generator)
+    def _draft(self, cache, pairs_hidden, pairs_tokens, s, generator, budget, costs) -> tuple[DraftTree, float, float]:
+        tree, root_s, tree_s = super()._draft(cache, pairs_hidden, pairs_tokens, s, generator, budget, costs)
         self.steps.append({
             "features": pairs_hidden.detach().float().cpu().clone(),  # [T, 3*Dt]
             "tokens": [int(t) for t in pairs_tokens],
@@ -46,7 +46,7 @@ class RecordingGenerator(SpeculativeGenerator):
             "active": self.drafter.active_ids.cpu().tolist(),
             "moved": int(self.drafter.moved_rows),
         })
-        return tree
+        return tree, root_s, tree_s
 
 
 def draft_settings(s: DecodeSettings) -> dict:

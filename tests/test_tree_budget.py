@@ -1,0 +1,235 @@
+"""Value-based tree budgets (``draft_budget = "auto"``): the tree it keeps, the cost model it learns,
+and exactness of decoding with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SettingsError, SpeculativeGenerator
+from evospec.runtime.drafter import DrafterKVCache
+from evospec.runtime.tree import SEED_FRACTIONS, DraftTree, StepCostModel, StepCosts, StepTiming
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+
+from .conftest import hf_greedy
+from .test_cli import run
+from .test_sampling_exactness import (
+    QUICK_ERROR,
+    assert_joint_matches,
+    end_to_end_pair,
+    equal_halves,
+    exact_joint,
+    halves_samples,
+    sample_joint,
+)
+
+
+class FixedCosts:
+    """A cost model that measures nothing: every step gets the same costs, so trees are deterministic."""
+
+    def __init__(self, costs: StepCosts) -> None:
+        self.costs = costs
+        self.timings: list[StepTiming] = []
+
+    def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts]:
+        return max_budget, self.costs
+
+    def observe(self, timing: StepTiming) -> None:
+        self.timings.append(timing)
+
+
+@pytest.fixture(scope="module")
+def random_pair():
+    model = tiny_target(TINY_SHAPES["llama"], seed=21, dtype=torch.float64, layer_scale=0.3)
+    return model, tiny_drafter(model, draft_vocab=64, seed=22)
+
+
+def drafted(pair, prompt: list[int], width: int, depth: int, budget: int, costs: StepCosts | None) -> DraftTree:
+    """One tree drafted after the prompt's prefill, as the decoding loop drafts it."""
+    model, drafter = pair
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    target = generator.target
+    out = target.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], target.new_cache())
+    root = int(out.logits[-1].argmax())
+    cache = DrafterKVCache(drafter.config, len(prompt) + 1 + depth * width, target.device, drafter.dtype)
+    s = DecodeSettings(draft_tree="chain" if width == 1 else "tree", draft_depth=depth, draft_topk=width,
+                       draft_tokens=budget, draft_budget="fixed" if costs is None else "auto")
+    tree, _, _ = generator._draft(cache, out.features, prompt[1:] + [root], s, torch.Generator(), budget, costs)
+    return tree
+
+
+def as_rows(tree: DraftTree) -> list[tuple]:
+    return list(zip(tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist(), strict=True))
+
+
+costs_strategy = st.builds(
+    StepCosts,
+    fixed_ms=st.floats(0.1, 50.0),
+    level_ms=st.floats(0.0, 10.0),
+    row_ms=st.floats(1e-3, 5.0),
+    calibration=st.floats(0.25, 4.0),
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    costs=costs_strategy,
+    width=st.integers(1, 6),
+    depth=st.integers(1, 5),
+    budget=st.integers(1, 20),
+    prompt=st.lists(st.integers(0, 95), min_size=1, max_size=8),
+)
+def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs, width, depth, budget, prompt):
+    tree = drafted(random_pair, prompt, width, depth, budget, costs)
+    assert tree.size <= budget
+    assert tree.size <= max(1, depth if width == 1 else budget)
+    parents, depths = tree.parents.tolist(), tree.depths.tolist()
+    for i, p in enumerate(parents):  # ancestor closure, in topological order
+        assert -1 <= p < i
+        assert depths[i] == (1 if p == -1 else depths[p] + 1) <= depth
+    # every kept node paid for its row: p_i / row_ms >= E / C over the nodes kept before it
+    values = sorted((costs.value(s) for s in tree.scores.tolist()), reverse=True) if tree.size else []
+    tokens, cost = 1.0, costs.fixed_ms + tree.expansions * costs.level_ms
+    for p in values:
+        assert p * cost >= tokens * costs.row_ms * (1 - 1e-9)
+        tokens, cost = tokens + p, cost + costs.row_ms
+    assert tree.expansions <= depth - 1
+    again = drafted(random_pair, prompt, width, depth, budget, costs)
+    assert as_rows(again) == as_rows(tree) and again.expansions == tree.expansions
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_free_rows_keep_the_fixed_tree_and_dear_rows_keep_none(random_pair, width):
+    prompt = [5, 9, 2, 7]
+    fixed = drafted(random_pair, prompt, width, 4, 12, None)
+    free = drafted(random_pair, prompt, width, 4, 12, StepCosts(fixed_ms=1.0, level_ms=0.0, row_ms=1e-300))
+    assert as_rows(free) == as_rows(fixed)
+    dear = drafted(random_pair, prompt, width, 4, 12, StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1e9))
+    assert dear.size == 0 and dear.expansions == 0  # the first level is free, none of it pays: nothing more drafted
+
+
+def test_dear_levels_stop_drafting_early(random_pair):
+    prompt = [5, 9, 2, 7]
+    cheap = drafted(random_pair, prompt, 4, 5, 100, StepCosts(fixed_ms=10.0, level_ms=0.0, row_ms=1e-6))
+    dear = drafted(random_pair, prompt, 4, 5, 100, StepCosts(fixed_ms=10.0, level_ms=1e6, row_ms=1e-6))
+    full = drafted(random_pair, prompt, 4, 5, 20, StepCosts(fixed_ms=10.0, level_ms=0.0, row_ms=1e-6))
+    assert cheap.expansions == 4
+    assert full.size == 20 and full.expansions == 1  # 4 + 16 candidates fill the budget: no level past them
+    assert dear.expansions == 0 and 1 <= dear.size <= 4  # first-level nodes cost only their rows
+
+
+def timing(rows: int, target_ms: float, expansions: int = 2, width: int = 8) -> StepTiming:
+    return StepTiming(rows=rows, target_ms=target_ms, root_ms=3.0, tree_ms=4.0 * expansions, expansions=expansions,
+                      width=width, predicted=2.0, accepted=1)
+
+
+def test_cost_model_seeds_fits_and_explores_deterministically():
+    model = StepCostModel(window=16, explore_every=8)
+    plans = []
+    for step in range(24):
+        plans.append(model.plan(32, 8))
+        budget = plans[-1][0]
+        model.observe(timing(1 + budget, 15.0 + 0.5 * (1 + budget)))
+    assert [b for b, c in plans[: len(SEED_FRACTIONS)]] == [round(32 * f) for f in SEED_FRACTIONS]
+    assert all(c is None for _, c in plans[: len(SEED_FRACTIONS)])
+    explored = [i for i, (b, c) in enumerate(plans) if c is None and i >= len(SEED_FRACTIONS)]
+    assert explored == [8, 16]
+    costs = model.costs(8)
+    assert costs.row_ms == pytest.approx(0.5)
+    assert costs.fixed_ms == pytest.approx(3.0 + 15.0 + 0.5)  # root call + target pass over the root
+    assert costs.level_ms == pytest.approx(4.0)
+    assert costs.calibration == pytest.approx(0.5)
+    assert model.costs(1).level_ms == pytest.approx(3.0)  # no width-1 level seen: one more drafter call
+    twin = StepCostModel(window=16, explore_every=8)
+    for step in range(24):
+        budget, _ = twin.plan(32, 8)
+        twin.observe(timing(1 + budget, 15.0 + 0.5 * (1 + budget)))
+    assert twin.costs(8) == costs
+
+
+def test_cost_model_keeps_its_last_line_when_rows_stop_varying():
+    model = StepCostModel(window=4, explore_every=0)
+    for rows in (33, 9, 17, 33):
+        model.observe(timing(rows, 10.0 + rows))
+    line = model.costs(8)
+    for _ in range(4):
+        model.observe(timing(6, 100.0))  # a window of one row count: no line through it
+    later = model.costs(8)
+    assert later.row_ms == line.row_ms
+    assert model.costs(8).row_ms >= 1e-3
+    assert StepCostModel().costs(8) is None
+
+
+REGIMES = [
+    StepCosts(fixed_ms=20.0, level_ms=3.0, row_ms=0.5),
+    StepCosts(fixed_ms=20.0, level_ms=0.1, row_ms=0.01, calibration=4.0),
+    StepCosts(fixed_ms=5.0, level_ms=5.0, row_ms=2.0, calibration=0.25),
+]
+
+
+@pytest.mark.parametrize("costs", REGIMES, ids=["medium-like", "cheap", "dear"])
+@pytest.mark.parametrize("tree", ["chain", "tree"])
+def test_greedy_with_auto_budget_equals_target_greedy(trained_pair, costs, tree):
+    model, drafter = trained_pair
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    generator.step_costs = FixedCosts(costs)
+    decode = DecodeSettings(max_new_tokens=48, draft_tree=tree, draft_depth=5, draft_topk=4, draft_tokens=16,
+                            draft_budget="auto")
+    for prompt in ([3, 14, 15, 92], [7], [1, 2, 3, 4, 5, 6]):
+        result = generator.generate(prompt, decode)
+        assert result.token_ids == hf_greedy(model, prompt, 48)
+        assert all(1 + 0 <= t.rows <= 1 + 16 for t in generator.step_costs.timings)
+
+
+def test_greedy_with_measured_costs_equals_plain_decoding(random_pair):
+    model, drafter = random_pair
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    for tree in ("chain", "tree"):
+        for prompt in ([1, 2, 3], [40, 41, 3, 9, 17]):
+            decode = DecodeSettings(max_new_tokens=40, draft_tree=tree, draft_budget="auto")
+            result = generator.generate(prompt, decode)
+            assert result.token_ids == hf_greedy(model, prompt, 40)
+    assert generator.step_costs.costs(8) is not None
+
+
+def test_sampled_chain_with_auto_budget_emits_target_distribution():
+    """Joint law of the first 3 new tokens with a chain the value rule cuts on some steps."""
+    model, drafter = end_to_end_pair()
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    costs = FixedCosts(StepCosts(fixed_ms=10.0, level_ms=1.0, row_ms=4.0))
+    generator.step_costs = costs
+    prompt, temperature = [1, 4, 2], 1.0
+    expected = exact_joint(model, prompt, 3, temperature, 1.0)
+    n = halves_samples(sum(expected[k] for k in equal_halves(expected)), QUICK_ERROR)
+    counts, accepted = sample_joint(generator, prompt, n, temperature=temperature, draft_tree="chain", draft_depth=3,
+                                    draft_budget="auto")
+    assert_joint_matches(counts, expected, n, QUICK_ERROR)
+    assert accepted > n // 10
+    sizes = {t.rows - 1 for t in costs.timings}
+    assert len(sizes) > 1, sizes  # the rule cut some chains and kept others
+
+
+def test_auto_budget_needs_the_python_drafter(random_pair):
+    model, _ = random_pair
+    generator = SpeculativeGenerator.from_models(model, None)
+    generator.native = object()  # stands in for the C++ library: refused before it is called
+    with pytest.raises(SettingsError, match="needs the Python drafter"):
+        generator.generate([1, 2], DecodeSettings(max_new_tokens=4, draft_budget="auto"))
+
+
+def test_settings_reject_an_unknown_budget():
+    with pytest.raises(SettingsError, match="draft_budget must be 'fixed' or 'auto'"):
+        DecodeSettings(draft_budget="some")
+
+
+def test_generate_cli_with_auto_budget(checkpoint_dirs):
+    target_dir, drafter_dir, model, _ = checkpoint_dirs
+    proc = run("generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1,2,3",
+               "--max-new-tokens", "20", "--draft-tree", "tree", "--draft-depth", "3", "--draft-topk", "2",
+               "--draft-tokens", "6", "--draft-budget", "auto", "--json")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["token_ids"] == hf_greedy(model, [1, 2, 3], 20)
