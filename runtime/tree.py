@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -141,10 +142,13 @@ def _value_prefix(scores: list[float], order: list[int], costs: StepCosts, expan
     return kept, tokens, cost
 
 
-def _level_pays(costs: StepCosts, best: float, tokens: float, cost: float, rows: int) -> bool:
-    """Whether one more level, adding at most ``rows`` nodes each worth at most ``best``, could raise
-    E / C: (E + k p) / (C + level + k row) > E / C  <=>  k (C p - E row) > E level."""
-    return rows > 0 and rows * (cost * best - tokens * costs.row_ms) > tokens * costs.level_ms
+def _level_pays(costs: StepCosts, best: float, tokens: float, cost: float, rows: int, swaps: int = 0,
+                weakest: float = 1.0) -> bool:
+    """Whether one more level could raise E / C with ``rows`` new nodes and ``swaps`` nodes that replace
+    kept ones worth ``weakest``, each new node worth at most ``best``:
+    (E + k p + s (p - weakest)) / (C + level + k row) > E / C  <=>  k (C p - E row) + C s (p - weakest) > E level."""
+    gain = rows * max(0.0, cost * best - tokens * costs.row_ms) + swaps * cost * max(0.0, best - weakest)
+    return gain > tokens * costs.level_ms
 
 
 def _ranked(scores: list[float], depths: list[int]) -> list[int]:
@@ -216,17 +220,22 @@ def _paying_frontier(req: DraftRequest, frontier_scores: list[float], cand_score
                      width: int) -> torch.Tensor | None:
     """Positions of the frontier nodes worth expanding under ``req.costs``, or None when the next level
     cannot pay: a child is worth at most its parent, so a frontier node that cannot pay for a row of its
-    own has no child that can, and the level is drafted only if its best path could raise E / C. A budget
-    already filled by nodes that pay ends expansion too (a fixed budget would still trade its weakest
-    nodes for better children)."""
+    own has no child that can, and the level is drafted only if its best path could raise E / C. Once the
+    budget is full, children can still replace the weakest kept nodes: a frontier node better than those
+    is expanded, and the gain of such swaps counts."""
     costs = req.costs
     scores, depths = torch.cat(cand_scores).tolist(), torch.cat(cand_depths).tolist()
-    kept, tokens, cost = _value_prefix(scores, _ranked(scores, depths)[: req.budget], costs, expansions)
-    pays = [i for i, s in enumerate(frontier_scores) if costs.value(s) * cost >= tokens * costs.row_ms]
+    ranked = _ranked(scores, depths)[: req.budget]
+    kept, tokens, cost = _value_prefix(scores, ranked, costs, expansions)
+    room = req.budget - kept
+    weakest = costs.value(scores[ranked[kept - 1]]) if kept and not room else 1.0
+    pays = [i for i, s in enumerate(frontier_scores)
+            if costs.value(s) * cost >= tokens * costs.row_ms or costs.value(s) > weakest]
     if not pays:
         return None
     best = max(costs.value(frontier_scores[i]) for i in pays)
-    if not _level_pays(costs, best, tokens, cost, min(len(pays) * width, req.budget - kept)):
+    children = len(pays) * width
+    if not _level_pays(costs, best, tokens, cost, min(children, room), min(children, kept) if not room else 0, weakest):
         return None
     return torch.tensor(pays, dtype=torch.long)
 
@@ -337,20 +346,21 @@ class StepTiming:
 
 SEED_FRACTIONS = (1.0, 0.25, 0.5, 1.0)  # fixed budgets (of the maximum) of the first steps: rows to fit against
 DEFAULT_COST_WINDOW = 64  # steps the fits look back over
-DEFAULT_EXPLORE_EVERY = 32  # every so many steps, the full budget (keeps large trees in the fit)
+DEFAULT_EXPLORE_EVERY = 16  # every so many steps, a fixed budget of the seeds' sizes (keeps rows varied)
 CALIBRATION_RANGE = (0.25, 4.0)
 MIN_ROW_MS = 1e-3
+REFIT_EVERY = 4  # steps between fits of the target line (a fit is O(window^2))
 
 
 class StepCostModel:
     """Online :class:`StepCosts` from the decoding thread's own timings, for ``--draft-budget auto``.
 
-    The target pass is a least-squares line of ms against rows over the last ``window`` steps; the
+    The target pass is a robust (Theil-Sen) line of ms against rows over the last ``window`` steps; the
     drafter's root call and expansion level (per tree width) are means over them; the calibration is
     accepted drafts over the path probabilities the kept nodes predicted. The first steps draft fixed
     budgets of different sizes (``SEED_FRACTIONS``: a line needs different row counts), and every
-    ``explore_every``-th step the full budget, so the fit keeps seeing large trees when the value rule
-    has settled on small ones. It lives as long as its generator: the costs are the machine's and the
+    ``explore_every``-th step the next of them, so the fit keeps seeing different row counts when the
+    value rule has settled on one. It lives as long as its generator: the costs are the machine's and the
     model's, not one prompt's.
     """
 
@@ -359,14 +369,18 @@ class StepCostModel:
         self._steps: deque[StepTiming] = deque(maxlen=window)
         self._seen = 0
         self._line: tuple[float, float] | None = None  # (ms at 0 rows, ms per row): the last well-posed fit
+        self._fitted_at = 0  # steps seen when it was fitted
 
     def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts | None]:
         """The next step's node budget and costs (None: a fixed-budget step that seeds or explores)."""
         if self._seen < len(SEED_FRACTIONS):
             return max(1, round(max_budget * SEED_FRACTIONS[self._seen])), None
         costs = self.costs(width)
-        if costs is None or (self.explore_every and self._seen % self.explore_every == 0):
+        if costs is None:
             return max_budget, None
+        if self.explore_every and self._seen % self.explore_every == 0:
+            turn = self._seen // self.explore_every
+            return max(1, round(max_budget * SEED_FRACTIONS[turn % len(SEED_FRACTIONS)])), None
         return max_budget, costs
 
     def observe(self, timing: StepTiming) -> None:
@@ -392,11 +406,15 @@ class StepCostModel:
                          calibration=min(high, max(low, calibration)))
 
     def _fit(self, rows: list[int], ms: list[float]) -> tuple[float, float] | None:
-        n = len(rows)
-        mean_x, mean_y = sum(rows) / n, sum(ms) / n
-        var = sum((x - mean_x) ** 2 for x in rows)
-        if var > 0:
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(rows, ms, strict=True)) / var
-            slope = max(slope, MIN_ROW_MS)
-            self._line = (max(0.0, mean_y - slope * mean_x), slope)
+        """Theil-Sen: the median of pairwise slopes and of the residual intercepts, so a pass slowed by a
+        neighbour on a shared host moves the line little (least squares let one spike tilt it);
+        refitted every ``REFIT_EVERY`` steps."""
+        if self._line is not None and self._seen - self._fitted_at < REFIT_EVERY:
+            return self._line
+        slopes = [(ms[j] - ms[i]) / (rows[j] - rows[i])
+                  for i in range(len(rows)) for j in range(i + 1, len(rows)) if rows[i] != rows[j]]
+        if slopes:
+            slope = max(statistics.median(slopes), MIN_ROW_MS)
+            self._line = (max(0.0, statistics.median(y - slope * x for x, y in zip(rows, ms, strict=True))), slope)
+            self._fitted_at = self._seen
         return self._line

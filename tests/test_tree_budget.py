@@ -118,7 +118,9 @@ def test_dear_levels_stop_drafting_early(random_pair):
     dear = drafted(random_pair, prompt, 4, 5, 100, StepCosts(fixed_ms=10.0, level_ms=1e6, row_ms=1e-6))
     full = drafted(random_pair, prompt, 4, 5, 20, StepCosts(fixed_ms=10.0, level_ms=0.0, row_ms=1e-6))
     assert cheap.expansions == 4
-    assert full.size == 20 and full.expansions == 1  # 4 + 16 candidates fill the budget: no level past them
+    # 4 + 16 candidates fill the budget after one level; deeper levels still pay by replacing the
+    # weakest kept nodes, so the tree is the fixed one
+    assert as_rows(full) == as_rows(drafted(random_pair, prompt, 4, 5, 20, None)) and full.expansions > 1
     assert dear.expansions == 0 and 1 <= dear.size <= 4  # first-level nodes cost only their rows
 
 
@@ -136,8 +138,8 @@ def test_cost_model_seeds_fits_and_explores_deterministically():
         model.observe(timing(1 + budget, 15.0 + 0.5 * (1 + budget)))
     assert [b for b, c in plans[: len(SEED_FRACTIONS)]] == [round(32 * f) for f in SEED_FRACTIONS]
     assert all(c is None for _, c in plans[: len(SEED_FRACTIONS)])
-    explored = [i for i, (b, c) in enumerate(plans) if c is None and i >= len(SEED_FRACTIONS)]
-    assert explored == [8, 16]
+    explored = [(i, b) for i, (b, c) in enumerate(plans) if c is None and i >= len(SEED_FRACTIONS)]
+    assert explored == [(8, round(32 * SEED_FRACTIONS[1])), (16, round(32 * SEED_FRACTIONS[2]))]
     costs = model.costs(8)
     assert costs.row_ms == pytest.approx(0.5)
     assert costs.fixed_ms == pytest.approx(3.0 + 15.0 + 0.5)  # root call + target pass over the root
