@@ -4,11 +4,17 @@ Full online adaptation keeps two dense moments per parameter; here the moments l
 slot table that grows with the rows actually updated (the active and retrieved tokens), so
 optimiser memory follows what alignment touches, not |V| x d. Semantics are those of
 ``torch.optim.SparseAdam`` (lazy Adam: moments of untouched rows do not decay; one step counter).
+
+The table grows by doubling its capacity (never past the matrix's row count), so a long session
+copies each moment O(1) times on average instead of once per growth; the arithmetic reads and
+writes the same slots as before, so updates are bit-identical to a table grown row by row.
 """
 
 from __future__ import annotations
 
 import torch
+
+MIN_CAPACITY = 16  # slots allocated at the first growth (fewer when the matrix has fewer rows)
 
 
 class SparseRowAdam:
@@ -16,29 +22,51 @@ class SparseRowAdam:
                  eps: float = 1e-8) -> None:
         self.rows, self.lr, self.betas, self.eps = rows, lr, betas, eps
         self.slot: dict[int, int] = {}
-        self.m = torch.zeros(0, rows.shape[1])
-        self.v = torch.zeros(0, rows.shape[1])
+        self._m = torch.zeros(0, rows.shape[1])  # [capacity, d]; slots [0, len(slot)) are in use
+        self._v = torch.zeros(0, rows.shape[1])
         self.steps = 0
 
     @property
+    def m(self) -> torch.Tensor:
+        """First moments of the touched rows, by slot: [len(slot), d] (a view of the table)."""
+        return self._m[: len(self.slot)]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Second moments of the touched rows, by slot: [len(slot), d] (a view of the table)."""
+        return self._v[: len(self.slot)]
+
+    @property
     def nbytes(self) -> int:
-        return (self.m.numel() + self.v.numel()) * self.m.element_size() + 16 * len(self.slot)
+        """Bytes held: the allocated table (at most twice the slots in use, and at most the matrix's rows)."""
+        return (self._m.numel() + self._v.numel()) * self._m.element_size() + 16 * len(self.slot)
+
+    def _reserve(self, needed: int) -> None:
+        """Room for ``needed`` slots: double the capacity (at least MIN_CAPACITY, at most the row count)."""
+        capacity = self._m.shape[0]
+        if needed <= capacity:
+            return
+        grown = max(needed, min(max(2 * capacity, MIN_CAPACITY), self.rows.shape[0]))
+        used = len(self.slot)
+        for name in ("_m", "_v"):
+            table = torch.zeros(grown, self.rows.shape[1])
+            table[:used] = getattr(self, name)[:used]
+            setattr(self, name, table)
 
     def _slots(self, ids: list[int]) -> torch.Tensor:
         new = [i for i in ids if i not in self.slot]
         if new:
+            self._reserve(len(self.slot) + len(new))
             for i in new:
                 self.slot[i] = len(self.slot)
-            grow = torch.zeros(len(new), self.rows.shape[1])
-            self.m, self.v = torch.cat((self.m, grow)), torch.cat((self.v, grow.clone()))
         return torch.tensor([self.slot[i] for i in ids], dtype=torch.long)
 
     def forget(self, ids: list[int]) -> None:
         """Zero the moments of ``ids`` (after a rollback restored their rows)."""
         known = [self.slot[i] for i in ids if i in self.slot]
         if known:
-            self.m[known] = 0
-            self.v[known] = 0
+            self._m[known] = 0
+            self._v[known] = 0
 
     @torch.no_grad()
     def delta(self, ids: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -47,9 +75,9 @@ class SparseRowAdam:
         self.steps += 1
         b1, b2 = self.betas
         slots = self._slots(ids.tolist())
-        m = self.m[slots].mul_(b1).add_(grads, alpha=1 - b1)
-        v = self.v[slots].mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        self.m[slots], self.v[slots] = m, v
+        m = self._m[slots].mul_(b1).add_(grads, alpha=1 - b1)
+        v = self._v[slots].mul_(b2).addcmul_(grads, grads, value=1 - b2)
+        self._m[slots], self._v[slots] = m, v
         step_size = self.lr * (1 - b2**self.steps) ** 0.5 / (1 - b1**self.steps)
         return step_size * m / (v.sqrt() + self.eps)
 

@@ -12,19 +12,36 @@ Each piece of evidence stamps the token with the current step; the tail keeps th
 stamped tokens, so old evidence ages out. Drift detection: when the short-run miss rate jumps
 well above its long-run level (a topic switch), stamps older than the switch are dropped and the
 semantic index is asked for ``drift_boost`` times more rows, so the tail refills with the new topic.
+
+Bookkeeping stays proportional to what changed: stamps live in a ``RecencyIndex`` (per-step buckets,
+so the tail is read newest-first without a heap over every stamp, and ageing drops whole buckets),
+and the session's successor table is bounded (``SESSION_SUCCESSORS``, ``SESSION_KEYS_PER_K``).
 """
 
 from __future__ import annotations
 
-import heapq
+from collections import OrderedDict
 
 import torch
 
 from evospec.core.errors import SettingsError
 from evospec.runtime.vocab.evospec_settings import DriftSettings, PolicySettings
 from evospec.runtime.vocab.frequencies import TokenFrequencies
+from evospec.runtime.vocab.recency import RecencyIndex
 
 __all__ = ["DriftSettings", "EvoSpecPolicy", "PolicySettings"]
+
+# The session's successor table is bounded so a long session cannot grow it without limit. Why the
+# bound is harmless: a token's successors are stamped all at once, with one stamp, whenever it is
+# the newest committed token, so the ones kept are the most recent SESSION_SUCCESSORS things that
+# followed it (a token followed by more distinct tokens than that is a function word whose oldest
+# followers are weak evidence); a token is forgotten as a key only after SESSION_KEYS_PER_K * K
+# other tokens were followed by something more recently, and each of those committed tokens stamped
+# itself (context), so what the forgotten key last stamped has long been outranked in a tail of at
+# most K tokens; should the token come back, the corpus successors still cover it.
+SESSION_SUCCESSORS = 32  # successors kept per token (the stalest goes first)
+SESSION_KEYS_PER_K = 2  # distinct tokens with successors kept, per unit of K (least recently followed goes first)
+SESSION_KEYS_MIN = 1024  # ... and at least this many, so a small K still remembers a paragraph's transitions
 
 
 class EvoSpecPolicy:
@@ -48,22 +65,42 @@ class EvoSpecPolicy:
         self.drift = settings.drift if settings.drift.enabled else None
         self._member = torch.zeros(vocab_size, dtype=torch.bool)
         self.drifts = 0  # topic switches detected since reset
+        self.session_keys = max(SESSION_KEYS_PER_K * k, SESSION_KEYS_MIN)
         self._active: torch.Tensor | None = None  # the last set handed out
         self.reset([])
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.step = 0
-        self.stamp: dict[int, int] = {}
-        self.session_next: dict[int, dict[int, int]] = {}
+        self.recency = RecencyIndex()
+        # token -> {what followed it this session: step}; keys in order of last use (stalest first)
+        self.session_next: OrderedDict[int, dict[int, int]] = OrderedDict()
         self.last: int | None = None
         self.fast_miss = self.slow_miss = 0.0
         self.drifts = 0
         self._member.zero_()
         self.observe(list(prompt_ids))
 
+    @property
+    def stamp(self) -> dict[int, int]:
+        """Token -> the step of its newest evidence (tail candidates only); read it, do not write it."""
+        return self.recency.stamp
+
     def _mark(self, token: int) -> None:
         if token not in self._core_set:
-            self.stamp[token] = self.step
+            self.recency.mark(token, self.step)
+
+    def _followed(self, token: int, successor: int) -> None:
+        """Record that ``successor`` followed ``token`` this session, within the table's bounds."""
+        nexts = self.session_next.get(token)
+        if nexts is None:
+            nexts = self.session_next[token] = {}
+            if len(self.session_next) > self.session_keys:
+                self.session_next.popitem(last=False)  # the token least recently followed by anything
+        else:
+            self.session_next.move_to_end(token)
+        nexts[successor] = self.step  # an existing successor keeps its place: marking order is unchanged
+        if len(nexts) > SESSION_SUCCESSORS:
+            del nexts[min(nexts, key=nexts.__getitem__)]  # the stalest (the first of equals)
 
     def _detect_drift(self, committed: list[int]) -> bool:
         if self.drift is None or not committed or not self._member.any():
@@ -80,14 +117,13 @@ class EvoSpecPolicy:
         drifted = self._detect_drift(committed)
         if drifted:  # a topic switch: drop the old topic's evidence
             self.drifts += 1
-            fresh = self.step - self.drift.keep_steps
-            self.stamp = {t: s for t, s in self.stamp.items() if s >= fresh}
+            self.recency.drop_before(self.step - self.drift.keep_steps)
         context, session = self.settings.context, self.settings.session_successors
         for token in committed:
             if context:
                 self._mark(token)  # context and misses (a miss is a committed token outside the set)
             if self.last is not None and session:
-                self.session_next.setdefault(self.last, {})[token] = self.step
+                self._followed(self.last, token)
             self.last = token
         if self.last is not None:
             for token in self.successors.get(self.last, ()):
@@ -95,16 +131,14 @@ class EvoSpecPolicy:
             for token in self.session_next.get(self.last, ()):
                 self._mark(token)
         if self.settings.max_age:  # ageing: evidence older than max_age steps leaves the tail
-            oldest = self.step - self.settings.max_age
-            self.stamp = {t: s for t, s in self.stamp.items() if s > oldest}
+            self.recency.drop_before(self.step - self.settings.max_age + 1)
         if self.semantic is not None and state is not None:
             count = self.semantic_count * (self.drift.boost if drifted else 1)
             for token in self.semantic.query(state, count):
                 self._mark(token)
         budget = self.k - self.core_size
-        if len(self.stamp) > 4 * max(budget, 1):  # bounded memory: forget the stalest evidence
-            keep = sorted(self.stamp, key=self.stamp.__getitem__, reverse=True)[: 2 * budget]
-            self.stamp = {t: self.stamp[t] for t in keep}
+        if len(self.recency) > 4 * max(budget, 1):  # bounded memory: forget the stalest evidence
+            self.recency.keep_newest(2 * budget)
 
     def served(self, active: torch.Tensor) -> None:
         """The set the drafter actually drafted over this cycle (a pipelined caller serves one computed
@@ -114,8 +148,7 @@ class EvoSpecPolicy:
 
     def active_ids(self) -> torch.Tensor:
         budget = self.k - self.core_size
-        newest = self.stamp if len(self.stamp) <= budget else heapq.nlargest(budget, self.stamp, key=lambda t: (self.stamp[t], -t))  # ties: lower id
-        tail = torch.tensor(list(newest), dtype=torch.long)
+        tail = torch.tensor(self.recency.newest(budget), dtype=torch.long)  # newest first, ties: lower id
         fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
         fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
         active = torch.cat((self.core, tail, fill))
