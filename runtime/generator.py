@@ -27,6 +27,7 @@ from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.tree import DraftRequest, DraftTree, StepCostModel, StepCosts, StepTiming, draft_tree
+from evospec.runtime.trunk_clock import TrunkClock, trunk_module
 from evospec.runtime.verify import verify_greedy, verify_sampling
 from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
@@ -252,6 +253,8 @@ class SpeculativeGenerator:
             policy.observe([root])
         if routed:  # the set is chosen from this cycle's fresh root state, between trunk and head
             drafter.on_root_state = lambda state: self._route(policy, state, stats)
+        trunk = TrunkClock(trunk_module(drafter) if use_draft and native is None else None)
+        stats.draft_split = trunk.timed or not use_draft
         try:
             while True:
                 t0 = time.perf_counter()
@@ -269,7 +272,10 @@ class SpeculativeGenerator:
                         tree = self._draft_native(native, pairs_hidden, root, s, stats)
                     else:
                         budget, costs = self.step_costs.plan(s.tree_budget, s.tree_width) if auto else (s.tree_budget, None)
-                        tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator, budget, costs)
+                        with trunk:
+                            tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator,
+                                                               budget, costs)
+                        stats.trunk_time_s = trunk.seconds
                     self._sync()
                     stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
                 t1 = time.perf_counter()

@@ -35,6 +35,10 @@ class DecodeStats:
     ``verify_time_s`` is itself split into ``target_time_s`` (the target's forward), ``verdict_time_s``
     (greedy or sampling verification) and ``cache_time_s`` (rolling the target's cache back); on a GPU
     the forward runs asynchronously, so its time shows up in the verdict's first host read.
+    ``trunk_time_s`` is the part of ``draft_time_s`` spent in the drafter's trunk (its decoder layer;
+    ``runtime/trunk_clock.py``), the rest being the head over the active rows, choosing tokens and the
+    tree; ``draft_split`` is False where the trunk could not be timed apart (ONNX Runtime, TensorRT,
+    CUDA graphs, the C++ library): drafting is then one column.
 
     ``rejected_choice_hits / rejected_choice_total``: at every step that rejected a draft token,
     whether the target's own token at that position (the one the drafter should have proposed)
@@ -51,6 +55,8 @@ class DecodeStats:
     retrieval_time_s: float = 0.0
     plan_time_s: float = 0.0
     draft_time_s: float = 0.0
+    trunk_time_s: float = 0.0
+    draft_split: bool = True
     verify_time_s: float = 0.0
     target_time_s: float = 0.0
     verdict_time_s: float = 0.0
@@ -100,18 +106,20 @@ class PooledStats:
     new_tokens: int
     mean_accepted_length: float
     accepted_lengths: tuple[int, ...]
-    ms_per_step: dict[str, float]  # retrieval, plan, draft, verify (= target + verdict + cache), align, step
+    # retrieval, plan, draft (of it: trunk), verify (= target + verdict + cache), align, step
+    ms_per_step: dict[str, float]
     rejected_choice_coverage: float | None
     active_size: float
     rows_moved_per_step: float
     wall_time_s: float
+    draft_split: bool = True  # every call timed its drafter's trunk apart (``trunk`` is then part of ``draft``)
 
     @classmethod
     def of(cls, stats: list[DecodeStats]) -> PooledStats:
         steps = sum(s.steps for s in stats)
         per_step = max(steps, 1)
         hits, total = sum(s.rejected_choice_hits for s in stats), sum(s.rejected_choice_total for s in stats)
-        columns = ("retrieval", "plan", "draft", "verify", "target", "verdict", "cache", "align", "step")
+        columns = ("retrieval", "plan", "draft", "trunk", "verify", "target", "verdict", "cache", "align", "step")
         return cls(
             steps=steps,
             new_tokens=sum(s.new_tokens for s in stats),
@@ -122,6 +130,7 @@ class PooledStats:
             active_size=sum(s.active_size_sum for s in stats) / per_step,
             rows_moved_per_step=sum(s.active_rows_moved for s in stats) / per_step,
             wall_time_s=sum(s.wall_time_s for s in stats),
+            draft_split=all(s.draft_split for s in stats),
         )
 
 

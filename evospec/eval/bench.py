@@ -106,32 +106,42 @@ def summarise(domain: str, method: str, results: list[GenerationResult], decode:
         draft_ms_per_step=pooled.ms_per_step["draft"],
         verify_ms_per_step=pooled.ms_per_step["verify"],
         identical_to_plain=identical,
-        ms_per_step=step_breakdown(pooled.ms_per_step),
+        ms_per_step=step_breakdown(pooled.ms_per_step, pooled.draft_split),
     )
 
 
 BREAKDOWN = ("draft", "target", "verdict", "cache", "retrieval", "plan", "align")
+DRAFT_PARTS = ("trunk", "head")  # draft split: the drafter's decoder layer, and the rest (LM head, choosing tokens, tree)
 
 
-def step_breakdown(ms: dict[str, float]) -> dict[str, float]:
+def step_breakdown(ms: dict[str, float], draft_split: bool) -> dict[str, float]:
     """A step's wall time by part, with ``other`` (the loop's own bookkeeping) as the remainder, so the
-    parts add up to ``step``: nothing a step costs is left out."""
+    parts add up to ``step``: nothing a step costs is left out. With ``draft_split`` (the trunk was timed
+    apart, ``runtime/trunk_clock.py``) drafting is given as ``trunk`` and ``head`` (= draft - trunk: the
+    LM head over the active rows, choosing tokens, the tree's bookkeeping) in place of ``draft``."""
     parts = {name: ms[name] for name in BREAKDOWN}
+    if draft_split:
+        draft = parts.pop("draft")
+        trunk = min(ms["trunk"], draft)
+        parts = {"trunk": trunk, "head": draft - trunk, **parts}
     return {**parts, "other": max(ms["step"] - sum(parts.values()), 0.0), "step": ms["step"]}
 
 
 def breakdown_table(rows: list[BenchRow]) -> str:
-    """ms per step by part; ``outside`` is the share of the step spent outside the target's and the
-    drafter's forwards (verification, cache rollback, policy, plan, alignment, bookkeeping)."""
-    header = ("domain", "T", "method", *BREAKDOWN, "other", "step", "outside forwards")
+    """ms per step by part (``draft`` = trunk + head; "-" where the trunk was not timed apart);
+    ``outside`` is the share of the step spent outside the target's and the drafter's forwards
+    (verification, cache rollback, policy, plan, alignment, bookkeeping)."""
+    columns = (*DRAFT_PARTS, *BREAKDOWN[1:], "other", "step")
+    header = ("domain", "T", "method", "draft", *columns, "outside forwards")
     lines = []
     for r in rows:
         if r.ms_per_step is None or r.ms_per_step["step"] == 0:
             continue
         ms = r.ms_per_step
-        outside = (ms["step"] - ms["draft"] - ms["target"]) / ms["step"]
-        lines.append((r.domain, f"{r.temperature:g}", r.method, *(f"{ms[n]:.2f}" for n in (*BREAKDOWN, "other", "step")),
-                      f"{100 * outside:.1f}%"))
+        draft = ms["draft"] if "draft" in ms else ms["trunk"] + ms["head"]
+        outside = (ms["step"] - draft - ms["target"]) / ms["step"]
+        lines.append((r.domain, f"{r.temperature:g}", r.method, f"{draft:.2f}",
+                      *(f"{ms[n]:.2f}" if n in ms else "-" for n in columns), f"{100 * outside:.1f}%"))
     return text_table(header, lines)
 
 
