@@ -102,6 +102,53 @@ def train_drafter_cmd(target_dir, corpus, out, recipe_name, device, threads, **o
     click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; taps {drafter.config.tap_layers}; wrote {out}")
 
 
+@train.command("calibrate-head")
+@click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--corpus", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Adam steps (default: HeadCalibration).")
+@_threads
+def calibrate_head_cmd(target_dir, corpus, out, steps, threads):
+    """Fit a sampled-softmax target's never-trained output rows with the full softmax (trunk and seen rows frozen).
+
+    Writes a new target folder (untied output layer) with ``calibration.json``: rows fitted, exact
+    full-vocabulary validation loss per domain before and after, and the step chosen on the valid split.
+    """
+    from evospec.core.determinism import reproducible
+    from evospec.core.progress import loss_progress
+    from evospec.data.corpus import corpus_domains
+    from evospec.train.calibrate_head import HeadCalibration, calibrate_head, save_calibrated
+
+    settings = HeadCalibration() if steps is None else dataclasses.replace(HeadCalibration(), steps=steps)
+    corpus_domains(corpus)
+    with loss_progress("calibrating head", transient=True) as bar, reproducible(threads, "cpu"):
+        model, tokenizer = _load_hf_target(target_dir)
+        task = bar.add_task("c", total=settings.steps, loss=float("nan"))
+        report = calibrate_head(model, tokenizer, str(corpus), settings,
+                                lambda step, loss: bar.update(task, completed=step + 1, loss=loss))
+    save_calibrated(model, tokenizer, out, settings, report)
+    for domain in sorted(report["valid_loss_before"]):
+        click.echo(f"valid loss {domain}: {report['valid_loss_before'][domain]:.3f} -> {report['valid_loss_after'][domain]:.3f}")
+    click.echo(f"fitted {report['rows_fitted']} unseen rows (best step {report['best_step']}); wrote {out}")
+
+
+def _load_hf_target(directory: Path):
+    """The target as a plain HF model (no lean decoder: its fused weights are views) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from evospec.runtime.target import load_tokenizer
+
+    tokenizer = load_tokenizer(directory)  # a missing folder or tokenizer fails here with the folder's name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True)
+    except Exception as exc:  # transformers raises many types; name the folder
+        raise click.UsageError(f"{directory}: not a loadable causal LM ({type(exc).__name__}: {exc})") from None
+    if not hasattr(model, "lm_head"):
+        raise click.UsageError(f"{directory}: {type(model).__name__} has no lm_head to calibrate")
+    return model, tokenizer
+
+
 @click.group()
 def reference() -> None:
     """The reference pair: real corpora, Qwen's vocabulary, a target and drafter trained here."""
