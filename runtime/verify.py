@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evospec.runtime.sampling import sample, sampling_probs
+from evospec.runtime.sampling import sample, sampling_weights
 from evospec.runtime.tree import DraftTree
 
 
@@ -54,29 +54,29 @@ def verify_sampling(
     row = 0
     rows = _target_rows(logits, temperature, top_p)
     while True:
-        # ``p`` is the target's (residual) law up to the factor ``total``: renormalising a 151k-row vector
-        # costs a pass over it, and neither the acceptance test nor torch.multinomial needs it
-        p, total = rows(row), 1.0
+        # ``p`` (a fresh host tensor, updated in place) is the target's (residual) law up to the factor
+        # ``total`` (a float64 sum): normalising a 151k-row vector costs a pass over it, and neither the
+        # acceptance test nor ``sample`` needs it
+        p, total = rows(row)
         for child in children[row]:
             x = tokens[child]
             u = float(torch.rand(1, generator=generator, dtype=torch.float64))
             if tree.proposals is None:
                 if u * total < float(p[x]):
                     break
-                p = p.clone()
                 p[x] = 0.0
             elif tree.proposal_ids is None:  # q over the target vocabulary
                 q = tree.proposals[child].to(p.dtype)
                 if u * float(q[x]) * total < float(p[x]):
                     break
-                p = (p - q * total).clamp_min(0.0)
+                p.sub_(q, alpha=total).clamp_min_(0.0)
             else:  # q over the head's columns: only they change
                 q, columns = tree.proposals[child].to(p.dtype), tree.proposal_ids
                 if u * float(q[columns == x].sum()) * total < float(p[x]):
                     break
-                p = p.clone().index_add_(0, columns, q, alpha=-total)  # repeated columns add up
+                p.index_add_(0, columns, q, alpha=-total)  # repeated columns add up
                 p[columns] = p[columns].clamp_min(0.0)
-            total = float(p.sum())
+            total = float(p.sum(dtype=torch.float64))
             if not total > 0:
                 raise RuntimeError("speculative sampling residual has no mass; this is a bug")
         else:
@@ -95,10 +95,9 @@ def _argmax_rows(logits: torch.Tensor) -> Callable[[int], int]:
     return lambda row: int(logits[row].argmax())
 
 
-def _target_rows(logits: torch.Tensor, temperature: float, top_p: float) -> Callable[[int], torch.Tensor]:
-    """The target's law at each tree row, on the host. On an accelerator every row is computed at once and
-    copied with one sync per step; on the CPU only the rows the walk reaches (accepted + 1 of 1 + N) are."""
-    if logits.device.type != "cpu":
-        probs = sampling_probs(logits, temperature, top_p).cpu()
-        return lambda row: probs[row]
-    return lambda row: sampling_probs(logits[row], temperature, top_p)
+def _target_rows(logits: torch.Tensor, temperature: float, top_p: float) -> Callable[[int], tuple[torch.Tensor, float]]:
+    """The target's law at each tree row up to its total (``sampling_weights``), on the host and only for
+    the rows the walk reaches (accepted + 1 of 1 + N). An accelerator's logits come over in one copy (one
+    sync per step), so the law is computed by the same host arithmetic as the plain decoding path's."""
+    host = logits.cpu()
+    return lambda row: sampling_weights(host[row], temperature, top_p)
