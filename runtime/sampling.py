@@ -7,6 +7,10 @@ float32), or float64 for float64 logits. The nucleus is the exact one of the log
 TopPLogitsWarper keeps in float64): its boundary is decided on float64 sums, relative to the sum
 of the float32 probabilities, whose normaliser a float32 softmax over 151k tokens gets only to
 ~1e-5 (TopPLogitsWarper run in float32 moves the boundary by a token on some rows for that reason).
+
+The per-row passes are numpy's (one thread) around torch's one-row softmax (also one thread): torch
+splits a 151k-element elementwise op or reduction over its threads, and on a busy two-core host a
+thread the scheduler has put off makes that one op wait (12 ms a pass, measured, against 0.1 ms).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import threading
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -28,7 +31,8 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0)
     """
     if logits.dim() == 1:
         weights, total = sampling_weights(logits, temperature, top_p)
-        return weights.div_(total)
+        np.divide(weights.numpy(), total, out=weights.numpy())
+        return weights
     if top_p >= 1.0:  # a softmax is row by row already
         probs = sampling_weights(logits, temperature, top_p)[0]
         return probs.div_(probs.sum(dim=-1, keepdim=True, dtype=torch.float64).to(probs.dtype))
@@ -53,14 +57,14 @@ def sampling_weights(logits: torch.Tensor, temperature: float, top_p: float = 1.
     if temperature <= 0:
         raise ValueError("sampling_probs needs temperature > 0; greedy decoding uses argmax")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    scaled = logits.to("cpu", dtype)
-    if temperature != 1.0:
-        scaled = scaled / temperature  # as TemperatureLogitsWarper: in the logits' dtype
+    rows = logits.detach().to("cpu", dtype).numpy()  # a view where it can be (a skinny head's rows are strided)
+    # as TemperatureLogitsWarper: in the logits' dtype (numpy's float32 division rounds as torch's does)
+    scaled = torch.from_numpy(np.ascontiguousarray(rows / temperature if temperature != 1.0 else rows))
     probs = torch.softmax(scaled, dim=-1)
     if top_p >= 1.0:
-        return probs, float(probs.sum(dtype=torch.float64))
-    if logits.dim() != 1:
-        raise ValueError(f"top-p weights are computed one row at a time, got logits of shape {tuple(logits.shape)}")
+        return probs, float(probs.numpy().sum(dtype=np.float64))
+    if rows.ndim != 1:
+        raise ValueError(f"top-p weights are computed one row at a time, got logits of shape {rows.shape}")
     return _nucleus(scaled, probs, 1.0 - top_p)
 
 
@@ -68,9 +72,9 @@ NUCLEUS_MANTISSA_BITS = 7  # first level: one bin per 2**-7 of an octave of prob
 NUCLEUS_LEVEL_BITS = 8  # each refinement level splits the crossing bin in 2**8
 NUCLEUS_SORT_LIMIT = 4096  # a window this small is sorted outright
 
-# probabilities' dtype -> (same-width integer dtype in torch and numpy, numpy float, mantissa bits, bits of 1.0)
-_FORMATS = {torch.float32: (torch.int32, np.int32, np.float32, 23, 0x3F800000),
-            torch.float64: (torch.int64, np.int64, np.float64, 52, 0x3FF0000000000000)}
+# probabilities' dtype -> (same-width integer, float, mantissa bits, bits of 1.0)
+_FORMATS = {torch.float32: (np.int32, np.float32, 23, 0x3F800000),
+            torch.float64: (np.int64, np.float64, 52, 0x3FF0000000000000)}
 
 
 class _Scratch(threading.local):
@@ -103,12 +107,15 @@ def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[
     kept whole by one threshold pass. A 151k-token row costs a softmax, one histogram and a few small
     passes, whatever the width of its nucleus.
     """
-    int_dtype, np_int, np_float, mantissa, one = _FORMATS[probs.dtype]
+    np_int, np_float, mantissa, one = _FORMATS[probs.dtype]
     n, p = probs.numel(), probs.numpy()
+    bits = p.view(np_int)
     shift = mantissa - NUCLEUS_MANTISSA_BITS
-    bins = torch.bitwise_right_shift(probs.view(int_dtype), shift, out=_scratch.get("bins", n, torch.int64))
-    mass = torch.zeros((one >> shift) + 1, dtype=torch.float64)  # a softmax is at most 1
-    mass.scatter_add_(0, bins, _scratch.get("weights", n, torch.float64).copy_(probs))
+    bins = _scratch.get("bins", n, torch.int64)
+    np.right_shift(bits, shift, out=bins.numpy())
+    weights = _scratch.get("weights", n, torch.float64)
+    np.copyto(weights.numpy(), p)
+    mass = torch.zeros((one >> shift) + 1, dtype=torch.float64).scatter_add_(0, bins, weights)  # a softmax is <= 1
     top = int(np.flatnonzero(mass.numpy())[-1])  # the most likely token's bin
     running = mass.cumsum_(0).numpy()
     total = float(running[-1])
@@ -118,7 +125,6 @@ def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[
     below = float(running[prefix - 1]) if prefix > 0 else 0.0  # mass under the window: all removed
     kept_above = prefix < top  # whether any token above the window is kept
     window = np.flatnonzero(bins.numpy() == prefix)
-    bits = p.view(np_int)
     while window.size > NUCLEUS_SORT_LIMIT and shift > 0:
         step = min(NUCLEUS_LEVEL_BITS, shift)
         keys = (bits[window].astype(np.int64) >> (shift - step)) - (prefix << step)  # [0, 2**step)
@@ -136,7 +142,7 @@ def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[
         cut -= 1
     kept = order[cut:]
     values = p[kept].copy()
-    F.threshold(probs, float(np.array(above, dtype=bits.dtype).view(np_float)), 0.0, inplace=True)  # keeps bits > above
+    np.multiply(p, p > np.array(above, dtype=np_int).view(np_float), out=p)  # keeps the tokens with larger bits
     p[kept] = values
     return probs, total - (float(running[cut - 1]) if cut > 0 else below)
 
@@ -153,26 +159,24 @@ def sample(weights: torch.Tensor, generator: torch.Generator) -> int:
     ~4 ms). A zero weight is never drawn: its cumulative value equals the previous one, and each
     search returns the first index whose cumulative value exceeds u.
     """
-    weights = weights.reshape(-1)
-    n, block = weights.numel(), SAMPLE_BLOCK
-    whole = n // block * block
-    sums = torch.empty(-(-n // block), dtype=torch.float64)
-    torch.sum(weights[:whole].reshape(-1, block), dim=1, dtype=torch.float64, out=sums[: whole // block])
-    if whole < n:
-        sums[-1] = weights[whole:].sum(dtype=torch.float64)
-    cumulative = sums.cumsum(0)
-    u = torch.rand(1, generator=generator, dtype=torch.float64) * cumulative[-1]
+    w = weights.detach().cpu().reshape(-1).numpy()
+    block = SAMPLE_BLOCK
+    whole = w.size // block * block
+    sums = w[:whole].reshape(-1, block).sum(axis=1, dtype=np.float64)
+    if whole < w.size:
+        sums = np.append(sums, w[whole:].sum(dtype=np.float64))
+    cumulative = np.cumsum(sums)
+    u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * float(cumulative[-1])
     chosen = _first_above(cumulative, u, sums)
     start = chosen * block
-    inside = weights[start : start + block]
-    before = cumulative[chosen - 1] if chosen > 0 else 0.0
-    return start + _first_above(inside.double().cumsum(0), u - before, inside)
+    inside = w[start : start + block]
+    return start + _first_above(np.cumsum(inside, dtype=np.float64), u - (cumulative[chosen - 1] if chosen else 0.0), inside)
 
 
-def _first_above(cumulative: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> int:
+def _first_above(cumulative: np.ndarray, u: float, weights: np.ndarray) -> int:
     """The first index whose cumulative weight exceeds ``u``; where rounding put ``u`` at or above the
     total, the last index with weight."""
-    index = int(torch.searchsorted(cumulative, u, right=True))
-    if index >= cumulative.numel():
-        index = int((weights > 0).nonzero()[-1])
+    index = int(np.searchsorted(cumulative, u, side="right"))
+    if index >= cumulative.size:
+        index = int(np.flatnonzero(weights > 0)[-1])
     return index

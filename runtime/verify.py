@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evospec.runtime.sampling import sample, sampling_weights
@@ -56,7 +57,8 @@ def verify_sampling(
     while True:
         # ``p`` (a fresh host tensor, updated in place) is the target's (residual) law up to the factor
         # ``total`` (a float64 sum): normalising a 151k-row vector costs a pass over it, and neither the
-        # acceptance test nor ``sample`` needs it
+        # acceptance test nor ``sample`` needs it. Its full-length passes are numpy's (one thread; see
+        # ``sampling`` for why torch's are avoided on the host)
         p, total = rows(row)
         for child in children[row]:
             x = tokens[child]
@@ -69,14 +71,15 @@ def verify_sampling(
                 q = tree.proposals[child].to(p.dtype)
                 if u * float(q[x]) * total < float(p[x]):
                     break
-                p.sub_(q, alpha=total).clamp_min_(0.0)
+                np.maximum(np.subtract(p.numpy(), q.numpy() * total, out=p.numpy()), 0.0, out=p.numpy())
             else:  # q over the head's columns: only they change
                 q, columns = tree.proposals[child].to(p.dtype), tree.proposal_ids
                 if u * float(q[columns == x].sum()) * total < float(p[x]):
                     break
                 p.index_add_(0, columns, q, alpha=-total)  # repeated columns add up
-                p[columns] = p[columns].clamp_min(0.0)
-            total = float(p.sum(dtype=torch.float64))
+                weights, changed = p.numpy(), columns.numpy()
+                weights[changed] = np.maximum(weights[changed], 0.0)
+            total = float(p.numpy().sum(dtype=np.float64))
             if not total > 0:
                 raise RuntimeError("speculative sampling residual has no mass; this is a bug")
         else:
@@ -88,11 +91,15 @@ def verify_sampling(
 def _argmax_rows(logits: torch.Tensor) -> Callable[[int], int]:
     """The target's argmax at each tree row. On an accelerator all rows at once, one copy; on the CPU only
     the rows the walk reaches: a skinny head's logits are a transposed view, where an argmax over all 33
-    rows of a 151k-token tree pass took ~30 ms and one row takes ~0.6 ms."""
+    rows of a 151k-token tree pass took ~30 ms and one row takes ~0.6 ms (numpy's argmax: one thread, the
+    first maximum, as torch's; torch's own split over two threads waits on the busy host's scheduler)."""
     if logits.device.type != "cpu":
         best = logits.argmax(dim=-1).tolist()
         return best.__getitem__
-    return lambda row: int(logits[row].argmax())
+    if logits.dtype not in (torch.float32, torch.float64):
+        return lambda row: int(logits[row].argmax())
+    host = logits.detach().numpy()
+    return lambda row: int(host[row].argmax())
 
 
 def _target_rows(logits: torch.Tensor, temperature: float, top_p: float) -> Callable[[int], tuple[torch.Tensor, float]]:
