@@ -26,7 +26,7 @@ from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_l
 from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
-from evospec.runtime.tree import DraftRequest, DraftTree, StepCostModel, StepCosts, StepTiming, draft_tree
+from evospec.runtime.tree import DraftRequest, DraftTree, StepCostModel, StepCosts, StepTiming, draft_tree, tried_edges
 from evospec.runtime.trunk_clock import TrunkClock, trunk_module
 from evospec.runtime.verify import verify_greedy, verify_sampling
 from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
@@ -303,8 +303,7 @@ class SpeculativeGenerator:
                 if auto:
                     self.step_costs.observe(StepTiming(
                         rows=1 + tree.size, target_ms=(t2 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
-                        expansions=tree.expansions, width=s.tree_width, accepted=len(verdict.accepted_nodes),
-                        predicted=float(tree.scores.exp().clamp(max=1.0).sum()) if tree.scores is not None else 0.0))
+                        expansions=tree.expansions, width=s.tree_width, edges=tried_edges(tree, verdict.accepted_nodes)))
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
                 if native is not None:

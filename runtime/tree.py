@@ -6,8 +6,9 @@ nodes overall. Scratch KV slots written during expansion lie past the committed 
 are simply overwritten by the next step.
 
 With :class:`StepCosts` in the request the budget is chosen by value (EAGLE-2's ranking, Sequoia's
-cost model): a tree of nodes with path probabilities p_i is worth about E = 1 + sum(p_i) tokens and
-costs C = fixed + levels * level_ms + nodes * row_ms; nodes are kept in score order while
+cost model): a tree of nodes with path acceptance p_i (the product of its edges' measured acceptance
+rates, binned by the drafter's probability) is worth about E = 1 + sum(p_i) tokens and
+costs C = fixed + levels * level_ms + nodes * row_ms; nodes are kept in order of p_i while
 p_i / row_ms >= E / C, frontier paths that can no longer pay for a row are not expanded, and a level
 is drafted only while its best frontier path could raise E / C. Verification is exact for any tree,
 so this changes speed, never output. :class:`StepCostModel` measures the costs online.
@@ -15,6 +16,7 @@ so this changes speed, never output. :class:`StepCostModel` measures the costs o
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import statistics
@@ -80,17 +82,31 @@ class StepCosts:
         fixed_ms: Paid by every step whatever its tree: the drafter's root call and a target pass over the root.
         level_ms: One drafter expansion level (a call over the frontier).
         row_ms: One more verified row in the target pass.
-        calibration: Scales the drafter's path probabilities: accepted drafts over what kept nodes predicted.
+        rates: Acceptance rate of a drafted edge per bin of the drafter's probability for it (bins at
+            ``EDGE_BINS``), measured; None takes the drafter's probability as it is. A node is worth the
+            product of its path's rates, so a child is never worth more than its parent.
     """
 
     fixed_ms: float
     level_ms: float
     row_ms: float
-    calibration: float = 1.0
+    rates: tuple[float, ...] | None = None
 
-    def value(self, score: float) -> float:
-        """Expected accepted drafts of a node whose cumulative log-probability is ``score``."""
-        return min(1.0, self.calibration * math.exp(score))
+    def log_rate(self, logp: torch.Tensor) -> torch.Tensor:
+        """Log acceptance rate of edges the drafter gave log-probabilities ``logp``."""
+        if self.rates is None:
+            return logp
+        bins = torch.bucketize(logp.exp().cpu(), torch.tensor(EDGE_BINS), right=True)  # as bisect_right
+        return torch.tensor(self.rates, dtype=torch.float64).clamp(min=1e-12).log()[bins].to(logp)
+
+    @staticmethod
+    def value(log_value: float) -> float:
+        """Expected accepted drafts of a node whose path's log acceptance is ``log_value``."""
+        return min(1.0, math.exp(log_value))
+
+
+EDGE_BINS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # drafter edge probabilities binned
+EDGE_PRIOR = 2.0  # pseudo-trials per bin at the drafter's own probability (the bin's middle)
 
 
 @dataclass
@@ -129,13 +145,13 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
     return ids, scores, None
 
 
-def _value_prefix(scores: list[float], order: list[int], costs: StepCosts, expansions: int) -> tuple[int, float, float]:
+def _value_prefix(values: list[float], order: list[int], costs: StepCosts, expansions: int) -> tuple[int, float, float]:
     """How many of ``order`` (best first) pay for their rows (p / row_ms >= E / C), and the tree's
-    expected tokens E and cost C with them."""
+    expected tokens E and cost C with them. ``values``: log path acceptance of each candidate."""
     tokens, cost = 1.0, costs.fixed_ms + expansions * costs.level_ms
     kept = 0
     for i in order:
-        p = costs.value(scores[i])
+        p = costs.value(values[i])
         if p * cost < tokens * costs.row_ms:
             break
         tokens, cost, kept = tokens + p, cost + costs.row_ms, kept + 1
@@ -152,8 +168,9 @@ def _level_pays(costs: StepCosts, best: float, tokens: float, cost: float, rows:
 
 
 def _ranked(scores: list[float], depths: list[int]) -> list[int]:
-    # Scores are cumulative log-probabilities (<= 0), so a child never outranks its parent, and ties go
-    # to the shallower node: every prefix of this order is closed under ancestors (tested).
+    # Scores (cumulative log-probabilities or log path acceptance) are <= 0 and only shrink along a path,
+    # so a child never outranks its parent, and ties go to the shallower node: every prefix of this order
+    # is closed under ancestors (tested).
     return sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
 
 
@@ -166,14 +183,17 @@ def draft_tree(
     w = min(req.width, req.logits.shape[-1])
     if w == 1:
         return _draft_chain(drafter, cache, req, generator)
+    costs = req.costs
     ids, scores, q = _choose(req.logits[None], req, generator, w)  # [1, w]
     cand_ids = [ids[0]]
     cand_scores = [scores[0]]
+    cand_values = [costs.log_rate(scores[0])] if costs is not None else []  # log path acceptance
     cand_parents = [torch.full((w,), -1, dtype=torch.long)]
     cand_depths = [torch.ones(w, dtype=torch.long)]
     cand_q = [q] if q is not None else []
     frontier = torch.arange(w)  # candidate indices of the frontier
     frontier_scores = scores[0]
+    frontier_values = cand_values[0] if costs is not None else None
     frontier_hidden = req.hidden.expand(w, -1)
     scratch = w * (req.depth - 1)
     visible = torch.zeros(w, max(scratch, 1), dtype=torch.bool, device=device)  # frontier row -> scratch slots
@@ -183,12 +203,13 @@ def draft_tree(
         start = req.committed + (level - 1) * w
         if start + w > cache.capacity:
             break
-        if req.costs is not None:
-            pays = _paying_frontier(req, frontier_scores.tolist(), cand_scores, cand_depths, expansions, w)
+        if costs is not None:
+            pays = _paying_frontier(req, frontier_values.tolist(), cand_values, cand_depths, expansions, w)
             if pays is None:
                 break
             here = pays.to(device)
             frontier, frontier_scores, frontier_hidden, visible = frontier[pays], frontier_scores[here], frontier_hidden[here], visible[here]
+            frontier_values = frontier_values[here]
         f = frontier.numel()  # the level's drafter rows: w, or fewer under a value-based budget
         visible[torch.arange(f), (level - 1) * w + torch.arange(f)] = True
         mask = torch.cat(
@@ -209,14 +230,18 @@ def draft_tree(
         rows = (best // w).cpu()
         frontier = n_cand + best.cpu()
         frontier_scores = cum.flatten()[best]
+        if costs is not None:
+            values = (frontier_values[:, None] + costs.log_rate(scores)).flatten()
+            cand_values.append(values)
+            frontier_values = values[best]
         frontier_hidden = hidden[0, rows]
         visible = visible[rows]
         n_cand += f * w
         expansions += 1
-    return _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q, expansions)
+    return _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q, expansions)
 
 
-def _paying_frontier(req: DraftRequest, frontier_scores: list[float], cand_scores, cand_depths, expansions: int,
+def _paying_frontier(req: DraftRequest, frontier_values: list[float], cand_values, cand_depths, expansions: int,
                      width: int) -> torch.Tensor | None:
     """Positions of the frontier nodes worth expanding under ``req.costs``, or None when the next level
     cannot pay: a child is worth at most its parent, so a frontier node that cannot pay for a row of its
@@ -224,16 +249,16 @@ def _paying_frontier(req: DraftRequest, frontier_scores: list[float], cand_score
     budget is full, children can still replace the weakest kept nodes: a frontier node better than those
     is expanded, and the gain of such swaps counts."""
     costs = req.costs
-    scores, depths = torch.cat(cand_scores).tolist(), torch.cat(cand_depths).tolist()
-    ranked = _ranked(scores, depths)[: req.budget]
-    kept, tokens, cost = _value_prefix(scores, ranked, costs, expansions)
+    values, depths = torch.cat(cand_values).tolist(), torch.cat(cand_depths).tolist()
+    ranked = _ranked(values, depths)[: req.budget]
+    kept, tokens, cost = _value_prefix(values, ranked, costs, expansions)
     room = req.budget - kept
-    weakest = costs.value(scores[ranked[kept - 1]]) if kept and not room else 1.0
-    pays = [i for i, s in enumerate(frontier_scores)
-            if costs.value(s) * cost >= tokens * costs.row_ms or costs.value(s) > weakest]
+    weakest = costs.value(values[ranked[kept - 1]]) if kept and not room else 1.0
+    pays = [i for i, v in enumerate(frontier_values)
+            if costs.value(v) * cost >= tokens * costs.row_ms or costs.value(v) > weakest]
     if not pays:
         return None
-    best = max(costs.value(frontier_scores[i]) for i in pays)
+    best = max(costs.value(frontier_values[i]) for i in pays)
     children = len(pays) * width
     if not _level_pays(costs, best, tokens, cost, min(children, room), min(children, kept) if not room else 0, weakest):
         return None
@@ -247,20 +272,21 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     ids, logp, q = _choose(req.logits[None], req, generator, 1)  # [1, 1]
     chosen, proposals = [ids[0]], [q] if q is not None else []
     path = [float(logp[0, 0])]  # cumulative log-probability of each level's node
-    hidden = req.hidden[None]  # [1, 1, d]
     costs = req.costs
+    values = [float(costs.log_rate(logp[0])[0])] if costs is not None else []  # log path acceptance
+    hidden = req.hidden[None]  # [1, 1, d]
     for level in range(1, min(req.depth, req.budget)):
         start = req.committed + level - 1
         if start + 1 > cache.capacity:
             break
         if costs is not None:
             if proposals:  # sampled: every drawn node is kept (see below), so E and C count them all
-                kept = len(path)
-                tokens = 1.0 + sum(costs.value(score) for score in path)
+                kept = len(values)
+                tokens = 1.0 + sum(costs.value(v) for v in values)
                 cost = costs.fixed_ms + (level - 1) * costs.level_ms + kept * costs.row_ms
             else:
-                kept, tokens, cost = _value_prefix(path, list(range(len(path))), costs, level - 1)
-            if kept < len(path) or not _level_pays(costs, costs.value(path[-1]), tokens, cost, 1):
+                kept, tokens, cost = _value_prefix(values, list(range(len(values))), costs, level - 1)
+            if kept < len(values) or not _level_pays(costs, costs.value(values[-1]), tokens, cost, 1):
                 break
         mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
@@ -268,13 +294,15 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
         ids, logp, q = _choose(logits[0], req, generator, 1)
         chosen.append(ids[0])
         path.append(path[-1] + float(logp[0, 0]))
+        if costs is not None:
+            values.append(values[-1] + float(costs.log_rate(logp[0])[0]))
         if q is not None:
             proposals.append(q)
     expansions = len(chosen) - 1
     # A sampled node is never cut for its own value: keeping a draw only when it scores well would make
     # the kept drafts follow q restricted to good draws while verification divides by q (a biased law).
     # Whether to draw the next level depends only on the draws before it, which keeps sampling exact.
-    n = len(chosen) if costs is None or proposals else _value_prefix(path, list(range(len(path))), costs, expansions)[0]
+    n = len(chosen) if costs is None or proposals else _value_prefix(values, list(range(len(values))), costs, expansions)[0]
     if n == 0:
         return dataclasses.replace(DraftTree.empty(), expansions=expansions)
     tree = DraftTree(
@@ -295,15 +323,20 @@ def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) ->
     return tree
 
 
-def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand_q, expansions: int) -> DraftTree:
-    """Keep the ``budget`` best candidates (with ``req.costs``: the best that pay for their rows, at most
-    ``budget``); ancestors always rank before descendants, so every kept node's ancestors are kept too."""
+def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q,
+            expansions: int) -> DraftTree:
+    """Keep the ``budget`` best candidates (with ``req.costs``: the best by path acceptance that pay for
+    their rows, at most ``budget``); ancestors always rank before descendants, so every kept node's
+    ancestors are kept too."""
     scores = torch.cat(cand_scores).tolist()
     depths = torch.cat(cand_depths).tolist()
     parents = torch.cat(cand_parents).tolist()
-    order = _ranked(scores, depths)[: req.budget]
     if req.costs is not None:
-        order = order[: _value_prefix(scores, order, req.costs, expansions)[0]]
+        values = torch.cat(cand_values).tolist()
+        order = _ranked(values, depths)[: req.budget]
+        order = order[: _value_prefix(values, order, req.costs, expansions)[0]]
+    else:
+        order = _ranked(scores, depths)[: req.budget]
     if not order:
         return dataclasses.replace(DraftTree.empty(), expansions=expansions)
     kept = sorted(order)
@@ -319,6 +352,17 @@ def _select(drafter, req, cand_ids, cand_scores, cand_parents, cand_depths, cand
     return _with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree
 
 
+def tried_edges(tree: DraftTree, accepted_nodes: list[int]) -> tuple[tuple[float, bool], ...]:
+    """(drafter log-probability, accepted) of every node verification tried: those whose parent (or the
+    root) was accepted. With greedy verification each is accepted iff it is the target's token there."""
+    if tree.scores is None or tree.size == 0:
+        return ()
+    accepted = set(accepted_nodes)
+    scores, parents = tree.scores.tolist(), tree.parents.tolist()
+    return tuple((scores[i] - (scores[p] if p >= 0 else 0.0), i in accepted)
+                 for i, p in enumerate(parents) if p == -1 or p in accepted)
+
+
 @dataclass(frozen=True)
 class StepTiming:
     """One drafted step as :class:`StepCostModel` sees it.
@@ -330,8 +374,7 @@ class StepTiming:
         tree_ms: Drafting past the root call: expansion levels and selection.
         expansions: Drafter calls past the root call.
         width: The tree width drafted with.
-        predicted: Sum of the kept nodes' path probabilities, uncalibrated.
-        accepted: Draft nodes accepted.
+        edges: (drafter log-probability, accepted) of each node verification tried (:func:`tried_edges`).
     """
 
     rows: int
@@ -340,14 +383,12 @@ class StepTiming:
     tree_ms: float
     expansions: int
     width: int
-    predicted: float
-    accepted: int
+    edges: tuple[tuple[float, bool], ...] = ()
 
 
 SEED_FRACTIONS = (1.0, 0.25, 0.5, 1.0)  # fixed budgets (of the maximum) of the first steps: rows to fit against
 DEFAULT_COST_WINDOW = 64  # steps the fits look back over
 DEFAULT_EXPLORE_EVERY = 16  # every so many steps, a fixed budget of the seeds' sizes (keeps rows varied)
-CALIBRATION_RANGE = (0.25, 4.0)
 MIN_ROW_MS = 1e-3
 REFIT_EVERY = 4  # steps between fits of the target line (a fit is O(window^2))
 
@@ -356,8 +397,10 @@ class StepCostModel:
     """Online :class:`StepCosts` from the decoding thread's own timings, for ``--draft-budget auto``.
 
     The target pass is a robust (Theil-Sen) line of ms against rows over the last ``window`` steps; the
-    drafter's root call and expansion level (per tree width) are means over them; the calibration is
-    accepted drafts over the path probabilities the kept nodes predicted. The first steps draft fixed
+    drafter's root call and expansion level (per tree width) are means over them; an edge's acceptance
+    rate per bin of the drafter's probability is accepted over tried edges there, with ``EDGE_PRIOR``
+    pseudo-trials at the drafter's own probability (a small drafter is often much less sure than it
+    is right: 0.3 on tokens the target takes nine times in ten). The first steps draft fixed
     budgets of different sizes (``SEED_FRACTIONS``: a line needs different row counts), and every
     ``explore_every``-th step the next of them, so the fit keeps seeing different row counts when the
     value rule has settled on one. It lives as long as its generator: the costs are the machine's and the
@@ -399,11 +442,19 @@ class StepCostModel:
         levels = [s.tree_ms / s.expansions for s in steps if s.expansions and s.width == width]
         root = sum(s.root_ms for s in steps) / len(steps)
         level = sum(levels) / len(levels) if levels else root  # a level is one more drafter call
-        predicted = sum(s.predicted for s in steps)
-        calibration = sum(s.accepted for s in steps) / predicted if predicted > 0 else 1.0
-        low, high = CALIBRATION_RANGE
-        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row,
-                         calibration=min(high, max(low, calibration)))
+        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row, rates=self._rates(steps))
+
+    @staticmethod
+    def _rates(steps: list[StepTiming]) -> tuple[float, ...]:
+        bounds = (0.0, *EDGE_BINS, 1.0)
+        hits = [EDGE_PRIOR * (low + high) / 2 for low, high in zip(bounds, bounds[1:])]
+        trials = [EDGE_PRIOR] * len(hits)
+        for step in steps:
+            for logp, accepted in step.edges:
+                b = bisect.bisect_right(EDGE_BINS, math.exp(logp))
+                hits[b] += accepted
+                trials[b] += 1
+        return tuple(h / t for h, t in zip(hits, trials, strict=True))
 
     def _fit(self, rows: list[int], ms: list[float]) -> tuple[float, float] | None:
         """Theil-Sen: the median of pairwise slopes and of the residual intercepts, so a pass slowed by a

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SettingsError, SpeculativeGenerator
 from evospec.runtime.drafter import DrafterKVCache
-from evospec.runtime.tree import SEED_FRACTIONS, DraftTree, StepCostModel, StepCosts, StepTiming
+from evospec.runtime.tree import EDGE_BINS, SEED_FRACTIONS, DraftTree, StepCostModel, StepCosts, StepTiming, tried_edges
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 from .conftest import hf_greedy
@@ -71,7 +71,7 @@ costs_strategy = st.builds(
     fixed_ms=st.floats(0.1, 50.0),
     level_ms=st.floats(0.0, 10.0),
     row_ms=st.floats(1e-3, 5.0),
-    calibration=st.floats(0.25, 4.0),
+    rates=st.none() | st.lists(st.floats(0.01, 1.0), min_size=len(EDGE_BINS) + 1, max_size=len(EDGE_BINS) + 1).map(tuple),
 )
 
 
@@ -91,8 +91,13 @@ def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs
     for i, p in enumerate(parents):  # ancestor closure, in topological order
         assert -1 <= p < i
         assert depths[i] == (1 if p == -1 else depths[p] + 1) <= depth
-    # every kept node paid for its row: p_i / row_ms >= E / C over the nodes kept before it
-    values = sorted((costs.value(s) for s in tree.scores.tolist()), reverse=True) if tree.size else []
+    # every kept node paid for its row: p_i / row_ms >= E / C over the nodes kept before it, p_i the
+    # product of its path's edge rates
+    log_values: list[float] = []
+    for i, p in enumerate(parents):
+        edge = tree.scores[i] - (tree.scores[p] if p >= 0 else 0.0)
+        log_values.append((log_values[p] if p >= 0 else 0.0) + float(costs.log_rate(edge[None])[0]))
+    values = sorted((costs.value(v) for v in log_values), reverse=True)
     tokens, cost = 1.0, costs.fixed_ms + tree.expansions * costs.level_ms
     for p in values:
         assert p * cost >= tokens * costs.row_ms * (1 - 1e-9)
@@ -124,9 +129,12 @@ def test_dear_levels_stop_drafting_early(random_pair):
     assert dear.expansions == 0 and 1 <= dear.size <= 4  # first-level nodes cost only their rows
 
 
+EDGES = ((-0.1, True), (-0.1, True), (-0.1, False), (-0.1, True), (-3.0, False), (-3.0, False))  # p 0.90, 0.05
+
+
 def timing(rows: int, target_ms: float, expansions: int = 2, width: int = 8) -> StepTiming:
     return StepTiming(rows=rows, target_ms=target_ms, root_ms=3.0, tree_ms=4.0 * expansions, expansions=expansions,
-                      width=width, predicted=2.0, accepted=1)
+                      width=width, edges=EDGES)
 
 
 def test_cost_model_seeds_fits_and_explores_deterministically():
@@ -144,13 +152,23 @@ def test_cost_model_seeds_fits_and_explores_deterministically():
     assert costs.row_ms == pytest.approx(0.5)
     assert costs.fixed_ms == pytest.approx(3.0 + 15.0 + 0.5)  # root call + target pass over the root
     assert costs.level_ms == pytest.approx(4.0)
-    assert costs.calibration == pytest.approx(0.5)
+    high, low = len(EDGE_BINS), 1  # the bins of p = 0.90 and p = 0.0498
+    assert costs.rates[high] == pytest.approx((3 * 16 + 2 * 0.95) / (4 * 16 + 2))  # 16 steps in the window
+    assert costs.rates[low] == pytest.approx((0 + 2 * 0.035) / (2 * 16 + 2))  # exp(-3) is in [0.02, 0.05)
+    assert costs.rates[4] == pytest.approx(0.25)  # no trials there: the drafter's own probability
     assert model.costs(1).level_ms == pytest.approx(3.0)  # no width-1 level seen: one more drafter call
     twin = StepCostModel(window=16, explore_every=8)
     for step in range(24):
         budget, _ = twin.plan(32, 8)
         twin.observe(timing(1 + budget, 15.0 + 0.5 * (1 + budget)))
     assert twin.costs(8) == costs
+
+
+def test_tried_edges_are_the_children_of_accepted_nodes():
+    tree = DraftTree(tokens=torch.tensor([4, 5, 6, 7]), parents=torch.tensor([-1, -1, 0, 1]),
+                     depths=torch.tensor([1, 1, 2, 2]), scores=torch.tensor([-0.5, -1.0, -0.75, -3.0]))
+    assert tried_edges(tree, [0, 2]) == ((-0.5, True), (-1.0, False), (-0.25, True))
+    assert tried_edges(tree, []) == ((-0.5, False), (-1.0, False))
 
 
 def test_cost_model_keeps_its_last_line_when_rows_stop_varying():
@@ -168,8 +186,8 @@ def test_cost_model_keeps_its_last_line_when_rows_stop_varying():
 
 REGIMES = [
     StepCosts(fixed_ms=20.0, level_ms=3.0, row_ms=0.5),
-    StepCosts(fixed_ms=20.0, level_ms=0.1, row_ms=0.01, calibration=4.0),
-    StepCosts(fixed_ms=5.0, level_ms=5.0, row_ms=2.0, calibration=0.25),
+    StepCosts(fixed_ms=20.0, level_ms=0.1, row_ms=0.01, rates=(0.5,) * (len(EDGE_BINS) + 1)),
+    StepCosts(fixed_ms=5.0, level_ms=5.0, row_ms=2.0, rates=tuple(0.5 * b for b in (0.0, *EDGE_BINS))),
 ]
 
 
