@@ -133,6 +133,35 @@ def test_norm_gradient_matches_autograd(proposals):
     torch.testing.assert_close(result.deltas, SparseRowAdam(rows.clone(), lr=1.0).delta(ids, grads))
 
 
+def test_rest_mass_teacher_gradient_matches_autograd():
+    """``rest_mass``: the target's top tokens at their own mass plus one rest class (the drafter's other
+    columns together against the target's remaining mass); closed form equals autograd (float64)."""
+    g = torch.Generator().manual_seed(6)
+    rows = torch.randn(40, 6, generator=g)
+    aligner = HeadAligner(rows.clone(), AlignSettings(batch=5, top=3, lr=1.0, proposals=40, rest_mass=True))
+    aligner.buffer.add(torch.randn(5, 6, generator=g), torch.randn(5, 40, generator=g))
+    seen: dict = {}
+    _recording(aligner.optimiser, seen, "rows")
+    batch = aligner.draw(torch.arange(0, 40, 2))
+    aligner.compute(batch)
+
+    union = torch.unique(torch.cat((batch.active_ids, batch.ids.flatten())))
+    r = rows.double().requires_grad_()
+    p = batch.probs.double()
+    assert float(p.sum(-1).max()) < 1  # a real rest: the top 3 of 40 never hold all the mass
+    log_q = torch.log_softmax(batch.states.double() @ r[union].T, dim=-1)
+    cols = torch.searchsorted(union, batch.ids)
+    rest = torch.ones_like(log_q, dtype=torch.bool).scatter_(1, cols, False)
+    log_rest = torch.logsumexp(log_q.masked_fill(~rest, float("-inf")), dim=-1)
+    loss = (-(p * log_q.gather(1, cols)).sum(-1) - (1 - p.sum(-1)) * log_rest).mean()
+    loss.backward()
+    ids, grads = seen["rows"]
+    torch.testing.assert_close(grads.double(), r.grad[ids], rtol=1e-5, atol=1e-7)
+    p_renormalised = p / p.sum(-1, keepdim=True)  # what the default teacher would have differentiated
+    plain = -(p_renormalised * torch.log_softmax(batch.states.double() @ r[union].T, -1).gather(1, cols)).sum(-1).mean()
+    assert not torch.allclose(torch.autograd.grad(plain, r)[0][ids], r.grad[ids])  # the two teachers differ
+
+
 def test_background_updates_equal_synchronous_ones_one_cycle_later():
     """The worker changes nothing but timing: the same updates, each applied at the next cycle."""
     g = torch.Generator().manual_seed(5)

@@ -40,6 +40,10 @@ class AlignSettings:
     lr: float = 1e-3
     proposals: int = 8
     curriculum: bool = True
+    # the teacher keeps the target's mass outside its top tokens as one "rest" class the drafter's other
+    # columns must share, instead of renormalising the top tokens (which teaches an overconfident head:
+    # at T = 1 a diffuse target's top 16 may hold a third of its mass)
+    rest_mass: bool = False
     pace_start: float = 0.25
     pace_updates: int = 50
     window: int = 16
@@ -178,7 +182,10 @@ class HeadAligner:
         """Gradients and optimiser moments for one batch; reads rows, writes nothing the engines read."""
         start = time.perf_counter()
         x, ids = batch.states, batch.ids
-        p = batch.probs / batch.probs.sum(-1, keepdim=True)  # the teacher: the target's top tokens, renormalised
+        if self.s.rest_mass:
+            p = batch.probs  # the teacher: the target's top tokens at their own mass, the rest as one class
+        else:
+            p = batch.probs / batch.probs.sum(-1, keepdim=True)  # the teacher: the target's top tokens, renormalised
         inputs = x * self.norm if self.norm is not None else x
         union = torch.unique(torch.cat((batch.active_ids, ids.flatten())))  # sorted
         weights = self.rows[union]  # [U, d]
@@ -186,6 +193,11 @@ class HeadAligner:
         cols = torch.searchsorted(union, ids)
         grad_logits = q.clone()
         grad_logits.scatter_add_(1, cols, -p)  # d CE / d logits = q - p
+        if self.s.rest_mass:  # CE with a rest class R = sum of q outside the teacher's tokens, target mass r:
+            rest = torch.ones_like(q, dtype=torch.bool).scatter_(1, cols, False)  # d/dz_k (k in rest) = q_k (1 - r/R)
+            r = (1 - p.sum(-1, keepdim=True)).clamp_min(0)
+            big_r = (q * rest).sum(-1, keepdim=True).clamp_min(1e-6)
+            grad_logits -= torch.where(rest, q * r / big_r, torch.zeros_like(q))
         grad_logits /= x.shape[0]
         top = q.topk(min(self.s.proposals, q.shape[1]), dim=-1).indices
         touched = torch.unique(torch.cat((cols.flatten(), top.flatten())))

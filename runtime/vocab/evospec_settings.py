@@ -185,5 +185,6 @@ VARIANTS: dict[str, dict] = {
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
+    "rest-mass": {"align": {"rest_mass": True}},
     "align-retrieved-rows": {"align_rows": "retrieved"},
 }

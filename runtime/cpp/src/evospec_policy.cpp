@@ -5,6 +5,7 @@
 // dict's order rules: an update keeps a key's place, a new key goes last, a filter keeps order.
 #include <algorithm>
 #include <cmath>
+#include <list>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -14,6 +15,11 @@
 namespace evospec::detail {
 
 namespace {
+
+// The session successor table's bounds (SESSION_SUCCESSORS, SESSION_KEYS_PER_K, SESSION_KEYS_MIN in Python).
+constexpr size_t kSessionSuccessors = 32;
+constexpr int64_t kSessionKeysPerK = 2;
+constexpr int64_t kSessionKeysMin = 1024;
 
 class Ordered {
  public:
@@ -47,6 +53,48 @@ class Ordered {
   std::unordered_map<int64_t, size_t> index_;
 };
 
+// What followed each token this session, bounded like Python's OrderedDict of dicts: at most
+// kSessionSuccessors successors per token (the stalest, first of equals, goes), at most ``keys``
+// tokens (the one least recently followed by anything goes).
+class SessionTable {
+ public:
+  void bound(size_t keys) { keys_ = keys; }
+  void followed(int64_t token, int64_t successor, int64_t step) {
+    auto it = table_.find(token);
+    if (it == table_.end()) {
+      recency_.push_back(token);
+      it = table_.emplace(token, Entry{Ordered(), std::prev(recency_.end())}).first;
+      if (table_.size() > keys_) {
+        table_.erase(recency_.front());
+        recency_.pop_front();
+      }
+    } else {
+      recency_.splice(recency_.end(), recency_, it->second.where);  // move to the end, iterator stays valid
+    }
+    Ordered& nexts = it->second.nexts;
+    nexts.set(successor, step);
+    if (nexts.size() > kSessionSuccessors) {
+      const auto& e = nexts.entries();
+      int64_t stalest = std::min_element(e.begin(), e.end(), [](const auto& a, const auto& b) { return a.second < b.second; })->first;
+      nexts.filter([&](const auto& x) { return x.first != stalest; });
+    }
+  }
+  const Ordered* find(int64_t token) const {
+    auto it = table_.find(token);
+    return it == table_.end() ? nullptr : &it->second.nexts;
+  }
+  void clear() { table_.clear(), recency_.clear(); }
+
+ private:
+  struct Entry {
+    Ordered nexts;
+    std::list<int64_t>::iterator where;
+  };
+  std::unordered_map<int64_t, Entry> table_;
+  std::list<int64_t> recency_;
+  size_t keys_ = 0;
+};
+
 class EvoSpecPolicy : public Policy {
  public:
   EvoSpecPolicy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size, const EvoSpecSettings& s,
@@ -60,6 +108,7 @@ class EvoSpecPolicy : public Policy {
     ranked_ = frequencies.ranked(k, vocab_size);
     core_set_.insert(ranked_.begin(), ranked_.begin() + core_size_);
     if (s.corpus_successors) successors_ = frequencies.successors;
+    session_next_.bound(static_cast<size_t>(std::max(kSessionKeysPerK * k, kSessionKeysMin)));
     reset({});
   }
 
@@ -84,7 +133,7 @@ class EvoSpecPolicy : public Policy {
     }
     for (int64_t token : committed) {
       if (s_.context) mark(token);
-      if (has_last_ && s_.session_successors) session_next_[last_].set(token, step_);
+      if (has_last_ && s_.session_successors) session_next_.followed(last_, token, step_);
       last_ = token;
       has_last_ = true;
     }
@@ -92,10 +141,9 @@ class EvoSpecPolicy : public Policy {
       auto corpus = successors_.find(last_);
       if (corpus != successors_.end())
         for (int64_t token : corpus->second) mark(token);
-      auto session = session_next_.find(last_);
-      if (session != session_next_.end()) {
+      if (const Ordered* session = session_next_.find(last_)) {
         std::vector<int64_t> keys;  // copy: marking may not touch this map, but keep Python's iteration order
-        for (const auto& e : session->second.entries()) keys.push_back(e.first);
+        for (const auto& e : session->entries()) keys.push_back(e.first);
         for (int64_t token : keys) mark(token);
       }
     }
@@ -151,7 +199,7 @@ class EvoSpecPolicy : public Policy {
   std::unordered_map<int64_t, std::vector<int64_t>> successors_;
   std::vector<bool> member_;
   Ordered stamp_;
-  std::unordered_map<int64_t, Ordered> session_next_;
+  SessionTable session_next_;
   int64_t step_ = 0, last_ = 0;
   bool has_last_ = false;
   double fast_miss_ = 0.0, slow_miss_ = 0.0;
