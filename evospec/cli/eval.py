@@ -112,7 +112,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
     if breakdown:
         from evospec.eval.bench import breakdown_table
 
-        table += "\n\nms per step, this runtime (draft = trunk + head + tree building):\n" + breakdown_table(rows)
+        table += "\n\nms per step, this runtime (draft = trunk + head; head includes choosing tokens and building the tree):\n" + breakdown_table(rows)
     emit_report(table, rows_json(rows), json_path, lambda path: bench_plot(rows, path), plot_path)
 
 
