@@ -26,7 +26,8 @@ from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_l
 from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
-from evospec.runtime.tree import DraftRequest, DraftTree, StepCostModel, StepCosts, StepTiming, draft_tree, tried_edges
+from evospec.runtime.tree import DraftRequest, DraftTree, StepCosts, draft_tree
+from evospec.runtime.tree_costs import StepCostModel, StepTiming, tried_edges
 from evospec.runtime.trunk_clock import TrunkClock, trunk_module
 from evospec.runtime.verify import verify_greedy, verify_sampling
 from evospec.runtime.vocab import PolicyInputs, make_policy, split_align

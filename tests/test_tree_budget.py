@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SettingsError, SpeculativeGenerator
 from evospec.runtime.drafter import DrafterKVCache
-from evospec.runtime.tree import EDGE_BINS, SEED_FRACTIONS, DraftTree, StepCostModel, StepCosts, StepTiming, tried_edges
+from evospec.runtime.tree import EDGE_BINS, DraftTree, StepCosts
+from evospec.runtime.tree_costs import SEED_FRACTIONS, StepCostModel, StepTiming, tried_edges
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 
 from .conftest import hf_greedy

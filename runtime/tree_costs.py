@@ -1,0 +1,136 @@
+"""The online cost model behind ``--draft-budget auto``: what a draft step costs and what its edges earn.
+
+:func:`evospec.runtime.tree.draft_tree` keeps nodes by value under a :class:`StepCosts`; this module
+measures one from the decoding thread's own timings (:class:`StepTiming` per step) and the edges
+verification tried (:func:`tried_edges`). Kept apart from the tree builder: one builds trees, the other
+learns prices.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from evospec.runtime.tree import EDGE_BINS, EDGE_PRIOR, DraftTree, StepCosts
+
+
+def tried_edges(tree: DraftTree, accepted_nodes: list[int]) -> tuple[tuple[float, bool], ...]:
+    """(drafter log-probability, accepted) of every node verification tried: those whose parent (or the
+    root) was accepted. With greedy verification each is accepted iff it is the target's token there."""
+    if tree.scores is None or tree.size == 0:
+        return ()
+    accepted = set(accepted_nodes)
+    scores, parents = tree.scores.tolist(), tree.parents.tolist()
+    return tuple((scores[i] - (scores[p] if p >= 0 else 0.0), i in accepted)
+                 for i, p in enumerate(parents) if p == -1 or p in accepted)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One drafted step as :class:`StepCostModel` sees it.
+
+    Attributes:
+        rows: Rows of the target pass (1 + draft nodes).
+        target_ms: The target pass.
+        root_ms: The drafter's root call (newly committed positions; it proposes the first level).
+        tree_ms: Drafting past the root call: expansion levels and selection.
+        expansions: Drafter calls past the root call.
+        width: The tree width drafted with.
+        edges: (drafter log-probability, accepted) of each node verification tried (:func:`tried_edges`).
+    """
+
+    rows: int
+    target_ms: float
+    root_ms: float
+    tree_ms: float
+    expansions: int
+    width: int
+    edges: tuple[tuple[float, bool], ...] = ()
+
+
+SEED_FRACTIONS = (1.0, 0.25, 0.5, 1.0)  # fixed budgets (of the maximum) of the first steps: rows to fit against
+DEFAULT_COST_WINDOW = 64  # steps the fits look back over
+DEFAULT_EXPLORE_EVERY = 16  # every so many steps, a fixed budget of the seeds' sizes (keeps rows varied)
+MIN_ROW_MS = 1e-3
+REFIT_EVERY = 4  # steps between fits of the target line (a fit is O(window^2))
+
+
+class StepCostModel:
+    """Online :class:`StepCosts` from the decoding thread's own timings, for ``--draft-budget auto``.
+
+    The target pass is a robust (Theil-Sen) line of ms against rows over the last ``window`` steps; the
+    drafter's root call and expansion level (per tree width) are means over them; an edge's acceptance
+    rate per bin of the drafter's probability is accepted over tried edges there, with ``EDGE_PRIOR``
+    pseudo-trials at the drafter's own probability (a small drafter is often much less sure than it
+    is right: 0.3 on tokens the target takes nine times in ten). The first steps draft fixed
+    budgets of different sizes (``SEED_FRACTIONS``: a line needs different row counts), and every
+    ``explore_every``-th step the next of them, so the fit keeps seeing different row counts when the
+    value rule has settled on one. It lives as long as its generator: the costs are the machine's and the
+    model's, not one prompt's.
+    """
+
+    def __init__(self, window: int = DEFAULT_COST_WINDOW, explore_every: int = DEFAULT_EXPLORE_EVERY) -> None:
+        self.explore_every = explore_every
+        self._steps: deque[StepTiming] = deque(maxlen=window)
+        self._seen = 0
+        self._line: tuple[float, float] | None = None  # (ms at 0 rows, ms per row): the last well-posed fit
+        self._fitted_at = 0  # steps seen when it was fitted
+
+    def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts | None]:
+        """The next step's node budget and costs (None: a fixed-budget step that seeds or explores)."""
+        if self._seen < len(SEED_FRACTIONS):
+            return max(1, round(max_budget * SEED_FRACTIONS[self._seen])), None
+        costs = self.costs(width)
+        if costs is None:
+            return max_budget, None
+        if self.explore_every and self._seen % self.explore_every == 0:
+            turn = self._seen // self.explore_every
+            return max(1, round(max_budget * SEED_FRACTIONS[turn % len(SEED_FRACTIONS)])), None
+        return max_budget, costs
+
+    def observe(self, timing: StepTiming) -> None:
+        self._steps.append(timing)
+        self._seen += 1
+
+    def costs(self, width: int) -> StepCosts | None:
+        """The costs fitted to the steps observed so far (None before a line can be fitted)."""
+        steps = list(self._steps)
+        if not steps:
+            return None
+        line = self._fit([s.rows for s in steps], [s.target_ms for s in steps])
+        if line is None:
+            return None
+        base, row = line
+        levels = [s.tree_ms / s.expansions for s in steps if s.expansions and s.width == width]
+        root = sum(s.root_ms for s in steps) / len(steps)
+        level = sum(levels) / len(levels) if levels else root  # a level is one more drafter call
+        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row, rates=self._rates(steps))
+
+    @staticmethod
+    def _rates(steps: list[StepTiming]) -> tuple[float, ...]:
+        bounds = (0.0, *EDGE_BINS, 1.0)
+        hits = [EDGE_PRIOR * (low + high) / 2 for low, high in zip(bounds, bounds[1:])]
+        trials = [EDGE_PRIOR] * len(hits)
+        for step in steps:
+            for logp, accepted in step.edges:
+                b = bisect.bisect_right(EDGE_BINS, math.exp(logp))
+                hits[b] += accepted
+                trials[b] += 1
+        return tuple(h / t for h, t in zip(hits, trials, strict=True))
+
+    def _fit(self, rows: list[int], ms: list[float]) -> tuple[float, float] | None:
+        """Theil-Sen: the median of pairwise slopes and of the residual intercepts, so a pass slowed by a
+        neighbour on a shared host moves the line little (least squares let one spike tilt it);
+        refitted every ``REFIT_EVERY`` steps."""
+        if self._line is not None and self._seen - self._fitted_at < REFIT_EVERY:
+            return self._line
+        slopes = [(ms[j] - ms[i]) / (rows[j] - rows[i])
+                  for i in range(len(rows)) for j in range(i + 1, len(rows)) if rows[i] != rows[j]]
+        if slopes:
+            slope = max(statistics.median(slopes), MIN_ROW_MS)
+            self._line = (max(0.0, statistics.median(y - slope * x for x, y in zip(rows, ms, strict=True))), slope)
+            self._fitted_at = self._seen
+        return self._line
