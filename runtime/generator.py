@@ -303,8 +303,8 @@ class SpeculativeGenerator:
                 stats.draft_tokens_proposed += tree.size
                 if auto:
                     self.step_costs.observe(StepTiming(
-                        rows=1 + tree.size, target_ms=(t2 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
-                        expansions=tree.expansions, width=s.tree_width, edges=tried_edges(tree, verdict.accepted_nodes)))
+                        rows=1 + tree.size, verify_ms=(t4 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
+                        level_rows=tree.level_rows, width=s.tree_width, edges=tried_edges(tree, verdict.accepted_nodes)))
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
                 if native is not None:

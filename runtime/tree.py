@@ -8,9 +8,11 @@ are simply overwritten by the next step.
 With :class:`StepCosts` in the request the budget is chosen by value (EAGLE-2's ranking, Sequoia's
 cost model): a tree of nodes with path acceptance p_i (the product of its edges' measured acceptance
 rates, binned by the drafter's probability) is worth about E = 1 + sum(p_i) tokens and
-costs C = fixed + levels * level_ms + nodes * row_ms; nodes are kept in order of p_i while
-p_i / row_ms >= E / C, frontier paths that can no longer pay for a row are not expanded, and a level
-is drafted only while its best frontier path could raise E / C. Verification is exact for any tree,
+costs C = fixed + sum over drafted levels of (level_ms + rows * level_row_ms) + nodes * row_ms; nodes are
+kept in order of p_i while p_i / row_ms >= E / C. Greedy verification accepts at most one child of a
+node, so a frontier node worth p can add at most p tokens, for one row: it is expanded only if that
+could pay for its row in the target pass and in the drafter's level, and a level is drafted only while
+the nodes it expands could raise E / C. Verification is exact for any tree,
 so this changes speed, never output. :class:`~evospec.runtime.tree_costs.StepCostModel` measures the costs online.
 """
 
@@ -42,7 +44,12 @@ class DraftTree:
     proposals: torch.Tensor | None = None  # [N, Vd] over proposal_ids, or [N, V]
     proposal_ids: torch.Tensor | None = None  # [Vd] target id of each head column
     scores: torch.Tensor | None = None  # [N] cumulative draft log-probabilities (value-based budgets)
-    expansions: int = 0  # drafter calls past the root call that built the tree (value-based budgets)
+    level_rows: tuple[int, ...] = ()  # drafter rows of each call past the root call that built the tree
+
+    @property
+    def expansions(self) -> int:
+        """Drafter calls past the root call."""
+        return len(self.level_rows)
 
     @property
     def size(self) -> int:
@@ -76,9 +83,11 @@ class StepCosts:
     """What one step costs in ms, as the value-based budget weighs it (see the module docstring).
 
     Attributes:
-        fixed_ms: Paid by every step whatever its tree: the drafter's root call and a target pass over the root.
-        level_ms: One drafter expansion level (a call over the frontier).
-        row_ms: One more verified row in the target pass.
+        fixed_ms: Paid by every step whatever its tree: the drafter's root call and verification of the root
+            (target pass, verdict, cache upkeep).
+        level_ms: One drafter expansion level (a call over the frontier), whatever its rows.
+        row_ms: One more verified row (target pass, verdict, cache upkeep).
+        level_row_ms: One more frontier row in a drafter level (an 8-row level costs more than a 1-row one).
         rates: Acceptance rate of a drafted edge per bin of the drafter's probability for it (bins at
             ``EDGE_BINS``), measured; None takes the drafter's probability as it is. A node is worth the
             product of its path's rates, so a child is never worth more than its parent.
@@ -88,6 +97,11 @@ class StepCosts:
     level_ms: float
     row_ms: float
     rates: tuple[float, ...] | None = None
+    level_row_ms: float = 0.0
+
+    def levels_ms(self, level_rows) -> float:
+        """What drafter levels over these frontier rows cost."""
+        return sum(self.level_ms + f * self.level_row_ms for f in level_rows)
 
     def log_rate(self, logp: torch.Tensor) -> torch.Tensor:
         """Log acceptance rate of edges the drafter gave log-probabilities ``logp``."""
@@ -142,10 +156,11 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
     return ids, scores, None
 
 
-def _value_prefix(values: list[float], order: list[int], costs: StepCosts, expansions: int) -> tuple[int, float, float]:
+def _value_prefix(values: list[float], order: list[int], costs: StepCosts, level_rows) -> tuple[int, float, float]:
     """How many of ``order`` (best first) pay for their rows (p / row_ms >= E / C), and the tree's
-    expected tokens E and cost C with them. ``values``: log path acceptance of each candidate."""
-    tokens, cost = 1.0, costs.fixed_ms + expansions * costs.level_ms
+    expected tokens E and cost C with them, levels over ``level_rows`` drafted. ``values``: log path
+    acceptance of each candidate."""
+    tokens, cost = 1.0, costs.fixed_ms + costs.levels_ms(level_rows)
     kept = 0
     for i in order:
         p = costs.value(values[i])
@@ -155,13 +170,27 @@ def _value_prefix(values: list[float], order: list[int], costs: StepCosts, expan
     return kept, tokens, cost
 
 
-def _level_pays(costs: StepCosts, best: float, tokens: float, cost: float, rows: int, swaps: int = 0,
-                weakest: float = 1.0) -> bool:
-    """Whether one more level could raise E / C with ``rows`` new nodes and ``swaps`` nodes that replace
-    kept ones worth ``weakest``, each new node worth at most ``best``:
-    (E + k p + s (p - weakest)) / (C + level + k row) > E / C  <=>  k (C p - E row) + C s (p - weakest) > E level."""
-    gain = rows * max(0.0, cost * best - tokens * costs.row_ms) + swaps * cost * max(0.0, best - weakest)
-    return gain > tokens * costs.level_ms
+def _expansion_gains(costs: StepCosts, frontier: list[float], tokens: float, cost: float, room: int,
+                     weakest: float = 1.0) -> list[float]:
+    """What expanding each frontier node (values ``frontier``, best first) could add to C * E / C' at most.
+
+    Greedy verification accepts at most one child of a node, so a node worth p adds at most p tokens, for
+    one row of the target pass and one of the drafter's level: (E + p) / (C + row + level_row) > E / C
+    iff C p - E (row + level_row) > 0. While the budget has ``room``, a child takes a new row; past it a
+    child can only replace the weakest kept node (worth ``weakest``): C (p - weakest) - E level_row > 0."""
+    gains = []
+    for j, p in enumerate(frontier):
+        if j < room:
+            gains.append(cost * p - tokens * (costs.row_ms + costs.level_row_ms))
+        else:
+            gains.append(cost * (p - weakest) - tokens * costs.level_row_ms)
+    return gains
+
+
+def _level_pays(costs: StepCosts, gains: list[float], tokens: float) -> bool:
+    """Whether a level expanding nodes with these gains could raise E / C: their sum must pay the level's
+    own cost, (E + sum) / (C + level + ...) > E / C  <=>  sum of gains > E level."""
+    return sum(gains) > tokens * costs.level_ms
 
 
 def _ranked(scores: list[float], depths: list[int]) -> list[int]:
@@ -195,13 +224,13 @@ def draft_tree(
     scratch = w * (req.depth - 1)
     visible = torch.zeros(w, max(scratch, 1), dtype=torch.bool, device=device)  # frontier row -> scratch slots
     n_cand = w
-    expansions = 0
+    level_rows: list[int] = []  # frontier rows of each drafter call past the root call
     for level in range(1, req.depth):
         start = req.committed + (level - 1) * w
         if start + w > cache.capacity:
             break
         if costs is not None:
-            pays = _paying_frontier(req, frontier_values.tolist(), cand_values, cand_depths, expansions, w)
+            pays = _paying_frontier(req, frontier_values.tolist(), cand_values, cand_depths, level_rows)
             if pays is None:
                 break
             here = pays.to(device)
@@ -234,32 +263,29 @@ def draft_tree(
         frontier_hidden = hidden[0, rows]
         visible = visible[rows]
         n_cand += f * w
-        expansions += 1
-    return _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q, expansions)
+        level_rows.append(f)
+    return _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q,
+                   tuple(level_rows))
 
 
-def _paying_frontier(req: DraftRequest, frontier_values: list[float], cand_values, cand_depths, expansions: int,
-                     width: int) -> torch.Tensor | None:
+def _paying_frontier(req: DraftRequest, frontier_values: list[float], cand_values, cand_depths,
+                     level_rows: list[int]) -> torch.Tensor | None:
     """Positions of the frontier nodes worth expanding under ``req.costs``, or None when the next level
-    cannot pay: a child is worth at most its parent, so a frontier node that cannot pay for a row of its
-    own has no child that can, and the level is drafted only if its best path could raise E / C. Once the
-    budget is full, children can still replace the weakest kept nodes: a frontier node better than those
-    is expanded, and the gain of such swaps counts."""
+    cannot pay (:func:`_expansion_gains`, :func:`_level_pays`). A child is worth at most its parent, so a
+    frontier node that cannot pay for a row of its own has no child that can. Once the budget is full,
+    children can still replace the weakest kept nodes: a frontier node better than those may be expanded."""
     costs = req.costs
     values, depths = torch.cat(cand_values).tolist(), torch.cat(cand_depths).tolist()
     ranked = _ranked(values, depths)[: req.budget]
-    kept, tokens, cost = _value_prefix(values, ranked, costs, expansions)
+    kept, tokens, cost = _value_prefix(values, ranked, costs, level_rows)
     room = req.budget - kept
-    weakest = costs.value(values[ranked[kept - 1]]) if kept and not room else 1.0
-    pays = [i for i, v in enumerate(frontier_values)
-            if costs.value(v) * cost >= tokens * costs.row_ms or costs.value(v) > weakest]
-    if not pays:
+    weakest = costs.value(values[ranked[kept - 1]]) if kept else 1.0
+    order = sorted(range(len(frontier_values)), key=lambda i: -frontier_values[i])
+    gains = _expansion_gains(costs, [costs.value(frontier_values[i]) for i in order], tokens, cost, room, weakest)
+    pays = [i for i, g in zip(order, gains, strict=True) if g > 0]
+    if not pays or not _level_pays(costs, [g for g in gains if g > 0], tokens):
         return None
-    best = max(costs.value(frontier_values[i]) for i in pays)
-    children = len(pays) * width
-    if not _level_pays(costs, best, tokens, cost, min(children, room), min(children, kept) if not room else 0, weakest):
-        return None
-    return torch.tensor(pays, dtype=torch.long)
+    return torch.tensor(sorted(pays), dtype=torch.long)
 
 
 def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator) -> DraftTree:
@@ -272,6 +298,7 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     costs = req.costs
     values = [float(costs.log_rate(logp[0])[0])] if costs is not None else []  # log path acceptance
     hidden = req.hidden[None]  # [1, 1, d]
+    level_rows: list[int] = []
     for level in range(1, min(req.depth, req.budget)):
         start = req.committed + level - 1
         if start + 1 > cache.capacity:
@@ -280,10 +307,11 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
             if proposals:  # sampled: every drawn node is kept (see below), so E and C count them all
                 kept = len(values)
                 tokens = 1.0 + sum(costs.value(v) for v in values)
-                cost = costs.fixed_ms + (level - 1) * costs.level_ms + kept * costs.row_ms
+                cost = costs.fixed_ms + costs.levels_ms(level_rows) + kept * costs.row_ms
             else:
-                kept, tokens, cost = _value_prefix(values, list(range(len(values))), costs, level - 1)
-            if kept < len(values) or not _level_pays(costs, costs.value(values[-1]), tokens, cost, 1):
+                kept, tokens, cost = _value_prefix(values, list(range(len(values))), costs, level_rows)
+            gains = _expansion_gains(costs, [costs.value(values[-1])], tokens, cost, 1)
+            if kept < len(values) or not _level_pays(costs, gains, tokens):
                 break
         mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
@@ -295,19 +323,19 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
             values.append(values[-1] + float(costs.log_rate(logp[0])[0]))
         if q is not None:
             proposals.append(q)
-    expansions = len(chosen) - 1
+        level_rows.append(1)
     # A sampled node is never cut for its own value: keeping a draw only when it scores well would make
     # the kept drafts follow q restricted to good draws while verification divides by q (a biased law).
     # Whether to draw the next level depends only on the draws before it, which keeps sampling exact.
-    n = len(chosen) if costs is None or proposals else _value_prefix(values, list(range(len(values))), costs, expansions)[0]
+    n = len(chosen) if costs is None or proposals else _value_prefix(values, list(range(len(values))), costs, level_rows)[0]
     if n == 0:
-        return dataclasses.replace(DraftTree.empty(), expansions=expansions)
+        return dataclasses.replace(DraftTree.empty(), level_rows=tuple(level_rows))
     tree = DraftTree(
         tokens=drafter.draft_to_target(torch.cat(chosen[:n])).cpu(),
         parents=torch.arange(-1, n - 1, dtype=torch.long),
         depths=torch.arange(1, n + 1, dtype=torch.long),
         scores=torch.tensor(path[:n]),
-        expansions=expansions,
+        level_rows=tuple(level_rows),
     )
     return _with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree
 
@@ -321,7 +349,7 @@ def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) ->
 
 
 def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q,
-            expansions: int) -> DraftTree:
+            level_rows: tuple[int, ...]) -> DraftTree:
     """Keep the ``budget`` best candidates (with ``req.costs``: the best by path acceptance that pay for
     their rows, at most ``budget``); ancestors always rank before descendants, so every kept node's
     ancestors are kept too."""
@@ -331,11 +359,11 @@ def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand
     if req.costs is not None:
         values = torch.cat(cand_values).tolist()
         order = _ranked(values, depths)[: req.budget]
-        order = order[: _value_prefix(values, order, req.costs, expansions)[0]]
+        order = order[: _value_prefix(values, order, req.costs, level_rows)[0]]
     else:
         order = _ranked(scores, depths)[: req.budget]
     if not order:
-        return dataclasses.replace(DraftTree.empty(), expansions=expansions)
+        return dataclasses.replace(DraftTree.empty(), level_rows=level_rows)
     kept = sorted(order)
     new_index = {old: new for new, old in enumerate(kept)}
     draft_ids = torch.cat(cand_ids)[kept]
@@ -344,6 +372,6 @@ def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand
         parents=torch.tensor([new_index.get(parents[i], -1) for i in kept], dtype=torch.long),
         depths=torch.tensor([depths[i] for i in kept], dtype=torch.long),
         scores=torch.tensor([scores[i] for i in kept]),
-        expansions=expansions,
+        level_rows=level_rows,
     )
     return _with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree

@@ -34,19 +34,19 @@ class StepTiming:
 
     Attributes:
         rows: Rows of the target pass (1 + draft nodes).
-        target_ms: The target pass.
+        verify_ms: Verification: the target pass, the verdict and cache upkeep (all grow with rows).
         root_ms: The drafter's root call (newly committed positions; it proposes the first level).
         tree_ms: Drafting past the root call: expansion levels and selection.
-        expansions: Drafter calls past the root call.
+        level_rows: Frontier rows of each drafter call past the root call.
         width: The tree width drafted with.
         edges: (drafter log-probability, accepted) of each node verification tried (:func:`tried_edges`).
     """
 
     rows: int
-    target_ms: float
+    verify_ms: float
     root_ms: float
     tree_ms: float
-    expansions: int
+    level_rows: tuple[int, ...]
     width: int
     edges: tuple[tuple[float, bool], ...] = ()
 
@@ -61,8 +61,10 @@ REFIT_EVERY = 4  # steps between fits of the target line (a fit is O(window^2))
 class StepCostModel:
     """Online :class:`StepCosts` from the decoding thread's own timings, for ``--draft-budget auto``.
 
-    The target pass is a robust (Theil-Sen) line of ms against rows over the last ``window`` steps; the
-    drafter's root call and expansion level (per tree width) are means over them; an edge's acceptance
+    Verification is a robust (Theil-Sen) line of ms against rows over the last ``window`` steps; the
+    drafter's root call is a mean over them, and its levels (per tree width) a least-squares fit of
+    ``tree_ms`` = levels * level_ms + frontier rows * level_row_ms (with one row per level, as in a
+    chain, the two cannot be told apart and a level is a mean); an edge's acceptance
     rate per bin of the drafter's probability is accepted over tried edges there, with ``EDGE_PRIOR``
     pseudo-trials at the drafter's own probability (a small drafter is often much less sure than it
     is right: 0.3 on tokens the target takes nine times in ten). The first steps draft fixed
@@ -100,14 +102,15 @@ class StepCostModel:
         steps = list(self._steps)
         if not steps:
             return None
-        line = self._fit([s.rows for s in steps], [s.target_ms for s in steps])
+        line = self._fit([s.rows for s in steps], [s.verify_ms for s in steps])
         if line is None:
             return None
         base, row = line
-        levels = [s.tree_ms / s.expansions for s in steps if s.expansions and s.width == width]
         root = sum(s.root_ms for s in steps) / len(steps)
-        level = sum(levels) / len(levels) if levels else root  # a level is one more drafter call
-        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row, rates=self._rates(steps))
+        drafted = [s for s in steps if s.level_rows and s.width == width]
+        level, level_row = _level_line(drafted) if drafted else (root, 0.0)  # no level seen: one more drafter call
+        return StepCosts(fixed_ms=root + base + row, level_ms=level, row_ms=row, rates=self._rates(steps),
+                         level_row_ms=level_row)
 
     @staticmethod
     def _rates(steps: list[StepTiming]) -> tuple[float, ...]:
@@ -134,3 +137,26 @@ class StepCostModel:
             self._line = (max(0.0, statistics.median(y - slope * x for x, y in zip(rows, ms, strict=True))), slope)
             self._fitted_at = self._seen
         return self._line
+
+
+def _level_line(steps: list[StepTiming]) -> tuple[float, float]:
+    """(ms per drafter level, ms per frontier row in it): least squares of tree_ms against (levels, rows)
+    through the origin, both kept >= 0; when every level had the same rows the split is not identified,
+    and a level costs its mean."""
+    a = [(len(s.level_rows), sum(s.level_rows), s.tree_ms) for s in steps]
+    sll = sum(l * l for l, _, _ in a)
+    srr = sum(r * r for _, r, _ in a)
+    slr = sum(l * r for l, r, _ in a)
+    sly = sum(l * y for l, _, y in a)
+    sry = sum(r * y for _, r, y in a)
+    det = sll * srr - slr * slr
+    mean = sly / sll
+    if det <= 1e-9 * sll * srr:
+        return mean, 0.0
+    level = (sly * srr - sry * slr) / det
+    row = (sll * sry - slr * sly) / det
+    if row < 0:
+        return mean, 0.0
+    if level < 0:
+        return 0.0, sry / srr
+    return level, row

@@ -3,6 +3,7 @@ and exactness of decoding with it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -72,6 +73,7 @@ costs_strategy = st.builds(
     fixed_ms=st.floats(0.1, 50.0),
     level_ms=st.floats(0.0, 10.0),
     row_ms=st.floats(1e-3, 5.0),
+    level_row_ms=st.floats(0.0, 3.0),
     rates=st.none() | st.lists(st.floats(0.01, 1.0), min_size=len(EDGE_BINS) + 1, max_size=len(EDGE_BINS) + 1).map(tuple),
 )
 
@@ -99,11 +101,12 @@ def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs
         edge = tree.scores[i] - (tree.scores[p] if p >= 0 else 0.0)
         log_values.append((log_values[p] if p >= 0 else 0.0) + float(costs.log_rate(edge[None])[0]))
     values = sorted((costs.value(v) for v in log_values), reverse=True)
-    tokens, cost = 1.0, costs.fixed_ms + tree.expansions * costs.level_ms
+    tokens, cost = 1.0, costs.fixed_ms + costs.levels_ms(tree.level_rows)
     for p in values:
         assert p * cost >= tokens * costs.row_ms * (1 - 1e-9)
         tokens, cost = tokens + p, cost + costs.row_ms
     assert tree.expansions <= depth - 1
+    assert all(1 <= f <= width for f in tree.level_rows)
     again = drafted(random_pair, prompt, width, depth, budget, costs)
     assert as_rows(again) == as_rows(tree) and again.expansions == tree.expansions
 
@@ -133,9 +136,9 @@ def test_dear_levels_stop_drafting_early(random_pair):
 EDGES = ((-0.1, True), (-0.1, True), (-0.1, False), (-0.1, True), (-3.0, False), (-3.0, False))  # p 0.90, 0.05
 
 
-def timing(rows: int, target_ms: float, expansions: int = 2, width: int = 8) -> StepTiming:
-    return StepTiming(rows=rows, target_ms=target_ms, root_ms=3.0, tree_ms=4.0 * expansions, expansions=expansions,
-                      width=width, edges=EDGES)
+def timing(rows: int, verify_ms: float, expansions: int = 2, width: int = 8) -> StepTiming:
+    return StepTiming(rows=rows, verify_ms=verify_ms, root_ms=3.0, tree_ms=4.0 * expansions,
+                      level_rows=(width,) * expansions, width=width, edges=EDGES)
 
 
 def test_cost_model_seeds_fits_and_explores_deterministically():
@@ -153,6 +156,7 @@ def test_cost_model_seeds_fits_and_explores_deterministically():
     assert costs.row_ms == pytest.approx(0.5)
     assert costs.fixed_ms == pytest.approx(3.0 + 15.0 + 0.5)  # root call + target pass over the root
     assert costs.level_ms == pytest.approx(4.0)
+    assert costs.level_row_ms == 0.0  # every level had 8 rows: a level costs its mean
     high, low = len(EDGE_BINS), 1  # the bins of p = 0.90 and p = 0.0498
     assert costs.rates[high] == pytest.approx((3 * 16 + 2 * 0.95) / (4 * 16 + 2))  # 16 steps in the window
     assert costs.rates[low] == pytest.approx((0 + 2 * 0.035) / (2 * 16 + 2))  # exp(-3) is in [0.02, 0.05)
@@ -163,6 +167,30 @@ def test_cost_model_seeds_fits_and_explores_deterministically():
         budget, _ = twin.plan(32, 8)
         twin.observe(timing(1 + budget, 15.0 + 0.5 * (1 + budget)))
     assert twin.costs(8) == costs
+
+
+def test_cost_model_splits_a_level_into_a_call_and_its_rows():
+    model = StepCostModel(window=16, explore_every=0)
+    for step, level_rows in enumerate([(8, 8), (1, 1, 1, 1), (8, 2), (4,), (1, 8, 8), (2, 2)] * 2):
+        rows = 1 + sum(level_rows)
+        model.observe(StepTiming(rows=rows, verify_ms=10.0 + step % 3 + rows, root_ms=3.0,
+                                 tree_ms=sum(2.5 + 0.75 * f for f in level_rows), level_rows=level_rows, width=8))
+    costs = model.costs(8)
+    assert costs.level_ms == pytest.approx(2.5) and costs.level_row_ms == pytest.approx(0.75)
+    assert costs.levels_ms((8, 1)) == pytest.approx(2 * 2.5 + 9 * 0.75)
+
+
+def test_a_node_is_expanded_only_if_one_child_worth_it_could_pay_for_its_rows(random_pair):
+    """Greedy verification accepts at most one child of a node: a frontier node worth p is expanded only if
+    p tokens could pay for one row of the target pass and one of the drafter's level. With free levels and
+    cheap verification rows but dear drafter rows, nothing past the first level pays."""
+    prompt = [5, 9, 2, 7]
+    cheap = StepCosts(fixed_ms=10.0, level_ms=0.0, row_ms=1e-6, rates=(0.9,) * (len(EDGE_BINS) + 1))
+    assert drafted(random_pair, prompt, 4, 5, 100, cheap).expansions == 4
+    # a node is worth at most 0.9: C p < E level_row for every tree these costs allow
+    dear_rows = dataclasses.replace(cheap, level_row_ms=1e4)
+    tree = drafted(random_pair, prompt, 4, 5, 100, dear_rows)
+    assert tree.expansions == 0 and tree.size == 4
 
 
 def test_tried_edges_are_the_children_of_accepted_nodes():
