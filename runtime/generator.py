@@ -213,9 +213,6 @@ class SpeculativeGenerator:
         native = self.native if s.use_draft else None
         use_draft = s.use_draft and (drafter is not None or native is not None)
         auto = use_draft and s.draft_budget == "auto"
-        if native is not None and auto:
-            raise SettingsError("--draft-budget auto needs the Python drafter: the C++ library returns no path "
-                                "scores to value its nodes by; use --drafter-runtime python or --draft-budget fixed")
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
@@ -269,10 +266,10 @@ class SpeculativeGenerator:
                 if use_draft:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
+                    budget, costs = self.step_costs.plan(s.tree_budget, s.tree_width) if auto else (s.tree_budget, None)
                     if native is not None:
-                        tree = self._draft_native(native, pairs_hidden, root, s, stats)
+                        tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, budget, costs)
                     else:
-                        budget, costs = self.step_costs.plan(s.tree_budget, s.tree_width) if auto else (s.tree_budget, None)
                         with trunk:
                             tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator,
                                                                budget, costs)
@@ -373,16 +370,22 @@ class SpeculativeGenerator:
         return sample(sampling_probs(logits.cpu(), s.temperature, s.top_p), generator)
 
     @staticmethod
-    def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats) -> DraftTree:
-        """The C++ library's tree; its policy's choice and row moves happen inside ``propose``."""
-        drafted = native.propose(pairs_hidden, root, s.draft_depth, s.tree_width, s.tree_budget)
+    def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats, budget: int,
+                      costs: StepCosts | None) -> tuple[DraftTree, float, float]:
+        """The C++ library's tree (with ``costs``: its value-based budget, Python's rule), and the seconds of its
+        root call and of drafting past it as the library times them; its policy's choice and row moves happen
+        inside ``propose``."""
+        drafted = native.propose(pairs_hidden, root, s.draft_depth, s.tree_width, budget, costs)
         if native.policy is not None:
             active, moved = native.active()
             stats.active_rows_moved += moved
             stats.active_size_sum += len(active)
-        return DraftTree(tokens=torch.tensor(drafted.tokens, dtype=torch.long),
+        tree = DraftTree(tokens=torch.tensor(drafted.tokens, dtype=torch.long),
                          parents=torch.tensor(drafted.parents, dtype=torch.long),
-                         depths=torch.tensor(drafted.depths, dtype=torch.long))
+                         depths=torch.tensor(drafted.depths, dtype=torch.long),
+                         scores=torch.tensor(drafted.scores) if drafted.tokens and len(drafted.scores) == len(drafted.tokens) else None,
+                         level_rows=drafted.level_rows)
+        return tree, drafted.root_ms / 1e3, drafted.tree_ms / 1e3
 
     def _draft(
         self,

@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from evospec.core.errors import BundleError, SettingsError
+from evospec.runtime.tree import EDGE_BINS, StepCosts
 
 DEFAULT_LIBRARY = Path(__file__).resolve().parents[1] / "build" / "cpp" / "libevospec_drafter.so"
 _i64p = ctypes.POINTER(ctypes.c_int64)
 _f32p = ctypes.POINTER(ctypes.c_float)
+_f64p = ctypes.POINTER(ctypes.c_double)
+
+
+class _StepCosts(ctypes.Structure):
+    """evospec_step_costs (drafter_c.h): a :class:`~evospec.runtime.tree.StepCosts` for the C ABI."""
+
+    _fields_ = [("fixed_ms", ctypes.c_double), ("level_ms", ctypes.c_double), ("row_ms", ctypes.c_double),
+                ("level_row_ms", ctypes.c_double), ("rates", _f64p), ("rate_count", ctypes.c_int64)]
 
 
 def library_path() -> Path:
@@ -49,6 +58,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
     lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                             ctypes.c_int, ctypes.c_int, _i64p, _i64p, _i64p, ctypes.c_int64, _i64p]
+    if hasattr(lib, "evospec_drafter_propose_costed"):  # libraries built before value-based budgets lack it
+        lib.evospec_drafter_propose_costed.argtypes = [
+            ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.POINTER(_StepCosts), _i64p, _i64p, _i64p, _f64p, ctypes.c_int64, _i64p, _i64p, _i64p, _f64p]
     lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
     lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, _i64p, _i64p]
     lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, _i64p]
@@ -60,6 +73,10 @@ class NativeTree:
     tokens: list[int]
     parents: list[int]
     depths: list[int]
+    scores: list[float] = field(default_factory=list)  # cumulative draft log-probability of each node
+    level_rows: tuple[int, ...] = ()  # frontier rows of each drafter call past the root call
+    root_ms: float = 0.0  # the library's root call (the newly committed positions)
+    tree_ms: float = 0.0  # drafting past it: expansion levels and selection
 
 
 class NativeDrafter:
@@ -82,6 +99,7 @@ class NativeDrafter:
         self._check(self._lib.evospec_drafter_sizes(self._handle, sizes))
         self.hidden_size, self.target_hidden_size, self.vocab_size = sizes
         self._nodes = {name: np.empty(self.MAX_NODES, dtype=np.int64) for name in ("tokens", "parents", "depths")}
+        self._scores = np.empty(self.MAX_NODES, dtype=np.float64)
         self.policy = vocab
 
     def _check(self, status: int) -> None:
@@ -94,19 +112,47 @@ class NativeDrafter:
         ids = np.asarray(prompt, dtype=np.int64)
         self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(_i64p), ids.size))
 
-    def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int) -> NativeTree:
+    def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int,
+                costs: StepCosts | None = None) -> NativeTree:
+        """The next tree; with ``costs``, a value-based budget (``budget`` nodes at most), chosen by the rule of
+        :func:`evospec.runtime.tree.draft_tree` (tests/test_native_tree_budget.py: the same trees)."""
         feats = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
         if feats.ndim != 2 or feats.shape[1] != 3 * self.target_hidden_size:
             raise SettingsError(f"features of shape {tuple(feats.shape)}; the drafter takes [positions, "
                                 f"{3 * self.target_hidden_size}] (three tapped target states)")
-        n = ctypes.c_int64()
+        n, levels = ctypes.c_int64(), ctypes.c_int64()
         buf = self._nodes
-        self._check(self._lib.evospec_drafter_propose(
+        if not hasattr(self._lib, "evospec_drafter_propose_costed"):
+            if costs is not None:
+                raise SettingsError("this build of the C++ drafter library has no value-based budget "
+                                    "(evospec_drafter_propose_costed): rebuild it with `make cpp`")
+            self._check(self._lib.evospec_drafter_propose(  # an older library: no scores, level rows or timings
+                self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, width, budget,
+                buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p),
+                buf["depths"].ctypes.data_as(_i64p), self.MAX_NODES, ctypes.byref(n)))
+            k = n.value
+            return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist())
+        c_costs = None
+        if costs is not None:
+            rates = None
+            if costs.rates is not None:
+                if len(costs.rates) != len(EDGE_BINS) + 1:
+                    raise SettingsError(f"StepCosts.rates holds {len(EDGE_BINS) + 1} rates, got {len(costs.rates)}")
+                rates = (ctypes.c_double * len(costs.rates))(*costs.rates)
+            c_costs = _StepCosts(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
+                                 ctypes.cast(rates, _f64p) if rates is not None else None,
+                                 0 if rates is None else len(costs.rates))
+        level_rows = np.empty(max(depth, 1), dtype=np.int64)
+        timings = (ctypes.c_double * 2)()
+        self._check(self._lib.evospec_drafter_propose_costed(
             self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, width, budget,
+            ctypes.byref(c_costs) if c_costs is not None else None,
             buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p), buf["depths"].ctypes.data_as(_i64p),
-            self.MAX_NODES, ctypes.byref(n)))
+            self._scores.ctypes.data_as(_f64p), self.MAX_NODES, ctypes.byref(n),
+            level_rows.ctypes.data_as(_i64p), ctypes.byref(levels), timings))
         k = n.value
-        return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist())
+        return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
+                          self._scores[:k].tolist(), tuple(level_rows[: levels.value].tolist()), timings[0], timings[1])
 
     def commit(self, accepted: list[int]) -> None:
         ids = np.asarray(accepted, dtype=np.int64)

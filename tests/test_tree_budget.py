@@ -262,12 +262,37 @@ def test_sampled_chain_with_auto_budget_emits_target_distribution():
     assert len(sizes) > 1, sizes  # the rule cut some chains and kept others
 
 
-def test_auto_budget_needs_the_python_drafter(random_pair):
-    model, _ = random_pair
-    generator = SpeculativeGenerator.from_models(model, None)
-    generator.native = object()  # stands in for the C++ library: refused before it is called
-    with pytest.raises(SettingsError, match="needs the Python drafter"):
-        generator.generate([1, 2], DecodeSettings(max_new_tokens=4, draft_budget="auto"))
+def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair):
+    """The C++ library (a stand-in here; tests/test_native_tree_budget.py runs the real one against Python's
+    trees) drafts under the step's costs, and its scores, level rows and timings feed the cost model."""
+    from evospec.runtime.native_drafter import NativeTree
+
+    model, drafter = random_pair
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    costs = StepCosts(fixed_ms=5.0, level_ms=1.0, row_ms=0.5)
+    generator.step_costs = FixedCosts(costs)
+    calls = []
+
+    class Library:
+        policy = None
+
+        def start(self, prompt):
+            pass
+
+        def propose(self, features, newest, depth, width, budget, costs=None):
+            calls.append((budget, costs))
+            return NativeTree([newest], [-1], [1], [-0.25], (1,), root_ms=2.0, tree_ms=3.0)
+
+        def commit(self, accepted):
+            pass
+
+    generator.native = Library()
+    s = DecodeSettings(max_new_tokens=6, draft_budget="auto")
+    assert generator.generate([1, 2], s).token_ids == hf_greedy(model, [1, 2], 6)
+    assert calls and all(call == (s.tree_budget, costs) for call in calls)
+    timing = generator.step_costs.timings[0]
+    assert (timing.rows, timing.root_ms, timing.tree_ms, timing.level_rows) == (2, 2.0, 3.0, (1,))
+    assert timing.edges[0][0] == -0.25
 
 
 def test_settings_reject_an_unknown_budget():

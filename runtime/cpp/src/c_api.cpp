@@ -76,11 +76,32 @@ int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64
 int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
                             int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
                             int64_t capacity, int64_t* nodes) {
+  return evospec_drafter_propose_costed(drafter, features, positions, newest_token, depth, width, budget, nullptr, tokens,
+                                        parents, depths, nullptr, capacity, nodes, nullptr, nullptr, nullptr);
+}
+
+int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* features, int64_t positions,
+                                   int64_t newest_token, int depth, int width, int budget,
+                                   const evospec_step_costs* costs, int64_t* tokens, int64_t* parents,
+                                   int64_t* depths, double* scores, int64_t capacity, int64_t* nodes,
+                                   int64_t* level_rows, int64_t* levels, double* timings) {
   if (drafter == nullptr) return missing("drafter");
   if (features == nullptr || tokens == nullptr || parents == nullptr || depths == nullptr || nodes == nullptr)
     return missing("a propose() buffer");
+  if (level_rows != nullptr && levels == nullptr) return missing("levels (with level_rows)");
+  if (costs != nullptr && costs->rates == nullptr && costs->rate_count != 0) return missing("costs->rates");
   return guarded([&] {
-    evospec::DraftTree tree = drafter->drafter.propose(features, positions, newest_token, {depth, width, budget});
+    evospec::StepCosts step_costs;
+    evospec::DraftSettings settings{depth, width, budget};
+    if (costs != nullptr) {
+      step_costs.fixed_ms = costs->fixed_ms;
+      step_costs.level_ms = costs->level_ms;
+      step_costs.row_ms = costs->row_ms;
+      step_costs.level_row_ms = costs->level_row_ms;
+      if (costs->rates != nullptr) step_costs.rates.assign(costs->rates, costs->rates + costs->rate_count);
+      settings.costs = &step_costs;
+    }
+    evospec::DraftTree tree = drafter->drafter.propose(features, positions, newest_token, settings);
     int64_t n = static_cast<int64_t>(tree.tokens.size());
     if (n > capacity)
       throw evospec::SettingsError("the draft tree has " + std::to_string(n) + " nodes, the buffers hold " +
@@ -89,8 +110,13 @@ int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int
       tokens[i] = tree.tokens[i];
       parents[i] = tree.parents[i];
       depths[i] = tree.depths[i];
+      if (scores != nullptr) scores[i] = tree.scores[i];
     }
     *nodes = n;
+    if (level_rows != nullptr)  // at most depth - 1 entries: the buffer holds depth
+      for (size_t i = 0; i < tree.level_rows.size(); ++i) level_rows[i] = tree.level_rows[i];
+    if (levels != nullptr) *levels = static_cast<int64_t>(tree.level_rows.size());
+    if (timings != nullptr) timings[0] = tree.root_ms, timings[1] = tree.tree_ms;
   });
 }
 

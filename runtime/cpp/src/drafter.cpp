@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 
@@ -223,6 +224,9 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   if (!d.started) throw SettingsError("propose() before start(): begin a sequence with its prompt");
   if (s.depth < 1 || s.width < 1 || s.budget < 1)
     throw SettingsError("draft depth, width and budget must be >= 1");
+  if (s.costs != nullptr && !s.costs->rates.empty() && s.costs->rates.size() != static_cast<size_t>(StepCosts::kEdgeBins + 1))
+    throw SettingsError("StepCosts::rates holds one rate per edge bin (" + std::to_string(StepCosts::kEdgeBins + 1) +
+                        "), got " + std::to_string(s.costs->rates.size()));
   if (features == nullptr || positions < 1)
     throw SettingsError("propose() needs the target's features of at least one new position");
   if (newest_token < 0 || newest_token >= d.info.vocab_size)
@@ -249,6 +253,8 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   } else {
     d.moved = 0;
   }
+  // timed as the Python loop times its draft (generator.py's _draft): the root call, then the tree past it
+  auto t0 = std::chrono::steady_clock::now();
   at::Tensor feats = at::from_blob(const_cast<float*>(features), {1, positions, 3 * c.target_hidden_size}, at::kFloat).clone();
   at::Tensor ids = at::tensor(tokens, at::kLong).unsqueeze(0);
   int64_t start = d.length, t = positions;
@@ -265,10 +271,16 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   req.width = s.width;
   req.depth = s.depth;
   req.budget = s.budget;
+  req.costs = s.costs;
   Forward fwd = [&d](const at::Tensor& h, const at::Tensor& i, const at::Tensor& p, int64_t st, const at::Tensor& m) {
     return d.forward(h, i, p, st, m);
   };
-  return draft_tree(fwd, d.id_map, d.options.max_context, req);
+  auto t1 = std::chrono::steady_clock::now();
+  DraftTree tree = draft_tree(fwd, d.id_map, d.options.max_context, req);
+  auto t2 = std::chrono::steady_clock::now();
+  tree.root_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  tree.tree_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+  return tree;
 }
 
 std::vector<int64_t> Drafter::active_ids() const {

@@ -1,5 +1,5 @@
 // EAGLE's dynamic draft tree (runtime/tree.py), the chain as its width-1 case, deterministic
-// (top-k) choices. Expansion writes scratch KV slots past the committed length; the next step
+// (top-k) choices; with StepCosts, the value-based budget (runtime/tree.py's rule, decision for decision). Expansion writes scratch KV slots past the committed length; the next step
 // overwrites them, so a rejected branch costs nothing to roll back.
 #pragma once
 
@@ -16,6 +16,7 @@ struct TreeRequest {
   at::Tensor hidden;  // [1, d] drafter pre-norm state at the last committed position
   at::Tensor logits;  // [A] head logits there (active columns only)
   int64_t committed = 0, width = 1, depth = 1, budget = 1;
+  const StepCosts* costs = nullptr;  // a value-based budget (Python's DraftRequest.costs); null: the best ``budget``
 };
 
 // The drafter called on frontier states: (hidden [1, w, d], target ids [1, w], positions [1, w],

@@ -34,11 +34,27 @@ class SettingsError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What one step costs in ms, for a value-based budget (Python: runtime/tree.py's StepCosts, the rule of
+// ``--draft-budget auto``): nodes are kept by their path's acceptance (the product of its edges' rates)
+// while they pay for their rows, and a level is drafted only while the nodes it expands could pay.
+struct StepCosts {
+  static constexpr int kEdgeBins = 11;  // Python's EDGE_BINS: 0.02 0.05 0.1 0.2 ... 0.9
+  double fixed_ms = 0;      // every step: the root call and verification of the root
+  double level_ms = 0;      // one drafter expansion level, whatever its rows
+  double row_ms = 0;        // one more verified row
+  double level_row_ms = 0;  // one more frontier row in a drafter level
+  // Acceptance rate of a drafted edge per bin of the drafter's probability (kEdgeBins + 1 values);
+  // empty: the drafter's probability as it is.
+  std::vector<double> rates;
+};
+
 // How a draft is shaped (Python: DecodeSettings' draft_tree/draft_depth/draft_topk/draft_tokens).
 struct DraftSettings {
   int depth = 5;    // levels drafted per step
   int width = 8;    // children per node and frontier width; 1 = a chain
   int budget = 32;  // nodes kept (best cumulative log-probability); a chain keeps ``depth``
+  // Not null: a value-based budget under these costs (``budget`` is then the most nodes kept).
+  const StepCosts* costs = nullptr;
 
   static DraftSettings chain(int depth) { return {depth, 1, depth}; }
   static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }
@@ -49,6 +65,10 @@ struct DraftTree {
   std::vector<int64_t> tokens;   // target token ids
   std::vector<int64_t> parents;  // -1 or an earlier index
   std::vector<int64_t> depths;   // 1..depth
+  std::vector<double> scores;    // cumulative draft log-probability of each node
+  std::vector<int64_t> level_rows;  // frontier rows of each drafter call past the root call
+  double root_ms = 0;  // propose's root call (the new positions; it proposes the first level)
+  double tree_ms = 0;  // drafting past the root call: expansion levels and selection
 };
 
 // How ``evospec:K`` fills its K rows (runtime/vocab/evospec_settings.py's PolicySettings and

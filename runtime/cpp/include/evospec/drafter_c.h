@@ -31,6 +31,24 @@ int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64
 int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
                             int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
                             int64_t capacity, int64_t* nodes);
+/* What one step costs in ms, for a value-based budget (evospec::StepCosts; Python's StepCosts). rates:
+ * rate_count (= EVOSPEC_EDGE_BINS + 1) acceptance rates per bin of the drafter's edge probability, or NULL
+ * (rate_count 0): the drafter's probability as it is. */
+enum { EVOSPEC_EDGE_BINS = 11 };
+typedef struct evospec_step_costs {
+  double fixed_ms, level_ms, row_ms, level_row_ms;
+  const double* rates;
+  int64_t rate_count;
+} evospec_step_costs;
+/* propose, with a value-based budget when costs != NULL (budget is then the most nodes kept), and more out:
+ * scores (NULL or capacity doubles): each node's cumulative draft log-probability; level_rows (NULL or at least
+ * depth entries) and *levels: frontier rows of each drafter call past the root call; timings (NULL or 2
+ * doubles): ms of the root call and of drafting past it. */
+int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* features, int64_t positions,
+                                   int64_t newest_token, int depth, int width, int budget,
+                                   const evospec_step_costs* costs, int64_t* tokens, int64_t* parents,
+                                   int64_t* depths, double* scores, int64_t capacity, int64_t* nodes,
+                                   int64_t* level_rows, int64_t* levels, double* timings);
 int evospec_drafter_commit(evospec_drafter* drafter, const int64_t* accepted, int64_t count);
 /* The active set's size and the rows moved at the last propose; ids written when ids != NULL
  * (at most capacity of them). */

@@ -1,0 +1,211 @@
+"""The C++ drafter's value-based tree budget (``--draft-budget auto`` with ``--drafter-runtime cpp``) keeps the
+trees Python's rule keeps (runtime/tree.py): for fixed costs, step by step, the same tokens, parents, depths,
+frontier rows per level and cumulative scores; decoding with it stays the target's greedy output.
+
+These use the library ``make cpp`` built (build/cpp, or EVOSPEC_CPP_LIBRARY) rather than building one (as
+tests/test_cpp.py does, about 70 s on 2 cores): without an up-to-date build they skip and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from evospec.bundle.compile import compile_bundle
+from evospec.core.settings import DecodeSettings
+from evospec.passes.base import CompileSettings
+from evospec.runtime.native_drafter import library_path
+from evospec.runtime.tree import EDGE_BINS, StepCosts
+from evospec.runtime.tree_costs import StepTiming
+from evospec.train.demo_pair import ASSET_DIR
+
+pytestmark = pytest.mark.cpp
+
+CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
+DEMO_TARGET = ASSET_DIR / "target"
+PROMPT = list(range(5, 37))
+NEW_TOKENS = 24
+
+RATES = (0.05, 0.1, 0.2, 0.3, 0.45, 0.55, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)  # one per bin of EDGE_BINS (and the last)
+REGIMES = {  # fixed costs, from trees kept whole to trees cut at every level
+    "probabilities-free-rows": StepCosts(fixed_ms=100.0, level_ms=0.01, row_ms=0.001),
+    "probabilities-cheap-rows": StepCosts(fixed_ms=20.0, level_ms=0.5, row_ms=0.2, level_row_ms=0.05),
+    "probabilities-dear-rows": StepCosts(fixed_ms=4.0, level_ms=1.0, row_ms=1.5, level_row_ms=0.3),
+    "rates-balanced": StepCosts(fixed_ms=10.0, level_ms=1.0, row_ms=0.5, rates=RATES, level_row_ms=0.1),
+    "rates-dear-levels": StepCosts(fixed_ms=6.0, level_ms=4.0, row_ms=0.3, rates=RATES, level_row_ms=0.4),
+    "rates-low": StepCosts(fixed_ms=8.0, level_ms=0.5, row_ms=0.4, rates=tuple(r / 3 for r in RATES), level_row_ms=0.2),
+}
+SHAPES = {  # (width, depth, budget)
+    "chain": (1, 6, 6),
+    "width-2": (2, 5, 10),
+    "width-4": (4, 5, 16),
+}
+
+
+@pytest.fixture(scope="module")
+def library():
+    """The built library, or a skip that says why there is none to test."""
+    path = library_path()
+    if not path.is_file():
+        pytest.skip(f"{path} is not built: build the C++ drafter library with `make cpp`")
+    if not hasattr(ctypes.CDLL(str(path)), "evospec_drafter_propose_costed"):
+        pytest.skip(f"{path} predates value-based budgets: rebuild it with `make cpp`")
+    sources = [p for p in CPP_SOURCE.rglob("*") if p.suffix in (".cpp", ".hpp", ".h") and "third_party" not in p.parts]
+    if max(p.stat().st_mtime for p in sources) > path.stat().st_mtime:
+        pytest.skip(f"{path} is older than runtime/cpp's sources: rebuild it with `make cpp`")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    """The shipped demo pair compiled for torch (the C++ library reads torch bundles)."""
+    work = Path(tempfile.mkdtemp(prefix="evospec-native-budget-"))
+    try:
+        compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "bundle",
+                       CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=0))
+        yield work / "bundle"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    return SpeculativeGenerator.from_paths(DEMO_TARGET).generate(
+        PROMPT, DecodeSettings(max_new_tokens=NEW_TOKENS, use_draft=False)).token_ids
+
+
+class FixedCosts:
+    """A cost model that measures nothing: every step gets the same costs (deterministic trees)."""
+
+    def __init__(self, costs: StepCosts) -> None:
+        self.costs = costs
+        self.timings: list[StepTiming] = []
+
+    def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts]:
+        return max_budget, self.costs
+
+    def observe(self, timing: StepTiming) -> None:
+        self.timings.append(timing)
+
+
+def decode(bundle, runtime: str, settings: DecodeSettings, costs: StepCosts | None):
+    """Greedy decoding with the given runtime; the trees it drafted, step by step."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    generator = SpeculativeGenerator.from_bundle(bundle, DEMO_TARGET, drafter_runtime=runtime)
+    if costs is not None:
+        generator.step_costs = FixedCosts(costs)
+    trees = []
+    name = "_draft_native" if runtime == "cpp" else "_draft"
+    inner = getattr(generator, name)
+
+    def recording(*args, **kwargs):
+        drafted = inner(*args, **kwargs)
+        trees.append(drafted[0])
+        return drafted
+
+    setattr(generator, name, recording)
+    return generator.generate(PROMPT, settings), trees, generator
+
+
+def rows(tree) -> dict:
+    return {"tokens": tree.tokens.tolist(), "parents": tree.parents.tolist(), "depths": tree.depths.tolist(),
+            "level_rows": tree.level_rows}
+
+
+def settings_for(shape: str, budget: str = "auto") -> DecodeSettings:
+    width, depth, nodes = SHAPES[shape]
+    return DecodeSettings(max_new_tokens=NEW_TOKENS, draft_tree="chain" if width == 1 else "tree", draft_depth=depth,
+                          draft_topk=width, draft_tokens=nodes, draft_budget=budget)
+
+
+@pytest.fixture(scope="module")
+def cpp_runs() -> dict:
+    """C++ decodes under each regime, kept for the check that the regimes exercise the rule."""
+    return {}
+
+
+def same_trees(python_trees, cpp_trees) -> None:
+    for step, (p, c) in enumerate(zip(python_trees, cpp_trees, strict=True)):
+        assert rows(c) == rows(p), f"step {step}"
+        assert (c.scores is None) == (p.scores is None), f"step {step}"  # None: an empty tree
+        if p.scores is not None:
+            assert c.scores.dtype == p.scores.dtype
+            torch.testing.assert_close(c.scores, p.scores, rtol=0, atol=1e-5, msg=f"step {step}")
+
+
+SLOW = pytest.mark.slow
+QUICK = {("probabilities-free-rows", "width-2"), ("probabilities-dear-rows", "width-4"), ("rates-balanced", "chain"),
+         ("rates-balanced", "width-4"), ("rates-dear-levels", "width-2"), ("rates-low", "chain")}  # the rest: -m slow
+
+
+@pytest.mark.parametrize(("regime", "shape"), [
+    pytest.param(regime, shape, id=f"{regime}-{shape}", marks=() if (regime, shape) in QUICK else SLOW)
+    for regime in REGIMES for shape in SHAPES])
+def test_cpp_trees_under_fixed_costs_equal_pythons(library, bundle, plain, cpp_runs, regime, shape):
+    """Tree for tree, the value rule in C++ decides as Python's: frontier pruning, levels that pay, the
+    value prefix kept; scores (cumulative draft log-probabilities) agree to float32 rounding."""
+    s = settings_for(shape)
+    python, python_trees, _ = decode(bundle, "python", s, REGIMES[regime])
+    cpp, cpp_trees, _ = decode(bundle, "cpp", s, REGIMES[regime])
+    cpp_runs[regime, shape] = cpp_trees
+    assert len(cpp_trees) == len(python_trees) >= 5
+    same_trees(python_trees, cpp_trees)
+    assert cpp.token_ids == python.token_ids == plain
+    assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
+
+
+def test_the_regimes_exercise_the_rule(library, bundle, cpp_runs):
+    """The fixed costs above cut trees in different places: some steps keep fewer nodes than the budget,
+    draft fewer levels than the depth, and expand fewer frontier rows than the width; some fill the budget."""
+    width, depth, nodes = SHAPES["width-4"]
+    seen = {"fewer nodes": False, "fewer levels": False, "fewer rows": False, "full budget": False}
+    for regime, costs in REGIMES.items():
+        trees = cpp_runs.get((regime, "width-4")) or decode(bundle, "cpp", settings_for("width-4"), costs)[1]
+        for tree in trees:
+            seen["fewer nodes"] |= tree.size < nodes
+            seen["fewer levels"] |= tree.expansions < depth - 1
+            seen["fewer rows"] |= any(f < width for f in tree.level_rows)
+            seen["full budget"] |= tree.size == nodes
+    assert all(seen.values()), seen
+
+
+@pytest.mark.parametrize("shape", ["chain", pytest.param("width-2", marks=SLOW), "width-4"])
+def test_fixed_budgets_keep_their_trees_and_gain_scores(library, bundle, plain, shape):
+    """Without costs the library drafts as before; its trees now carry scores and level rows as Python's."""
+    s = settings_for(shape, budget="fixed")
+    python, python_trees, _ = decode(bundle, "python", s, None)
+    cpp, cpp_trees, _ = decode(bundle, "cpp", s, None)
+    same_trees(python_trees, cpp_trees)
+    assert cpp.token_ids == python.token_ids == plain
+
+
+@pytest.mark.parametrize("shape", ["chain", "width-4"])
+def test_auto_budget_with_the_cpp_drafter_is_exact_and_learns_its_costs(library, bundle, plain, shape):
+    """The online cost model with the C++ drafter: greedy output is the target's own; steps past the seeds
+    draft under fitted costs, timed by the library (root call apart from the levels)."""
+    result, _, generator = decode(bundle, "cpp", settings_for(shape), None)
+    assert result.token_ids == plain
+    width = SHAPES[shape][0]
+    assert generator.step_costs.costs(width) is not None
+    steps = list(generator.step_costs._steps)
+    assert all(s.root_ms > 0 for s in steps) and any(s.tree_ms > 0 for s in steps)
+    assert any(s.edges for s in steps) and any(s.level_rows for s in steps)
+
+
+def test_library_rates_are_checked(library, bundle):
+    from evospec.core.errors import SettingsError
+    from evospec.runtime.native_drafter import NativeDrafter
+
+    native = NativeDrafter(bundle, target_dir=DEMO_TARGET)
+    native.start(PROMPT)
+    features = torch.zeros(len(PROMPT), 3 * native.target_hidden_size)
+    with pytest.raises(SettingsError, match=f"holds {len(EDGE_BINS) + 1} rates"):
+        native.propose(features, 7, 3, 2, 4, StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0, rates=(0.5,)))
