@@ -9,6 +9,7 @@ tests/test_cpp.py does, about 70 s on 2 cores): without an up-to-date build they
 from __future__ import annotations
 
 import ctypes
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -198,6 +199,19 @@ def test_auto_budget_with_the_cpp_drafter_is_exact_and_learns_its_costs(library,
     steps = list(generator.step_costs._steps)
     assert all(s.root_ms > 0 for s in steps) and any(s.tree_ms > 0 for s in steps)
     assert any(s.edges for s in steps) and any(s.level_rows for s in steps)
+
+
+def test_generate_command_with_auto_budget_and_the_cpp_drafter(library, bundle, plain):
+    from click.testing import CliRunner
+
+    from evospec.cli import main
+
+    done = CliRunner().invoke(main, [
+        "generate", "--target", str(DEMO_TARGET), "--bundle", str(bundle), "--drafter-runtime", "cpp",
+        "--prompt-ids", ",".join(map(str, PROMPT)), "--max-new-tokens", str(NEW_TOKENS), "--draft-tree", "tree",
+        "--draft-depth", "4", "--draft-topk", "4", "--draft-tokens", "12", "--draft-budget", "auto", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.strip().splitlines()[-1])["token_ids"] == plain
 
 
 def test_library_rates_are_checked(library, bundle):
