@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REFERENCE ?= out/reference-medium
 PROMPT ?= Article 5. The controller shall
 
-.PHONY: demo reference vocab test test-all test-vllm vllm-setup vllm-bench gpu-check setup clean cpp
+.PHONY: demo reference vocab test test-all test-slow test-vllm vllm-setup vllm-bench gpu-check setup clean cpp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ vllm-bench: $(STAMP) $(VLLM_STAMP) $(VLLM_PAIR)/target
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# Only the checks `make test` leaves out (marker `slow`): strict-size sampling tests, more-of-the-same parameter cases,
+# the heavier end-to-end variants whose command keeps a cheaper end-to-end test in the default run.
+test-slow: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # On a CUDA machine (pass TORCH_SPEC for a CUDA torch): the GPU tests and the GPU head benchmark.
 gpu-check: $(STAMP)

@@ -190,8 +190,9 @@ def bundles(tmp_path_factory):
             for backend in ("torch", "ort")}
 
 
-@pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec-norm"), ("ort", "osd"),
-                                            ("torch", "osd"), ("ort", "osd-reservoir")])
+@pytest.mark.parametrize("backend,method", [("torch", "evospec"), ("ort", "evospec-norm"),
+                                            pytest.param("ort", "osd", marks=pytest.mark.slow),  # osd: torch below
+                                            ("torch", "osd"), pytest.param("ort", "osd-reservoir", marks=pytest.mark.slow)])
 def test_exact_while_weights_change_mid_generation(bundles, backend, method):
     generator = SpeculativeGenerator.from_bundle(bundles[backend], TARGET)
     drafter = generator.drafter
@@ -255,17 +256,25 @@ def test_ort_trunk_reads_updated_weights_like_torch(bundles):
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
 
-def test_cli_profile_align(bundles, tmp_path):
+def switch_corpus(bundle, tmp_path):
+    """A one-document corpus that switches from code to prose, and its segment length in tokens."""
     import json
-
-    from .test_cli import run
 
     corpus = tmp_path / "corpus"
     (corpus / "switch" / "test").mkdir(parents=True)
     code, prose = "def add(a, b):\n    return a + b\n" * 6, "The cat sat on the mat and looked at the sky. " * 6
     (corpus / "switch" / "test" / "s.txt").write_text(code + prose)
-    segment = len(SpeculativeGenerator.from_bundle(bundles["torch"], TARGET).encode(code))
+    segment = len(SpeculativeGenerator.from_bundle(bundle, TARGET).encode(code))
     (corpus / "manifest.json").write_text(json.dumps({"switch": {"segment_tokens": segment, "segment_unit": "tokens"}}))
+    return corpus, segment
+
+
+def test_cli_profile_align(bundles, tmp_path):
+    import json
+
+    from .test_cli import run
+
+    corpus, segment = switch_corpus(bundles["torch"], tmp_path)
     out = tmp_path / "a.json"
     proc = run("profile", "align", "--bundle", str(bundles["torch"]), "--target", str(TARGET), "--corpus", str(corpus),
                "--streams", "1", "--chunk", "8", "--json", str(out), "--plot", str(tmp_path / "a.png"))
@@ -287,6 +296,15 @@ def test_cli_profile_align(bundles, tmp_path):
     both = run("profile", "align", "--bundle", str(bundles["torch"]), "--drafter", str(DRAFTER), "--target", str(TARGET),
                "--corpus", str(corpus), check=False)
     assert both.returncode == 2 and "exactly one of --bundle DIR or --drafter DIR" in both.stderr
+
+
+@pytest.mark.slow  # `profile align` end to end stays in the default run (test_cli_profile_align, from a bundle)
+def test_cli_profile_align_from_a_drafter_checkpoint(bundles, tmp_path):
+    import json
+
+    from .test_cli import run
+
+    corpus, _ = switch_corpus(bundles["torch"], tmp_path)
     staged = tmp_path / "staged.json"  # a drafter checkpoint instead of a bundle, and the extra methods
     run("profile", "align", "--drafter", str(DRAFTER), "--target", str(TARGET), "--corpus", str(corpus), "--streams", "1",
         "--chunk", "8", "--methods", "evospec-norm,evospec-sync", "--json", str(staged))

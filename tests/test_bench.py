@@ -112,6 +112,7 @@ def test_switch_prompts_end_just_after_a_topic_switch(tmp_path):
         assert prompt[0] // 1000 == switch - 1  # with the old topic before it
 
 
+@pytest.mark.slow  # `bench` end to end stays in the default run (test_bench_json_rows, test_bench_bad_input)
 def test_bench_with_a_bundle_and_a_policy(corpus, tmp_path):
     """A compiled bundle drafts under a vocabulary policy; its greedy output is still the target's own."""
     bundle = tmp_path / "b"

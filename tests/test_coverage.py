@@ -78,6 +78,7 @@ def test_frequency_file_records_what_it_counted(corpus, tmp_path):
     assert proc.returncode == 2 and "no 'legal' domain" in proc.stderr
 
 
+@pytest.mark.slow  # `vocab coverage` end to end stays in the default run (test_cli_table_json_plot, test_cli_errors)
 def test_coverage_states_the_list_used(corpus, tmp_path):
     root, tok_dir = corpus
     common = ("vocab", "coverage", "--corpus", str(root), "--tokenizer", str(tok_dir), "--k", "1,2,3")

@@ -140,7 +140,9 @@ def changes(recording: dict) -> int:
 SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out of the default suite's time
 
 @pytest.mark.parametrize(("settings", "vocab"), [
-    (CHAIN, None), (TREE, "frspec:128"), (LONG_TREE, "evospec:64:sync"), pytest.param(CHAIN, "evospec:64", marks=SLOW),
+    # the living vocabulary's trees stay in the default run through test_tiny_pair_drafts_equal_python[tree-evospec-sync]
+    (CHAIN, None), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
+    pytest.param(CHAIN, "evospec:64", marks=SLOW),
     pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
 ], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
         "tree-evospec-no-context"])
@@ -326,7 +328,10 @@ def library(binary, monkeypatch):
     return binary.parent / "libevospec_drafter.so"
 
 
-@pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, None), (LONG_TREE, "evospec:64:sync"), (SAMPLED_TREE, "frspec:64"),
+# default: the greedy chain; the trees (deterministic top-k, sampled or not) and the living vocabulary are the same
+# drafter steps test_demo_pair_drafts_equal_python and test_tiny_pair_drafts_equal_python compare in the default run
+@pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, None), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
+                                                 pytest.param(SAMPLED_TREE, "frspec:64", marks=SLOW),
                                                  pytest.param(CHAIN, "evospec:64", marks=SLOW)],
                          ids=["greedy-chain-own-vocab", "greedy-tree-evospec", "sampled-tree-frspec", "chain-evospec"])
 def test_decoding_with_the_cpp_drafter_equals_decoding_with_pythons(library, demo_bundle, settings, vocab):

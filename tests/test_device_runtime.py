@@ -36,6 +36,7 @@ def test_static_past_drafts_exactly_like_the_dynamic_cache(torch_bundle):
     assert a.stats.accepted_lengths == b.stats.accepted_lengths and b.stats.mean_accepted_length > 1.5
 
 
+@pytest.mark.slow  # the static cache drafts like the dynamic one in the default run (test_static_past_drafts_...)
 def test_static_cache_starts_empty_on_every_call(torch_bundle):
     """The static (CUDA-graph) cache is kept between calls for its shape, not its contents: twelve consecutive
     calls draft exactly as a fresh generator does, accepted lengths included (a cache that kept growing attended

@@ -136,6 +136,7 @@ def test_bad_router_files_give_clear_errors(tmp_path):
         DynaSpecPolicy(30, 4, loaded, 100).route(torch.zeros(12))
 
 
+@pytest.mark.slow  # `vocab dynaspec` end to end stays in the default run (test_cli_vocab_dynaspec_then_profile)
 def test_cli_training_stores_heldout_recall_in_the_router(tmp_path):
     """`vocab dynaspec` on the demo pair: recall printed, in the JSON report and in the router file's metadata."""
     from safetensors import safe_open

@@ -38,6 +38,7 @@ def test_profile_synthetic_rows(tmp_path, backend):
                                 else "torch")
 
 
+@pytest.mark.slow  # `profile stages` end to end stays in the default run (test_profile_synthetic_rows)
 def test_profile_bundle_and_bad_input(tmp_path):
     from evospec.train.demo_pair import ASSET_DIR
 

@@ -152,6 +152,7 @@ def test_reproducible_pins_the_thread_count_that_reductions_depend_on():
     assert torch.equal(sums[0], sums[1])
 
 
+@pytest.mark.slow  # `build-demo` end to end stays in the default run (test_cli.py::test_build_demo_writes_...)
 def test_build_demo_can_reuse_a_target_and_distil_only_a_drafter(tmp_path):
     """`build-demo --reuse-target` keeps the pair's target byte for byte and writes the recipe's taps."""
     from evospec.train.demo_pair import ASSET_DIR, DemoRecipe

@@ -92,6 +92,7 @@ def test_vllm_serves_the_exported_drafter_exactly(vllm_bin, corpus, tmp_path):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # the same side-by-side check as the eagle3 export's (default run), on a pruned head
 def test_vllm_serves_an_frspec_pruned_export_exactly(vllm_bin, corpus, tmp_path):
     from transformers import AutoTokenizer
 
@@ -108,6 +109,7 @@ def test_vllm_serves_an_frspec_pruned_export_exactly(vllm_bin, corpus, tmp_path)
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # vLLM's one-line errors stay in the default run (test_a_corrupt_vllm_drafter_config_is_named)
 def test_a_head_size_vllm_has_no_cpu_kernel_for_is_refused_by_name(vllm_bin, checkpoint_dirs, corpus):
     target_dir, drafter_dir, _, _ = checkpoint_dirs  # head_dim 8
     proc = subprocess.run(

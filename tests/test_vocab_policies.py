@@ -197,6 +197,7 @@ def test_evospec_policy_core_tail_and_ageing():
         EvoSpecPolicy(8, TokenFrequencies(50, counts, 1, "unit"), 50)
 
 
+@pytest.mark.slow  # `profile vocab` end to end stays in the default run (test_cli_vocab_dynaspec_then_profile)
 def test_cli_profile_vocab(torch_bundle, tmp_path):
     corpus = tmp_path / "corpus"
     for domain, text in (("code", "def add(a, b):\n    return a + b\n"), ("prose", "The cat sat on the mat. ")):
@@ -313,6 +314,7 @@ def test_pipelined_policy_is_one_cycle_late_and_deterministic():
     policy.close()
 
 
+@pytest.mark.slow  # EvoSpec's greedy exactness stays in the default run (test_evospec_settings.py's combined method)
 def test_evospec_policies_decode_exactly(torch_bundle, tmp_path):
     corpus = tmp_path / "c"
     (corpus / "code" / "train").mkdir(parents=True)
