@@ -136,8 +136,9 @@ class NativeDrafter:
         if costs is not None:
             rates = None
             if costs.rates is not None:
-                if len(costs.rates) != len(EDGE_BINS) + 1:
-                    raise SettingsError(f"StepCosts.rates holds {len(EDGE_BINS) + 1} rates, got {len(costs.rates)}")
+                if len(costs.rates) not in (len(EDGE_BINS) + 1, 2 * (len(EDGE_BINS) + 1)):
+                    raise SettingsError(f"StepCosts.rates holds {len(EDGE_BINS) + 1} rates (or twice that: first "
+                                        f"choices, then other children), got {len(costs.rates)}")
                 rates = (ctypes.c_double * len(costs.rates))(*costs.rates)
             c_costs = _StepCosts(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
                                  ctypes.cast(rates, _f64p) if rates is not None else None,

@@ -90,7 +90,10 @@ class StepCosts:
         level_row_ms: One more frontier row in a drafter level (an 8-row level costs more than a 1-row one).
         rates: Acceptance rate of a drafted edge per bin of the drafter's probability for it (bins at
             ``EDGE_BINS``), measured; None takes the drafter's probability as it is. A node is worth the
-            product of its path's rates, so a child is never worth more than its parent.
+            product of its path's rates, so a child is never worth more than its parent. With
+            2 x (len(EDGE_BINS) + 1) rates, the first half is for a parent's first choice and the second for
+            its other children: with a flat drafter distribution the first choice at p = 0.015 is accepted
+            far more often than an eighth sibling at the same p (one half: one table for both).
     """
 
     fixed_ms: float
@@ -104,10 +107,14 @@ class StepCosts:
         return sum(self.level_ms + f * self.level_row_ms for f in level_rows)
 
     def log_rate(self, logp: torch.Tensor) -> torch.Tensor:
-        """Log acceptance rate of edges the drafter gave log-probabilities ``logp``."""
+        """Log acceptance rate of edges the drafter gave log-probabilities ``logp`` ([..., children] in the
+        drafter's order: column 0 is each parent's first choice)."""
         if self.rates is None:
             return logp
         bins = torch.bucketize(logp.exp().cpu(), torch.tensor(EDGE_BINS), right=True)  # as bisect_right
+        if len(self.rates) == 2 * (len(EDGE_BINS) + 1):
+            bins = bins + len(EDGE_BINS) + 1  # other children: the second table
+            bins[..., 0] -= len(EDGE_BINS) + 1  # first choices: the first
         return torch.tensor(self.rates, dtype=torch.float64).clamp(min=1e-12).log()[bins].to(logp)
 
     @staticmethod

@@ -17,15 +17,24 @@ from dataclasses import dataclass
 from evospec.runtime.tree import EDGE_BINS, EDGE_PRIOR, DraftTree, StepCosts
 
 
-def tried_edges(tree: DraftTree, accepted_nodes: list[int]) -> tuple[tuple[float, bool], ...]:
-    """(drafter log-probability, accepted) of every node verification tried: those whose parent (or the
-    root) was accepted. With greedy verification each is accepted iff it is the target's token there."""
+def tried_edges(tree: DraftTree, accepted_nodes: list[int]) -> tuple[tuple[float, bool, bool], ...]:
+    """(drafter log-probability, accepted, first choice) of every node verification tried: those whose
+    parent (or the root) was accepted. With greedy verification each is accepted iff it is the target's
+    token there. A node is its parent's first choice when it is the parent's first child in the tree:
+    trees keep children in the drafter's order, so that is its first choice unless the value rule dropped
+    the first choice and kept a sibling (it ranks siblings by their own tables; rare)."""
     if tree.scores is None or tree.size == 0:
         return ()
     accepted = set(accepted_nodes)
     scores, parents = tree.scores.tolist(), tree.parents.tolist()
-    return tuple((scores[i] - (scores[p] if p >= 0 else 0.0), i in accepted)
-                 for i, p in enumerate(parents) if p == -1 or p in accepted)
+    seen: set[int] = set()
+    edges = []
+    for i, p in enumerate(parents):
+        first = p not in seen
+        seen.add(p)
+        if p == -1 or p in accepted:
+            edges.append((scores[i] - (scores[p] if p >= 0 else 0.0), i in accepted, first))
+    return tuple(edges)
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class StepTiming:
         tree_ms: Drafting past the root call: expansion levels and selection.
         level_rows: Frontier rows of each drafter call past the root call.
         width: The tree width drafted with.
-        edges: (drafter log-probability, accepted) of each node verification tried (:func:`tried_edges`).
+        edges: (drafter log-probability, accepted, first choice) of each node verification tried
+            (:func:`tried_edges`).
     """
 
     rows: int
@@ -48,7 +58,7 @@ class StepTiming:
     tree_ms: float
     level_rows: tuple[int, ...]
     width: int
-    edges: tuple[tuple[float, bool], ...] = ()
+    edges: tuple[tuple[float, bool, bool], ...] = ()
 
 
 SEED_FRACTIONS = (1.0, 0.25, 0.5, 1.0)  # fixed budgets (of the maximum) of the first steps: rows to fit against
@@ -65,7 +75,8 @@ class StepCostModel:
     drafter's root call is a mean over them, and its levels (per tree width) a least-squares fit of
     ``tree_ms`` = levels * level_ms + frontier rows * level_row_ms (with one row per level, as in a
     chain, the two cannot be told apart and a level is a mean); an edge's acceptance
-    rate per bin of the drafter's probability is accepted over tried edges there, with ``EDGE_PRIOR``
+    rate per bin of the drafter's probability (for a parent's first choice and for its other children
+    apart) is accepted over tried edges there, with ``EDGE_PRIOR``
     pseudo-trials at the drafter's own probability (a small drafter is often much less sure than it
     is right: 0.3 on tokens the target takes nine times in ten). The first steps draft fixed
     budgets of different sizes (``SEED_FRACTIONS``: a line needs different row counts), and every
@@ -115,14 +126,14 @@ class StepCostModel:
     @staticmethod
     def _rates(steps: list[StepTiming]) -> tuple[float, ...]:
         bounds = (0.0, *EDGE_BINS, 1.0)
-        hits = [EDGE_PRIOR * (low + high) / 2 for low, high in zip(bounds, bounds[1:])]
+        hits = [EDGE_PRIOR * (low + high) / 2 for low, high in zip(bounds, bounds[1:])] * 2
         trials = [EDGE_PRIOR] * len(hits)
         for step in steps:
-            for logp, accepted in step.edges:
-                b = bisect.bisect_right(EDGE_BINS, math.exp(logp))
+            for logp, accepted, first in step.edges:
+                b = bisect.bisect_right(EDGE_BINS, math.exp(logp)) + (0 if first else len(EDGE_BINS) + 1)
                 hits[b] += accepted
                 trials[b] += 1
-        return tuple(h / t for h, t in zip(hits, trials, strict=True))
+        return tuple(h / t for h, t in zip(hits, trials, strict=True))  # first choices, then other children
 
     def _fit(self, rows: list[int], ms: list[float]) -> tuple[float, float] | None:
         """Theil-Sen: the median of pairwise slopes and of the residual intercepts, so a pass slowed by a

@@ -133,7 +133,9 @@ def test_dear_levels_stop_drafting_early(random_pair):
     assert dear.expansions == 0 and 1 <= dear.size <= 4  # first-level nodes cost only their rows
 
 
-EDGES = ((-0.1, True), (-0.1, True), (-0.1, False), (-0.1, True), (-3.0, False), (-3.0, False))  # p 0.90, 0.05
+EDGES = ((-0.1, True, True), (-0.1, True, True), (-0.1, False, True), (-0.1, True, True), (-3.0, False, False),
+         (-3.0, False, False))  # p 0.90 (first choices), 0.05 (other children)
+SIBLINGS = len(EDGE_BINS) + 1  # where the other children's table starts
 
 
 def timing(rows: int, verify_ms: float, expansions: int = 2, width: int = 8) -> StepTiming:
@@ -159,8 +161,10 @@ def test_cost_model_seeds_fits_and_explores_deterministically():
     assert costs.level_row_ms == 0.0  # every level had 8 rows: a level costs its mean
     high, low = len(EDGE_BINS), 1  # the bins of p = 0.90 and p = 0.0498
     assert costs.rates[high] == pytest.approx((3 * 16 + 2 * 0.95) / (4 * 16 + 2))  # 16 steps in the window
-    assert costs.rates[low] == pytest.approx((0 + 2 * 0.035) / (2 * 16 + 2))  # exp(-3) is in [0.02, 0.05)
-    assert costs.rates[4] == pytest.approx(0.25)  # no trials there: the drafter's own probability
+    assert costs.rates[SIBLINGS + low] == pytest.approx((0 + 2 * 0.035) / (2 * 16 + 2))  # exp(-3) is in [0.02, 0.05)
+    assert costs.rates[low] == pytest.approx(0.035)  # no first choice there: the drafter's own probability
+    assert costs.rates[SIBLINGS + high] == pytest.approx(0.95)
+    assert costs.rates[4] == pytest.approx(0.25)
     assert model.costs(1).level_ms == pytest.approx(3.0)  # no width-1 level seen: one more drafter call
     twin = StepCostModel(window=16, explore_every=8)
     for step in range(24):
@@ -196,8 +200,20 @@ def test_a_node_is_expanded_only_if_one_child_worth_it_could_pay_for_its_rows(ra
 def test_tried_edges_are_the_children_of_accepted_nodes():
     tree = DraftTree(tokens=torch.tensor([4, 5, 6, 7]), parents=torch.tensor([-1, -1, 0, 1]),
                      depths=torch.tensor([1, 1, 2, 2]), scores=torch.tensor([-0.5, -1.0, -0.75, -3.0]))
-    assert tried_edges(tree, [0, 2]) == ((-0.5, True), (-1.0, False), (-0.25, True))
-    assert tried_edges(tree, []) == ((-0.5, False), (-1.0, False))
+    assert tried_edges(tree, [0, 2]) == ((-0.5, True, True), (-1.0, False, False), (-0.25, True, True))
+    assert tried_edges(tree, []) == ((-0.5, False, True), (-1.0, False, False))
+
+
+def test_first_choices_and_other_children_have_their_own_rates():
+    first, other = [0.1 * (i + 1) for i in range(SIBLINGS)], [0.01 * (i + 1) for i in range(SIBLINGS)]
+    costs = StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0, rates=tuple(first + other))
+    logp = torch.tensor([[0.95, 0.03, 0.015], [0.25, 0.25, 0.25]]).log()  # [parents, children], drafter's order
+    got = costs.log_rate(logp).exp()
+    want = torch.tensor([[first[11], other[1], other[0]], [first[4], other[4], other[4]]])
+    assert torch.allclose(got, want.to(got), rtol=1e-6)
+    single = StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0, rates=tuple(first))  # one table for both
+    assert torch.allclose(single.log_rate(logp).exp(), torch.tensor([[first[11], first[1], first[0]],
+                                                                      [first[4]] * 3]).to(got), rtol=1e-6)
 
 
 def test_cost_model_keeps_its_last_line_when_rows_stop_varying():

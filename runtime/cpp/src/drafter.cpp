@@ -224,7 +224,8 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   if (!d.started) throw SettingsError("propose() before start(): begin a sequence with its prompt");
   if (s.depth < 1 || s.width < 1 || s.budget < 1)
     throw SettingsError("draft depth, width and budget must be >= 1");
-  if (s.costs != nullptr && !s.costs->rates.empty() && s.costs->rates.size() != static_cast<size_t>(StepCosts::kEdgeBins + 1))
+  if (s.costs != nullptr && !s.costs->rates.empty() && s.costs->rates.size() != static_cast<size_t>(StepCosts::kEdgeBins + 1) &&
+      s.costs->rates.size() != static_cast<size_t>(2 * (StepCosts::kEdgeBins + 1)))
     throw SettingsError("StepCosts::rates holds one rate per edge bin (" + std::to_string(StepCosts::kEdgeBins + 1) +
                         "), got " + std::to_string(s.costs->rates.size()));
   if (features == nullptr || positions < 1)

@@ -20,6 +20,11 @@ static_assert(StepCosts::kEdgeBins == 11, "kEdgeBins lists Python's EDGE_BINS");
 at::Tensor log_rate(const StepCosts& c, const at::Tensor& logp) {  // StepCosts.log_rate
   if (c.rates.empty()) return logp;
   at::Tensor bins = at::bucketize(logp.exp(), at::tensor(kEdgeBins, at::kFloat), /*out_int32=*/false, /*right=*/true);
+  if (c.rates.size() == 2 * (kEdgeBins.size() + 1)) {  // first choices (column 0), then other children
+    const int64_t half = static_cast<int64_t>(kEdgeBins.size()) + 1;
+    bins = bins + half;
+    bins.select(-1, 0).sub_(half);
+  }
   at::Tensor rates = at::tensor(c.rates, at::kDouble).clamp_min(1e-12).log();
   return rates.index_select(0, bins.flatten()).view(bins.sizes()).to(logp.scalar_type());
 }

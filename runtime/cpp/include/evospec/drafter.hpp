@@ -43,8 +43,8 @@ struct StepCosts {
   double level_ms = 0;      // one drafter expansion level, whatever its rows
   double row_ms = 0;        // one more verified row
   double level_row_ms = 0;  // one more frontier row in a drafter level
-  // Acceptance rate of a drafted edge per bin of the drafter's probability (kEdgeBins + 1 values);
-  // empty: the drafter's probability as it is.
+  // Acceptance rate of a drafted edge per bin of the drafter's probability: kEdgeBins + 1 values, or
+  // twice that (a parent's first choice, then its other children); empty: the drafter's probability as it is.
   std::vector<double> rates;
 };
 

@@ -32,7 +32,8 @@ int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int
                             int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
                             int64_t capacity, int64_t* nodes);
 /* What one step costs in ms, for a value-based budget (evospec::StepCosts; Python's StepCosts). rates:
- * rate_count (= EVOSPEC_EDGE_BINS + 1) acceptance rates per bin of the drafter's edge probability, or NULL
+ * rate_count (= EVOSPEC_EDGE_BINS + 1, or twice that: first choices, then other children) acceptance rates
+ * per bin of the drafter's edge probability, or NULL
  * (rate_count 0): the drafter's probability as it is. */
 enum { EVOSPEC_EDGE_BINS = 11 };
 typedef struct evospec_step_costs {
