@@ -236,8 +236,11 @@ REGIMES = [
 ]
 
 
-@pytest.mark.parametrize("costs", REGIMES, ids=["medium-like", "cheap", "dear"])
-@pytest.mark.parametrize("tree", ["chain", "tree"])
+# default: the tree under medium-like costs and the chain under dear ones; the other four cases: -m slow
+@pytest.mark.parametrize(("costs", "tree"), [
+    pytest.param(costs, tree, id=f"{tree}-{name}",
+                 marks=() if (name, tree) in {("medium-like", "tree"), ("dear", "chain")} else pytest.mark.slow)
+    for tree in ("chain", "tree") for name, costs in zip(("medium-like", "cheap", "dear"), REGIMES, strict=True)])
 def test_greedy_with_auto_budget_equals_target_greedy(trained_pair, costs, tree):
     model, drafter = trained_pair
     generator = SpeculativeGenerator.from_models(model, drafter)
