@@ -412,3 +412,24 @@ def test_bundle_carries_the_statistical_index(tmp_path):
         compile_bundle(TARGET, DRAFTER, tmp_path / "b2", CompileSettings(backend="torch", buckets=(512,), index_dims=0,
                                                                         frequencies=str(freq)))
     assert not (tmp_path / "b2").exists()
+
+
+def test_profile_vocab_checks_every_domains_split_before_decoding(tmp_path):
+    """A domain without the chosen split (the topic-switch domain has no valid split) is an error at once,
+    not after hours of decoding the domains before it."""
+    from evospec.data.corpus import CorpusError
+    from evospec.eval.bench import BenchSettings
+    from evospec.eval.profile_vocab import run_profile_vocab
+
+    for domain, splits in (("code", ("test", "valid")), ("switch", ("test",))):
+        for split in splits:
+            (tmp_path / domain / split).mkdir(parents=True)
+            (tmp_path / domain / split / "a.txt").write_text("def f(x):\n    return x\n")
+
+    class NoDecoding:
+        def __getattr__(self, name):
+            raise AssertionError(f"the generator was used ({name}) before the corpus was checked")
+
+    with pytest.raises(CorpusError, match=r"switch/valid does not exist.*leave the domain out with --domains"):
+        run_profile_vocab(NoDecoding(), str(tmp_path), ["full"], None, None, [DecodeSettings()],
+                          BenchSettings(split="valid"))

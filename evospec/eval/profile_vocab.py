@@ -36,7 +36,7 @@ import torch
 from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
 from evospec.core.text_table import text_table
-from evospec.data.corpus import chosen_domains
+from evospec.data.corpus import CorpusError, chosen_domains, read_documents
 from evospec.data.teacher_forced import replay_streams
 from evospec.eval.bench import BenchSettings, domain_prompts
 from evospec.eval.replay import replay_policies, replay_states
@@ -134,6 +134,11 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     """Rows per domain, decoding setting (temperature) and policy; ``policies`` are expanded names
     (``expand_policies``) and must include ``full``; ``evospec``: EvoSpec's settings (default built-in)."""
     domains = chosen_domains(corpus, settings.domains)
+    for domain in domains:  # a domain without the split fails now, not after hours of decoding the others
+        try:
+            read_documents(corpus, domain, settings.split)
+        except CorpusError as exc:
+            raise CorpusError(f"{exc}; leave the domain out with --domains") from None
     if FULL not in policies:
         raise SettingsError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
