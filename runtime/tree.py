@@ -7,7 +7,8 @@ are simply overwritten by the next step.
 
 With :class:`StepCosts` in the request the budget is chosen by value (EAGLE-2's ranking, Sequoia's
 cost model): a tree of nodes with path acceptance p_i (the product of its edges' measured acceptance
-rates, binned by the drafter's probability) is worth about E = 1 + sum(p_i) tokens and
+rates, binned by the drafter's probability, first choices apart from their siblings) is worth about
+E = 1 + sum(p_i) tokens and
 costs C = fixed + sum over drafted levels of (level_ms + rows * level_row_ms) + nodes * row_ms; nodes are
 kept in order of p_i while p_i / row_ms >= E / C. Greedy verification accepts at most one child of a
 node, so a frontier node worth p can add at most p tokens, for one row: it is expanded only if that
@@ -179,7 +180,8 @@ def _value_prefix(values: list[float], order: list[int], costs: StepCosts, level
 
 def _expansion_gains(costs: StepCosts, frontier: list[float], tokens: float, cost: float, room: int,
                      weakest: float = 1.0) -> list[float]:
-    """What expanding each frontier node (values ``frontier``, best first) could add to C * E / C' at most.
+    """At most what expanding each frontier node (values ``frontier``, best first) adds, in units where a
+    level pays when the sum exceeds E * level_ms (see :func:`_level_pays`).
 
     Greedy verification accepts at most one child of a node, so a node worth p adds at most p tokens, for
     one row of the target pass and one of the drafter's level: (E + p) / (C + row + level_row) > E / C

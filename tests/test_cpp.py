@@ -69,20 +69,27 @@ def binary():
     problem = toolchain_problem()
     if problem:
         pytest.skip(f"the C++ drafter cannot be built here: {problem}")
-    import torch.utils
-
     build = Path(tempfile.mkdtemp(prefix="evospec-cpp-build-"))
     try:
-        cmake, ninja = tool("cmake"), tool("ninja")
-        generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
-        for cmd in ([cmake, "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                    [cmake, "--build", str(build), "-j2"]):
-            done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1200)
-            assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        build_cpp(build)
         yield build / "evospec-draft"
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def build_cpp(build: Path, *targets: str) -> None:
+    """Configure runtime/cpp into ``build`` with cmake (Ninja where there is one) and build ``targets``
+    (none: all) against this torch's libtorch."""
+    import torch.utils
+
+    cmake, ninja = tool("cmake"), tool("ninja")
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+    chosen = [arg for target in targets for arg in ("--target", target)]
+    for cmd in ([cmake, "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                [cmake, "--build", str(build), "-j2", *chosen]):
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import ctypes
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from evospec.core.settings import DecodeSettings
 from evospec.passes.base import CompileSettings
 from evospec.runtime.native_drafter import library_path
 from evospec.runtime.tree import EDGE_BINS, StepCosts
-from evospec.runtime.tree_costs import StepTiming
 from evospec.train.demo_pair import ASSET_DIR
 
-from .test_cpp import tool, toolchain_problem
+from .test_cpp import build_cpp, toolchain_problem
+from .test_tree_budget import FixedCosts
 
 pytestmark = pytest.mark.cpp
 
@@ -74,17 +73,9 @@ def library():
     problem = toolchain_problem()
     if problem:
         pytest.skip(f"the C++ drafter cannot be built here: {problem}")
-    import torch.utils
-
     build = Path(tempfile.mkdtemp(prefix="evospec-native-budget-build-"))
     try:
-        cmake, ninja = tool("cmake"), tool("ninja")
-        generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
-        for cmd in ([cmake, "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                    [cmake, "--build", str(build), "-j2", "--target", "evospec_drafter"]):
-            done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1200)
-            assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        build_cpp(build, "evospec_drafter")
         before = os.environ.get("EVOSPEC_CPP_LIBRARY")
         os.environ["EVOSPEC_CPP_LIBRARY"] = str(build / "libevospec_drafter.so")  # what library_path() loads
         try:
@@ -116,20 +107,6 @@ def plain():
 
     return SpeculativeGenerator.from_paths(DEMO_TARGET).generate(
         PROMPT, DecodeSettings(max_new_tokens=NEW_TOKENS, use_draft=False)).token_ids
-
-
-class FixedCosts:
-    """A cost model that measures nothing: every step gets the same costs (deterministic trees)."""
-
-    def __init__(self, costs: StepCosts) -> None:
-        self.costs = costs
-        self.timings: list[StepTiming] = []
-
-    def plan(self, max_budget: int, width: int) -> tuple[int, StepCosts]:
-        return max_budget, self.costs
-
-    def observe(self, timing: StepTiming) -> None:
-        self.timings.append(timing)
 
 
 def decode(bundle, runtime: str, settings: DecodeSettings, costs: StepCosts | None):
