@@ -22,15 +22,16 @@ class ActiveRows:
         self.upload = upload or DeviceUploader(reservoir.device)
         self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
 
-    def follow(self, plan: GatherPlan) -> int:
-        """Make ``rows`` match ``plan``; returns how many rows were copied."""
+    def follow(self, plan: GatherPlan, cols: torch.Tensor | None = None) -> int:
+        """Make ``rows`` match ``plan``; returns how many rows were copied. ``cols``: the columns whose
+        id changed, if the caller already found them (same bucket)."""
         if plan is self.plan:
             return 0
         if plan.bucket != self.plan.bucket:
             self.rows = self.reservoir.index_select(0, self.upload.upload("plan", plan.ids))
             moved = plan.bucket
         else:
-            cols = torch.nonzero(plan.ids != self.plan.ids).flatten()
+            cols = torch.nonzero(plan.ids != self.plan.ids).flatten() if cols is None else cols
             if cols.numel():
                 self._copy(cols, plan.ids[cols])
             moved = int(cols.numel())

@@ -80,6 +80,9 @@ def check_backend(bundle: Path, backend: str) -> None:
 
 # Stage inputs that CUDA graphs read in place rather than copy: the resident head rows, the KV cache.
 BY_REFERENCE = {"head_active": ("rows",), "trunk": ("past_keys", "past_values")}
+# CUDA-graph outputs CompiledDrafter consumes within the call that made them (copied into the cache or fed to
+# the next stage, whose graph copies its inputs): handed out without a clone
+BORROWED = {"fuse": ("hidden",), "trunk": ("new_keys", "new_values", "normed")}
 
 
 def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True, cuda_graphs: bool = True):
@@ -117,7 +120,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
             if graphs:
                 from evospec.runtime.cuda_graphs import GraphedRunner
 
-                runners[stage] = GraphedRunner(runners[stage], by_reference=BY_REFERENCE.get(stage, ()))
+                runners[stage] = GraphedRunner(runners[stage], by_reference=BY_REFERENCE.get(stage, ()),
+                                               borrowed=BORROWED.get(stage, ()))
         runners[stage].activate()  # sessions are created now, not inside the first timed draft step
     buckets = tuple(manifest["gather"]["buckets"])
     reservoir = None  # host rows for the resident head, shared with the head engine's own weights

@@ -52,12 +52,19 @@ class CompiledDrafter:
         self.draft_vocab_ids = plan.ids[: plan.size].clone()  # the drafter's own vocabulary (policy eagle3)
         self._use(plan)
 
-    def _use(self, plan: GatherPlan) -> None:
+    def _use(self, plan: GatherPlan, cols: torch.Tensor | None = None) -> None:
+        """Point the head at ``plan``. ``cols``: the host columns whose id differs from the current
+        plan's (same bucket); on a GPU only those entries of the id maps go up, and a bias that did
+        not change (same size) is not sent again."""
+        previous = getattr(self, "plan", None)
+        same_size = previous is not None and cols is not None and plan.size == previous.size
         self.plan = plan  # host tensors
-        self._id_map = self._to_map.upload("id_map", plan.ids[: plan.size])
-        self._bias = self._to_rows.upload("bias", plan.bias)
+        self._id_map = self._to_map.patch("id_map", self._id_map if same_size else None, plan.ids[: plan.size],
+                                          cols[cols < plan.size] if same_size else None)
+        if previous is None or plan.bias is not previous.bias:
+            self._bias = self._to_rows.upload("bias", plan.bias)
         if self.active_rows is None:  # the in-graph gather head reads the ids themselves
-            self._active = self._to_rows.upload("active", plan.ids)
+            self._active = self._to_rows.patch("active", getattr(self, "_active", None), plan.ids, cols)
 
     def set_active(self, target_ids: torch.Tensor) -> None:
         """Draft over ``target_ids`` from the next call on; logits column j is token ``id_map[j]``.
@@ -72,9 +79,10 @@ class CompiledDrafter:
         self._requested = target_ids
         if plan is self.plan:
             return
+        cols = torch.nonzero(plan.ids != self.plan.ids).flatten() if plan.bucket == self.plan.bucket else None
         if self.active_rows is not None:
-            self.active_rows.follow(plan)
-        self._use(plan)
+            self.active_rows.follow(plan, cols)
+        self._use(plan, cols)
 
     @property
     def reservoir(self) -> torch.Tensor | None:

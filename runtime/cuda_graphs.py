@@ -6,7 +6,9 @@ arithmetic (the head at 16k active rows is ~0.05 ms of memory traffic). A graph 
 rows, which are read in place instead of copied) removes the launches. Signatures are few
 because the runtime keeps shapes static: the head is padded to a bucket and the trunk attends
 over the whole cache capacity with a mask (``CompiledDrafter(static_past=True)``). Inputs are
-copied into the graph's static buffers; outputs are cloned out, so callers may keep them.
+copied into the graph's static buffers; outputs are cloned out, so callers may keep them, except
+the ``borrowed`` ones, which the caller consumes before the stage runs again (the trunk's new keys
+and values go straight into the cache): those are the graph's own buffers, with no copy.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ class GraphedRunner(ActivatedRunner):
     """Wraps a runner whose ``infer`` runs torch on CUDA; same interface, replayed from graphs."""
 
     def __init__(self, runner, by_reference: tuple[str, ...] = (), max_graphs: int = 64, max_rows: int = 64,
-                 warmup: int = 2) -> None:
+                 warmup: int = 2, borrowed: tuple[str, ...] = ()) -> None:
         """Calls with more than ``max_rows`` token rows (a prefill over the prompt) run eagerly: their
-        length varies call to call, and a graph per length would be captured and never replayed."""
+        length varies call to call, and a graph per length would be captured and never replayed.
+        ``borrowed``: outputs returned as the graph's static buffers, valid until this stage's next call."""
         self.runner, self.name = runner, runner.name
         self.by_reference, self.max_graphs, self.max_rows, self.warmup = set(by_reference), max_graphs, max_rows, warmup
+        self.borrowed = set(borrowed)
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
         self.captures = 0
@@ -85,4 +89,4 @@ class GraphedRunner(ActivatedRunner):
             if name not in self.by_reference:
                 entry.inputs[name].copy_(tensor, non_blocking=True)
         entry.graph.replay()
-        return {n: t.clone() for n, t in entry.outputs.items()}
+        return {n: t if n in self.borrowed else t.clone() for n, t in entry.outputs.items()}

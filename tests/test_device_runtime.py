@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.bundle.compile import compile_bundle
@@ -63,13 +65,74 @@ def test_uploader_on_cpu_is_the_identity():
     assert DeviceUploader("cpu").upload("ids", ids) is ids
 
 
+class _CopyingUploader(DeviceUploader):
+    """A DeviceUploader whose transport is a host copy: ``patch`` takes its device path (what runs on a GPU)
+    and every byte it sends is counted, so the delta logic is checked here; the CUDA copy itself is checked
+    by the GPU tests below."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.cuda = True
+
+    def upload(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        self.bytes_sent += host.numel() * host.element_size()
+        return host.clone()
+
+
+@pytest.fixture(scope="module")
+def patched_drafter(torch_bundle):
+    drafter = SpeculativeGenerator.from_bundle(torch_bundle, TARGET).drafter
+    drafter._to_map = drafter._to_rows = _CopyingUploader()
+    drafter.active_rows.upload = _CopyingUploader()  # its row deltas are counted apart
+    drafter._use(drafter.plan)
+    return drafter
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 400), st.integers(0, 30), st.integers(0, 10**6)),
+                min_size=1, max_size=6))
+def test_device_id_maps_follow_each_plan_by_its_delta(patched_drafter, steps):
+    """On a GPU the id map and bias of a changed plan go up as the changed columns only (same bucket and
+    size), the bias not at all; whatever the sequence of sets, the device copies equal the host plan."""
+    drafter, vocab = patched_drafter, patched_drafter.config.vocab_size
+    current = drafter.plan.ids[: drafter.plan.size]
+    for keep_size, size, swaps, seed in steps:
+        g = torch.Generator().manual_seed(seed)
+        if keep_size:  # a few ids leave, as many enter: the delta path
+            size = current.numel()
+            outside = torch.ones(vocab, dtype=torch.bool)
+            outside[current] = False
+            leaving = torch.randperm(size, generator=g)[: min(swaps, size)]
+            entering = torch.nonzero(outside).flatten()[torch.randperm(int(outside.sum()), generator=g)[: leaving.numel()]]
+            current = current.clone()
+            current[leaving] = entering
+        else:
+            current = torch.randperm(vocab, generator=g)[:size]
+        before, sent = drafter.plan, drafter._to_map.bytes_sent
+        drafter.set_active(current)
+        plan = drafter.plan
+        assert torch.equal(drafter._id_map, plan.ids[: plan.size]) and torch.equal(drafter._bias, plan.bias)
+        assert torch.equal(drafter.active_rows.rows, drafter.active_rows.reservoir[plan.ids])
+        if plan.bucket == before.bucket and plan.size == before.size:
+            assert drafter._to_map.bytes_sent - sent == 2 * 8 * drafter.moved_rows  # columns and ids, int64
+        else:
+            assert drafter._to_map.bytes_sent - sent >= 8 * plan.size  # a new shape: the whole map
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
 def test_uploads_arrive_in_order_on_the_gpu():
     uploader = DeviceUploader("cuda")
-    outs = [uploader.upload("ids", torch.arange(i, i + 1000)) for i in range(20)]
+    outs = [uploader.upload("ids", torch.arange(i, i + 1000)) for i in range(20)]  # the staging ring wraps 5 times
     for i, out in enumerate(outs):
         assert out.device.type == "cuda" and torch.equal(out.cpu(), torch.arange(i, i + 1000))
+    base = uploader.upload("map", torch.arange(1000))
+    new = torch.arange(1000)
+    new[[3, 500]] = torch.tensor([7000, 7001])
+    sent = uploader.bytes_sent
+    out = uploader.patch("map", base, new, torch.tensor([3, 500]))
+    assert torch.equal(out.cpu(), new) and torch.equal(base.cpu(), torch.arange(1000))  # the old map is kept
+    assert uploader.bytes_sent - sent == 4 * 8  # two columns and two ids
 
 
 @pytest.mark.gpu
@@ -88,6 +151,7 @@ def test_cuda_graph_runtime_is_exact_and_replays(torch_bundle):
     on_cpu = SpeculativeGenerator.from_bundle(torch_bundle, TARGET).generate(prompt, TREE)
     assert first.stats.accepted_lengths == on_cpu.stats.accepted_lengths  # drafts like the eager CPU drafter
     assert captures["trunk"] > 0 and captures["head_active"] > 0
+    assert drafter.runners["trunk"].borrowed == {"new_keys", "new_values", "normed"}  # the rest are cloned
     assert {name: r.captures for name, r in drafter.runners.items()} == captures  # the second call only replays
     eager, _ = load_compiled_drafter(torch_bundle, generator.target, cuda_graphs=False)
     assert not eager.static_past
