@@ -1,35 +1,107 @@
-"""An LM head that computes a few rows of logits with the vocabulary as the long side of the GEMM.
+"""An LM head that computes a few rows of logits at close to one row's cost, with the kernel that is
+fastest on this CPU.
 
-``nn.Linear`` computes ``x @ W.T``: with a handful of rows (a verification pass over a draft of 6
-tokens) and a 151k-row weight, the CPU BLAS takes a path that costs about 3x a single row's
-(23 ms against 7 ms for 6 rows at d=160, measured on the reference machine). ``(W @ x.T).T`` is the
-same product with the weight as the long operand, which streams the weight once for all rows. The
-values agree to float rounding (a different summation order), not bit for bit, like any change of
-GEMM kernel; on a GPU the head is left as it is.
+``nn.Linear`` computes ``x @ W.T``. With a handful of rows (a verification pass over a draft of 6
+tokens) and a 151k-row weight, the CPU BLAS repacks the whole weight on every call, so 6 rows cost
+2-3x one row although the weight is read once either way. Which remedy wins depends on the CPU:
+- ``skinny``: ``(W @ x.T).T``, the weight as the long operand (23 -> 7 ms for 6 rows at d=160 on the
+  AVX2 machine this was first measured on; 7.2 -> 8.8 ms, slower, on an AVX-512 one);
+- ``onednn``: the weight packed once at load into oneDNN's blocked layout, so no call repacks it
+  (6 rows 7.2 -> 4.8 ms on the AVX-512 machine; float32 only; it holds a second copy of the head);
+- ``linear``: ``nn.Linear`` itself.
+Heads large enough to matter (``AUTOTUNE_MIN_ELEMENTS``) time the candidates on their own weight at
+load, for one row (a plain step) and for ``MANY_ROWS`` rows (a verification pass), and keep the fastest
+of each; ``EVOSPEC_HEAD_KERNEL=linear|skinny|onednn`` fixes the choice instead (reproducible runs).
+Kernels agree to float rounding (a different summation order), not bit for bit, like any change of
+GEMM kernel. On a GPU the head is left as it is.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from time import perf_counter
+
 import torch
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
+KERNELS = ("linear", "skinny", "onednn")
+AUTOTUNE_MIN_ELEMENTS = 1 << 22  # V x d; the demo and test heads stay on linear / skinny
+MANY_ROWS = 6  # a chain of 5 drafts plus its root
+
+
+def onednn_available(weight: torch.Tensor) -> bool:
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
 
 class SkinnyHead(nn.Module):
-    """Wraps a bias-free ``nn.Linear`` LM head; shares its weight (tied embeddings stay tied)."""
+    """Wraps a bias-free ``nn.Linear`` LM head; shares its weight (tied embeddings stay tied).
+    ``one`` / ``many``: the kernels for a single row and for several rows."""
 
-    def __init__(self, head: nn.Linear) -> None:
+    def __init__(self, head: nn.Linear, one: str = "linear", many: str = "skinny") -> None:
         super().__init__()
-        self.head = head
+        if one not in KERNELS or many not in KERNELS:
+            raise ValueError(f"head kernels are {KERNELS}, not {one!r} / {many!r}")
+        self.head, self.one, self.many = head, one, many
+        self._packed: torch.Tensor | None = None
+        self._packed_version = -1
 
     @property
     def weight(self) -> torch.Tensor:
         return self.head.weight
 
+    def _onednn(self, rows: torch.Tensor) -> torch.Tensor:
+        weight = self.head.weight
+        if self._packed is None or self._packed_version != weight._version:  # repacked if the weight changed
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            self._packed_version = weight._version
+        return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self._packed, None, "none", [], "")
+
+    def logits(self, rows: torch.Tensor, kernel: str) -> torch.Tensor:
+        """[N, d] -> [N, V] with ``kernel``."""
+        if kernel == "skinny" and rows.shape[0] > 1:
+            return torch.mm(self.head.weight, rows.T).T
+        if kernel == "onednn":
+            return self._onednn(rows)
+        return self.head(rows)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if rows.shape[0] == 1:  # a single row is a GEMV either way
-            return self.head(hidden)
-        return torch.mm(self.head.weight, rows.T).T.reshape(*hidden.shape[:-1], -1)
+        kernel = self.one if rows.shape[0] == 1 else self.many
+        return self.logits(rows, kernel).reshape(*hidden.shape[:-1], -1)
+
+
+def _best(head: SkinnyHead, rows: int, default: str, kernels: tuple[str, ...], repeats: int,
+          margin: float = 0.9) -> tuple[str, dict[str, float]]:
+    """The fastest kernel for ``rows`` rows: best of ``repeats`` rounds, the kernels interleaved within
+    each round so that a change of load hits them alike; another kernel replaces ``default`` only if it
+    takes under ``margin`` of its time (noise does not flip the choice)."""
+    x = torch.randn(rows, head.weight.shape[1], dtype=head.weight.dtype)
+    cost = dict.fromkeys(kernels, float("inf"))
+    with torch.no_grad():
+        for kernel in kernels:
+            head.logits(x, kernel)  # warm-up (and oneDNN's one packing)
+        for _ in range(repeats):
+            for kernel in kernels:
+                start = perf_counter()
+                head.logits(x, kernel)
+                cost[kernel] = min(cost[kernel], perf_counter() - start)
+    fastest = min(cost, key=cost.get)
+    return (fastest if cost[fastest] < margin * cost[default] else default), cost
+
+
+def choose_kernels(head: SkinnyHead, repeats: int = 7) -> dict[str, dict[str, float]]:
+    """Set ``head.one`` / ``head.many`` to the fastest kernels on this machine; returns the seconds
+    measured per row count and kernel. A packed copy that lost is freed."""
+    packed = ("onednn",) if onednn_available(head.weight) else ()
+    head.one, one = _best(head, 1, "linear", ("linear", *packed), repeats)  # skinny is linear for one row
+    head.many, many = _best(head, MANY_ROWS, "skinny", ("linear", "skinny", *packed), repeats)
+    if "onednn" not in (head.one, head.many):
+        head._packed = None
+    return {"1": one, str(MANY_ROWS): many}
 
 
 def use_skinny_head(model: nn.Module) -> bool:
@@ -37,5 +109,16 @@ def use_skinny_head(model: nn.Module) -> bool:
     head = getattr(model, "lm_head", None)
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
         return False
-    model.lm_head = SkinnyHead(head)
+    skinny = SkinnyHead(head)
+    forced = os.environ.get("EVOSPEC_HEAD_KERNEL")
+    if forced:
+        if forced not in KERNELS or (forced == "onednn" and not onednn_available(head.weight)):
+            raise ValueError(f"EVOSPEC_HEAD_KERNEL={forced!r}: choose one of {KERNELS} (onednn needs float32 "
+                             "weights and torch built with oneDNN)")
+        skinny.one = skinny.many = forced
+    elif head.weight.numel() >= AUTOTUNE_MIN_ELEMENTS:
+        timings = choose_kernels(skinny)
+        logger.info("LM head kernels: %s for one row, %s for %d rows (%s)", skinny.one, skinny.many, MANY_ROWS,
+                    {rows: {k: round(s * 1e3, 2) for k, s in t.items()} for rows, t in timings.items()})
+    model.lm_head = skinny
     return True

@@ -123,6 +123,73 @@ def test_skinny_head_computes_the_linear_head_with_the_weight_shared():
     assert not use_skinny_head(LM(bias=True))  # a biased head is left alone
 
 
+@pytest.mark.parametrize("kernel", ["linear", "skinny", "onednn"])
+def test_every_head_kernel_computes_the_linear_head(kernel):
+    from torch import nn
+
+    from evospec.runtime.skinny_head import SkinnyHead, onednn_available
+
+    linear = nn.Linear(32, 3000, bias=False)
+    if kernel == "onednn" and not onednn_available(linear.weight):
+        pytest.skip("this torch has no oneDNN linear ops")
+    head = SkinnyHead(linear, one=kernel, many=kernel)
+    for rows in (1, 6, 33):
+        hidden = torch.randn(1, rows, 32)
+        torch.testing.assert_close(head(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        linear.weight.mul_(-1)  # changed in place: a packed copy must follow
+    hidden = torch.randn(1, 6, 32)
+    torch.testing.assert_close(head(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
+
+
+def test_head_kernels_are_chosen_by_their_measured_time(monkeypatch):
+    """The choice follows measured cost, and a kernel must beat the default by the margin to replace it."""
+    from torch import nn
+
+    from evospec.runtime import skinny_head
+    from evospec.runtime.skinny_head import SkinnyHead, choose_kernels
+
+    now = [0.0]  # a clock that each kernel call advances by that kernel's cost
+    monkeypatch.setattr(skinny_head, "perf_counter", lambda: now[0])
+
+    def timed(costs):
+        def logits(self, rows, kernel):
+            now[0] += costs[(rows.shape[0] > 1, kernel)]
+        return logits
+
+    monkeypatch.setattr(skinny_head, "onednn_available", lambda weight: True)
+    head = SkinnyHead(nn.Linear(8, 100, bias=False))
+    monkeypatch.setattr(SkinnyHead, "logits", timed({(False, "linear"): 0.012, (False, "onednn"): 0.002,
+                                                     (True, "linear"): 0.030, (True, "skinny"): 0.012,
+                                                     (True, "onednn"): 0.011}))
+    measured = choose_kernels(head, repeats=2)
+    assert (head.one, head.many) == ("onednn", "skinny")  # 11 ms is within the margin of skinny's 12
+    assert measured["1"]["onednn"] < measured["1"]["linear"]
+    monkeypatch.setattr(SkinnyHead, "logits", timed({(False, "linear"): 0.002, (False, "onednn"): 0.012,
+                                                     (True, "linear"): 0.004, (True, "skinny"): 0.020,
+                                                     (True, "onednn"): 0.020}))
+    choose_kernels(head, repeats=2)
+    assert (head.one, head.many) == ("linear", "linear")
+
+
+def test_a_fixed_head_kernel_is_named_by_environment(monkeypatch):
+    from torch import nn
+
+    from evospec.runtime.skinny_head import use_skinny_head
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = nn.Linear(16, 1000, bias=False)
+
+    monkeypatch.setenv("EVOSPEC_HEAD_KERNEL", "linear")
+    model = LM()
+    assert use_skinny_head(model) and (model.lm_head.one, model.lm_head.many) == ("linear", "linear")
+    monkeypatch.setenv("EVOSPEC_HEAD_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="EVOSPEC_HEAD_KERNEL='fastest'"):
+        use_skinny_head(LM())
+
+
 def test_loaded_cpu_targets_use_the_skinny_head(checkpoint_dirs):
     from evospec.runtime.skinny_head import SkinnyHead
     from evospec.runtime.target import load_target
