@@ -211,6 +211,18 @@ def test_bad_bundles(ort_bundle, tmp_path, case):
         SpeculativeGenerator.from_bundle(bundle, target)
 
 
+def test_ort_sessions_do_not_spin_on_the_cores_verification_needs(ort_bundle):
+    """ONNX Runtime's pool threads spin after each run by default; beside torch's verification on a 2-core host
+    that cost 8x a verification step (README, issue 18). Every stage session is created with spinning off."""
+    from evospec.runtime.runners import OrtRunner
+
+    out, _ = ort_bundle
+    for stage in ("fuse", "trunk", "head"):
+        runner = OrtRunner(stage, out / "onnx" / f"{stage}.onnx")
+        runner.activate()
+        assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_ort_weights_update_in_place(ort_bundle):
     """Head rows and a trunk weight changed through the bound buffers, without a new session."""
     from evospec.runtime.runners import OrtRunner
