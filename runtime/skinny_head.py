@@ -47,7 +47,7 @@ class SkinnyHead(nn.Module):
             raise ValueError(f"head kernels are {KERNELS}, not {one!r} / {many!r}")
         self.head, self.one, self.many = head, one, many
         self._packed: torch.Tensor | None = None
-        self._packed_version = -1
+        self._packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
 
     @property
     def weight(self) -> torch.Tensor:
@@ -55,9 +55,10 @@ class SkinnyHead(nn.Module):
 
     def _onednn(self, rows: torch.Tensor) -> torch.Tensor:
         weight = self.head.weight
-        if self._packed is None or self._packed_version != weight._version:  # repacked if the weight changed
+        source = (weight.data_ptr(), weight._version)
+        if self._packed is None or self._packed_from != source:  # repacked if the weight was changed or replaced
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-            self._packed_version = weight._version
+            self._packed_from = source
         return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self._packed, None, "none", [], "")
 
     def logits(self, rows: torch.Tensor, kernel: str) -> torch.Tensor:

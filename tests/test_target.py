@@ -140,6 +140,8 @@ def test_every_head_kernel_computes_the_linear_head(kernel):
         linear.weight.mul_(-1)  # changed in place: a packed copy must follow
     hidden = torch.randn(1, 6, 32)
     torch.testing.assert_close(head(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
+    linear.weight = nn.Parameter(torch.randn(3000, 32))  # replaced: so must it
+    torch.testing.assert_close(head(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
 
 
 def test_head_kernels_are_chosen_by_their_measured_time(monkeypatch):
