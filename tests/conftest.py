@@ -44,12 +44,18 @@ def char_tokenizer():
 
 @pytest.fixture(scope="session")
 def trained_pair():
-    """A bigram-like tiny target and a drafter distilled on its outputs (accepts a fair share)."""
-    model = tiny_target(TINY_SHAPES["llama"], seed=3, init_std=1.0, layer_scale=0.1, dtype=torch.float64)
+    """A bigram-like tiny target and a drafter distilled on its outputs (accepts a fair share).
+
+    The layers are scaled down to 0.01 so the next token depends mostly on the last one: a
+    one-layer 32-wide drafter then learns it well (tau 2.2-2.9 at depth 4) and by a wide margin on
+    any CPU. With 0.1 and 64 sequences it reached only 1.1-1.3, and which side of the test's bound
+    it fell on depended on the host's float kernels.
+    """
+    model = tiny_target(TINY_SHAPES["llama"], seed=3, init_std=1.0, layer_scale=0.01, dtype=torch.float64)
     target = TargetModel(model, default_tap_layers(model.config.num_hidden_layers))
     drafter = tiny_drafter(model, seed=4, init_std=0.05)
-    sequences = sample_sequences(target, 64, 40, temperature=0.3)
-    distill_drafter(target, drafter, sequences, DistillSettings(steps=600, batch_size=16, unroll=2, lr=2e-2))
+    sequences = sample_sequences(target, 256, 40, temperature=0.3)
+    distill_drafter(target, drafter, sequences, DistillSettings(steps=600, batch_size=16, unroll=2, lr=1e-2))
     return model, drafter
 
 

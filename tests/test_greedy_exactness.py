@@ -60,7 +60,7 @@ def test_trained_pair_accepts_drafts(trained_pair):
     prompt = [3, 14, 15, 92]
     result = generator.generate(prompt, DecodeSettings(max_new_tokens=64, draft_tree="tree", draft_depth=4))
     assert result.token_ids == hf_greedy(model, prompt, 64)
-    assert result.stats.mean_accepted_length > 1.2, result.stats
+    assert result.stats.mean_accepted_length > 1.6, result.stats
     assert max(result.stats.accepted_lengths) >= 2
     emitted, accepted = result.stats.step_tokens, result.stats.accepted_lengths
     assert sum(emitted) + 1 == 64 and emitted[:-1] == [a + 1 for a in accepted[:-1]]  # only the last step is cut
