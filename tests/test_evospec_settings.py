@@ -65,6 +65,8 @@ def test_policy_names_select_variants_and_alignment():
         variant = make_policy("evospec:40:core-25", inputs, "f", evospec=config)
         assert variant.inner.settings.core_share == 0.25 and variant.inner.core_size == 10
         variant.close()
+        synced = make_policy("evospec:40:core-25:sync", inputs, "f", evospec=config)  # the variant, unpipelined
+        assert isinstance(synced, EvoSpecPolicy) and synced.core_size == 10
         with pytest.raises(SettingsError, match="variant 'nope' is not in built-in settings"):
             make_policy("evospec:40:nope", inputs, "f", evospec=config)
     assert split_align("evospec:40:no-drift+align") == ("evospec:40:no-drift", True)
@@ -128,6 +130,23 @@ def test_semantic_count_switch():
     assert {180, 181, 182} <= _run(on, [[1]], state=torch.zeros(4)) and index.calls == [3]
     off = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(semantic_count=0), semantic=index)
     assert 180 not in _run(off, [[1]], state=torch.zeros(4)) and index.calls == [3]  # never queried
+
+
+def test_target_top_switch():
+    """Verification feedback: the target's top ids at the verified positions enter the tail, up to
+    ``target_top`` per position, and only when the switch is on."""
+    top = torch.tensor([[150, 151, 152], [160, 161, 162]])  # two verified positions, the target's top 3
+    on = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(target_top=2, context=False))
+    on.reset([])
+    on.observe([1, 2], None, top)
+    active = set(on.active_ids().tolist())
+    assert {150, 151, 160, 161} <= active and not {152, 162} & active
+    off = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(context=False))
+    off.reset([])
+    off.observe([1, 2], None, top)
+    assert off.target_top == 0 and not {150, 151, 160, 161} & set(off.active_ids().tolist())
+    with pytest.raises(SettingsError, match="target_top"):
+        PolicySettings(target_top=-1)
 
 
 def test_max_age_switch():

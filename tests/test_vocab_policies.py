@@ -106,6 +106,35 @@ class RandomPolicy:
         pass
 
 
+class RecordingPolicy(RandomPolicy):
+    """Asks for verification feedback (the target's top 3 ids at each verified row) and records it."""
+
+    target_top = 3
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.log: list[tuple[list[int], torch.Tensor | None]] = []
+
+    def observe(self, committed, state=None, target_top=None):
+        self.log.append((list(committed), target_top))
+
+
+def test_policies_that_ask_get_the_targets_top_ids_at_the_verified_rows(torch_bundle):
+    generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    policy = generator.policy = RecordingPolicy(0)
+    prompt = generator.encode("def main(")
+    s = DecodeSettings(max_new_tokens=24, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=10)
+    result = generator.generate(prompt, s)
+    first, steps = policy.log[0], policy.log[1:]  # first: the prefill's token, before any verification
+    assert first[1] is None and all(top is not None and top.shape == (len(c), 3) for c, top in steps)
+    assert sum(len(c) for c, _ in steps) >= len(result.token_ids) - 1 and any(len(c) > 1 for c, _ in steps)
+    ids = prompt + result.token_ids
+    with torch.no_grad():
+        logits = generator.target.model(torch.tensor([ids])).logits[0]
+    expected = logits[len(prompt) : len(ids) - 1].topk(3, dim=-1).indices  # the rows that chose tokens 1..n-1
+    assert torch.equal(torch.cat([top for _, top in steps])[: expected.shape[0]], expected)
+
+
 @settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no slow shrinking
 @given(seed=st.integers(0, 10_000), tree=st.sampled_from(["chain", "tree"]))
 def test_greedy_exact_while_the_active_set_changes_every_step(torch_bundle, seed, tree):
@@ -281,6 +310,27 @@ def test_text_coverage_counts_true_next_tokens():
     text = [40, 41, 42] * 10  # rare tokens that repeat: only a context-aware set can hold them
     assert text_coverage(living, [text], 50, 3) == 1.0
     assert text_coverage(StaticPolicy("frspec", freq.top(10)), [text], 50, 3) == 0.0
+
+
+def test_replay_hands_the_targets_top_ids_to_a_policy_that_asks():
+    from evospec.eval.replay import ReplayCounts, replay_stream
+    from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+    from evospec.runtime.vocab.evospec_settings import PolicySettings
+
+    counts = torch.ones(50)
+    counts[:8] = 100
+    freq = TokenFrequencies(50, counts, 1, "unit", successors={})
+    text = [1, 2, 3] + [40, 41, 42] * 3
+    top = torch.tensor(text[1:])[:, None]  # the target's top 1 at position i is the true token i + 1
+
+    def coverage(target_top: int) -> float:
+        policy = EvoSpecPolicy(10, freq, 50, PolicySettings(context=False, corpus_successors=False,
+                                                            session_successors=False, target_top=target_top))
+        replayed = ReplayCounts()
+        replay_stream(policy, text, 50, 3, replayed, top=top)
+        return replayed.text_coverage
+
+    assert coverage(0) == 0.0 and coverage(1) == pytest.approx(2 / 3)  # chunks 2 and 3 were the target's top 1
 
 
 def test_pipelined_policy_is_one_cycle_late_and_deterministic():

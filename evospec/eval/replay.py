@@ -46,8 +46,11 @@ class ReplayCounts:
 
 
 def replay_stream(policy, ids: list[int], vocab_size: int, prompt_tokens: int, counts: ReplayCounts,
-                  states: torch.Tensor | None = None, probs: dict[float, torch.Tensor] | None = None) -> None:
-    """Replay one stream into ``counts``; ``probs[T][i]``: the target's distribution for token i + 1."""
+                  states: torch.Tensor | None = None, probs: dict[float, torch.Tensor] | None = None,
+                  top: torch.Tensor | None = None) -> None:
+    """Replay one stream into ``counts``; ``probs[T][i]``: the target's distribution for token i + 1;
+    ``top[i]``: the target's most likely ids there, handed to a policy that asks for verification
+    feedback (``target_top``) as decoding hands it the verified rows."""
     member = torch.zeros(vocab_size, dtype=torch.bool)
     routed = hasattr(policy, "route")
     policy.reset(ids[:prompt_tokens])
@@ -65,7 +68,11 @@ def replay_stream(policy, ids: list[int], vocab_size: int, prompt_tokens: int, c
         for temperature, p in (probs or {}).items():
             rows = p[pos - 1 : pos - 1 + len(chunk)]
             counts.mass[temperature] = counts.mass.get(temperature, 0.0) + float(rows[:, member].sum())
-        policy.observe(chunk, state)
+        feedback = getattr(policy, "target_top", 0)
+        if feedback and top is not None:
+            policy.observe(chunk, state, top[pos - 1 : pos - 1 + len(chunk), :feedback])
+        else:
+            policy.observe(chunk, state)
 
 
 def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
@@ -81,9 +88,11 @@ def text_coverage(policy, streams: list[list[int]], vocab_size: int, prompt_toke
 
 
 @torch.no_grad()
-def target_distributions(generator, ids: list[int], temperatures: list[float], top_p: float) -> dict[float, torch.Tensor]:
+def target_distributions(generator, ids: list[int], temperatures: list[float], top_p: float,
+                         top: int = 0) -> tuple[dict[float, torch.Tensor], torch.Tensor | None]:
     """[len(ids) - 1, V] per temperature: the target's sampling distribution for each next token
-    (temperature 0: its argmax as a point mass), teacher-forced over ``ids``."""
+    (temperature 0: its argmax as a point mass), teacher-forced over ``ids``; and with ``top`` > 0
+    its ``top`` most likely ids there ([len(ids) - 1, top], else None)."""
     target = generator.target
     n = len(ids) - 1
     logits = target.forward(torch.tensor([ids[:n]], device=target.device), torch.arange(n, device=target.device)[None],
@@ -94,18 +103,19 @@ def target_distributions(generator, ids: list[int], temperatures: list[float], t
             out[t] = sampling_probs(logits, t, top_p).float()
         else:
             out[t] = torch.zeros_like(logits).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
-    return out
+    return out, (logits.topk(top, dim=-1).indices if top else None)
 
 
 def replay_policies(generator, policies: dict, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
                     states: list | None, temperatures: list[float], top_p: float) -> dict[str, ReplayCounts]:
     """Every policy over every stream, stream by stream (one stream's target distributions in memory at a time)."""
     counts = {spec: ReplayCounts() for spec in policies}
+    feedback = max((getattr(policy, "target_top", 0) for policy in policies.values()), default=0)
     for i, ids in enumerate(streams):
-        probs = target_distributions(generator, ids, temperatures, top_p)
+        probs, top = target_distributions(generator, ids, temperatures, top_p, feedback)
         for spec, policy in policies.items():
             replay_stream(policy, ids, vocab_size, prompt_tokens, counts[spec],
-                          states[i] if states is not None else None, probs)
+                          states[i] if states is not None else None, probs, top)
         del probs
     return counts
 

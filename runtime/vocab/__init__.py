@@ -1,8 +1,9 @@
 """Vocabulary policies, chosen by name: ``full``, ``eagle3``, ``frspec:K``, ``dynaspec:K:C``, ``evospec:K``.
 
 ``evospec:K`` retrieves on a worker thread one cycle ahead (``PipelinedPolicy``);
-``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides);
-``evospec:K:VARIANT`` runs a named variant of EvoSpec's settings (``evospec_settings``).
+``evospec:K:sync`` does the same work on the decoding thread (to measure what that hides, and what the
+pipeline's lag costs); ``evospec:K:VARIANT`` runs a named variant of EvoSpec's settings
+(``evospec_settings``), ``evospec:K:VARIANT:sync`` that variant on the decoding thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from evospec.runtime.vocab.pipelined import PipelinedPolicy
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
 ALIGN = "+align"  # a policy name's suffix: run it with EvoSpec's online alignment (``evospec:K+align``)
-POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync", "evospec:K:VARIANT")
+POLICY_NAMES = ("full", "eagle3", "frspec:K", "dynaspec:K:C", "evospec:K", "evospec:K:sync", "evospec:K:VARIANT",
+                "evospec:K:VARIANT:sync")
 
 
 def split_align(spec: str) -> tuple[str, bool]:
@@ -58,7 +60,7 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         settings = config.for_policy(spec).policy
         policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, settings,
                                semantic=inputs.semantic, name=spec)
-        if mode == "sync":  # retrieval on the decoding thread: to measure what the pipeline hides
+        if mode == "sync" or mode.endswith(":sync"):  # retrieval on the decoding thread: what the pipeline hides
             return policy
         return PipelinedPolicy(policy)
     if name == "dynaspec":

@@ -30,9 +30,12 @@ class VocabPolicy(Protocol):
 
     def active_ids(self) -> torch.Tensor: ...
 
-    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+    def observe(self, committed: list[int], state: torch.Tensor | None = None,
+                target_top: torch.Tensor | None = None) -> None:
         """``committed``: tokens verified this step; ``state``: the drafter's head input at the
-        newest committed token before them (for semantic retrieval), when the drafter has one."""
+        newest committed token before them (for semantic retrieval), when the drafter has one;
+        ``target_top``: [len(committed), n] the target's most likely ids at the positions that
+        produced them, when the policy asks for them (a ``target_top`` attribute > 0)."""
 
     def close(self) -> None:
         """Release what the policy holds (worker threads); it is not used afterwards."""
@@ -50,7 +53,8 @@ class StaticPolicy:
     def active_ids(self) -> torch.Tensor:
         return self._ids
 
-    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+    def observe(self, committed: list[int], state: torch.Tensor | None = None,
+                target_top: torch.Tensor | None = None) -> None:
         pass
 
     def close(self) -> None:

@@ -265,7 +265,8 @@ class DynaSpecPolicy:
             self._active, self._used = ids, used
         return self._active
 
-    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+    def observe(self, committed: list[int], state: torch.Tensor | None = None,
+                target_top: torch.Tensor | None = None) -> None:
         """Nothing to learn online: the set follows the fresh state through ``route``."""
 
     def active_ids(self) -> torch.Tensor:

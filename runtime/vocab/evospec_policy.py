@@ -7,7 +7,9 @@ tokens, so the set always holds K ids (equal size to ``frspec:K``). Evidence:
   followed the newest committed token in the corpus (top-S successors from ``evospec vocab
   frequencies --successors S``) and in this session; misses (committed tokens the set lacked);
 - semantic index (when the bundle has one): the ``semantic_count`` rows whose projected inner
-  product with the drafter's state is largest (``SemanticIndex``), once per verification cycle.
+  product with the drafter's state is largest (``SemanticIndex``), once per verification cycle;
+- verification feedback (``target_top``): the target's most likely tokens at each verified position,
+  which the caller reads from the logits verification computed anyway.
 Each piece of evidence stamps the token with the current step; the tail keeps the most recently
 stamped tokens, so old evidence ages out. Drift detection: when the short-run miss rate jumps
 well above its long-run level (a topic switch), stamps older than the switch are dropped and the
@@ -62,6 +64,7 @@ class EvoSpecPolicy:
         self.successors = (frequencies.successors or {}) if settings.corpus_successors else {}
         self.semantic = semantic if settings.semantic_count > 0 else None
         self.semantic_count = settings.semantic_count
+        self.target_top = settings.target_top  # callers hand ``observe`` this many target ids per position
         self.drift = settings.drift if settings.drift.enabled else None
         self._member = torch.zeros(vocab_size, dtype=torch.bool)
         self.drifts = 0  # topic switches detected since reset
@@ -112,7 +115,9 @@ class EvoSpecPolicy:
         self.slow_miss = self.fast_miss if drifted else self.slow_miss + d.slow * (miss - self.slow_miss)
         return drifted
 
-    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
+    def observe(self, committed: list[int], state: torch.Tensor | None = None,
+                target_top: torch.Tensor | None = None) -> None:
+        """``target_top``: [positions, target_top] the target's most likely ids at the verified positions."""
         self.step += 1
         drifted = self._detect_drift(committed)
         if drifted:  # a topic switch: drop the old topic's evidence
@@ -132,6 +137,9 @@ class EvoSpecPolicy:
                 self._mark(token)
         if self.settings.max_age:  # ageing: evidence older than max_age steps leaves the tail
             self.recency.drop_before(self.step - self.settings.max_age + 1)
+        if target_top is not None and self.target_top:
+            for token in target_top[:, : self.target_top].reshape(-1).tolist():
+                self._mark(token)
         if self.semantic is not None and state is not None:
             count = self.semantic_count * (self.drift.boost if drifted else 1)
             for token in self.semantic.query(state, count):

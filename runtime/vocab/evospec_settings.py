@@ -63,6 +63,9 @@ class PolicySettings:
         session_successors: stamp what followed the newest token earlier in this session.
         semantic_count: rows the semantic index adds per cycle (0: no semantic retrieval).
         max_age: evidence older than this many steps leaves the tail (0: only recency ranks it).
+        target_top: verification feedback: the target's ``target_top`` most likely tokens at each verified
+            position are stamped (0: none). The target scored its whole vocabulary there anyway; the tokens it
+            found plausible in this context are likely plausible again a few positions on.
         drift: topic-switch detection.
     """
 
@@ -72,14 +75,16 @@ class PolicySettings:
     session_successors: bool = True
     semantic_count: int = 64
     max_age: int = 0
+    target_top: int = 0
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if not 0.0 < self.core_share <= 1.0:
             raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
-        if self.semantic_count < 0 or self.max_age < 0:
-            raise SettingsError(f"semantic_count and max_age must be >= 0 (got {self.semantic_count}, {self.max_age})")
+        if self.semantic_count < 0 or self.max_age < 0 or self.target_top < 0:
+            raise SettingsError(f"semantic_count, max_age and target_top must be >= 0 (got {self.semantic_count}, "
+                                f"{self.max_age}, {self.target_top})")
 
 
 @dataclass(frozen=True)

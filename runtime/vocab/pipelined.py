@@ -35,14 +35,20 @@ class PipelinedPolicy:
         self.inner.reset(prompt_ids)
         self._current = self.inner.active_ids()
 
-    def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, served: torch.Tensor | None) -> torch.Tensor:
+    def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, target_top: torch.Tensor | None,
+                          served: torch.Tensor | None) -> torch.Tensor:
         if served is not None and hasattr(self.inner, "served"):
             self.inner.served(served)  # the set used this cycle, not the newest one computed
-        self.inner.observe(committed, state)
+        if target_top is None:
+            self.inner.observe(committed, state)
+        else:
+            self.inner.observe(committed, state, target_top)
         return self.inner.active_ids()
 
-    def observe(self, committed: list[int], state: torch.Tensor | None = None) -> None:
-        self._queue.append(self._worker.submit(self._observe_and_plan, list(committed), state, self._current))
+    def observe(self, committed: list[int], state: torch.Tensor | None = None,
+                target_top: torch.Tensor | None = None) -> None:
+        self._queue.append(self._worker.submit(self._observe_and_plan, list(committed), state, target_top,
+                                               self._current))
 
     def active_ids(self) -> torch.Tensor:
         while len(self._queue) > 1:  # the newest job overlaps this cycle; older ones are due
