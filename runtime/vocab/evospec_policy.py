@@ -61,6 +61,9 @@ class EvoSpecPolicy:
         self.ranked = frequencies.ranked(k, vocab_size)  # core, then the fill for an unused tail budget
         self.core = self.ranked[: self.core_size]
         self._core_set = set(self.core.tolist())
+        self._core_mask = torch.zeros(vocab_size, dtype=torch.bool)
+        self._core_mask[self.core] = True
+        self._scratch = torch.zeros(vocab_size, dtype=torch.bool)  # the tail's members while a set is built
         self.successors = (frequencies.successors or {}) if settings.corpus_successors else {}
         self.semantic = semantic if settings.semantic_count > 0 else None
         self.semantic_count = settings.semantic_count
@@ -91,6 +94,13 @@ class EvoSpecPolicy:
     def _mark(self, token: int) -> None:
         if token not in self._core_set:
             self.recency.mark(token, self.step)
+
+    def _mark_all(self, ids: torch.Tensor) -> None:
+        """``_mark`` each id, the core left out by a mask first (a per-id Python call is the dear part)."""
+        ids = ids.to(torch.long)
+        step, mark = self.step, self.recency.mark
+        for token in ids[~self._core_mask[ids]].tolist():
+            mark(token, step)
 
     def _followed(self, token: int, successor: int) -> None:
         """Record that ``successor`` followed ``token`` this session, within the table's bounds."""
@@ -138,8 +148,7 @@ class EvoSpecPolicy:
         if self.settings.max_age:  # ageing: evidence older than max_age steps leaves the tail
             self.recency.drop_before(self.step - self.settings.max_age + 1)
         if target_top is not None and self.target_top:
-            for token in target_top[:, : self.target_top].reshape(-1).tolist():
-                self._mark(token)
+            self._mark_all(target_top[:, : self.target_top].reshape(-1))
         if self.semantic is not None and state is not None:
             count = self.semantic_count * (self.drift.boost if drifted else 1)
             for token in self.semantic.query(state, count):
@@ -158,7 +167,9 @@ class EvoSpecPolicy:
         budget = self.k - self.core_size
         tail = torch.tensor(self.recency.newest(budget), dtype=torch.long)  # newest first, ties: lower id
         fill = self.ranked[self.core_size :]  # budget the evidence does not use goes to the next most frequent
-        fill = fill[~torch.isin(fill, tail)][: budget - tail.numel()]
+        self._scratch[tail] = True  # a mask, not isin: the tail and the fill are each up to K / 2 long
+        fill = fill[~self._scratch[fill]][: budget - tail.numel()]
+        self._scratch[tail] = False
         active = torch.cat((self.core, tail, fill))
         if self._active is not None and torch.equal(active, self._active):
             return self._active  # the same tensor: the drafter's plan update then costs nothing
