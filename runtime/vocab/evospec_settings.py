@@ -187,6 +187,7 @@ VARIANTS: dict[str, dict] = {
     "no-session-successors": {"policy": {"session_successors": False}},
     "no-semantic": {"policy": {"semantic_count": 0}},
     "semantic-256": {"policy": {"semantic_count": 256}},
+    "target-top-256": {"policy": {"target_top": 256}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

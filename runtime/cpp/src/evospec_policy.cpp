@@ -243,6 +243,9 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "semantic-256") s.semantic_count = 256;
   else if (name == "age-64") s.max_age = 64;
   else if (name == "no-drift") s.drift_enabled = false;
+  else if (name == "target-top-256")
+    throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
+                        "drafter library: the library never sees the target's logits; run it with the Python drafter");
   else if (name == "no-curriculum" || name == "align-retrieved-rows") {
   }  // alignment variants: the policy runs the chosen settings
   else
