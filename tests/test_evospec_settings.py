@@ -149,6 +149,23 @@ def test_target_top_switch():
         PolicySettings(target_top=-1)
 
 
+def test_fresh_switch_patches_the_pipelined_set_with_the_newest_tokens():
+    """The worker's set is a cycle old; ``fresh`` puts the newest committed token and its corpus
+    successors in it on the decoding thread, and the set stays K distinct ids."""
+    from evospec.runtime.vocab.pipelined import PipelinedPolicy
+
+    freq = _frequencies(successors={150: [160, 161, 3]})  # 3 is a core token: never patched in
+    for fresh in (False, True):
+        policy = PipelinedPolicy(EvoSpecPolicy(40, freq, 200, PolicySettings(fresh=fresh)))
+        policy.reset([])
+        policy.active_ids()
+        policy.observe([150])
+        active = policy.active_ids()  # the worker's set still predates the observation
+        assert active.numel() == 40 and torch.unique(active).numel() == 40
+        assert ({150, 160, 161} <= set(active.tolist())) == fresh and 3 in active.tolist()
+        policy.close()
+
+
 def test_max_age_switch():
     steps = [[150]] + [[1]] * 5  # 150 seen once, then only core tokens for five steps
     assert 150 in _run(EvoSpecPolicy(40, _frequencies(), 200), steps)

@@ -79,7 +79,8 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
         router = Path(tmp) / "r.safetensors"
         clusters = router_file(router, vocab, clusters, k, backbone, g)
         specs = {"full": vocab, "eagle3": len(draft_vocab_ids), f"frspec:{k}": k, f"evospec:{k}": k,
-                 f"evospec:{k}:sync": k, f"dynaspec:{k}:{clusters}": k}
+                 f"evospec:{k}:sync": k, f"evospec:{k}:fresh": k, f"evospec:{k}:target-top-256": k,
+                 f"dynaspec:{k}:{clusters}": k}
         for spec, size in specs.items():
             policy = make_policy(spec, inputs, frequencies=freq, router=router)
             try:
@@ -90,7 +91,10 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
                         state = torch.randn(HIDDEN, generator=g) if with_state else None
                         if hasattr(policy, "route") and state is not None:  # routed: chosen from the fresh state
                             check(policy.route(state), size, vocab, spec, f"route {i}")
-                        policy.observe(committed, state)
+                        if getattr(policy, "target_top", 0):  # verification feedback: the target's top ids
+                            policy.observe(committed, state, torch.randint(vocab, (len(committed), 3), generator=g))
+                        else:
+                            policy.observe(committed, state)
                         check(policy.active_ids(), size, vocab, spec, f"after observe {i}: {committed}")
             finally:
                 if hasattr(policy, "close"):

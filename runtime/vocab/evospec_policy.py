@@ -157,6 +157,21 @@ class EvoSpecPolicy:
         if len(self.recency) > 4 * max(budget, 1):  # bounded memory: forget the stalest evidence
             self.recency.keep_newest(2 * budget)
 
+    @property
+    def patches_fresh(self) -> bool:
+        """Whether a pipelining caller should patch this policy's sets with ``fresh`` (the ``fresh`` setting)."""
+        return self.settings.fresh
+
+    def fresh(self, committed: list[int]) -> list[int]:
+        """The tail evidence ``committed`` gives at once, without the policy's state: the tokens themselves
+        (context) and the corpus successors of the newest, core tokens and repeats left out, in order.
+        Reads only tables fixed at construction, so a caller may run it while a worker runs ``observe``."""
+        ids = list(committed) if self.settings.context else []
+        if committed:
+            ids += self.successors.get(committed[-1], ())
+        seen: set[int] = set()
+        return [t for t in ids if t not in self._core_set and not (t in seen or seen.add(t))]
+
     def served(self, active: torch.Tensor) -> None:
         """The set the drafter actually drafted over this cycle (a pipelined caller serves one computed
         a cycle earlier than the newest): misses, and so drift, are judged against it."""

@@ -66,6 +66,9 @@ class PolicySettings:
         target_top: verification feedback: the target's ``target_top`` most likely tokens at each verified
             position are stamped (0: none). The target scored its whole vocabulary there anyway; the tokens it
             found plausible in this context are likely plausible again a few positions on.
+        fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
+            out on the decoding thread with the newest committed tokens and their corpus successors, the
+            evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
         drift: topic-switch detection.
     """
 
@@ -76,6 +79,7 @@ class PolicySettings:
     semantic_count: int = 64
     max_age: int = 0
     target_top: int = 0
+    fresh: bool = False
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
@@ -188,6 +192,7 @@ VARIANTS: dict[str, dict] = {
     "no-semantic": {"policy": {"semantic_count": 0}},
     "semantic-256": {"policy": {"semantic_count": 256}},
     "target-top-256": {"policy": {"target_top": 256}},
+    "fresh": {"policy": {"fresh": True}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

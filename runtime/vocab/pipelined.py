@@ -8,6 +8,10 @@ takes longer than a cycle. The lag is deterministic (it does not depend on threa
 runs are reproducible; exactness never depends on the active set at all.
 
 ONNX Runtime and torch kernels release the GIL, so the worker's Python work overlaps them.
+
+A policy that ``patches_fresh`` closes most of that lag for the price of a few ids: the decoding thread
+takes the evidence of the newest committed tokens that needs no state (``inner.fresh``) and puts what
+the worker's set lacks in place of its last, lowest-ranked entries, so the set stays K distinct ids.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ class PipelinedPolicy:
         self.name = inner.name
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"evospec-retrieval-{inner.name}")
         self._queue: deque[Future] = deque()
-        self._current: torch.Tensor | None = None
+        self._current: torch.Tensor | None = None  # the newest set the worker computed
+        self._served: torch.Tensor | None = None  # the set handed out this cycle (patched, or the same)
+        self._fresh: list[int] = []
+        self._patching = bool(getattr(inner, "patches_fresh", False))
 
     def _drain(self) -> None:
         while self._queue:
@@ -33,7 +40,8 @@ class PipelinedPolicy:
     def reset(self, prompt_ids: list[int]) -> None:
         self._drain()
         self.inner.reset(prompt_ids)
-        self._current = self.inner.active_ids()
+        self._current = self._served = self.inner.active_ids()
+        self._fresh = []
 
     def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, target_top: torch.Tensor | None,
                           served: torch.Tensor | None) -> torch.Tensor:
@@ -47,13 +55,24 @@ class PipelinedPolicy:
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None,
                 target_top: torch.Tensor | None = None) -> None:
+        if self._patching:
+            self._fresh = self.inner.fresh(list(committed))
         self._queue.append(self._worker.submit(self._observe_and_plan, list(committed), state, target_top,
-                                               self._current))
+                                               self._served))
 
     def active_ids(self) -> torch.Tensor:
         while len(self._queue) > 1:  # the newest job overlaps this cycle; older ones are due
             self._current = self._queue.popleft().result()
-        return self._current
+        self._served = self._patch(self._current) if self._fresh else self._current
+        return self._served
+
+    def _patch(self, base: torch.Tensor) -> torch.Tensor:
+        """``base`` with the fresh ids it lacks in place of its last entries (at most its tail's length)."""
+        fresh = torch.tensor(self._fresh, dtype=base.dtype)
+        new = fresh[~torch.isin(fresh, base)][: base.numel() - self.inner.core_size]
+        if new.numel() == 0:
+            return base
+        return torch.cat((base[: base.numel() - new.numel()], new))
 
     def close(self) -> None:
         self._drain()
