@@ -79,7 +79,7 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
         router = Path(tmp) / "r.safetensors"
         clusters = router_file(router, vocab, clusters, k, backbone, g)
         specs = {"full": vocab, "eagle3": len(draft_vocab_ids), f"frspec:{k}": k, f"evospec:{k}": k,
-                 f"evospec:{k}:sync": k, f"evospec:{k}:fresh": k, f"evospec:{k}:target-top-256": k,
+                 f"evospec:{k}:sync": k, f"evospec:{k}:no-fresh": k, f"evospec:{k}:target-top-256": k,
                  f"dynaspec:{k}:{clusters}": k}
         for spec, size in specs.items():
             policy = make_policy(spec, inputs, frequencies=freq, router=router)

@@ -79,7 +79,7 @@ class PolicySettings:
     semantic_count: int = 64
     max_age: int = 0
     target_top: int = 0
-    fresh: bool = False
+    fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
@@ -192,7 +192,7 @@ VARIANTS: dict[str, dict] = {
     "no-semantic": {"policy": {"semantic_count": 0}},
     "semantic-256": {"policy": {"semantic_count": 256}},
     "target-top-256": {"policy": {"target_top": 256}},
-    "fresh": {"policy": {"fresh": True}},
+    "no-fresh": {"policy": {"fresh": False}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

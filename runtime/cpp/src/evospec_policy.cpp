@@ -124,6 +124,25 @@ class EvoSpecPolicy : public Policy {
 
   void served(const std::vector<int64_t>& active) override { set_member(active); }
 
+  bool patches_fresh() const override { return s_.fresh; }
+  int64_t tail_size() const override { return k_ - core_size_; }
+
+  // Python's EvoSpecPolicy.fresh: the committed tokens (context) and the newest one's corpus
+  // successors, core tokens and repeats left out, in order.
+  std::vector<int64_t> fresh(const std::vector<int64_t>& committed) const override {
+    std::vector<int64_t> ids;
+    if (s_.context) ids = committed;
+    if (!committed.empty()) {
+      auto corpus = successors_.find(committed.back());
+      if (corpus != successors_.end()) ids.insert(ids.end(), corpus->second.begin(), corpus->second.end());
+    }
+    std::vector<int64_t> out;
+    std::unordered_set<int64_t> seen;
+    for (int64_t t : ids)
+      if (!core_set_.count(t) && seen.insert(t).second) out.push_back(t);
+    return out;
+  }
+
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
     ++step_;
     bool drifted = detect_drift(committed);
@@ -242,6 +261,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "no-semantic") s.semantic_count = 0;
   else if (name == "semantic-256") s.semantic_count = 256;
   else if (name == "age-64") s.max_age = 64;
+  else if (name == "no-fresh") s.fresh = false;
   else if (name == "no-drift") s.drift_enabled = false;
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
@@ -251,7 +271,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
                         "core-25, core-75, frequency-only, no-context, no-corpus-successors, no-curriculum, no-drift, "
-                        "no-semantic, no-session-successors, semantic-256");
+                        "no-fresh, no-semantic, no-session-successors, semantic-256");
   return s;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <unordered_set>
 
 #include "evospec/drafter.hpp"
 #include "json.hpp"
@@ -56,13 +57,15 @@ std::vector<int64_t> TokenFrequencies::top(int64_t k, int64_t vocab) const {
 
 void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
   queue_.clear();
+  fresh_.clear();
   inner_->reset(prompt);
-  current_ = inner_->active_ids();
+  current_ = served_ = inner_->active_ids();
 }
 
 void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::Tensor& state) {
+  if (inner_->patches_fresh()) fresh_ = inner_->fresh(committed);
   // What Python's worker runs for this observation (in order, so computing it now is the same).
-  inner_->served(current_);
+  inner_->served(served_);
   inner_->observe(committed, state);
   queue_.push_back(inner_->active_ids());
 }
@@ -72,7 +75,19 @@ std::vector<int64_t> PipelinedPolicy::active_ids() {
     current_ = std::move(queue_.front());
     queue_.erase(queue_.begin());
   }
-  return current_;
+  served_ = current_;
+  if (!fresh_.empty()) {  // Python's PipelinedPolicy._patch: what the set lacks replaces its last entries
+    std::unordered_set<int64_t> in(current_.begin(), current_.end());
+    std::vector<int64_t> add;
+    int64_t room = inner_->tail_size();
+    for (int64_t t : fresh_)
+      if (static_cast<int64_t>(add.size()) < room && !in.count(t)) add.push_back(t);
+    if (!add.empty()) {
+      served_.resize(current_.size() - add.size());
+      served_.insert(served_.end(), add.begin(), add.end());
+    }
+  }
+  return served_;
 }
 
 }  // namespace evospec::detail

@@ -30,6 +30,12 @@ class Policy {
   // head of a cycle's first call, instead of through active_ids() before it.
   virtual bool routed() const { return false; }
   virtual std::vector<int64_t> route(const at::Tensor&) { return active_ids(); }
+  // Python's ``patches_fresh`` / ``fresh``: the evidence ``committed`` gives without the policy's
+  // state, which a pipelining caller puts in the (older) set it serves; ``tail_size``: how many
+  // entries at the end of a set it may replace.
+  virtual bool patches_fresh() const { return false; }
+  virtual std::vector<int64_t> fresh(const std::vector<int64_t>&) const { return {}; }
+  virtual int64_t tail_size() const { return 0; }
 };
 
 class StaticPolicy : public Policy {
@@ -68,7 +74,8 @@ std::unique_ptr<SemanticIndex> load_semantic_index(const std::string& bundle, in
 bool semantic_index_available();
 
 // Python's PipelinedPolicy: the set served at cycle t was computed from the observation of
-// cycle t-2, and the inner policy is told which set was served when it observes.
+// cycle t-2 (patched with cycle t-1's fresh evidence when the inner policy asks), and the inner
+// policy is told which set was served when it observes.
 class PipelinedPolicy : public Policy {
  public:
   explicit PipelinedPolicy(std::unique_ptr<Policy> inner) : inner_(std::move(inner)) {}
@@ -79,7 +86,9 @@ class PipelinedPolicy : public Policy {
  private:
   std::unique_ptr<Policy> inner_;
   std::vector<std::vector<int64_t>> queue_;  // sets computed, oldest first
-  std::vector<int64_t> current_;
+  std::vector<int64_t> current_;              // the newest set due
+  std::vector<int64_t> served_;               // the set handed out this cycle (patched, or current_)
+  std::vector<int64_t> fresh_;                // the last observation's fresh evidence
 };
 
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
