@@ -323,12 +323,13 @@ class SpeculativeGenerator:
                         stats.rejected_choice_total += 1
                         stats.rejected_choice_hits += int(bool((drafter.active_ids.cpu() == verdict.bonus).any()))
                     r0 = time.perf_counter()
+                    state = getattr(drafter, "context_state", None)
                     feedback = getattr(policy, "target_top", 0)  # the target's likeliest ids where it verified
                     if feedback:
                         top = out.logits[rows.to(device)].topk(feedback, dim=-1).indices.cpu()
-                        policy.observe(new_tokens, getattr(drafter, "context_state", None), top)
+                        policy.observe(new_tokens, state, top)
                     else:
-                        policy.observe(new_tokens, getattr(drafter, "context_state", None))
+                        policy.observe(new_tokens, state)
                     stats.retrieval_time_s += time.perf_counter() - r0
                 stats.step_time_s += time.perf_counter() - t0
                 for token in emit:

@@ -169,8 +169,11 @@ class EvoSpecPolicy:
         ids = list(committed) if self.settings.context else []
         if committed:
             ids += self.successors.get(committed[-1], ())
-        seen: set[int] = set()
-        return [t for t in ids if t not in self._core_set and not (t in seen or seen.add(t))]
+        out: list[int] = []
+        for token in ids:
+            if token not in self._core_set and token not in out:  # a handful of ids: a list is enough
+                out.append(token)
+        return out
 
     def served(self, active: torch.Tensor) -> None:
         """The set the drafter actually drafted over this cycle (a pipelined caller serves one computed
