@@ -326,7 +326,7 @@ class SpeculativeGenerator:
                     state = getattr(drafter, "context_state", None)
                     feedback = getattr(policy, "target_top", 0)  # the target's likeliest ids where it verified
                     if feedback:
-                        top = out.logits[rows.to(device)].topk(feedback, dim=-1).indices.cpu()
+                        top = out.logits[rows.to(device)].topk(min(feedback, out.logits.shape[-1]), dim=-1).indices.cpu()
                         policy.observe(new_tokens, state, top)
                     else:
                         policy.observe(new_tokens, state)

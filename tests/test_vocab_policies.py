@@ -133,6 +133,10 @@ def test_policies_that_ask_get_the_targets_top_ids_at_the_verified_rows(torch_bu
         logits = generator.target.model(torch.tensor([ids])).logits[0]
     expected = logits[len(prompt) : len(ids) - 1].topk(3, dim=-1).indices  # the rows that chose tokens 1..n-1
     assert torch.equal(torch.cat([top for _, top in steps])[: expected.shape[0]], expected)
+    policy.target_top = 10**9  # more than the vocabulary: every id, no error
+    policy.log.clear()
+    generator.generate(prompt, DecodeSettings(max_new_tokens=4, draft_tree="chain", draft_depth=2))
+    assert all(top.shape[1] == logits.shape[-1] for _, top in policy.log[1:]) and len(policy.log) > 1
 
 
 @settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no slow shrinking

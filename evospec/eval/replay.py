@@ -103,7 +103,7 @@ def target_distributions(generator, ids: list[int], temperatures: list[float], t
             out[t] = sampling_probs(logits, t, top_p).float()
         else:
             out[t] = torch.zeros_like(logits).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
-    return out, (logits.topk(top, dim=-1).indices if top else None)
+    return out, (logits.topk(min(top, logits.shape[-1]), dim=-1).indices if top else None)
 
 
 def replay_policies(generator, policies: dict, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
