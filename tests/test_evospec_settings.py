@@ -166,6 +166,29 @@ def test_fresh_switch_patches_the_pipelined_set_with_the_newest_tokens():
         policy.close()
 
 
+def test_route_semantic_switch_adds_the_roots_nearest_rows():
+    """Routed: the index is queried with the state handed to ``route`` (this cycle's root), and its rows
+    take the places of the set's last entries, never the core's; without the switch nothing routes."""
+    index = _FixedIndex()
+    inputs = PolicyInputs(200, torch.arange(100), semantic=index)
+    config = EvoSpecConfig.builtin()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
+        routed = make_policy("evospec:40:route-semantic-1024:sync", inputs, "f", evospec=config)
+        plain = make_policy("evospec:40:sync", inputs, "f", evospec=config)
+        with pytest.raises(SettingsError, match="has none"):
+            make_policy("evospec:40:route-semantic-1024", PolicyInputs(200, torch.arange(100)), "f", evospec=config)
+    assert hasattr(routed, "route") and not hasattr(plain, "route")
+    routed.reset([])
+    index.calls.clear()
+    active = routed.route(torch.zeros(4))
+    assert index.calls == [1024] and active.numel() == 40 and torch.unique(active).numel() == 40
+    assert set(range(20)) <= set(active.tolist())  # the core stays
+    assert set(range(180, 200)) <= set(active.tolist())  # the index's rows fill the tail (20 places)
+    with pytest.raises(SettingsError, match="route_semantic"):
+        PolicySettings(route_semantic=-1)
+
+
 def test_max_age_switch():
     steps = [[150]] + [[1]] * 5  # 150 seen once, then only core tokens for five steps
     assert 150 in _run(EvoSpecPolicy(40, _frequencies(), 200), steps)

@@ -81,6 +81,8 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
         specs = {"full": vocab, "eagle3": len(draft_vocab_ids), f"frspec:{k}": k, f"evospec:{k}": k,
                  f"evospec:{k}:sync": k, f"evospec:{k}:no-fresh": k, f"evospec:{k}:target-top-256": k,
                  f"dynaspec:{k}:{clusters}": k}
+        if semantic:  # routing reads the semantic index
+            specs[f"evospec:{k}:route-semantic-1024"] = k
         for spec, size in specs.items():
             policy = make_policy(spec, inputs, frequencies=freq, router=router)
             try:

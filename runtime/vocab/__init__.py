@@ -17,6 +17,7 @@ from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.pipelined import PipelinedPolicy
+from evospec.runtime.vocab.routed_semantic import RoutedSemantic
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
 ALIGN = "+align"  # a policy name's suffix: run it with EvoSpec's online alignment (``evospec:K+align``)
@@ -60,9 +61,14 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         settings = config.for_policy(spec).policy
         policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, settings,
                                semantic=inputs.semantic, name=spec)
-        if mode == "sync" or mode.endswith(":sync"):  # retrieval on the decoding thread: what the pipeline hides
-            return policy
-        return PipelinedPolicy(policy)
+        if not (mode == "sync" or mode.endswith(":sync")):  # sync: retrieval on the decoding thread
+            policy = PipelinedPolicy(policy)
+        if settings.route_semantic:
+            if inputs.semantic is None:
+                raise SettingsError(f"policy {spec!r} routes through the semantic index, and this bundle has none "
+                                    "(compile it with --index-dims > 0)")
+            return RoutedSemantic(policy, inputs.semantic, settings.route_semantic, int(arg) - policy.core_size)
+        return policy
     if name == "dynaspec":
         k, _, c = arg.partition(":")
         if not (k.isdigit() and c.isdigit()):

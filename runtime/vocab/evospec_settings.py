@@ -66,6 +66,9 @@ class PolicySettings:
         target_top: verification feedback: the target's ``target_top`` most likely tokens at each verified
             position are stamped (0: none). The target scored its whole vocabulary there anyway; the tokens it
             found plausible in this context are likely plausible again a few positions on.
+        route_semantic: rows the semantic index adds to each cycle's set from that cycle's own root state,
+            between the drafter's trunk and head (as DynaSpec routes; the drafter's likeliest rows then
+            stay in its set); 0: off. Needs a bundle with a semantic index.
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -79,6 +82,7 @@ class PolicySettings:
     semantic_count: int = 64
     max_age: int = 0
     target_top: int = 0
+    route_semantic: int = 0
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -86,9 +90,9 @@ class PolicySettings:
         check_field_types(self)
         if not 0.0 < self.core_share <= 1.0:
             raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
-        if self.semantic_count < 0 or self.max_age < 0 or self.target_top < 0:
-            raise SettingsError(f"semantic_count, max_age and target_top must be >= 0 (got {self.semantic_count}, "
-                                f"{self.max_age}, {self.target_top})")
+        if min(self.semantic_count, self.max_age, self.target_top, self.route_semantic) < 0:
+            raise SettingsError(f"semantic_count, max_age, target_top and route_semantic must be >= 0 (got "
+                                f"{self.semantic_count}, {self.max_age}, {self.target_top}, {self.route_semantic})")
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ VARIANTS: dict[str, dict] = {
     "semantic-256": {"policy": {"semantic_count": 256}},
     "target-top-256": {"policy": {"target_top": 256}},
     "no-fresh": {"policy": {"fresh": False}},
+    "route-semantic-1024": {"policy": {"route_semantic": 1024}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

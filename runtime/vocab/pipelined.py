@@ -22,6 +22,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 
+def patched(base: torch.Tensor, extra: torch.Tensor, room: int) -> torch.Tensor:
+    """``base`` with the ids of ``extra`` it lacks (in order, at most ``room``) in place of its last,
+    lowest-ranked entries: still ``base.numel()`` distinct ids."""
+    new = extra[~torch.isin(extra, base)][:room]
+    if new.numel() == 0:
+        return base
+    return torch.cat((base[: base.numel() - new.numel()], new))
+
+
 class PipelinedPolicy:
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -67,12 +76,7 @@ class PipelinedPolicy:
         return self._served
 
     def _patch(self, base: torch.Tensor) -> torch.Tensor:
-        """``base`` with the fresh ids it lacks in place of its last entries (at most its tail's length)."""
-        fresh = torch.tensor(self._fresh, dtype=base.dtype)
-        new = fresh[~torch.isin(fresh, base)][: base.numel() - self.inner.core_size]
-        if new.numel() == 0:
-            return base
-        return torch.cat((base[: base.numel() - new.numel()], new))
+        return patched(base, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size)
 
     def close(self) -> None:
         self._drain()

@@ -263,6 +263,9 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "age-64") s.max_age = 64;
   else if (name == "no-fresh") s.fresh = false;
   else if (name == "no-drift") s.drift_enabled = false;
+  else if (name == "route-semantic-1024")
+    throw SettingsError("evospec variant 'route-semantic-1024' (semantic rows routed from each cycle's root state) is "
+                        "not implemented in the C++ drafter library; run it with the Python drafter");
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
                         "drafter library: the library never sees the target's logits; run it with the Python drafter");
