@@ -54,18 +54,24 @@ def sampling_weights(logits: torch.Tensor, temperature: float, top_p: float = 1.
         A fresh host tensor of weights (float32, or float64 for float64 logits) and their sum in float64
         (over every row, for several rows).
     """
+    scaled, probs = softmax_weights(logits, temperature)
+    if top_p >= 1.0:
+        return probs, float(probs.numpy().sum(dtype=np.float64))
+    if scaled.dim() != 1:
+        raise ValueError(f"top-p weights are computed one row at a time, got logits of shape {tuple(scaled.shape)}")
+    return nucleus(scaled, probs, 1.0 - top_p)
+
+
+def softmax_weights(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first half of ``sampling_weights``: ``(scaled logits, softmax)``, fresh host tensors, before any
+    top-p filtering; ``nucleus`` finishes the law from them (verification decides most acceptances first)."""
     if temperature <= 0:
         raise ValueError("sampling_probs needs temperature > 0; greedy decoding uses argmax")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     rows = logits.detach().to("cpu", dtype).numpy()  # a view where it can be (a skinny head's rows are strided)
     # as TemperatureLogitsWarper: in the logits' dtype (numpy's float32 division rounds as torch's does)
     scaled = torch.from_numpy(np.ascontiguousarray(rows / temperature if temperature != 1.0 else rows))
-    probs = torch.softmax(scaled, dim=-1)
-    if top_p >= 1.0:
-        return probs, float(probs.numpy().sum(dtype=np.float64))
-    if rows.ndim != 1:
-        raise ValueError(f"top-p weights are computed one row at a time, got logits of shape {rows.shape}")
-    return _nucleus(scaled, probs, 1.0 - top_p)
+    return scaled, torch.softmax(scaled, dim=-1)
 
 
 NUCLEUS_MANTISSA_BITS = 7  # first level: one bin per 2**-7 of an octave of probability (16k bins in float32)
@@ -94,7 +100,7 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[torch.Tensor, float]:
+def nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[torch.Tensor, float]:
     """Zero the tokens top-p removes from ``probs`` (in place), without sorting the vocabulary;
     returns ``(probs, kept mass)``.
 

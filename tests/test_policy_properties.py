@@ -101,3 +101,20 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
             finally:
                 if hasattr(policy, "close"):
                     policy.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_patched_takes_the_ids_isin_would(data):
+    """``patched`` tests membership by a mask over the ids (the worker computes it); it must pick exactly what
+    the ``torch.isin`` definition picks, with the mask given or not, for extra ids inside or beyond the set's range."""
+    from evospec.runtime.vocab.pipelined import membership, patched
+
+    vocab = data.draw(st.integers(2, 60))
+    base = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=vocab, unique=True)))
+    extra = torch.tensor(data.draw(st.lists(st.integers(0, vocab + 20), max_size=30, unique=True)), dtype=torch.long)
+    room = data.draw(st.integers(0, base.numel()))
+    new = extra[~torch.isin(extra, base)][:room]
+    expected = base if new.numel() == 0 else torch.cat((base[: base.numel() - new.numel()], new))
+    assert torch.equal(patched(base, extra, room), expected)
+    assert torch.equal(patched(base, extra, room, membership(base)), expected)

@@ -22,10 +22,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 
-def patched(base: torch.Tensor, extra: torch.Tensor, room: int) -> torch.Tensor:
+def membership(ids: torch.Tensor) -> torch.Tensor:
+    """A boolean mask over ``0..max(ids)`` marking ``ids``: testing a few ids against a 16k-id set is then
+    a gather (``torch.isin`` sorts: ~1 ms a call at K = 16384, measured)."""
+    mask = torch.zeros(int(ids.max()) + 1 if ids.numel() else 0, dtype=torch.bool)
+    mask[ids] = True
+    return mask
+
+
+def patched(base: torch.Tensor, extra: torch.Tensor, room: int, members: torch.Tensor | None = None) -> torch.Tensor:
     """``base`` with the ids of ``extra`` it lacks (in order, at most ``room``) in place of its last,
-    lowest-ranked entries: still ``base.numel()`` distinct ids."""
-    new = extra[~torch.isin(extra, base)][:room]
+    lowest-ranked entries: still ``base.numel()`` distinct ids. ``members``: ``membership(base)``, when the
+    caller has it already."""
+    members = membership(base) if members is None else members
+    inside = extra < members.numel()
+    present = torch.zeros_like(extra, dtype=torch.bool)
+    present[inside] = members[extra[inside]]
+    new = extra[~present][:room]
     if new.numel() == 0:
         return base
     return torch.cat((base[: base.numel() - new.numel()], new))
@@ -38,6 +51,7 @@ class PipelinedPolicy:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"evospec-retrieval-{inner.name}")
         self._queue: deque[Future] = deque()
         self._current: torch.Tensor | None = None  # the newest set the worker computed
+        self._members: torch.Tensor | None = None  # ``membership(self._current)``, computed by the worker too
         self._served: torch.Tensor | None = None  # the set handed out this cycle (patched, or the same)
         self._fresh: list[int] = []
         self._patching = bool(getattr(inner, "patches_fresh", False))
@@ -50,17 +64,19 @@ class PipelinedPolicy:
         self._drain()
         self.inner.reset(prompt_ids)
         self._current = self._served = self.inner.active_ids()
+        self._members = membership(self._current) if self._patching else None
         self._fresh = []
 
     def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, target_top: torch.Tensor | None,
-                          served: torch.Tensor | None) -> torch.Tensor:
+                          served: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if served is not None and hasattr(self.inner, "served"):
             self.inner.served(served)  # the set used this cycle, not the newest one computed
         if target_top is None:
             self.inner.observe(committed, state)
         else:
             self.inner.observe(committed, state, target_top)
-        return self.inner.active_ids()
+        active = self.inner.active_ids()
+        return active, membership(active) if self._patching else None
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None,
                 target_top: torch.Tensor | None = None) -> None:
@@ -71,12 +87,13 @@ class PipelinedPolicy:
 
     def active_ids(self) -> torch.Tensor:
         while len(self._queue) > 1:  # the newest job overlaps this cycle; older ones are due
-            self._current = self._queue.popleft().result()
+            self._current, self._members = self._queue.popleft().result()
         self._served = self._patch(self._current) if self._fresh else self._current
         return self._served
 
     def _patch(self, base: torch.Tensor) -> torch.Tensor:
-        return patched(base, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size)
+        return patched(base, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size,
+                       self._members)
 
     def close(self) -> None:
         self._drain()
