@@ -23,9 +23,9 @@ from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
-from evospec.runtime.sampling import sample, sampling_probs
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
+from evospec.runtime.target_law import TargetRow
 from evospec.runtime.tree import DraftRequest, DraftTree, StepCosts, draft_tree
 from evospec.runtime.tree_costs import StepCostModel, StepTiming, tried_edges
 from evospec.runtime.trunk_clock import TrunkClock, trunk_module
@@ -247,6 +247,7 @@ class SpeculativeGenerator:
         aligner = self.aligner if use_draft else None
         pending_logits = out.logits[1:]  # the target's logits for what the next root call's rows propose
         routed = policy is not None and hasattr(policy, "route")
+        start_retrieval = getattr(policy, "start_pending", None)
         if policy is not None:
             policy.observe([root])
         if routed:  # the set is chosen from this cycle's fresh root state, between trunk and head
@@ -280,6 +281,8 @@ class SpeculativeGenerator:
                 past = tcache.get_seq_length()
                 ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
                 positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
+                if start_retrieval is not None:
+                    start_retrieval()  # the worker's Python runs while the forward holds no GIL
                 out = target.forward(ids, positions, tcache, tree.attention_mask())
                 t2 = time.perf_counter()
                 if s.greedy:
@@ -373,7 +376,7 @@ class SpeculativeGenerator:
     def _pick(self, logits: torch.Tensor, s: DecodeSettings, generator: torch.Generator) -> int:
         if s.greedy:
             return int(logits.argmax())
-        return sample(sampling_probs(logits.cpu(), s.temperature, s.top_p), generator)
+        return TargetRow(logits.cpu(), s.temperature, s.top_p).draw(generator)  # the nucleus only if a draw needs it
 
     @staticmethod
     def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats, budget: int,

@@ -97,7 +97,7 @@ class _Scratch(threading.local):
         return buffer[:numel]
 
 
-_scratch = _Scratch()
+row_scratch = _Scratch()
 
 
 def nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[torch.Tensor, float]:
@@ -117,9 +117,9 @@ def nucleus(scaled: torch.Tensor, probs: torch.Tensor, budget: float) -> tuple[t
     n, p = probs.numel(), probs.numpy()
     bits = p.view(np_int)
     shift = mantissa - NUCLEUS_MANTISSA_BITS
-    bins = _scratch.get("bins", n, torch.int64)
+    bins = row_scratch.get("bins", n, torch.int64)
     np.right_shift(bits, shift, out=bins.numpy())
-    weights = _scratch.get("weights", n, torch.float64)
+    weights = row_scratch.get("weights", n, torch.float64)
     np.copyto(weights.numpy(), p)
     mass = torch.zeros((one >> shift) + 1, dtype=torch.float64).scatter_add_(0, bins, weights)  # a softmax is <= 1
     top = int(np.flatnonzero(mass.numpy())[-1])  # the most likely token's bin
@@ -165,18 +165,29 @@ def sample(weights: torch.Tensor, generator: torch.Generator) -> int:
     ~4 ms). A zero weight is never drawn: its cumulative value equals the previous one, and each
     search returns the first index whose cumulative value exceeds u.
     """
-    w = weights.detach().cpu().reshape(-1).numpy()
-    block = SAMPLE_BLOCK
-    whole = w.size // block * block
-    sums = w[:whole].reshape(-1, block).sum(axis=1, dtype=np.float64)
-    if whole < w.size:
-        sums = np.append(sums, w[whole:].sum(dtype=np.float64))
-    cumulative = np.cumsum(sums)
-    u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * float(cumulative[-1])
-    chosen = _first_above(cumulative, u, sums)
-    start = chosen * block
-    inside = w[start : start + block]
-    return start + _first_above(np.cumsum(inside, dtype=np.float64), u - (cumulative[chosen - 1] if chosen else 0.0), inside)
+    return BlockSampler(weights.detach().cpu().reshape(-1).numpy()).draw(generator)
+
+
+class BlockSampler:
+    """``sample``'s two-level draw over fixed weights, with the block sums kept: draws after the first cost
+    one block's cumulative sum (verification proposes several tokens from one row's softmax)."""
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = weights
+        block = SAMPLE_BLOCK
+        whole = weights.size // block * block
+        sums = weights[:whole].reshape(-1, block).sum(axis=1, dtype=np.float64)
+        if whole < weights.size:
+            sums = np.append(sums, weights[whole:].sum(dtype=np.float64))
+        self.sums, self.cumulative = sums, np.cumsum(sums)
+
+    def draw(self, generator: torch.Generator) -> int:
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * float(self.cumulative[-1])
+        chosen = _first_above(self.cumulative, u, self.sums)
+        start = chosen * SAMPLE_BLOCK
+        inside = self.weights[start : start + SAMPLE_BLOCK]
+        below = self.cumulative[chosen - 1] if chosen else 0.0
+        return start + _first_above(np.cumsum(inside, dtype=np.float64), u - below, inside)
 
 
 def _first_above(cumulative: np.ndarray, u: float, weights: np.ndarray) -> int:

@@ -356,11 +356,13 @@ def test_pipelined_policy_is_one_cycle_late_and_deterministic():
             return torch.tensor([self.seen])
 
     policy = PipelinedPolicy(Counting())
-    for _ in range(2):  # a reset starts over
+    for round in range(4):  # a reset starts over; the worker's job starts at the forward (rounds 2, 3) or not
         policy.reset([1, 2])
         used = []
         for cycle in range(6):
             used.append(int(policy.active_ids()))
+            if round >= 2:
+                policy.start_pending()  # what the decoding loop calls as the target forward begins
             policy.observe([cycle])
         assert used == [0, 0, 1, 2, 3, 4]  # cycle t drafts with what cycle t-2's observation produced
         policy._drain()
