@@ -11,7 +11,7 @@ tokens) and a 151k-row weight, the CPU BLAS repacks the whole weight on every ca
 - ``linear``: ``nn.Linear`` itself.
 Heads large enough to matter (``AUTOTUNE_MIN_ELEMENTS``) time the candidates on their own weight at
 load, for one row (a plain step) and for ``MANY_ROWS`` rows (a verification pass), and keep the fastest
-of each; ``EVOSPEC_HEAD_KERNEL=linear|skinny|onednn`` fixes the choice instead (reproducible runs).
+of each; the many-row kernel is then timed again on the first verification passes (``InPlaceTrial``); ``EVOSPEC_HEAD_KERNEL=linear|skinny|onednn`` fixes the choice instead (reproducible runs).
 Kernels agree to float rounding (a different summation order), not bit for bit, like any change of
 GEMM kernel. On a GPU the head is left as it is.
 """
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 KERNELS = ("linear", "skinny", "onednn")
 AUTOTUNE_MIN_ELEMENTS = 1 << 22  # V x d; the demo and test heads stay on linear / skinny
 MANY_ROWS = 6  # a chain of 5 drafts plus its root
+# Calls of each kernel before timing. With one, oneDNN's first timed calls over its freshly packed copy ran at
+# twice its steady cost (4.2-4.5 against 2.3 ms for 6 rows, measured), so it lost to the skinny product by the
+# margin on some loads, and verification then ran 9.6 against 6.0 ms a pass (stop 32).
+WARMUP_CALLS = 3
 
 
 def onednn_available(weight: torch.Tensor) -> bool:
@@ -48,6 +52,7 @@ class SkinnyHead(nn.Module):
         self.head, self.one, self.many = head, one, many
         self._packed: torch.Tensor | None = None
         self._packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
+        self.trial: InPlaceTrial | None = None  # the many-row kernels still being timed where they run
 
     @property
     def weight(self) -> torch.Tensor:
@@ -71,8 +76,66 @@ class SkinnyHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
+        if rows.shape[0] > 1 and self.trial is not None and self.trial.wants(rows.shape[0]):
+            return self._timed(rows).reshape(*hidden.shape[:-1], -1)
         kernel = self.one if rows.shape[0] == 1 else self.many
         return self.logits(rows, kernel).reshape(*hidden.shape[:-1], -1)
+
+    def _timed(self, rows: torch.Tensor) -> torch.Tensor:
+        trial = self.trial
+        kernel = trial.next_kernel()
+        start = perf_counter()
+        out = self.logits(rows, kernel)
+        trial.record(kernel, perf_counter() - start)
+        if trial.done:
+            self.many, self.trial = trial.fastest(), None
+            if "onednn" not in (self.one, self.many):
+                self._packed = None
+            logger.info("LM head kernel for %d rows, timed in place: %s (%s)", trial.rows, self.many,
+                        {k: round(min(v) * 1e3, 2) for k, v in trial.seconds.items()})
+        return out
+
+
+class InPlaceTrial:
+    """Times the many-row kernels on a head's first verification passes, where they really run.
+
+    The load-time timing (``choose_kernels``) runs each kernel on a random input between the others. In the
+    decoding loop the same kernels ranked differently: for 6 rows over the medium pair's 151k-row head, in
+    place, oneDNN took 3.9 ms, ``nn.Linear`` 5.7 and the skinny product 7.5, against 4.5 / 4.7 / 5.3 at load
+    (stop 32, one generation each). Load time picked the skinny product on some loads, and verification
+    then cost 10.4 against 6.4 ms a pass. So the first passes of the size first seen rotate the kernels:
+    one untimed call each, then ``rounds`` timed ones, interleaved. The fastest by its best call is then
+    kept. Every kernel computes the same logits to float rounding, as a change of kernel at load does.
+    """
+
+    def __init__(self, kernels: tuple[str, ...], rounds: int = 3, patience: int = 200) -> None:
+        self.order = [kernel for _ in range(1 + rounds) for kernel in kernels]
+        self.seconds: dict[str, list[float]] = {kernel: [] for kernel in kernels}
+        self.rows: int | None = None  # the pass size timed (the first many-row call's)
+        self.calls = 0
+        self.patience = patience  # many-row calls of other sizes before the trial gives up on them
+
+    def wants(self, rows: int) -> bool:
+        if self.rows is None:
+            self.rows = rows
+        self.patience -= rows != self.rows
+        return rows == self.rows
+
+    def next_kernel(self) -> str:
+        return self.order[self.calls]
+
+    def record(self, kernel: str, seconds: float) -> None:
+        if self.calls >= len(self.seconds):  # the first round is the untimed one (oneDNN may repack there)
+            self.seconds[kernel].append(seconds)
+        self.calls += 1
+
+    @property
+    def done(self) -> bool:
+        return self.calls >= len(self.order) or self.patience <= 0
+
+    def fastest(self) -> str:
+        timed = {kernel: min(values) for kernel, values in self.seconds.items() if values}
+        return min(timed, key=timed.get) if timed else self.order[0]
 
 
 def _best(head: SkinnyHead, rows: int, default: str, kernels: tuple[str, ...], repeats: int,
@@ -83,8 +146,9 @@ def _best(head: SkinnyHead, rows: int, default: str, kernels: tuple[str, ...], r
     x = torch.randn(rows, head.weight.shape[1], dtype=head.weight.dtype)
     cost = dict.fromkeys(kernels, float("inf"))
     with torch.no_grad():
-        for kernel in kernels:
-            head.logits(x, kernel)  # warm-up (and oneDNN's one packing)
+        for _ in range(WARMUP_CALLS):
+            for kernel in kernels:
+                head.logits(x, kernel)  # warm-up (and oneDNN's one packing)
         for _ in range(repeats):
             for kernel in kernels:
                 start = perf_counter()
@@ -119,6 +183,8 @@ def use_skinny_head(model: nn.Module) -> bool:
         skinny.one = skinny.many = forced
     elif head.weight.numel() >= AUTOTUNE_MIN_ELEMENTS:
         timings = choose_kernels(skinny)
+        packed = ("onednn",) if onednn_available(head.weight) else ()
+        skinny.trial = InPlaceTrial((skinny.many, *(k for k in ("linear", "skinny", *packed) if k != skinny.many)))
         logger.info("LM head kernels: %s for one row, %s for %d rows (%s)", skinny.one, skinny.many, MANY_ROWS,
                     {rows: {k: round(s * 1e3, 2) for k, s in t.items()} for rows, t in timings.items()})
     model.lm_head = skinny

@@ -174,6 +174,50 @@ def test_head_kernels_are_chosen_by_their_measured_time(monkeypatch):
     assert (head.one, head.many) == ("linear", "linear")
 
 
+def test_the_many_row_kernel_is_timed_again_in_place(monkeypatch):
+    """The first verification passes of one size rotate the kernels (one untimed call each, then timed rounds)
+    and keep the fastest; calls of other sizes use the current kernel and are not timed; logits are right on
+    every call; a fixed kernel (environment) or a small head starts no trial."""
+    from torch import nn
+
+    from evospec.runtime import skinny_head
+    from evospec.runtime.skinny_head import InPlaceTrial, SkinnyHead, use_skinny_head
+
+    now = [0.0]
+    monkeypatch.setattr(skinny_head, "perf_counter", lambda: now[0])
+    costs = {"linear": 0.005, "skinny": 0.007, "onednn": 0.003}
+    used = []
+    real = SkinnyHead.logits
+
+    def logits(self, rows, kernel):
+        used.append((rows.shape[0], kernel))
+        now[0] += costs[kernel] if used[-1][0] == 6 and len(used) > 3 else 1.0  # first round: slow (packing)
+        return real(self, rows, "linear")
+
+    monkeypatch.setattr(SkinnyHead, "logits", logits)
+    linear = nn.Linear(8, 50, bias=False)
+    head = SkinnyHead(linear, many="skinny")
+    head.trial = InPlaceTrial(("skinny", "linear", "onednn"), rounds=2)
+    for call in range(12):
+        rows = torch.randn(6 if call != 4 else 9, 8)
+        torch.testing.assert_close(head(rows), linear(rows))
+    assert [k for n, k in used if n == 6][:9] == ["skinny", "linear", "onednn"] * 3
+    assert (9, "skinny") in used  # another size: the current kernel, outside the trial
+    assert head.trial is None and head.many == "onednn"
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = nn.Linear(16, 1000, bias=False)
+
+    assert use_skinny_head(model := LM()) and model.lm_head.trial is None  # below AUTOTUNE_MIN_ELEMENTS
+    monkeypatch.setattr(skinny_head, "AUTOTUNE_MIN_ELEMENTS", 1)
+    monkeypatch.setenv("EVOSPEC_HEAD_KERNEL", "linear")
+    assert use_skinny_head(model := LM()) and model.lm_head.trial is None
+    monkeypatch.delenv("EVOSPEC_HEAD_KERNEL")
+    assert use_skinny_head(model := LM()) and model.lm_head.trial is not None
+
+
 def test_a_fixed_head_kernel_is_named_by_environment(monkeypatch):
     from torch import nn
 
