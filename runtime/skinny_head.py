@@ -11,7 +11,8 @@ tokens) and a 151k-row weight, the CPU BLAS repacks the whole weight on every ca
 - ``linear``: ``nn.Linear`` itself.
 Heads large enough to matter (``AUTOTUNE_MIN_ELEMENTS``) time the candidates on their own weight at
 load, for one row (a plain step) and for ``MANY_ROWS`` rows (a verification pass), and keep the fastest
-of each; the many-row kernel is then timed again on the first verification passes (``InPlaceTrial``); ``EVOSPEC_HEAD_KERNEL=linear|skinny|onednn`` fixes the choice instead (reproducible runs).
+of each; the many-row kernel is then timed again on the first verification passes (``InPlaceTrial``).
+``EVOSPEC_HEAD_KERNEL=linear|skinny|onednn`` fixes the choice instead (reproducible runs).
 Kernels agree to float rounding (a different summation order), not bit for bit, like any change of
 GEMM kernel. On a GPU the head is left as it is.
 """
@@ -30,10 +31,6 @@ logger = logging.getLogger(__name__)
 KERNELS = ("linear", "skinny", "onednn")
 AUTOTUNE_MIN_ELEMENTS = 1 << 22  # V x d; the demo and test heads stay on linear / skinny
 MANY_ROWS = 6  # a chain of 5 drafts plus its root
-# Calls of each kernel before timing. With one, oneDNN's first timed calls over its freshly packed copy ran at
-# twice its steady cost (4.2-4.5 against 2.3 ms for 6 rows, measured), so it lost to the skinny product by the
-# margin on some loads, and verification then ran 9.6 against 6.0 ms a pass (stop 32).
-WARMUP_CALLS = 3
 
 
 def onednn_available(weight: torch.Tensor) -> bool:
@@ -146,9 +143,8 @@ def _best(head: SkinnyHead, rows: int, default: str, kernels: tuple[str, ...], r
     x = torch.randn(rows, head.weight.shape[1], dtype=head.weight.dtype)
     cost = dict.fromkeys(kernels, float("inf"))
     with torch.no_grad():
-        for _ in range(WARMUP_CALLS):
-            for kernel in kernels:
-                head.logits(x, kernel)  # warm-up (and oneDNN's one packing)
+        for kernel in kernels:
+            head.logits(x, kernel)  # warm-up (and oneDNN's one packing)
         for _ in range(repeats):
             for kernel in kernels:
                 start = perf_counter()

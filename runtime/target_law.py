@@ -34,19 +34,19 @@ class TargetRow:
     """The law at one row: the softmax first, the nucleus only when a decision needs it.
 
     ``weights()`` returns ``(weights, total)`` exactly as ``sampling_weights`` would (the caller may update
-    them in place into residuals and keep ``total`` in step). ``surely_accepts`` and ``draw`` decide without
-    them where bounds allow. ``shortcuts`` and ``fallbacks`` count decisions each way (tests read them).
+    them in place into residuals and keep ``total`` in step). ``decide`` and ``draw`` decide without them
+    where bounds allow. ``shortcuts`` and ``fallbacks`` count decisions each way (tests read them).
     """
 
     def __init__(self, logits: torch.Tensor, temperature: float, top_p: float) -> None:
         self._scaled, self._probs = softmax_weights(logits, temperature)
-        self._softmax = self._probs.numpy()  # stays the softmax (the nucleus works on a copy)
+        self._softmax = self._probs.numpy()  # read until ``weights()`` zeroes the removed tokens in place
         self.dtype = self._probs.dtype
         self._softmax_sampler = BlockSampler(self._softmax)  # its block sums give the total (and later draws)
         self.total = float(self._softmax_sampler.cumulative[-1])
         self._budget = 1.0 - top_p
         self._filtered = top_p >= 1.0  # without top-p the softmax is the law
-        self._softmax_total = self.total
+        self._softmax_total = self.total  # T; ``total`` follows the residual once the weights are built
         self._limit = self._budget if self.dtype == torch.float64 else self._budget * self.total
         self._margin = SUM_SLACK * self.total
         self.shortcuts = 0
