@@ -38,6 +38,11 @@ def onednn_available(weight: torch.Tensor) -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def many_row_kernels(weight: torch.Tensor) -> tuple[str, ...]:
+    """The kernels a many-row pass may use on this weight."""
+    return ("linear", "skinny", "onednn") if onednn_available(weight) else ("linear", "skinny")
+
+
 class SkinnyHead(nn.Module):
     """Wraps a bias-free ``nn.Linear`` LM head; shares its weight (tied embeddings stay tied).
     ``one`` / ``many``: the kernels for a single row and for several rows."""
@@ -159,7 +164,7 @@ def choose_kernels(head: SkinnyHead, repeats: int = 7) -> dict[str, dict[str, fl
     measured per row count and kernel. A packed copy that lost is freed."""
     packed = ("onednn",) if onednn_available(head.weight) else ()
     head.one, one = _best(head, 1, "linear", ("linear", *packed), repeats)  # skinny is linear for one row
-    head.many, many = _best(head, MANY_ROWS, "skinny", ("linear", "skinny", *packed), repeats)
+    head.many, many = _best(head, MANY_ROWS, "skinny", many_row_kernels(head.weight), repeats)
     if "onednn" not in (head.one, head.many):
         head._packed = None
     return {"1": one, str(MANY_ROWS): many}
@@ -179,8 +184,7 @@ def use_skinny_head(model: nn.Module) -> bool:
         skinny.one = skinny.many = forced
     elif head.weight.numel() >= AUTOTUNE_MIN_ELEMENTS:
         timings = choose_kernels(skinny)
-        packed = ("onednn",) if onednn_available(head.weight) else ()
-        skinny.trial = InPlaceTrial((skinny.many, *(k for k in ("linear", "skinny", *packed) if k != skinny.many)))
+        skinny.trial = InPlaceTrial((skinny.many, *(k for k in many_row_kernels(head.weight) if k != skinny.many)))
         logger.info("LM head kernels: %s for one row, %s for %d rows (%s)", skinny.one, skinny.many, MANY_ROWS,
                     {rows: {k: round(s * 1e3, 2) for k, s in t.items()} for rows, t in timings.items()})
     model.lm_head = skinny

@@ -46,9 +46,11 @@ class TargetRow:
         self.total = float(self._softmax_sampler.cumulative[-1])
         self._budget = 1.0 - top_p
         self._filtered = top_p >= 1.0  # without top-p the softmax is the law
-        self._softmax_total = self.total  # T; ``total`` follows the residual once the weights are built
         self._limit = self._budget if self.dtype == torch.float64 else self._budget * self.total
         self._margin = SUM_SLACK * self.total
+        # the nucleus keeps a mass K in [T - limit, T] (``total`` follows the residual once the weights are built)
+        self._kept_high = self.total + self._margin
+        self._kept_low = self.total - self._limit - 2 * self._margin
         self.shortcuts = 0
         self.fallbacks = 0
 
@@ -64,10 +66,10 @@ class TargetRow:
             return False  # w(x) = 0
         if kept is True:
             s = float(self._softmax[x])
-            if threshold * (self._softmax_total + self._margin) < s:  # K is at most that
+            if threshold * self._kept_high < s:
                 self.shortcuts += 1
                 return True
-            if threshold * (self._softmax_total - self._limit - 2 * self._margin) >= s:  # K is at least that
+            if threshold * self._kept_low >= s:
                 self.shortcuts += 1
                 return False
         return None
@@ -103,9 +105,9 @@ class TargetRow:
         if kept is not True:
             return kept  # False: w(y) = 0; None: not known
         s = float(self._softmax[y])
-        if v * s < s - (self._softmax_total + self._margin) * q:  # K is at most that
+        if v * s < s - self._kept_high * q:
             return True
-        if v * s >= s - (self._softmax_total - self._limit - 2 * self._margin) * q:  # K is at least that
+        if v * s >= s - self._kept_low * q:
             return False
         return None
 
