@@ -33,6 +33,7 @@ class CompileSettings:
     opset: ONNX opset of the exported graphs.
     parity_feeds: Recorded feeds per stage for the parity check.
     index_dims: Dimensions of the semantic index's projection (0: no semantic index).
+    mass_clusters: Clusters of the mass index (``runtime/vocab/mass_index.py``; 0: none).
     frequencies: A token-frequency file (``evospec vocab frequencies``) to carry in the bundle.
     tap_numbering: How the drafter's config counts its taps: ``input`` (EAGLE, vLLM) or ``output``
         (SGLang, SpecForge). The bundle's drafter copy is written in ``input`` numbering.
@@ -44,6 +45,7 @@ class CompileSettings:
     opset: int = 18
     parity_feeds: int = 3
     index_dims: int = 64
+    mass_clusters: int = 2048
     frequencies: str | None = None
     tap_numbering: str = "input"
     max_context: int = 4096  # TensorRT profiles: longest drafter cache
@@ -58,6 +60,8 @@ class CompileSettings:
             raise SettingsError(f"buckets must be ascending positive sizes (got {self.buckets})")
         if self.tap_numbering not in TAP_NUMBERINGS:
             raise SettingsError(f"tap_numbering must be one of {', '.join(TAP_NUMBERINGS)} (got {self.tap_numbering!r})")
+        if self.mass_clusters < 0:
+            raise SettingsError(f"mass_clusters must be >= 0 (0: no mass index; got {self.mass_clusters})")
         if self.index_dims < 0:
             raise SettingsError(f"index_dims must be >= 0 (0: no semantic index; got {self.index_dims})")
 

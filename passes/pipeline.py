@@ -7,6 +7,7 @@ from evospec.passes.build_engines import BuildEngines
 from evospec.passes.export_onnx import ExportOnnx
 from evospec.passes.finalise import Finalise
 from evospec.passes.gather_plans import PlanGathers
+from evospec.passes.mass_index import BuildMassIndex
 from evospec.passes.parity import CheckParity
 from evospec.passes.reservoir import BuildReservoir
 from evospec.passes.semantic_index import BuildSemanticIndex
@@ -16,5 +17,6 @@ from evospec.passes.validate_inputs import ValidateInputs
 
 
 def default_passes() -> list[Pass]:
-    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), BuildSemanticIndex(), CopyStatisticalIndex(), ExportOnnx(), BuildEngines(),
+    return [ValidateInputs(), SplitStages(), BuildReservoir(), PlanGathers(), BuildSemanticIndex(), BuildMassIndex(),
+            CopyStatisticalIndex(), ExportOnnx(), BuildEngines(),
             CheckParity(), Finalise()]

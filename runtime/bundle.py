@@ -19,6 +19,7 @@ from evospec.runtime.files import fingerprint, hash_directory
 from evospec.runtime.gather import make_plan
 from evospec.runtime.runners import OrtRunner, TorchRunner, onnx_initializers
 from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, FuseStage, HeadStage, TrunkStage
+from evospec.runtime.vocab.mass_index import MassIndex
 from evospec.runtime.vocab.semantic import SemanticIndex
 
 BUNDLE_FORMAT = 2  # 2: head_active stage (resident rows); `evospec compile` writes this format
@@ -136,6 +137,8 @@ def load_compiled_drafter(bundle: str | Path, target, check_inputs: bool = True,
                                static_past=graphs, host_rows=host_rows)
     if "semantic_index" in manifest:
         compiled.semantic_index = SemanticIndex.load(bundle, drafter.config.vocab_size, drafter.config.hidden_size)
+    if "mass_index" in manifest:
+        compiled.mass_index = MassIndex.load(bundle, drafter.config.vocab_size, drafter.config.hidden_size)
     if "statistical_index" in manifest:  # fingerprint checked above; parsed when a policy asks for it
         compiled.frequencies_path = bundle / manifest["statistical_index"]["file"]
     return compiled, manifest

@@ -33,6 +33,7 @@ class CompiledDrafter:
         and ``rows_changed`` refits into the engine."""
         self.config, self.d2t, self._embed, self.runners = config, d2t, embed_table, runners
         self.semantic_index = None  # a bundle's SemanticIndex, for policies that retrieve by state
+        self.mass_index = None  # a bundle's MassIndex, for evospec:K's mass fill
         self.frequencies_path = None  # a bundle's statistical index (token frequencies + successors), if it has one
         self.root_normed: torch.Tensor | None = None  # head inputs of the cycle's first call, one row per position
         # called with the head input at the newest committed token between the trunk and the head of a

@@ -131,7 +131,9 @@ class SpeculativeGenerator:
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
         if name is not None:
-            policy = make_policy(name, PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index),
+            inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index,
+                                  drafter.mass_index)
+            policy = make_policy(name, inputs,
                                  frequencies or drafter.frequencies_path, router, config)
         generator = cls(target, drafter, policy)
         if align:

@@ -189,6 +189,38 @@ def test_route_semantic_switch_adds_the_roots_nearest_rows():
         PolicySettings(route_semantic=-1)
 
 
+def test_mass_fill_switch_fills_the_tail_from_the_roots_clusters():
+    """With ``mass_fill`` the tail budget the evidence leaves goes to the cluster the root state points at
+    (routed, between trunk and head), not to the next most frequent ids; the core and evidence stay; a
+    bundle without a mass index is a clear error; without the switch nothing routes."""
+    from evospec.runtime.vocab.mass_index import MassIndex
+
+    labels = torch.arange(200) // 20  # clusters of 20 consecutive ids; centre i = 3 e_i
+    index = MassIndex(labels, 3 * torch.eye(10), torch.full((10,), 20.0).log(), torch.zeros(10))
+    inputs = PolicyInputs(200, torch.arange(100), mass=index)
+    config = EvoSpecConfig.builtin()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
+        routed = make_policy("evospec:40:mass-fill:sync", inputs, "f", evospec=config)
+        plain = make_policy("evospec:40:sync", inputs, "f", evospec=config)
+        with pytest.raises(SettingsError, match="no mass index"):
+            make_policy("evospec:40:mass-fill", PolicyInputs(200, torch.arange(100)), "f", evospec=config)
+    assert hasattr(routed, "route") and not hasattr(plain, "route")
+    for policy in (routed, plain):
+        policy.reset([120])
+    state = torch.zeros(10)
+    state[8] = 1.0  # the cluster of ids 160..179
+    active = set(routed.route(state).tolist())
+    assert len(active) == 40 and set(range(20)) | {120} <= active
+    assert active - set(range(20)) - {120} == set(range(160, 179))  # 19 places, the root's cluster in id order
+    assert set(plain.active_ids().tolist()) == set(range(39)) | {120}  # frequency fill: ids 20..38
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SettingsError, match="choose one"):
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
+        both = EvoSpecConfig.from_table({"variants": {"both": {"policy": {"mass_fill": True, "route_semantic": 8}}}}, "t")
+        make_policy("evospec:40:both:sync", PolicyInputs(200, torch.arange(100), semantic=_FixedIndex(), mass=index),
+                    "f", evospec=both)
+
+
 def test_max_age_switch():
     steps = [[150]] + [[1]] * 5  # 150 seen once, then only core tokens for five steps
     assert 150 in _run(EvoSpecPolicy(40, _frequencies(), 200), steps)
@@ -253,18 +285,19 @@ def demo_bundle(tmp_path_factory):
 
     bundle = tmp_path_factory.mktemp("combined") / "bundle"
     compile_bundle(ASSET_DIR / "target", ASSET_DIR / "drafter", bundle,
-                   CompileSettings(backend="torch", buckets=(64, 512), index_dims=0))
+                   CompileSettings(backend="torch", buckets=(64, 512), index_dims=0, mass_clusters=32))
     return bundle, ASSET_DIR / "target"
 
 
-@pytest.mark.parametrize("background", [False, True])
-def test_combined_method_greedy_exact_while_vocabulary_and_rows_change(tmp_path, demo_bundle, background):
+@pytest.mark.parametrize(("background", "variant"), [(False, ""), (True, ""), (False, "mass-fill:")])
+def test_combined_method_greedy_exact_while_vocabulary_and_rows_change(tmp_path, demo_bundle, background, variant):
     bundle, target = demo_bundle
     freq = _frequencies(512, successors={t: [(7 * t + 3) % 512, (11 * t + 5) % 512] for t in range(512)})
     freq.save(tmp_path / "freq.json")
     config = tmp_path / "evospec.toml"
-    config.write_text('align_rows = "all"\n' + ALIGN_EVERY_CYCLE.format(background=str(background).lower()))
-    generator = SpeculativeGenerator.from_bundle(bundle, target, vocab="evospec:48:sync+align",
+    config.write_text('align_rows = "all"\n' + ALIGN_EVERY_CYCLE.format(background=str(background).lower())
+                      + "[variants.mass-fill]\npolicy = { mass_fill = true }\n")
+    generator = SpeculativeGenerator.from_bundle(bundle, target, vocab=f"evospec:48:{variant}sync+align",
                                                  frequencies=tmp_path / "freq.json", evospec_config=config)
     before = generator.drafter.reservoir.clone()
     prompt = generator.encode("def parse(self, text):\n    ")

@@ -44,14 +44,16 @@ def compile_settings(config_path: Path | None, **flags):
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None, help="Engine precision [fp32].")
 @click.option("--index-dims", type=int, default=None,
               help="Dimensions of the semantic (USearch) index over the reservoir [64]; 0 leaves it out.")
+@click.option("--mass-clusters", type=int, default=None,
+              help="Clusters of the mass index (evospec:K's tail fill by the drafter's estimated mass) [2048]; 0 leaves it out.")
 @click.option("--frequencies", type=click.Path(path_type=Path), default=None,
               help="Token-frequency file (`evospec vocab frequencies --successors 8`) to carry in the bundle.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [compile] table.")
 @click.option("--tap-numbering", type=click.Choice(["input", "output"]), default=None,
               help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
                    "or output of layer i (SGLang, so SpecForge checkpoints) [input].")
-def compile_cmd(target_dir, drafter_dir, out, backend, buckets, precision, index_dims, frequencies, config_path,
-                tap_numbering):
+def compile_cmd(target_dir, drafter_dir, out, backend, buckets, precision, index_dims, mass_clusters, frequencies,
+                config_path, tap_numbering):
     """Split the drafter into trunk + LM-head stages, export ONNX, build engines, check parity, write a bundle."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,7 +61,7 @@ def compile_cmd(target_dir, drafter_dir, out, backend, buckets, precision, index
     from evospec.bundle.compile import compile_bundle
 
     settings = compile_settings(config_path, backend=backend, buckets=buckets, precision=precision, index_dims=index_dims,
-                                frequencies=str(frequencies) if frequencies else None, tap_numbering=tap_numbering)
+                                mass_clusters=mass_clusters, frequencies=str(frequencies) if frequencies else None, tap_numbering=tap_numbering)
     if settings.backend == "ort" and settings.precision == "fp16":
         raise SettingsError("fp16 is a TensorRT build flag here; ONNX Runtime bundles are fp32 (use --backend tensorrt)")
     with Progress(TextColumn("compile"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),

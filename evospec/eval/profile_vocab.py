@@ -142,7 +142,8 @@ def run_profile_vocab(generator: SpeculativeGenerator, corpus: str, policies: li
     if FULL not in policies:
         raise SettingsError("profile vocab needs the full vocabulary among the policies: shares are taken of it")
     drafter = generator.drafter
-    inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, getattr(drafter, "semantic_index", None))
+    inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, getattr(drafter, "semantic_index", None),
+                          getattr(drafter, "mass_index", None))
     frequencies = frequencies or getattr(drafter, "frequencies_path", None)  # else the bundle's own
     config = evospec or EvoSpecConfig.builtin()
     built = build_policies(policies, inputs, frequencies, lists or {}, router, config)

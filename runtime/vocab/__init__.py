@@ -16,6 +16,7 @@ from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
 from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
+from evospec.runtime.vocab.mass_fill import MassFill, MassRouted
 from evospec.runtime.vocab.pipelined import PipelinedPolicy
 from evospec.runtime.vocab.routed_semantic import RoutedSemantic
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
@@ -59,10 +60,18 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
             raise SettingsError("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)")
         config = evospec or EvoSpecConfig.builtin()
         settings = config.for_policy(spec).policy
-        policy = EvoSpecPolicy(int(arg), TokenFrequencies.load(frequencies), inputs.vocab_size, settings,
-                               semantic=inputs.semantic, name=spec)
+        table = TokenFrequencies.load(frequencies)
+        policy = EvoSpecPolicy(int(arg), table, inputs.vocab_size, settings, semantic=inputs.semantic, name=spec)
         if not (mode == "sync" or mode.endswith(":sync")):  # sync: retrieval on the decoding thread
             policy = PipelinedPolicy(policy)
+        if settings.mass_fill:
+            if inputs.mass is None:
+                raise SettingsError(f"policy {spec!r} fills its tail by mass, and this bundle has no mass index "
+                                    "(compile it with --mass-clusters > 0)")
+            if settings.route_semantic:
+                raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
+            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size))
+            return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:
                 raise SettingsError(f"policy {spec!r} routes through the semantic index, and this bundle has none "

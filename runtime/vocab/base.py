@@ -21,6 +21,7 @@ class PolicyInputs:
     vocab_size: int
     draft_vocab_ids: torch.Tensor  # target ids of the drafter's own LM-head rows
     semantic: Any = None  # a bundle's SemanticIndex (runtime/vocab/semantic.py), if it has one
+    mass: Any = None  # a bundle's MassIndex (runtime/vocab/mass_index.py), if it has one
 
 
 class VocabPolicy(Protocol):

@@ -189,12 +189,17 @@ class EvoSpecPolicy:
         fill = fill[~self._scratch[fill]][: budget - tail.numel()]
         self._scratch[tail] = False
         active = torch.cat((self.core, tail, fill))
+        self.fill_start = self.core_size + tail.numel()  # the evidence ends here (``kept_ids``)
         if self._active is not None and torch.equal(active, self._active):
             return self._active  # the same tensor: the drafter's plan update then costs nothing
         self._active = active
         self._member.zero_()
         self._member[active] = True
         return active
+
+    def kept_ids(self) -> torch.Tensor:
+        """The last set ``active_ids`` handed out without its frequency fill: the core and the evidence."""
+        return self._active[: self.fill_start]
 
     def close(self) -> None:  # no worker threads: nothing to release
         pass

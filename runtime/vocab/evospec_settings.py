@@ -69,6 +69,9 @@ class PolicySettings:
         route_semantic: rows the semantic index adds to each cycle's set from that cycle's own root state,
             between the drafter's trunk and head (as DynaSpec routes; the drafter's likeliest rows then
             stay in its set); 0: off. Needs a bundle with a semantic index.
+        mass_fill: the tail budget the evidence leaves unused goes to the clusters holding the most of the
+            drafter's estimated mass at each cycle's root state (``mass_fill.py``; routed between the drafter's
+            trunk and head), not to the next most frequent tokens. Needs a bundle with a mass index.
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -83,6 +86,7 @@ class PolicySettings:
     max_age: int = 0
     target_top: int = 0
     route_semantic: int = 0
+    mass_fill: bool = False
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -198,6 +202,8 @@ VARIANTS: dict[str, dict] = {
     "target-top-256": {"policy": {"target_top": 256}},
     "no-fresh": {"policy": {"fresh": False}},
     "route-semantic-1024": {"policy": {"route_semantic": 1024}},
+    "mass-fill": {"policy": {"mass_fill": True}},
+    "mass-fill-core-25": {"policy": {"mass_fill": True, "core_share": 0.25}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

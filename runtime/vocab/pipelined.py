@@ -34,15 +34,19 @@ def membership(ids: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def lacking(members: torch.Tensor, extra: torch.Tensor, room: int) -> torch.Tensor:
+    """The ids of ``extra`` that ``members`` (a ``membership`` mask) lacks, in order, at most ``room``."""
+    inside = extra < members.numel()
+    present = torch.zeros_like(extra, dtype=torch.bool)
+    present[inside] = members[extra[inside]]
+    return extra[~present][:room]
+
+
 def patched(base: torch.Tensor, extra: torch.Tensor, room: int, members: torch.Tensor | None = None) -> torch.Tensor:
     """``base`` with the ids of ``extra`` it lacks (in order, at most ``room``) in place of its last,
     lowest-ranked entries: still ``base.numel()`` distinct ids. ``members``: ``membership(base)``, when the
     caller has it already."""
-    members = membership(base) if members is None else members
-    inside = extra < members.numel()
-    present = torch.zeros_like(extra, dtype=torch.bool)
-    present[inside] = members[extra[inside]]
-    new = extra[~present][:room]
+    new = lacking(membership(base) if members is None else members, extra, room)
     if new.numel() == 0:
         return base
     return torch.cat((base[: base.numel() - new.numel()], new))
@@ -57,6 +61,8 @@ class PipelinedPolicy:
         self._current: torch.Tensor | None = None  # the newest set the worker computed
         self._members: torch.Tensor | None = None  # ``membership(self._current)``, computed by the worker too
         self._served: torch.Tensor | None = None  # the set handed out this cycle (patched, or the same)
+        self._fill_start = 0  # where the worker's set ends its evidence and begins its frequency fill
+        self._added = 0  # fresh ids patched in at the end of the served set
         self._fresh: list[int] = []
         self._pending: tuple | None = None  # the newest observation's job, not yet handed to the worker
         self._patching = bool(getattr(inner, "patches_fresh", False))
@@ -76,11 +82,12 @@ class PipelinedPolicy:
         self._drain()
         self.inner.reset(prompt_ids)
         self._current = self._served = self.inner.active_ids()
+        self._fill_start = getattr(self.inner, "fill_start", self._current.numel())
         self._members = membership(self._current) if self._patching else None
-        self._fresh = []
+        self._fresh, self._added = [], 0
 
     def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, target_top: torch.Tensor | None,
-                          served: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          served: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         if served is not None and hasattr(self.inner, "served"):
             self.inner.served(served)  # the set used this cycle, not the newest one computed
         if target_top is None:
@@ -88,7 +95,7 @@ class PipelinedPolicy:
         else:
             self.inner.observe(committed, state, target_top)
         active = self.inner.active_ids()
-        return active, membership(active) if self._patching else None
+        return active, membership(active) if self._patching else None, getattr(self.inner, "fill_start", active.numel())
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None,
                 target_top: torch.Tensor | None = None) -> None:
@@ -101,13 +108,26 @@ class PipelinedPolicy:
     def active_ids(self) -> torch.Tensor:
         # queued jobs are the older observations' (due: cycle t uses cycle t-2's), the newest one is pending
         while self._queue:
-            self._current, self._members = self._queue.popleft().result()
+            self._current, self._members, self._fill_start = self._queue.popleft().result()
         self._served = self._patch(self._current) if self._fresh else self._current
         return self._served
 
     def _patch(self, base: torch.Tensor) -> torch.Tensor:
-        return patched(base, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size,
-                       self._members)
+        new = lacking(self._members, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size)
+        self._added = new.numel()
+        return torch.cat((base[: base.numel() - new.numel()], new)) if new.numel() else base
+
+    def kept_ids(self) -> torch.Tensor:
+        """The set ``active_ids`` last handed out without its frequency fill: the core, the worker's evidence
+        and the fresh ids (what a ``MassRouted`` policy keeps before it fills the rest by mass)."""
+        served, added = self._served, self._added if self._fresh else 0
+        cut = min(self._fill_start, served.numel() - added)
+        return torch.cat((served[:cut], served[served.numel() - added :])) if added else served[:cut]
+
+    def served(self, active: torch.Tensor) -> None:
+        """The set the drafter actually drafted over this cycle, when a wrapper changed what ``active_ids``
+        handed out: the worker judges misses (and so drift) against it."""
+        self._served = active
 
     def close(self) -> None:
         self._drain()

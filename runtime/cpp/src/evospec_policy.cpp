@@ -266,6 +266,10 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "route-semantic-1024")
     throw SettingsError("evospec variant 'route-semantic-1024' (semantic rows routed from each cycle's root state) is "
                         "not implemented in the C++ drafter library; run it with the Python drafter");
+  else if (name == "mass-fill" || name == "mass-fill-core-25")
+    throw SettingsError("evospec variant '" + name + "' (the tail filled by the drafter's estimated mass, routed from "
+                        "each cycle's root state) is not implemented in the C++ drafter library; run it with the "
+                        "Python drafter");
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
                         "drafter library: the library never sees the target's logits; run it with the Python drafter");

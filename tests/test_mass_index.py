@@ -1,0 +1,166 @@
+"""The mass index (k-means clusters of the reservoir rows and the drafter-mass estimate) and the mass fill
+of EvoSpec's tail: clusters found, the estimate exact where it should be, files checked, fills well formed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evospec.core.errors import BundleError, SettingsError
+from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
+from evospec.runtime.vocab.evospec_settings import PolicySettings
+from evospec.runtime.vocab.frequencies import TokenFrequencies
+from evospec.runtime.vocab.mass_fill import MassFill, MassRouted
+from evospec.runtime.vocab.mass_index import MASS_FILE, MassIndex, kmeans
+from evospec.runtime.vocab.pipelined import PipelinedPolicy
+
+
+def _blobs(groups: int = 6, per: int = 20, d: int = 8, noise: float = 0.05, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(groups, d, generator=g) * 3
+    return torch.cat([c + noise * torch.randn(per, d, generator=g) for c in centres]), centres
+
+
+def _inertia(rows: torch.Tensor, labels: torch.Tensor) -> float:
+    return sum(float(((rows[labels == c] - rows[labels == c].mean(0)) ** 2).sum()) for c in labels.unique())
+
+
+def test_kmeans_finds_separated_groups_and_lowers_the_seeds_error():
+    rows, _ = _blobs()
+    labels = kmeans(rows, 6, seed=1, seeding="kmeans++")
+    groups = [set(labels[20 * i : 20 * (i + 1)].tolist()) for i in range(6)]
+    assert all(len(g) == 1 for g in groups) and len(set.union(*groups)) == 6
+    spread, _ = _blobs(groups=1, per=300, noise=1.0)  # one cloud: sampled seeds, then Lloyd's steps
+    seeded = kmeans(spread, 12, iters=0)
+    assert _inertia(spread, kmeans(spread, 12)) < 0.9 * _inertia(spread, seeded)
+    with pytest.raises(SettingsError, match="clusters"):
+        kmeans(rows, 0)
+    with pytest.raises(SettingsError, match="seeding"):
+        kmeans(rows, 2, seeding="farthest")
+
+
+def test_score_is_the_exact_log_mass_when_a_cluster_has_no_spread():
+    """Rows equal to their centre: the estimate is exactly log sum_i exp(<h, w_i>) of each cluster."""
+    centres = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    sizes = torch.tensor([1, 4, 2, 7, 3])
+    rows = torch.repeat_interleave(centres, sizes, dim=0)
+    index = MassIndex.build(rows, 5, seeding="kmeans++")
+    assert torch.allclose(index.spread, torch.zeros(5), atol=1e-6)
+    h = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    exact = torch.zeros(5).index_add_(0, index.labels, torch.exp(rows @ h)).log()
+    assert torch.allclose(index.scores(h), exact, atol=1e-4)
+
+
+def test_score_ranks_clusters_by_the_drafters_mass():
+    """With spread, the first-ranked cluster holds (nearly) the most of softmax(rows @ h) for most states."""
+    rows, _ = _blobs(groups=8, per=30, d=16, noise=0.3)
+    index = MassIndex.build(rows, 8, seed=1, seeding="kmeans++")
+    states = torch.randn(200, 16, generator=torch.Generator().manual_seed(4)) * 0.5
+    hits = 0
+    for h in states:
+        mass = torch.zeros(8).index_add_(0, index.labels, torch.softmax(rows @ h, -1))
+        hits += int(mass[int(index.scores(h).argmax())] >= 0.9 * mass.max())
+    assert hits >= 190
+
+
+def test_saved_index_loads_and_bad_files_fail_clearly(tmp_path):
+    rows, _ = _blobs()
+    index = MassIndex.build(rows, 6)
+    (tmp_path / "index").mkdir()
+    index.save(tmp_path / MASS_FILE)
+    loaded = MassIndex.load(tmp_path, 120, 8)
+    assert torch.equal(loaded.labels, index.labels) and torch.equal(loaded.means, index.means)
+    with pytest.raises(BundleError, match="does not fit"):
+        MassIndex.load(tmp_path, 121, 8)
+    with pytest.raises(BundleError, match="does not fit"):
+        MassIndex.load(tmp_path, 120, 9)
+    (tmp_path / MASS_FILE).write_bytes(b"junk")
+    with pytest.raises(BundleError, match="not a readable mass index"):
+        MassIndex.load(tmp_path, 120, 8)
+    with pytest.raises(BundleError, match="missing"):
+        MassIndex.load(tmp_path / "elsewhere", 120, 8)
+
+
+def _index_over_groups(groups: int = 10, per: int = 20) -> MassIndex:
+    """Rows 0..groups*per-1 in ``groups`` clusters of ``per`` consecutive ids, centre i = 3 * e_i."""
+    means = 3 * torch.eye(groups)
+    labels = torch.arange(groups * per) // per
+    return MassIndex(labels, means, torch.full((groups,), float(per)).log(), torch.zeros(groups))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 9), st.lists(st.integers(0, 199), max_size=40, unique=True), st.integers(0, 120))
+def test_mass_fill_is_distinct_new_ids_in_cluster_rank_order(target, kept_ids, room):
+    index = _index_over_groups()
+    core = torch.arange(5)
+    fill = MassFill(index, core, torch.arange(200))
+    kept = torch.tensor(sorted(set(kept_ids) | set(range(5))), dtype=torch.long)
+    h = torch.zeros(10)
+    h[target] = 1.0  # the cluster of ids target*20 .. target*20+19 holds the most mass
+    ids = fill.ids(h, kept, room)
+    assert ids.numel() == min(room, 200 - kept.numel()) and torch.unique(ids).numel() == ids.numel()
+    assert not set(ids.tolist()) & set(kept.tolist())
+    ranks = torch.argsort(torch.argsort(index.scores(h), descending=True))[index.labels[ids]]
+    assert torch.equal(ranks, torch.sort(ranks).values)  # clusters in rank order, never one skipped back to
+    if room >= 20:
+        assert set(range(20 * target, 20 * target + 20)) - set(kept.tolist()) <= set(ids.tolist())
+
+
+def _frequencies(vocab: int = 200) -> TokenFrequencies:
+    counts = torch.zeros(vocab, dtype=torch.long)
+    counts[:40] = torch.arange(40, 0, -1)  # ids 0..39 are frequent, 0 the most
+    return TokenFrequencies(vocab, counts, 1, "unit", successors={150: [151, 152]})
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_mass_routed_keeps_core_and_evidence_and_fills_from_the_roots_cluster(pipelined):
+    freq = _frequencies()
+    inner = EvoSpecPolicy(40, freq, 200, PolicySettings(semantic_count=0))
+    policy = PipelinedPolicy(inner) if pipelined else inner
+    routed = MassRouted(policy, MassFill(_index_over_groups(), inner.core, freq.ranked(200, 200)), 40)
+    routed.reset([120, 121])
+    routed.observe([150])
+    h = torch.zeros(10)
+    h[9] = 1.0  # ids 180..199
+    active = routed.route(h)
+    assert active.numel() == 40 and torch.unique(active).numel() == 40
+    members = set(active.tolist())
+    assert set(range(20)) <= members and {120, 121} <= members  # the core and the prompt's evidence stay
+    assert {150, 151, 152} <= members  # the newest token and its successors (the fresh patch when pipelined)
+    evidence = set(range(20)) | {120, 121, 150, 151, 152}
+    assert members - evidence <= set(range(180, 200)) and len(members - evidence) == 15  # the root's cluster fills
+    assert routed.route(h) is active  # the same set hands back the same tensor
+    routed.close()
+
+
+def test_compile_builds_the_index_and_bundle_load_checks_it(tmp_path):
+    """The pass writes the index and its report; ``mass_clusters = 0`` leaves it out; a damaged file stops
+    the bundle's load with a BundleError naming it."""
+    import shutil
+
+    from evospec.bundle.compile import compile_bundle
+    from evospec.passes.base import CompileSettings
+    from evospec.runtime.generator import SpeculativeGenerator
+    from evospec.train.demo_pair import ASSET_DIR
+
+    target, drafter = ASSET_DIR / "target", ASSET_DIR / "drafter"
+    out = tmp_path / "bundle"
+    manifest = compile_bundle(target, drafter, out, CompileSettings(backend="torch", buckets=(64, 512), index_dims=0,
+                                                                    mass_clusters=16))
+    report = manifest["mass_index"]
+    assert report["clusters"] == 16 and report["rows"] == 512 and MASS_FILE in manifest["files"]
+    assert 0 < report["drafter_mass_routed"] <= 1 and report["set_size"] == 64
+    generator = SpeculativeGenerator.from_bundle(out, target)
+    assert generator.drafter.mass_index.clusters == 16
+    (out / MASS_FILE).write_bytes(b"junk")
+    with pytest.raises(BundleError, match="mass.safetensors is truncated or altered"):
+        SpeculativeGenerator.from_bundle(out, target)
+    none = tmp_path / "none"
+    manifest = compile_bundle(target, drafter, none, CompileSettings(backend="torch", buckets=(64, 512), index_dims=0,
+                                                                     mass_clusters=0))
+    assert "mass_index" not in manifest and SpeculativeGenerator.from_bundle(none, target).drafter.mass_index is None
+    with pytest.raises(SettingsError, match="mass_clusters"):
+        CompileSettings(mass_clusters=-1)
+    shutil.rmtree(out)
