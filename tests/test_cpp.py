@@ -110,7 +110,7 @@ def demo_bundle(work):
     docs = [perm[torch.multinomial(weights, 256, replacement=True, generator=g)].tolist() for _ in range(32)]
     count_tokens([docs], 512, "zipf", successors=8).save(work / "demo-frequencies.json")
     compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "demo-bundle",
-                   CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16,
+                   CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16, mass_clusters=32,
                                    frequencies=str(work / "demo-frequencies.json")))
     return work / "demo-bundle"
 
@@ -151,8 +151,9 @@ SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out
     (CHAIN, None), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
     pytest.param(CHAIN, "evospec:64", marks=SLOW),
     pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
+    (TREE, "evospec:64:mass-fill"), pytest.param(CHAIN, "evospec:48:mass-fill-core-25:sync", marks=SLOW),
 ], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
-        "tree-evospec-no-context"])
+        "tree-evospec-no-context", "tree-evospec-mass-fill", "chain-evospec-mass-fill-core-25-sync"])
 def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, vocab):
     name = f"demo-{settings.draft_tree}-{vocab}".replace(":", "_")
     recording = check_against_python(binary, demo_bundle, DEMO_TARGET, work / name, "def parse(", settings, vocab,
@@ -160,6 +161,8 @@ def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, voca
     if vocab == "evospec:64:sync":  # the living vocabulary really lives: a new set at every step,
         assert changes(recording) == len(recording["steps"]) - 1
         assert recording["drifts"] >= 1  # and a topic switch was detected (drift path + boosted semantic query)
+    if vocab and "mass-fill" in vocab:  # routed from each root state: the fill moves with the context
+        assert changes(recording) >= 0.5 * (len(recording["steps"]) - 1)
 
 
 @pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), pytest.param(CHAIN, "full", marks=SLOW)],

@@ -120,16 +120,26 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
       throw SettingsError("policy '" + spec + "': expected evospec:K, evospec:K:sync or evospec:K:VARIANT with an "
                           "integer K, e.g. evospec:16384");
     auto f = frequencies("policy evospec:K needs --frequencies FILE (`evospec vocab frequencies --successors 8`)");
-    EvoSpecSettings settings = mode.empty() || mode == "sync" ? d.evospec : evospec_variant(d.evospec, mode);
+    bool sync = mode == "sync" || (mode.size() > 5 && mode.compare(mode.size() - 5, 5, ":sync") == 0);
+    std::string variant = mode == "sync" ? "" : sync ? mode.substr(0, mode.size() - 5) : mode;
+    EvoSpecSettings settings = variant.empty() ? d.evospec : evospec_variant(d.evospec, variant);
     if (manifest.has("semantic_index") && settings.semantic_count > 0) {
       d.semantic = load_semantic_index(d.bundle, vocab, d.hidden_size);
       if (!d.semantic)
         throw SettingsError("policy " + spec + " retrieves from the bundle's semantic index, but this build of the C++ "
                             "library has no USearch (configure with -DEVOSPEC_WITH_USEARCH=ON)");
     }
-    auto inner = make_evospec_policy(std::stoll(k), f, vocab, settings, d.semantic.get());
-    if (mode == "sync") return inner;
-    return std::make_unique<PipelinedPolicy>(std::move(inner));
+    int64_t size = std::stoll(k);
+    std::unique_ptr<Policy> policy = make_evospec_policy(size, f, vocab, settings, d.semantic.get());
+    if (!sync) policy = std::make_unique<PipelinedPolicy>(std::move(policy));
+    if (!settings.mass_fill) return policy;
+    if (!manifest.has("mass_index"))
+      throw SettingsError("policy '" + spec + "' fills its tail by mass, and this bundle has no mass index (compile it "
+                          "with --mass-clusters > 0)");
+    auto ranked = f.ranked(vocab, vocab);
+    int64_t core = std::min(size, std::max<int64_t>(1, static_cast<int64_t>(size * settings.core_share)));
+    std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + core);
+    return make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size), core_ids, ranked, size);
   }
   if (name == "dynaspec") {
     std::string k = arg.substr(0, arg.find(':'));

@@ -202,6 +202,7 @@ class EvoSpecPolicy : public Policy {
     int64_t room = budget - static_cast<int64_t>(tail.size());
     for (size_t i = core_size_; i < ranked_.size() && room > 0; ++i)
       if (!in_tail.count(ranked_[i])) active.push_back(ranked_[i]), --room;
+    fill_start_ = core_size_ + static_cast<int64_t>(tail.size());
     if (active != active_) {
       active_ = active;
       set_member(active);
@@ -209,9 +210,12 @@ class EvoSpecPolicy : public Policy {
     return active_;
   }
 
+  int64_t fill_start() const override { return fill_start_; }
+  std::vector<int64_t> kept_ids() override { return {active_.begin(), active_.begin() + fill_start_}; }
+
  private:
   EvoSpecSettings s_;
-  int64_t k_, core_size_ = 0;
+  int64_t k_, core_size_ = 0, fill_start_ = 0;
   const SemanticIndex* semantic_;
   std::vector<int64_t> ranked_, active_;
   std::unordered_set<int64_t> core_set_;
@@ -266,10 +270,8 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "route-semantic-1024")
     throw SettingsError("evospec variant 'route-semantic-1024' (semantic rows routed from each cycle's root state) is "
                         "not implemented in the C++ drafter library; run it with the Python drafter");
-  else if (name == "mass-fill" || name == "mass-fill-core-25")
-    throw SettingsError("evospec variant '" + name + "' (the tail filled by the drafter's estimated mass, routed from "
-                        "each cycle's root state) is not implemented in the C++ drafter library; run it with the "
-                        "Python drafter");
+  else if (name == "mass-fill") s.mass_fill = true;
+  else if (name == "mass-fill-core-25") s.mass_fill = true, s.core_share = 0.25;
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
                         "drafter library: the library never sees the target's logits; run it with the Python drafter");
@@ -277,7 +279,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   }  // alignment variants: the policy runs the chosen settings
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
-                        "core-25, core-75, frequency-only, no-context, no-corpus-successors, no-curriculum, no-drift, "
+                        "core-25, core-75, frequency-only, mass-fill, mass-fill-core-25, no-context, no-corpus-successors, no-curriculum, no-drift, "
                         "no-fresh, no-semantic, no-session-successors, semantic-256");
   return s;
 }

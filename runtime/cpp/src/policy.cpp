@@ -58,8 +58,10 @@ std::vector<int64_t> TokenFrequencies::top(int64_t k, int64_t vocab) const {
 void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
   queue_.clear();
   fresh_.clear();
+  added_ = 0;
   inner_->reset(prompt);
   current_ = served_ = inner_->active_ids();
+  fill_start_ = inner_->fill_start();
 }
 
 void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::Tensor& state) {
@@ -67,15 +69,18 @@ void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::T
   // What Python's worker runs for this observation (in order, so computing it now is the same).
   inner_->served(served_);
   inner_->observe(committed, state);
-  queue_.push_back(inner_->active_ids());
+  auto active = inner_->active_ids();
+  queue_.emplace_back(std::move(active), inner_->fill_start());
 }
 
 std::vector<int64_t> PipelinedPolicy::active_ids() {
   while (queue_.size() > 1) {  // the newest job overlaps this cycle; older ones are due
-    current_ = std::move(queue_.front());
+    current_ = std::move(queue_.front().first);
+    fill_start_ = queue_.front().second;
     queue_.erase(queue_.begin());
   }
   served_ = current_;
+  added_ = 0;
   if (!fresh_.empty()) {  // Python's PipelinedPolicy._patch: what the set lacks replaces its last entries
     std::unordered_set<int64_t> in(current_.begin(), current_.end());
     std::vector<int64_t> add;
@@ -85,9 +90,20 @@ std::vector<int64_t> PipelinedPolicy::active_ids() {
     if (!add.empty()) {
       served_.resize(current_.size() - add.size());
       served_.insert(served_.end(), add.begin(), add.end());
+      added_ = add.size();
     }
   }
   return served_;
+}
+
+std::vector<int64_t> PipelinedPolicy::kept_ids() {
+  // Python's PipelinedPolicy.kept_ids: the served set without the worker set's frequency fill
+  size_t n = served_.size();
+  size_t start = fill_start_ < 0 ? n : static_cast<size_t>(fill_start_);
+  size_t cut = std::min(start, n - added_);
+  std::vector<int64_t> kept(served_.begin(), served_.begin() + cut);
+  kept.insert(kept.end(), served_.end() - added_, served_.end());
+  return kept;
 }
 
 }  // namespace evospec::detail

@@ -34,6 +34,10 @@ class Policy {
   // state, which a pipelining caller puts in the (older) set it serves; ``tail_size``: how many
   // entries at the end of a set it may replace.
   virtual bool patches_fresh() const { return false; }
+  // Python's ``fill_start`` / ``kept_ids``: where the last set active_ids() handed out ends its evidence
+  // (-1: it has no frequency fill), and that set without its fill (a mass-routed policy keeps these).
+  virtual int64_t fill_start() const { return -1; }
+  virtual std::vector<int64_t> kept_ids() { return active_ids(); }
   virtual std::vector<int64_t> fresh(const std::vector<int64_t>&) const { return {}; }
   virtual int64_t tail_size() const { return 0; }
 };
@@ -82,14 +86,36 @@ class PipelinedPolicy : public Policy {
   void reset(const std::vector<int64_t>& prompt) override;
   std::vector<int64_t> active_ids() override;
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override;
+  void served(const std::vector<int64_t>& active) override { served_ = active; }  // a wrapper changed the set
+  std::vector<int64_t> kept_ids() override;
+  int64_t tail_size() const override { return inner_->tail_size(); }
 
  private:
   std::unique_ptr<Policy> inner_;
-  std::vector<std::vector<int64_t>> queue_;  // sets computed, oldest first
+  std::vector<std::pair<std::vector<int64_t>, int64_t>> queue_;  // sets computed (and their fill_start), oldest first
   std::vector<int64_t> current_;              // the newest set due
+  int64_t fill_start_ = -1;                   // current_'s fill_start
+  size_t added_ = 0;                          // fresh ids patched in at the end of served_
   std::vector<int64_t> served_;               // the set handed out this cycle (patched, or current_)
   std::vector<int64_t> fresh_;                // the last observation's fresh evidence
 };
+
+// The mass index (runtime/vocab/mass_index.py): k-means clusters of the reservoir rows and the
+// estimate of the drafter's own mass in each, from index/mass.safetensors.
+struct MassIndex {
+  at::Tensor labels, means, log_sizes, spread;  // [V] int64, [C, d], [C], [C]
+  int64_t clusters() const { return means.size(0); }
+  at::Tensor scores(const at::Tensor& state) const;  // [C]
+};
+
+// The bundle's mass index; BundleError for a missing, corrupt or mismatched file.
+std::shared_ptr<const MassIndex> load_mass_index(const std::string& bundle, int64_t vocab_size, int64_t hidden_size);
+
+// Python's MassRouted over MassFill (runtime/vocab/mass_fill.py): ``inner``'s core and evidence, the rest of
+// K filled with the rows of the clusters ranked first for each cycle's root state (routed).
+std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
+                                         const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
+                                         int64_t k);
 
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
 

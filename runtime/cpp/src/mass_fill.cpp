@@ -1,0 +1,108 @@
+// EvoSpec's tail fill by mass (runtime/vocab/mass_index.py, runtime/vocab/mass_fill.py): the set keeps
+// the wrapped policy's core and evidence, and the rest of K goes to the rows of the clusters the mass
+// index ranks first for the cycle's root state, most frequent first inside a cluster. The same ATen
+// ops as Python's (scores, a descending argsort), so both runtimes serve the same sets.
+#include <filesystem>
+
+#include "evospec/drafter.hpp"
+#include "policy.hpp"
+#include "safetensors.hpp"
+
+namespace evospec::detail {
+
+namespace fs = std::filesystem;
+
+at::Tensor MassIndex::scores(const at::Tensor& state) const {
+  at::Tensor h = state.detach().reshape({-1}).to(at::kFloat).cpu();
+  return log_sizes + means.matmul(h) + spread * h.dot(h);
+}
+
+std::shared_ptr<const MassIndex> load_mass_index(const std::string& bundle, int64_t vocab_size, int64_t hidden_size) {
+  std::string path = bundle + "/index/mass.safetensors";
+  if (!fs::is_regular_file(path)) throw BundleError(path + " is missing; recompile the bundle with `evospec compile`");
+  std::map<std::string, at::Tensor> t;
+  try {
+    t = load_safetensors(path);
+  } catch (const std::exception& e) {
+    throw BundleError(path + " is not a readable mass index (" + e.what() + ")");
+  }
+  for (const char* name : {"labels", "means", "log_sizes", "spread"})
+    if (!t.count(name)) throw BundleError(path + " lacks " + name + "; recompile the bundle");
+  auto index = std::make_shared<MassIndex>();
+  index->labels = t.at("labels").to(at::kLong);
+  index->means = t.at("means").to(at::kFloat).contiguous();
+  index->log_sizes = t.at("log_sizes").to(at::kFloat);
+  index->spread = t.at("spread").to(at::kFloat);
+  int64_t c = index->means.dim() == 2 ? index->means.size(0) : -1;
+  if (index->labels.dim() != 1 || index->labels.size(0) != vocab_size || c < 1 || index->means.size(1) != hidden_size ||
+      index->log_sizes.numel() != c || index->spread.numel() != c)
+    throw BundleError(path + ": the mass index does not fit a reservoir of " + std::to_string(vocab_size) +
+                      " rows of width " + std::to_string(hidden_size));
+  if (index->labels.min().item<int64_t>() < 0 || index->labels.max().item<int64_t>() >= c)
+    throw BundleError(path + ": cluster labels outside [0, " + std::to_string(c) + ")");
+  return index;
+}
+
+namespace {
+
+class MassRouted : public Policy {
+ public:
+  MassRouted(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index, const std::vector<int64_t>& core,
+             const std::vector<int64_t>& by_frequency, int64_t k)
+      : inner_(std::move(inner)), index_(std::move(index)), k_(k), kept_(index_->labels.size(0), false) {
+    // Python's MassFill: the rows outside the core, grouped by cluster, frequency order kept inside each
+    std::vector<bool> in_core(kept_.size(), false);
+    for (int64_t id : core) in_core[id] = true;
+    const int64_t* label = index_->labels.data_ptr<int64_t>();
+    std::vector<std::vector<int64_t>> groups(index_->clusters());
+    for (int64_t id : by_frequency)
+      if (!in_core[id]) groups[label[id]].push_back(id);
+    offsets_.push_back(0);
+    for (const auto& g : groups) {
+      members_.insert(members_.end(), g.begin(), g.end());
+      offsets_.push_back(static_cast<int64_t>(members_.size()));
+    }
+  }
+
+  void reset(const std::vector<int64_t>& prompt) override { inner_->reset(prompt); }
+  std::vector<int64_t> active_ids() override { return inner_->active_ids(); }
+  void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
+    inner_->observe(committed, state);
+  }
+  bool routed() const override { return true; }
+
+  std::vector<int64_t> route(const at::Tensor& state) override {
+    inner_->active_ids();  // collects the newest set (pipelined) and patches it
+    std::vector<int64_t> active = inner_->kept_ids();
+    int64_t room = k_ - static_cast<int64_t>(active.size());
+    if (room > 0) {
+      for (int64_t id : active) kept_[id] = true;
+      std::vector<int64_t> keep = active;
+      at::Tensor order = at::argsort(index_->scores(state), /*dim=*/0, /*descending=*/true);
+      const int64_t* c = order.data_ptr<int64_t>();
+      for (int64_t i = 0; i < order.numel() && room > 0; ++i)
+        for (int64_t j = offsets_[c[i]]; j < offsets_[c[i] + 1] && room > 0; ++j)
+          if (!kept_[members_[j]]) active.push_back(members_[j]), --room;
+      for (int64_t id : keep) kept_[id] = false;
+    }
+    inner_->served(active);
+    return active;
+  }
+
+ private:
+  std::unique_ptr<Policy> inner_;
+  std::shared_ptr<const MassIndex> index_;
+  int64_t k_;
+  std::vector<bool> kept_;
+  std::vector<int64_t> members_, offsets_;
+};
+
+}  // namespace
+
+std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
+                                         const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
+                                         int64_t k) {
+  return std::make_unique<MassRouted>(std::move(inner), std::move(index), core, by_frequency, k);
+}
+
+}  // namespace evospec::detail
