@@ -90,11 +90,11 @@ class SkinnyHead(nn.Module):
         out = self.logits(rows, kernel)
         trial.record(kernel, perf_counter() - start)
         if trial.done:
-            self.many, self.trial = trial.fastest(), None
+            self.many, self.trial = trial.fastest() or self.many, None  # nothing timed: the load-time choice stays
             if "onednn" not in (self.one, self.many):
                 self._packed = None
             logger.info("LM head kernel for %d rows, timed in place: %s (%s)", trial.rows, self.many,
-                        {k: round(min(v) * 1e3, 2) for k, v in trial.seconds.items()})
+                        {k: round(min(v) * 1e3, 2) for k, v in trial.seconds.items() if v})  # none if it gave up
         return out
 
 
@@ -135,9 +135,10 @@ class InPlaceTrial:
     def done(self) -> bool:
         return self.calls >= len(self.order) or self.patience <= 0
 
-    def fastest(self) -> str:
+    def fastest(self) -> str | None:
+        """The kernel with the best timed call; None if the trial gave up before timing any."""
         timed = {kernel: min(values) for kernel, values in self.seconds.items() if values}
-        return min(timed, key=timed.get) if timed else self.order[0]
+        return min(timed, key=timed.get) if timed else None
 
 
 def _best(head: SkinnyHead, rows: int, default: str, kernels: tuple[str, ...], repeats: int,

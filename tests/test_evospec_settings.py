@@ -201,10 +201,10 @@ def test_mass_fill_switch_fills_the_tail_from_the_roots_clusters():
     config = EvoSpecConfig.builtin()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
-        routed = make_policy("evospec:40:mass-fill:sync", inputs, "f", evospec=config)
-        plain = make_policy("evospec:40:sync", inputs, "f", evospec=config)
+        routed = make_policy("evospec:40:sync", inputs, "f", evospec=config)
+        plain = make_policy("evospec:40:frequency-fill:sync", inputs, "f", evospec=config)
         with pytest.raises(SettingsError, match="no mass index"):
-            make_policy("evospec:40:mass-fill", PolicyInputs(200, torch.arange(100)), "f", evospec=config)
+            make_policy("evospec:40", PolicyInputs(200, torch.arange(100)), "f", evospec=config)
     assert hasattr(routed, "route") and not hasattr(plain, "route")
     for policy in (routed, plain):
         policy.reset([120])
@@ -289,14 +289,14 @@ def demo_bundle(tmp_path_factory):
     return bundle, ASSET_DIR / "target"
 
 
-@pytest.mark.parametrize(("background", "variant"), [(False, ""), (True, ""), (False, "mass-fill:")])
+@pytest.mark.parametrize(("background", "variant"), [(False, ""), (True, ""), (False, "frequency-fill:")])
 def test_combined_method_greedy_exact_while_vocabulary_and_rows_change(tmp_path, demo_bundle, background, variant):
     bundle, target = demo_bundle
     freq = _frequencies(512, successors={t: [(7 * t + 3) % 512, (11 * t + 5) % 512] for t in range(512)})
     freq.save(tmp_path / "freq.json")
     config = tmp_path / "evospec.toml"
     config.write_text('align_rows = "all"\n' + ALIGN_EVERY_CYCLE.format(background=str(background).lower())
-                      + "[variants.mass-fill]\npolicy = { mass_fill = true }\n")
+                      + "[variants.frequency-fill]\npolicy = { mass_fill = false }\n")
     generator = SpeculativeGenerator.from_bundle(bundle, target, vocab=f"evospec:48:{variant}sync+align",
                                                  frequencies=tmp_path / "freq.json", evospec_config=config)
     before = generator.drafter.reservoir.clone()

@@ -204,6 +204,11 @@ def test_the_many_row_kernel_is_timed_again_in_place(monkeypatch):
     assert [k for n, k in used if n == 6][:9] == ["skinny", "linear", "onednn"] * 3
     assert (9, "skinny") in used  # another size: the current kernel, outside the trial
     assert head.trial is None and head.many == "onednn"
+    gives_up = SkinnyHead(linear, many="linear")  # other sizes use up its patience before any timed round
+    gives_up.trial = InPlaceTrial(("skinny", "linear"), rounds=2, patience=2)
+    for rows in (6, 9, 9, 6):
+        torch.testing.assert_close(gives_up(x := torch.randn(rows, 8)), linear(x))
+    assert gives_up.trial is None and gives_up.many == "linear"  # nothing timed: the load-time choice, no error
 
     class LM(nn.Module):
         def __init__(self) -> None:

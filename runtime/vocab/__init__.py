@@ -67,7 +67,7 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         if settings.mass_fill:
             if inputs.mass is None:
                 raise SettingsError(f"policy {spec!r} fills its tail by mass, and this bundle has no mass index "
-                                    "(compile it with --mass-clusters > 0)")
+                                    "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
             fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size))

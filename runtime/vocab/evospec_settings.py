@@ -86,7 +86,7 @@ class PolicySettings:
     max_age: int = 0
     target_top: int = 0
     route_semantic: int = 0
-    mass_fill: bool = False
+    mass_fill: bool = True  # chosen on the valid split (README, stop 33)
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -201,9 +201,8 @@ VARIANTS: dict[str, dict] = {
     "semantic-256": {"policy": {"semantic_count": 256}},
     "target-top-256": {"policy": {"target_top": 256}},
     "no-fresh": {"policy": {"fresh": False}},
-    "route-semantic-1024": {"policy": {"route_semantic": 1024}},
-    "mass-fill": {"policy": {"mass_fill": True}},
-    "mass-fill-core-25": {"policy": {"mass_fill": True, "core_share": 0.25}},
+    "route-semantic-1024": {"policy": {"route_semantic": 1024, "mass_fill": False}},  # one router per set
+    "frequency-fill": {"policy": {"mass_fill": False}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

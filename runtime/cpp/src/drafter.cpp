@@ -135,7 +135,7 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
     if (!settings.mass_fill) return policy;
     if (!manifest.has("mass_index"))
       throw SettingsError("policy '" + spec + "' fills its tail by mass, and this bundle has no mass index (compile it "
-                          "with --mass-clusters > 0)");
+                          "with --mass-clusters > 0, or run evospec:K:frequency-fill)");
     auto ranked = f.ranked(vocab, vocab);
     int64_t core = std::min(size, std::max<int64_t>(1, static_cast<int64_t>(size * settings.core_share)));
     std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + core);
