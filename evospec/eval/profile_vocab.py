@@ -249,14 +249,16 @@ def project_speedups(rows: list[VocabRow], costs: StageCosts, target_layers: int
     """Fill ``projected_speedup``: measured tau combined with stage latencies at a production shape.
     A projection, not a measurement: verification is taken as ``target_layers`` decoder layers (each
     costed as the drafter's trunk) plus the full head, and each of the ``depth`` draft levels as
-    trunk + head over the active set (``full``: the full head). Retrieval done on the decoding thread
-    (``:sync``) is added as measured here; pipelined retrieval adds nothing to the critical path.
-    Speedup over plain decoding = tau x verify / (verify + depth x draft level + retrieval)."""
+    trunk + head over the active set (``full``: the full head). The retrieval and gather-plan time each
+    policy spent on the decoding thread here is added as measured: routing (DynaSpec, EvoSpec's mass fill)
+    and the fresh patch run there, a pipelined worker's own time does not. The plan's row copies are
+    measured at this pair's width, so at a production width they cost more than added here.
+    Speedup over plain decoding = tau x verify / (verify + depth x draft level + retrieval + plan)."""
     verify = target_layers * costs.trunk_ms + costs.full_ms
     for row in rows:
         head = costs.full_ms if row.policy == "full" else costs.head_ms(row.active_size)
-        retrieval = row.retrieval_ms_per_step if row.policy.endswith(":sync") else 0.0
-        row.projected_speedup = row.mean_accepted_length * verify / (verify + depth * (costs.trunk_ms + head) + retrieval)
+        host = row.retrieval_ms_per_step + row.plan_ms_per_step
+        row.projected_speedup = row.mean_accepted_length * verify / (verify + depth * (costs.trunk_ms + head) + host)
 
 
 def vocab_table(rows: list[VocabRow]) -> str:
