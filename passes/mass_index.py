@@ -14,14 +14,8 @@ import torch
 
 from evospec.passes.base import CompileContext, CompilePass, PassResult, ensure_artefacts
 from evospec.passes.feeds import recorded_feeds
+from evospec.runtime.vocab.mass_fill import MassFill
 from evospec.runtime.vocab.mass_index import MASS_FILE, MassIndex
-
-
-def routed_rows(index: MassIndex, state: torch.Tensor, size: int) -> torch.Tensor:
-    """The rows of the clusters ranked first for ``state``, in that order, the last cluster cut at ``size``."""
-    order = torch.argsort(index.scores(state), descending=True)
-    by_cluster = torch.argsort(torch.argsort(order)[index.labels], stable=True)  # rows, in their cluster's rank order
-    return by_cluster[:size]
 
 
 class BuildMassIndex(CompilePass):
@@ -47,7 +41,9 @@ class BuildMassIndex(CompilePass):
         size = min(ctx.manifest["gather"]["buckets"][0], rows.shape[0])
         states = torch.cat([f["normed"] for f in recorded_feeds(ctx, 2)["head"]]).float()
         probs = torch.softmax(states @ rows.T, dim=-1)
-        routed = sum(float(p[routed_rows(index, h, size)].sum()) for h, p in zip(states, probs)) / len(states)
+        none = torch.zeros(0, dtype=torch.long)  # no core, nothing kept: the clusters alone fill the set
+        fill = MassFill(index, none, torch.arange(rows.shape[0]))
+        routed = sum(float(p[fill.ids(h, none, size)].sum()) for h, p in zip(states, probs)) / len(states)
         baseline = ctx.draft_vocab_ids[:size]
         drafter_rows = float(probs[:, baseline].sum(-1).mean())
         report = {"clusters": clusters, "rows": int(rows.shape[0]), "build_s": round(build_s, 3), "queries": len(states),
