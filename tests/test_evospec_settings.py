@@ -56,17 +56,17 @@ def test_bad_config_files_fail_with_the_key_named(tmp_path, text, message):
 
 
 def test_policy_names_select_variants_and_alignment():
-    inputs = PolicyInputs(200, torch.arange(100))
+    inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
     config = EvoSpecConfig.builtin()
     freq = _frequencies()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
         assert make_policy("evospec:40:sync", inputs, "f", evospec=config).settings == config.chosen.policy
-        variant = make_policy("evospec:40:core-25", inputs, "f", evospec=config)
-        assert variant.inner.settings.core_share == 0.25 and variant.inner.core_size == 10
+        variant = make_policy("evospec:40:core-25", inputs, "f", evospec=config)  # mass-routed, pipelined
+        assert variant.inner.inner.settings.core_share == 0.25 and variant.inner.inner.core_size == 10
         variant.close()
         synced = make_policy("evospec:40:core-25:sync", inputs, "f", evospec=config)  # the variant, unpipelined
-        assert isinstance(synced, EvoSpecPolicy) and synced.core_size == 10
+        assert isinstance(synced.inner, EvoSpecPolicy) and synced.inner.core_size == 10
         with pytest.raises(SettingsError, match="variant 'nope' is not in built-in settings"):
             make_policy("evospec:40:nope", inputs, "f", evospec=config)
     assert split_align("evospec:40:no-drift+align") == ("evospec:40:no-drift", True)
@@ -75,6 +75,13 @@ def test_policy_names_select_variants_and_alignment():
         split_align("evospec:40+osd")
     assert config.for_policy("evospec:40:no-curriculum").align.curriculum is False
     assert config.for_policy("frspec:40@general") == config.chosen
+
+
+def _mass_index():
+    from evospec.runtime.vocab.mass_index import MassIndex
+
+    labels = torch.arange(200) // 20  # clusters of 20 consecutive ids; centre i = 3 e_i
+    return MassIndex(labels, 3 * torch.eye(10), torch.full((10,), 20.0).log(), torch.zeros(10))
 
 
 def _run(policy: EvoSpecPolicy, steps: list[list[int]], state=None) -> set[int]:
@@ -175,7 +182,7 @@ def test_route_semantic_switch_adds_the_roots_nearest_rows():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
         routed = make_policy("evospec:40:route-semantic-1024:sync", inputs, "f", evospec=config)
-        plain = make_policy("evospec:40:sync", inputs, "f", evospec=config)
+        plain = make_policy("evospec:40:frequency-fill:sync", inputs, "f", evospec=config)
         with pytest.raises(SettingsError, match="has none"):
             make_policy("evospec:40:route-semantic-1024", PolicyInputs(200, torch.arange(100)), "f", evospec=config)
     assert hasattr(routed, "route") and not hasattr(plain, "route")
@@ -193,10 +200,7 @@ def test_mass_fill_switch_fills_the_tail_from_the_roots_clusters():
     """With ``mass_fill`` the tail budget the evidence leaves goes to the cluster the root state points at
     (routed, between trunk and head), not to the next most frequent ids; the core and evidence stay; a
     bundle without a mass index is a clear error; without the switch nothing routes."""
-    from evospec.runtime.vocab.mass_index import MassIndex
-
-    labels = torch.arange(200) // 20  # clusters of 20 consecutive ids; centre i = 3 e_i
-    index = MassIndex(labels, 3 * torch.eye(10), torch.full((10,), 20.0).log(), torch.zeros(10))
+    index = _mass_index()
     inputs = PolicyInputs(200, torch.arange(100), mass=index)
     config = EvoSpecConfig.builtin()
     with pytest.MonkeyPatch.context() as mp:

@@ -72,7 +72,10 @@ def check(ids: torch.Tensor, k: int, vocab: int, spec: str, when: str) -> None:
 def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, backbone):
     vocab, draft_vocab_ids, counts, successors, k, clusters, prompt, steps, seed = world
     g = torch.Generator().manual_seed(seed)
-    inputs = PolicyInputs(vocab, torch.tensor(draft_vocab_ids), semantic_index(vocab, g) if semantic else None)
+    from evospec.runtime.vocab.mass_index import MassIndex
+
+    mass = MassIndex.build(torch.randn(vocab, HIDDEN, generator=g), min(8, vocab), iters=3)  # evospec:K's fill
+    inputs = PolicyInputs(vocab, torch.tensor(draft_vocab_ids), semantic_index(vocab, g) if semantic else None, mass)
     with tempfile.TemporaryDirectory() as tmp:
         freq = Path(tmp) / "f.json"
         TokenFrequencies(vocab, torch.tensor(counts, dtype=torch.long), 1, "hypothesis", successors).save(freq)
@@ -80,6 +83,7 @@ def test_every_policy_serves_exactly_k_distinct_in_range_ids(world, semantic, ba
         clusters = router_file(router, vocab, clusters, k, backbone, g)
         specs = {"full": vocab, "eagle3": len(draft_vocab_ids), f"frspec:{k}": k, f"evospec:{k}": k,
                  f"evospec:{k}:sync": k, f"evospec:{k}:no-fresh": k, f"evospec:{k}:target-top-256": k,
+                 f"evospec:{k}:frequency-fill": k, f"evospec:{k}:frequency-fill:sync": k,
                  f"dynaspec:{k}:{clusters}": k}
         if semantic:  # routing reads the semantic index
             specs[f"evospec:{k}:route-semantic-1024"] = k
