@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -98,7 +98,9 @@ def make_shared_vocabulary(spec: LivingSpec, reservoir_ids: torch.Tensor, reserv
     if spec.policy.startswith("frspec:"):
         policy = frspec_policy(PolicyInputs(vocab_size, reservoir_ids), k, frequencies)
     else:
-        settings = EvoSpecConfig.builtin().for_policy(spec.policy).policy
+        # one set serves the whole batch, so there is no single root state to route a mass fill from: the
+        # tail's unused budget fills by frequency here (README, "Serving with vLLM")
+        settings = replace(EvoSpecConfig.builtin().for_policy(spec.policy).policy, mass_fill=False)
         policy = EvoSpecPolicy(k, frequencies, vocab_size, settings, name=spec.policy)
     has_row = torch.zeros(vocab_size, dtype=torch.bool)
     has_row[reservoir_ids.long()] = True
