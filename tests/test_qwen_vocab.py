@@ -88,6 +88,8 @@ def test_identical_ids_on_every_corpus_document(tokenizers, tmp_path):
     checked = 0
     for domain in corpus_domains(tmp_path / "c"):
         for split in ("train", "valid", "test"):
+            if not any((tmp_path / "c" / domain / split).glob("*")):
+                continue  # the topic-switch domain is test text only
             documents = read_documents(tmp_path / "c", domain, split)
             for text, ids in zip(documents, hf(documents, add_special_tokens=False)["input_ids"]):
                 assert ids == reference.encode(text, allowed_special="all"), (domain, split, text[:80])
