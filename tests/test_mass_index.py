@@ -135,6 +135,44 @@ def test_mass_routed_keeps_core_and_evidence_and_fills_from_the_roots_cluster(pi
     routed.close()
 
 
+def _routed_sets(pipelined: bool, frequency_fill: bool, steps: list[list[int]], seed: int) -> list[list[int]]:
+    freq = _frequencies()
+    inner = EvoSpecPolicy(40, freq, 200, PolicySettings(semantic_count=0), frequency_fill=frequency_fill)
+    policy = PipelinedPolicy(inner) if pipelined else inner
+    routed = MassRouted(policy, MassFill(_index_over_groups(), inner.core, freq.ranked(200, 200)), 40)
+    routed.reset([120, 121])
+    g = torch.Generator().manual_seed(seed)
+    sets = []
+    for committed in steps:
+        routed.observe(committed)
+        sets.append(routed.route(torch.randn(10, generator=g)).tolist())
+        assert len(sets[-1]) == 40 and len(set(sets[-1])) == 40
+    routed.close()
+    return sets
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(20, 199), min_size=1, max_size=4), min_size=1, max_size=12), st.integers(0, 99))
+def test_a_mass_routed_policy_needs_no_frequency_fill_from_its_inner_policy(steps, seed):
+    """Without the fill it would throw away, a synchronous inner policy routes to exactly the same sets; a
+    pipelined one keeps every fresh id outside the core (with a fill, a fresh id that sat in the fill was
+    not patched in, and the mass fill then dropped it with the rest of the fill)."""
+    assert _routed_sets(False, False, steps, seed) == _routed_sets(False, True, steps, seed)
+    for committed, active in zip(steps, _routed_sets(True, False, steps, seed)):
+        fresh = set(committed) | ({151, 152} if committed[-1] == 150 else set())
+        assert fresh <= set(active)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 9), unique=True, max_size=10))
+def test_mass_fill_gathers_the_chosen_clusters_rows_in_order(clusters):
+    """The one-index gather equals concatenating each cluster's slice of the grouped members."""
+    fill = MassFill(_index_over_groups(), torch.arange(7), torch.arange(199, -1, -1))
+    chosen = torch.tensor(clusters, dtype=torch.long).numpy()
+    expected = [int(m) for c in clusters for m in fill.members[fill.offsets[c] : fill.offsets[c + 1]]]
+    assert fill._rows_of(chosen).tolist() == expected
+
+
 def test_compile_builds_the_index_and_bundle_load_checks_it(tmp_path):
     """The pass writes the index and its report; ``mass_clusters = 0`` leaves it out; a damaged file stops
     the bundle's load with a BundleError naming it."""

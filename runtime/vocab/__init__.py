@@ -61,7 +61,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
         config = evospec or EvoSpecConfig.builtin()
         settings = config.for_policy(spec).policy
         table = TokenFrequencies.load(frequencies)
-        policy = EvoSpecPolicy(int(arg), table, inputs.vocab_size, settings, semantic=inputs.semantic, name=spec)
+        policy = EvoSpecPolicy(int(arg), table, inputs.vocab_size, settings, semantic=inputs.semantic, name=spec,
+                               frequency_fill=not settings.mass_fill)  # a mass-routed set fills its own tail
         if not (mode == "sync" or mode.endswith(":sync")):  # sync: retrieval on the decoding thread
             policy = PipelinedPolicy(policy)
         if settings.mass_fill:
@@ -70,7 +71,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size))
+            unseen = table.counts[: inputs.vocab_size] == 0 if settings.mass_unseen_last else None
+            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size), unseen)
             return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:

@@ -72,6 +72,9 @@ class PolicySettings:
         mass_fill: the tail budget the evidence leaves unused goes to the clusters holding the most of the
             drafter's estimated mass at each cycle's root state (``mass_fill.py``; routed between the drafter's
             trunk and head), not to the next most frequent tokens. Needs a bundle with a mass index.
+        mass_unseen_last: the mass fill takes rows of tokens the frequency file never counted only after every
+            counted row of the ranked clusters (most such rows are synthesised by the ridge map, and where a
+            synthesised row draws the drafter's mass, that mass is spent on a token the target rarely writes).
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -87,6 +90,7 @@ class PolicySettings:
     target_top: int = 0
     route_semantic: int = 0
     mass_fill: bool = True  # chosen on the valid split (README, stop 33)
+    mass_unseen_last: bool = False
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -203,6 +207,7 @@ VARIANTS: dict[str, dict] = {
     "no-fresh": {"policy": {"fresh": False}},
     "route-semantic-1024": {"policy": {"route_semantic": 1024, "mass_fill": False}},  # one router per set
     "frequency-fill": {"policy": {"mass_fill": False}},
+    "unseen-last": {"policy": {"mass_unseen_last": True}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

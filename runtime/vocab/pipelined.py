@@ -113,9 +113,12 @@ class PipelinedPolicy:
         return self._served
 
     def _patch(self, base: torch.Tensor) -> torch.Tensor:
-        new = lacking(self._members, torch.tensor(self._fresh, dtype=base.dtype), base.numel() - self.inner.core_size)
+        """The fresh ids ``base`` lacks, appended while the set is under K (a policy without a frequency fill),
+        then in place of its last, lowest-ranked entries; never over the core."""
+        k = max(self.inner.k, base.numel())
+        new = lacking(self._members, torch.tensor(self._fresh, dtype=base.dtype), k - self.inner.core_size)
         self._added = new.numel()
-        return torch.cat((base[: base.numel() - new.numel()], new)) if new.numel() else base
+        return torch.cat((base[: min(base.numel(), k - new.numel())], new)) if new.numel() else base
 
     def kept_ids(self) -> torch.Tensor:
         """The set ``active_ids`` last handed out without its frequency fill: the core, the worker's evidence

@@ -130,15 +130,15 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
                             "library has no USearch (configure with -DEVOSPEC_WITH_USEARCH=ON)");
     }
     int64_t size = std::stoll(k);
-    std::unique_ptr<Policy> policy = make_evospec_policy(size, f, vocab, settings, d.semantic.get());
+    // a mass-routed set fills its own tail: the inner policy builds no frequency fill to throw away
+    std::unique_ptr<Policy> policy = make_evospec_policy(size, f, vocab, settings, d.semantic.get(), !settings.mass_fill);
     if (!sync) policy = std::make_unique<PipelinedPolicy>(std::move(policy));
     if (!settings.mass_fill) return policy;
     if (!manifest.has("mass_index"))
       throw SettingsError("policy '" + spec + "' fills its tail by mass, and this bundle has no mass index (compile it "
                           "with --mass-clusters > 0, or run evospec:K:frequency-fill)");
     auto ranked = f.ranked(vocab, vocab);
-    int64_t core = std::min(size, std::max<int64_t>(1, static_cast<int64_t>(size * settings.core_share)));
-    std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + core);
+    std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + policy->core_size());
     return make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size), core_ids, ranked, size);
   }
   if (name == "dynaspec") {

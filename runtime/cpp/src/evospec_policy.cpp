@@ -98,8 +98,8 @@ class SessionTable {
 class EvoSpecPolicy : public Policy {
  public:
   EvoSpecPolicy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size, const EvoSpecSettings& s,
-                const SemanticIndex* semantic)
-      : s_(s), k_(k), semantic_(s.semantic_count > 0 ? semantic : nullptr), member_(vocab_size, false) {
+                const SemanticIndex* semantic, bool frequency_fill)
+      : s_(s), frequency_fill_(frequency_fill), k_(k), semantic_(s.semantic_count > 0 ? semantic : nullptr), member_(vocab_size, false) {
     if (!frequencies.has_successors && s.corpus_successors)
       throw SettingsError("policy evospec:K needs a frequency file with successors (`evospec vocab frequencies --successors 8`)");
     if (k < 2 || k > vocab_size)
@@ -126,6 +126,7 @@ class EvoSpecPolicy : public Policy {
 
   bool patches_fresh() const override { return s_.fresh; }
   int64_t tail_size() const override { return k_ - core_size_; }
+  int64_t core_size() const override { return core_size_; }
 
   // Python's EvoSpecPolicy.fresh: the committed tokens (context) and the newest one's corpus
   // successors, core tokens and repeats left out, in order.
@@ -199,7 +200,7 @@ class EvoSpecPolicy : public Policy {
     std::unordered_set<int64_t> in_tail(tail.begin(), tail.end());
     std::vector<int64_t> active(ranked_.begin(), ranked_.begin() + core_size_);
     active.insert(active.end(), tail.begin(), tail.end());
-    int64_t room = budget - static_cast<int64_t>(tail.size());
+    int64_t room = frequency_fill_ ? budget - static_cast<int64_t>(tail.size()) : 0;  // mass-routed: no fill here
     for (size_t i = core_size_; i < ranked_.size() && room > 0; ++i)
       if (!in_tail.count(ranked_[i])) active.push_back(ranked_[i]), --room;
     fill_start_ = core_size_ + static_cast<int64_t>(tail.size());
@@ -215,6 +216,7 @@ class EvoSpecPolicy : public Policy {
 
  private:
   EvoSpecSettings s_;
+  bool frequency_fill_;
   int64_t k_, core_size_ = 0, fill_start_ = 0;
   const SemanticIndex* semantic_;
   std::vector<int64_t> ranked_, active_;
@@ -284,8 +286,9 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
 }
 
 std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
-                                            const EvoSpecSettings& settings, const SemanticIndex* semantic) {
-  return std::make_unique<EvoSpecPolicy>(k, frequencies, vocab_size, settings, semantic);
+                                            const EvoSpecSettings& settings, const SemanticIndex* semantic,
+                                            bool frequency_fill) {
+  return std::make_unique<EvoSpecPolicy>(k, frequencies, vocab_size, settings, semantic, frequency_fill);
 }
 
 }  // namespace evospec::detail

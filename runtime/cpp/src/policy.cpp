@@ -81,14 +81,17 @@ std::vector<int64_t> PipelinedPolicy::active_ids() {
   }
   served_ = current_;
   added_ = 0;
-  if (!fresh_.empty()) {  // Python's PipelinedPolicy._patch: what the set lacks replaces its last entries
+  if (!fresh_.empty()) {  // Python's PipelinedPolicy._patch: what the set lacks, appended while it is under K,
+                          // then in place of its last entries
     std::unordered_set<int64_t> in(current_.begin(), current_.end());
     std::vector<int64_t> add;
-    int64_t room = inner_->tail_size();
+    int64_t n = static_cast<int64_t>(current_.size());
+    int64_t k = std::max(inner_->core_size() + inner_->tail_size(), n);
+    int64_t room = k - inner_->core_size();
     for (int64_t t : fresh_)
       if (static_cast<int64_t>(add.size()) < room && !in.count(t)) add.push_back(t);
     if (!add.empty()) {
-      served_.resize(current_.size() - add.size());
+      served_.resize(static_cast<size_t>(std::min(n, k - static_cast<int64_t>(add.size()))));
       served_.insert(served_.end(), add.begin(), add.end());
       added_ = add.size();
     }

@@ -40,6 +40,7 @@ class Policy {
   virtual std::vector<int64_t> kept_ids() { return active_ids(); }
   virtual std::vector<int64_t> fresh(const std::vector<int64_t>&) const { return {}; }
   virtual int64_t tail_size() const { return 0; }
+  virtual int64_t core_size() const { return 0; }  // the frequency core at the head of every set
 };
 
 class StaticPolicy : public Policy {
@@ -89,6 +90,7 @@ class PipelinedPolicy : public Policy {
   void served(const std::vector<int64_t>& active) override { served_ = active; }  // a wrapper changed the set
   std::vector<int64_t> kept_ids() override;
   int64_t tail_size() const override { return inner_->tail_size(); }
+  int64_t core_size() const override { return inner_->core_size(); }
 
  private:
   std::unique_ptr<Policy> inner_;
@@ -122,8 +124,10 @@ using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptio
 // ``settings`` with the built-in variant ``name`` applied (SettingsError for an unknown one).
 EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::string& name);
 
+// ``frequency_fill = false``: sets hold the core and the evidence only, for make_mass_routed to fill.
 std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& frequencies, int64_t vocab_size,
-                                            const EvoSpecSettings& settings, const SemanticIndex* semantic);
+                                            const EvoSpecSettings& settings, const SemanticIndex* semantic,
+                                            bool frequency_fill = true);
 
 // DynaSpec (``dynaspec:K:C``) from a router file (``evospec vocab dynaspec``).
 std::unique_ptr<Policy> make_dynaspec_policy(int64_t k, int64_t clusters, const std::string& router, int64_t vocab_size);
