@@ -163,16 +163,6 @@ def test_a_mass_routed_policy_needs_no_frequency_fill_from_its_inner_policy(step
         assert fresh <= set(active)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 9), unique=True, max_size=10))
-def test_mass_fill_gathers_the_chosen_clusters_rows_in_order(clusters):
-    """The one-index gather equals concatenating each cluster's slice of the grouped members."""
-    fill = MassFill(_index_over_groups(), torch.arange(7), torch.arange(199, -1, -1))
-    chosen = torch.tensor(clusters, dtype=torch.long).numpy()
-    expected = [int(m) for c in clusters for m in fill.members[fill.offsets[c] : fill.offsets[c + 1]]]
-    assert fill._rows_of(chosen).tolist() == expected
-
-
 def test_compile_builds_the_index_and_bundle_load_checks_it(tmp_path):
     """The pass writes the index and its report; ``mass_clusters = 0`` leaves it out; a damaged file stops
     the bundle's load with a BundleError naming it."""
@@ -202,3 +192,20 @@ def test_compile_builds_the_index_and_bundle_load_checks_it(tmp_path):
     with pytest.raises(SettingsError, match="mass_clusters"):
         CompileSettings(mass_clusters=-1)
     shutil.rmtree(out)
+
+
+def test_unseen_rows_come_after_every_seen_row_of_the_ranked_clusters():
+    """``unseen`` (the ``unseen-last`` variant): the fill takes every cluster's counted rows, clusters in rank
+    order, before any uncounted row; then the uncounted rows, clusters again in rank order."""
+    index = _index_over_groups()
+    unseen = torch.zeros(200, dtype=torch.bool)
+    unseen[torch.arange(200) % 20 >= 15] = True  # the last 5 ids of every cluster were never counted
+    fill = MassFill(index, torch.arange(5), torch.arange(200), unseen)
+    h = torch.tensor([0.1, 0.2, 0.3, 2.0, 0.4, 0.5, 0.6, 1.0, 0.7, 0.8])  # rank: 3, 7, 9, 8, 6, 5, 4, 2, 1, 0
+    rank = [3, 7, 9, 8, 6, 5, 4, 2, 1, 0]
+    ids = fill.ids(h, torch.arange(5), 195).tolist()
+    seen = [i for c in rank for i in range(20 * c, 20 * c + 15) if i >= 5]
+    assert ids == seen + [i for c in rank for i in range(20 * c + 15, 20 * c + 20)]
+    assert fill.ids(h, torch.arange(5), 30).tolist() == seen[:30]  # within budget, no uncounted row at all
+    plain = MassFill(index, torch.arange(5), torch.arange(200)).ids(h, torch.arange(5), 40).tolist()
+    assert plain == list(range(60, 80)) + list(range(140, 160))

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from evospec.runtime.vocab.cluster_groups import ClusterGroups
+
 from evospec.core.atomic import atomic_path
 from evospec.core.errors import SettingsError
 
@@ -199,26 +201,22 @@ class Shortlister:
         self.backbone = by_freq[: self.backbone_size]
         self.in_backbone = self.freq_rank < self.backbone_size
         rest = by_freq[self.backbone_size :]
-        rest = rest[torch.sort(router.labels[rest], stable=True).indices]  # grouped by cluster, frequency order kept
-        self.members = rest
-        self.sizes = torch.bincount(router.labels[rest], minlength=c)
-        self.offsets = torch.cat((torch.zeros(1, dtype=torch.long), self.sizes.cumsum(0)))
+        self.groups = ClusterGroups(rest, router.labels[rest], c)  # grouped by cluster, frequency order kept
+        rest, self.sizes, self.offsets = self.groups.members, self.groups.sizes, self.groups.offsets
         self.within = torch.zeros(v, dtype=torch.long)  # a token's place inside its cluster's list
         self.within[rest] = torch.arange(rest.numel()) - self.offsets[router.labels[rest]]
         self.labels = router.labels
 
     def ids(self, scores: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """(the K ids, the clusters used) for router scores [C]."""
-        parts, size, used = [self.backbone], self.backbone_size, []
-        for c in torch.argsort(scores, descending=True, stable=True).tolist():
-            if size >= self.k:
-                break
-            part = self.members[self.offsets[c] : self.offsets[c + 1]][: self.k - size]
-            if part.numel():
-                parts.append(part)
-                used.append(c)
-                size += part.numel()
-        return torch.cat(parts), tuple(used)
+        """(the K ids, the clusters used) for router scores [C]: the backbone, then whole clusters in router
+        order, the last one cut at K."""
+        need = self.k - self.backbone_size
+        if need <= 0:
+            return self.backbone, ()
+        chosen = self.groups.enough(torch.argsort(scores, descending=True, stable=True).numpy(), need)
+        rows = torch.from_numpy(self.groups.rows_of(chosen)[:need])
+        used = chosen[self.groups.sizes.numpy()[chosen] > 0]
+        return torch.cat((self.backbone, rows)), tuple(used.tolist())
 
     def positions(self, scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(in the shortlist, cluster selected) for tokens [n, m] under scores [n, C]: whether each

@@ -72,8 +72,8 @@ class PolicySettings:
         mass_fill: the tail budget the evidence leaves unused goes to the clusters holding the most of the
             drafter's estimated mass at each cycle's root state (``mass_fill.py``; routed between the drafter's
             trunk and head), not to the next most frequent tokens. Needs a bundle with a mass index.
-        mass_unseen_last: the mass fill takes rows of tokens the frequency file never counted only after every
-            counted row of the ranked clusters (most such rows are synthesised by the ridge map, and where a
+        mass_unseen_last: the mass fill takes rows of tokens the frequency file never counted only after the
+            counted rows of every cluster (most such rows are synthesised by the ridge map, and where a
             synthesised row draws the drafter's mass, that mass is spent on a token the target rarely writes).
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the

@@ -16,20 +16,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evospec.runtime.vocab.cluster_groups import ClusterGroups
 from evospec.runtime.vocab.mass_index import MassIndex
 
 
 class MassFill:
     """For one core: the other rows grouped by cluster (most frequent first inside each), and the fill.
 
-    The fill runs on the decoding thread each cycle, so it is a handful of numpy passes over the chosen
-    clusters' rows (~0.2 ms at K = 16384): the clusters' rows are gathered by one index built with
-    ``np.repeat``, not sliced cluster by cluster (~110 slices and a concatenation at K = 16384)."""
+    The fill runs on the decoding thread each cycle: a sort of C scores and a few numpy passes over the
+    chosen clusters' rows (``ClusterGroups``)."""
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
                  unseen: torch.Tensor | None = None) -> None:
-        """``unseen``: a [V] mask of rows to take only after every other row of the ranked clusters (each
-        cluster's unseen rows then form a second group, ranked as the cluster is, after all first groups)."""
+        """``unseen``: a [V] mask of rows to take only after every other row (each cluster's unseen rows form a
+        second group, ranked as the cluster is, after all the first groups)."""
         self.index = index
         vocab = index.labels.numel()
         in_core = torch.zeros(vocab, dtype=torch.bool)
@@ -38,9 +38,7 @@ class MassFill:
         self.by_frequency = rest.numpy()  # the fill when no root state is at hand (``MassRouted.active_ids``)
         self.tiers = 1 if unseen is None else 2
         group = index.labels[rest] + (0 if unseen is None else index.clusters * unseen[rest].long())
-        self.members = rest[torch.sort(group, stable=True).indices].numpy()  # grouped, frequency order kept
-        self.sizes = torch.bincount(group, minlength=index.clusters * self.tiers).numpy()
-        self.offsets = np.concatenate(([0], np.cumsum(self.sizes)))
+        self.groups = ClusterGroups(rest, group, index.clusters * self.tiers)  # frequency order kept in each
         self._kept = np.zeros(vocab, dtype=bool)
 
     def ids(self, state: torch.Tensor, kept: torch.Tensor, room: int) -> torch.Tensor:
@@ -51,19 +49,11 @@ class MassFill:
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))
         # enough clusters to hold ``room`` ids even if every kept id is among them
-        chosen = order[: int(np.searchsorted(np.cumsum(self.sizes[order]), room + kept.numel())) + 1]
-        return self._outside(kept, self._rows_of(chosen), room)
+        return self._outside(kept, self.groups.rows_of(self.groups.enough(order, room + kept.numel())), room)
 
     def by_frequency_ids(self, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, most frequent first."""
         return self._outside(kept, self.by_frequency[: room + kept.numel()], room) if room > 0 else kept[:0]
-
-    def _rows_of(self, clusters: np.ndarray) -> np.ndarray:
-        """The members of ``clusters``, cluster after cluster in the order given."""
-        sizes = self.sizes[clusters]
-        ends = np.cumsum(sizes)
-        shift = np.repeat(self.offsets[clusters] - (ends - sizes), sizes)  # member index minus output position
-        return self.members[np.arange(int(ends[-1]) if ends.size else 0) + shift]
 
     def _outside(self, kept: torch.Tensor, candidates: np.ndarray, room: int) -> torch.Tensor:
         kept_np = kept.numpy()
