@@ -39,10 +39,24 @@ class ActiveRows:
         return moved
 
     def _copy(self, cols: torch.Tensor, ids: torch.Tensor) -> None:
+        if not self.upload.cuda and self.rows.is_contiguous() and self.reservoir.is_contiguous():  # host rows
+            # One thread, as bytes (any dtype): a row copy is memory-bound, and torch's split of it over its
+            # threads waits on a busy core. 3,000 rows of 160 floats: 0.5 ms, against 0.6 ms for torch on one
+            # thread and 11 ms on two while another process ran (measured, stop 34).
+            self._bytes[cols.numpy()] = self._reservoir_bytes[ids.numpy()]
+            return
         cols, ids = self.upload.upload("cols", cols), self.upload.upload("ids", ids)
         # index_copy_, not ``rows[cols] = ...``: on a busy two-core host the index_put split over torch's threads
         # waited ~24 ms on the scheduler for 100 moved rows, where index_copy_ takes ~30 us (distinct columns)
         self.rows.index_copy_(0, cols, self.reservoir.index_select(0, ids))
+
+    @property
+    def _bytes(self):
+        return self.rows.view(torch.uint8).numpy()  # a view: writes land in ``rows``
+
+    @property
+    def _reservoir_bytes(self):
+        return self.reservoir.view(torch.uint8).numpy()
 
     def refresh(self, target_ids: torch.Tensor) -> int:
         """Re-copy the active columns of ``target_ids`` after their reservoir rows changed in place
