@@ -318,7 +318,7 @@ class SpeculativeGenerator:
                     targets = torch.cat((pending_logits, out.logits[:1])).cpu()
                     changes = aligner.feedback(CycleFeedback(
                         drafter.root_normed, targets, len(verdict.accepted_nodes), drafter.active_ids, features=pairs_hidden,
-                        tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1))
+                        tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1, sampled=not s.greedy))
                     if changes:
                         apply_changes(drafter, changes)
                     pending_logits = out.logits[rows.to(device)][1:]

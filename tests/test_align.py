@@ -162,6 +162,37 @@ def test_rest_mass_teacher_gradient_matches_autograd():
     assert not torch.allclose(torch.autograd.grad(plain, r)[0][ids], r.grad[ids])  # the two teachers differ
 
 
+def test_the_teacher_follows_how_each_cycle_was_decoded():
+    """``sampled_rest_mass`` (the default): entries from sampled cycles are taught with the rest class, exactly as
+    ``rest_mass`` teaches every entry; entries from greedy cycles with the renormalised teacher, exactly as
+    before; a batch mixing both teaches each entry its own way."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(7)
+    rows = torch.randn(40, 6, generator=g)
+    cycle = CycleFeedback(torch.randn(5, 6, generator=g), torch.randn(5, 40, generator=g), 1, torch.arange(0, 40, 2))
+    base = AlignSettings(batch=5, top=3, lr=1.0, proposals=40)
+
+    def deltas(settings: AlignSettings, *cycles: CycleFeedback) -> torch.Tensor:
+        aligner = HeadAligner(rows.clone(), settings)
+        for c in cycles:
+            aligner.record(c, None)
+        batch = aligner.draw(cycle.active_ids)
+        return aligner.compute(batch).deltas, batch
+
+    sampled = dataclasses.replace(cycle, sampled=True)
+    on_sampled, _ = deltas(base, sampled)
+    forced, _ = deltas(dataclasses.replace(base, rest_mass=True), cycle)
+    assert torch.equal(on_sampled, forced)
+    on_greedy, _ = deltas(base, cycle)
+    old, _ = deltas(dataclasses.replace(base, sampled_rest_mass=False), sampled)
+    assert torch.equal(on_greedy, old) and not torch.allclose(on_greedy, on_sampled)
+    mixed = CycleFeedback(cycle.head_inputs[:2], cycle.target_logits[:2], 1, cycle.active_ids, sampled=True)
+    rest = CycleFeedback(cycle.head_inputs[2:], cycle.target_logits[2:], 1, cycle.active_ids)
+    _, batch = deltas(dataclasses.replace(base, batch=5), mixed, rest)
+    assert sorted(batch.rest.tolist()) == [False, False, False, True, True]
+
+
 def test_background_updates_equal_synchronous_ones_one_cycle_later():
     """The worker changes nothing but timing: the same updates, each applied at the next cycle."""
     g = torch.Generator().manual_seed(5)

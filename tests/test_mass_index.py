@@ -209,3 +209,43 @@ def test_unseen_rows_come_after_every_seen_row_of_the_ranked_clusters():
     assert fill.ids(h, torch.arange(5), 30).tolist() == seen[:30]  # within budget, no uncounted row at all
     plain = MassFill(index, torch.arange(5), torch.arange(200)).ids(h, torch.arange(5), 40).tolist()
     assert plain == list(range(60, 80)) + list(range(140, 160))
+
+
+def test_sticky_fill_keeps_last_cycles_clusters_within_the_band_only():
+    """``sticky``: a cluster chosen last cycle goes first while it ranks inside the band (clusters holding
+    (1 + sticky) x the rows needed); one ranked below the band is dropped; the fill stays well formed."""
+    index = _index_over_groups()  # 10 clusters of 20 rows
+    core = torch.arange(0)
+    sticky = MassFill(index, core, torch.arange(200), sticky=1.0)
+    plain = MassFill(index, core, torch.arange(200))
+    kept = torch.arange(0)
+
+    def state(*ranked):  # clusters in the given rank order, the rest below them
+        h = torch.zeros(10)
+        for place, c in enumerate(ranked):
+            h[c] = 3.0 - 0.1 * place
+        return h
+
+    assert sticky.ids(state(2, 5), kept, 40).tolist() == list(range(40, 60)) + list(range(100, 120))
+    # 5 falls to third: within the band (40 rows x 2 = the first 4 clusters), so 2 and 5 stay
+    again = sticky.ids(state(2, 7, 5, 1), kept, 40).tolist()
+    assert again == list(range(40, 60)) + list(range(100, 120))
+    assert plain.ids(state(2, 7, 5, 1), kept, 40).tolist() == list(range(40, 60)) + list(range(140, 160))
+    # 5 falls to fifth: outside the band, so the fill follows the ranking again
+    assert sticky.ids(state(2, 7, 1, 3, 5), kept, 40).tolist() == list(range(40, 60)) + list(range(140, 160))
+    sticky.forget()
+    assert sticky.ids(state(7, 2), kept, 40).tolist() == list(range(140, 160)) + list(range(40, 60))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=2, max_size=8), st.lists(st.integers(0, 199), max_size=30, unique=True),
+       st.integers(0, 120), st.floats(0.0, 2.0))
+def test_sticky_fill_is_distinct_new_ids(targets, kept_ids, room, sticky):
+    fill = MassFill(_index_over_groups(), torch.arange(5), torch.arange(200), sticky=sticky)
+    kept = torch.tensor(sorted(set(kept_ids) | set(range(5))), dtype=torch.long)
+    for target in targets:
+        h = torch.zeros(10)
+        h[target] = 1.0
+        ids = fill.ids(h, kept, room)
+        assert ids.numel() == min(room, 200 - kept.numel()) and torch.unique(ids).numel() == ids.numel()
+        assert not set(ids.tolist()) & set(kept.tolist())

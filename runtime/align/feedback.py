@@ -22,7 +22,8 @@ class CycleFeedback:
     ``target_logits`` [n, V]: the target's logits for the token that head proposes;
     ``features`` [n, 3*Dt] and ``tokens`` [n]: the root call's own inputs (for whole-drafter methods);
     ``accepted_count``: draft tokens accepted this cycle; ``active_ids``: the active set drafted over;
-    ``new_context``: first cycle of a generation call (the positions do not continue the last call's).
+    ``new_context``: first cycle of a generation call (the positions do not continue the last call's);
+    ``sampled``: decoding samples (T > 0), so verification accepts by the target's whole distribution, not its argmax.
     """
 
     head_inputs: torch.Tensor
@@ -32,6 +33,7 @@ class CycleFeedback:
     features: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     new_context: bool = False
+    sampled: bool = False
 
 
 @dataclass
@@ -76,6 +78,7 @@ class FeedbackBuffer:
         self.states = torch.zeros(capacity, hidden_size)
         self.ids = torch.zeros(capacity, top, dtype=torch.long)
         self.probs = torch.zeros(capacity, top)
+        self.rest = torch.zeros(capacity, dtype=torch.bool)  # teach the entry with a rest class (see HeadAligner)
         self.added = 0  # entries ever added; the newest sits at (added - 1) % capacity
 
     def __len__(self) -> int:
@@ -83,14 +86,16 @@ class FeedbackBuffer:
 
     @property
     def nbytes(self) -> int:
-        return tensor_bytes((self.states, self.ids, self.probs))
+        return tensor_bytes((self.states, self.ids, self.probs, self.rest))
 
-    def add(self, states: torch.Tensor, target_logits: torch.Tensor) -> None:
-        """``states`` [n, d] head inputs; ``target_logits`` [n, V] the target's logits for the tokens they propose."""
+    def add(self, states: torch.Tensor, target_logits: torch.Tensor, rest: bool = False) -> None:
+        """``states`` [n, d] head inputs; ``target_logits`` [n, V] the target's logits for the tokens they propose;
+        ``rest``: teach these entries with the target's mass outside its top tokens kept as a rest class."""
         probs, ids = torch.softmax(target_logits.float(), dim=-1).topk(self.top, dim=-1)
         for state, p, i in zip(states.float(), probs, ids):
             slot = self.added % self.capacity
             self.states[slot], self.probs[slot], self.ids[slot] = state, p, i
+            self.rest[slot] = rest
             self.added += 1
 
     def confidence(self) -> torch.Tensor:

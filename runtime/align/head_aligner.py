@@ -44,6 +44,10 @@ class AlignSettings:
     # columns must share, instead of renormalising the top tokens (which teaches an overconfident head:
     # at T = 1 a diffuse target's top 16 may hold a third of its mass)
     rest_mass: bool = False
+    # ... and the same for cycles decoded by sampling only (T > 0: verification accepts by the target's whole
+    # distribution), greedy cycles keeping the renormalised teacher (only the argmax is verified). Chosen on the
+    # valid split (README, stop 34): at T = 1 the renormalised teacher cost tau at K >= 4096
+    sampled_rest_mass: bool = True
     pace_start: float = 0.25
     pace_updates: int = 50
     window: int = 16
@@ -59,6 +63,7 @@ class UpdateBatch:
     ids: torch.Tensor  # [B, top] the target's top tokens
     probs: torch.Tensor  # [B, top] their probabilities
     active_ids: torch.Tensor
+    rest: torch.Tensor | None = None  # [B] bool: buffered from sampled cycles (``sampled_rest_mass``)
 
 
 @dataclass
@@ -132,7 +137,7 @@ class HeadAligner:
         states = cycle.head_inputs.float()
         if norm is not None:  # keep the state before the norm weight: the gradient for the weight needs it
             states = states / torch.where(norm.abs() > 1e-6, norm, torch.ones_like(norm))
-        self.buffer.add(states, cycle.target_logits)
+        self.buffer.add(states, cycle.target_logits, rest=self.s.sampled_rest_mass and cycle.sampled)
 
     def count(self, accepted: int) -> None:
         self.accepted_history.append(accepted)
@@ -175,17 +180,18 @@ class HeadAligner:
         pool = self.pool()
         pick = pool[torch.randperm(pool.numel(), generator=self.generator)[: self.s.batch]]
         return UpdateBatch(self.buffer.states[pick], self.buffer.ids[pick], self.buffer.probs[pick],
-                           active_ids.detach().cpu().clone())
+                           active_ids.detach().cpu().clone(), self.buffer.rest[pick])
 
     @torch.no_grad()
     def compute(self, batch: UpdateBatch) -> UpdateResult:
         """Gradients and optimiser moments for one batch; reads rows, writes nothing the engines read."""
         start = time.perf_counter()
         x, ids = batch.states, batch.ids
-        if self.s.rest_mass:
-            p = batch.probs  # the teacher: the target's top tokens at their own mass, the rest as one class
-        else:
-            p = batch.probs / batch.probs.sum(-1, keepdim=True)  # the teacher: the target's top tokens, renormalised
+        rest_rows = torch.full((x.shape[0], 1), self.s.rest_mass)  # every entry, or those buffered as sampled
+        if batch.rest is not None:
+            rest_rows |= batch.rest[:, None]
+        # the teacher: the target's top tokens at their own mass, the rest as one class; or renormalised
+        p = torch.where(rest_rows, batch.probs, batch.probs / batch.probs.sum(-1, keepdim=True))
         inputs = x * self.norm if self.norm is not None else x
         union = torch.unique(torch.cat((batch.active_ids, ids.flatten())))  # sorted
         weights = self.rows[union]  # [U, d]
@@ -193,11 +199,11 @@ class HeadAligner:
         cols = torch.searchsorted(union, ids)
         grad_logits = q.clone()
         grad_logits.scatter_add_(1, cols, -p)  # d CE / d logits = q - p
-        if self.s.rest_mass:  # CE with a rest class R = sum of q outside the teacher's tokens, target mass r:
+        if bool(rest_rows.any()):  # CE with a rest class R = sum of q outside the teacher's tokens, target mass r:
             rest = torch.ones_like(q, dtype=torch.bool).scatter_(1, cols, False)  # d/dz_k (k in rest) = q_k (1 - r/R)
             r = (1 - p.sum(-1, keepdim=True)).clamp_min(0)
             big_r = (q * rest).sum(-1, keepdim=True).clamp_min(1e-6)
-            grad_logits -= torch.where(rest, q * r / big_r, torch.zeros_like(q))
+            grad_logits -= torch.where(rest & rest_rows, q * r / big_r, torch.zeros_like(q))
         grad_logits /= x.shape[0]
         top = q.topk(min(self.s.proposals, q.shape[1]), dim=-1).indices
         touched = torch.unique(torch.cat((cols.flatten(), top.flatten())))

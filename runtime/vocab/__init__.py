@@ -72,7 +72,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
             unseen = table.counts[: inputs.vocab_size] == 0 if settings.mass_unseen_last else None
-            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size), unseen)
+            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size), unseen,
+                            settings.mass_sticky)
             return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:

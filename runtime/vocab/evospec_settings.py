@@ -75,6 +75,9 @@ class PolicySettings:
         mass_unseen_last: the mass fill takes rows of tokens the frequency file never counted only after the
             counted rows of every cluster (most such rows are synthesised by the ridge map, and where a
             synthesised row draws the drafter's mass, that mass is spent on a token the target rarely writes).
+        mass_sticky: hysteresis of the mass fill: a cluster it chose last cycle is kept while it still ranks
+            within the clusters holding (1 + mass_sticky) times the rows the fill needs (0: off). Fewer rows
+            then move per cycle (the plan update and row copies on the decoding thread), for a little mass.
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -91,6 +94,7 @@ class PolicySettings:
     route_semantic: int = 0
     mass_fill: bool = True  # chosen on the valid split (README, stop 33)
     mass_unseen_last: bool = False
+    mass_sticky: float = 0.0
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -98,6 +102,8 @@ class PolicySettings:
         check_field_types(self)
         if not 0.0 < self.core_share <= 1.0:
             raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
+        if self.mass_sticky < 0:
+            raise SettingsError(f"mass_sticky must be >= 0 (got {self.mass_sticky})")
         if min(self.semantic_count, self.max_age, self.target_top, self.route_semantic) < 0:
             raise SettingsError(f"semantic_count, max_age, target_top and route_semantic must be >= 0 (got "
                                 f"{self.semantic_count}, {self.max_age}, {self.target_top}, {self.route_semantic})")
@@ -208,9 +214,11 @@ VARIANTS: dict[str, dict] = {
     "route-semantic-1024": {"policy": {"route_semantic": 1024, "mass_fill": False}},  # one router per set
     "frequency-fill": {"policy": {"mass_fill": False}},
     "unseen-last": {"policy": {"mass_unseen_last": True}},
+    "sticky-25": {"policy": {"mass_sticky": 0.25}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
     "rest-mass": {"align": {"rest_mass": True}},
+    "renormalised-teacher": {"align": {"sampled_rest_mass": False}},
     "align-retrieved-rows": {"align_rows": "retrieved"},
 }

@@ -27,9 +27,13 @@ class MassFill:
     chosen clusters' rows (``ClusterGroups``)."""
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
-                 unseen: torch.Tensor | None = None) -> None:
+                 unseen: torch.Tensor | None = None, sticky: float = 0.0) -> None:
         """``unseen``: a [V] mask of rows to take only after every other row (each cluster's unseen rows form a
-        second group, ranked as the cluster is, after all the first groups)."""
+        second group, ranked as the cluster is, after all the first groups). ``sticky``: a cluster the last
+        fill chose goes first again while it ranks within the clusters holding ``(1 + sticky)`` times the rows
+        needed; the set then moves fewer rows from cycle to cycle (0: rank order alone)."""
+        if sticky < 0:
+            raise ValueError(f"sticky must be >= 0 (got {sticky})")
         self.index = index
         vocab = index.labels.numel()
         in_core = torch.zeros(vocab, dtype=torch.bool)
@@ -40,6 +44,12 @@ class MassFill:
         group = index.labels[rest] + (0 if unseen is None else index.clusters * unseen[rest].long())
         self.groups = ClusterGroups(rest, group, index.clusters * self.tiers)  # frequency order kept in each
         self._kept = np.zeros(vocab, dtype=bool)
+        self.sticky = sticky
+        self._chosen = np.zeros(index.clusters * self.tiers, dtype=bool)  # the groups the last fill drew from
+
+    def forget(self) -> None:
+        """A new sequence: no cluster is sticky."""
+        self._chosen[:] = False
 
     def ids(self, state: torch.Tensor, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, from the clusters ranked first for ``state`` in rank order."""
@@ -48,8 +58,18 @@ class MassFill:
         order = torch.argsort(self.index.scores(state), descending=True).numpy()
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))
-        # enough clusters to hold ``room`` ids even if every kept id is among them
-        return self._outside(kept, self.groups.rows_of(self.groups.enough(order, room + kept.numel())), room)
+        need = room + kept.numel()  # enough clusters to hold ``room`` ids even if every kept id is among them
+        if self.sticky:
+            band = self.groups.enough(order, int(need * (1 + self.sticky)))
+            stay = band[self._chosen[band]]  # last cycle's clusters still ranked within the band, in rank order
+            first = np.zeros_like(self._chosen)
+            first[stay] = True
+            order = np.concatenate((stay, order[~first[order]]))
+        chosen = self.groups.enough(order, need)
+        if self.sticky:
+            self._chosen[:] = False
+            self._chosen[chosen] = True
+        return self._outside(kept, self.groups.rows_of(chosen), room)
 
     def by_frequency_ids(self, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, most frequent first."""
@@ -72,6 +92,10 @@ class MassRouted:
         self.inner, self.fill, self.k = inner, fill, k
         self.name = inner.name
         self._last: torch.Tensor | None = None
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        self.fill.forget()
+        self.inner.reset(prompt_ids)
 
     def route(self, state: torch.Tensor) -> torch.Tensor:
         self.inner.active_ids()  # collects the worker's newest set (pipelined) and patches it
