@@ -2,8 +2,8 @@
 
 Two routed policies fill a set with whole clusters in a per-cycle rank order: EvoSpec's mass fill
 (``mass_fill.py``) and DynaSpec's shortlist (``dynaspec.py``). Both run that on the decoding thread
-every cycle, so the gather is one index built with ``np.repeat`` over the chosen clusters (~0.1 ms for
-8k ids), not a slice per cluster and a concatenation (~110 clusters at K = 16384).
+every cycle, so the gather is one index built with ``np.repeat`` over the chosen clusters, not a slice
+per cluster and a concatenation (~110 clusters at K = 16384).
 """
 
 from __future__ import annotations

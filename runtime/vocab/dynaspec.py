@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from evospec.runtime.vocab.cluster_groups import ClusterGroups
-
 from evospec.core.atomic import atomic_path
 from evospec.core.errors import SettingsError
+from evospec.runtime.vocab.cluster_groups import ClusterGroups
 
 ROUTER_FORMAT = "evospec-dynaspec/2"
 DEFAULT_BACKBONE = 0.5  # backbone share of K when the router file has no validated share

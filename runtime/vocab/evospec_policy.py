@@ -51,7 +51,8 @@ class EvoSpecPolicy:
                  settings: PolicySettings | None = None, semantic=None, name: str | None = None,
                  frequency_fill: bool = True) -> None:
         """``frequency_fill=False``: sets hold the core and the evidence only (``kept_ids``), for a wrapper that
-        fills the rest of K itself (``MassRouted``); building a fill it would throw away costs ~0.5 ms at K = 16384."""
+        fills the rest of K itself (``MassRouted``), which would otherwise throw away a fill of up to K / 2 ids
+        a cycle."""
         settings = settings or PolicySettings()
         if frequencies.successors is None and settings.corpus_successors:
             raise SettingsError("policy evospec:K needs a frequency file with successors "

@@ -8,7 +8,7 @@ or the synchronous one) and fills the remaining rows, between the drafter's trun
 as DynaSpec's router is called), with the rows of the clusters the mass index ranks first for the
 state the drafter is about to draft from (``mass_index.py`` says why the drafter's own mass is the
 quantity to hold). Within a cluster, rows go most frequent first, so a cut cluster keeps its
-frequent rows. Cost on the decoding thread: C dot products, a sort of C scores, a few slices.
+frequent rows. Cost on the decoding thread: C dot products, a sort of C scores, one gather.
 """
 
 from __future__ import annotations
@@ -115,5 +115,5 @@ class MassRouted:
         self.inner.served(active)
         return active
 
-    def __getattr__(self, name: str):  # reset, observe, close, ... of the wrapped policy
+    def __getattr__(self, name: str):  # observe, close, kept_ids, ... of the wrapped policy
         return getattr(self.inner, name)
