@@ -347,3 +347,25 @@ def test_combined_method_sampling_follows_the_target(relative_error):
     assert generator.aligner.updates >= n - 1 and not torch.equal(compiled.reservoir, before)
     assert_joint_matches(joint, expected, n, relative_error)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
+
+
+@pytest.mark.parametrize(("variant", "last"), [
+    ("unseen-last", set(range(40, 200))),  # ids 0..39 are the only counted ones
+    ("synthesised-last", set(range(100, 200))),  # the drafter was trained on ids 0..99
+])
+def test_fill_order_switches_put_their_rows_last(variant, last):
+    """``mass_unseen_last`` / ``mass_synthesised_last``: the fill takes those rows only after every other row; the
+    chosen setting (neither) takes the root's cluster first, whatever its rows."""
+    inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
+    freq = _frequencies()
+    h = torch.zeros(10)
+    h[7] = 1.0  # cluster 7: ids 140..159, counted by no one and never trained
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        for name, expect_last in ((f"evospec:40:{variant}:sync", True), ("evospec:40:sync", False)):
+            policy = make_policy(name, inputs, "f")
+            policy.reset([])
+            active = policy.route(h).tolist()
+            fill = active[policy.inner.fill_start:]
+            assert fill and (not set(fill) & last) == expect_last, name
+            assert (set(range(140, 160)) <= set(active)) != expect_last, name

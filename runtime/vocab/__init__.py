@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from evospec.core.errors import SettingsError
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
 from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
@@ -33,6 +35,20 @@ def split_align(spec: str) -> tuple[str, bool]:
     if "+" in spec:
         raise SettingsError(f"policy {spec!r}: the only suffix after '+' is 'align' (e.g. evospec:1024+align)")
     return spec, False
+
+
+def last_in_fill(settings, table: TokenFrequencies, inputs: PolicyInputs) -> torch.Tensor | None:
+    """[V] the rows the mass fill takes only after all others (``mass_unseen_last``, ``mass_synthesised_last``)."""
+    if not (settings.mass_unseen_last or settings.mass_synthesised_last):
+        return None
+    last = torch.zeros(inputs.vocab_size, dtype=torch.bool)
+    if settings.mass_unseen_last:
+        last |= table.counts[: inputs.vocab_size] == 0
+    if settings.mass_synthesised_last:
+        trained = torch.zeros(inputs.vocab_size, dtype=torch.bool)
+        trained[inputs.draft_vocab_ids] = True
+        last |= ~trained
+    return last
 
 
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,
@@ -71,7 +87,7 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            unseen = table.counts[: inputs.vocab_size] == 0 if settings.mass_unseen_last else None
+            unseen = last_in_fill(settings, table, inputs)
             fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size), unseen,
                             settings.mass_sticky)
             return MassRouted(policy, fill, int(arg))

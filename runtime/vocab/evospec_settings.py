@@ -75,6 +75,8 @@ class PolicySettings:
         mass_unseen_last: the mass fill takes rows of tokens the frequency file never counted only after the
             counted rows of every cluster (most such rows are synthesised by the ridge map, and where a
             synthesised row draws the drafter's mass, that mass is spent on a token the target rarely writes).
+        mass_synthesised_last: the same for rows the drafter was not trained with (the reservoir's ridge map
+            synthesised them; its held-out fit error is 0.33 on the medium pair, so the mass it gives them is a guess).
         mass_sticky: hysteresis of the mass fill: a cluster it chose last cycle is kept while it still ranks
             within the clusters holding (1 + mass_sticky) times the rows the fill needs (0: off). Fewer rows
             then move per cycle (the plan update and row copies on the decoding thread), for a little mass.
@@ -94,6 +96,7 @@ class PolicySettings:
     route_semantic: int = 0
     mass_fill: bool = True  # chosen on the valid split (README, stop 33)
     mass_unseen_last: bool = False
+    mass_synthesised_last: bool = False
     mass_sticky: float = 0.0
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
@@ -214,6 +217,7 @@ VARIANTS: dict[str, dict] = {
     "route-semantic-1024": {"policy": {"route_semantic": 1024, "mass_fill": False}},  # one router per set
     "frequency-fill": {"policy": {"mass_fill": False}},
     "unseen-last": {"policy": {"mass_unseen_last": True}},
+    "synthesised-last": {"policy": {"mass_synthesised_last": True}},
     "sticky-25": {"policy": {"mass_sticky": 0.25}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
