@@ -369,3 +369,22 @@ def test_fill_order_switches_put_their_rows_last(variant, last):
             fill = active[policy.inner.fill_start:]
             assert fill and (not set(fill) & last) == expect_last, name
             assert (set(range(140, 160)) <= set(active)) != expect_last, name
+
+
+def test_sticky_switch_reaches_the_fill_and_keeps_last_cycles_cluster():
+    """``sticky-25`` sets the fill's hysteresis; with it a cluster that slips just below the cut stays, without it
+    the fill follows the new ranking (the fill's own rule is tested in test_mass_index.py)."""
+    inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
+    freq = _frequencies()
+    first, second = torch.zeros(10), torch.zeros(10)
+    first[7], first[8] = 1.0, 0.9  # cluster 7 (ids 140..159) ranks first
+    second[8], second[7] = 1.0, 0.9  # ... then 8 (160..179), with 7 just behind it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        for name, sticky in (("evospec:40:sticky-25:sync", 0.25), ("evospec:40:sync", 0.0)):
+            policy = make_policy(name, inputs, "f")
+            assert policy.fill.sticky == sticky
+            policy.reset([])
+            policy.route(first)
+            after = set(policy.route(second).tolist())
+            assert (set(range(140, 160)) <= after) == (sticky > 0), name

@@ -45,7 +45,9 @@ class MassFill:
         self.groups = ClusterGroups(rest, group, index.clusters * self.tiers)  # frequency order kept in each
         self._kept = np.zeros(vocab, dtype=bool)
         self.sticky = sticky
-        self._chosen = np.zeros(index.clusters * self.tiers, dtype=bool)  # the groups the last fill drew from
+        self._group_of = np.full(vocab, -1, dtype=np.int64)  # the group of each row outside the core
+        self._group_of[rest.numpy()] = group.numpy()
+        self._chosen = np.zeros(index.clusters * self.tiers, dtype=bool)  # the groups the last fill took rows from
 
     def forget(self) -> None:
         """A new sequence: no cluster is sticky."""
@@ -65,11 +67,11 @@ class MassFill:
             first = np.zeros_like(self._chosen)
             first[stay] = True
             order = np.concatenate((stay, order[~first[order]]))
-        chosen = self.groups.enough(order, need)
-        if self.sticky:
+        fill = self._outside(kept, self.groups.rows_of(self.groups.enough(order, need)), room)
+        if self.sticky:  # the groups that gave rows (``enough`` may reach past them when kept ids are among them)
             self._chosen[:] = False
-            self._chosen[chosen] = True
-        return self._outside(kept, self.groups.rows_of(chosen), room)
+            self._chosen[self._group_of[fill.numpy()]] = True
+        return fill
 
     def by_frequency_ids(self, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, most frequent first."""
