@@ -4,6 +4,7 @@ while the active set changes every step."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -264,6 +265,8 @@ def test_cli_profile_vocab(torch_bundle, tmp_path):
                     and f["temperature"] == r["temperature"])
         assert r["share_of_full"] == pytest.approx(r["mean_accepted_length"] / full["mean_accepted_length"])
         assert r["identical_to_plain"] is (True if r["temperature"] == 0 else None) and r["seed"] == 3
+        forced = os.environ.get("EVOSPEC_HEAD_KERNEL")  # a small head is not timed: its default kernels
+        assert r["head_kernels"] == (f"{forced}/{forced}" if forced else "linear/skinny")
         assert 0 < r["text_coverage"] <= 1 and 0 < r["target_mass"] <= 1 + 1e-6 and r["tokens_per_second"] > 0
         if r["policy"].endswith("+align"):  # replayed as the policy alone; alignment time shows in its column
             base = next(b for b in rows if b["policy"] == r["policy"][: -len("+align")] and b["domain"] == r["domain"]

@@ -49,6 +49,12 @@ from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 FULL = "full"  # the reference every share is taken of; always run
 
 
+def head_kernels(generator: SpeculativeGenerator) -> str | None:
+    """"one/many" kernels of the target's CPU LM head (``runtime/skinny_head.py``), or None where it has none."""
+    head = getattr(getattr(generator.target, "model", None), "lm_head", None)
+    return f"{head.one}/{head.many}" if hasattr(head, "one") and hasattr(head, "many") else None
+
+
 @dataclass
 class VocabRow:
     domain: str
@@ -73,6 +79,9 @@ class VocabRow:
     step_ms: float  # the whole step on the decoding thread (at least the sum of the columns before it)
     identical_to_plain: bool | None  # greedy only
     projected_speedup: float | None = None  # a projection: see project_speedups
+    # the target LM head's kernels (one row / verification rows) when the row was done: they round differently,
+    # so sampled runs repeat only with the same ones (``EVOSPEC_HEAD_KERNEL`` fixes them); None: no CPU head choice
+    head_kernels: str | None = None
 
 
 def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
@@ -210,6 +219,7 @@ def _measure(generator, corpus, domains, settings, decodes, built, inputs, repla
                     plan_ms_per_step=ms["plan"], draft_ms_per_step=ms["draft"], verify_ms_per_step=ms["verify"],
                     align_ms_per_step=ms["align"], step_ms=ms["step"],
                     identical_to_plain=None if plain is None else all(r.token_ids == q for r, q in zip(results, plain)),
+                    head_kernels=head_kernels(generator),
                 )
                 if progress is not None:
                     progress(f"{domain} T={decode.temperature:g} {spec}")
