@@ -372,8 +372,8 @@ def test_fill_order_switches_put_their_rows_last(variant, last):
 
 
 def test_sticky_switch_reaches_the_fill_and_keeps_last_cycles_cluster():
-    """``sticky-25`` sets the fill's hysteresis; with it a cluster that slips just below the cut stays, without it
-    the fill follows the new ranking (the fill's own rule is tested in test_mass_index.py)."""
+    """The chosen hysteresis (0.25) reaches the fill and ``no-sticky`` turns it off; with it a cluster that slips just
+    below the cut stays, without it the fill follows the new ranking (the rule itself: test_mass_index.py)."""
     inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
     freq = _frequencies()
     first, second = torch.zeros(10), torch.zeros(10)
@@ -381,7 +381,7 @@ def test_sticky_switch_reaches_the_fill_and_keeps_last_cycles_cluster():
     second[8], second[7] = 1.0, 0.9  # ... then 8 (160..179), with 7 just behind it
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
-        for name, sticky in (("evospec:40:sticky-25:sync", 0.25), ("evospec:40:sync", 0.0)):
+        for name, sticky in (("evospec:40:sync", 0.25), ("evospec:40:no-sticky:sync", 0.0)):
             policy = make_policy(name, inputs, "f")
             assert policy.fill.sticky == sticky
             policy.reset([])

@@ -97,7 +97,7 @@ class PolicySettings:
     mass_fill: bool = True  # chosen on the valid split (README, stop 33)
     mass_unseen_last: bool = False
     mass_synthesised_last: bool = False
-    mass_sticky: float = 0.0
+    mass_sticky: float = 0.25  # chosen on the valid split (README, stop 34): tau level, half the rows moved
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -218,7 +218,7 @@ VARIANTS: dict[str, dict] = {
     "frequency-fill": {"policy": {"mass_fill": False}},
     "unseen-last": {"policy": {"mass_unseen_last": True}},
     "synthesised-last": {"policy": {"mass_synthesised_last": True}},
-    "sticky-25": {"policy": {"mass_sticky": 0.25}},
+    "no-sticky": {"policy": {"mass_sticky": 0.0}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

@@ -139,7 +139,8 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
                           "with --mass-clusters > 0, or run evospec:K:frequency-fill)");
     auto ranked = f.ranked(vocab, vocab);
     std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + policy->core_size());
-    return make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size), core_ids, ranked, size);
+    return make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size), core_ids, ranked, size,
+                            settings.mass_sticky);
   }
   if (name == "dynaspec") {
     std::string k = arg.substr(0, arg.find(':'));

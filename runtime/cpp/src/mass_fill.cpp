@@ -48,8 +48,9 @@ namespace {
 class MassRouted : public Policy {
  public:
   MassRouted(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index, const std::vector<int64_t>& core,
-             const std::vector<int64_t>& by_frequency, int64_t k)
-      : inner_(std::move(inner)), index_(std::move(index)), k_(k), kept_(index_->labels.size(0), false) {
+             const std::vector<int64_t>& by_frequency, int64_t k, double sticky)
+      : inner_(std::move(inner)), index_(std::move(index)), k_(k), sticky_(sticky), kept_(index_->labels.size(0), false),
+        chosen_(index_->clusters(), false) {
     // Python's MassFill: the rows outside the core, grouped by cluster, frequency order kept inside each
     std::vector<bool> in_core(kept_.size(), false);
     for (int64_t id : core) in_core[id] = true;
@@ -64,7 +65,10 @@ class MassRouted : public Policy {
     }
   }
 
-  void reset(const std::vector<int64_t>& prompt) override { inner_->reset(prompt); }
+  void reset(const std::vector<int64_t>& prompt) override {
+    std::fill(chosen_.begin(), chosen_.end(), false);  // a new sequence: no cluster is sticky
+    inner_->reset(prompt);
+  }
   std::vector<int64_t> active_ids() override { return inner_->active_ids(); }
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
     inner_->observe(committed, state);
@@ -78,22 +82,52 @@ class MassRouted : public Policy {
     if (room > 0) {
       for (int64_t id : active) kept_[id] = true;
       std::vector<int64_t> keep = active;
-      at::Tensor order = at::argsort(index_->scores(state), /*dim=*/0, /*descending=*/true);
-      const int64_t* c = order.data_ptr<int64_t>();
-      for (int64_t i = 0; i < order.numel() && room > 0; ++i)
-        for (int64_t j = offsets_[c[i]]; j < offsets_[c[i] + 1] && room > 0; ++j)
-          if (!kept_[members_[j]]) active.push_back(members_[j]), --room;
+      at::Tensor ranked = at::argsort(index_->scores(state), /*dim=*/0, /*descending=*/true);
+      const int64_t* r = ranked.data_ptr<int64_t>();
+      std::vector<int64_t> order(r, r + ranked.numel());
+      if (sticky_ > 0) order = sticky_order(order, static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) *
+                                                                        (1 + sticky_)));
+      std::vector<int64_t> gave;  // the clusters the fill takes rows from (Python's MassFill._chosen)
+      for (size_t i = 0; i < order.size() && room > 0; ++i) {
+        int64_t c = order[i];
+        for (int64_t j = offsets_[c]; j < offsets_[c + 1] && room > 0; ++j)
+          if (!kept_[members_[j]]) {
+            active.push_back(members_[j]), --room;
+            if (gave.empty() || gave.back() != c) gave.push_back(c);
+          }
+      }
       for (int64_t id : keep) kept_[id] = false;
+      if (sticky_ > 0) {
+        std::fill(chosen_.begin(), chosen_.end(), false);
+        for (int64_t c : gave) chosen_[c] = true;
+      }
     }
     inner_->served(active);
     return active;
   }
 
  private:
+  // Python's MassFill.ids with ``sticky``: last cycle's clusters that rank within the shortest prefix holding
+  // ``band`` rows go first (in rank order), then the others in rank order.
+  std::vector<int64_t> sticky_order(const std::vector<int64_t>& order, int64_t band) const {
+    size_t end = 0;
+    for (int64_t held = 0; end < order.size();) {
+      held += offsets_[order[end] + 1] - offsets_[order[end]];
+      ++end;
+      if (held >= band) break;
+    }
+    std::vector<int64_t> first, rest;
+    for (size_t i = 0; i < order.size(); ++i)
+      (i < end && chosen_[order[i]] ? first : rest).push_back(order[i]);
+    first.insert(first.end(), rest.begin(), rest.end());
+    return first;
+  }
+
   std::unique_ptr<Policy> inner_;
   std::shared_ptr<const MassIndex> index_;
   int64_t k_;
-  std::vector<bool> kept_;
+  double sticky_;
+  std::vector<bool> kept_, chosen_;
   std::vector<int64_t> members_, offsets_;
 };
 
@@ -101,8 +135,8 @@ class MassRouted : public Policy {
 
 std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
                                          const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
-                                         int64_t k) {
-  return std::make_unique<MassRouted>(std::move(inner), std::move(index), core, by_frequency, k);
+                                         int64_t k, double sticky) {
+  return std::make_unique<MassRouted>(std::move(inner), std::move(index), core, by_frequency, k, sticky);
 }
 
 }  // namespace evospec::detail

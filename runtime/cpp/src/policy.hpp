@@ -117,7 +117,7 @@ std::shared_ptr<const MassIndex> load_mass_index(const std::string& bundle, int6
 // K filled with the rows of the clusters ranked first for each cycle's root state (routed).
 std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
                                          const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
-                                         int64_t k);
+                                         int64_t k, double sticky = 0.0);
 
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
 

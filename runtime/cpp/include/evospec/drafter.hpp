@@ -84,6 +84,7 @@ struct EvoSpecPolicySettings {
   int64_t semantic_count = 64;      // rows the semantic index adds per cycle (0: none)
   int64_t max_age = 0;              // evidence older than this many steps leaves the tail (0: never)
   bool mass_fill = true;            // fill the tail's unused budget by the drafter's estimated mass (bundle's mass index)
+  double mass_sticky = 0.25;        // the fill's hysteresis: last cycle's clusters stay within (1 + this) x the rows needed
   bool fresh = true;                // pipelined: patch the worker's set with the newest committed tokens and successors
   bool drift_enabled = true;        // topic-switch detection
   double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;  // miss-rate averages; drift when fast > slow + jump
