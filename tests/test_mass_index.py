@@ -195,7 +195,7 @@ def test_compile_builds_the_index_and_bundle_load_checks_it(tmp_path):
 
 
 def test_unseen_rows_come_after_every_seen_row_of_the_ranked_clusters():
-    """``unseen`` (the ``unseen-last`` variant): the fill takes every cluster's counted rows, clusters in rank
+    """``last`` (as the ``unseen-last`` variant builds it): the fill takes every cluster's counted rows, clusters in rank
     order, before any uncounted row; then the uncounted rows, clusters again in rank order."""
     index = _index_over_groups()
     unseen = torch.zeros(200, dtype=torch.bool)

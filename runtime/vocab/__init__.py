@@ -87,9 +87,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            unseen = last_in_fill(settings, table, inputs)
-            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size), unseen,
-                            settings.mass_sticky)
+            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size),
+                            last_in_fill(settings, table, inputs), settings.mass_sticky)
             return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:

@@ -27,8 +27,8 @@ class MassFill:
     chosen clusters' rows (``ClusterGroups``)."""
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
-                 unseen: torch.Tensor | None = None, sticky: float = 0.0) -> None:
-        """``unseen``: a [V] mask of rows to take only after every other row (each cluster's unseen rows form a
+                 last: torch.Tensor | None = None, sticky: float = 0.0) -> None:
+        """``last``: a [V] mask of rows to take only after every other row (each cluster's such rows form a
         second group, ranked as the cluster is, after all the first groups). ``sticky``: a cluster the last
         fill chose goes first again while it ranks within the clusters holding ``(1 + sticky)`` times the rows
         needed; the set then moves fewer rows from cycle to cycle (0: rank order alone)."""
@@ -40,8 +40,8 @@ class MassFill:
         in_core[core] = True
         rest = by_frequency[~in_core[by_frequency]]
         self.by_frequency = rest.numpy()  # the fill when no root state is at hand (``MassRouted.active_ids``)
-        self.tiers = 1 if unseen is None else 2
-        group = index.labels[rest] + (0 if unseen is None else index.clusters * unseen[rest].long())
+        self.tiers = 1 if last is None else 2
+        group = index.labels[rest] + (0 if last is None else index.clusters * last[rest].long())
         self.groups = ClusterGroups(rest, group, index.clusters * self.tiers)  # frequency order kept in each
         self._kept = np.zeros(vocab, dtype=bool)
         self.sticky = sticky
