@@ -122,3 +122,22 @@ def test_patched_takes_the_ids_isin_would(data):
     expected = base if new.numel() == 0 else torch.cat((base[: base.numel() - new.numel()], new))
     assert torch.equal(patched(base, extra, room), expected)
     assert torch.equal(patched(base, extra, room, membership(base)), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_last_unlike_drops_the_last_entries_that_are_not_fresh(data):
+    """The fresh patch makes room by dropping the last entries past the core that are not fresh themselves (the
+    last fresh ones only when too few are not): compared with a scan over the whole set, for any set and count."""
+    from evospec.runtime.vocab.pipelined import last_unlike
+
+    vocab = data.draw(st.integers(2, 60))
+    base = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=vocab, unique=True))
+    avoid = data.draw(st.lists(st.integers(0, vocab + 5), max_size=12, unique=True))
+    start = data.draw(st.integers(0, len(base) - 1))
+    count = data.draw(st.integers(1, len(base) - start))
+    unlike = [p for p in range(start, len(base)) if base[p] not in avoid]
+    alike = [p for p in range(start, len(base)) if base[p] in avoid]
+    expected = unlike[len(unlike) - count:] if len(unlike) >= count else unlike + alike[len(alike) - (count - len(unlike)):]
+    got = last_unlike(torch.tensor(base), torch.tensor(avoid, dtype=torch.long), count, start)
+    assert sorted(got.tolist()) == sorted(expected)

@@ -42,6 +42,20 @@ def lacking(members: torch.Tensor, extra: torch.Tensor, room: int) -> torch.Tens
     return extra[~present][:room]
 
 
+def last_unlike(base: torch.Tensor, avoid: torch.Tensor, count: int, start: int) -> torch.Tensor:
+    """The positions (at or after ``start``) of ``base``'s last ``count`` entries that are not in ``avoid``
+    (a few ids); when too few are unlike ``avoid``, the last of those that are make up the count. Only the
+    last ``count + len(avoid)`` entries can hold the unlike ones, so only those are compared."""
+    lo = max(start, base.numel() - count - avoid.numel())
+    window = base[lo:]
+    unlike = ~(window.unsqueeze(1) == avoid).any(1) if avoid.numel() else torch.ones_like(window, dtype=torch.bool)
+    positions = torch.nonzero(unlike).flatten() + lo
+    if positions.numel() >= count:
+        return positions[positions.numel() - count :]
+    alike = torch.nonzero(~unlike).flatten() + lo
+    return torch.cat((positions, alike[alike.numel() - (count - positions.numel()) :]))
+
+
 def patched(base: torch.Tensor, extra: torch.Tensor, room: int, members: torch.Tensor | None = None) -> torch.Tensor:
     """``base`` with the ids of ``extra`` it lacks (in order, at most ``room``) in place of its last,
     lowest-ranked entries: still ``base.numel()`` distinct ids. ``members``: ``membership(base)``, when the
@@ -63,6 +77,7 @@ class PipelinedPolicy:
         self._served: torch.Tensor | None = None  # the set handed out this cycle (patched, or the same)
         self._fill_start = 0  # where the worker's set ends its evidence and begins its frequency fill
         self._added = 0  # fresh ids patched in at the end of the served set
+        self._evidence_end = 0  # where the served set's kept entries end (the patch may drop some before it)
         self._fresh: list[int] = []
         self._pending: tuple | None = None  # the newest observation's job, not yet handed to the worker
         self._patching = bool(getattr(inner, "patches_fresh", False))
@@ -84,7 +99,7 @@ class PipelinedPolicy:
         self._current = self._served = self.inner.active_ids()
         self._fill_start = getattr(self.inner, "fill_start", self._current.numel())
         self._members = membership(self._current) if self._patching else None
-        self._fresh, self._added = [], 0
+        self._fresh, self._added, self._evidence_end = [], 0, self._fill_start
 
     def _observe_and_plan(self, committed: list[int], state: torch.Tensor | None, target_top: torch.Tensor | None,
                           served: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -109,22 +124,31 @@ class PipelinedPolicy:
         # queued jobs are the older observations' (due: cycle t uses cycle t-2's), the newest one is pending
         while self._queue:
             self._current, self._members, self._fill_start = self._queue.popleft().result()
+        self._added, self._evidence_end = 0, self._fill_start
         self._served = self._patch(self._current) if self._fresh else self._current
         return self._served
 
     def _patch(self, base: torch.Tensor) -> torch.Tensor:
         """The fresh ids ``base`` lacks, appended while the set is under K (a policy without a frequency fill),
-        then in place of its last, lowest-ranked entries; never over the core."""
-        k = max(self.inner.k, base.numel())
-        new = lacking(self._members, torch.tensor(self._fresh, dtype=base.dtype), k - self.inner.core_size)
+        then in place of its last, lowest-ranked entries that are not fresh themselves; never over the core."""
+        k, n, core = max(self.inner.k, base.numel()), base.numel(), self.inner.core_size
+        fresh = torch.tensor(self._fresh, dtype=base.dtype)
+        new = lacking(self._members, fresh, k - core)
         self._added = new.numel()
-        return torch.cat((base[: min(base.numel(), k - new.numel())], new)) if new.numel() else base
+        cut = n + new.numel() - k  # how many of base's entries must make room
+        if new.numel() == 0 or cut <= 0:
+            return torch.cat((base, new)) if new.numel() else base
+        dropped = last_unlike(base, fresh, cut, core)
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[dropped] = False
+        self._evidence_end -= int((dropped < self._fill_start).sum())
+        return torch.cat((base[keep], new))
 
     def kept_ids(self) -> torch.Tensor:
         """The set ``active_ids`` last handed out without its frequency fill: the core, the worker's evidence
         and the fresh ids (what a ``MassRouted`` policy keeps before it fills the rest by mass)."""
-        served, added = self._served, self._added if self._fresh else 0
-        cut = min(self._fill_start, served.numel() - added)
+        served, added = self._served, self._added
+        cut = min(self._evidence_end, served.numel() - added)
         return torch.cat((served[:cut], served[served.numel() - added :])) if added else served[:cut]
 
     def served(self, active: torch.Tensor) -> None:

@@ -62,6 +62,7 @@ void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
   inner_->reset(prompt);
   current_ = served_ = inner_->active_ids();
   fill_start_ = inner_->fill_start();
+  evidence_end_ = fill_start_ < 0 ? static_cast<int64_t>(current_.size()) : fill_start_;
 }
 
 void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::Tensor& state) {
@@ -81,29 +82,42 @@ std::vector<int64_t> PipelinedPolicy::active_ids() {
   }
   served_ = current_;
   added_ = 0;
-  if (!fresh_.empty()) {  // Python's PipelinedPolicy._patch: what the set lacks, appended while it is under K,
-                          // then in place of its last entries
-    std::unordered_set<int64_t> in(current_.begin(), current_.end());
-    std::vector<int64_t> add;
-    int64_t n = static_cast<int64_t>(current_.size());
-    int64_t k = std::max(inner_->core_size() + inner_->tail_size(), n);
-    int64_t room = k - inner_->core_size();
-    for (int64_t t : fresh_)
-      if (static_cast<int64_t>(add.size()) < room && !in.count(t)) add.push_back(t);
-    if (!add.empty()) {
-      served_.resize(static_cast<size_t>(std::min(n, k - static_cast<int64_t>(add.size()))));
-      served_.insert(served_.end(), add.begin(), add.end());
-      added_ = add.size();
+  int64_t n = static_cast<int64_t>(current_.size());
+  evidence_end_ = fill_start_ < 0 ? n : fill_start_;
+  if (fresh_.empty()) return served_;
+  // Python's PipelinedPolicy._patch: what the set lacks, appended while it is under K, then in place of its
+  // last entries that are not fresh themselves (the last fresh ones when too few are not); never over the core
+  std::unordered_set<int64_t> in(current_.begin(), current_.end());
+  std::vector<int64_t> add;
+  int64_t core = inner_->core_size();
+  int64_t k = std::max(core + inner_->tail_size(), n);
+  for (int64_t t : fresh_)
+    if (static_cast<int64_t>(add.size()) < k - core && !in.count(t)) add.push_back(t);
+  if (add.empty()) return served_;
+  int64_t cut = n + static_cast<int64_t>(add.size()) - k;
+  if (cut > 0) {
+    std::unordered_set<int64_t> fresh(fresh_.begin(), fresh_.end());
+    std::vector<char> drop(static_cast<size_t>(n), 0);
+    int64_t found = 0;
+    for (int64_t p = n - 1; p >= core && found < cut; --p)
+      if (!fresh.count(current_[p])) drop[p] = 1, ++found;
+    for (int64_t p = n - 1; p >= core && found < cut; --p)
+      if (!drop[p]) drop[p] = 1, ++found;
+    served_.clear();
+    for (int64_t p = 0; p < n; ++p) {
+      if (!drop[p]) served_.push_back(current_[p]);
+      else if (p < evidence_end_) --evidence_end_;
     }
   }
+  served_.insert(served_.end(), add.begin(), add.end());
+  added_ = add.size();
   return served_;
 }
 
 std::vector<int64_t> PipelinedPolicy::kept_ids() {
   // Python's PipelinedPolicy.kept_ids: the served set without the worker set's frequency fill
   size_t n = served_.size();
-  size_t start = fill_start_ < 0 ? n : static_cast<size_t>(fill_start_);
-  size_t cut = std::min(start, n - added_);
+  size_t cut = std::min(static_cast<size_t>(evidence_end_), n - added_);
   std::vector<int64_t> kept(served_.begin(), served_.begin() + cut);
   kept.insert(kept.end(), served_.end() - added_, served_.end());
   return kept;

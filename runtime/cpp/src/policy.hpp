@@ -98,6 +98,7 @@ class PipelinedPolicy : public Policy {
   std::vector<int64_t> current_;              // the newest set due
   int64_t fill_start_ = -1;                   // current_'s fill_start
   size_t added_ = 0;                          // fresh ids patched in at the end of served_
+  int64_t evidence_end_ = 0;                  // where served_'s kept entries end (the patch may drop some before it)
   std::vector<int64_t> served_;               // the set handed out this cycle (patched, or current_)
   std::vector<int64_t> fresh_;                // the last observation's fresh evidence
 };
