@@ -388,3 +388,21 @@ def test_sticky_switch_reaches_the_fill_and_keeps_last_cycles_cluster():
             policy.route(first)
             after = set(policy.route(second).tolist())
             assert (set(range(140, 160)) <= after) == (sticky > 0), name
+
+
+@pytest.mark.parametrize("variant", ["prior-half", "prior-1"])
+def test_prior_switch_ranks_clusters_of_counted_tokens_first(variant):
+    """``mass_prior``: the fill's cluster score adds the log mean corpus count of its rows, so a cluster of counted
+    tokens (ids 20..39) outranks one of never-counted ones (140..159) the drafter gives a little more mass; the
+    chosen setting (no prior) follows the drafter's mass alone."""
+    inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
+    freq = _frequencies()
+    h = torch.zeros(10)
+    h[7], h[1] = 1.0, 0.9
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        for name, prior in ((f"evospec:40:{variant}:sync", True), ("evospec:40:sync", False)):
+            policy = make_policy(name, inputs, "f")
+            policy.reset([])
+            active = set(policy.route(h).tolist())
+            assert (set(range(20, 40)) <= active) == prior and (set(range(140, 160)) <= active) != prior, name

@@ -20,6 +20,23 @@ from evospec.runtime.vocab.cluster_groups import ClusterGroups
 from evospec.runtime.vocab.mass_index import MassIndex
 
 
+def frequency_prior(index: MassIndex, core: torch.Tensor, counts: torch.Tensor, weight: float) -> torch.Tensor:
+    """[C] ``weight`` x the log of the mean corpus count (plus one) of each cluster's rows outside the core.
+
+    Why: the score estimates the drafter's mass, and a row the drafter gives mass the target rarely spends
+    it on costs acceptance twice at T = 1 (the token is rejected, and the set's other tokens are drawn less).
+    The drafter's mass is least reliable on rare rows (most were synthesised by the ridge map); the corpus
+    count is the target's marginal, so the prior shrinks the estimate towards clusters of tokens text uses."""
+    vocab = index.labels.numel()
+    outside = torch.ones(vocab, dtype=torch.bool)
+    outside[core] = False
+    labels = index.labels[outside]
+    c = counts[:vocab].double()[outside]
+    totals = torch.zeros(index.clusters, dtype=torch.float64).index_add_(0, labels, c)
+    sizes = torch.bincount(labels, minlength=index.clusters).clamp_min(1)
+    return (weight * torch.log1p(totals / sizes)).float()
+
+
 class MassFill:
     """For one core: the other rows grouped by cluster (most frequent first inside each), and the fill.
 
@@ -27,14 +44,16 @@ class MassFill:
     chosen clusters' rows (``ClusterGroups``)."""
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
-                 last: torch.Tensor | None = None, sticky: float = 0.0) -> None:
+                 last: torch.Tensor | None = None, sticky: float = 0.0, prior: torch.Tensor | None = None) -> None:
         """``last``: a [V] mask of rows to take only after every other row (each cluster's such rows form a
         second group, ranked as the cluster is, after all the first groups). ``sticky``: a cluster the last
         fill chose goes first again while it ranks within the clusters holding ``(1 + sticky)`` times the rows
-        needed; the set then moves fewer rows from cycle to cycle (0: rank order alone)."""
+        needed; the set then moves fewer rows from cycle to cycle (0: rank order alone). ``prior``: [C] added to
+        every cluster's score (``frequency_prior``)."""
         if sticky < 0:
             raise ValueError(f"sticky must be >= 0 (got {sticky})")
         self.index = index
+        self.prior = prior
         vocab = index.labels.numel()
         in_core = torch.zeros(vocab, dtype=torch.bool)
         in_core[core] = True
@@ -57,7 +76,8 @@ class MassFill:
         """Up to ``room`` ids outside ``kept``, from the clusters ranked first for ``state`` in rank order."""
         if room <= 0:
             return kept[:0]
-        order = torch.argsort(self.index.scores(state), descending=True).numpy()
+        scores = self.index.scores(state)
+        order = torch.argsort(scores if self.prior is None else scores + self.prior, descending=True).numpy()
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))
         need = room + kept.numel()  # enough clusters to hold ``room`` ids even if every kept id is among them
