@@ -109,6 +109,9 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
         rows += _vllm_rows(target_dir, vllm_source, vllm_drafter, tap_numbering, run, decode, vllm_settings,
                            generator.target.eos_token_ids)
     table = rows_table(rows)
+    parted = [f"  {r.domain} ({r.engine}): {r.first_difference}" for r in rows if r.first_difference]
+    if parted:
+        table += "\n\ngreedy output not identical to plain decoding, where it first parted:\n" + "\n".join(parted)
     if breakdown:
         from evospec.eval.bench import breakdown_table
 

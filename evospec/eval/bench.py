@@ -15,6 +15,7 @@ from evospec.core.plotting import pyplot, save_figure
 from evospec.core.settings import DecodeSettings
 from evospec.core.text_table import text_table
 from evospec.data.corpus import CorpusError, chosen_domains, read_documents, switch_segment_tokens
+from evospec.eval.divergence import first_divergence
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import GenerationResult, PooledStats
 
@@ -57,6 +58,7 @@ class BenchRow:
     verify_ms_per_step: float | None
     identical_to_plain: bool | None  # greedy output == the target's own (our runtime without a drafter)
     engine: str = "evospec"  # evospec (this runtime) or vllm (`--engine vllm`)
+    first_difference: str | None = None  # where a greedy output first parted from plain's (``divergence.py``)
     batch: int = 1  # requests decoded together (this runtime decodes one at a time)
     ms_per_step: dict[str, float] | None = None  # this runtime: where a step's time went (see step_breakdown)
 
@@ -179,7 +181,12 @@ def run_bench(
         if speculative:
             identical = (all(s.token_ids == p.token_ids for s, p in zip(speculative_results, plain))
                          if decode.greedy else None)
-            run.rows.append(summarise(domain, "eagle3", speculative_results, decode, identical))
+            row = summarise(domain, "eagle3", speculative_results, decode, identical)
+            if identical is False:
+                parted = first_divergence(generator.target.model, prompts, [s.token_ids for s in speculative_results],
+                                          [p.token_ids for p in plain])
+                row.first_difference = None if parted is None else parted.describe()
+            run.rows.append(row)
         run.rows.append(summarise(domain, "plain", plain, decode, None))
         run.prompts[domain] = prompts
         run.plain_outputs[domain] = [p.token_ids for p in plain]

@@ -39,6 +39,7 @@ from evospec.core.text_table import text_table
 from evospec.data.corpus import CorpusError, chosen_domains, read_documents
 from evospec.data.teacher_forced import replay_streams
 from evospec.eval.bench import BenchSettings, domain_prompts
+from evospec.eval.divergence import first_divergence
 from evospec.eval.replay import replay_policies, replay_states
 from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.generator import SpeculativeGenerator
@@ -82,6 +83,7 @@ class VocabRow:
     # the target LM head's kernels (one row / verification rows) when the row was done: they round differently,
     # so sampled runs repeat only with the same ones (``EVOSPEC_HEAD_KERNEL`` fixes them); None: no CPU head choice
     head_kernels: str | None = None
+    first_difference: str | None = None  # where a greedy output first parted from plain's (``divergence.py``)
 
 
 def expand_policies(specs: list[str], sizes: list[int]) -> list[str]:
@@ -221,6 +223,9 @@ def _measure(generator, corpus, domains, settings, decodes, built, inputs, repla
                     identical_to_plain=None if plain is None else all(r.token_ids == q for r, q in zip(results, plain)),
                     head_kernels=head_kernels(generator),
                 )
+                if runs[spec].identical_to_plain is False:
+                    parted = first_divergence(generator.target.model, prompts, [r.token_ids for r in results], plain)
+                    runs[spec].first_difference = None if parted is None else parted.describe()
                 if progress is not None:
                     progress(f"{domain} T={decode.temperature:g} {spec}")
             full_tau = runs[FULL].mean_accepted_length
@@ -286,7 +291,9 @@ def vocab_table(rows: list[VocabRow]) -> str:
               f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}", f"{r.align_ms_per_step:.2f}", f"{r.step_ms:.2f}",
               "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
               "-" if r.identical_to_plain is None else str(r.identical_to_plain)) for r in rows]
-    return text_table(header, lines)
+    parted = [f"  {r.domain} {r.policy}: {r.first_difference}" for r in rows if r.first_difference]
+    note = "\n\ngreedy output not identical to plain decoding, where it first parted:\n" + "\n".join(parted)
+    return text_table(header, lines) + (note if parted else "")
 
 
 def vocab_json(rows: list[VocabRow]) -> list[dict]:
