@@ -33,3 +33,11 @@ def test_only_a_gap_within_rounding_is_called_a_near_tie():
     assert not wrong.near_tie and "NOT a near tie" in wrong.describe()
     ended = first_divergence(load_target(ASSET_DIR / "target").model, [[1, 2]], [[3, 4]], [[3, 4, 5]])
     assert ended.token == 2 and "one output ends after 2 new tokens" in ended.describe()
+
+
+def test_a_report_lists_the_parted_rows_and_nothing_when_none_parted():
+    from evospec.eval.divergence import parted_report
+
+    assert parted_report([]) == ""
+    report = parted_report([("multilingual (evospec)", "prompt 6, new token 3: ...")])
+    assert report.endswith("where it first parted:\n  multilingual (evospec): prompt 6, new token 3: ...")

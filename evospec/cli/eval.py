@@ -63,6 +63,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
 
     from evospec.data.corpus import corpus_domains
     from evospec.eval.bench import BenchSettings, bench_plot, rows_json, rows_table, run_bench
+    from evospec.eval.divergence import parted_report
     from evospec.runtime.generator import SpeculativeGenerator
 
     if (drafter_dir is None) == (bundle_dir is None):
@@ -108,10 +109,8 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
     if vllm_settings is not None:
         rows += _vllm_rows(target_dir, vllm_source, vllm_drafter, tap_numbering, run, decode, vllm_settings,
                            generator.target.eos_token_ids)
-    table = rows_table(rows)
-    parted = [f"  {r.domain} ({r.engine}): {r.first_difference}" for r in rows if r.first_difference]
-    if parted:
-        table += "\n\ngreedy output not identical to plain decoding, where it first parted:\n" + "\n".join(parted)
+    table = rows_table(rows) + parted_report([(f"{r.domain} ({r.engine})", r.first_difference)
+                                              for r in rows if r.first_difference])
     if breakdown:
         from evospec.eval.bench import breakdown_table
 

@@ -57,3 +57,12 @@ def first_divergence(model: torch.nn.Module, prompts: list[list[int]], speculati
         a, b = float(logits[theirs[shared]]), float(logits[ours[shared]])
         return Divergence(i, shared, theirs[shared], ours[shared], a - b, max(1.0, abs(a), abs(b)))
     return None
+
+
+def parted_report(parted: list[tuple[str, str]]) -> str:
+    """The lines a report adds under its table for the rows whose greedy output parted ((row label, where)):
+    empty when none did."""
+    if not parted:
+        return ""
+    lines = "\n".join(f"  {label}: {where}" for label, where in parted)
+    return "\n\ngreedy output not identical to plain decoding, where it first parted:\n" + lines

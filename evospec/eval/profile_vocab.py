@@ -39,7 +39,7 @@ from evospec.core.text_table import text_table
 from evospec.data.corpus import CorpusError, chosen_domains, read_documents
 from evospec.data.teacher_forced import replay_streams
 from evospec.eval.bench import BenchSettings, domain_prompts
-from evospec.eval.divergence import first_divergence
+from evospec.eval.divergence import first_divergence, parted_report
 from evospec.eval.replay import replay_policies, replay_states
 from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.generator import SpeculativeGenerator
@@ -291,9 +291,8 @@ def vocab_table(rows: list[VocabRow]) -> str:
               f"{r.draft_ms_per_step:.2f}", f"{r.verify_ms_per_step:.2f}", f"{r.align_ms_per_step:.2f}", f"{r.step_ms:.2f}",
               "-" if r.projected_speedup is None else f"{r.projected_speedup:.2f}x",
               "-" if r.identical_to_plain is None else str(r.identical_to_plain)) for r in rows]
-    parted = [f"  {r.domain} {r.policy}: {r.first_difference}" for r in rows if r.first_difference]
-    note = "\n\ngreedy output not identical to plain decoding, where it first parted:\n" + "\n".join(parted)
-    return text_table(header, lines) + (note if parted else "")
+    return text_table(header, lines) + parted_report([(f"{r.domain} {r.policy}", r.first_difference)
+                                                      for r in rows if r.first_difference])
 
 
 def vocab_json(rows: list[VocabRow]) -> list[dict]:
