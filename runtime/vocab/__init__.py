@@ -18,7 +18,7 @@ from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
 from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
-from evospec.runtime.vocab.mass_fill import MassFill, MassRouted, frequency_prior
+from evospec.runtime.vocab.mass_fill import MassFill, MassRouted
 from evospec.runtime.vocab.pipelined import PipelinedPolicy
 from evospec.runtime.vocab.routed_semantic import RoutedSemantic
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
@@ -87,10 +87,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            prior = (frequency_prior(inputs.mass, policy.core, table.counts, settings.mass_prior)
-                     if settings.mass_prior else None)
             fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size),
-                            last_in_fill(settings, table, inputs), settings.mass_sticky, prior)
+                            last_in_fill(settings, table, inputs), settings.mass_sticky, table.counts, settings.mass_prior)
             return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:

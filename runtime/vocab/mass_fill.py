@@ -20,20 +20,16 @@ from evospec.runtime.vocab.cluster_groups import ClusterGroups
 from evospec.runtime.vocab.mass_index import MassIndex
 
 
-def frequency_prior(index: MassIndex, core: torch.Tensor, counts: torch.Tensor, weight: float) -> torch.Tensor:
-    """[C] ``weight`` x the log of the mean corpus count (plus one) of each cluster's rows outside the core.
+def frequency_prior(labels: torch.Tensor, counts: torch.Tensor, clusters: int, weight: float) -> torch.Tensor:
+    """[C] ``weight`` x the log of the mean corpus count (plus one) of each cluster's rows (``labels`` and
+    ``counts``: those rows' clusters and corpus counts).
 
     Why: the score estimates the drafter's mass, and a row the drafter gives mass the target rarely spends
     it on costs acceptance twice at T = 1 (the token is rejected, and the set's other tokens are drawn less).
     The drafter's mass is least reliable on rare rows (most were synthesised by the ridge map); the corpus
     count is the target's marginal, so the prior shrinks the estimate towards clusters of tokens text uses."""
-    vocab = index.labels.numel()
-    outside = torch.ones(vocab, dtype=torch.bool)
-    outside[core] = False
-    labels = index.labels[outside]
-    c = counts[:vocab].double()[outside]
-    totals = torch.zeros(index.clusters, dtype=torch.float64).index_add_(0, labels, c)
-    sizes = torch.bincount(labels, minlength=index.clusters).clamp_min(1)
+    totals = torch.zeros(clusters, dtype=torch.float64).index_add_(0, labels, counts.double())
+    sizes = torch.bincount(labels, minlength=clusters).clamp_min(1)
     return (weight * torch.log1p(totals / sizes)).float()
 
 
@@ -44,20 +40,24 @@ class MassFill:
     chosen clusters' rows (``ClusterGroups``)."""
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
-                 last: torch.Tensor | None = None, sticky: float = 0.0, prior: torch.Tensor | None = None) -> None:
+                 last: torch.Tensor | None = None, sticky: float = 0.0, counts: torch.Tensor | None = None,
+                 prior: float = 0.0) -> None:
         """``last``: a [V] mask of rows to take only after every other row (each cluster's such rows form a
         second group, ranked as the cluster is, after all the first groups). ``sticky``: a cluster the last
         fill chose goes first again while it ranks within the clusters holding ``(1 + sticky)`` times the rows
-        needed; the set then moves fewer rows from cycle to cycle (0: rank order alone). ``prior``: [C] added to
-        every cluster's score (``frequency_prior``)."""
+        needed; the set then moves fewer rows from cycle to cycle (0: rank order alone). ``prior``: the weight of
+        ``frequency_prior`` over the rows outside the core, from their corpus ``counts`` [V], added to every
+        cluster's score (0: none)."""
         if sticky < 0:
             raise ValueError(f"sticky must be >= 0 (got {sticky})")
+        if prior and counts is None:
+            raise ValueError("a frequency prior needs the corpus counts")
         self.index = index
-        self.prior = prior
         vocab = index.labels.numel()
         in_core = torch.zeros(vocab, dtype=torch.bool)
         in_core[core] = True
         rest = by_frequency[~in_core[by_frequency]]
+        self.prior = None if not prior else frequency_prior(index.labels[rest], counts[rest], index.clusters, prior)
         self.by_frequency = rest.numpy()  # the fill when no root state is at hand (``MassRouted.active_ids``)
         self.tiers = 1 if last is None else 2
         group = index.labels[rest] + (0 if last is None else index.clusters * last[rest].long())
