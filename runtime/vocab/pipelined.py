@@ -136,8 +136,10 @@ class PipelinedPolicy:
         new = lacking(self._members, fresh, k - core)
         self._added = new.numel()
         cut = n + new.numel() - k  # how many of base's entries must make room
-        if new.numel() == 0 or cut <= 0:
-            return torch.cat((base, new)) if new.numel() else base
+        if new.numel() == 0:
+            return base
+        if cut <= 0:
+            return torch.cat((base, new))
         dropped = last_unlike(base, fresh, cut, core)
         keep = torch.ones(n, dtype=torch.bool)
         keep[dropped] = False
