@@ -155,3 +155,24 @@ def test_cuda_graph_runtime_is_exact_and_replays(torch_bundle):
     assert {name: r.captures for name, r in drafter.runners.items()} == captures  # the second call only replays
     eager, _ = load_compiled_drafter(torch_bundle, generator.target, cuda_graphs=False)
     assert not eager.static_past
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
+def test_cuda_graph_cache_starts_empty_on_every_call(torch_bundle):
+    """The bug the issue found on the graphed runtime: its static cache grew across calls, acceptance fell and the
+    eleventh call failed. Twelve consecutive graphed calls over three prompts draft as each prompt's first call
+    did (accepted lengths, not only tokens), and every output is plain decoding's."""
+    generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET, device="cuda")
+    assert generator.drafter.static_past
+    prompts = [generator.encode(text) for text in ("def walk(self, node):\n    ", "The court held that ",
+                                                   "class Parser:\n    def __init__(self):\n        ")]
+    plain = [generator.generate(p, DecodeSettings(max_new_tokens=40, use_draft=False)).token_ids for p in prompts]
+    first: dict[int, tuple[list[int], list[int]]] = {}
+    for call in range(12):
+        key = call % len(prompts)
+        result = generator.generate(prompts[key], TREE)
+        seen = (result.token_ids, result.stats.accepted_lengths)
+        first.setdefault(key, seen)
+        assert result.token_ids == plain[key], call
+        assert seen == first[key], call
