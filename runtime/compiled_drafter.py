@@ -47,6 +47,8 @@ class CompiledDrafter:
         rows_device = reservoir.device if reservoir is not None else torch.device("cpu")
         self._to_rows = self._to_map if rows_device == d2t.device else DeviceUploader(rows_device)
         self.active_rows = ActiveRows(reservoir, plan, self._to_rows) if use_resident else None
+        # torch stages on the host: the resident head is computed by ActiveRows, which packs rows that stay put
+        self._host_head = use_resident and isinstance(runners["head_active"], TorchRunner) and rows_device.type == "cpu"
         self.buckets = buckets
         self.dtype = torch.float32  # engines take and return fp32 at their boundary
         self.moved_rows = 0  # head columns changed by the last set_active (a delta, not a rebuild)
@@ -173,7 +175,9 @@ class CompiledDrafter:
             self.root_normed = normed.detach().clone()
             if self.on_root_state is not None:
                 self.on_root_state(self.root_normed[-1])
-        if self.active_rows is not None:
+        if self._host_head:
+            logits = self.active_rows.logits(normed, self._bias)
+        elif self.active_rows is not None:
             feed = {"normed": normed, "rows": self.active_rows.rows, "bias": self._bias}
             logits = self.runners["head_active"].infer(feed)["logits"]
         else:

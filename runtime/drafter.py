@@ -19,6 +19,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from evospec.runtime.lean_target import LENGTH_DEPENDENT_ROPE
+from evospec.runtime.skinny_head import SkinnyHead, timed_drafter_head
 
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
 
@@ -285,6 +286,7 @@ class Eagle3Drafter(Eagle3Trunk):
             self.embed_tokens = self._table[0]
         self._build_trunk(config)
         self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
+        self._timed_head: tuple[SkinnyHead, ...] = ()  # a tuple keeps it out of the state dict (use_timed_head)
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
         self.rotary = LlamaRotaryEmbedding(config.llama_config())
@@ -295,6 +297,15 @@ class Eagle3Drafter(Eagle3Trunk):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    def use_timed_head(self) -> bool:
+        """Inference on a CPU: compute ``lm_head`` with the kernel fastest on this machine (nn.Linear repacks
+        its weight on every call; a packed copy does not), timed at load as the target's head is
+        (``runtime/skinny_head.py``). The module and its state dict stay as they are; False where nn.Linear
+        stays (small heads, GPUs)."""
+        timed = timed_drafter_head(self.lm_head)
+        self._timed_head = (timed,) if timed is not None else ()
+        return timed is not None
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin ``[B, T, hd]`` for ``positions``, read from a per-position table (one index instead of
@@ -336,4 +347,6 @@ class Eagle3Drafter(Eagle3Trunk):
         embeds = self.embed(target_ids).to(hidden.dtype)
         cos, sin = self.rope(hidden, positions)
         out = self.midlayer(embeds, hidden, cos=cos, sin=sin, cache=cache, start=start, mask=mask)
-        return out, self.lm_head(self.norm(out))
+        # the timed kernels have no backward: training (grad enabled) goes through nn.Linear
+        head = self._timed_head[0] if self._timed_head and not torch.is_grad_enabled() else self.lm_head
+        return out, head(self.norm(out))

@@ -100,6 +100,7 @@ class SpeculativeGenerator:
                 target_num_layers=target.num_layers,
                 tap_numbering=tap_numbering,
             )
+            drafter.use_timed_head()  # CPU: the drafter's head runs on every drafter call, up to six a step
         return cls(target, drafter)
 
     @classmethod

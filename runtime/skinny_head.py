@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 KERNELS = ("linear", "skinny", "onednn")
 AUTOTUNE_MIN_ELEMENTS = 1 << 22  # V x d; the demo and test heads stay on linear / skinny
+# A drafter's head is smaller (the medium pair's 16,384 x 160) but runs on every drafter call, up to six a step:
+# there oneDNN's packed weight took 0.10 ms for one row against 0.35 for nn.Linear (warm; 0.7 against 1.6 ms
+# after the target's pass evicted it), on the 2-core AMD host of stop 36.
+DRAFTER_AUTOTUNE_MIN_ELEMENTS = 1 << 20
 MANY_ROWS = 6  # a chain of 5 drafts plus its root
 
 
@@ -171,11 +175,14 @@ def choose_kernels(head: SkinnyHead, repeats: int = 7) -> dict[str, dict[str, fl
     return {"1": one, str(MANY_ROWS): many}
 
 
-def use_skinny_head(model: nn.Module) -> bool:
-    """Swap a CPU model's bias-free linear LM head for a :class:`SkinnyHead`; False where it does not apply."""
-    head = getattr(model, "lm_head", None)
+def make_skinny_head(head: nn.Module | None, min_elements: int | None = None) -> SkinnyHead | None:
+    """A :class:`SkinnyHead` over a CPU bias-free linear head; None where it does not apply. Heads of at
+    least ``min_elements`` weights (default ``AUTOTUNE_MIN_ELEMENTS``) time their kernels on this machine;
+    smaller ones keep ``nn.Linear`` for one row and the skinny product for several (unless
+    ``EVOSPEC_HEAD_KERNEL`` fixes one)."""
+    min_elements = AUTOTUNE_MIN_ELEMENTS if min_elements is None else min_elements
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
-        return False
+        return None
     skinny = SkinnyHead(head)
     forced = os.environ.get("EVOSPEC_HEAD_KERNEL")
     if forced:
@@ -183,10 +190,27 @@ def use_skinny_head(model: nn.Module) -> bool:
             raise ValueError(f"EVOSPEC_HEAD_KERNEL={forced!r}: choose one of {KERNELS} (onednn needs float32 "
                              "weights and torch built with oneDNN)")
         skinny.one = skinny.many = forced
-    elif head.weight.numel() >= AUTOTUNE_MIN_ELEMENTS:
+    elif head.weight.numel() >= min_elements:
         timings = choose_kernels(skinny)
         skinny.trial = InPlaceTrial((skinny.many, *(k for k in many_row_kernels(head.weight) if k != skinny.many)))
         logger.info("LM head kernels: %s for one row, %s for %d rows (%s)", skinny.one, skinny.many, MANY_ROWS,
                     {rows: {k: round(s * 1e3, 2) for k, s in t.items()} for rows, t in timings.items()})
+    return skinny
+
+
+def use_skinny_head(model: nn.Module) -> bool:
+    """Swap a CPU model's bias-free linear LM head for a :class:`SkinnyHead`; False where it does not apply."""
+    skinny = make_skinny_head(getattr(model, "lm_head", None))
+    if skinny is None:
+        return False
     model.lm_head = skinny
     return True
+
+
+def timed_drafter_head(head: nn.Module) -> SkinnyHead | None:
+    """A drafter head's kernels timed on this machine (``DRAFTER_AUTOTUNE_MIN_ELEMENTS`` weights or more, or
+    fixed by ``EVOSPEC_HEAD_KERNEL``); None where ``nn.Linear`` stays (small heads: the demo and test pairs)."""
+    weight = getattr(head, "weight", None)
+    if weight is None or (weight.numel() < DRAFTER_AUTOTUNE_MIN_ELEMENTS and not os.environ.get("EVOSPEC_HEAD_KERNEL")):
+        return None
+    return make_skinny_head(head, DRAFTER_AUTOTUNE_MIN_ELEMENTS)

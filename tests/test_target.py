@@ -247,3 +247,33 @@ def test_loaded_cpu_targets_use_the_skinny_head(checkpoint_dirs):
 
     target = load_target(checkpoint_dirs[0])
     assert isinstance(target.model.lm_head, SkinnyHead) and target.vocab_size == target.model.config.vocab_size
+
+
+def test_a_large_drafter_head_is_timed_outside_its_state_dict(monkeypatch):
+    """A drafter's head runs on every drafter call: at inference its kernel is timed like the target's, kept
+    out of the module (a compile or save after loading writes the checkpoint's own keys), and training with
+    grad enabled still goes through nn.Linear (the packed kernel has no backward)."""
+    from evospec.runtime import skinny_head
+    from evospec.runtime.drafter import DrafterKVCache
+    from evospec.testing.tiny import tiny_drafter
+
+    model = tiny_target(TINY_SHAPES["llama"], seed=5)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=6)
+    keys = set(drafter.state_dict())
+    assert not drafter.use_timed_head()  # small heads keep nn.Linear
+    monkeypatch.setattr(skinny_head, "DRAFTER_AUTOTUNE_MIN_ELEMENTS", 1)
+    assert drafter.use_timed_head() and set(drafter.state_dict()) == keys
+    c = drafter.config
+    features = torch.randn(1, 3, 3 * c.target_hidden_size)
+    ids, positions = torch.tensor([[1, 2, 3]]), torch.arange(3)[None]
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()
+
+    def call():
+        return drafter(features, ids, positions, DrafterKVCache(c, 8, torch.device("cpu"), torch.float32), 0, mask)
+
+    with torch.no_grad():
+        hidden, timed = call()
+    torch.testing.assert_close(timed, drafter.lm_head(drafter.norm(hidden)), rtol=1e-5, atol=1e-5)
+    _, logits = call()  # grad enabled: nn.Linear, which has a backward
+    logits.sum().backward()
+    assert drafter.lm_head.weight.grad is not None

@@ -65,7 +65,7 @@ struct Drafter::Impl {
       root_normed = normed.clone();
       if (policy && policy->routed()) set_active(policy->route(root_normed[-1]));  // between trunk and head
     }
-    at::Tensor logits = Model::head(normed, rows->rows(), rows->bias());
+    at::Tensor logits = rows->logits(normed);
     return {out.hidden, logits.narrow(1, 0, plan.size).reshape({b, t, plan.size})};
   }
 

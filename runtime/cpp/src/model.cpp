@@ -162,10 +162,6 @@ TrunkOut Model::trunk(const at::Tensor& hidden, const at::Tensor& embeds, const 
   return {h, rms(h, final_norm_), k, v};
 }
 
-at::Tensor Model::head(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias) {
-  return at::linear(normed, rows) + bias;
-}
-
 at::Tensor* Model::weight(const std::string& name) {
   const std::map<std::string, at::Tensor*> names{
       {"fc.weight", &fc_}, {"norm.weight", &final_norm_}, {"layer.hidden_norm.weight", &hidden_norm_},

@@ -43,8 +43,6 @@ class Model {
   // TrunkStage.forward: past [B, Hkv, P, hd], mask [T, P+T] bool.
   TrunkOut trunk(const at::Tensor& hidden, const at::Tensor& embeds, const at::Tensor& positions,
                  const at::Tensor& past_keys, const at::Tensor& past_values, const at::Tensor& mask) const;
-  // ActiveHeadStage: normed [N, d] @ rows[A, d].T + bias[A].
-  static at::Tensor head(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias);
   // The weight the stages call ``name`` (FuseStage/TrunkStage parameter names), or nullptr.
   at::Tensor* weight(const std::string& name);
 
