@@ -106,10 +106,20 @@ test-all: $(STAMP)
 test-slow: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# On a CUDA machine (pass TORCH_SPEC for a CUDA torch): the GPU tests and the GPU head benchmark.
+# On a CUDA machine (pass TORCH_SPEC for a CUDA torch): the GPU tests, the GPU head benchmark, and the demo
+# pair decoding on the GPU with the eager drafter and with the CUDA-graph torch bundle (out/gpu/*.json).
+GPU_CORPUS ?= $(REFERENCE)/corpus
 gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
 	$(BIN)/evospec profile stages --device cuda --synthetic llama3-8b --json docs/profile-llama3-8b-cuda.json
+	$(BIN)/evospec compile --target evospec/assets/demo/target --drafter evospec/assets/demo/drafter \
+		--out out/gpu/bundle --backend torch --index-dims 0
+	$(BIN)/evospec bench --device cuda --target evospec/assets/demo/target --drafter evospec/assets/demo/drafter \
+		--corpus $(GPU_CORPUS) --domains code,law,medicine --prompts 4 --max-new-tokens 128 --draft-tree chain \
+		--breakdown --json out/gpu/bench-eager.json
+	$(BIN)/evospec bench --device cuda --target evospec/assets/demo/target --bundle out/gpu/bundle \
+		--corpus $(GPU_CORPUS) --domains code,law,medicine --prompts 4 --max-new-tokens 128 --draft-tree chain \
+		--breakdown --json out/gpu/bench-graphed.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
