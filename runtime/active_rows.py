@@ -6,10 +6,8 @@ the gathered matrix and, when the plan changes, copies only the columns whose id
 delta that ``update_plan`` arranges by keeping retained ids in their columns. On a GPU the
 changed columns and their ids go up through pinned memory on a side stream (``DeviceUploader``).
 
-On a CPU, rows that stay unchanged (a static vocabulary: the drafter's own, FR-Spec's list) are also packed
-once into oneDNN's blocked layout (``logits``): nn.Linear repacks the weight on every call, and at the
-medium pair's 16,384 x 160 the packed product took 0.10 against 0.35 ms a row (warm; 0.7 against 1.6 ms
-with the rows evicted by the target's pass), up to six calls a step.
+On a CPU the head over these rows is computed here (``logits``), with the leading columns that stay put
+packed for oneDNN (``packed_prefix.py``): a static set as a whole, a living vocabulary's core.
 """
 
 from __future__ import annotations
@@ -17,16 +15,11 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
+from evospec.runtime.packed_prefix import PackedPrefix
 from evospec.runtime.skinny_head import onednn_available
-
-# Head calls on unchanged rows before they are packed: more than one step's drafter calls (a root call and
-# up to five levels), so a set that changes every step (a living vocabulary) is never packed for nothing
-# (packing 4,096 rows costs about two calls).
-PACK_AFTER_CALLS = 8
 
 
 class ActiveRows:
@@ -35,23 +28,12 @@ class ActiveRows:
         self.plan = plan  # host tensors: which columns changed is decided on the host, no device sync
         self.upload = upload or DeviceUploader(reservoir.device)
         self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
-        forced = os.environ.get("EVOSPEC_HEAD_KERNEL")
-        self.packable = onednn_available(self.rows) and forced in (None, "", "onednn")
-        self._packed: torch.Tensor | None = None  # oneDNN's copy of ``rows``, valid until they change
-        self._calls = 0  # head calls since ``rows`` last changed
+        forced = os.environ.get("EVOSPEC_HEAD_KERNEL")  # a fixed kernel other than oneDNN: nothing is packed
+        self.head = PackedPrefix(onednn_available(self.rows) and forced in (None, "", "onednn"), plan.bucket)
 
     def logits(self, normed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host; through the packed copy once the rows
-        have stayed unchanged for ``PACK_AFTER_CALLS`` calls (the same logits to float rounding)."""
-        self._calls += 1
-        if self._packed is None and self.packable and self._calls > PACK_AFTER_CALLS:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.rows)
-        if self._packed is None:
-            return F.linear(normed, self.rows) + bias
-        return torch.ops.mkldnn._linear_pointwise(normed.contiguous(), self._packed, bias, "none", [], "")
-
-    def _changed(self) -> None:
-        self._packed, self._calls = None, 0
+        """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host (``PackedPrefix``)."""
+        return self.head.logits(normed, self.rows, bias)
 
     def follow(self, plan: GatherPlan, cols: torch.Tensor | None = None) -> int:
         """Make ``rows`` match ``plan``; returns how many rows were copied. ``cols``: the columns whose
@@ -60,15 +42,15 @@ class ActiveRows:
             return 0
         if plan.bucket != self.plan.bucket:
             self.rows = self.reservoir.index_select(0, self.upload.upload("plan", plan.ids))
+            self.head.changed(0, plan.bucket)
             moved = plan.bucket
         else:
             cols = torch.nonzero(plan.ids != self.plan.ids).flatten() if cols is None else cols
             if cols.numel():
                 self._copy(cols, plan.ids[cols])
+                self.head.changed(int(cols.min()), plan.bucket)
             moved = int(cols.numel())
         self.plan = plan
-        if moved:
-            self._changed()
         return moved
 
     def _copy(self, cols: torch.Tensor, ids: torch.Tensor) -> None:
@@ -97,5 +79,5 @@ class ActiveRows:
         cols = torch.nonzero(torch.isin(self.plan.ids, target_ids.cpu())).flatten()
         if cols.numel():
             self._copy(cols, self.plan.ids[cols])
-            self._changed()
+            self.head.changed(int(cols.min()), self.plan.bucket)
         return int(cols.numel())

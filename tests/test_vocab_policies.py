@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import Phase, example, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SpeculativeGenerator
@@ -53,48 +53,6 @@ def test_plan_deltas_keep_columns_and_count_moves(active_sets):
         else:
             assert moved == new.size
         plan = new
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.integers(1, 12), st.sets(st.integers(0, 99), min_size=1, max_size=40),
-                          st.just("align")), min_size=1, max_size=8), st.integers(0, 1000))
-@example([12, {20, 21, 22}, 2], 0).via("a packed set then moved columns")
-@example([12, {0, 1, 2, 50, 60}, 12, "align", 2], 1).via("a packed set then aligned rows")
-@example([12, set(range(30)), 2], 2).via("a packed set then a larger bucket")
-def test_resident_rows_pack_only_while_they_stay_put(ops, seed):
-    """The host head packs its rows once they have served PACK_AFTER_CALLS calls unchanged; a moved column or
-    an aligned row drops the packed copy, so the logits are always those of the current rows (a stale copy
-    would score the old ones). ``ops``: a run of head calls, a new active set, or rows changed in place."""
-    from evospec.runtime.active_rows import PACK_AFTER_CALLS
-
-    g = torch.Generator().manual_seed(seed)
-    reservoir, buckets = torch.randn(100, 16, generator=g), (16, 48)
-    plan, _ = update_plan(None, torch.arange(10), buckets)
-    resident, calls = ActiveRows(reservoir, plan), 0
-    assert resident.packable  # the CPU wheel's torch has oneDNN
-    for op in ops:
-        if op == "align":
-            ids = plan.ids[:3]
-            reservoir[ids] += 1.0  # what online alignment does, then tells the rows which ids changed
-            calls = 0 if resident.refresh(ids) else calls
-        elif isinstance(op, set):
-            plan, moved = update_plan(plan, torch.tensor(sorted(op)), buckets)
-            calls = 0 if resident.follow(plan) else calls
-        else:
-            for _ in range(op):
-                normed = torch.randn(2, 16, generator=g)
-                out, calls = resident.logits(normed, plan.bias), calls + 1
-                torch.testing.assert_close(out, normed @ reservoir[plan.ids].T + plan.bias, rtol=1e-5, atol=1e-4)
-                assert (resident._packed is not None) == (calls > PACK_AFTER_CALLS)
-
-
-def test_resident_rows_stay_unpacked_when_a_kernel_is_fixed(monkeypatch):
-    monkeypatch.setenv("EVOSPEC_HEAD_KERNEL", "linear")
-    plan, _ = update_plan(None, torch.arange(10), (16,))
-    resident = ActiveRows(torch.randn(20, 8), plan)
-    for _ in range(12):
-        resident.logits(torch.randn(1, 8), plan.bias)
-    assert not resident.packable and resident._packed is None
 
 
 def test_frequency_tables(tmp_path):

@@ -1,13 +1,7 @@
 #include "gather.hpp"
 
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <optional>
-#include <string>
 #include <unordered_set>
 
 #include "evospec/drafter.hpp"
@@ -66,37 +60,11 @@ GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& a
   return plan;
 }
 
-namespace {
-
-// oneDNN's packed linear, the ops torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise call from Python.
-std::optional<c10::OperatorHandle> mkldnn_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchema({name, ""});
-}
-
-at::Tensor call_boxed(const c10::OperatorHandle& op, std::vector<c10::IValue> stack) {
-  op.callBoxed(&stack);
-  return stack.at(0).toTensor();
-}
-
-}  // namespace
-
-ResidentRows::ResidentRows(at::Tensor reservoir, const GatherPlan& plan) : reservoir_(std::move(reservoir)), plan_(plan) {
+ResidentRows::ResidentRows(at::Tensor reservoir, const GatherPlan& plan)
+    : reservoir_(std::move(reservoir)), plan_(plan), head_(false, plan.bucket()) {
   rows_ = reservoir_.index_select(0, at::tensor(plan_.ids, at::kLong));
   set_bias();
-  const char* forced = std::getenv("EVOSPEC_HEAD_KERNEL");  // as Python: only unset or "onednn" packs
-  bool allowed = forced == nullptr || std::string(forced).empty() || std::string(forced) == "onednn";
-  packable_ = allowed && at::hasMKLDNN() && rows_.scalar_type() == at::kFloat && rows_.device().is_cpu() &&
-              mkldnn_op("mkldnn::_reorder_linear_weight") && mkldnn_op("mkldnn::_linear_pointwise");
-}
-
-at::Tensor ResidentRows::logits(const at::Tensor& normed) {
-  ++calls_;
-  if (!packed_.defined() && packable_ && calls_ > kPackAfterCalls)
-    packed_ = call_boxed(*mkldnn_op("mkldnn::_reorder_linear_weight"), {rows_, c10::IValue()});
-  if (!packed_.defined()) return at::linear(normed, rows_) + bias_;
-  return call_boxed(*mkldnn_op("mkldnn::_linear_pointwise"),
-                    {normed.contiguous(), packed_, bias_, std::string("none"),
-                     c10::List<std::optional<at::Scalar>>(), std::string("")});
+  head_ = PackedPrefix(packed_linear_available(rows_), plan_.bucket());
 }
 
 void ResidentRows::set_bias() {
@@ -107,15 +75,16 @@ void ResidentRows::set_bias() {
 void ResidentRows::follow(const GatherPlan& plan) {
   if (plan.bucket() != plan_.bucket()) {
     rows_ = reservoir_.index_select(0, at::tensor(plan.ids, at::kLong));
+    head_.changed(0, plan.bucket());
   } else {
-    std::vector<int64_t> cols, ids;
+    std::vector<int64_t> cols, ids;  // ascending columns
     for (int64_t j = 0; j < plan.bucket(); ++j)
       if (plan.ids[j] != plan_.ids[j]) cols.push_back(j), ids.push_back(plan.ids[j]);
-    if (!cols.empty())
+    if (!cols.empty()) {
       rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(ids, at::kLong)));
-    if (!cols.empty()) rows_changed();
+      head_.changed(cols.front(), plan.bucket());
+    }
   }
-  if (plan.bucket() != plan_.bucket()) rows_changed();
   bool resize = plan.size != plan_.size || plan.bucket() != plan_.bucket();
   plan_ = plan;
   if (resize) set_bias();
@@ -128,7 +97,7 @@ void ResidentRows::refresh(const std::vector<int64_t>& ids) {
     if (changed.count(plan_.ids[j])) cols.push_back(j), col_ids.push_back(plan_.ids[j]);
   if (!cols.empty()) {
     rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(col_ids, at::kLong)));
-    rows_changed();
+    head_.changed(cols.front(), plan_.bucket());
   }
 }
 

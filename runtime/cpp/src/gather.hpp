@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "packed_prefix.hpp"
+
 namespace evospec::detail {
 
 struct GatherPlan {
@@ -26,30 +28,23 @@ GatherPlan make_plan(const std::vector<int64_t>& active, const std::vector<int64
 GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& active,
                        const std::vector<int64_t>& buckets, int64_t& moved);
 
-// Head calls on unchanged rows before they are packed (runtime/active_rows.py's PACK_AFTER_CALLS).
-constexpr int64_t kPackAfterCalls = 8;
-
 // The active rows, gathered once and then refreshed by deltas (only changed columns are copied).
-// Rows that stay unchanged for kPackAfterCalls head calls are packed into oneDNN's blocked layout, as
-// Python's ActiveRows does (nn.Linear's kernel repacks the weight on every call).
+// The head over them packs the leading columns that stay put (PackedPrefix), as Python's ActiveRows does.
 class ResidentRows {
  public:
   ResidentRows(at::Tensor reservoir, const GatherPlan& plan);
   void follow(const GatherPlan& plan);           // copy the columns whose id changed
   void refresh(const std::vector<int64_t>& ids);  // re-copy active columns of rows changed in place
-  at::Tensor logits(const at::Tensor& normed);    // ActiveHeadStage: normed [N, d] @ rows.T + bias -> [N, bucket]
+  at::Tensor logits(const at::Tensor& normed) { return head_.logits(normed, rows_, bias_); }  // ActiveHeadStage
   const at::Tensor& rows() const { return rows_; }    // [bucket, d]
   const at::Tensor& bias() const { return bias_; }    // [bucket] 0 / -inf
   at::Tensor& reservoir() { return reservoir_; }
 
  private:
   at::Tensor reservoir_, rows_, bias_;
-  at::Tensor packed_;  // oneDNN's copy of rows_, undefined until packed; reset when rows_ change
-  int64_t calls_ = 0;  // head calls since rows_ last changed
-  bool packable_ = false;
   GatherPlan plan_;
+  PackedPrefix head_;
   void set_bias();
-  void rows_changed() { packed_ = at::Tensor(), calls_ = 0; }
 };
 
 }  // namespace evospec::detail

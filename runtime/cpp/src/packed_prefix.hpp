@@ -1,0 +1,35 @@
+// The host LM head over resident rows, with the leading columns that stay put packed for oneDNN
+// (runtime/packed_prefix.py, whose rule this mirrors exactly so that both runtimes draft alike).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace evospec::detail {
+
+constexpr int64_t kPackAfterCalls = 8;    // calls in a window (PACK_AFTER_CALLS)
+constexpr int64_t kMinPackedRows = 1024;  // MIN_PACKED_ROWS: the shortest prefix packed (a whole set: any)
+
+class PackedPrefix {
+ public:
+  PackedPrefix(bool packable, int64_t bucket) : packable_(packable), bucket_(bucket), low_(bucket) {}
+  // Columns from ``low`` on were rewritten (a new bucket: every row is new).
+  void changed(int64_t low, int64_t bucket);
+  // normed [N, d] @ rows.T + bias -> [N, bucket].
+  at::Tensor logits(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias);
+  int64_t packed_rows() const { return packed_rows_; }
+
+ private:
+  bool packable_;
+  int64_t bucket_;
+  at::Tensor packed_;  // oneDNN's copy of rows[:packed_rows_]
+  int64_t packed_rows_ = 0;
+  int64_t calls_ = 0;  // calls in the current window
+  int64_t low_;        // lowest column changed in the current window
+};
+
+// Whether this libtorch has oneDNN's packed linear (and EVOSPEC_HEAD_KERNEL does not fix another kernel).
+bool packed_linear_available(const at::Tensor& rows);
+
+}  // namespace evospec::detail

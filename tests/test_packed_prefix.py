@@ -1,0 +1,126 @@
+"""The host head over resident rows packs the leading columns that stay put (runtime/packed_prefix.py): its
+logits are always those of the current rows, and it packs what its rule says, no more."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from evospec.runtime.active_rows import ActiveRows
+from evospec.runtime.gather import update_plan
+from evospec.runtime.packed_prefix import MIN_PACKED_ROWS, PACK_AFTER_CALLS
+
+BUCKETS = (2048, 3072)
+VOCAB, DIM = 4000, 8
+
+
+def _resident(seed: int) -> tuple[torch.Tensor, ActiveRows, object]:
+    reservoir = torch.randn(VOCAB, DIM, generator=torch.Generator().manual_seed(seed))
+    plan, _ = update_plan(None, torch.arange(2000), BUCKETS)
+    return reservoir, ActiveRows(reservoir, plan), plan
+
+
+def _check(resident: ActiveRows, reservoir: torch.Tensor, plan, seed: int) -> None:
+    normed = torch.randn(3, DIM, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(resident.logits(normed, plan.bias), normed @ reservoir[plan.ids].T + plan.bias,
+                               rtol=1e-5, atol=1e-5)
+
+
+# ops: a run of head calls; ("tail", n, first): n ids past column ``first`` replaced (a living vocabulary's
+# tail); ("grow",): a set in the larger bucket; ("align", col): the row in that column changed in place
+ops = st.lists(st.one_of(st.integers(1, 20), st.tuples(st.just("tail"), st.integers(1, 50), st.integers(0, 1990)),
+                         st.tuples(st.just("grow")), st.tuples(st.just("align"), st.integers(0, 1999))),
+               min_size=1, max_size=10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops, st.integers(0, 1000))
+@example([12, ("tail", 5, 1500), 2], 0).via("a packed set, then moved columns inside it")
+@example([12, ("align", 10), 12, ("align", 1800), 2], 1).via("packed rows, then aligned ones inside the packed part")
+@example([12, ("grow",), 2], 2).via("a packed set, then a larger bucket")
+@example([9, ("tail", 3, 1500), 9, ("tail", 3, 1700), 9, ("tail", 3, 1200), 2], 3).via("a packed prefix cut back")
+def test_logits_are_always_the_current_rows(ops, seed):
+    reservoir, resident, plan = _resident(seed)
+    ids = plan.ids[: plan.size].clone()
+    for i, op in enumerate(ops):
+        if isinstance(op, int):
+            for j in range(op):
+                _check(resident, reservoir, plan, seed + 100 * i + j)
+        elif op[0] == "tail":
+            _, n, first = op
+            ids = ids.clone()
+            ids[first : first + n] = torch.arange(2000 + 50 * i, 2000 + 50 * i + len(ids[first : first + n]))
+            plan, _ = update_plan(plan, ids, BUCKETS)
+            resident.follow(plan)
+        elif op[0] == "grow":
+            if ids.numel() > BUCKETS[0]:
+                continue
+            ids = torch.cat((ids, torch.arange(3500, 3500 + 100)))
+            plan, _ = update_plan(plan, ids, BUCKETS)
+            resident.follow(plan)
+        else:
+            target = plan.ids[op[1] : op[1] + 1]
+            reservoir[target] += 1.0  # what online alignment does, then tells the rows which ids changed
+            resident.refresh(target)
+
+
+def test_static_rows_are_packed_whole_and_a_tail_that_moves_leaves_its_prefix_packed():
+    reservoir, resident, plan = _resident(0)
+    head = resident.head
+    for call in range(PACK_AFTER_CALLS):
+        _check(resident, reservoir, plan, call)
+    assert head.packed_rows == 0  # a full window first
+    _check(resident, reservoir, plan, 99)
+    assert head.packed_rows == plan.bucket  # static: packed whole
+    ids = plan.ids[: plan.size].clone()
+    for step in range(4):  # a living vocabulary: its tail (columns 1500 on) moves every step, twice a window
+        ids[1500 + step] = 3000 + step
+        plan, _ = update_plan(plan, ids, BUCKETS)
+        resident.follow(plan)
+        for call in range(5):
+            _check(resident, reservoir, plan, 10 * step + call)
+    assert 1500 <= head.packed_rows <= 1503  # the columns that stayed put through a window
+    ids[100] = 3999  # a change inside the packed columns drops them
+    plan, _ = update_plan(plan, ids, BUCKETS)
+    resident.follow(plan)
+    assert head.packed_rows == 0
+    _check(resident, reservoir, plan, 1000)
+
+
+def test_short_prefixes_and_fixed_kernels_are_not_packed_but_small_static_sets_are(monkeypatch):
+    reservoir, resident, plan = _resident(1)
+    ids = plan.ids[: plan.size].clone()
+    for step in range(6):  # columns from MIN_PACKED_ROWS - 1 on move: too short a prefix
+        ids[MIN_PACKED_ROWS - 1] = 3000 + step
+        plan, _ = update_plan(plan, ids, BUCKETS)
+        resident.follow(plan)
+        for call in range(5):
+            _check(resident, reservoir, plan, call)
+    assert resident.head.packed_rows == 0
+    monkeypatch.setenv("EVOSPEC_HEAD_KERNEL", "linear")
+    reservoir, resident, plan = _resident(2)
+    for call in range(2 * PACK_AFTER_CALLS):
+        _check(resident, reservoir, plan, call)
+    assert not resident.head.packable and resident.head.packed_rows == 0
+    monkeypatch.delenv("EVOSPEC_HEAD_KERNEL")
+    plan, _ = update_plan(None, torch.arange(100), (128,))  # a small static set is packed whole
+    small = ActiveRows(reservoir, plan)
+    for call in range(PACK_AFTER_CALLS + 1):
+        _check(small, reservoir, plan, call)
+    assert small.head.packed_rows == 128
+
+
+@pytest.mark.parametrize("case", [[12, ("tail", 5, 1500), 2], [12, ("align", 10), 2], [12, ("grow",), 2]])
+def test_the_checks_catch_a_stale_copy(monkeypatch, case):
+    """With changes that do not drop the packed columns, each explicit case of the property fails (so the
+    property can fail)."""
+    from evospec.runtime import packed_prefix
+
+    def changed(self, low, bucket):  # the breakage: the window's record is kept, the packed copy is not dropped
+        self.bucket, self._low = bucket, min(self._low, low)
+
+    monkeypatch.setattr(packed_prefix.PackedPrefix, "changed", changed)
+    with pytest.raises(AssertionError):
+        test_logits_are_always_the_current_rows.hypothesis.inner_test(case, 0)
