@@ -12,14 +12,12 @@ packed for oneDNN (``packed_prefix.py``): a static set as a whole, a living voca
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
 from evospec.runtime.packed_prefix import PackedPrefix
-from evospec.runtime.skinny_head import onednn_available
+from evospec.runtime.skinny_head import may_pack
 
 
 class ActiveRows:
@@ -28,8 +26,7 @@ class ActiveRows:
         self.plan = plan  # host tensors: which columns changed is decided on the host, no device sync
         self.upload = upload or DeviceUploader(reservoir.device)
         self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
-        forced = os.environ.get("EVOSPEC_HEAD_KERNEL")  # a fixed kernel other than oneDNN: nothing is packed
-        self.head = PackedPrefix(onednn_available(self.rows) and forced in (None, "", "onednn"), plan.bucket)
+        self.head = PackedPrefix(may_pack(self.rows), plan.bucket)
 
     def logits(self, normed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host (``PackedPrefix``)."""

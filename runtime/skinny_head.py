@@ -42,6 +42,16 @@ def onednn_available(weight: torch.Tensor) -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def fixed_kernel() -> str | None:
+    """The kernel ``EVOSPEC_HEAD_KERNEL`` fixes for every head (reproducible runs), or None."""
+    return os.environ.get("EVOSPEC_HEAD_KERNEL") or None
+
+
+def may_pack(weight: torch.Tensor) -> bool:
+    """Whether rows like ``weight`` may go through oneDNN's packed product (unless another kernel is fixed)."""
+    return onednn_available(weight) and fixed_kernel() in (None, "onednn")
+
+
 def many_row_kernels(weight: torch.Tensor) -> tuple[str, ...]:
     """The kernels a many-row pass may use on this weight."""
     return ("linear", "skinny", "onednn") if onednn_available(weight) else ("linear", "skinny")
@@ -184,7 +194,7 @@ def make_skinny_head(head: nn.Module | None, min_elements: int | None = None) ->
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
         return None
     skinny = SkinnyHead(head)
-    forced = os.environ.get("EVOSPEC_HEAD_KERNEL")
+    forced = fixed_kernel()
     if forced:
         if forced not in KERNELS or (forced == "onednn" and not onednn_available(head.weight)):
             raise ValueError(f"EVOSPEC_HEAD_KERNEL={forced!r}: choose one of {KERNELS} (onednn needs float32 "
@@ -211,6 +221,6 @@ def timed_drafter_head(head: nn.Module) -> SkinnyHead | None:
     """A drafter head's kernels timed on this machine (``DRAFTER_AUTOTUNE_MIN_ELEMENTS`` weights or more, or
     fixed by ``EVOSPEC_HEAD_KERNEL``); None where ``nn.Linear`` stays (small heads: the demo and test pairs)."""
     weight = getattr(head, "weight", None)
-    if weight is None or (weight.numel() < DRAFTER_AUTOTUNE_MIN_ELEMENTS and not os.environ.get("EVOSPEC_HEAD_KERNEL")):
+    if weight is None or (weight.numel() < DRAFTER_AUTOTUNE_MIN_ELEMENTS and fixed_kernel() is None):
         return None
     return make_skinny_head(head, DRAFTER_AUTOTUNE_MIN_ELEMENTS)

@@ -1,5 +1,6 @@
-"""The host head over resident rows packs the leading columns that stay put (runtime/packed_prefix.py): its
-logits are always those of the current rows, and it packs what its rule says, no more."""
+"""The host head over resident rows (runtime/packed_prefix.py) packs the leading columns that stay put once and
+the rest after each change: its logits are always those of the current rows, and its prefix is what the rule
+says, no more."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ ops = st.lists(st.one_of(st.integers(1, 20), st.tuples(st.just("tail"), st.integ
 @example([12, ("align", 10), 12, ("align", 1800), 2], 1).via("packed rows, then aligned ones inside the packed part")
 @example([12, ("grow",), 2], 2).via("a packed set, then a larger bucket")
 @example([9, ("tail", 3, 1500), 9, ("tail", 3, 1700), 9, ("tail", 3, 1200), 2], 3).via("a packed prefix cut back")
+@example([2, ("tail", 3, 1500), 2], 4).via("a packed tail, then moved columns in it")
+@example([12, ("tail", 3, 1500), 3, ("tail", 3, 1700), 2], 5).via("a prefix and a packed tail, then a tail move")
 def test_logits_are_always_the_current_rows(ops, seed):
     reservoir, resident, plan = _resident(seed)
     ids = plan.ids[: plan.size].clone()
@@ -112,15 +115,25 @@ def test_short_prefixes_and_fixed_kernels_are_not_packed_but_small_static_sets_a
     assert small.head.packed_rows == 128
 
 
-@pytest.mark.parametrize("case", [[12, ("tail", 5, 1500), 2], [12, ("align", 10), 2], [12, ("grow",), 2]])
-def test_the_checks_catch_a_stale_copy(monkeypatch, case):
-    """With changes that do not drop the packed columns, each explicit case of the property fails (so the
-    property can fail)."""
+PREFIX_CASES = [[12, ("tail", 5, 1500), 2], [12, ("align", 10), 2], [12, ("grow",), 2],
+                [9, ("tail", 3, 1500), 9, ("tail", 3, 1700), 2]]
+TAIL_CASES = [[2, ("tail", 3, 1500), 2], [2, ("align", 1800), 2], [2, ("grow",), 2],
+              [12, ("tail", 3, 1500), 3, ("tail", 3, 1700), 2]]
+
+
+@pytest.mark.parametrize("kept,case", [("both copies", c) for c in PREFIX_CASES + TAIL_CASES] +
+                         [("the tail's copy", c) for c in TAIL_CASES])
+def test_the_checks_catch_a_stale_copy(monkeypatch, kept, case):
+    """With changes that leave a packed copy in place, the property's explicit cases fail (so it can fail)."""
     from evospec.runtime import packed_prefix
 
-    def changed(self, low, bucket):  # the breakage: the window's record is kept, the packed copy is not dropped
-        self.bucket, self._low = bucket, min(self._low, low)
+    def changed(self, low, bucket):  # the breakage: the window's record is kept, a packed copy is not dropped
+        if bucket != self.bucket:
+            self.bucket, low = bucket, 0
+        self._low = min(self._low, low)
+        if kept == "the tail's copy" and low < self.packed_rows:
+            self.prefix, self.packed_rows = None, 0
 
     monkeypatch.setattr(packed_prefix.PackedPrefix, "changed", changed)
-    with pytest.raises(AssertionError):
+    with pytest.raises((AssertionError, RuntimeError)):  # wrong logits, or a stale copy of the old bucket's size
         test_logits_are_always_the_current_rows.hypothesis.inner_test(case, 0)

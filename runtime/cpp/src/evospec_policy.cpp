@@ -197,12 +197,15 @@ class EvoSpecPolicy : public Policy {
       });
       for (int64_t i = 0; i < budget; ++i) tail.push_back(entries[i].first);
     }
-    std::unordered_set<int64_t> in_tail(tail.begin(), tail.end());
     std::vector<int64_t> active(ranked_.begin(), ranked_.begin() + core_size_);
     active.insert(active.end(), tail.begin(), tail.end());
     int64_t room = frequency_fill_ ? budget - static_cast<int64_t>(tail.size()) : 0;  // mass-routed: no fill here
-    for (size_t i = core_size_; i < ranked_.size() && room > 0; ++i)
-      if (!in_tail.count(ranked_[i])) active.push_back(ranked_[i]), --room;
+    if (room > 0) {  // a mask, not a hash set of the tail: this runs every step
+      std::vector<bool> in_tail(member_.size(), false);
+      for (int64_t id : tail) in_tail[id] = true;
+      for (size_t i = core_size_; i < ranked_.size() && room > 0; ++i)
+        if (!in_tail[ranked_[i]]) active.push_back(ranked_[i]), --room;
+    }
     fill_start_ = core_size_ + static_cast<int64_t>(tail.size());
     if (active != active_) {
       active_ = active;

@@ -13,14 +13,27 @@ namespace evospec::detail {
 
 namespace {
 
-// The ops torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise call from Python.
-std::optional<c10::OperatorHandle> mkldnn_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchema({name, ""});
+// The ops torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise call from Python, looked up once.
+const std::optional<c10::OperatorHandle>& reorder_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""});
+  return op;
 }
 
-at::Tensor call_boxed(const char* name, std::vector<c10::IValue> stack) {
-  mkldnn_op(name)->callBoxed(&stack);
+const std::optional<c10::OperatorHandle>& packed_linear_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return op;
+}
+
+at::Tensor call_boxed(const c10::OperatorHandle& op, std::vector<c10::IValue> stack) {
+  op.callBoxed(&stack);
   return stack.at(0).toTensor();
+}
+
+at::Tensor pack(const at::Tensor& rows) { return call_boxed(*reorder_op(), {rows.contiguous(), c10::IValue()}); }
+
+at::Tensor packed_logits(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias) {
+  return call_boxed(*packed_linear_op(),
+                    {x, packed, bias, std::string("none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
 }
 
 }  // namespace
@@ -29,32 +42,32 @@ bool packed_linear_available(const at::Tensor& rows) {
   const char* forced = std::getenv("EVOSPEC_HEAD_KERNEL");  // as Python: only unset or "onednn" packs
   bool allowed = forced == nullptr || std::string(forced).empty() || std::string(forced) == "onednn";
   return allowed && at::hasMKLDNN() && rows.scalar_type() == at::kFloat && rows.device().is_cpu() &&
-         mkldnn_op("mkldnn::_reorder_linear_weight") && mkldnn_op("mkldnn::_linear_pointwise");
+         reorder_op().has_value() && packed_linear_op().has_value();
 }
 
 void PackedPrefix::changed(int64_t low, int64_t bucket) {
   if (bucket != bucket_) bucket_ = bucket, low = 0;
   low_ = std::min(low_, low);
-  if (low < packed_rows_) packed_ = at::Tensor(), packed_rows_ = 0;
+  if (low < packed_rows_) prefix_ = at::Tensor(), packed_rows_ = 0;
+  tail_ = at::Tensor();
 }
 
 at::Tensor PackedPrefix::logits(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias) {
+  if (!packable_) return at::linear(normed, rows) + bias;
+  int64_t n = rows.size(0);
   if (++calls_ > kPackAfterCalls) {
-    bool whole_or_long = low_ == rows.size(0) || low_ >= kMinPackedRows;
-    if (packable_ && whole_or_long && low_ > packed_rows_) {
-      packed_ = call_boxed("mkldnn::_reorder_linear_weight", {rows.narrow(0, 0, low_).contiguous(), c10::IValue()});
-      packed_rows_ = low_;
+    bool whole_or_long = low_ == n || low_ >= kMinPackedRows;
+    if (whole_or_long && low_ > packed_rows_) {
+      prefix_ = pack(rows.narrow(0, 0, low_)), packed_rows_ = low_, tail_ = at::Tensor();
     }
     calls_ = 1, low_ = bucket_;  // this call opens the next window
   }
   int64_t p = packed_rows_;
-  if (p == 0) return at::linear(normed, rows) + bias;
+  if (!tail_.defined() && p < n) tail_ = pack(rows.narrow(0, p, n - p));
   at::Tensor x = normed.contiguous();
-  at::Tensor front = call_boxed("mkldnn::_linear_pointwise", {x, packed_, bias.narrow(0, 0, p), std::string("none"),
-                                                              c10::List<std::optional<at::Scalar>>(), std::string("")});
-  if (p == rows.size(0)) return front;
-  int64_t rest = rows.size(0) - p;
-  return at::cat({front, at::linear(x, rows.narrow(0, p, rest)) + bias.narrow(0, p, rest)}, 1);
+  if (p == 0) return packed_logits(x, tail_, bias);
+  at::Tensor front = packed_logits(x, prefix_, bias.narrow(0, 0, p));
+  return p == n ? front : at::cat({front, packed_logits(x, tail_, bias.narrow(0, p, n - p))}, 1);
 }
 
 }  // namespace evospec::detail

@@ -1,5 +1,6 @@
-// The host LM head over resident rows, with the leading columns that stay put packed for oneDNN
-// (runtime/packed_prefix.py, whose rule this mirrors exactly so that both runtimes draft alike).
+// The host LM head over resident rows through oneDNN's packed product: the leading columns that stay put packed
+// once, the rest packed again after each change (runtime/packed_prefix.py, whose rule this mirrors exactly so
+// that both runtimes draft alike).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,8 +24,9 @@ class PackedPrefix {
  private:
   bool packable_;
   int64_t bucket_;
-  at::Tensor packed_;  // oneDNN's copy of rows[:packed_rows_]
+  at::Tensor prefix_;  // oneDNN's copy of rows[:packed_rows_]
   int64_t packed_rows_ = 0;
+  at::Tensor tail_;  // oneDNN's copy of rows[packed_rows_:], until the next change
   int64_t calls_ = 0;  // calls in the current window
   int64_t low_;        // lowest column changed in the current window
 };
