@@ -6,8 +6,8 @@ the gathered matrix and, when the plan changes, copies only the columns whose id
 delta that ``update_plan`` arranges by keeping retained ids in their columns. On a GPU the
 changed columns and their ids go up through pinned memory on a side stream (``DeviceUploader``).
 
-On a CPU the head over these rows is computed here (``logits``), with the leading columns that stay put
-packed for oneDNN (``packed_prefix.py``): a static set as a whole, a living vocabulary's core.
+On a CPU the head over these rows is computed here (``logits``), through oneDNN's packed product
+(``packed_head.py``: the leading columns that stay put packed once, the rest after each change).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
-from evospec.runtime.packed_prefix import PackedPrefix
+from evospec.runtime.packed_head import PackedHead
 from evospec.runtime.skinny_head import may_pack
 
 
@@ -26,10 +26,10 @@ class ActiveRows:
         self.plan = plan  # host tensors: which columns changed is decided on the host, no device sync
         self.upload = upload or DeviceUploader(reservoir.device)
         self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
-        self.head = PackedPrefix(may_pack(self.rows), plan.bucket)
+        self.head = PackedHead(may_pack(self.rows), plan.bucket)
 
     def logits(self, normed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host (``PackedPrefix``)."""
+        """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host (``PackedHead``)."""
         return self.head.logits(normed, self.rows, bias)
 
     def follow(self, plan: GatherPlan, cols: torch.Tensor | None = None) -> int:

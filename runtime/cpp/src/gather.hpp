@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "packed_prefix.hpp"
+#include "packed_head.hpp"
 
 namespace evospec::detail {
 
@@ -29,7 +29,7 @@ GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& a
                        const std::vector<int64_t>& buckets, int64_t& moved);
 
 // The active rows, gathered once and then refreshed by deltas (only changed columns are copied).
-// The head over them packs the leading columns that stay put (PackedPrefix), as Python's ActiveRows does.
+// The head over them packs the leading columns that stay put (PackedHead), as Python's ActiveRows does.
 class ResidentRows {
  public:
   ResidentRows(at::Tensor reservoir, const GatherPlan& plan);
@@ -43,7 +43,7 @@ class ResidentRows {
  private:
   at::Tensor reservoir_, rows_, bias_;
   GatherPlan plan_;
-  PackedPrefix head_;
+  PackedHead head_;
   void set_bias();
 };
 

@@ -1,4 +1,4 @@
-#include "packed_prefix.hpp"
+#include "packed_head.hpp"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -45,14 +45,14 @@ bool packed_linear_available(const at::Tensor& rows) {
          reorder_op().has_value() && packed_linear_op().has_value();
 }
 
-void PackedPrefix::changed(int64_t low, int64_t bucket) {
+void PackedHead::changed(int64_t low, int64_t bucket) {
   if (bucket != bucket_) bucket_ = bucket, low = 0;
   low_ = std::min(low_, low);
   if (low < packed_rows_) prefix_ = at::Tensor(), packed_rows_ = 0;
   tail_ = at::Tensor();
 }
 
-at::Tensor PackedPrefix::logits(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias) {
+at::Tensor PackedHead::logits(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias) {
   if (!packable_) return at::linear(normed, rows) + bias;
   int64_t n = rows.size(0);
   if (++calls_ > kPackAfterCalls) {

@@ -12,7 +12,7 @@ A static set (the drafter's own vocabulary, FR-Spec's list) stays put as a whole
 its tail: its core is listed first and a retained id never changes column (``update_plan``), so its leading
 columns stay put. Those are packed once (``prefix``) and only the tail is packed again after a change.
 
-The rule (mirrored by the C++ library's ``PackedPrefix``, so both draft alike): calls are counted in windows of
+The rule (mirrored by the C++ library's ``PackedHead``, so both draft alike): calls are counted in windows of
 ``PACK_AFTER_CALLS``. A window remembers the lowest column any change touched (none: the whole bucket). When a
 window ends, the columns below that were unchanged through all of it, and they become the prefix when they are
 all the rows or at least ``MIN_PACKED_ROWS`` of them, and more than the prefix holds already. A change inside
@@ -38,7 +38,7 @@ def _packed_logits(normed: torch.Tensor, packed: torch.Tensor, bias: torch.Tenso
     return torch.ops.mkldnn._linear_pointwise(normed, packed, bias, "none", [], "")
 
 
-class PackedPrefix:
+class PackedHead:
     """Packing state of one resident row matrix: tell it each change (``changed``), ask it for logits."""
 
     def __init__(self, packable: bool, bucket: int) -> None:

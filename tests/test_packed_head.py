@@ -1,4 +1,4 @@
-"""The host head over resident rows (runtime/packed_prefix.py) packs the leading columns that stay put once and
+"""The host head over resident rows (runtime/packed_head.py) packs the leading columns that stay put once and
 the rest after each change: its logits are always those of the current rows, and its prefix is what the rule
 says, no more."""
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.gather import update_plan
-from evospec.runtime.packed_prefix import MIN_PACKED_ROWS, PACK_AFTER_CALLS
+from evospec.runtime.packed_head import MIN_PACKED_ROWS, PACK_AFTER_CALLS
 
 BUCKETS = (2048, 3072)
 VOCAB, DIM = 4000, 8
@@ -125,7 +125,7 @@ TAIL_CASES = [[2, ("tail", 3, 1500), 2], [2, ("align", 1800), 2], [2, ("grow",),
                          [("the tail's copy", c) for c in TAIL_CASES])
 def test_the_checks_catch_a_stale_copy(monkeypatch, kept, case):
     """With changes that leave a packed copy in place, the property's explicit cases fail (so it can fail)."""
-    from evospec.runtime import packed_prefix
+    from evospec.runtime import packed_head
 
     def changed(self, low, bucket):  # the breakage: the window's record is kept, a packed copy is not dropped
         if bucket != self.bucket:
@@ -134,6 +134,6 @@ def test_the_checks_catch_a_stale_copy(monkeypatch, kept, case):
         if kept == "the tail's copy" and low < self.packed_rows:
             self.prefix, self.packed_rows = None, 0
 
-    monkeypatch.setattr(packed_prefix.PackedPrefix, "changed", changed)
+    monkeypatch.setattr(packed_head.PackedHead, "changed", changed)
     with pytest.raises((AssertionError, RuntimeError)):  # wrong logits, or a stale copy of the old bucket's size
         test_logits_are_always_the_current_rows.hypothesis.inner_test(case, 0)

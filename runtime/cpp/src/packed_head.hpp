@@ -1,5 +1,5 @@
 // The host LM head over resident rows through oneDNN's packed product: the leading columns that stay put packed
-// once, the rest packed again after each change (runtime/packed_prefix.py, whose rule this mirrors exactly so
+// once, the rest packed again after each change (runtime/packed_head.py, whose rule this mirrors exactly so
 // that both runtimes draft alike).
 #pragma once
 
@@ -12,9 +12,9 @@ namespace evospec::detail {
 constexpr int64_t kPackAfterCalls = 8;    // calls in a window (PACK_AFTER_CALLS)
 constexpr int64_t kMinPackedRows = 1024;  // MIN_PACKED_ROWS: the shortest prefix packed (a whole set: any)
 
-class PackedPrefix {
+class PackedHead {
  public:
-  PackedPrefix(bool packable, int64_t bucket) : packable_(packable), bucket_(bucket), low_(bucket) {}
+  PackedHead(bool packable, int64_t bucket) : packable_(packable), bucket_(bucket), low_(bucket) {}
   // Columns from ``low`` on were rewritten (a new bucket: every row is new).
   void changed(int64_t low, int64_t bucket);
   // normed [N, d] @ rows.T + bias -> [N, bucket].
