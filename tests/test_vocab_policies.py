@@ -446,6 +446,14 @@ def test_cli_vocab_dynaspec_then_profile(torch_bundle, tmp_path):
         "--max-new-tokens", "12", "--json", str(out))
     rows = [r for r in json.loads(out.read_text()) if r["policy"] == "dynaspec:64:8"]  # beside the full-vocabulary rows
     assert rows and all(r["identical_to_plain"] and r["active_size"] == 64 for r in rows)
+    common = ["--target", str(TARGET), "--corpus", str(corpus), "--prompts", "1", "--prompt-tokens", "16",
+              "--max-new-tokens", "12", "--router", str(router)]
+    benched = tmp_path / "b.json"
+    run("bench", "--bundle", str(torch_bundle), "--vocab", "dynaspec:64:8", *common, "--json", str(benched))
+    rows = [r for r in json.loads(benched.read_text()) if r["method"] != "plain"]
+    assert rows and all(r["identical_to_plain"] for r in rows)  # bench takes the router too
+    bad = run("bench", "--drafter", str(DRAFTER), *common, check=False)
+    assert bad.returncode == 2 and "need --bundle" in bad.stderr
 
 
 def test_bundle_carries_the_statistical_index(tmp_path):

@@ -118,10 +118,6 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
 @click.option("--target", "target_dir", required=True, type=click.Path(path_type=Path), help="HF causal LM directory.")
 @click.option("--drafter", "drafter_dir", type=click.Path(path_type=Path), help="EAGLE-3 drafter directory.")
 @bundle_options
-@click.option("--router", type=click.Path(path_type=Path), default=None,
-              help="Router file for dynaspec:K:C (`evospec vocab dynaspec`).")
-@click.option("--evospec-config", type=click.Path(path_type=Path), default=None,
-              help="TOML of EvoSpec's settings and variants (template: configs/evospec.toml; default: built-in).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, help="float32, float16, bfloat16, float64 or auto.")
 @click.option("--tap-numbering", type=click.Choice(["input", "output"]), default="input", show_default=True,
