@@ -55,8 +55,8 @@ from evospec.core.settings import DecodeSettings
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="This runtime: torch intra-op threads (default: torch's own choice, one per core). A tiny "
                    "model's step is many small calls, where one thread can beat two.")
-def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, router, evospec_config, corpus,
-          domains, prompts, prompt_tokens,
+def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, router, evospec_config,
+          corpus, domains, prompts, prompt_tokens,
           json_path, plot_path, device, dtype, tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads,
           vllm_compile, breakdown, threads, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
@@ -73,8 +73,8 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
         raise click.UsageError("--vocab is this runtime's policy; vLLM serves a fixed export (--vllm-drafter DIR from "
                                "`evospec export --format vllm --vocab ...`): compare policies with --engine evospec")
     if (vocab_policy, frequencies, router, evospec_config) != (None,) * 4 and bundle_dir is None:
-        raise click.UsageError("--vocab, --frequencies, --router and --evospec-config need --bundle: policies choose rows "
-                               "of its reservoir")
+        raise click.UsageError("--vocab, --frequencies, --router and --evospec-config need --bundle: policies "
+                               "choose rows of its reservoir")
     if drafter_runtime != "python" and bundle_dir is None:
         raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
     vllm_source = drafter_dir if bundle_dir is None else bundle_dir / "drafter"  # a bundle carries its drafter's copy

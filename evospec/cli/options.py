@@ -8,8 +8,8 @@ import click
 
 
 def bundle_options(command):
-    """``--bundle``, ``--vocab``, ``--frequencies``, ``--drafter-runtime``, ``--router``, ``--evospec-config``: draft with
-    a compiled bundle under a vocabulary policy, in Python or in the C++ library."""
+    """``--bundle``, ``--vocab``, ``--frequencies``, ``--drafter-runtime``, ``--router``, ``--evospec-config``: draft
+    with a compiled bundle under a vocabulary policy, in Python or in the C++ library."""
     for option in reversed((
         click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
                      help="Draft with a compiled bundle (`evospec compile`) instead of --drafter."),
@@ -25,7 +25,8 @@ def bundle_options(command):
         click.option("--router", type=click.Path(path_type=Path), default=None,
                      help="Router file for dynaspec:K:C (`evospec vocab dynaspec`)."),
         click.option("--evospec-config", type=click.Path(path_type=Path), default=None,
-                     help="TOML of EvoSpec's settings and variants (template: configs/evospec.toml; default: built-in)."),
+                     help="TOML of EvoSpec's settings and variants (template: configs/evospec.toml; default: "
+                          "built-in)."),
     )):
         command = option(command)
     return command
