@@ -27,6 +27,7 @@ from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.target_law import TargetRow
 from evospec.runtime.tree import DraftRequest, DraftTree, StepCosts, draft_tree
+from evospec.runtime.shape_choice import CHAIN, ShapeChooser
 from evospec.runtime.tree_costs import StepCostModel, StepTiming, tried_edges
 from evospec.runtime.trunk_clock import TrunkClock, trunk_module
 from evospec.runtime.verify import verify_greedy, verify_sampling
@@ -72,6 +73,7 @@ class SpeculativeGenerator:
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
+        self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -216,6 +218,8 @@ class SpeculativeGenerator:
         native = self.native if s.use_draft else None
         use_draft = s.use_draft and (drafter is not None or native is not None)
         auto = use_draft and s.draft_budget == "auto"
+        # auto on a tree also weighs the chain each step (shape_choice.py); the C++ drafter drafts no sampled chain
+        choose_shape = auto and s.draft_tree == "tree" and not (native is not None and s.temperature > 0)
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
@@ -262,6 +266,8 @@ class SpeculativeGenerator:
                 t0 = time.perf_counter()
                 tree = DraftTree.empty()
                 root_s = tree_s = 0.0
+                shape = self.shapes.next() if choose_shape else s.draft_tree
+                width = 1 if shape == CHAIN else s.tree_width
                 if policy is not None and not routed:
                     r0 = time.perf_counter()
                     active = policy.active_ids()
@@ -270,13 +276,19 @@ class SpeculativeGenerator:
                 if use_draft:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
-                    budget, costs = self.step_costs.plan(s.tree_budget, s.tree_width) if auto else (s.tree_budget, None)
+                    if shape == CHAIN and s.draft_tree == "tree":  # the chain alternative: fixed, no value rule
+                        budget, costs = s.draft_depth, None
+                    elif auto:
+                        budget, costs = self.step_costs.plan(s.tree_budget, width)
+                    else:
+                        budget, costs = s.tree_budget, None
                     if native is not None:
-                        tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, budget, costs)
+                        tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, width, budget,
+                                                                  costs)
                     else:
                         with trunk:
                             tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator,
-                                                               budget, costs)
+                                                               width, budget, costs)
                         stats.trunk_time_s = trunk.seconds
                     self._sync()
                     stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
@@ -304,10 +316,10 @@ class SpeculativeGenerator:
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size
-                if auto:
+                if auto and width == s.tree_width:  # the cost model prices the configured shape's nodes
                     self.step_costs.observe(StepTiming(
                         rows=1 + tree.size, verify_ms=(t4 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
-                        level_rows=tree.level_rows, width=s.tree_width, edges=tried_edges(tree, verdict.accepted_nodes)))
+                        level_rows=tree.level_rows, width=width, edges=tried_edges(tree, verdict.accepted_nodes)))
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
                 if native is not None:
@@ -337,7 +349,10 @@ class SpeculativeGenerator:
                     else:
                         policy.observe(new_tokens, state)
                     stats.retrieval_time_s += time.perf_counter() - r0
-                stats.step_time_s += time.perf_counter() - t0
+                step_s = time.perf_counter() - t0
+                stats.step_time_s += step_s
+                if choose_shape:
+                    self.shapes.observe(shape, len(emit), step_s * 1e3)
                 for token in emit:
                     yield token
                 emitted += len(emit)
@@ -382,12 +397,12 @@ class SpeculativeGenerator:
         return TargetRow(logits.cpu(), s.temperature, s.top_p).draw(generator)  # the nucleus only if a draw needs it
 
     @staticmethod
-    def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats, budget: int,
-                      costs: StepCosts | None) -> tuple[DraftTree, float, float]:
+    def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats, width: int,
+                      budget: int, costs: StepCosts | None) -> tuple[DraftTree, float, float]:
         """The C++ library's tree (with ``costs``: its value-based budget, Python's rule), and the seconds of its
         root call and of drafting past it as the library times them; its policy's choice and row moves happen
         inside ``propose``."""
-        drafted = native.propose(pairs_hidden, root, s.draft_depth, s.tree_width, budget, costs)
+        drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)
         if native.policy is not None:
             active, moved = native.active()
             stats.active_rows_moved += moved
@@ -406,6 +421,7 @@ class SpeculativeGenerator:
         pairs_tokens: list[int],  # [T] the token after each of them
         s: DecodeSettings,
         generator: torch.Generator,
+        width: int,
         budget: int,
         costs: StepCosts | None,
     ) -> tuple[DraftTree, float, float]:
@@ -431,7 +447,7 @@ class SpeculativeGenerator:
             hidden=hidden[0, -1:],
             logits=logits[0, -1],
             committed=cache.length,
-            width=s.tree_width,
+            width=width,
             depth=s.draft_depth,
             budget=budget,
             temperature=s.temperature,

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from evospec import DecodeSettings, SettingsError, SpeculativeGenerator
 from evospec.runtime.drafter import DrafterKVCache
+from evospec.runtime.shape_choice import TREE, ShapeChoiceSettings, ShapeChooser
 from evospec.runtime.tree import EDGE_BINS, DraftTree, StepCosts
 from evospec.runtime.tree_costs import SEED_FRACTIONS, StepCostModel, StepTiming, tried_edges
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
@@ -60,7 +61,7 @@ def drafted(pair, prompt: list[int], width: int, depth: int, budget: int, costs:
     cache = DrafterKVCache(drafter.config, len(prompt) + 1 + depth * width, target.device, drafter.dtype)
     s = DecodeSettings(draft_tree="chain" if width == 1 else "tree", draft_depth=depth, draft_topk=width,
                        draft_tokens=budget, draft_budget="fixed" if costs is None else "auto")
-    tree, _, _ = generator._draft(cache, out.features, prompt[1:] + [root], s, torch.Generator(), budget, costs)
+    tree, _, _ = generator._draft(cache, out.features, prompt[1:] + [root], s, torch.Generator(), width, budget, costs)
     return tree
 
 
@@ -306,6 +307,7 @@ def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair):
             pass
 
     generator.native = Library()
+    generator.shapes = ShapeChooser(ShapeChoiceSettings(shapes=(TREE,)))  # the value rule's calls, no chain steps
     s = DecodeSettings(max_new_tokens=6, draft_budget="auto")
     assert generator.generate([1, 2], s).token_ids == hf_greedy(model, [1, 2], 6)
     assert calls and all(call == (s.tree_budget, costs) for call in calls)

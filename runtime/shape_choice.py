@@ -1,0 +1,85 @@
+"""Chain or tree, chosen online by what each step actually delivered: tokens emitted per millisecond.
+
+``--draft-budget auto`` on a tree prices nodes with :class:`~evospec.runtime.tree_costs.StepCostModel`,
+whose verification line is a function of rows only. On a CPU the tree pays more than that: its wider
+drafter levels leave the target's weights colder, and a 6-row verification after tree drafting took
+8.8 ms against 7.6 ms after a chain's (README, stop 36). No rows term sees that, so the tree kept
+nodes that did not pay and ran slower than the chain wherever its tau was higher.
+
+:class:`ShapeChooser` compares whole steps instead: for each shape (the chain of ``draft_depth``, the
+tree under the value rule) the tokens emitted and the wall time of the step, drafting, verification and
+bookkeeping together, over a window of recent steps; each step drafts the shape with the most tokens per
+ms. Until both shapes have ``warmup`` steps it alternates, and every ``explore_every``-th step drafts the
+other one, so a shape that starts paying (a domain where the tree's tau pulls ahead) is seen. Like the
+cost model it lives as long as its generator. Either shape decodes exactly: the choice changes speed only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+CHAIN, TREE = "chain", "tree"
+
+
+@dataclass(frozen=True)
+class ShapeChoiceSettings:
+    """Attributes:
+    window: Recent steps of each shape its rate is measured over.
+    warmup: Steps of each shape before the rates decide (the shapes alternate until then).
+    explore_every: Every so many steps, the shape that is not ahead (0: never, after warm-up).
+    shapes: The shapes to choose from (one shape: always that one; tests of the value rule pin the tree).
+    """
+
+    window: int = 48
+    warmup: int = 6
+    explore_every: int = 12
+    shapes: tuple[str, ...] = (CHAIN, TREE)
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.warmup < 1 or self.explore_every < 0:
+            raise ValueError(f"shape choice needs window >= 1, warmup >= 1, explore_every >= 0 (got {self})")
+        if not self.shapes or set(self.shapes) - {CHAIN, TREE}:
+            raise ValueError(f"shapes are {CHAIN!r} and {TREE!r} (got {self.shapes})")
+
+
+class ShapeChooser:
+    """Tokens per ms of each shape over its last ``window`` steps, and the shape to draft next."""
+
+    def __init__(self, settings: ShapeChoiceSettings = ShapeChoiceSettings()) -> None:
+        self.settings = settings
+        self._steps = {shape: deque(maxlen=settings.window) for shape in (CHAIN, TREE)}
+        self._seen = 0
+        self.chosen = {CHAIN: 0, TREE: 0}  # steps drafted with each shape (reports read it)
+
+    def rate(self, shape: str) -> float | None:
+        """Tokens emitted per ms over the window (None before any step of the shape)."""
+        steps = self._steps[shape]
+        ms = sum(m for _, m in steps)
+        return sum(t for t, _ in steps) / ms if steps and ms > 0 else None
+
+    def ahead(self) -> str:
+        """The shape with the higher rate; the tree on a tie (it verifies more candidates)."""
+        chain, tree = self.rate(CHAIN), self.rate(TREE)
+        return CHAIN if chain is not None and (tree is None or chain > tree) else TREE
+
+    def next(self) -> str:
+        """The shape to draft this step."""
+        s = self.settings
+        if len(s.shapes) == 1:
+            self.chosen[s.shapes[0]] += 1
+            return s.shapes[0]
+        behind = [shape for shape in (TREE, CHAIN) if len(self._steps[shape]) < s.warmup]
+        if behind:
+            shape = behind[0] if len(behind) == 1 else (TREE, CHAIN)[self._seen % 2]
+        else:
+            shape = self.ahead()
+            if s.explore_every and self._seen % s.explore_every == s.explore_every - 1:
+                shape = CHAIN if shape == TREE else TREE
+        self.chosen[shape] += 1
+        return shape
+
+    def observe(self, shape: str, tokens: int, ms: float) -> None:
+        """A finished step of ``shape``: the tokens it emitted and its wall time."""
+        self._steps[shape].append((tokens, ms))
+        self._seen += 1
