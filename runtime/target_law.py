@@ -27,6 +27,7 @@ from evospec.runtime.sampling import BlockSampler, nucleus, row_scratch, sample,
 from evospec.runtime.tree import DraftTree
 
 SUM_SLACK = 1e-9  # of the row's total: > 151,851 * 2**-53 by a wide margin
+LIKELY_GATHER = 8192  # at most this many tokens at or above a probability: their mass is gathered, not masked
 DRAW_ATTEMPTS = 3  # proposals from the softmax before the exact law is built (each is accepted with prob >= mass / T)
 
 
@@ -51,6 +52,9 @@ class TargetRow:
         # the nucleus keeps a mass K in [T - limit, T] (``total`` follows the residual once the weights are built)
         self._kept_high = self.total + self._margin
         self._kept_low = self.total - self._limit - 2 * self._margin
+        # memberships proven so far, by probability (membership is monotone in it: ``_in_nucleus``)
+        self._kept_from = np.inf  # every token more likely than this is kept
+        self._removed_below = -np.inf  # every token less likely than this is removed
         self.shortcuts = 0
         self.fallbacks = 0
 
@@ -114,19 +118,47 @@ class TargetRow:
     def _in_nucleus(self, y: int) -> bool | None:
         """Whether the nucleus keeps y: it does when the mass of y and every token the nucleus orders below it
         exceeds the limit. That mass lies between ``below + s(y)`` and ``below + ties * s(y)`` (tokens of equal
-        probability are ordered by logit); None when the rounding band around the limit holds it."""
-        s = self._softmax[y]
-        if float(s) > self._limit + self._margin:
-            return True
-        masked = row_scratch.get("masked", self._softmax.size, self.dtype).numpy()
-        np.multiply(self._softmax, self._softmax < s, out=masked)  # exact: each value kept or zeroed
-        below = float(masked.sum(dtype=np.float64))
-        ties = int(np.count_nonzero(self._softmax == s))
-        if below + float(s) > self._limit + self._margin:
-            return True
-        if below + ties * float(s) < self._limit - self._margin:
+        probability are ordered by logit); None when the rounding band around the limit holds it.
+
+        Membership is monotone in probability, so each answer also settles every token strictly more likely
+        (kept) or strictly less likely (removed): later questions about those cost no pass over the row.
+        And the kept mass K of a nucleus is at most ``T - limit + s(b)``, b its least likely kept token, so a
+        token proven kept tightens the bound on K that ``decide`` and ``draw`` use (``_kept_high``)."""
+        s = float(self._softmax[y])
+        if s > self._kept_from or s > self._limit + self._margin:
+            return self._kept(s)
+        if s < self._removed_below:
+            return False
+        below, ties = self._mass_below(self._softmax[y])
+        if below + s > self._limit + self._margin:
+            return self._kept(s)
+        if below + ties * s < self._limit - self._margin:
+            self._removed_below = max(self._removed_below, s)
             return False
         return None
+
+    def _kept(self, s: float) -> bool:
+        """Record that a token of probability ``s`` is kept: the nucleus's least likely token is at most that
+        likely, so it removes more than ``limit - s`` (``total`` and the limit carry ``margin`` each)."""
+        if s < self._kept_from:
+            self._kept_from = s
+            self._kept_high = min(self._kept_high, self.total - self._limit + s + 3 * self._margin)
+        return True
+
+    def _mass_below(self, s: np.floating) -> tuple[float, int]:
+        """The mass of the tokens less likely than ``s`` and the number as likely. Likely tokens are
+        few: their mass is gathered and taken from the total (a compare pass and a gather, a third of a masked
+        sum's cost; the two sums' rounding differs by far less than ``margin``); otherwise the masked sum."""
+        p = self._softmax
+        mask = row_scratch.get("at_least", p.size, torch.bool).numpy()
+        np.greater_equal(p, s, out=mask)
+        if np.count_nonzero(mask) <= LIKELY_GATHER:
+            values = p[np.flatnonzero(mask)]
+            return self.total - float(values.sum(dtype=np.float64)), int(np.count_nonzero(values == s))
+        np.logical_not(mask, out=mask)
+        masked = row_scratch.get("masked", p.size, self.dtype).numpy()
+        np.multiply(p, mask, out=masked)  # exact: each value kept or zeroed (``np.sum(where=)`` is 3x slower)
+        return float(masked.sum(dtype=np.float64)), int(np.count_nonzero(p == s))
 
     # -- the exact law ----------------------------------------------------------------------------------
     def weights(self) -> tuple[torch.Tensor, float]:

@@ -49,6 +49,42 @@ def test_decisions_and_memberships_are_exact_or_unknown(logits, temperature, top
         assert TargetRow(logits, temperature, top_p).decide(x, threshold) in (None, threshold * total < weights[x])
 
 
+@settings(max_examples=120, deadline=None)
+@given(logits=rows, temperature=st.sampled_from([0.7, 1.0]), top_p=st.sampled_from([0.3, 0.6, 0.9]), data=st.data())
+def test_one_row_asked_many_times_stays_exact(logits, temperature, top_p, data):
+    """Answers a row remembers (memberships settled by probability, the kept mass bound they tighten) must leave
+    every later membership and decision exact or unknown, whatever order the questions come in."""
+    weights, total = exact_law(logits, temperature, top_p)
+    law = TargetRow(logits, temperature, top_p)
+    for x in data.draw(st.lists(st.integers(0, logits.numel() - 1), min_size=1, max_size=12)):
+        assert law._in_nucleus(x) in (None, bool(weights[x] > 0))
+        boundary = weights[x] / total
+        threshold = data.draw(st.sampled_from([boundary, boundary * (1 - 1e-6), boundary * (1 + 1e-6),
+                                               data.draw(st.floats(0.0, 1.5))]))
+        assert law.decide(x, threshold) in (None, threshold * total < weights[x])
+        assert not law._filtered
+
+
+def test_a_wide_row_settles_likely_tokens_by_gathering_and_remembers_them():
+    """A 151k-token row: a likely token's membership is gathered (few tokens at least as likely), a less likely
+    one's masked; once a token is kept, more likely ones need no pass, and the bound on the kept mass tightens."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(151_851, generator=g) * 2
+    weights, total = exact_law(logits, 1.0, 0.9)
+    law = TargetRow(logits, 1.0, 0.9)
+    order = np.argsort(-law._softmax)
+    passes = []
+    original = law._mass_below
+    law._mass_below = lambda s: passes.append(s) or original(s)
+    middle, likely = int(order[5000]), int(order[3])
+    assert law._in_nucleus(middle) is bool(weights[middle] > 0) is True
+    high = law._kept_high
+    softmax_total = law.total
+    assert high < softmax_total - law._limit + 2 * float(law._softmax[middle]) < softmax_total  # the bound on K tightened
+    assert law._in_nucleus(likely) is True and len(passes) == 1  # more likely than a kept token: no pass
+    assert law._kept_low <= total <= high  # the nucleus's kept mass lies inside the tightened bounds
+
+
 def test_decisions_are_mostly_made_without_the_nucleus():
     g = torch.Generator().manual_seed(0)
     made = asked = 0

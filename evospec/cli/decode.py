@@ -45,7 +45,8 @@ def decode_options(fn):
         click.option("--draft-budget", type=click.Choice(["fixed", "auto"]), default=None,
                      help="fixed: keep --draft-tokens nodes (a chain: --draft-depth); auto: keep the nodes whose path "
                           "probability pays for their verified row under step costs measured online, at most the "
-                          "fixed tree." + _default("draft_budget")),
+                          "fixed tree; on a tree, each step drafts the chain instead where chains lately delivered "
+                          "more tokens per ms." + _default("draft_budget")),
         click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
         click.option("--stream", is_flag=True, help="Print tokens as they are accepted (with --json: one JSON line per token)."),

@@ -28,7 +28,8 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-topk", type=int, default=None)
 @click.option("--draft-tokens", type=int, default=None)
 @click.option("--draft-budget", type=click.Choice(["fixed", "auto"]), default=None,
-              help="auto: nodes kept by value under step costs measured online, at most the fixed tree.")
+              help="auto: nodes kept by value under step costs measured online, at most the fixed tree; on a tree, "
+                   "each step drafts the chain or the tree, whichever delivered more tokens per ms lately.")
 @click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling.")
 @click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution.")
 @click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests.")

@@ -70,7 +70,9 @@ class DecodeSettings:
         draft_tokens: Nodes kept in the dynamic tree (best cumulative log-probability).
         draft_budget: ``fixed`` keeps ``draft_tokens`` nodes (a chain: ``draft_depth``); ``auto`` keeps the
             nodes whose path probability pays for their verified row under costs measured online, and
-            drafts levels only while they can pay (at most the fixed tree: runtime/tree.py).
+            drafts levels only while they can pay (at most the fixed tree: runtime/tree.py); on a tree it also
+            drafts the chain of ``draft_depth`` on steps where chains have lately delivered more tokens per ms
+            (runtime/shape_choice.py).
         use_draft: False decodes autoregressively through the same code (a tree of no nodes).
         stop_on_eos: Stop after the target's EOS token, as ``transformers.generate`` does.
     """
