@@ -500,3 +500,44 @@ def test_profile_vocab_checks_every_domains_split_before_decoding(tmp_path):
     with pytest.raises(CorpusError, match=r"switch/valid does not exist.*leave the domain out with --domains"):
         run_profile_vocab(NoDecoding(), str(tmp_path), ["full"], None, None, [DecodeSettings()],
                           BenchSettings(split="valid"))
+
+
+def test_pipelined_worker_runs_its_torch_ops_on_one_thread_and_leaves_the_callers_alone():
+    """The worker's jobs overlap the target forward: a job that split its ops over an OpenMP team of its own
+    made the forward's threads wait on two cores. Its thread counts one torch thread; the caller's count and the
+    count a thread started later begins with are unchanged."""
+    import ctypes
+    import threading
+
+    from evospec.runtime.vocab.pipelined import PipelinedPolicy
+
+    if not hasattr(ctypes.CDLL(None), "omp_set_num_threads"):
+        pytest.skip("this torch build loads no OpenMP runtime: there is no team to keep the worker out of")
+
+    class Recording:
+        name = "recording"
+
+        def reset(self, prompt_ids):
+            self.threads = []
+
+        def observe(self, committed, state=None):
+            self.threads.append(torch.get_num_threads())
+
+        def active_ids(self):
+            return torch.tensor([0])
+
+    before = torch.get_num_threads()
+    policy = PipelinedPolicy(Recording())
+    policy.reset([1])
+    for cycle in range(3):
+        policy.active_ids()
+        policy.observe([cycle])
+    policy.close()
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert policy.inner.threads == [1, 1, 1]
+    assert torch.get_num_threads() == before and later == [before]
+    if before == 1:
+        pytest.skip("torch runs one thread here: the caller's count cannot show it was left alone")
