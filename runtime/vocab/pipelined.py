@@ -20,11 +20,12 @@ the worker's set lacks in place of its last, lowest-ranked entries, so the set s
 
 from __future__ import annotations
 
-import ctypes
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
+
+from evospec.runtime.worker_threads import one_torch_thread
 
 
 def membership(ids: torch.Tensor) -> torch.Tensor:
@@ -65,24 +66,6 @@ def patched(base: torch.Tensor, extra: torch.Tensor, room: int, members: torch.T
     if new.numel() == 0:
         return base
     return torch.cat((base[: base.numel() - new.numel()], new))
-
-
-def one_torch_thread() -> None:
-    """The worker's initializer: the torch ops of its jobs run on its own thread, without an OpenMP team.
-
-    Why: the job runs while the target forward runs, and its row-sized ops (a 151k-entry membership mask, the
-    drift test's ``any``) are large enough for torch to split over a team of OpenMP threads of their own. On
-    two cores that team and the forward's threads took turns: the target's pass in a K = 16384 EvoSpec step
-    took 14-16 ms against 9-10.5 with FR-Spec's static set (same rows, same bundle; stop 37), and 10.6 with
-    this. OpenMP's thread count is per calling thread, so this leaves the decoding thread's (and any thread
-    started later) as it was; ``torch.set_num_threads`` would also change the count new threads start with.
-    Where the process has no OpenMP runtime loaded there is no team to avoid."""
-    try:
-        set_threads = ctypes.CDLL(None).omp_set_num_threads
-    except AttributeError:
-        return
-    torch.get_num_threads()  # torch's once-per-thread setup first: run later, it would set the count back
-    set_threads(1)
 
 
 class PipelinedPolicy:
