@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from evospec.bundle.compile import compile_bundle
+from evospec.runtime.shape_choice import TREE, ShapeChoiceSettings, ShapeChooser
 from evospec.core.settings import DecodeSettings
 from evospec.passes.base import CompileSettings
 from evospec.runtime.native_drafter import library_path
@@ -114,6 +115,7 @@ def decode(bundle, runtime: str, settings: DecodeSettings, costs: StepCosts | No
     from evospec.runtime.generator import SpeculativeGenerator
 
     generator = SpeculativeGenerator.from_bundle(bundle, DEMO_TARGET, drafter_runtime=runtime)
+    generator.shapes = ShapeChooser(ShapeChoiceSettings(shapes=(TREE,)))  # trees every step: no timed chain choice
     if costs is not None:
         generator.step_costs = FixedCosts(costs)
     trees = []
