@@ -23,11 +23,11 @@ from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
+from evospec.runtime.shape_choice import CHAIN, ShapeChooser
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.target_law import TargetRow
 from evospec.runtime.tree import DraftRequest, DraftTree, StepCosts, draft_tree
-from evospec.runtime.shape_choice import CHAIN, ShapeChooser
 from evospec.runtime.tree_costs import StepCostModel, StepTiming, tried_edges
 from evospec.runtime.trunk_clock import TrunkClock, trunk_module
 from evospec.runtime.verify import verify_greedy, verify_sampling
@@ -276,7 +276,7 @@ class SpeculativeGenerator:
                 if use_draft:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
-                    if shape == CHAIN and s.draft_tree == "tree":  # the chain alternative: fixed, no value rule
+                    if choose_shape and shape == CHAIN:  # the chain alternative: fixed, no value rule
                         budget, costs = s.draft_depth, None
                     elif auto:
                         budget, costs = self.step_costs.plan(s.tree_budget, width)
