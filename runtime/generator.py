@@ -74,6 +74,7 @@ class SpeculativeGenerator:
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
+        self._laid_out_for = None  # the policy whose first set the drafter laid out afresh (lay_out_next)
 
     @classmethod
     def from_models(cls, model, drafter: Eagle3Drafter | None = None, tokenizer=None) -> SpeculativeGenerator:
@@ -226,6 +227,9 @@ class SpeculativeGenerator:
         policy = self.policy if use_draft else None
         if policy is not None:
             policy.reset(prompt)
+            if self._laid_out_for is not policy:  # its first set laid out in its own order: its core in front
+                drafter.lay_out_next()
+                self._laid_out_for = policy
         tcache = target.new_cache()
 
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.gather import update_plan
-from evospec.runtime.packed_head import MIN_PACKED_ROWS, PACK_AFTER_CALLS
+from evospec.runtime.packed_head import MIN_PACKED_ROWS, PACK_AFTER_CALLS, STABLE_WINDOWS
 
 BUCKETS = (2048, 3072)
 VOCAB, DIM = 4000, 8
@@ -90,6 +90,36 @@ def test_static_rows_are_packed_whole_and_a_tail_that_moves_leaves_its_prefix_pa
     resident.follow(plan)
     assert head.packed_rows == 0
     _check(resident, reservoir, plan, 1000)
+
+
+def test_a_change_inside_the_prefix_cuts_it_back_and_the_prefix_grows_only_by_whole_steps():
+    """A living vocabulary's evidence starts at varying columns just past its core. A change inside the prefix
+    keeps the columns before it packed (the next call packs them as the prefix), and a window whose changes
+    start a few columns further in does not grow the prefix into the evidence, where the next change would cut
+    it again: it grows by MIN_PACKED_ROWS columns or to the whole set."""
+    reservoir, resident, plan = _resident(0)
+    head = resident.head
+    ids = plan.ids[: plan.size].clone()
+    core = MIN_PACKED_ROWS + 100  # the columns before it never change
+    for step in range(2 * PACK_AFTER_CALLS):  # the evidence moves every step, from varying columns
+        ids[core + (7 * step) % 40] = 3000 + step
+        plan, _ = update_plan(plan, ids, BUCKETS)
+        resident.follow(plan)
+        _check(resident, reservoir, plan, step)
+        for call in range(2):
+            _check(resident, reservoir, plan, 100 * step + call)
+    assert head.packed_rows == core  # the lowest column the evidence ever took, not one a later window started at
+    _check(resident, reservoir, plan, 4000)  # so the call after the change below does not end a window
+    assert head._calls == 1
+    ids[core - 50] = 3999  # a change inside the prefix
+    plan, _ = update_plan(plan, ids, BUCKETS)
+    resident.follow(plan)
+    assert head.packed_rows == 0 and head.prefix is None  # dropped at once: it no longer matches the rows
+    _check(resident, reservoir, plan, 5000)
+    assert head.packed_rows == core - 50  # cut back to the columns before the change, packed on the next call
+    for step in range((STABLE_WINDOWS + 1) * PACK_AFTER_CALLS):  # unchanged from here: it grows back to the whole set
+        _check(resident, reservoir, plan, 6000 + step)
+    assert head.packed_rows == plan.bucket
 
 
 def test_short_prefixes_and_fixed_kernels_are_not_packed_but_small_static_sets_are(monkeypatch):

@@ -541,3 +541,39 @@ def test_pipelined_worker_runs_its_torch_ops_on_one_thread_and_leaves_the_caller
     assert torch.get_num_threads() == before and later == [before]
     if before == 1:
         pytest.skip("torch runs one thread here: the caller's count cannot show it was left alone")
+
+
+def test_a_policys_first_set_is_laid_out_in_its_own_order_and_later_sets_move_only_what_changed(torch_bundle):
+    """The drafter starts over its own vocabulary. A policy's first set is laid out afresh, its ids in its own order
+    (a living vocabulary's core in the leading columns, which the packed head keeps packed), and later sets keep
+    every retained id in its column. Laid out over the own vocabulary's columns instead, the core sat scattered
+    among columns that change every step (runtime/compiled_drafter.py, ``lay_out_next``)."""
+
+    class Shifting:  # a fixed core listed first, a tail that moves every step
+        name = "shifting"
+
+        def __init__(self) -> None:
+            self.sets: list[torch.Tensor] = []
+
+        def reset(self, prompt_ids):
+            self.step = 0
+
+        def active_ids(self):
+            core = torch.arange(300, 0, -1)  # not the own vocabulary's order
+            ids = torch.cat((core, 400 + (torch.arange(50) + 7 * self.step) % 100))
+            self.sets.append(ids)
+            return ids
+
+        def observe(self, committed, state=None):
+            self.step += 1
+
+    generator = SpeculativeGenerator.from_bundle(torch_bundle, TARGET)
+    drafter = generator.drafter
+    generator.policy = policy = Shifting()
+    prompt = generator.encode("def main(")
+    generator.generate(prompt, DecodeSettings(max_new_tokens=12, draft_tree="chain", draft_depth=3))
+    first = policy.sets[0]
+    assert len(policy.sets) > 2
+    assert torch.equal(drafter.plan.ids[:300], first[:300])  # the core in its own order, in front, to the end
+    generator.generate(prompt, DecodeSettings(max_new_tokens=6, draft_tree="chain", draft_depth=3))
+    assert torch.equal(drafter.plan.ids[:300], first[:300])  # laid out once per policy, not once per prompt

@@ -33,6 +33,9 @@ struct Drafter::Impl {
   std::unique_ptr<SemanticIndex> semantic;
   std::unique_ptr<Policy> policy;
   int64_t moved = 0;
+  // Python's CompiledDrafter.lay_out_next: a policy's first set is laid out afresh in its own order (its core in
+  // the leading columns, where PackedHead packs what stays put), not moved into the drafter's own vocabulary's
+  bool lay_out = false;
   // one sequence's state
   at::Tensor keys, values;  // [1, Hkv, capacity, hd]
   int64_t length = 0;       // committed cache slots
@@ -70,7 +73,14 @@ struct Drafter::Impl {
   }
 
   void set_active(const std::vector<int64_t>& active) {
-    GatherPlan next = update_plan(plan, active, buckets, moved);
+    GatherPlan next;
+    if (lay_out) {
+      next = make_plan(active, buckets);
+      moved = next.size;
+      lay_out = false;
+    } else {
+      next = update_plan(plan, active, buckets, moved);
+    }
     if (next.ids == plan.ids && next.size == plan.size) return;
     rows->follow(next);
     plan = std::move(next);
@@ -195,6 +205,7 @@ Drafter::Drafter(const std::string& bundle, const DrafterOptions& options) : imp
                            {d.bundle, options.frequencies, options.router, options.evospec, c.vocab_size, c.hidden_size,
                             own_ids, d.semantic},
                            manifest);
+    d.lay_out = true;
   }
   d.keys = at::zeros({1, c.num_kv_heads, options.max_context, c.head_dim}, at::kFloat);
   d.values = at::zeros_like(d.keys);

@@ -48,18 +48,27 @@ bool packed_linear_available(const at::Tensor& rows) {
 void PackedHead::changed(int64_t low, int64_t bucket) {
   if (bucket != bucket_) bucket_ = bucket, low = 0;
   low_ = std::min(low_, low);
-  if (low < packed_rows_) prefix_ = at::Tensor(), packed_rows_ = 0;
+  if (cut_ >= 0) cut_ = std::min(cut_, low);
+  if (low < packed_rows_) prefix_ = at::Tensor(), packed_rows_ = 0, cut_ = low;
   tail_ = at::Tensor();
 }
 
 at::Tensor PackedHead::logits(const at::Tensor& normed, const at::Tensor& rows, const at::Tensor& bias) {
   if (!packable_) return at::linear(normed, rows) + bias;
   int64_t n = rows.size(0);
+  if (cut_ >= 0) {  // the columns before a change inside the prefix, packed again
+    if (cut_ >= kMinPackedRows) prefix_ = pack(rows.narrow(0, 0, cut_)), packed_rows_ = cut_;
+    cut_ = -1;
+  }
   if (++calls_ > kPackAfterCalls) {
-    bool whole_or_long = low_ == n || low_ >= kMinPackedRows;
-    if (whole_or_long && low_ > packed_rows_) {
-      prefix_ = pack(rows.narrow(0, 0, low_)), packed_rows_ = low_, tail_ = at::Tensor();
+    int64_t stable = low_;
+    for (int64_t low : recent_) stable = std::min(stable, low);
+    bool grows = stable == n || stable >= packed_rows_ + kMinPackedRows;
+    if (grows && stable > packed_rows_) {
+      prefix_ = pack(rows.narrow(0, 0, stable)), packed_rows_ = stable, tail_ = at::Tensor();
     }
+    recent_.push_back(low_);
+    if (static_cast<int64_t>(recent_.size()) > kStableWindows - 1) recent_.erase(recent_.begin());
     calls_ = 1, low_ = bucket_;  // this call opens the next window
   }
   int64_t p = packed_rows_;

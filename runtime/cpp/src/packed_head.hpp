@@ -6,11 +6,13 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace evospec::detail {
 
 constexpr int64_t kPackAfterCalls = 8;    // calls in a window (PACK_AFTER_CALLS)
 constexpr int64_t kMinPackedRows = 1024;  // MIN_PACKED_ROWS: the shortest prefix packed (a whole set: any)
+constexpr int64_t kStableWindows = 4;     // STABLE_WINDOWS: windows a column stays put through before it is packed
 
 class PackedHead {
  public:
@@ -29,6 +31,8 @@ class PackedHead {
   at::Tensor tail_;  // oneDNN's copy of rows[packed_rows_:], until the next change
   int64_t calls_ = 0;  // calls in the current window
   int64_t low_;        // lowest column changed in the current window
+  std::vector<int64_t> recent_;  // the same, for the last kStableWindows - 1 windows closed (oldest first)
+  int64_t cut_ = -1;  // a prefix dropped by a change inside it: its columns before the change (-1: none)
 };
 
 // Whether this libtorch has oneDNN's packed linear (and EVOSPEC_HEAD_KERNEL does not fix another kernel).
