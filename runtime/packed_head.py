@@ -40,12 +40,14 @@ MIN_PACKED_ROWS = 1024  # a shorter prefix is not worth a second product and a c
 STABLE_WINDOWS = 4  # windows a column must stay put through before it is packed into the prefix
 
 
-def _pack(rows: torch.Tensor) -> torch.Tensor:
+def pack_rows(rows: torch.Tensor) -> torch.Tensor:
+    """oneDNN's packed copy of ``rows`` [n, d] (what ``packed_linear`` multiplies by)."""
     return torch.ops.mkldnn._reorder_linear_weight(rows.contiguous())
 
 
-def _packed_logits(normed: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(normed, packed, bias, "none", [], "")
+def packed_linear(normed: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``normed [N, d] @ rows.T (+ bias)`` over ``pack_rows(rows)``."""
+    return torch.ops.mkldnn._linear_pointwise(normed.contiguous(), packed, bias, "none", [], "")
 
 
 class PackedHead:
@@ -79,21 +81,20 @@ class PackedHead:
             return F.linear(normed, rows) + bias
         if self._cut is not None:  # the columns before a change inside the prefix, packed again
             if self._cut >= MIN_PACKED_ROWS:
-                self.prefix, self.packed_rows = _pack(rows[: self._cut]), self._cut
+                self.prefix, self.packed_rows = pack_rows(rows[: self._cut]), self._cut
             self._cut = None
         self._calls += 1
         if self._calls > PACK_AFTER_CALLS:
             stable = min([self._low, *self._recent])
             grows = stable == rows.shape[0] or stable >= self.packed_rows + MIN_PACKED_ROWS
             if grows and stable > self.packed_rows:
-                self.prefix, self.packed_rows, self.tail = _pack(rows[:stable]), stable, None
+                self.prefix, self.packed_rows, self.tail = pack_rows(rows[:stable]), stable, None
             self._recent = [*self._recent, self._low][-(STABLE_WINDOWS - 1):]
             self._calls, self._low = 1, self.bucket  # this call opens the next window
         p = self.packed_rows
         if self.tail is None and p < rows.shape[0]:
-            self.tail = _pack(rows[p:])
-        normed = normed.contiguous()
+            self.tail = pack_rows(rows[p:])
         if p == 0:
-            return _packed_logits(normed, self.tail, bias)
-        front = _packed_logits(normed, self.prefix, bias[:p])
-        return front if p == rows.shape[0] else torch.cat((front, _packed_logits(normed, self.tail, bias[p:])), dim=1)
+            return packed_linear(normed, self.tail, bias)
+        front = packed_linear(normed, self.prefix, bias[:p])
+        return front if p == rows.shape[0] else torch.cat((front, packed_linear(normed, self.tail, bias[p:])), dim=1)

@@ -26,6 +26,8 @@ from time import perf_counter
 import torch
 from torch import nn
 
+from evospec.runtime.packed_head import pack_rows, packed_linear
+
 logger = logging.getLogger(__name__)
 
 KERNELS = ("linear", "skinny", "onednn")
@@ -78,9 +80,9 @@ class SkinnyHead(nn.Module):
         weight = self.head.weight
         source = (weight.data_ptr(), weight._version)
         if self._packed is None or self._packed_from != source:  # repacked if the weight was changed or replaced
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            self._packed = pack_rows(weight.detach())
             self._packed_from = source
-        return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self._packed, None, "none", [], "")
+        return packed_linear(rows, self._packed, None)
 
     def logits(self, rows: torch.Tensor, kernel: str) -> torch.Tensor:
         """[N, d] -> [N, V] with ``kernel``."""

@@ -35,6 +35,7 @@ struct Drafter::Impl {
   int64_t moved = 0;
   // Python's CompiledDrafter.lay_out_next: a policy's first set is laid out afresh in its own order (its core in
   // the leading columns, where PackedHead packs what stays put), not moved into the drafter's own vocabulary's
+  // columns
   bool lay_out = false;
   // one sequence's state
   at::Tensor keys, values;  // [1, Hkv, capacity, hd]
