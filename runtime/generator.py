@@ -9,6 +9,8 @@ accepted path in the target cache. ``use_draft=False`` runs the same loop with a
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from collections.abc import Iterator
@@ -284,6 +286,8 @@ class SpeculativeGenerator:
                         budget, costs = s.draft_depth, None
                     elif auto:
                         budget, costs = self.step_costs.plan(s.tree_budget, width)
+                        if costs is not None and s.draft_spine and width > 1:  # the tree holds the chain
+                            costs = dataclasses.replace(costs, spine=s.draft_depth)
                     else:
                         budget, costs = s.tree_budget, None
                     if native is not None:

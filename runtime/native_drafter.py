@@ -33,7 +33,8 @@ class _StepCosts(ctypes.Structure):
     """evospec_step_costs (drafter_c.h): a :class:`~evospec.runtime.tree.StepCosts` for the C ABI."""
 
     _fields_ = [("fixed_ms", ctypes.c_double), ("level_ms", ctypes.c_double), ("row_ms", ctypes.c_double),
-                ("level_row_ms", ctypes.c_double), ("rates", _f64p), ("rate_count", ctypes.c_int64)]
+                ("level_row_ms", ctypes.c_double), ("rates", _f64p), ("rate_count", ctypes.c_int64),
+                ("spine", ctypes.c_int64)]
 
 
 def library_path() -> Path:
@@ -142,7 +143,7 @@ class NativeDrafter:
                 rates = (ctypes.c_double * len(costs.rates))(*costs.rates)
             c_costs = _StepCosts(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
                                  ctypes.cast(rates, _f64p) if rates is not None else None,
-                                 0 if rates is None else len(costs.rates))
+                                 0 if rates is None else len(costs.rates), costs.spine)
         level_rows = np.empty(max(depth, 1), dtype=np.int64)
         timings = (ctypes.c_double * 2)()
         self._check(self._lib.evospec_drafter_propose_costed(

@@ -13,7 +13,9 @@ costs C = fixed + sum over drafted levels of (level_ms + rows * level_row_ms) + 
 kept in order of p_i while p_i / row_ms >= E / C. Greedy verification accepts at most one child of a
 node, so a frontier node worth p can add at most p tokens, for one row: it is expanded only if that
 could pay for its row in the target pass and in the drafter's level, and a level is drafted only while
-the nodes it expands could raise E / C. Verification is exact for any tree,
+the nodes it expands could raise E / C. With ``StepCosts.spine`` the first-choice path (the chain inside the
+tree) is drafted and kept to that depth whatever it is worth, and the rule prices only the nodes off it: the
+rule alone, pricing the path too, cut it short on steps where all of it was accepted. Verification is exact for any tree,
 so this changes speed, never output. :class:`~evospec.runtime.tree_costs.StepCostModel` measures the costs online.
 """
 
@@ -95,6 +97,9 @@ class StepCosts:
             2 x (len(EDGE_BINS) + 1) rates, the first half is for a parent's first choice and the second for
             its other children: with a flat drafter distribution the first choice at p = 0.015 is accepted
             far more often than an eighth sibling at the same p (one half: one table for both).
+        spine: Levels of the first-choice path drafted and kept whatever they are worth (0: none). Not a cost:
+            it says which nodes the rule leaves alone. With the chain's depth, a tree holds the chain it would
+            replace, so its accepted length is never below the chain's, and the rule prices only what it adds.
     """
 
     fixed_ms: float
@@ -102,6 +107,7 @@ class StepCosts:
     row_ms: float
     rates: tuple[float, ...] | None = None
     level_row_ms: float = 0.0
+    spine: int = 0
 
     def levels_ms(self, level_rows) -> float:
         """What drafter levels over these frontier rows cost."""
@@ -164,11 +170,14 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
     return ids, scores, None
 
 
-def _value_prefix(values: list[float], order: list[int], costs: StepCosts, level_rows) -> tuple[int, float, float]:
+def _value_prefix(values: list[float], order: list[int], costs: StepCosts, level_rows,
+                  spine: list[int] = ()) -> tuple[int, float, float]:
     """How many of ``order`` (best first) pay for their rows (p / row_ms >= E / C), and the tree's
-    expected tokens E and cost C with them, levels over ``level_rows`` drafted. ``values``: log path
-    acceptance of each candidate."""
+    expected tokens E and cost C with them, levels over ``level_rows`` drafted and the ``spine`` nodes
+    kept whatever they are worth. ``values``: log path acceptance of each candidate."""
     tokens, cost = 1.0, costs.fixed_ms + costs.levels_ms(level_rows)
+    for i in spine:
+        tokens, cost = tokens + costs.value(values[i]), cost + costs.row_ms
     kept = 0
     for i in order:
         p = costs.value(values[i])
@@ -202,11 +211,13 @@ def _level_pays(costs: StepCosts, gains: list[float], tokens: float) -> bool:
     return sum(gains) > tokens * costs.level_ms
 
 
-def _ranked(scores: list[float], depths: list[int]) -> list[int]:
+def _ranked(scores: list[float], depths: list[int], spine: list[int] = ()) -> list[int]:
     # Scores (cumulative log-probabilities or log path acceptance) are <= 0 and only shrink along a path,
     # so a child never outranks its parent, and ties go to the shallower node: every prefix of this order
-    # is closed under ancestors (tested).
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
+    # is closed under ancestors (tested). The spine is left out: it is kept whatever it is worth, so a
+    # node off it has its ancestors on the spine or earlier in this order.
+    left_out = set(spine)
+    return sorted((i for i in range(len(scores)) if i not in left_out), key=lambda i: (-scores[i], depths[i], i))
 
 
 @torch.no_grad()
@@ -219,6 +230,8 @@ def draft_tree(
     if w == 1:
         return _draft_chain(drafter, cache, req, generator)
     costs = req.costs
+    spine_depth = min(costs.spine, req.depth, req.budget) if costs is not None else 0
+    spine = [0] if spine_depth else []  # candidates on the first-choice path, drafted whatever they are worth
     ids, scores, q = _choose(req.logits[None], req, generator, w)  # [1, w]
     cand_ids = [ids[0]]
     cand_scores = [scores[0]]
@@ -238,8 +251,11 @@ def draft_tree(
         start = req.committed + (level - 1) * w
         if start + w > cache.capacity:
             break
+        grows = len(spine) < spine_depth  # the path's tip is in the frontier (kept there below)
         if costs is not None:
-            pays = _paying_frontier(req, frontier_values.tolist(), cand_values, cand_depths, level_rows)
+            tip = frontier.tolist().index(spine[-1]) if grows else None
+            pays = _paying_frontier(req, frontier_values.tolist(), cand_values, cand_depths, level_rows, spine,
+                                    spine_depth, tip)
             if pays is None:
                 break
             here = pays.to(device)
@@ -262,6 +278,11 @@ def draft_tree(
         if q is not None:
             cand_q.append(q)
         best = cum.flatten().topk(w).indices
+        if grows:  # the tip's first choice extends the path, and stays in the frontier while it must grow
+            child = frontier.tolist().index(spine[-1]) * w
+            spine.append(n_cand + child)
+            if len(spine) < spine_depth and not bool((best == child).any()):
+                best = torch.cat((best[:-1], torch.tensor([child], device=best.device)))
         rows = (best // w).cpu()
         frontier = n_cand + best.cpu()
         frontier_scores = cum.flatten()[best]
@@ -274,24 +295,30 @@ def draft_tree(
         n_cand += f * w
         level_rows.append(f)
     return _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q,
-                   tuple(level_rows))
+                   tuple(level_rows), spine)
 
 
 def _paying_frontier(req: DraftRequest, frontier_values: list[float], cand_values, cand_depths,
-                     level_rows: list[int]) -> torch.Tensor | None:
+                     level_rows: list[int], spine: list[int] = (), spine_depth: int = 0,
+                     tip: int | None = None) -> torch.Tensor | None:
     """Positions of the frontier nodes worth expanding under ``req.costs``, or None when the next level
     cannot pay (:func:`_expansion_gains`, :func:`_level_pays`). A child is worth at most its parent, so a
     frontier node that cannot pay for a row of its own has no child that can. Once the budget is full,
-    children can still replace the weakest kept nodes: a frontier node better than those may be expanded."""
+    children can still replace the weakest kept nodes: a frontier node better than those may be expanded.
+    The spine's nodes count as kept, ``spine_depth`` rows are held for it, and ``tip`` (the frontier position
+    of the path's last node, while it must grow) is always expanded: that level is drafted anyway, so the
+    other nodes need pay only for their own rows."""
     costs = req.costs
     values, depths = torch.cat(cand_values).tolist(), torch.cat(cand_depths).tolist()
-    ranked = _ranked(values, depths)[: req.budget]
-    kept, tokens, cost = _value_prefix(values, ranked, costs, level_rows)
-    room = req.budget - kept
+    ranked = _ranked(values, depths, spine)[: req.budget - spine_depth]
+    kept, tokens, cost = _value_prefix(values, ranked, costs, level_rows, spine)
+    room = req.budget - spine_depth - kept
     weakest = costs.value(values[ranked[kept - 1]]) if kept else 1.0
-    order = sorted(range(len(frontier_values)), key=lambda i: -frontier_values[i])
+    order = sorted((i for i in range(len(frontier_values)) if i != tip), key=lambda i: -frontier_values[i])
     gains = _expansion_gains(costs, [costs.value(frontier_values[i]) for i in order], tokens, cost, room, weakest)
     pays = [i for i, g in zip(order, gains, strict=True) if g > 0]
+    if tip is not None:
+        return torch.tensor(sorted(pays + [tip]), dtype=torch.long)
     if not pays or not _level_pays(costs, [g for g in gains if g > 0], tokens):
         return None
     return torch.tensor(sorted(pays), dtype=torch.long)
@@ -308,17 +335,18 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     values = [float(costs.log_rate(logp[0])[0])] if costs is not None else []  # log path acceptance
     hidden = req.hidden[None]  # [1, 1, d]
     level_rows: list[int] = []
+    spine_depth = min(costs.spine, req.depth, req.budget) if costs is not None else 0
     for level in range(1, min(req.depth, req.budget)):
         start = req.committed + level - 1
         if start + 1 > cache.capacity:
             break
-        if costs is not None:
+        if costs is not None and level >= spine_depth:  # the first spine_depth levels are drafted whatever
             if proposals:  # sampled: every drawn node is kept (see below), so E and C count them all
                 kept = len(values)
                 tokens = 1.0 + sum(costs.value(v) for v in values)
                 cost = costs.fixed_ms + costs.levels_ms(level_rows) + kept * costs.row_ms
             else:
-                kept, tokens, cost = _value_prefix(values, list(range(len(values))), costs, level_rows)
+                kept, tokens, cost = _chain_prefix(values, costs, level_rows, spine_depth)
             gains = _expansion_gains(costs, [costs.value(values[-1])], tokens, cost, 1)
             if kept < len(values) or not _level_pays(costs, gains, tokens):
                 break
@@ -336,7 +364,7 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     # A sampled node is never cut for its own value: keeping a draw only when it scores well would make
     # the kept drafts follow q restricted to good draws while verification divides by q (a biased law).
     # Whether to draw the next level depends only on the draws before it, which keeps sampling exact.
-    n = len(chosen) if costs is None or proposals else _value_prefix(values, list(range(len(values))), costs, level_rows)[0]
+    n = len(chosen) if costs is None or proposals else _chain_prefix(values, costs, level_rows, spine_depth)[0]
     if n == 0:
         return dataclasses.replace(DraftTree.empty(), level_rows=tuple(level_rows))
     tree = DraftTree(
@@ -349,6 +377,14 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     return _with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree
 
 
+def _chain_prefix(values: list[float], costs: StepCosts, level_rows, spine_depth: int) -> tuple[int, float, float]:
+    """:func:`_value_prefix` of a chain: its first ``spine_depth`` nodes kept whatever, then the rest in depth
+    order while they pay; the count includes the spine."""
+    spine = list(range(min(spine_depth, len(values))))
+    kept, tokens, cost = _value_prefix(values, list(range(len(spine), len(values))), costs, level_rows, spine)
+    return len(spine) + kept, tokens, cost
+
+
 def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) -> DraftTree:
     """Attach [N, Vd] head-column probabilities and the columns' target ids (not spread over the target
     vocabulary: verification touches only these columns)."""
@@ -358,17 +394,17 @@ def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) ->
 
 
 def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand_depths, cand_q,
-            level_rows: tuple[int, ...]) -> DraftTree:
-    """Keep the ``budget`` best candidates (with ``req.costs``: the best by path acceptance that pay for
-    their rows, at most ``budget``); ancestors always rank before descendants, so every kept node's
-    ancestors are kept too."""
+            level_rows: tuple[int, ...], spine: list[int] = ()) -> DraftTree:
+    """Keep the ``budget`` best candidates (with ``req.costs``: the ``spine``, then the best by path
+    acceptance that pay for their rows, at most ``budget`` in all); ancestors always rank before
+    descendants, so every kept node's ancestors are kept too."""
     scores = torch.cat(cand_scores).tolist()
     depths = torch.cat(cand_depths).tolist()
     parents = torch.cat(cand_parents).tolist()
     if req.costs is not None:
         values = torch.cat(cand_values).tolist()
-        order = _ranked(values, depths)[: req.budget]
-        order = order[: _value_prefix(values, order, req.costs, level_rows)[0]]
+        order = _ranked(values, depths, spine)[: req.budget - len(spine)]
+        order = list(spine) + order[: _value_prefix(values, order, req.costs, level_rows, spine)[0]]
     else:
         order = _ranked(scores, depths)[: req.budget]
     if not order:

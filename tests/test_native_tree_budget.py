@@ -47,11 +47,14 @@ REGIMES = {  # fixed costs, from trees kept whole to trees cut at every level
     # first choices and other children apart (what StepCostModel measures)
     "rates-two-tables": StepCosts(fixed_ms=10.0, level_ms=1.0, row_ms=0.5, rates=RATES + tuple(r / 4 for r in RATES),
                                   level_row_ms=0.1),
+    # a chain's first 4 levels kept whatever they cost (trees get the chain's depth from draft_spine)
+    "rates-dear-rows-spine": StepCosts(fixed_ms=4.0, level_ms=1.0, row_ms=1.5, rates=RATES, level_row_ms=0.3, spine=4),
 }
-SHAPES = {  # (width, depth, budget)
-    "chain": (1, 6, 6),
-    "width-2": (2, 5, 10),
-    "width-4": (4, 5, 16),
+SHAPES = {  # (width, depth, budget, draft_spine: the first-choice path kept to the depth)
+    "chain": (1, 6, 6, True),
+    "width-2": (2, 5, 10, True),
+    "width-4": (4, 5, 16, True),
+    "width-4-priced-path": (4, 5, 16, False),
 }
 
 
@@ -137,9 +140,9 @@ def rows(tree) -> dict:
 
 
 def settings_for(shape: str, budget: str = "auto") -> DecodeSettings:
-    width, depth, nodes = SHAPES[shape]
+    width, depth, nodes, spine = SHAPES[shape]
     return DecodeSettings(max_new_tokens=NEW_TOKENS, draft_tree="chain" if width == 1 else "tree", draft_depth=depth,
-                          draft_topk=width, draft_tokens=nodes, draft_budget=budget)
+                          draft_topk=width, draft_tokens=nodes, draft_budget=budget, draft_spine=spine)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,8 @@ def same_trees(python_trees, cpp_trees) -> None:
 SLOW = pytest.mark.slow
 QUICK = {("probabilities-free-rows", "width-2"), ("probabilities-dear-rows", "width-4"), ("rates-balanced", "chain"),
          ("rates-balanced", "width-4"), ("rates-dear-levels", "width-2"), ("rates-low", "chain"),
-         ("rates-two-tables", "width-4")}  # the rest: -m slow
+         ("rates-two-tables", "width-4"), ("probabilities-dear-rows", "width-4-priced-path"),
+         ("rates-dear-levels", "width-4-priced-path"), ("rates-dear-rows-spine", "chain")}  # the rest: -m slow
 
 
 @pytest.mark.parametrize(("regime", "shape"), [
@@ -179,19 +183,28 @@ def test_cpp_trees_under_fixed_costs_equal_pythons(library, bundle, plain, cpp_r
     assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
 
 
-def test_the_regimes_exercise_the_rule(library, bundle, cpp_runs):
+@pytest.mark.parametrize("shape", ["width-4", "width-4-priced-path"])
+def test_the_regimes_exercise_the_rule(library, bundle, cpp_runs, shape):
     """The fixed costs above cut trees in different places: some steps keep fewer nodes than the budget,
-    draft fewer levels than the depth, and expand fewer frontier rows than the width; some fill the budget."""
-    width, depth, nodes = SHAPES["width-4"]
-    seen = {"fewer nodes": False, "fewer levels": False, "fewer rows": False, "full budget": False}
+    expand fewer frontier rows than the width, and fill the budget. With the spine every step drafts all
+    levels and keeps the path (some steps nothing else); without it some steps draft fewer levels."""
+    width, depth, nodes, spine = SHAPES[shape]
+    seen = {"fewer nodes": False, "fewer rows": False, "full budget": False, "fewer levels": False,
+            "the path alone": False}
     for regime, costs in REGIMES.items():
-        trees = cpp_runs.get((regime, "width-4")) or decode(bundle, "cpp", settings_for("width-4"), costs)[1]
+        trees = cpp_runs.get((regime, shape)) or decode(bundle, "cpp", settings_for(shape), costs)[1]
         for tree in trees:
             seen["fewer nodes"] |= tree.size < nodes
             seen["fewer levels"] |= tree.expansions < depth - 1
             seen["fewer rows"] |= any(f < width for f in tree.level_rows)
             seen["full budget"] |= tree.size == nodes
-    assert all(seen.values()), seen
+            seen["the path alone"] |= tree.size == depth and tree.depths.tolist() == list(range(1, depth + 1))
+            if spine:
+                assert tree.expansions == depth - 1 and tree.depths.max() == depth
+    expected = {k: not spine if k == "fewer levels" else True for k in seen}
+    if not spine:
+        expected["the path alone"] = seen["the path alone"]  # either way
+    assert seen == expected
 
 
 @pytest.mark.parametrize("shape", ["chain", pytest.param("width-2", marks=SLOW), "width-4"])

@@ -69,6 +69,23 @@ def as_rows(tree: DraftTree) -> list[tuple]:
     return list(zip(tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist(), strict=True))
 
 
+def first_choice_path(pair, prompt: list[int], length: int) -> list[int]:
+    """The drafter's greedy chain of ``length`` tokens after the prompt (a fixed chain, no costs)."""
+    return drafted(pair, prompt, 1, length, length, None).tokens.tolist() if length else []
+
+
+def spine_nodes(tree: DraftTree, path: list[int]) -> list[int]:
+    """Indices of the nodes that spell ``path`` from the root, each its predecessor's child; fails if absent.
+    Siblings hold distinct tokens (top-k of one distribution), so the path is unique."""
+    nodes, parent = [], -1
+    for depth, token in enumerate(path, start=1):
+        match = [i for i, (t, p, d) in enumerate(as_rows(tree)) if (t, p, d) == (token, parent, depth)]
+        assert len(match) == 1, f"the first-choice path {path} is not in the tree at depth {depth}: {as_rows(tree)}"
+        parent = match[0]
+        nodes.append(parent)
+    return nodes
+
+
 costs_strategy = st.builds(
     StepCosts,
     fixed_ms=st.floats(0.1, 50.0),
@@ -86,8 +103,10 @@ costs_strategy = st.builds(
     depth=st.integers(1, 5),
     budget=st.integers(1, 20),
     prompt=st.lists(st.integers(0, 95), min_size=1, max_size=8),
+    spine=st.integers(0, 6),
 )
-def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs, width, depth, budget, prompt):
+def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs, width, depth, budget, prompt, spine):
+    costs = dataclasses.replace(costs, spine=spine)
     tree = drafted(random_pair, prompt, width, depth, budget, costs)
     assert tree.size <= budget
     assert tree.size <= max(1, depth if width == 1 else budget)
@@ -95,14 +114,19 @@ def test_auto_tree_is_closed_bounded_valued_and_deterministic(random_pair, costs
     for i, p in enumerate(parents):  # ancestor closure, in topological order
         assert -1 <= p < i
         assert depths[i] == (1 if p == -1 else depths[p] + 1) <= depth
-    # every kept node paid for its row: p_i / row_ms >= E / C over the nodes kept before it, p_i the
-    # product of its path's edge rates
+    # the spine: the greedy chain's first min(spine, depth, budget) nodes, as a path from the root
+    path = first_choice_path(random_pair, prompt, min(spine, depth, budget))
+    on_path = spine_nodes(tree, path)
+    # every other kept node paid for its row: p_i / row_ms >= E / C over the spine and the nodes kept before
+    # it, p_i the product of its path's edge rates
     log_values: list[float] = []
     for i, p in enumerate(parents):
         edge = tree.scores[i] - (tree.scores[p] if p >= 0 else 0.0)
         log_values.append((log_values[p] if p >= 0 else 0.0) + float(costs.log_rate(edge[None])[0]))
-    values = sorted((costs.value(v) for v in log_values), reverse=True)
+    values = sorted((costs.value(v) for i, v in enumerate(log_values) if i not in on_path), reverse=True)
     tokens, cost = 1.0, costs.fixed_ms + costs.levels_ms(tree.level_rows)
+    for i in on_path:
+        tokens, cost = tokens + costs.value(log_values[i]), cost + costs.row_ms
     for p in values:
         assert p * cost >= tokens * costs.row_ms * (1 - 1e-9)
         tokens, cost = tokens + p, cost + costs.row_ms
@@ -120,6 +144,23 @@ def test_free_rows_keep_the_fixed_tree_and_dear_rows_keep_none(random_pair, widt
     assert as_rows(free) == as_rows(fixed)
     dear = drafted(random_pair, prompt, width, 4, 12, StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1e9))
     assert dear.size == 0 and dear.expansions == 0  # the first level is free, none of it pays: nothing more drafted
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_the_spine_keeps_the_chain_whatever_it_costs(random_pair, width):
+    """With ``spine`` at the chain's depth the tree holds the greedy chain even when no row pays: dear rows
+    keep exactly the chain (the rule alone keeps nothing), and free rows keep the chain and more."""
+    prompt, depth = [5, 9, 2, 7], 5
+    chain = drafted(random_pair, prompt, 1, depth, depth, None)
+    dear = StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1e9, spine=depth)
+    assert drafted(random_pair, prompt, width, depth, 12, dataclasses.replace(dear, spine=0)).size == 0
+    kept = drafted(random_pair, prompt, width, depth, 12, dear)
+    assert as_rows(kept) == as_rows(chain) and kept.expansions == depth - 1
+    assert list(kept.level_rows) == [1] * (depth - 1)  # only the path's tip was expanded
+    free = drafted(random_pair, prompt, width, depth, 12, StepCosts(fixed_ms=1.0, level_ms=0.0, row_ms=1e-300, spine=depth))
+    assert len(spine_nodes(free, chain.tokens.tolist())) == depth and free.size == (depth if width == 1 else 12)
+    short = drafted(random_pair, prompt, width, depth, 12, dataclasses.replace(dear, spine=2))
+    assert as_rows(short) == as_rows(chain)[:2]  # the rule prices the path past the spine
 
 
 def test_dear_levels_stop_drafting_early(random_pair):
@@ -282,9 +323,11 @@ def test_sampled_chain_with_auto_budget_emits_target_distribution():
     assert len(sizes) > 1, sizes  # the rule cut some chains and kept others
 
 
-def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair):
+@pytest.mark.parametrize("spine", [True, False])
+def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair, spine):
     """The C++ library (a stand-in here; tests/test_native_tree_budget.py runs the real one against Python's
-    trees) drafts under the step's costs, and its scores, level rows and timings feed the cost model."""
+    trees) drafts under the step's costs, with the chain's depth as its spine when ``draft_spine`` is on, and
+    its scores, level rows and timings feed the cost model."""
     from evospec.runtime.native_drafter import NativeTree
 
     model, drafter = random_pair
@@ -308,9 +351,10 @@ def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair):
 
     generator.native = Library()
     generator.shapes = ShapeChooser(ShapeChoiceSettings(shapes=(TREE,)))  # the value rule's calls, no chain steps
-    s = DecodeSettings(max_new_tokens=6, draft_budget="auto")
+    s = DecodeSettings(max_new_tokens=6, draft_budget="auto", draft_spine=spine)
     assert generator.generate([1, 2], s).token_ids == hf_greedy(model, [1, 2], 6)
-    assert calls and all(call == (s.tree_budget, costs) for call in calls)
+    sent = dataclasses.replace(costs, spine=s.draft_depth if spine else 0)
+    assert calls and all(call == (s.tree_budget, sent) for call in calls)
     timing = generator.step_costs.timings[0]
     assert (timing.rows, timing.root_ms, timing.tree_ms, timing.level_rows) == (2, 2.0, 3.0, (1,))
     assert timing.edges[0][0] == -0.25
@@ -321,10 +365,11 @@ def test_settings_reject_an_unknown_budget():
         DecodeSettings(draft_budget="some")
 
 
-def test_generate_cli_with_auto_budget(checkpoint_dirs):
+@pytest.mark.parametrize("spine", ["--draft-spine", "--no-draft-spine"])
+def test_generate_cli_with_auto_budget(checkpoint_dirs, spine):
     target_dir, drafter_dir, model, _ = checkpoint_dirs
     proc = run("generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1,2,3",
                "--max-new-tokens", "20", "--draft-tree", "tree", "--draft-depth", "3", "--draft-topk", "2",
-               "--draft-tokens", "6", "--draft-budget", "auto", "--json")
+               "--draft-tokens", "6", "--draft-budget", "auto", spine, "--json")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["token_ids"] == hf_greedy(model, [1, 2, 3], 20)

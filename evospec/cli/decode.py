@@ -47,6 +47,10 @@ def decode_options(fn):
                           "probability pays for their verified row under step costs measured online, at most the "
                           "fixed tree; on a tree, each step drafts the chain instead where chains lately delivered "
                           "more tokens per ms." + _default("draft_budget")),
+        click.option("--draft-spine/--no-draft-spine", default=None,
+                     help="With --draft-budget auto on a tree: draft the first-choice path to --draft-depth whatever "
+                          "it is worth (the tree holds the chain) and let the value rule add only the nodes off it; "
+                          "--no-draft-spine lets the rule price the path too." + _default("draft_spine")),
         click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
         click.option("--stream", is_flag=True, help="Print tokens as they are accepted (with --json: one JSON line per token)."),

@@ -30,6 +30,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-budget", type=click.Choice(["fixed", "auto"]), default=None,
               help="auto: nodes kept by value under step costs measured online, at most the fixed tree; on a tree, "
                    "each step drafts the chain or the tree, whichever delivered more tokens per ms lately.")
+@click.option("--draft-spine/--no-draft-spine", default=None,
+              help="auto on a tree: keep the first-choice path to --draft-depth whatever it is worth and price only "
+                   "the nodes off it [default: on]; --no-draft-spine lets the rule price the path too.")
 @click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling.")
 @click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution.")
 @click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests.")

@@ -73,6 +73,9 @@ class DecodeSettings:
             drafts levels only while they can pay (at most the fixed tree: runtime/tree.py); on a tree it also
             drafts the chain of ``draft_depth`` on steps where chains have lately delivered more tokens per ms
             (runtime/shape_choice.py).
+        draft_spine: With ``auto`` on a tree: draft the first-choice path to ``draft_depth`` whatever it is
+            worth, so the tree holds the chain, and let the value rule add only the nodes off it. False: the
+            rule prices the path too, and may cut it short (runtime/tree.py, ``StepCosts.spine``).
         use_draft: False decodes autoregressively through the same code (a tree of no nodes).
         stop_on_eos: Stop after the target's EOS token, as ``transformers.generate`` does.
     """
@@ -86,6 +89,7 @@ class DecodeSettings:
     draft_topk: int = DEFAULT_DRAFT_TOPK
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
     draft_budget: DraftBudgetKind = "fixed"
+    draft_spine: bool = True
     use_draft: bool = True
     stop_on_eos: bool = True
 

@@ -98,6 +98,7 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
       step_costs.level_ms = costs->level_ms;
       step_costs.row_ms = costs->row_ms;
       step_costs.level_row_ms = costs->level_row_ms;
+      step_costs.spine = costs->spine;
       if (costs->rates != nullptr) step_costs.rates.assign(costs->rates, costs->rates + costs->rate_count);
       settings.costs = &step_costs;
     }

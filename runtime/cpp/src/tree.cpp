@@ -48,8 +48,12 @@ struct Prefix {
 };
 
 Prefix value_prefix(const std::vector<double>& values, const std::vector<int64_t>& order, const StepCosts& c,
-                    const std::vector<int64_t>& level_rows) {  // _value_prefix
+                    const std::vector<int64_t>& level_rows, const std::vector<int64_t>& spine = {}) {  // _value_prefix
   double tokens = 1.0, cost = c.fixed_ms + levels_ms(c, level_rows);
+  for (int64_t i : spine) {  // kept whatever they are worth
+    tokens = tokens + value(values[i]);
+    cost = cost + c.row_ms;
+  }
   int64_t kept = 0;
   for (int64_t i : order) {
     double p = value(values[i]);
@@ -80,10 +84,12 @@ bool level_pays(const StepCosts& c, const std::vector<double>& gains, double tok
   return sum > tokens * c.level_ms;
 }
 
-// _ranked: by (-score, depth, index); ancestors rank before descendants.
-std::vector<int64_t> ranked(const std::vector<double>& scores, const std::vector<int64_t>& depths) {
-  std::vector<int64_t> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
+// _ranked: by (-score, depth, index), the spine left out; ancestors rank before descendants.
+std::vector<int64_t> ranked(const std::vector<double>& scores, const std::vector<int64_t>& depths,
+                            const std::vector<int64_t>& spine = {}) {
+  std::vector<int64_t> order;
+  for (int64_t i = 0; i < static_cast<int64_t>(scores.size()); ++i)
+    if (std::find(spine.begin(), spine.end(), i) == spine.end()) order.push_back(i);
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
     if (scores[a] != scores[b]) return scores[a] > scores[b];
     if (depths[a] != depths[b]) return depths[a] < depths[b];
@@ -93,17 +99,21 @@ std::vector<int64_t> ranked(const std::vector<double>& scores, const std::vector
 }
 
 // _paying_frontier: positions (ascending) of the frontier nodes worth expanding, or nothing when the level cannot pay.
+// The spine's nodes count as kept, spine_depth rows are held for it, and tip (>= 0: the frontier position of the
+// path's last node while it must grow) is always expanded.
 std::optional<std::vector<int64_t>> paying_frontier(const TreeRequest& req, const std::vector<double>& frontier_values,
                                                     const std::vector<double>& values, const std::vector<int64_t>& depths,
-                                                    const std::vector<int64_t>& level_rows) {
+                                                    const std::vector<int64_t>& level_rows,
+                                                    const std::vector<int64_t>& spine, int64_t spine_depth, int64_t tip) {
   const StepCosts& c = *req.costs;
-  std::vector<int64_t> order = ranked(values, depths);
-  order.resize(std::min<size_t>(order.size(), static_cast<size_t>(req.budget)));
-  Prefix pre = value_prefix(values, order, c, level_rows);
-  int64_t room = req.budget - pre.kept;
+  std::vector<int64_t> order = ranked(values, depths, spine);
+  order.resize(std::min<size_t>(order.size(), static_cast<size_t>(req.budget - spine_depth)));
+  Prefix pre = value_prefix(values, order, c, level_rows, spine);
+  int64_t room = req.budget - spine_depth - pre.kept;
   double weakest = pre.kept ? value(values[order[pre.kept - 1]]) : 1.0;
-  std::vector<int64_t> by_value(frontier_values.size());
-  std::iota(by_value.begin(), by_value.end(), 0);
+  std::vector<int64_t> by_value;
+  for (int64_t i = 0; i < static_cast<int64_t>(frontier_values.size()); ++i)
+    if (i != tip) by_value.push_back(i);
   std::stable_sort(by_value.begin(), by_value.end(),
                    [&](int64_t a, int64_t b) { return frontier_values[a] > frontier_values[b]; });
   std::vector<double> worth;
@@ -113,15 +123,30 @@ std::optional<std::vector<int64_t>> paying_frontier(const TreeRequest& req, cons
   std::vector<double> paying;
   for (size_t j = 0; j < gains.size(); ++j)
     if (gains[j] > 0) pays.push_back(by_value[j]), paying.push_back(gains[j]);
+  if (tip >= 0) {  // the level is drafted for the path: the others pay only for their own rows
+    pays.push_back(tip);
+    std::sort(pays.begin(), pays.end());
+    return pays;
+  }
   if (pays.empty() || !level_pays(c, paying, pre.tokens)) return std::nullopt;
   std::sort(pays.begin(), pays.end());
   return pays;
 }
 
-std::vector<int64_t> first(size_t n) {
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
+std::vector<int64_t> range(size_t from, size_t to) {
+  std::vector<int64_t> order(to > from ? to - from : 0);
+  std::iota(order.begin(), order.end(), static_cast<int64_t>(from));
   return order;
+}
+
+// _chain_prefix: a chain's first spine_depth nodes kept whatever, then the rest in depth order while they pay;
+// the count includes the spine.
+Prefix chain_prefix(const std::vector<double>& values, const StepCosts& c, const std::vector<int64_t>& level_rows,
+                    int64_t spine_depth) {
+  size_t n = std::min<size_t>(static_cast<size_t>(spine_depth), values.size());
+  Prefix pre = value_prefix(values, range(n, values.size()), c, level_rows, range(0, n));
+  pre.kept += static_cast<int64_t>(n);
+  return pre;
 }
 
 // _draft_chain: one child per node; cumulative scores and values are Python floats (doubles) summed level by level.
@@ -135,11 +160,12 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
   if (costs) values.push_back(static_cast<double>(log_rate(*costs, logp0[0])[0].item<float>()));
   at::Tensor hidden = req.hidden.unsqueeze(0);  // [1, 1, d]
   std::vector<int64_t> level_rows;
+  const int64_t spine_depth = costs ? std::min({costs->spine, req.depth, req.budget}) : 0;
   for (int64_t level = 1; level < std::min(req.depth, req.budget); ++level) {
     int64_t start = req.committed + level - 1;
     if (start + 1 > capacity) break;
-    if (costs) {
-      Prefix pre = value_prefix(values, first(values.size()), *costs, level_rows);
+    if (costs && level >= spine_depth) {  // the first spine_depth levels are drafted whatever
+      Prefix pre = chain_prefix(values, *costs, level_rows, spine_depth);
       std::vector<double> gains = expansion_gains(*costs, {value(values.back())}, pre.tokens, pre.cost, 1);
       if (pre.kept < static_cast<int64_t>(values.size()) || !level_pays(*costs, gains, pre.tokens)) break;
     }
@@ -153,7 +179,7 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
     if (costs) values.push_back(values.back() + static_cast<double>(log_rate(*costs, logp[0])[0].item<float>()));
     level_rows.push_back(1);
   }
-  size_t n = costs ? static_cast<size_t>(value_prefix(values, first(values.size()), *costs, level_rows).kept) : chosen.size();
+  size_t n = costs ? static_cast<size_t>(chain_prefix(values, *costs, level_rows, spine_depth).kept) : chosen.size();
   DraftTree tree;
   tree.level_rows = level_rows;
   if (n == 0) return tree;
@@ -174,6 +200,9 @@ DraftTree draft_tree(const Forward& forward, const at::Tensor& id_map, int64_t c
   int64_t w = std::min(req.width, req.logits.size(-1));
   if (w == 1) return draft_chain(forward, id_map, capacity, req);
   const StepCosts* costs = req.costs;
+  const int64_t spine_depth = costs ? std::min({costs->spine, req.depth, req.budget}) : 0;
+  std::vector<int64_t> spine;  // candidates on the first-choice path, drafted whatever they are worth
+  if (spine_depth > 0) spine.push_back(0);
   auto choose = [w](const at::Tensor& logits) {  // _choose, deterministic: top-w log-probabilities
     at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
     return logp.topk(w, -1);
@@ -196,8 +225,14 @@ DraftTree draft_tree(const Forward& forward, const at::Tensor& id_map, int64_t c
   for (int64_t level = 1; level < req.depth; ++level) {
     int64_t start = req.committed + (level - 1) * w;
     if (start + w > capacity) break;
+    const bool grows = static_cast<int64_t>(spine.size()) < spine_depth;  // the path's tip is in the frontier
+    auto position = [&](int64_t candidate) {  // of a candidate in the frontier
+      at::Tensor at_ = (frontier == candidate).nonzero();
+      return at_[0][0].item<int64_t>();
+    };
     if (costs) {
-      auto pays = paying_frontier(req, doubles(frontier_values), values, depths, level_rows);
+      auto pays = paying_frontier(req, doubles(frontier_values), values, depths, level_rows, spine, spine_depth,
+                                  grows ? position(spine.back()) : -1);
       if (!pays) break;
       at::Tensor here = at::tensor(*pays, at::kLong);
       frontier = frontier.index_select(0, here);
@@ -221,6 +256,12 @@ DraftTree draft_tree(const Forward& forward, const at::Tensor& id_map, int64_t c
       for (int64_t c = 0; c < w; ++c) parents.push_back(parent), depths.push_back(level + 1);
     }
     at::Tensor best = std::get<1>(cum.flatten().topk(w));
+    if (grows) {  // the tip's first choice extends the path, and stays in the frontier while it must grow
+      int64_t child = position(spine.back()) * w;
+      spine.push_back(n_cand + child);
+      if (static_cast<int64_t>(spine.size()) < spine_depth && !(best == child).any().item<bool>())
+        best = at::cat({best.narrow(0, 0, w - 1), at::full({1}, child, at::kLong)});
+    }
     at::Tensor rows = at::floor_divide(best, w);
     frontier = best + n_cand;
     frontier_scores = cum.flatten().index_select(0, best);
@@ -235,12 +276,15 @@ DraftTree draft_tree(const Forward& forward, const at::Tensor& id_map, int64_t c
     n_cand += f * w;
     level_rows.push_back(f);
   }
-  // _select: keep the budget best by (-score, depth, index) (with costs: by value, those that pay for their rows);
+  // _select: the spine, then the budget best by (-score, depth, index) (with costs: by value, those that pay for their rows);
   // ancestors rank before descendants.
   std::vector<double> sc = doubles(at::cat(cand_scores));
-  std::vector<int64_t> order = ranked(costs ? values : sc, depths);
-  order.resize(std::min<size_t>(order.size(), static_cast<size_t>(req.budget)));
-  if (costs) order.resize(static_cast<size_t>(value_prefix(values, order, *costs, level_rows).kept));
+  std::vector<int64_t> order = ranked(costs ? values : sc, depths, spine);
+  order.resize(std::min<size_t>(order.size(), static_cast<size_t>(req.budget) - spine.size()));
+  if (costs) {
+    order.resize(static_cast<size_t>(value_prefix(values, order, *costs, level_rows, spine).kept));
+    order.insert(order.begin(), spine.begin(), spine.end());
+  }
   DraftTree tree;
   tree.level_rows = level_rows;
   if (order.empty()) return tree;

@@ -46,6 +46,9 @@ struct StepCosts {
   // Acceptance rate of a drafted edge per bin of the drafter's probability: kEdgeBins + 1 values, or
   // twice that (a parent's first choice, then its other children); empty: the drafter's probability as it is.
   std::vector<double> rates;
+  // Levels of the first-choice path drafted and kept whatever they are worth (0: none): not a cost, the
+  // nodes the rule leaves alone. With the chain's depth the tree holds the chain (Python: StepCosts.spine).
+  int64_t spine = 0;
 };
 
 // How a draft is shaped (Python: DecodeSettings' draft_tree/draft_depth/draft_topk/draft_tokens).

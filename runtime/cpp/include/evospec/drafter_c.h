@@ -34,12 +34,14 @@ int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int
 /* What one step costs in ms, for a value-based budget (evospec::StepCosts; Python's StepCosts). rates:
  * rate_count (= EVOSPEC_EDGE_BINS + 1, or twice that: first choices, then other children) acceptance rates
  * per bin of the drafter's edge probability, or NULL
- * (rate_count 0): the drafter's probability as it is. */
+ * (rate_count 0): the drafter's probability as it is. spine: levels of the first-choice path drafted and kept
+ * whatever they are worth (0: none; the chain's depth: the tree holds the chain). */
 enum { EVOSPEC_EDGE_BINS = 11 };
 typedef struct evospec_step_costs {
   double fixed_ms, level_ms, row_ms, level_row_ms;
   const double* rates;
   int64_t rate_count;
+  int64_t spine;
 } evospec_step_costs;
 /* propose, with a value-based budget when costs != NULL (budget is then the most nodes kept), and more out:
  * scores (NULL or capacity doubles): each node's cumulative draft log-probability; level_rows (NULL or at least
