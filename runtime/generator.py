@@ -25,7 +25,7 @@ from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
-from evospec.runtime.shape_choice import CHAIN, ShapeChooser
+from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChooser, chain_tokens
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.target_law import TargetRow
@@ -359,8 +359,10 @@ class SpeculativeGenerator:
                     stats.retrieval_time_s += time.perf_counter() - r0
                 step_s = time.perf_counter() - t0
                 stats.step_time_s += step_s
-                if choose_shape:
-                    self.shapes.observe(shape, len(emit), step_s * 1e3)
+                if choose_shape:  # a greedy tree that holds the chain also says what the chain would have emitted
+                    paired = shape == TREE and s.greedy and costs is not None and costs.spine >= s.draft_depth
+                    self.shapes.observe(shape, len(emit), step_s * 1e3,
+                                        chain_tokens(tree, verdict.accepted_nodes, len(emit)) if paired else None)
                 for token in emit:
                     yield token
                 emitted += len(emit)

@@ -12,12 +12,20 @@ bookkeeping together, over a window of recent steps; each step drafts the shape 
 ms. Until both shapes have ``warmup`` steps it alternates, and every ``explore_every``-th step drafts the
 other one, so a shape that starts paying (a domain where the tree's tau pulls ahead) is seen. Like the
 cost model it lives as long as its generator. Either shape decodes exactly: the choice changes speed only.
+
+Tokens per step vary from 0 to the depth with the text, so two shapes measured on different steps are
+compared on different text: over a 64-token reply the chain's few steps can look far worse than its run-long
+rate. When a greedy tree holds the chain (``DecodeSettings.draft_spine``), every tree step also tells what the
+chain would have emitted on the same text (:func:`chain_tokens`): the chain's rate is then those tokens over
+the chain's own ms per step, a paired comparison. Its steps' time varies far less than their tokens.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+
+from evospec.runtime.tree import DraftTree
 
 CHAIN, TREE = "chain", "tree"
 
@@ -53,10 +61,15 @@ class ShapeChooser:
         self.chosen = {CHAIN: 0, TREE: 0}  # steps drafted with each shape (reports read it)
 
     def rate(self, shape: str) -> float | None:
-        """Tokens emitted per ms over the window (None before any step of the shape)."""
+        """Tokens emitted per ms over the window (None before any step of the shape). The chain's, once
+        ``warmup`` tree steps said what it would have emitted on their text: those tokens over its own ms a step."""
         steps = self._steps[shape]
-        ms = sum(m for _, m in steps)
-        return sum(t for t, _ in steps) / ms if steps and ms > 0 else None
+        ms = sum(m for _, m, _ in steps)
+        if shape == CHAIN and steps:
+            paired = [c for _, _, c in self._steps[TREE] if c is not None]
+            if len(paired) >= self.settings.warmup:
+                return sum(paired) / (len(paired) * ms / len(steps)) if ms > 0 else None
+        return sum(t for t, _, _ in steps) / ms if steps and ms > 0 else None
 
     def ahead(self) -> str:
         """The shape with the higher rate; the tree on a tie (it verifies more candidates)."""
@@ -79,7 +92,22 @@ class ShapeChooser:
         self.chosen[shape] += 1
         return shape
 
-    def observe(self, shape: str, tokens: int, ms: float) -> None:
-        """A finished step of ``shape``: the tokens it emitted and its wall time."""
-        self._steps[shape].append((tokens, ms))
+    def observe(self, shape: str, tokens: int, ms: float, chain_tokens: int | None = None) -> None:
+        """A finished step of ``shape``: the tokens it emitted, its wall time, and for a tree that holds the
+        chain, what the chain would have emitted (:func:`chain_tokens`)."""
+        self._steps[shape].append((tokens, ms, chain_tokens if shape == TREE else None))
         self._seen += 1
+
+
+def chain_tokens(tree: DraftTree, accepted_nodes: list[int], emitted: int) -> int:
+    """What the chain of first choices in ``tree`` would have emitted under greedy verification: its nodes
+    accepted before the first that is not, and the target's token after them (at most ``emitted``, as the step
+    was cut at EOS or the token limit). A tree keeps each parent's children in the drafter's order, so the
+    first child is the first choice; with the spine the path is whole to the chain's depth."""
+    children = tree.children()
+    row, accepted = 0, 0
+    for node in accepted_nodes:
+        if not children[row] or children[row][0] != node:
+            break
+        accepted, row = accepted + 1, node + 1
+    return min(accepted + 1, emitted)

@@ -4,9 +4,11 @@ the shape that delivered the most tokens per ms, explores the other, and decodin
 from __future__ import annotations
 
 import pytest
+import torch
 
 from evospec import DecodeSettings, SpeculativeGenerator
-from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChoiceSettings, ShapeChooser
+from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChoiceSettings, ShapeChooser, chain_tokens
+from evospec.runtime.tree import DraftTree
 
 from .conftest import hf_greedy
 from .test_sampling_exactness import (
@@ -54,6 +56,36 @@ def test_without_exploration_the_losing_shape_is_not_drafted_after_warm_up():
     assert drafted[4:] == [TREE] * 16
 
 
+def test_trees_that_hold_the_chain_compare_it_on_their_own_text():
+    """The chain's few steps fell on hard text (1 token in 10 ms), the tree's on easy text (3 tokens in 15 ms).
+    Unpaired, the tree looks twice as fast. Each tree step also says the chain would have emitted 3 tokens
+    there: at the chain's 10 ms a step that is 0.3 tokens per ms against the tree's 0.2, so the chain wins."""
+    settings = ShapeChoiceSettings(warmup=3, explore_every=0)
+    unpaired, paired = ShapeChooser(settings), ShapeChooser(settings)
+    for chooser, said in ((unpaired, None), (paired, 3)):
+        for _ in range(3):
+            chooser.observe(CHAIN, 1, 10.0)
+            chooser.observe(TREE, 3, 15.0, said)
+    assert unpaired.ahead() == TREE and unpaired.rate(CHAIN) == pytest.approx(0.1)
+    assert paired.ahead() == CHAIN and paired.rate(CHAIN) == pytest.approx(0.3)
+    assert paired.rate(TREE) == pytest.approx(0.2)
+    early = ShapeChooser(settings)  # fewer paired tree steps than warmup: the chain's own steps decide
+    early.observe(CHAIN, 1, 10.0)
+    early.observe(TREE, 3, 15.0, 3)
+    assert early.rate(CHAIN) == pytest.approx(0.1)
+
+
+def test_chain_tokens_follow_first_children_until_the_first_miss():
+    # the first-choice path is 0 -> 2 -> 4; node 1 is the root's second child and node 3 is node 0's
+    tree = DraftTree(tokens=torch.tensor([10, 11, 12, 13, 14]), parents=torch.tensor([-1, -1, 0, 0, 2]),
+                     depths=torch.tensor([1, 1, 2, 2, 3]))
+    assert chain_tokens(tree, [0, 2, 4], 4) == 4  # the whole path, and the bonus
+    assert chain_tokens(tree, [0, 2, 4], 3) == 3  # cut as the step was
+    assert chain_tokens(tree, [0, 3], 3) == 2  # 3 is a sibling: the chain stops after 0 with its bonus
+    assert chain_tokens(tree, [1], 2) == 1  # the root's second child: the chain's first node was rejected
+    assert chain_tokens(tree, [], 1) == 1
+
+
 def test_one_shape_pins_the_choice_and_bad_settings_are_refused():
     chooser = ShapeChooser(ShapeChoiceSettings(shapes=(TREE,)))
     assert drive(chooser, {CHAIN: 1.0, TREE: 0.01}, 5) == [TREE] * 5
@@ -70,6 +102,10 @@ def test_greedy_auto_tree_drafting_both_shapes_equals_target_greedy(trained_pair
         result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_tree="tree", draft_budget="auto"))
         assert result.token_ids == hf_greedy(model, prompt, 40)
     assert generator.shapes.chosen[CHAIN] > 2 and generator.shapes.chosen[TREE] > 2
+    # past the cost model's seed steps every tree held the chain: it says what the chain would have emitted,
+    # never more than the tree did, and sometimes less (a sibling accepted past the chain's miss)
+    said = [(tokens, chain) for tokens, _, chain in generator.shapes._steps[TREE] if chain is not None]
+    assert len(said) > 2 and all(chain <= tokens for tokens, chain in said)
 
 
 def test_fixed_budgets_and_chains_never_consult_the_chooser(trained_pair):
