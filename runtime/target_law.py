@@ -192,7 +192,8 @@ class Proposal:
             return float(y == self.token)
         if self.columns is None:
             return float(self.q[y])
-        return float(self.q[self.columns == y].sum())
+        # numpy's compare and gather: a third of torch's boolean indexing on the 16k columns, called per proposal
+        return float(self.q.numpy()[self.columns.numpy() == y].sum())
 
     def subtract(self, p: torch.Tensor, total: float) -> None:
         """``p <- max(p - total q, 0)``, in place (the residual after this child's rejection)."""
