@@ -10,7 +10,6 @@ accepted path in the target cache. ``use_draft=False`` runs the same loop with a
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from collections.abc import Iterator

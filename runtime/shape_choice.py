@@ -92,10 +92,10 @@ class ShapeChooser:
         self.chosen[shape] += 1
         return shape
 
-    def observe(self, shape: str, tokens: int, ms: float, chain_tokens: int | None = None) -> None:
+    def observe(self, shape: str, tokens: int, ms: float, chain_would_emit: int | None = None) -> None:
         """A finished step of ``shape``: the tokens it emitted, its wall time, and for a tree that holds the
         chain, what the chain would have emitted (:func:`chain_tokens`)."""
-        self._steps[shape].append((tokens, ms, chain_tokens if shape == TREE else None))
+        self._steps[shape].append((tokens, ms, chain_would_emit if shape == TREE else None))
         self._seen += 1
 
 
