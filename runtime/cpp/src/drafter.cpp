@@ -304,6 +304,8 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   auto t2 = std::chrono::steady_clock::now();
   tree.root_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
   tree.tree_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+  // the caller verifies next: a pipelined policy's job runs meanwhile (after drafting, not beside it)
+  if (d.policy) d.policy->start_pending();
   return tree;
 }
 

@@ -74,6 +74,7 @@ class MassRouted : public Policy {
     inner_->observe(committed, state);
   }
   bool routed() const override { return true; }
+  void start_pending() override { inner_->start_pending(); }
 
   std::vector<int64_t> route(const at::Tensor& state) override {
     inner_->active_ids();  // collects the newest set (pipelined) and patches it

@@ -55,8 +55,40 @@ std::vector<int64_t> TokenFrequencies::top(int64_t k, int64_t vocab) const {
   return ids;
 }
 
+namespace {
+
+// One OpenMP thread for the calling thread (the count is per thread): the job's few ATen ops (the semantic
+// query's projection) must not start a team of their own beside the target's pass on a small host (Python's
+// runtime/worker_threads.py). Weak: resolved from the OpenMP runtime libtorch loads, absent without one.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+
+}  // namespace
+
+void PipelinedPolicy::drain() {
+  pending_.reset();
+  while (!queue_.empty()) {
+    queue_.front().wait();
+    queue_.pop_front();
+  }
+}
+
+void PipelinedPolicy::start_pending() {
+  if (!pending_) return;
+  Job job = std::move(*pending_);
+  pending_.reset();
+  queue_.push_back(std::async(std::launch::async, [this, job = std::move(job)]() -> Computed {
+    if (omp_set_num_threads != nullptr) omp_set_num_threads(1);
+    c10::InferenceMode guard;  // thread-local: as the drafter's own calls run
+    // What Python's worker runs for this observation, in order
+    inner_->served(job.served);
+    inner_->observe(job.committed, job.state);
+    auto active = inner_->active_ids();
+    return {std::move(active), inner_->fill_start()};
+  }));
+}
+
 void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
-  queue_.clear();
+  drain();
   fresh_.clear();
   added_ = 0;
   inner_->reset(prompt);
@@ -66,19 +98,17 @@ void PipelinedPolicy::reset(const std::vector<int64_t>& prompt) {
 }
 
 void PipelinedPolicy::observe(const std::vector<int64_t>& committed, const at::Tensor& state) {
+  start_pending();  // the previous observation's job, if the caller did not start it
   if (inner_->patches_fresh()) fresh_ = inner_->fresh(committed);
-  // What Python's worker runs for this observation (in order, so computing it now is the same).
-  inner_->served(served_);
-  inner_->observe(committed, state);
-  auto active = inner_->active_ids();
-  queue_.emplace_back(std::move(active), inner_->fill_start());
+  pending_ = Job{committed, state.defined() ? state.clone() : at::Tensor(), served_};
 }
 
 std::vector<int64_t> PipelinedPolicy::active_ids() {
-  while (queue_.size() > 1) {  // the newest job overlaps this cycle; older ones are due
-    current_ = std::move(queue_.front().first);
-    fill_start_ = queue_.front().second;
-    queue_.erase(queue_.begin());
+  while (!queue_.empty()) {  // started jobs are the older observations' (due); the newest one is pending
+    Computed computed = queue_.front().get();  // rethrows the job's error here
+    queue_.pop_front();
+    current_ = std::move(computed.first);
+    fill_start_ = computed.second;
   }
   served_ = current_;
   added_ = 0;

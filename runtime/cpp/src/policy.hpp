@@ -2,13 +2,17 @@
 //
 // Mirrors of the Python policies, so a C++ service gets the same active set at every step:
 // static ones (full, eagle3, frspec:K), EvoSpec's living vocabulary (evospec_policy.cpp) and the
-// one-cycle-ahead schedule of Python's PipelinedPolicy (the deterministic lag, without a thread).
+// one-cycle-ahead schedule of Python's PipelinedPolicy (the deterministic lag; its job on a thread of its own
+// while the caller runs the target's pass, as Python's worker runs it).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <deque>
+#include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -41,6 +45,9 @@ class Policy {
   virtual std::vector<int64_t> fresh(const std::vector<int64_t>&) const { return {}; }
   virtual int64_t tail_size() const { return 0; }
   virtual int64_t core_size() const { return 0; }  // the frequency core at the head of every set
+  // Where the caller spends a while outside the drafter (its target's pass): a pipelined policy starts the
+  // newest observation's job here (Python's PipelinedPolicy.start_pending).
+  virtual void start_pending() {}
 };
 
 class StaticPolicy : public Policy {
@@ -81,20 +88,37 @@ bool semantic_index_available();
 // Python's PipelinedPolicy: the set served at cycle t was computed from the observation of
 // cycle t-2 (patched with cycle t-1's fresh evidence when the inner policy asks), and the inner
 // policy is told which set was served when it observes.
+//
+// The inner policy's job for an observation (served, observe, active_ids) runs on a thread of its own,
+// started at ``start_pending`` (the drafter calls it as propose() returns, so the job overlaps the caller's
+// target pass) and joined when its set is due. Only that thread touches the inner policy's state while a
+// job runs; the caller's side reads what the inner policy never changes (``fresh``, sizes). The sets are the
+// ones computing the job inline would give: the lag is fixed, not timed.
 class PipelinedPolicy : public Policy {
  public:
   explicit PipelinedPolicy(std::unique_ptr<Policy> inner) : inner_(std::move(inner)) {}
+  ~PipelinedPolicy() override { drain(); }
   void reset(const std::vector<int64_t>& prompt) override;
   std::vector<int64_t> active_ids() override;
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override;
+  void start_pending() override;
   void served(const std::vector<int64_t>& active) override { served_ = active; }  // a wrapper changed the set
   std::vector<int64_t> kept_ids() override;
   int64_t tail_size() const override { return inner_->tail_size(); }
   int64_t core_size() const override { return inner_->core_size(); }
 
  private:
+  using Computed = std::pair<std::vector<int64_t>, int64_t>;  // a set and its fill_start
+  struct Job {
+    std::vector<int64_t> committed;
+    at::Tensor state;  // a copy: the drafter writes its next state while the job runs
+    std::vector<int64_t> served;
+  };
+  void drain();  // wait for every started job; the pending one is dropped
+
   std::unique_ptr<Policy> inner_;
-  std::vector<std::pair<std::vector<int64_t>, int64_t>> queue_;  // sets computed (and their fill_start), oldest first
+  std::optional<Job> pending_;              // the newest observation's job, not started
+  std::deque<std::future<Computed>> queue_;  // started jobs, oldest first
   std::vector<int64_t> current_;              // the newest set due
   int64_t fill_start_ = -1;                   // current_'s fill_start
   size_t added_ = 0;                          // fresh ids patched in at the end of served_
