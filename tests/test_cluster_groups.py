@@ -14,12 +14,14 @@ from evospec.runtime.vocab.dynaspec import Shortlister, cluster_rows, train_rout
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(0, 5), min_size=0, max_size=40), st.data())
-def test_rows_of_and_enough_match_slicing_each_group(groups, data):
+def test_rows_of_owners_and_enough_match_slicing_each_group(groups, data):
     ids = torch.arange(100, 100 + len(groups))
     grouped = ClusterGroups(ids, torch.tensor(groups, dtype=torch.long), 6)
     order = np.array(data.draw(st.permutations(range(6))), dtype=np.int64)
     slices = [grouped.members[grouped.offsets[c] : grouped.offsets[c + 1]].tolist() for c in order]
     assert grouped.rows_of(order).tolist() == [i for part in slices for i in part]
+    group_of = dict(zip(ids.tolist(), groups))
+    assert grouped.owners(order).tolist() == [group_of[i] for i in grouped.rows_of(order).tolist()]
     for c in range(6):  # inside a group, the given order is kept
         assert grouped.members[grouped.offsets[c] : grouped.offsets[c + 1]].tolist() == [
             i for i, g in zip(ids.tolist(), groups) if g == c]

@@ -32,3 +32,7 @@ class ClusterGroups:
         ends = np.cumsum(sizes)
         shift = np.repeat(self._offsets[groups] - (ends - sizes), sizes)  # member index minus output position
         return self._members[np.arange(int(ends[-1]) if ends.size else 0) + shift]
+
+    def owners(self, groups: np.ndarray) -> np.ndarray:
+        """The group of each id ``rows_of(groups)`` returns, in the same order."""
+        return np.repeat(groups, self._sizes[groups])

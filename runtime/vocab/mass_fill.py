@@ -64,8 +64,6 @@ class MassFill:
         self.groups = ClusterGroups(rest, group, index.clusters * self.tiers)  # frequency order kept in each
         self._kept = np.zeros(vocab, dtype=bool)
         self.sticky = sticky
-        self._group_of = np.full(vocab, -1, dtype=np.int64)  # the group of each row outside the core
-        self._group_of[rest.numpy()] = group.numpy()
         self._chosen = np.zeros(index.clusters * self.tiers, dtype=bool)  # the groups the last fill took rows from
 
     def forget(self) -> None:
@@ -87,22 +85,28 @@ class MassFill:
             first = np.zeros_like(self._chosen)
             first[stay] = True
             order = np.concatenate((stay, order[~first[order]]))
-        fill = self._outside(kept, self.groups.rows_of(self.groups.enough(order, need)), room)
+        chosen = self.groups.enough(order, need)
+        candidates = self.groups.rows_of(chosen)
+        picked = self._outside(kept, candidates, room)
         if self.sticky:  # the groups that gave rows (``enough`` may reach past them when kept ids are among them)
             self._chosen[:] = False
-            self._chosen[self._group_of[fill.numpy()]] = True
-        return fill
+            self._chosen[self.groups.owners(chosen)[picked]] = True  # not a lookup per id in a vocabulary-wide table
+        return torch.from_numpy(candidates[picked]).to(kept.dtype)
 
     def by_frequency_ids(self, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, most frequent first."""
-        return self._outside(kept, self.by_frequency[: room + kept.numel()], room) if room > 0 else kept[:0]
+        if room <= 0:
+            return kept[:0]
+        candidates = self.by_frequency[: room + kept.numel()]
+        return torch.from_numpy(candidates[self._outside(kept, candidates, room)]).to(kept.dtype)
 
-    def _outside(self, kept: torch.Tensor, candidates: np.ndarray, room: int) -> torch.Tensor:
+    def _outside(self, kept: torch.Tensor, candidates: np.ndarray, room: int) -> np.ndarray:
+        """Positions in ``candidates`` of the first ``room`` ids outside ``kept``."""
         kept_np = kept.numpy()
         self._kept[kept_np] = True
-        fill = candidates[~self._kept[candidates]][:room]
+        picked = np.flatnonzero(~self._kept[candidates])[:room]
         self._kept[kept_np] = False
-        return torch.from_numpy(fill).to(kept.dtype)
+        return picked
 
 
 class MassRouted:
