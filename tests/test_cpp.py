@@ -370,6 +370,25 @@ def test_decoding_with_the_cpp_drafter_equals_decoding_with_pythons(library, dem
         assert cpp.token_ids == plain.token_ids
 
 
+def test_pipelined_policy_jobs_across_generations_equal_pythons(library, demo_bundle):
+    """The C++ pipelined policy runs its job on a thread of its own, started as propose() returns. Consecutive
+    generations with one drafter start each new sequence while the last one's job may still run (start() drains
+    it): every generation keeps Python's tokens, accepted lengths and rows moved."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    prompts = [list(range(5, 37)), [7, 8, 9, 10, 11, 12], list(range(40, 60))]
+    freq = str(demo_bundle.parent / "demo-frequencies.json")
+    runs = {}
+    for runtime in ("python", "cpp"):
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64",
+                                                     drafter_runtime=runtime, frequencies=freq)
+        runs[runtime] = [generator.generate(prompt, CHAIN) for prompt in prompts]
+    for python, cpp in zip(runs["python"], runs["cpp"], strict=True):
+        assert cpp.token_ids == python.token_ids
+        assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
+        assert cpp.stats.active_rows_moved == python.stats.active_rows_moved > 0
+
+
 def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     from evospec.core.errors import SettingsError
     from evospec.runtime.generator import SpeculativeGenerator
