@@ -5,6 +5,7 @@ decoding stays exact while the vocabulary and the head rows change every cycle."
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,44 @@ def test_prior_switch_ranks_clusters_of_counted_tokens_first(variant):
             policy.reset([])
             active = set(policy.route(h).tolist())
             assert (set(range(20, 40)) <= active) == prior and (set(range(140, 160)) <= active) != prior, name
+
+
+def test_rank_max_switch_ranks_the_cluster_holding_the_likeliest_row_first():
+    """``mass_rank = "max"`` (variant ``rank-max``): the fill ranks clusters by the expected largest logit among their
+    rows, not by their mass. Cluster 7 (ids 140..159) has the higher centre and tight rows, so the most mass; cluster 8
+    (160..179) a lower centre and spread rows, so the likelier argmax: the chosen setting (mass) fills from 7, rank-max
+    from 8 (its score is ``MassIndex.max_terms``)."""
+    from evospec.runtime.vocab.mass_index import MassIndex
+
+    spread = torch.zeros(10)
+    spread[8] = 0.1
+    index = MassIndex(torch.arange(200) // 20, 3 * torch.eye(10), torch.full((10,), 20.0).log(), spread)
+    inputs = PolicyInputs(200, torch.arange(100), mass=index)
+    freq = _frequencies()
+    h = torch.zeros(10)
+    h[7], h[8] = 1.0, 0.9
+    mass, top = index.scores(h), index.scores(h, "max")
+    assert mass[7] > mass[8] and top[8] > top[7]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        for name, by_max in (("evospec:40:rank-max:sync", True), ("evospec:40:sync", False)):
+            policy = make_policy(name, inputs, "f")
+            assert policy.fill.rank == ("max" if by_max else "mass")
+            policy.reset([])
+            active = set(policy.route(h).tolist())
+            assert (set(range(160, 180)) <= active) == by_max and (set(range(140, 160)) <= active) != by_max, name
+
+
+def test_max_terms_are_the_expected_largest_residual_logit():
+    """``MassIndex.max_terms``: sqrt(2 s ln n) for n rows of per-coordinate variance s (spread = s / 2): one row has
+    none, an empty cluster ranks last. Against the mean largest of n Gaussian draws: at n = 400 the asymptote overstates
+    it by about 15% (never understates it), the same bias for every cluster of that size."""
+    from evospec.runtime.vocab.mass_index import MassIndex
+
+    log_sizes = torch.tensor([0.0, float("-inf"), math.log(400.0)])
+    index = MassIndex(torch.zeros(3, dtype=torch.long), torch.zeros(3, 4), log_sizes, torch.tensor([0.5, 0.5, 0.5]))
+    terms = index.max_terms()
+    assert terms[0] == 0 and terms[1] == float("-inf")
+    g = torch.Generator().manual_seed(0)
+    largest = torch.randn(2000, 400, generator=g).max(dim=1).values.mean()  # s = 1: unit-variance residual logits
+    assert 1.0 < float(terms[2]) / float(largest) < 1.25

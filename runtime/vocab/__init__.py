@@ -88,7 +88,8 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
             fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size),
-                            last_in_fill(settings, table, inputs), settings.mass_sticky, table.counts, settings.mass_prior)
+                            last_in_fill(settings, table, inputs), settings.mass_sticky, table.counts, settings.mass_prior,
+                            settings.mass_rank)
             return MassRouted(policy, fill, int(arg))
         if settings.route_semantic:
             if inputs.semantic is None:

@@ -82,6 +82,8 @@ class PolicySettings:
             then move per cycle (the plan update and row copies on the decoding thread), for a little mass.
         mass_prior: the mass fill ranks clusters by the drafter's estimated mass plus ``mass_prior`` x the log of
             the mean corpus count of their rows (``mass_fill.frequency_prior``; 0: the drafter's mass alone).
+        mass_rank: what the fill ranks clusters by: ``mass``, the drafter's estimated mass in each, or ``max``,
+            the expected largest logit among its rows (what greedy drafting proposes; ``MassIndex.max_terms``).
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -101,6 +103,7 @@ class PolicySettings:
     mass_synthesised_last: bool = False
     mass_sticky: float = 0.25  # chosen on the valid split (README, stop 34): tau level, half the rows moved
     mass_prior: float = 0.0
+    mass_rank: str = "mass"
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -110,6 +113,8 @@ class PolicySettings:
             raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
         if self.mass_sticky < 0 or self.mass_prior < 0:
             raise SettingsError(f"mass_sticky and mass_prior must be >= 0 (got {self.mass_sticky}, {self.mass_prior})")
+        if self.mass_rank not in ("mass", "max"):
+            raise SettingsError(f"mass_rank must be 'mass' or 'max' (got {self.mass_rank!r})")
         if min(self.semantic_count, self.max_age, self.target_top, self.route_semantic) < 0:
             raise SettingsError(f"semantic_count, max_age, target_top and route_semantic must be >= 0 (got "
                                 f"{self.semantic_count}, {self.max_age}, {self.target_top}, {self.route_semantic})")
@@ -224,6 +229,7 @@ VARIANTS: dict[str, dict] = {
     "no-sticky": {"policy": {"mass_sticky": 0.0}},
     "prior-half": {"policy": {"mass_prior": 0.5}},
     "prior-1": {"policy": {"mass_prior": 1.0}},
+    "rank-max": {"policy": {"mass_rank": "max"}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

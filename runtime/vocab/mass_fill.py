@@ -41,13 +41,17 @@ class MassFill:
 
     def __init__(self, index: MassIndex, core: torch.Tensor, by_frequency: torch.Tensor,
                  last: torch.Tensor | None = None, sticky: float = 0.0, counts: torch.Tensor | None = None,
-                 prior: float = 0.0) -> None:
+                 prior: float = 0.0, rank: str = "mass") -> None:
         """``last``: a [V] mask of rows to take only after every other row (each cluster's such rows form a
         second group, ranked as the cluster is, after all the first groups). ``sticky``: a cluster the last
         fill chose goes first again while it ranks within the clusters holding ``(1 + sticky)`` times the rows
         needed; the set then moves fewer rows from cycle to cycle (0: rank order alone). ``prior``: the weight of
         ``frequency_prior`` over the rows outside the core, from their corpus ``counts`` [V], added to every
-        cluster's score (0: none)."""
+        cluster's score (0: none). ``rank``: what the clusters are ranked by (``MassIndex.scores``): ``mass``
+        or ``max``."""
+        if rank not in ("mass", "max"):
+            raise ValueError(f"rank must be 'mass' or 'max' (got {rank!r})")
+        self.rank = rank
         if sticky < 0:
             raise ValueError(f"sticky must be >= 0 (got {sticky})")
         if prior and counts is None:
@@ -74,7 +78,7 @@ class MassFill:
         """Up to ``room`` ids outside ``kept``, from the clusters ranked first for ``state`` in rank order."""
         if room <= 0:
             return kept[:0]
-        scores = self.index.scores(state)
+        scores = self.index.scores(state, self.rank)
         order = torch.argsort(scores if self.prior is None else scores + self.prior, descending=True).numpy()
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))

@@ -17,7 +17,7 @@ logits, norms included) over the reservoir, built at compile time (``passes/mass
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,6 +78,7 @@ class MassIndex:
     means: torch.Tensor  # [C, d] cluster centres
     log_sizes: torch.Tensor  # [C] log of the rows in each cluster (empty clusters: -inf)
     spread: torch.Tensor  # [C] half the per-coordinate variance of the rows around their centre
+    _max_terms: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def clusters(self) -> int:
@@ -94,10 +95,26 @@ class MassIndex:
         log_sizes = torch.where(counts > 0, counts.clamp_min(1).log(), torch.full_like(counts, -torch.inf))
         return cls(labels, means, log_sizes, spread)
 
-    def scores(self, state: torch.Tensor) -> torch.Tensor:
-        """[C] the estimated log of the drafter's unnormalised mass in each cluster, for a head input [d]."""
+    def scores(self, state: torch.Tensor, rank: str = "mass") -> torch.Tensor:
+        """[C] for a head input [d]: ``mass``, the estimated log of the drafter's unnormalised mass in each
+        cluster; ``max``, the expected largest logit among the cluster's rows (``max_terms``)."""
         h = state.detach().reshape(-1).float().cpu()
+        if rank == "max":
+            if self._max_terms is None:
+                self._max_terms = self.max_terms()
+            return self.means @ h + self._max_terms * torch.linalg.vector_norm(h)
         return self.log_sizes + self.means @ h + self.spread * (h @ h)
+
+    def max_terms(self) -> torch.Tensor:
+        """[C] ``sqrt(2 s_c ln n_c)``, the expected largest of ``n_c`` residual logits ``<h, r_i>`` per unit of
+        ``|h|`` (the residuals isotropic, variance ``s_c = 2 spread`` per coordinate: ``<h, r_i> ~ N(0, s_c |h|^2)``,
+        and the largest of n standard normals is about ``sqrt(2 ln n)``); -inf for an empty cluster.
+
+        Why a second ranking: greedy drafting proposes the head's argmax, so at T = 0 what a set must hold is
+        the drafter's likeliest row, not its mass. A cluster of many middling rows holds mass; a small cluster
+        of sharp rows holds the argmax as often."""
+        terms = torch.sqrt(4.0 * self.spread.clamp_min(0) * self.log_sizes.clamp_min(0))
+        return torch.where(torch.isfinite(self.log_sizes), terms, torch.full_like(terms, -torch.inf))
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file

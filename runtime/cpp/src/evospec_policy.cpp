@@ -277,7 +277,8 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
                         "not implemented in the C++ drafter library; run it with the Python drafter");
   else if (name == "frequency-fill") s.mass_fill = false;
   else if (name == "no-sticky") s.mass_sticky = 0.0;
-  else if (name == "unseen-last" || name == "synthesised-last" || name == "prior-half" || name == "prior-1")
+  else if (name == "unseen-last" || name == "synthesised-last" || name == "prior-half" || name == "prior-1" ||
+           name == "rank-max")
     throw SettingsError("evospec variant '" + name + "' (an order of the mass fill's rows) is not implemented in the C++ "
                         "drafter library; run it with the Python drafter");
   else if (name == "target-top-256")
@@ -289,8 +290,8 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
                         "core-25, core-75, frequency-fill, frequency-only, no-context, no-corpus-successors, no-curriculum, no-drift, "
-                        "no-fresh, no-semantic, no-session-successors, no-sticky, prior-1, prior-half, renormalised-teacher, "
-                        "rest-mass, semantic-256, synthesised-last, target-top-256, unseen-last");
+                        "no-fresh, no-semantic, no-session-successors, no-sticky, prior-1, prior-half, rank-max, "
+                        "renormalised-teacher, rest-mass, semantic-256, synthesised-last, target-top-256, unseen-last");
   return s;
 }
 
