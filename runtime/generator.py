@@ -25,6 +25,7 @@ from evospec.runtime.bundle import check_target, load_compiled_drafter, read_man
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
 from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChooser, chain_tokens
+from evospec.runtime.speculation_gate import SpeculationGate
 from evospec.runtime.stats import DecodeStats, GenerationResult
 from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
 from evospec.runtime.target_law import TargetRow
@@ -75,6 +76,7 @@ class SpeculativeGenerator:
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
+        self.gate = SpeculationGate()  # speculate or take a plain step, by tokens per ms (plain_fallback)
         self._laid_out_for = None  # the policy whose first set the drafter laid out afresh (lay_out_next)
 
     @classmethod
@@ -222,6 +224,7 @@ class SpeculativeGenerator:
         auto = use_draft and s.draft_budget == "auto"
         # auto on a tree also weighs the chain each step (shape_choice.py); the C++ drafter drafts no sampled chain
         choose_shape = auto and s.draft_tree == "tree" and not (native is not None and s.temperature > 0)
+        gate = self.gate if use_draft and s.plain_fallback else None
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
@@ -266,19 +269,24 @@ class SpeculativeGenerator:
             drafter.on_root_state = lambda state: self._route(policy, state, stats)
         trunk = TrunkClock(trunk_module(drafter) if use_draft and native is None else None)
         stats.draft_split = trunk.timed or not use_draft
+        # plain_fallback: whether this step drafts (the first always does: the drafter takes the prompt there), and
+        # what plain steps committed that the policy has not observed yet (it observes before the next draft only)
+        speculate = gate is None or gate.speculate(first=True)
+        unobserved: list[int] = []
+        unobserved_top: list[torch.Tensor] = []
         try:
             while True:
                 t0 = time.perf_counter()
                 tree = DraftTree.empty()
                 root_s = tree_s = 0.0
-                shape = self.shapes.next() if choose_shape else s.draft_tree
+                shape = self.shapes.next() if choose_shape and speculate else s.draft_tree
                 width = 1 if shape == CHAIN else s.tree_width
-                if policy is not None and not routed:
+                if policy is not None and not routed and speculate:
                     r0 = time.perf_counter()
                     active = policy.active_ids()
                     stats.retrieval_time_s += time.perf_counter() - r0
                     self._set_active(active, stats)
-                if use_draft:
+                if use_draft and speculate:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
                     if choose_shape and shape == CHAIN:  # the chain alternative: fixed, no value rule
@@ -323,17 +331,21 @@ class SpeculativeGenerator:
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size
-                if auto and width == s.tree_width:  # the cost model prices the configured shape's nodes
+                if auto and speculate and width == s.tree_width:  # the cost model prices the configured shape's nodes
                     self.step_costs.observe(StepTiming(
                         rows=1 + tree.size, verify_ms=(t4 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
                         level_rows=tree.level_rows, width=width, edges=tried_edges(tree, verdict.accepted_nodes)))
 
                 new_tokens = [int(tree.tokens[i]) for i in verdict.accepted_nodes] + [verdict.bonus]
-                if native is not None:
-                    native.commit(new_tokens[:-1])
+                if native is not None:  # the tokens after the root it takes features of at its next call
+                    native.commit(new_tokens[:-1] if speculate else [root])
                 emit = new_tokens[: self._emittable(new_tokens, emitted, eos, s.max_new_tokens)]
                 stats.step_tokens.append(len(emit))
-                if aligner is not None:  # root-call row j proposes the token whose target logits are row j here
+                last = len(emit) < len(new_tokens) or emit[-1] in eos or emitted + len(emit) >= s.max_new_tokens
+                next_speculate = gate is None or last or gate.speculate()
+                if aligner is not None and not speculate:  # the next root call's new rows: this step's root row
+                    pending_logits = torch.cat((pending_logits, out.logits[:1]))
+                elif aligner is not None:  # root-call row j proposes the token whose target logits are row j here
                     a0 = time.perf_counter()
                     targets = torch.cat((pending_logits, out.logits[:1])).cpu()
                     changes = aligner.feedback(CycleFeedback(
@@ -351,24 +363,38 @@ class SpeculativeGenerator:
                     state = getattr(drafter, "context_state", None)
                     feedback = getattr(policy, "target_top", 0)  # the target's likeliest ids where it verified
                     if feedback:
-                        top = out.logits[rows.to(device)].topk(min(feedback, out.logits.shape[-1]), dim=-1).indices.cpu()
-                        policy.observe(new_tokens, state, top)
-                    else:
-                        policy.observe(new_tokens, state)
+                        unobserved_top.append(
+                            out.logits[rows.to(device)].topk(min(feedback, out.logits.shape[-1]), dim=-1).indices.cpu())
+                    unobserved += new_tokens
+                    if next_speculate:  # one observation of everything since the last draft, as the C++ library's
+                        if feedback:
+                            policy.observe(unobserved, state, torch.cat(unobserved_top))
+                        else:
+                            policy.observe(unobserved, state)
+                        unobserved, unobserved_top = [], []
                     stats.retrieval_time_s += time.perf_counter() - r0
                 step_s = time.perf_counter() - t0
                 stats.step_time_s += step_s
-                if choose_shape:  # a greedy tree that holds the chain also says what the chain would have emitted
+                if gate is not None:
+                    if stats.steps > 1:  # the first step's drafter call takes the whole prompt: not a step's cost
+                        gate.observe(speculate, len(emit), step_s * 1e3)
+                    stats.plain_steps += not speculate
+                if choose_shape and speculate:  # a greedy tree holding the chain says what the chain would have emitted
                     paired = shape == TREE and s.greedy and costs is not None and costs.spine >= s.draft_depth
                     self.shapes.observe(shape, len(emit), step_s * 1e3,
                                         chain_tokens(tree, verdict.accepted_nodes, len(emit)) if paired else None)
                 for token in emit:
                     yield token
                 emitted += len(emit)
-                if len(emit) < len(new_tokens) or emit[-1] in eos or emitted >= s.max_new_tokens:
+                if last:
                     return
-                pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
+                if speculate:
+                    pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
+                else:  # nothing drafted: the drafter takes these positions with the next speculative step's
+                    pairs_hidden = torch.cat((pairs_hidden, out.features[rows.to(device)]))
+                    pairs_tokens = pairs_tokens + new_tokens
                 root = verdict.bonus
+                speculate = next_speculate
         finally:
             if routed:
                 drafter.on_root_state = None

@@ -68,6 +68,7 @@ class DecodeStats:
     rejected_choice_total: int = 0
     active_rows_moved: int = 0  # head columns changed between steps (gather-plan deltas)
     active_size_sum: int = 0  # active-set size summed over draft steps
+    plain_steps: int = 0  # steps that drafted nothing (``plain_fallback``: plain steps were ahead)
 
     @property
     def mean_accepted_length(self) -> float:

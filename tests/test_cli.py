@@ -34,6 +34,13 @@ def test_generate_json_matches_target_greedy(checkpoint_dirs):
     for key in ("steps", "accepted_lengths", "mean_accepted_length", "tokens_per_second", "wall_time_s", "text"):
         assert key in out
     assert out["steps"] == len(out["accepted_lengths"])
+    fallback = run(
+        "generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1,2,3",
+        "--max-new-tokens", "40", "--draft-tree", "chain", "--draft-depth", "3", "--plain-fallback", "--json",
+    )
+    out = json.loads(fallback.stdout.strip().splitlines()[-1])
+    assert out["token_ids"] == hf_greedy(model, [1, 2, 3], 40)
+    assert out["steps"] >= 8 and out["plain_steps"] >= 2  # the gate's plain probes follow its 5 speculative steps
 
 
 def test_generate_text_prompt_with_tokenizer_and_no_draft(tmp_path):

@@ -389,6 +389,31 @@ def test_pipelined_policy_jobs_across_generations_equal_pythons(library, demo_bu
         assert cpp.stats.active_rows_moved == python.stats.active_rows_moved > 0
 
 
+def test_plain_steps_keep_the_cpp_drafter_and_pythons_in_step(library, demo_bundle):
+    """``plain_fallback`` with the same scripted steps (``ScriptedGate``) and EvoSpec's pipelined living vocabulary:
+    the C++ library takes the plain steps' tokens with its next propose() (commit), Python's worker merges their
+    observations into one job (``PipelinedPolicy.hold``). Tokens, accepted lengths and rows moved stay equal
+    step by step, and the output is the target's own."""
+    from evospec.runtime.generator import SpeculativeGenerator
+    from evospec.testing.scripted_gate import ScriptedGate
+
+    prompt = list(range(5, 37))
+    settings = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, plain_fallback=True)
+    runs = {}
+    for runtime in ("python", "cpp"):
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", drafter_runtime=runtime,
+                                                     frequencies=str(demo_bundle.parent / "demo-frequencies.json"))
+        generator.gate = ScriptedGate((False, False, True, False, True))
+        runs[runtime] = [generator.generate(prompt, settings), generator.generate(prompt[:12], settings)]
+    plain = SpeculativeGenerator.from_paths(DEMO_TARGET)
+    for i, (python, cpp) in enumerate(zip(runs["python"], runs["cpp"], strict=True)):
+        assert cpp.token_ids == python.token_ids == plain.generate(prompt if i == 0 else prompt[:12], DecodeSettings(
+            max_new_tokens=48, use_draft=False)).token_ids
+        assert cpp.stats.accepted_lengths == python.stats.accepted_lengths and sum(cpp.stats.accepted_lengths) > 0
+        assert cpp.stats.plain_steps == python.stats.plain_steps >= 8
+        assert cpp.stats.active_rows_moved == python.stats.active_rows_moved > 0
+
+
 def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     from evospec.core.errors import SettingsError
     from evospec.runtime.generator import SpeculativeGenerator

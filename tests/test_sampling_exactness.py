@@ -316,3 +316,30 @@ def test_end_to_end_joint_distribution(draft_tree, top_p, relative_error):
                                     draft_tree=draft_tree, draft_depth=3, draft_topk=2, draft_tokens=5)
     assert_joint_matches(counts, expected, n, relative_error)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
+
+
+@pytest.mark.parametrize("relative_error", ERRORS)
+def test_end_to_end_joint_distribution_through_plain_steps(relative_error):
+    """``plain_fallback``: the joint law of the first 4 new tokens equals the target's when every other step is
+    plain (``ScriptedGate``): a sampled plain step, then a sampled chain drafted after it (the drafter takes the
+    plain step's position with its next call)."""
+    from evospec.testing.scripted_gate import ScriptedGate
+
+    model, drafter = end_to_end_pair()
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    generator.gate = ScriptedGate((False, True))
+    prompt, temperature = [1, 4, 2], 1.0
+    expected = exact_joint(model, prompt, 4, temperature, 1.0)
+    half = equal_halves(expected)
+    n = halves_samples(sum(expected[k] for k in half), relative_error)
+    counts: dict[tuple, int] = {}
+    accepted = plain_steps = 0
+    with one_thread():
+        for seed in range(n):
+            result = generator.generate(prompt, DecodeSettings(max_new_tokens=4, seed=seed, temperature=temperature,
+                                                               draft_tree="chain", draft_depth=1, plain_fallback=True))
+            counts[tuple(result.token_ids)] = counts.get(tuple(result.token_ids), 0) + 1
+            accepted += sum(result.stats.accepted_lengths)
+            plain_steps += result.stats.plain_steps
+    assert_joint_matches(counts, expected, n, relative_error)
+    assert accepted > n // 10 and plain_steps >= n, "both kinds of step must happen often for the test to mean something"

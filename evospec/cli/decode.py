@@ -51,6 +51,10 @@ def decode_options(fn):
                      help="With --draft-budget auto on a tree: draft the first-choice path to --draft-depth whatever "
                           "it is worth (the tree holds the chain) and let the value rule add only the nodes off it; "
                           "--no-draft-spine lets the rule price the path too." + _default("draft_spine")),
+        click.option("--plain-fallback/--no-plain-fallback", default=None,
+                     help="Take plain steps (verify the newest token alone, draft nothing) wherever they have lately "
+                          "delivered more tokens per ms than speculative steps; a few steps of the other kind keep "
+                          "both measured." + _default("plain_fallback")),
         click.option("--no-draft", is_flag=True, help="Plain autoregressive decoding through the same loop."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file with a [decode] table."),
         click.option("--stream", is_flag=True, help="Print tokens as they are accepted (with --json: one JSON line per token)."),

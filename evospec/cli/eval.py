@@ -33,6 +33,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-spine/--no-draft-spine", default=None,
               help="auto on a tree: keep the first-choice path to --draft-depth whatever it is worth and price only "
                    "the nodes off it [default: on]; --no-draft-spine lets the rule price the path too.")
+@click.option("--plain-fallback/--no-plain-fallback", default=None,
+              help="Speculative rows: take plain steps wherever they lately delivered more tokens per ms than "
+                   "speculative ones [default: off: every step speculates].")
 @click.option("--temperature", type=float, default=None, help="0 = greedy (default); > 0 = exact sampling.")
 @click.option("--top-p", type=float, default=None, help="Nucleus filter on the target's distribution.")
 @click.option("--seed", type=int, default=None, help="Seed of drafting samples and acceptance tests.")
@@ -67,7 +70,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
     from rich.progress import Progress
 
     from evospec.data.corpus import corpus_domains
-    from evospec.eval.bench import BenchSettings, bench_plot, rows_json, rows_table, run_bench
+    from evospec.eval.bench import BenchSettings, bench_plot, plain_steps_report, rows_json, rows_table, run_bench
     from evospec.eval.divergence import parted_report
     from evospec.runtime.generator import SpeculativeGenerator
 
@@ -117,7 +120,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
         rows += _vllm_rows(target_dir, vllm_source, vllm_drafter, tap_numbering, run, decode, vllm_settings,
                            generator.target.eos_token_ids)
     table = rows_table(rows) + parted_report([(f"{r.domain} ({r.engine})", r.first_difference)
-                                              for r in rows if r.first_difference])
+                                              for r in rows if r.first_difference]) + plain_steps_report(rows)
     if breakdown:
         from evospec.eval.bench import breakdown_table
 

@@ -9,7 +9,7 @@ def stats_table(stats: DecodeStats) -> str:
     rows = [
         ("prompt tokens", f"{stats.prompt_tokens}"),
         ("new tokens", f"{stats.new_tokens}"),
-        ("verification steps", f"{stats.steps}"),
+        ("verification steps", f"{stats.steps}" + (f" ({stats.plain_steps} plain)" if stats.plain_steps else "")),
         ("mean accepted length (tokens/step)", f"{stats.mean_accepted_length:.2f}"),
         ("draft tokens accepted / proposed", f"{stats.acceptance_rate:.1%}"),
         ("prefill time", f"{stats.prefill_time_s * 1e3:.1f} ms"),

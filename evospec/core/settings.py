@@ -76,6 +76,9 @@ class DecodeSettings:
         draft_spine: With ``auto`` on a tree: draft the first-choice path to ``draft_depth`` whatever it is
             worth, so the tree holds the chain, and let the value rule add only the nodes off it. False: the
             rule prices the path too, and may cut it short (runtime/tree.py, ``StepCosts.spine``).
+        plain_fallback: Take a plain step (verify the root alone, draft nothing) wherever plain steps have lately
+            delivered more tokens per ms than speculative ones, measured online (runtime/speculation_gate.py);
+            False speculates every step.
         use_draft: False decodes autoregressively through the same code (a tree of no nodes).
         stop_on_eos: Stop after the target's EOS token, as ``transformers.generate`` does.
     """
@@ -90,6 +93,7 @@ class DecodeSettings:
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
     draft_budget: DraftBudgetKind = "fixed"
     draft_spine: bool = True
+    plain_fallback: bool = False
     use_draft: bool = True
     stop_on_eos: bool = True
 

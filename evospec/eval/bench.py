@@ -61,6 +61,7 @@ class BenchRow:
     first_difference: str | None = None  # where a greedy output first parted from plain's (``divergence.py``)
     batch: int = 1  # requests decoded together (this runtime decodes one at a time)
     ms_per_step: dict[str, float] | None = None  # this runtime: where a step's time went (see step_breakdown)
+    plain_steps: int = 0  # steps that drafted nothing (``--plain-fallback``), counted in ``steps``
 
 
 SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
@@ -109,6 +110,7 @@ def summarise(domain: str, method: str, results: list[GenerationResult], decode:
         verify_ms_per_step=pooled.ms_per_step["verify"],
         identical_to_plain=identical,
         ms_per_step=step_breakdown(pooled.ms_per_step, pooled.draft_split),
+        plain_steps=sum(r.stats.plain_steps for r in results),
     )
 
 
@@ -210,6 +212,12 @@ def rows_table(rows: list[BenchRow]) -> str:
         for r in rows
     ]
     return text_table(header, lines)
+
+
+def plain_steps_report(rows: list[BenchRow]) -> str:
+    """Where ``--plain-fallback`` took plain steps: how many of each speculative row's steps (empty if none)."""
+    taken = [f"{r.domain} {r.plain_steps} of {r.steps}" for r in rows if r.method != "plain" and r.plain_steps]
+    return "\n\nplain steps taken by --plain-fallback: " + ", ".join(taken) if taken else ""
 
 
 def rows_json(rows: list[BenchRow]) -> list[dict]:
