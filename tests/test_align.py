@@ -366,3 +366,38 @@ def test_tensorrt_engine_refits_aligned_rows(tmp_path):
     plan = drafter.plan
     logits = drafter.runners["head"].infer({"normed": normed, "active": plan.ids, "bias": plan.bias})["logits"]
     assert torch.allclose(logits.float().cpu(), normed @ rows[plan.ids].T + plan.bias, atol=1e-3)
+
+
+@pytest.mark.parametrize("pattern", [(True,), (False, True, False, False, True)], ids=["every-step", "plain-steps"])
+def test_alignment_feedback_covers_every_position_once_through_plain_steps(bundles, pattern):
+    """With plain steps (``plain_fallback``, scripted), each speculative step's feedback holds the root call's rows
+    for every position committed since the last draft: its tokens are the sequence's next ones, none lost or
+    repeated, and its target logits are the target's own at those positions (a forward over the whole text)."""
+    from evospec.testing.scripted_gate import ScriptedGate
+
+    class Recorder:
+        updates = 0
+
+        def __init__(self):
+            self.cycles = []
+
+        def feedback(self, cycle):
+            self.cycles.append((cycle.tokens.tolist(), cycle.target_logits.clone(), cycle.head_inputs.shape[0]))
+            return None
+
+    generator = SpeculativeGenerator.from_bundle(bundles["torch"], TARGET)
+    generator.aligner, generator.gate = Recorder(), ScriptedGate(pattern)
+    prompt = generator.encode("def parse(self, text):\n    ")
+    result = generator.generate(prompt, DecodeSettings(max_new_tokens=40, draft_tree="chain", draft_depth=3,
+                                                       plain_fallback=True))
+    sequence = prompt + result.token_ids
+    with torch.no_grad():
+        logits = generator.target.model(torch.tensor([sequence])).logits[0]
+    position, cycles = 1, generator.aligner.cycles  # the first root call's rows: prompt[1:] + the first new token
+    for tokens, targets, rows in cycles:
+        assert tokens == sequence[position : position + len(tokens)] and rows == len(tokens)
+        assert torch.allclose(targets, logits[position : position + len(tokens)], atol=1e-3)
+        position += len(tokens)
+    assert len(cycles) == result.stats.steps - result.stats.plain_steps
+    assert (result.stats.plain_steps > 5) == (pattern != (True,)) and max(len(t) for t, _, _ in cycles[1:]) > 1
+    assert position >= len(sequence) - 8  # the last step's positions wait for a draft that never comes
