@@ -151,6 +151,8 @@ class Drafter {
   // target's own bonus token: that is the next call's ``newest_token``). Their KV entries are
   // written at the next ``propose``, from the target's states there (EAGLE-3 drafts from the
   // target's features); the policy observes them with the newest token then, as Python does.
+  // A step the caller verifies without drafting (a plain step: Python's ``plain_fallback``) commits
+  // the token it fed the target, so the next ``propose`` takes that position too; calls add up.
   void commit(const std::vector<int64_t>& accepted);
 
   // Target ids the head scored at the last propose, in head-column order.
