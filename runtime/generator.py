@@ -160,6 +160,9 @@ class SpeculativeGenerator:
         if evospec_config is not None:
             raise SettingsError("--evospec-config with the C++ drafter: it runs EvoSpec's built-in settings "
                                 "(DrafterOptions::evospec in C++); use --drafter-runtime python for a settings file")
+        if router is not None and str(policy).startswith("evospec"):
+            raise SettingsError("--router with evospec:K and the C++ drafter: EvoSpec fills greedy requests from the "
+                                "router's clusters in Python only; drop --router or use --drafter-runtime python")
         if device != "cpu":
             raise SettingsError(f"the C++ drafter runs on the CPU; the target is on {device}: use --drafter-runtime python")
         from evospec.runtime.native_drafter import NativeDrafter
@@ -230,6 +233,8 @@ class SpeculativeGenerator:
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
         policy = self.policy if use_draft else None
         if policy is not None:
+            if hasattr(policy, "decoding"):  # a policy whose set depends on greedy or sampled decoding
+                policy.decoding(s.greedy)
             policy.reset(prompt)
             if self._laid_out_for is not policy:  # its first set laid out in its own order: its core in front
                 drafter.lay_out_next()

@@ -429,6 +429,11 @@ def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:prior-half", drafter_runtime="cpp")
     with pytest.raises(SettingsError, match="rank-max' .* not implemented in the C\\+\\+ drafter library"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:rank-max", drafter_runtime="cpp")
+    with pytest.raises(SettingsError, match="router-fill' .* not implemented in the C\\+\\+ drafter library"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:router-fill", drafter_runtime="cpp")
+    with pytest.raises(SettingsError, match="--router with evospec:K and the C\\+\\+ drafter"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", drafter_runtime="cpp",
+                                         router=work / "router.safetensors")
     with pytest.raises(SettingsError, match="built-in settings"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", drafter_runtime="cpp",
                                          evospec_config=Path(__file__).resolve().parent.parent / "configs" / "evospec.toml")

@@ -448,3 +448,38 @@ def test_max_terms_are_the_expected_largest_residual_logit():
     g = torch.Generator().manual_seed(0)
     largest = torch.randn(2000, 400, generator=g).max(dim=1).values.mean()  # s = 1: unit-variance residual logits
     assert 1.0 < float(terms[2]) / float(largest) < 1.25
+
+
+def test_router_fill_switch_fills_from_the_routers_clusters(tmp_path):
+    """``fill_source``: ``router`` (variant ``router-fill``) ranks a DynaSpec router's clusters (trained on the target's
+    next tokens) instead of the mass index's, ``mass`` (variant ``mass-fill``) the mass index's, and ``auto`` (chosen)
+    the router's for greedy requests when a router is given. Here the mass index ranks cluster 7 (ids 140..159) first
+    for the state and the router its own cluster 8 (ids 160..179): each fills from its own first cluster. Without
+    --router the router variant says what it needs."""
+    from evospec.runtime.vocab.dynaspec import Router
+
+    inputs = PolicyInputs(200, torch.arange(100), mass=_mass_index())
+    freq = _frequencies()
+    h = torch.zeros(10)
+    h[7] = 1.0
+    w2 = torch.zeros(10, 10)
+    w2[8, 7] = 5.0  # the router sends this state to cluster 8
+    router = Router(torch.arange(200) // 20, torch.zeros(0, 10), torch.zeros(0), w2, torch.zeros(10),
+                    torch.ones(200))
+    router.save(tmp_path / "router.safetensors")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
+        # the chosen setting, auto: the router's clusters for greedy requests, the mass index's for sampled ones
+        for name, greedy, routed in (("evospec:40:router-fill:sync", False, True), ("evospec:40:sync", True, True),
+                                     ("evospec:40:sync", False, False), ("evospec:40:mass-fill:sync", True, False)):
+            policy = make_policy(name, inputs, "f", router=tmp_path / "router.safetensors")
+            policy.decoding(greedy)
+            policy.reset([])
+            active = set(policy.route(h).tolist())
+            assert (set(range(160, 180)) <= active) == routed and (set(range(140, 160)) <= active) != routed, name
+        without = make_policy("evospec:40:sync", inputs, "f")  # auto without a router: the mass index's, always
+        without.decoding(True)
+        without.reset([])
+        assert set(range(140, 160)) <= set(without.route(h).tolist())
+        with pytest.raises(SettingsError, match="--router FILE"):
+            make_policy("evospec:40:router-fill:sync", inputs, "f")

@@ -14,7 +14,7 @@ import torch
 
 from evospec.core.errors import SettingsError
 from evospec.runtime.vocab.base import PolicyInputs, StaticPolicy, VocabPolicy
-from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router
+from evospec.runtime.vocab.dynaspec import DynaSpecPolicy, Router, RouterClusters
 from evospec.runtime.vocab.evospec_policy import EvoSpecPolicy
 from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
@@ -51,6 +51,22 @@ def last_in_fill(settings, table: TokenFrequencies, inputs: PolicyInputs) -> tor
     return last
 
 
+def _router_clusters(router: str | Path, inputs: PolicyInputs) -> RouterClusters:
+    """A DynaSpec router file as the fill's cluster index, checked against the bundle's vocabulary."""
+    index = RouterClusters(Router.load(router))
+    if index.labels.numel() != inputs.vocab_size:
+        raise SettingsError(f"router {router} labels {index.labels.numel()} tokens; this bundle's vocabulary has "
+                            f"{inputs.vocab_size}")
+    return index
+
+
+def _fill(index, policy: EvoSpecPolicy, settings, table: TokenFrequencies, inputs: PolicyInputs) -> MassFill:
+    """The fill of ``policy``'s tail over ``index``'s clusters (the mass index, or a router's)."""
+    return MassFill(index, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size),
+                    last_in_fill(settings, table, inputs), settings.mass_sticky, table.counts, settings.mass_prior,
+                    settings.mass_rank)
+
+
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,
                 router: str | Path | None = None, evospec: EvoSpecConfig | None = None) -> VocabPolicy:
     """A policy from its name; ``frspec:K`` and ``evospec:K`` need a frequency file (``evospec vocab
@@ -81,16 +97,21 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                frequency_fill=not settings.mass_fill)  # a mass-routed set fills its own tail
         if not (mode == "sync" or mode.endswith(":sync")):  # sync: retrieval on the decoding thread
             policy = PipelinedPolicy(policy)
+        routed_fill = settings.mass_fill and (settings.fill_source == "router" or
+                                              (settings.fill_source == "auto" and router is not None))
+        if routed_fill and router is None:
+            raise SettingsError(f"policy {spec!r} fills its tail from a DynaSpec router's clusters: give --router FILE "
+                                "(train one with `evospec vocab dynaspec`)")
+        if settings.mass_fill and settings.fill_source == "router":  # the router's clusters for every request
+            return MassRouted(policy, _fill(_router_clusters(router, inputs), policy, settings, table, inputs), int(arg))
         if settings.mass_fill:
             if inputs.mass is None:
                 raise SettingsError(f"policy {spec!r} fills its tail by mass, and this bundle has no mass index "
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            fill = MassFill(inputs.mass, policy.core, table.ranked(inputs.vocab_size, inputs.vocab_size),
-                            last_in_fill(settings, table, inputs), settings.mass_sticky, table.counts, settings.mass_prior,
-                            settings.mass_rank)
-            return MassRouted(policy, fill, int(arg))
+            greedy_fill = _fill(_router_clusters(router, inputs), policy, settings, table, inputs) if routed_fill else None
+            return MassRouted(policy, _fill(inputs.mass, policy, settings, table, inputs), int(arg), greedy_fill)
         if settings.route_semantic:
             if inputs.semantic is None:
                 raise SettingsError(f"policy {spec!r} routes through the semantic index, and this bundle has none "

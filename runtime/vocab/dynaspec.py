@@ -148,6 +148,21 @@ class Router:
             raise SettingsError(f"{where}: inconsistent router file: {'; '.join(problems)}")
 
 
+class RouterClusters:
+    """A router seen as EvoSpec's mass fill sees its cluster index (``labels``, ``clusters``, ``scores``), so the
+    fill can rank the router's clusters (``fill_source = "router"``) instead of the mass index's. The router scores
+    the clusters of the *target's* next tokens; the mass index estimates the drafter's own mass."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.labels = router.labels.long()
+        self.clusters = router.clusters
+
+    def scores(self, state: torch.Tensor, rank: str = "mass") -> torch.Tensor:
+        """[C] the router's logits for one head input (``rank`` is the mass index's option; a router has one)."""
+        return self.router.scores(state.detach().reshape(-1).float().cpu())
+
+
 def train_router(states: torch.Tensor, next_tokens: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                  hidden: int = 256, steps: int = 600, lr: float = 3e-3, batch: int = 1024, seed: int = 0,
                  counts: torch.Tensor | None = None) -> Router:

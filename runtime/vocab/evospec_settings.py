@@ -84,6 +84,11 @@ class PolicySettings:
             the mean corpus count of their rows (``mass_fill.frequency_prior``; 0: the drafter's mass alone).
         mass_rank: what the fill ranks clusters by: ``mass``, the drafter's estimated mass in each, or ``max``,
             the expected largest logit among its rows (what greedy drafting proposes; ``MassIndex.max_terms``).
+        fill_source: whose clusters and scores the fill ranks: ``mass``, the bundle's mass index (the drafter's own
+            mass, no training), or ``router``, a DynaSpec router trained on the corpus to predict the clusters of
+            the *target's* next tokens (``--router FILE``, the one ``dynaspec:K:C`` uses); ``auto``: the router for
+            greedy requests when one is given (greedy drafting needs the target's next token in the set), the mass
+            index otherwise (sampling accepts by the drafter's mass held in the set; ``mass_index.py``).
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
@@ -104,6 +109,7 @@ class PolicySettings:
     mass_sticky: float = 0.25  # chosen on the valid split (README, stop 34): tau level, half the rows moved
     mass_prior: float = 0.0
     mass_rank: str = "mass"
+    fill_source: str = "auto"  # chosen on the valid split (README, stop 39): router at T = 0, mass at T = 1
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
@@ -113,6 +119,8 @@ class PolicySettings:
             raise SettingsError(f"core_share must be in (0, 1] (got {self.core_share})")
         if self.mass_sticky < 0 or self.mass_prior < 0:
             raise SettingsError(f"mass_sticky and mass_prior must be >= 0 (got {self.mass_sticky}, {self.mass_prior})")
+        if self.fill_source not in ("mass", "router", "auto"):
+            raise SettingsError(f"fill_source must be 'mass', 'router' or 'auto' (got {self.fill_source!r})")
         if self.mass_rank not in ("mass", "max"):
             raise SettingsError(f"mass_rank must be 'mass' or 'max' (got {self.mass_rank!r})")
         if min(self.semantic_count, self.max_age, self.target_top, self.route_semantic) < 0:
@@ -230,6 +238,8 @@ VARIANTS: dict[str, dict] = {
     "prior-half": {"policy": {"mass_prior": 0.5}},
     "prior-1": {"policy": {"mass_prior": 1.0}},
     "rank-max": {"policy": {"mass_rank": "max"}},
+    "router-fill": {"policy": {"fill_source": "router"}},
+    "mass-fill": {"policy": {"fill_source": "mass"}},
     "age-64": {"policy": {"max_age": 64}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},

@@ -118,10 +118,17 @@ class MassRouted:
     The wrapped policy should be built without a frequency fill (``frequency_fill=False``), which would only
     be thrown away here."""
 
-    def __init__(self, inner, fill: MassFill, k: int) -> None:
+    def __init__(self, inner, fill: MassFill, k: int, greedy_fill: MassFill | None = None) -> None:
+        """``greedy_fill``: the fill for greedy requests, where it differs (``fill_source = "auto"`` with a router);
+        the caller says which kind of request comes next (``decoding``)."""
         self.inner, self.fill, self.k = inner, fill, k
         self.name = inner.name
         self._last: torch.Tensor | None = None
+        self._fills = {False: fill, True: greedy_fill or fill}
+
+    def decoding(self, greedy: bool) -> None:
+        """The next request decodes greedily or samples: its fill (the generator calls this before ``reset``)."""
+        self.fill = self._fills[greedy]
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.fill.forget()
