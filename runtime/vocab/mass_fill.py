@@ -48,7 +48,8 @@ class MassFill:
         needed; the set then moves fewer rows from cycle to cycle (0: rank order alone). ``prior``: the weight of
         ``frequency_prior`` over the rows outside the core, from their corpus ``counts`` [V], added to every
         cluster's score (0: none). ``rank``: what the clusters are ranked by (``MassIndex.scores``): ``mass``
-        or ``max``."""
+        or ``max``. ``index``: the mass index, or a DynaSpec router's clusters (``RouterClusters``: the same
+        ``labels``, ``clusters`` and ``scores``)."""
         if rank not in ("mass", "max"):
             raise ValueError(f"rank must be 'mass' or 'max' (got {rank!r})")
         self.rank = rank

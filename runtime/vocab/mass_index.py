@@ -17,7 +17,7 @@ logits, norms included) over the reservoir, built at compile time (``passes/mass
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,7 +78,6 @@ class MassIndex:
     means: torch.Tensor  # [C, d] cluster centres
     log_sizes: torch.Tensor  # [C] log of the rows in each cluster (empty clusters: -inf)
     spread: torch.Tensor  # [C] half the per-coordinate variance of the rows around their centre
-    _max_terms: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def clusters(self) -> int:
@@ -100,9 +99,7 @@ class MassIndex:
         cluster; ``max``, the expected largest logit among the cluster's rows (``max_terms``)."""
         h = state.detach().reshape(-1).float().cpu()
         if rank == "max":
-            if self._max_terms is None:
-                self._max_terms = self.max_terms()
-            return self.means @ h + self._max_terms * torch.linalg.vector_norm(h)
+            return self.means @ h + self.max_terms() * torch.linalg.vector_norm(h)
         return self.log_sizes + self.means @ h + self.spread * (h @ h)
 
     def max_terms(self) -> torch.Tensor:
