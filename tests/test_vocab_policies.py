@@ -577,3 +577,50 @@ def test_a_policys_first_set_is_laid_out_in_its_own_order_and_later_sets_move_on
     assert torch.equal(drafter.plan.ids[:300], first[:300])  # the core in its own order, in front, to the end
     generator.generate(prompt, DecodeSettings(max_new_tokens=6, draft_tree="chain", draft_depth=3))
     assert torch.equal(drafter.plan.ids[:300], first[:300])  # laid out once per policy, not once per prompt
+
+
+def test_replay_by_kind_replays_a_policy_whose_set_depends_on_the_request_as_each_kind():
+    """``profile vocab``'s replayed columns (text coverage, target mass) for a policy whose set depends on the kind of
+    request (``decoding``: EvoSpec's fill with a router) come from a replay as that kind: here the greedy set holds
+    every token and the sampled one a single id. A policy without ``decoding`` replays once for both kinds."""
+    from evospec.eval.replay import replay_by_kind
+
+    generator = SpeculativeGenerator.from_paths(TARGET)
+    vocab = generator.target.model.config.vocab_size
+
+    class ByKind:
+        name = "by-kind"
+        greedy = None
+
+        def decoding(self, greedy):
+            self.greedy = greedy
+
+        def reset(self, prompt_ids):
+            pass
+
+        def active_ids(self):
+            return torch.arange(vocab) if self.greedy else torch.tensor([0])
+
+        def observe(self, committed, state=None):
+            pass
+
+    class Everything:  # no ``decoding``: the same set for every request
+        name = "everything"
+
+        def reset(self, prompt_ids):
+            pass
+
+        def active_ids(self):
+            return torch.arange(vocab)
+
+        def observe(self, committed, state=None):
+            pass
+
+    streams = [list(range(5, 45)), list(range(60, 100))]
+    counts = replay_by_kind(generator, {"kind": ByKind(), "all": Everything()}, streams, vocab, 8, None, [0.0, 1.0], 1.0)
+    assert counts[True]["kind"].text_coverage == 1.0 and counts[False]["kind"].text_coverage == 0.0
+    assert counts[True]["kind"].target_mass(0.0) == 1.0 and counts[True]["kind"].target_mass(1.0) is None
+    assert counts[False]["kind"].target_mass(1.0) < 0.05 and counts[False]["kind"].target_mass(0.0) is None
+    assert counts[True]["all"].text_coverage == counts[False]["all"].text_coverage == 1.0
+    alone = replay_by_kind(generator, {"all": Everything()}, streams, vocab, 8, None, [0.0, 1.0], 1.0)
+    assert alone[True] is alone[False] and alone[True]["all"].target_mass(1.0) == pytest.approx(1.0)

@@ -40,7 +40,7 @@ from evospec.data.corpus import CorpusError, chosen_domains, read_documents
 from evospec.data.teacher_forced import replay_streams
 from evospec.eval.bench import BenchSettings, domain_prompts
 from evospec.eval.divergence import first_divergence, parted_report
-from evospec.eval.replay import replay_policies, replay_states
+from evospec.eval.replay import replay_by_kind, replay_states
 from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.stats import PooledStats
@@ -194,8 +194,8 @@ def _measure(generator, corpus, domains, settings, decodes, built, inputs, repla
         states = replay_states(generator, streams, any(_reads_states(p) for p in built.values()))
         # a policy run with +align replays as the policy alone: replayed once, under its base name
         bases = {split_align(spec)[0]: p for spec, p in built.items()}
-        replayed = replay_policies(generator, bases, streams, inputs.vocab_size, settings.prompt_tokens, states,
-                                   sorted({d.temperature for d in decodes}), decodes[0].top_p)
+        replayed = replay_by_kind(generator, bases, streams, inputs.vocab_size, settings.prompt_tokens, states,
+                                  sorted({d.temperature for d in decodes}), decodes[0].top_p)
         for decode in decodes:
             generator.policy = None
             plain = [generator.generate(p, replace(decode, use_draft=False)).token_ids for p in prompts] \
@@ -214,8 +214,8 @@ def _measure(generator, corpus, domains, settings, decodes, built, inputs, repla
                     top_p=decode.top_p, seed=decode.seed, active_size=pooled.active_size,
                     mean_accepted_length=pooled.mean_accepted_length, share_of_full=None,
                     rejected_choice_coverage=pooled.rejected_choice_coverage,
-                    text_coverage=replayed[split_align(spec)[0]].text_coverage,
-                    target_mass=replayed[split_align(spec)[0]].target_mass(decode.temperature),
+                    text_coverage=replayed[decode.greedy][split_align(spec)[0]].text_coverage,
+                    target_mass=replayed[decode.greedy][split_align(spec)[0]].target_mass(decode.temperature),
                     tokens_per_second=pooled.new_tokens / pooled.wall_time_s if pooled.wall_time_s > 0 else 0.0,
                     rows_moved_per_step=pooled.rows_moved_per_step, retrieval_ms_per_step=ms["retrieval"],
                     plan_ms_per_step=ms["plan"], draft_ms_per_step=ms["draft"], verify_ms_per_step=ms["verify"],

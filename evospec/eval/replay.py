@@ -120,6 +120,25 @@ def replay_policies(generator, policies: dict, streams: list[list[int]], vocab_s
     return counts
 
 
+def replay_by_kind(generator, policies: dict, streams: list[list[int]], vocab_size: int, prompt_tokens: int,
+                   states: list | None, temperatures: list[float], top_p: float) -> dict[bool, dict[str, ReplayCounts]]:
+    """``replay_policies`` for greedy (T = 0) and for sampled requests, keyed by greediness. A policy whose set
+    depends on the kind of request (``decoding``: EvoSpec's fill with a router) replays once as each kind, with
+    that kind's temperatures; where no policy does, one replay serves both."""
+    kinds = sorted({t == 0 for t in temperatures})
+    if not any(hasattr(policy, "decoding") for policy in policies.values()):
+        counts = replay_policies(generator, policies, streams, vocab_size, prompt_tokens, states, temperatures, top_p)
+        return {greedy: counts for greedy in kinds}
+    out = {}
+    for greedy in kinds:
+        for policy in policies.values():
+            if hasattr(policy, "decoding"):
+                policy.decoding(greedy)
+        chosen = [t for t in temperatures if (t == 0) == greedy]
+        out[greedy] = replay_policies(generator, policies, streams, vocab_size, prompt_tokens, states, chosen, top_p)
+    return out
+
+
 def replay_states(generator, streams: list[list[int]], needed: bool) -> list | None:
     """Per stream, the compiled drafter's head input at every position (teacher-forced), when some
     policy reads states (semantic retrieval, routing)."""
