@@ -29,8 +29,9 @@ cpp: $(STAMP)
 		-DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CPP_BUILD) -j2
 
+# A chain of 5: at this pair's size the tree's expansion passes cost as much as verification (README, demo pair)
 demo: $(STAMP)
-	$(BIN)/evospec demo
+	$(BIN)/evospec demo --draft-tree chain
 
 # The main job: build (or resume) the medium reference pair, generate with it, benchmark every domain twice:
 # drafting in Python (the reference runtime; bench-python.*) and in the C++ drafter library over a compiled
