@@ -135,3 +135,19 @@ def test_plain_fallback_off_speculates_every_step():
     result = generator.generate(list(range(5, 20)), DecodeSettings(max_new_tokens=24, draft_tree="chain"))
     assert result.stats.plain_steps == 0 and all(a >= 0 for a in result.stats.accepted_lengths)
     assert result.stats.draft_tokens_proposed == 5 * result.stats.steps
+
+
+def test_plain_steps_leave_the_cost_model_and_the_shape_chooser_alone():
+    """With ``--draft-budget auto`` on a tree, a plain step drafts nothing: the cost model and the chain-or-tree
+    chooser see only the speculative steps, and the output is still the target's own."""
+    generator = SpeculativeGenerator.from_paths(ASSET_DIR / "target", ASSET_DIR / "drafter")
+    prompt = list(range(5, 37))
+    plain = generator.generate(prompt, DecodeSettings(max_new_tokens=48, use_draft=False)).token_ids
+    generator.gate = ScriptedGate((PLAIN, SPECULATIVE, PLAIN))
+    s = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=3, draft_tokens=8,
+                       draft_budget="auto", plain_fallback=True)
+    result = generator.generate(prompt, s)
+    speculative = result.stats.steps - result.stats.plain_steps
+    assert result.token_ids == plain and result.stats.plain_steps >= 8
+    assert sum(generator.shapes.chosen.values()) == speculative
+    assert len(generator.step_costs._steps) == generator.shapes.chosen["tree"]  # it prices the tree's steps only
