@@ -60,6 +60,21 @@ def test_bench_json_rows(corpus, tmp_path):
     assert all(r["mean_accepted_length"] == 1.0 for r in rows if r["method"] == "plain")
 
 
+def test_bench_with_plain_fallback(corpus, tmp_path):
+    """``--plain-fallback``: the speculative row counts its plain steps (the gate's probes follow a request's first 5
+    speculative steps, whatever the timings), the table says where they were taken, and output stays exact."""
+    out = tmp_path / "bench.json"
+    proc = run(
+        "bench", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
+        "--corpus", str(corpus), "--domains", "code", "--prompts", "1", "--prompt-tokens", "16",
+        "--max-new-tokens", "40", "--draft-tree", "chain", "--draft-depth", "3", "--plain-fallback", "--json", str(out),
+    )
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert rows["eagle3"]["identical_to_plain"] and rows["eagle3"]["plain_steps"] >= 2 and rows["plain"]["plain_steps"] == 0
+    assert f"plain steps taken by --plain-fallback: code {rows['eagle3']['plain_steps']} of {rows['eagle3']['steps']}" \
+        in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--corpus", "{tmp}/none"], "does not exist"), (["--corpus", "{tmp}/empty"], "has no domain folders"),
