@@ -97,21 +97,22 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                frequency_fill=not settings.mass_fill)  # a mass-routed set fills its own tail
         if not (mode == "sync" or mode.endswith(":sync")):  # sync: retrieval on the decoding thread
             policy = PipelinedPolicy(policy)
-        routed_fill = settings.mass_fill and (settings.fill_source == "router" or
-                                              (settings.fill_source == "auto" and router is not None))
-        if routed_fill and router is None:
-            raise SettingsError(f"policy {spec!r} fills its tail from a DynaSpec router's clusters: give --router FILE "
-                                "(train one with `evospec vocab dynaspec`)")
-        if settings.mass_fill and settings.fill_source == "router":  # the router's clusters for every request
-            return MassRouted(policy, _fill(_router_clusters(router, inputs), policy, settings, table, inputs), int(arg))
+        router_fill = None  # the fill over a DynaSpec router's clusters: for every request, or greedy ones (auto)
+        if settings.mass_fill and (settings.fill_source == "router" or
+                                   (settings.fill_source == "auto" and router is not None)):
+            if router is None:
+                raise SettingsError(f"policy {spec!r} fills its tail from a DynaSpec router's clusters: give --router "
+                                    "FILE (train one with `evospec vocab dynaspec`)")
+            router_fill = _fill(_router_clusters(router, inputs), policy, settings, table, inputs)
+            if settings.fill_source == "router":
+                return MassRouted(policy, router_fill, int(arg))
         if settings.mass_fill:
             if inputs.mass is None:
                 raise SettingsError(f"policy {spec!r} fills its tail by mass, and this bundle has no mass index "
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            greedy_fill = _fill(_router_clusters(router, inputs), policy, settings, table, inputs) if routed_fill else None
-            return MassRouted(policy, _fill(inputs.mass, policy, settings, table, inputs), int(arg), greedy_fill)
+            return MassRouted(policy, _fill(inputs.mass, policy, settings, table, inputs), int(arg), router_fill)
         if settings.route_semantic:
             if inputs.semantic is None:
                 raise SettingsError(f"policy {spec!r} routes through the semantic index, and this bundle has none "

@@ -279,7 +279,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "no-sticky") s.mass_sticky = 0.0;
   else if (name == "unseen-last" || name == "synthesised-last" || name == "prior-half" || name == "prior-1" ||
            name == "rank-max" || name == "router-fill")
-    throw SettingsError("evospec variant '" + name + "' (an order of the mass fill's rows) is not implemented in the C++ "
+    throw SettingsError("evospec variant '" + name + "' (how the mass fill chooses or orders its rows) is not implemented in the C++ "
                         "drafter library; run it with the Python drafter");
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
