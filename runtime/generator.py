@@ -160,9 +160,6 @@ class SpeculativeGenerator:
         if evospec_config is not None:
             raise SettingsError("--evospec-config with the C++ drafter: it runs EvoSpec's built-in settings "
                                 "(DrafterOptions::evospec in C++); use --drafter-runtime python for a settings file")
-        if router is not None and str(policy).startswith("evospec"):
-            raise SettingsError("--router with evospec:K and the C++ drafter: EvoSpec fills greedy requests from the "
-                                "router's clusters in Python only; drop --router or use --drafter-runtime python")
         if device != "cpu":
             raise SettingsError(f"the C++ drafter runs on the CPU; the target is on {device}: use --drafter-runtime python")
         from evospec.runtime.native_drafter import NativeDrafter
@@ -251,7 +248,7 @@ class SpeculativeGenerator:
         if root in eos or emitted >= s.max_new_tokens:
             return
         if native is not None:
-            native.start(prompt)
+            native.start(prompt, greedy=s.greedy)
         elif use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             if getattr(drafter, "static_past", False):

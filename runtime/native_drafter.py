@@ -57,6 +57,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.evospec_drafter_close.restype = None
     lib.evospec_last_error.restype = ctypes.c_char_p
     lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
+    if hasattr(lib, "evospec_drafter_start_greedy"):  # libraries built before EvoSpec's router fill lack it
+        lib.evospec_drafter_start_greedy.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, ctypes.c_int]
     lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                             ctypes.c_int, ctypes.c_int, _i64p, _i64p, _i64p, ctypes.c_int64, _i64p]
     if hasattr(lib, "evospec_drafter_propose_costed"):  # libraries built before value-based budgets lack it
@@ -102,6 +104,7 @@ class NativeDrafter:
         self._nodes = {name: np.empty(self.MAX_NODES, dtype=np.int64) for name in ("tokens", "parents", "depths")}
         self._scores = np.empty(self.MAX_NODES, dtype=np.float64)
         self.policy = vocab
+        self._router_fill = router is not None and str(vocab or "").startswith("evospec")
 
     def _check(self, status: int) -> None:
         if status == 0:
@@ -109,8 +112,17 @@ class NativeDrafter:
         message = (self._lib.evospec_last_error() or b"").decode(errors="replace")
         raise (BundleError if status == 1 else SettingsError)(message)
 
-    def start(self, prompt: list[int]) -> None:
+    def start(self, prompt: list[int], greedy: bool = False) -> None:
+        """Begin a sequence; ``greedy``: whether it is verified greedily (an ``evospec:K`` policy opened with a
+        router fills greedy sequences from the router's clusters, as Python's ``MassRouted.decoding``)."""
         ids = np.asarray(prompt, dtype=np.int64)
+        if hasattr(self._lib, "evospec_drafter_start_greedy"):
+            self._check(self._lib.evospec_drafter_start_greedy(self._handle, ids.ctypes.data_as(_i64p), ids.size,
+                                                               int(bool(greedy))))
+            return
+        if greedy and self._router_fill:
+            raise SettingsError("this build of the C++ drafter library cannot fill greedy sequences from a router "
+                                "(no evospec_drafter_start_greedy): rebuild it with `make cpp`, or drop --router")
         self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(_i64p), ids.size))
 
     def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int,

@@ -178,10 +178,10 @@ def test_tiny_pair_drafts_equal_python(binary, tiny_bundle, work, settings, voca
         assert changes(recording) >= 0.9 * (len(recording["steps"]) - 1)
 
 
-def test_dynaspec_routed_sets_equal_python(binary, demo_bundle, work):
-    """DynaSpec's router chooses each cycle's set between trunk and head; a router trained here (16
-    clusters of the demo reservoir, 32 hidden units, a few steps on random states) is enough to check
-    that the routed sets and trees are the Python runtime's."""
+@pytest.fixture(scope="module")
+def demo_router(demo_bundle, work) -> Path:
+    """A DynaSpec router for the demo bundle: 16 clusters of its reservoir, 32 hidden units, a few steps on random
+    states (enough for sets that move with the root state; not a good router)."""
     from safetensors.torch import load_file
 
     from evospec.runtime.vocab.dynaspec import cluster_rows, train_router
@@ -192,12 +192,35 @@ def test_dynaspec_routed_sets_equal_python(binary, demo_bundle, work):
                           cluster_rows(reservoir, 16), 512, hidden=32, steps=30)
     router.backbone_shares = {64: 0.25, 256: 0.5}
     router.save(work / "router.safetensors")
+    return work / "router.safetensors"
+
+
+def test_dynaspec_routed_sets_equal_python(binary, demo_bundle, demo_router, work):
+    """DynaSpec's router chooses each cycle's set between trunk and head: the routed sets and trees are the
+    Python runtime's."""
     recording_dir = work / "demo-dynaspec"
     recording = record(demo_bundle, DEMO_TARGET, "def parse(", recording_dir, TREE, vocab="dynaspec:96:16",
-                       router=work / "router.safetensors")
+                       router=demo_router)
     assert changes(recording) >= 5, "the routed set hardly changed: the check would be weak"
     cpp = run_cpp(binary, demo_bundle, recording_dir, work / "dynaspec.json", target=DEMO_TARGET)
     assert mismatches(*recorded_expectations(recording_dir), cpp) == []
+
+
+@pytest.mark.parametrize("vocab", ["evospec:64", "evospec:64:router-fill"], ids=["auto", "router-fill"])
+def test_router_fill_sets_equal_python(binary, demo_bundle, demo_router, work, vocab):
+    """EvoSpec's tail filled from a DynaSpec router's clusters (greedy sequences with ``fill_source = "auto"`` and a
+    router, or every sequence with ``router-fill``): the C++ library serves Python's sets and trees step by step,
+    and they are not the mass fill's (else the check could not tell the two fills apart)."""
+    name = f"demo-{vocab}".replace(":", "_")
+    freq = demo_bundle.parent / "demo-frequencies.json"
+    recording = record(demo_bundle, DEMO_TARGET, "def parse(", work / name, TREE, vocab=vocab, frequencies=freq,
+                       router=demo_router)
+    cpp = run_cpp(binary, demo_bundle, work / name, work / f"{name}.json", target=DEMO_TARGET)
+    assert mismatches(*recorded_expectations(work / name), cpp) == []
+    by_mass = record(demo_bundle, DEMO_TARGET, "def parse(", work / f"{name}-mass", TREE, vocab="evospec:64:mass-fill",
+                     frequencies=freq, router=demo_router)
+    differ = sum(a["active"] != b["active"] for a, b in zip(recording["steps"], by_mass["steps"], strict=False))
+    assert differ >= len(recording["steps"]) // 2, "the router fill served the mass fill's sets"
 
 
 def test_row_updates_from_cpp_equal_python(binary, demo_bundle, work):
@@ -414,6 +437,38 @@ def test_plain_steps_keep_the_cpp_drafter_and_pythons_in_step(library, demo_bund
         assert cpp.stats.active_rows_moved == python.stats.active_rows_moved > 0
 
 
+def test_router_fill_follows_the_kind_of_each_sequence_as_pythons(library, demo_bundle, demo_router):
+    """With a router, ``evospec:128`` fills greedy sequences from the router's clusters and sampled ones by mass: one
+    C++ drafter and one Python drafter, greedy then sampled then greedy, keep equal tokens, accepted lengths, rows
+    moved and final sets (the kind reaches the library through ``start``); greedy output is the target's own. A
+    short prompt leaves the fill room, so the kinds' sets differ (checked against the one-fill variants)."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    prompt = [5, 6, 7, 8, 9]
+    kinds = (TREE, SAMPLED_TREE, TREE)
+
+    def run(runtime: str, vocab: str, count: int) -> list[tuple]:
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab=vocab, drafter_runtime=runtime,
+                                                     frequencies=str(demo_bundle.parent / "demo-frequencies.json"),
+                                                     router=demo_router)
+        out = []
+        for settings in kinds[:count]:
+            result = generator.generate(prompt, settings)
+            final = generator.native.active()[0] if runtime == "cpp" else generator.drafter.active_ids.tolist()
+            out.append((result, final))
+        return out
+
+    python, cpp = run("python", "evospec:128", 3), run("cpp", "evospec:128", 3)
+    for (p, p_set), (c, c_set) in zip(python, cpp, strict=True):
+        assert c.token_ids == p.token_ids and c_set == p_set
+        assert c.stats.accepted_lengths == p.stats.accepted_lengths and sum(c.stats.accepted_lengths) > 0
+        assert c.stats.active_rows_moved == p.stats.active_rows_moved > 0
+    assert cpp[0][0].token_ids == cpp[2][0].token_ids == SpeculativeGenerator.from_paths(DEMO_TARGET).generate(
+        prompt, DecodeSettings(max_new_tokens=TREE.max_new_tokens, use_draft=False)).token_ids
+    assert run("python", "evospec:128:mass-fill", 1)[0][1] != python[0][1], "greedy: the router's sets are the mass fill's"
+    assert run("python", "evospec:128:router-fill", 2)[1][1] != python[1][1], "sampled: the mass fill's sets are the router's"
+
+
 def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     from evospec.core.errors import SettingsError
     from evospec.runtime.generator import SpeculativeGenerator
@@ -429,11 +484,11 @@ def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:prior-half", drafter_runtime="cpp")
     with pytest.raises(SettingsError, match="rank-max' .* not implemented in the C\\+\\+ drafter library"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:rank-max", drafter_runtime="cpp")
-    with pytest.raises(SettingsError, match="router-fill' .* not implemented in the C\\+\\+ drafter library"):
+    with pytest.raises(SettingsError, match="router-fill' fills its tail from a DynaSpec router's clusters: give --router"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64:router-fill", drafter_runtime="cpp")
-    with pytest.raises(SettingsError, match="--router with evospec:K and the C\\+\\+ drafter"):
+    with pytest.raises(SettingsError, match="is not an evospec DynaSpec router"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", drafter_runtime="cpp",
-                                         router=work / "router.safetensors")
+                                         router=demo_bundle / "reservoir.safetensors")
     with pytest.raises(SettingsError, match="built-in settings"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", drafter_runtime="cpp",
                                          evospec_config=Path(__file__).resolve().parent.parent / "configs" / "evospec.toml")

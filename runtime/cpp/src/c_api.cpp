@@ -73,6 +73,12 @@ int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64
   return guarded([&] { drafter->drafter.start(std::vector<int64_t>(prompt, prompt + count)); });
 }
 
+int evospec_drafter_start_greedy(evospec_drafter* drafter, const int64_t* prompt, int64_t count, int greedy) {
+  if (drafter == nullptr) return missing("drafter");
+  if (prompt == nullptr && count > 0) return missing("prompt");
+  return guarded([&] { drafter->drafter.start(std::vector<int64_t>(prompt, prompt + count), greedy != 0); });
+}
+
 int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
                             int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
                             int64_t capacity, int64_t* nodes) {

@@ -145,13 +145,24 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
     std::unique_ptr<Policy> policy = make_evospec_policy(size, f, vocab, settings, d.semantic.get(), !settings.mass_fill);
     if (!sync) policy = std::make_unique<PipelinedPolicy>(std::move(policy));
     if (!settings.mass_fill) return policy;
+    if (settings.fill_source != "mass" && settings.fill_source != "router" && settings.fill_source != "auto")
+      throw SettingsError("fill_source must be 'mass', 'router' or 'auto' (got '" + settings.fill_source + "')");
+    std::shared_ptr<const ClusterIndex> router;  // the fill over a router's clusters: every sequence, or greedy ones
+    if (settings.fill_source == "router" || (settings.fill_source == "auto" && !d.router.empty())) {
+      if (d.router.empty())
+        throw SettingsError("policy '" + spec + "' fills its tail from a DynaSpec router's clusters: give --router FILE "
+                            "(train one with `evospec vocab dynaspec`)");
+      router = std::make_shared<const Router>(d.router, vocab);
+    }
+    auto ranked = f.ranked(vocab, vocab);
+    std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + policy->core_size());
+    if (settings.fill_source == "router")
+      return make_mass_routed(std::move(policy), router, core_ids, ranked, size, settings.mass_sticky);
     if (!manifest.has("mass_index"))
       throw SettingsError("policy '" + spec + "' fills its tail by mass, and this bundle has no mass index (compile it "
                           "with --mass-clusters > 0, or run evospec:K:frequency-fill)");
-    auto ranked = f.ranked(vocab, vocab);
-    std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + policy->core_size());
     return make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size), core_ids, ranked, size,
-                            settings.mass_sticky);
+                            settings.mass_sticky, router);
   }
   if (name == "dynaspec") {
     std::string k = arg.substr(0, arg.find(':'));
@@ -160,7 +171,7 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
       throw SettingsError("policy '" + spec + "': expected dynaspec:K:C with integers K and C, e.g. dynaspec:16384:64");
     if (d.router.empty())
       throw SettingsError("policy dynaspec:K:C needs --router FILE (train one with `evospec vocab dynaspec`)");
-    return make_dynaspec_policy(std::stoll(k), std::stoll(c), d.router, vocab);
+    return make_dynaspec_policy(std::stoll(k), std::stoll(c), std::make_shared<const Router>(d.router, vocab), vocab);
   }
   throw SettingsError("unknown vocabulary policy '" + spec + "'; the C++ drafter knows: full, eagle3, frspec:K, "
                       "evospec:K, evospec:K:sync, evospec:K:VARIANT, dynaspec:K:C");
@@ -216,7 +227,7 @@ Drafter::~Drafter() = default;
 Drafter::Drafter(Drafter&&) noexcept = default;
 Drafter& Drafter::operator=(Drafter&&) noexcept = default;
 
-void Drafter::start(const std::vector<int64_t>& prompt) {
+void Drafter::start(const std::vector<int64_t>& prompt, bool greedy) {
   if (prompt.empty()) throw SettingsError("the prompt is empty: speculative decoding needs at least one prompt token");
   for (int64_t t : prompt)
     if (t < 0 || t >= impl_->info.vocab_size)
@@ -230,7 +241,10 @@ void Drafter::start(const std::vector<int64_t>& prompt) {
   d.started = true;
   d.first = true;
   d.root_normed = at::Tensor();
-  if (d.policy) d.policy->reset(prompt);
+  if (d.policy) {
+    d.policy->decoding(greedy);
+    d.policy->reset(prompt);
+  }
 }
 
 void Drafter::commit(const std::vector<int64_t>& accepted) {

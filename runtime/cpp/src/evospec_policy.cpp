@@ -277,16 +277,18 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
                         "not implemented in the C++ drafter library; run it with the Python drafter");
   else if (name == "frequency-fill") s.mass_fill = false;
   else if (name == "no-sticky") s.mass_sticky = 0.0;
+  else if (name == "router-fill") s.fill_source = "router";
+  else if (name == "mass-fill") s.fill_source = "mass";
   else if (name == "unseen-last" || name == "synthesised-last" || name == "prior-half" || name == "prior-1" ||
-           name == "rank-max" || name == "router-fill")
+           name == "rank-max")
     throw SettingsError("evospec variant '" + name + "' (how the mass fill chooses or orders its rows) is not implemented in the C++ "
                         "drafter library; run it with the Python drafter");
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
                         "drafter library: the library never sees the target's logits; run it with the Python drafter");
   else if (name == "no-curriculum" || name == "align-retrieved-rows" || name == "rest-mass" ||
-           name == "renormalised-teacher" || name == "mass-fill") {
-  }  // alignment variants, and the fill by mass alone (this library's only fill): the policy runs the chosen settings
+           name == "renormalised-teacher") {
+  }  // alignment variants: the policy runs the chosen settings
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
                         "core-25, core-75, frequency-fill, frequency-only, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "

@@ -1,7 +1,8 @@
 // EvoSpec's tail fill by mass (runtime/vocab/mass_index.py, runtime/vocab/mass_fill.py): the set keeps
 // the wrapped policy's core and evidence, and the rest of K goes to the rows of the clusters the mass
 // index ranks first for the cycle's root state, most frequent first inside a cluster. The same ATen
-// ops as Python's (scores, a descending argsort), so both runtimes serve the same sets.
+// ops as Python's (scores, a descending argsort), so both runtimes serve the same sets. A DynaSpec
+// router's clusters can stand in for the mass index's (``fill_source``: for greedy sequences by default).
 #include <filesystem>
 
 #include "evospec/drafter.hpp"
@@ -45,16 +46,18 @@ std::shared_ptr<const MassIndex> load_mass_index(const std::string& bundle, int6
 
 namespace {
 
-class MassRouted : public Policy {
+// Python's MassFill for one core and one cluster index: the rows outside the core, grouped by cluster (frequency
+// order kept inside each), and the fill of a cycle's room from the clusters ranked first for its root state.
+class MassFill {
  public:
-  MassRouted(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index, const std::vector<int64_t>& core,
-             const std::vector<int64_t>& by_frequency, int64_t k, double sticky)
-      : inner_(std::move(inner)), index_(std::move(index)), k_(k), sticky_(sticky), kept_(index_->labels.size(0), false),
+  MassFill(std::shared_ptr<const ClusterIndex> index, const std::vector<int64_t>& core,
+           const std::vector<int64_t>& by_frequency, double sticky)
+      : index_(std::move(index)), sticky_(sticky), kept_(index_->token_clusters().size(0), false),
         chosen_(index_->clusters(), false) {
-    // Python's MassFill: the rows outside the core, grouped by cluster, frequency order kept inside each
     std::vector<bool> in_core(kept_.size(), false);
     for (int64_t id : core) in_core[id] = true;
-    const int64_t* label = index_->labels.data_ptr<int64_t>();
+    at::Tensor labels = index_->token_clusters().to(at::kLong).contiguous();
+    const int64_t* label = labels.data_ptr<int64_t>();
     std::vector<std::vector<int64_t>> groups(index_->clusters());
     for (int64_t id : by_frequency)
       if (!in_core[id]) groups[label[id]].push_back(id);
@@ -65,46 +68,32 @@ class MassRouted : public Policy {
     }
   }
 
-  void reset(const std::vector<int64_t>& prompt) override {
-    std::fill(chosen_.begin(), chosen_.end(), false);  // a new sequence: no cluster is sticky
-    inner_->reset(prompt);
-  }
-  std::vector<int64_t> active_ids() override { return inner_->active_ids(); }
-  void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
-    inner_->observe(committed, state);
-  }
-  bool routed() const override { return true; }
-  void start_pending() override { inner_->start_pending(); }
+  void forget() { std::fill(chosen_.begin(), chosen_.end(), false); }  // a new sequence: no cluster is sticky
 
-  std::vector<int64_t> route(const at::Tensor& state) override {
-    inner_->active_ids();  // collects the newest set (pipelined) and patches it
-    std::vector<int64_t> active = inner_->kept_ids();
-    int64_t room = k_ - static_cast<int64_t>(active.size());
-    if (room > 0) {
-      for (int64_t id : active) kept_[id] = true;
-      std::vector<int64_t> keep = active;
-      at::Tensor ranked = at::argsort(index_->scores(state), /*dim=*/0, /*descending=*/true);
-      const int64_t* r = ranked.data_ptr<int64_t>();
-      std::vector<int64_t> order(r, r + ranked.numel());
-      if (sticky_ > 0) order = sticky_order(order, static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) *
-                                                                        (1 + sticky_)));
-      std::vector<int64_t> gave;  // the clusters the fill takes rows from (Python's MassFill._chosen)
-      for (size_t i = 0; i < order.size() && room > 0; ++i) {
-        int64_t c = order[i];
-        for (int64_t j = offsets_[c]; j < offsets_[c + 1] && room > 0; ++j)
-          if (!kept_[members_[j]]) {
-            active.push_back(members_[j]), --room;
-            if (gave.empty() || gave.back() != c) gave.push_back(c);
-          }
-      }
-      for (int64_t id : keep) kept_[id] = false;
-      if (sticky_ > 0) {
-        std::fill(chosen_.begin(), chosen_.end(), false);
-        for (int64_t c : gave) chosen_[c] = true;
-      }
+  // ``active`` (the kept ids) grown by up to ``room`` ids outside it, from the clusters ranked first for ``state``.
+  void fill(const at::Tensor& state, std::vector<int64_t>& active, int64_t room) {
+    if (room <= 0) return;
+    for (int64_t id : active) kept_[id] = true;
+    std::vector<int64_t> keep = active;
+    at::Tensor ranked = at::argsort(index_->scores(state), /*dim=*/0, /*descending=*/true);
+    const int64_t* r = ranked.data_ptr<int64_t>();
+    std::vector<int64_t> order(r, r + ranked.numel());
+    if (sticky_ > 0)
+      order = sticky_order(order, static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) * (1 + sticky_)));
+    std::vector<int64_t> gave;  // the clusters the fill takes rows from (Python's MassFill._chosen)
+    for (size_t i = 0; i < order.size() && room > 0; ++i) {
+      int64_t c = order[i];
+      for (int64_t j = offsets_[c]; j < offsets_[c + 1] && room > 0; ++j)
+        if (!kept_[members_[j]]) {
+          active.push_back(members_[j]), --room;
+          if (gave.empty() || gave.back() != c) gave.push_back(c);
+        }
     }
-    inner_->served(active);
-    return active;
+    for (int64_t id : keep) kept_[id] = false;
+    if (sticky_ > 0) {
+      std::fill(chosen_.begin(), chosen_.end(), false);
+      for (int64_t c : gave) chosen_[c] = true;
+    }
   }
 
  private:
@@ -124,20 +113,54 @@ class MassRouted : public Policy {
     return first;
   }
 
-  std::unique_ptr<Policy> inner_;
-  std::shared_ptr<const MassIndex> index_;
-  int64_t k_;
+  std::shared_ptr<const ClusterIndex> index_;
   double sticky_;
   std::vector<bool> kept_, chosen_;
   std::vector<int64_t> members_, offsets_;
 };
 
+class MassRouted : public Policy {
+ public:
+  MassRouted(std::unique_ptr<Policy> inner, std::unique_ptr<MassFill> fill, std::unique_ptr<MassFill> greedy_fill,
+             int64_t k)
+      : inner_(std::move(inner)), sampled_(std::move(fill)), greedy_(std::move(greedy_fill)), fill_(sampled_.get()),
+        k_(k) {}
+
+  void decoding(bool greedy) override { fill_ = greedy && greedy_ ? greedy_.get() : sampled_.get(); }
+  void reset(const std::vector<int64_t>& prompt) override {
+    fill_->forget();
+    inner_->reset(prompt);
+  }
+  std::vector<int64_t> active_ids() override { return inner_->active_ids(); }
+  void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
+    inner_->observe(committed, state);
+  }
+  bool routed() const override { return true; }
+  void start_pending() override { inner_->start_pending(); }
+
+  std::vector<int64_t> route(const at::Tensor& state) override {
+    inner_->active_ids();  // collects the newest set (pipelined) and patches it
+    std::vector<int64_t> active = inner_->kept_ids();
+    fill_->fill(state, active, k_ - static_cast<int64_t>(active.size()));
+    inner_->served(active);
+    return active;
+  }
+
+ private:
+  std::unique_ptr<Policy> inner_;
+  std::unique_ptr<MassFill> sampled_, greedy_;
+  MassFill* fill_;
+  int64_t k_;
+};
+
 }  // namespace
 
-std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
+std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const ClusterIndex> index,
                                          const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
-                                         int64_t k, double sticky) {
-  return std::make_unique<MassRouted>(std::move(inner), std::move(index), core, by_frequency, k, sticky);
+                                         int64_t k, double sticky, std::shared_ptr<const ClusterIndex> greedy_index) {
+  auto fill = std::make_unique<MassFill>(std::move(index), core, by_frequency, sticky);
+  auto greedy = greedy_index ? std::make_unique<MassFill>(std::move(greedy_index), core, by_frequency, sticky) : nullptr;
+  return std::make_unique<MassRouted>(std::move(inner), std::move(fill), std::move(greedy), k);
 }
 
 }  // namespace evospec::detail

@@ -34,6 +34,9 @@ class Policy {
   // head of a cycle's first call, instead of through active_ids() before it.
   virtual bool routed() const { return false; }
   virtual std::vector<int64_t> route(const at::Tensor&) { return active_ids(); }
+  // Python's ``MassRouted.decoding``: the next sequence decodes greedily or samples (a fill may differ by kind);
+  // called before ``reset``.
+  virtual void decoding(bool /*greedy*/) {}
   // Python's ``patches_fresh`` / ``fresh``: the evidence ``committed`` gives without the policy's
   // state, which a pipelining caller puts in the (older) set it serves; ``tail_size``: how many
   // entries at the end of a set it may replace.
@@ -127,22 +130,53 @@ class PipelinedPolicy : public Policy {
   std::vector<int64_t> fresh_;                // the last observation's fresh evidence
 };
 
+// What a fill ranks: token clusters (``labels``: [V] int64 in [0, clusters)) and their scores for a root state.
+// Python's fill reads the same three from the mass index or from a DynaSpec router (``RouterClusters``).
+class ClusterIndex {
+ public:
+  virtual ~ClusterIndex() = default;
+  virtual const at::Tensor& token_clusters() const = 0;
+  virtual int64_t clusters() const = 0;
+  virtual at::Tensor scores(const at::Tensor& state) const = 0;  // [C]
+};
+
 // The mass index (runtime/vocab/mass_index.py): k-means clusters of the reservoir rows and the
 // estimate of the drafter's own mass in each, from index/mass.safetensors.
-struct MassIndex {
+struct MassIndex : ClusterIndex {
   at::Tensor labels, means, log_sizes, spread;  // [V] int64, [C, d], [C], [C]
-  int64_t clusters() const { return means.size(0); }
-  at::Tensor scores(const at::Tensor& state) const;  // [C]
+  const at::Tensor& token_clusters() const override { return labels; }
+  int64_t clusters() const override { return means.size(0); }
+  at::Tensor scores(const at::Tensor& state) const override;  // [C]
+};
+
+// A DynaSpec router file (runtime/vocab/dynaspec.py's Router): clusters of the target's head rows and an MLP
+// (or linear map) from the drafter's head input at the root to the clusters of the target's next tokens.
+// SettingsError for a missing, corrupt or mismatched file (Python's messages).
+class Router : public ClusterIndex {
+ public:
+  Router(const std::string& path, int64_t vocab_size);
+  const at::Tensor& token_clusters() const override { return labels_; }
+  int64_t clusters() const override { return w2_.size(0); }
+  at::Tensor scores(const at::Tensor& state) const override;  // [C] the router's logits
+  double backbone_share(int64_t k) const;  // the validated share for the stored size nearest to k (log scale)
+  const at::Tensor& counts() const { return counts_; }
+
+ private:
+  at::Tensor labels_, w1_, b1_, w2_, b2_, counts_;
+  std::vector<std::pair<double, double>> shares_;  // (size, share)
 };
 
 // The bundle's mass index; BundleError for a missing, corrupt or mismatched file.
 std::shared_ptr<const MassIndex> load_mass_index(const std::string& bundle, int64_t vocab_size, int64_t hidden_size);
 
 // Python's MassRouted over MassFill (runtime/vocab/mass_fill.py): ``inner``'s core and evidence, the rest of
-// K filled with the rows of the clusters ranked first for each cycle's root state (routed).
-std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const MassIndex> index,
+// K filled with the rows of the clusters ``index`` ranks first for each cycle's root state (routed).
+// ``greedy_index``: the clusters greedy sequences fill from, where they differ (``fill_source = "auto"`` with a
+// router; ``decoding`` says which kind comes next).
+std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::shared_ptr<const ClusterIndex> index,
                                          const std::vector<int64_t>& core, const std::vector<int64_t>& by_frequency,
-                                         int64_t k, double sticky = 0.0);
+                                         int64_t k, double sticky = 0.0,
+                                         std::shared_ptr<const ClusterIndex> greedy_index = nullptr);
 
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
 
@@ -155,6 +189,7 @@ std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& f
                                             bool frequency_fill = true);
 
 // DynaSpec (``dynaspec:K:C``) from a router file (``evospec vocab dynaspec``).
-std::unique_ptr<Policy> make_dynaspec_policy(int64_t k, int64_t clusters, const std::string& router, int64_t vocab_size);
+std::unique_ptr<Policy> make_dynaspec_policy(int64_t k, int64_t clusters, std::shared_ptr<const Router> router,
+                                            int64_t vocab_size);
 
 }  // namespace evospec::detail

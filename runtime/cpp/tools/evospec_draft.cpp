@@ -80,7 +80,7 @@ int run(int argc, char** argv) {
   std::vector<double> best(steps.size(), 1e300);
   std::vector<std::string> lines(steps.size());
   for (int r = 0; r < repeat; ++r) {
-    drafter.start(prompt);
+    drafter.start(prompt, /*greedy=*/true);  // recordings are greedy (``evospec record-drafts``)
     for (size_t i = 0; i < steps.size(); ++i) {
       std::string weight_prefix = "step_" + std::to_string(i) + "_weight:";
       for (const auto& [key, value] : updates)

@@ -78,7 +78,8 @@ struct DraftTree {
 // DriftSettings); the defaults are the Python runtime's built-in (chosen) settings. A policy named
 // ``evospec:K:VARIANT`` applies the built-in variant's override on top of these (core-25, core-75,
 // frequency-only, no-context, no-corpus-successors, no-session-successors, no-semantic,
-// semantic-256, age-64, no-drift; no-curriculum and align-retrieved-rows change alignment only).
+// semantic-256, age-64, no-drift, frequency-fill, no-sticky, router-fill, mass-fill; no-curriculum,
+// align-retrieved-rows, rest-mass and renormalised-teacher change alignment only).
 struct EvoSpecPolicySettings {
   double core_share = 0.5;          // share of K held by the most frequent corpus tokens
   bool context = true;              // stamp every prompt and committed token
@@ -88,6 +89,9 @@ struct EvoSpecPolicySettings {
   int64_t max_age = 0;              // evidence older than this many steps leaves the tail (0: never)
   bool mass_fill = true;            // fill the tail's unused budget by the drafter's estimated mass (bundle's mass index)
   double mass_sticky = 0.25;        // the fill's hysteresis: last cycle's clusters stay within (1 + this) x the rows needed
+  // whose clusters the fill ranks: "mass" (the bundle's mass index), "router" (the DynaSpec router of
+  // DrafterOptions::router) or "auto" (the router for greedy sequences when a router is given, else mass)
+  std::string fill_source = "auto";
   bool fresh = true;                // pipelined: patch the worker's set with the newest committed tokens and successors
   bool drift_enabled = true;        // topic-switch detection
   double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;  // miss-rate averages; drift when fast > slow + jump
@@ -99,7 +103,8 @@ struct DrafterOptions {
   // "full", "eagle3", "frspec:K", "evospec:K" (retrieval one cycle ahead, as Python's pipelined
   // policy), "evospec:K:sync" (retrieval in the same cycle), "evospec:K:VARIANT", "dynaspec:K:C".
   std::string vocab;
-  // DynaSpec router file (``evospec vocab dynaspec``), for "dynaspec:K:C".
+  // DynaSpec router file (``evospec vocab dynaspec``), for "dynaspec:K:C"; with "evospec:K" the fill of
+  // greedy sequences ranks its clusters (EvoSpecPolicySettings::fill_source).
   std::string router;
   // EvoSpec's settings for ``evospec:K`` policies (default: the built-in ones).
   EvoSpecPolicySettings evospec;
@@ -136,8 +141,11 @@ class Drafter {
   Drafter(const Drafter&) = delete;
   Drafter& operator=(const Drafter&) = delete;
 
-  // Begin a sequence: clears the KV cache and resets the policy to ``prompt`` (token ids).
-  void start(const std::vector<int64_t>& prompt);
+  // Begin a sequence: clears the KV cache and resets the policy to ``prompt`` (token ids). ``greedy``: whether
+  // the caller verifies this sequence greedily (temperature 0) or samples; an ``evospec:K`` policy with a router
+  // fills greedy sequences from the router's clusters (``fill_source = "auto"``). ``start(prompt)`` is a sampled
+  // sequence's start, the fill of every sequence before routers were read.
+  void start(const std::vector<int64_t>& prompt, bool greedy = false);
 
   // Draft the next tree. ``features``: [positions, 3 * target_hidden_size] float32, row-major: the
   // tapped target hidden states (low, middle, high, concatenated) of the positions committed since

@@ -27,6 +27,10 @@ void evospec_drafter_close(evospec_drafter* drafter);
 const char* evospec_last_error(void);
 
 int evospec_drafter_start(evospec_drafter* drafter, const int64_t* prompt, int64_t count);
+/* start, saying whether the caller verifies this sequence greedily (greedy = 1: temperature 0) or samples
+ * (0, as evospec_drafter_start): an evospec:K policy opened with a router fills greedy sequences from the
+ * router's clusters. */
+int evospec_drafter_start_greedy(evospec_drafter* drafter, const int64_t* prompt, int64_t count, int greedy);
 /* features: [positions, 3 * target_hidden_size] float32, row-major. Writes *nodes nodes. */
 int evospec_drafter_propose(evospec_drafter* drafter, const float* features, int64_t positions, int64_t newest_token,
                             int depth, int width, int budget, int64_t* tokens, int64_t* parents, int64_t* depths,
