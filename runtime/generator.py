@@ -24,6 +24,7 @@ from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.bundle import check_target, load_compiled_drafter, read_manifest
 from evospec.runtime.checkpoint import load_drafter, read_config
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter, default_tap_layers
+from evospec.runtime.sampled_tree import draft_sampled_tree
 from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChooser, chain_tokens
 from evospec.runtime.speculation_gate import SpeculationGate
 from evospec.runtime.stats import DecodeStats, GenerationResult
@@ -228,6 +229,9 @@ class SpeculativeGenerator:
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
                                 "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
+        if native is not None and s.temperature > 0 and s.tree_width > 1 and s.tree_children == "sampled":
+            raise SettingsError("the C++ drafter drafts top-k trees; a tree with sampled children (--tree-children "
+                                "sampled) draws from Python's generator: use --tree-children topk (or auto) or the Python drafter")
         policy = self.policy if use_draft else None
         if policy is not None:
             if hasattr(policy, "decoding"):  # a policy whose set depends on greedy or sampled decoding
@@ -490,7 +494,10 @@ class SpeculativeGenerator:
             temperature=s.temperature,
             costs=costs,
         )
-        tree = draft_tree(drafter, cache, request, generator)
+        if s.temperature > 0 and width > 1 and s.tree_children != "topk":  # Python's drafter samples its children
+            tree = draft_sampled_tree(drafter, cache, request, generator)
+        else:
+            tree = draft_tree(drafter, cache, request, generator)
         if s.draft_budget == "auto":
             self._sync()  # the caller syncs after drafting anyway; only the auto budget's timing needs it here
         return tree, r1 - r0, time.perf_counter() - r1

@@ -68,6 +68,20 @@ def test_generate_sampling_stream_and_table(checkpoint_dirs):
     assert "mean accepted length" in proc.stdout and "tokens/s" in proc.stdout
 
 
+@pytest.mark.parametrize("children", ["sampled", "topk"])
+def test_generate_sampled_tree(checkpoint_dirs, children):
+    """``--tree-children``: a sampled tree's children drawn from the drafter, or its top-k; both decode, draft and
+    report their accepted lengths."""
+    target_dir, drafter_dir, _, _ = checkpoint_dirs
+    proc = run(
+        "generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "4,5",
+        "--max-new-tokens", "16", "--temperature", "1", "--seed", "3", "--draft-tree", "tree", "--draft-depth", "3",
+        "--draft-topk", "2", "--draft-tokens", "6", "--tree-children", children, "--json",
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["token_ids"]) == 16 and out["steps"] >= 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

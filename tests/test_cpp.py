@@ -476,6 +476,9 @@ def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, drafter_runtime="cpp")
     with pytest.raises(SettingsError, match="sampled chain"):
         generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="chain", temperature=1.0))
+    with pytest.raises(SettingsError, match="a tree with sampled children"):
+        generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="tree", temperature=1.0,
+                                                     tree_children="sampled"))
     with pytest.raises(SettingsError, match=r"\+align with the C\+\+ drafter"):
         SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64+align", drafter_runtime="cpp")
     with pytest.raises(SettingsError, match="unseen-last' .* not implemented in the C\\+\\+ drafter library"):

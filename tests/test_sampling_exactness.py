@@ -207,6 +207,50 @@ def test_negative_control_wrong_residual_is_rejected():
     assert not ok
 
 
+def sampled_siblings_counts(q: torch.Tensor, children: int, n: int, with_replacement_laws: bool = False) -> dict:
+    """First-token counts of a root whose ``children`` are drawn from ``q`` without replacement
+    (``draws_without_replacement``), each verified against its own law; ``with_replacement_laws``: every
+    child verified against q itself (the laws of draws with replacement: wrong for these draws)."""
+    from evospec.runtime.sampled_tree import draws_without_replacement
+
+    g = torch.Generator().manual_seed(11)
+    counts: dict[int, int] = {}
+    for _ in range(n):
+        ids, laws = draws_without_replacement(q, children, g)
+        if with_replacement_laws:
+            laws = q.repeat(len(ids), 1)
+        verdict = verify_sampling(root_tree(ids, laws), LOGITS.repeat(len(ids) + 1, 1), 1.0, 1.0, g)
+        token = ids[verdict.accepted_nodes[0]] if verdict.accepted_nodes else verdict.bonus
+        counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(("vocab", "weights", "children"), [
+    ([2, 3, 4, 5], [0.4, 0.3, 0.2, 0.1], 2),  # q blind to the target's two favourites
+    ([0, 1, 2, 3, 4, 5], [0.05, 0.1, 0.3, 0.3, 0.05, 0.2], 3),  # q over everything, shaped unlike p
+    ([1, 4], [0.7, 0.3], 3),  # more children asked for than q has tokens: two
+])
+def test_siblings_drawn_without_replacement_emit_target_distribution(vocab, weights, children):
+    """A sampled tree's siblings: the i-th a draw from q without the ones before it, verified by recursive
+    rejection against that renormalised law (runtime/sampled_tree.py)."""
+    p = sampling_probs(LOGITS[0], 1.0)
+    n = 20_000
+    counts = sampled_siblings_counts(_drafter_q(vocab, weights), children, n)
+    ok, stat, critical = chi_square_ok(counts, dict(enumerate(p.tolist())), n)
+    assert ok, (counts, stat, critical)
+
+
+def test_negative_control_siblings_verified_against_q_itself_are_rejected():
+    """Verifying each draw without replacement against q itself (the law of draws with replacement) is biased,
+    and the same test sees it."""
+    p = sampling_probs(LOGITS[0], 1.0)
+    n = 20_000
+    counts = sampled_siblings_counts(_drafter_q([0, 1, 2, 3, 4, 5], [0.05, 0.1, 0.3, 0.3, 0.05, 0.2]), 3, n,
+                                     with_replacement_laws=True)
+    ok, _, _ = chi_square_ok(counts, dict(enumerate(p.tolist())), n)
+    assert not ok
+
+
 def exact_joint(model, prompt: list[int], steps: int, temperature: float, top_p: float) -> dict:
     """P(first ``steps`` new tokens) under the target's tempered, top-p-filtered distribution, by
     enumerating every sequence (one forward each) with ``reference_probs``."""
@@ -298,14 +342,16 @@ ERRORS = [pytest.param(QUICK_ERROR, id="quick"), pytest.param(STRICT_ERROR, id="
 
 @pytest.mark.parametrize("relative_error", ERRORS)
 @pytest.mark.parametrize(
-    ("draft_tree", "top_p"),
+    ("draft_tree", "top_p", "tree_children"),
     # the sampled chain's law stays in the default run through test_vocab_policies.py (a sampled chain, every step's
     # active set random); here the tree with top-p is the default case
-    [pytest.param("chain", 1.0, id="sampled-chain", marks=pytest.mark.slow),
-     pytest.param("tree", 0.9, id="deterministic-tree-top-p")],
+    [pytest.param("chain", 1.0, "auto", id="sampled-chain", marks=pytest.mark.slow),
+     pytest.param("tree", 0.9, "topk", id="deterministic-tree-top-p"),
+     pytest.param("tree", 0.9, "sampled", id="sampled-tree-top-p")],
 )
-def test_end_to_end_joint_distribution(draft_tree, top_p, relative_error):
-    """Joint law of the first 3 new tokens (prefill token + one speculative step) equals the target's."""
+def test_end_to_end_joint_distribution(draft_tree, top_p, tree_children, relative_error):
+    """Joint law of the first 3 new tokens (prefill token + one speculative step) equals the target's. The sampled
+    tree (depth 3, 2 children a node, 5 nodes) holds a node whose siblings the budget cut: its law too."""
     model, drafter = end_to_end_pair()
     generator = SpeculativeGenerator.from_models(model, drafter)
     prompt, temperature = [1, 4, 2], 1.0
@@ -313,7 +359,8 @@ def test_end_to_end_joint_distribution(draft_tree, top_p, relative_error):
     half = equal_halves(expected)
     n = halves_samples(sum(expected[k] for k in half), relative_error)
     counts, accepted = sample_joint(generator, prompt, n, temperature=temperature, top_p=top_p,
-                                    draft_tree=draft_tree, draft_depth=3, draft_topk=2, draft_tokens=5)
+                                    draft_tree=draft_tree, draft_depth=3, draft_topk=2, draft_tokens=5,
+                                    tree_children=tree_children)
     assert_joint_matches(counts, expected, n, relative_error)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
 

@@ -339,7 +339,7 @@ def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair, 
     class Library:
         policy = None
 
-        def start(self, prompt):
+        def start(self, prompt, greedy=False):
             pass
 
         def propose(self, features, newest, depth, width, budget, costs=None):

@@ -51,6 +51,11 @@ def decode_options(fn):
                      help="With --draft-budget auto on a tree: draft the first-choice path to --draft-depth whatever "
                           "it is worth (the tree holds the chain) and let the value rule add only the nodes off it; "
                           "--no-draft-spine lets the rule price the path too." + _default("draft_spine")),
+        click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
+                     help="Sampling with a tree: sampled draws each node's children from the drafter without "
+                          "replacement (recursive rejection; accepts more where the target's law is flat), topk takes "
+                          "the drafter's likeliest as fixed tokens; auto: sampled with Python's drafter, topk with the "
+                          "C++ library." + _default("tree_children")),
         click.option("--plain-fallback/--no-plain-fallback", default=None,
                      help="Take plain steps (verify the newest token alone, draft nothing) wherever they have lately "
                           "delivered more tokens per ms than speculative steps; a few steps of the other kind keep "

@@ -33,6 +33,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-spine/--no-draft-spine", default=None,
               help="auto on a tree: keep the first-choice path to --draft-depth whatever it is worth and price only "
                    "the nodes off it [default: on]; --no-draft-spine lets the rule price the path too.")
+@click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
+              help="Sampling with a tree: sampled children (drawn without replacement, recursive rejection) or the "
+                   "drafter's top-k [default: auto: sampled with Python's drafter, top-k with the C++ library].")
 @click.option("--plain-fallback/--no-plain-fallback", default=None,
               help="Speculative rows: take plain steps wherever they lately delivered more tokens per ms than "
                    "speculative ones [default: off: every step speculates].")

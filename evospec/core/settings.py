@@ -21,9 +21,11 @@ DEFAULT_THREADS = 2  # training threads: the machine kind README's figures come 
 
 DraftTreeKind = Literal["chain", "tree"]
 DraftBudgetKind = Literal["fixed", "auto"]
+TreeChildrenKind = Literal["auto", "sampled", "topk"]
 
 # What each annotation accepts: an int field takes no bool and no float; a float field takes an int.
-_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,), "DraftBudgetKind": (str,)}
+_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,), "DraftBudgetKind": (str,),
+            "TreeChildrenKind": (str,)}
 
 
 def check_field_types(settings: object) -> None:
@@ -76,6 +78,11 @@ class DecodeSettings:
         draft_spine: With ``auto`` on a tree: draft the first-choice path to ``draft_depth`` whatever it is
             worth, so the tree holds the chain, and let the value rule add only the nodes off it. False: the
             rule prices the path too, and may cut it short (runtime/tree.py, ``StepCosts.spine``).
+        tree_children: How a tree picks each node's children when sampling (temperature > 0): ``sampled`` draws
+            them from the drafter's distribution without replacement and verifies them by recursive rejection
+            (runtime/sampled_tree.py), ``topk`` takes the drafter's likeliest, verified as point masses (what the
+            C++ library drafts); ``auto``: sampled with Python's drafter, top-k with the C++ library. Greedy
+            decoding always takes the top-k.
         plain_fallback: Take a plain step (verify the root alone, draft nothing) wherever plain steps have lately
             delivered more tokens per ms than speculative ones, measured online (runtime/speculation_gate.py);
             False speculates every step.
@@ -93,6 +100,7 @@ class DecodeSettings:
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
     draft_budget: DraftBudgetKind = "fixed"
     draft_spine: bool = True
+    tree_children: TreeChildrenKind = "auto"
     plain_fallback: bool = False
     use_draft: bool = True
     stop_on_eos: bool = True
@@ -108,6 +116,7 @@ class DecodeSettings:
             (self.draft_topk >= 1, "draft_topk must be >= 1"),
             (self.draft_tokens >= 1, "draft_tokens must be >= 1"),
             (self.draft_budget in ("fixed", "auto"), "draft_budget must be 'fixed' or 'auto'"),
+            (self.tree_children in ("auto", "sampled", "topk"), "tree_children must be 'auto', 'sampled' or 'topk'"),
         ]
         for ok, message in checks:
             if not ok:
