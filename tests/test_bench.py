@@ -58,6 +58,19 @@ def test_bench_json_rows(corpus, tmp_path):
         assert parts["trunk"] + parts["head"] == pytest.approx(row["draft_ms_per_step"], rel=1e-9, abs=1e-12)
     assert all(r["identical_to_plain"] for r in rows if r["method"] == "eagle3")
     assert all(r["mean_accepted_length"] == 1.0 for r in rows if r["method"] == "plain")
+    assert {r["draft"] for r in rows} == {"chain of 3", None}  # what each speculative row drafted
+
+
+def test_draft_shape_says_what_a_step_drafts():
+    from evospec.core.settings import DecodeSettings
+    from evospec.eval.bench import draft_shape
+
+    tree = DecodeSettings(draft_tree="tree", draft_depth=5, draft_topk=2, draft_tokens=10, temperature=1.0)
+    assert draft_shape(tree) == "tree: depth 5, 2 children a node, 10 nodes, children sampled without replacement"
+    assert draft_shape(tree, native=True).endswith(", top-k children")
+    assert draft_shape(DecodeSettings(draft_tree="tree", draft_depth=5, draft_topk=2, draft_tokens=10)).endswith("10 nodes")
+    assert draft_shape(DecodeSettings(draft_tree="chain", draft_depth=4, draft_budget="auto", plain_fallback=True)) == \
+        "chain of 4, value-based budget, plain fallback"
 
 
 def test_bench_with_plain_fallback(corpus, tmp_path):

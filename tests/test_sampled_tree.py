@@ -96,3 +96,53 @@ def test_greedy_trees_and_topk_children_stay_deterministic():
 def test_tree_children_setting_is_checked():
     with pytest.raises(SettingsError, match="tree_children must be 'auto', 'sampled' or 'topk'"):
         DecodeSettings(tree_children="random")
+
+
+def test_every_node_drafts_from_its_own_path_as_a_chain_would():
+    """The drafter's scratch (slots, masks, states) across a sampled tree: the law a node's children were drawn
+    from (its first child's proposals) equals the drafter's distribution computed afresh along that node's path,
+    as a chain over the same tokens, from a copy of the cache taken before the tree was drafted."""
+    import copy
+
+    import evospec.runtime.generator as generator_module
+    from evospec.runtime import sampled_tree
+
+    captured = []
+
+    def capture(drafter, cache, req, generator):
+        before = copy.deepcopy(cache)
+        tree = sampled_tree.draft_sampled_tree(drafter, cache, req, generator)
+        captured.append((drafter, before, req, tree))
+        return tree
+
+    model = tiny_target(TINY_SHAPES["llama"], seed=3)
+    generator = SpeculativeGenerator.from_models(model, tiny_drafter(model, draft_vocab=48, seed=4, init_std=0.8))
+    original = generator_module.draft_sampled_tree
+    generator_module.draft_sampled_tree = capture
+    try:
+        generator.generate([3, 17, 42, 5, 9], DecodeSettings(
+            max_new_tokens=24, temperature=1.0, seed=5, draft_tree="tree", draft_depth=4, draft_topk=2, draft_tokens=14,
+            tree_children="sampled"))
+    finally:
+        generator_module.draft_sampled_tree = original
+    checked = 0
+    for drafter, before, req, tree in captured[:4]:
+        children, parents = tree.children(), tree.parents.tolist()
+        for node in range(tree.size):
+            if not children[node + 1]:
+                continue
+            path = [node]
+            while parents[path[-1]] >= 0:
+                path.append(parents[path[-1]])
+            path.reverse()
+            cache = copy.deepcopy(before)
+            hidden = req.hidden[None]
+            for level, n in enumerate(path, start=1):
+                start = req.committed + level - 1
+                mask = torch.ones(1, start + 1, dtype=torch.bool)
+                positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long)
+                hidden, logits = drafter(hidden, tree.tokens[n].reshape(1, 1), positions, cache, start, mask)
+            q = torch.softmax(logits[0, 0].double() / req.temperature, dim=-1)
+            assert torch.allclose(tree.proposals[children[node + 1][0]], q / q.sum(), atol=1e-6)
+            checked += 1
+    assert checked >= 8

@@ -62,6 +62,7 @@ class BenchRow:
     batch: int = 1  # requests decoded together (this runtime decodes one at a time)
     ms_per_step: dict[str, float] | None = None  # this runtime: where a step's time went (see step_breakdown)
     plain_steps: int = 0  # steps that drafted nothing (``--plain-fallback``), counted in ``steps``
+    draft: str | None = None  # this runtime's speculative rows: what each step drafted (``draft_shape``)
 
 
 SWITCH_LEAD = 16  # tokens of the new topic a topic-switch prompt ends with
@@ -89,8 +90,23 @@ def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, se
     return prompts
 
 
+def draft_shape(decode: DecodeSettings, native: bool = False) -> str:
+    """What a speculative step drafts under ``decode``, in words (``native``: the C++ library drafts), so a JSON
+    row says what each side of a comparison was given."""
+    if decode.draft_tree == "chain":
+        shape = f"chain of {decode.draft_depth}"
+    else:
+        shape = f"tree: depth {decode.draft_depth}, {decode.draft_topk} children a node, {decode.draft_tokens} nodes"
+        if decode.temperature > 0:
+            sampled = decode.tree_children == "sampled" or (decode.tree_children == "auto" and not native)
+            shape += ", children sampled without replacement" if sampled else ", top-k children"
+    if decode.draft_budget == "auto":
+        shape += ", value-based budget"
+    return shape + (", plain fallback" if decode.plain_fallback else "")
+
+
 def summarise(domain: str, method: str, results: list[GenerationResult], decode: DecodeSettings,
-              identical: bool | None) -> BenchRow:
+              identical: bool | None, draft: str | None = None) -> BenchRow:
     pooled = PooledStats.of([r.stats for r in results])
     accepted, steps = pooled.accepted_lengths, pooled.steps
     return BenchRow(
@@ -111,6 +127,7 @@ def summarise(domain: str, method: str, results: list[GenerationResult], decode:
         identical_to_plain=identical,
         ms_per_step=step_breakdown(pooled.ms_per_step, pooled.draft_split),
         plain_steps=sum(r.stats.plain_steps for r in results),
+        draft=draft,
     )
 
 
@@ -183,7 +200,8 @@ def run_bench(
         if speculative:
             identical = (all(s.token_ids == p.token_ids for s, p in zip(speculative_results, plain))
                          if decode.greedy else None)
-            row = summarise(domain, "eagle3", speculative_results, decode, identical)
+            row = summarise(domain, "eagle3", speculative_results, decode, identical,
+                            draft_shape(decode, native=getattr(generator, "native", None) is not None))
             if identical is False:
                 parted = first_divergence(generator.target.model, prompts, [s.token_ids for s in speculative_results],
                                           [p.token_ids for p in plain])
