@@ -227,8 +227,12 @@ class SpeculativeGenerator:
         choose_shape = auto and s.draft_tree == "tree" and not (native is not None and s.temperature > 0)
         gate = self.gate if use_draft and s.plain_fallback else None
         if native is not None and s.temperature > 0 and s.tree_width == 1:
-            raise SettingsError("the C++ drafter drafts greedy chains and top-k trees; a sampled chain (temperature > 0, "
-                                "--draft-tree chain) draws from Python's generator: use --draft-tree tree or the Python drafter")
+            if not native.samples_chains:
+                raise SettingsError("this build of the C++ drafter library drafts no sampled chain (temperature > 0, "
+                                    "--draft-tree chain): rebuild it with `make cpp`, or use the Python drafter")
+            if auto:
+                raise SettingsError("--draft-budget auto with a sampled chain from the C++ drafter: the library keeps "
+                                    "every draw; use --draft-budget fixed or the Python drafter")
         if native is not None and s.temperature > 0 and s.tree_width > 1 and s.tree_children == "sampled":
             raise SettingsError("the C++ drafter drafts top-k trees; a tree with sampled children (--tree-children "
                                 "sampled) draws from Python's generator: use --tree-children topk (or auto) or the Python drafter")
@@ -305,7 +309,7 @@ class SpeculativeGenerator:
                         budget, costs = s.tree_budget, None
                     if native is not None:
                         tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, width, budget,
-                                                                  costs)
+                                                                  costs, generator)
                     else:
                         with trunk:
                             tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator,
@@ -439,20 +443,29 @@ class SpeculativeGenerator:
 
     @staticmethod
     def _draft_native(native, pairs_hidden: torch.Tensor, root: int, s: DecodeSettings, stats: DecodeStats, width: int,
-                      budget: int, costs: StepCosts | None) -> tuple[DraftTree, float, float]:
+                      budget: int, costs: StepCosts | None, generator: torch.Generator
+                      ) -> tuple[DraftTree, float, float]:
         """The C++ library's tree (with ``costs``: its value-based budget, Python's rule), and the seconds of its
         root call and of drafting past it as the library times them; its policy's choice and row moves happen
-        inside ``propose``."""
-        drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)
-        if native.policy is not None:
+        inside ``propose``. A sampled chain is drawn by the library with this generator's numbers, one a level, as
+        Python's drafter draws them, and comes with each node's law over the active ids."""
+        laws = None
+        if s.temperature > 0 and width == 1:
+            uniforms = [float(torch.rand(1, generator=generator, dtype=torch.float64)) for _ in range(s.draft_depth)]
+            drafted, laws = native.propose_sampled_chain(pairs_hidden, root, s.draft_depth, s.temperature, uniforms)
+        else:
+            drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)
+        if native.policy is not None or laws is not None:
             active, moved = native.active()
-            stats.active_rows_moved += moved
-            stats.active_size_sum += len(active)
+            stats.active_rows_moved += moved if native.policy is not None else 0
+            stats.active_size_sum += len(active) if native.policy is not None else 0
         tree = DraftTree(tokens=torch.tensor(drafted.tokens, dtype=torch.long),
                          parents=torch.tensor(drafted.parents, dtype=torch.long),
                          depths=torch.tensor(drafted.depths, dtype=torch.long),
                          scores=torch.tensor(drafted.scores) if drafted.tokens and len(drafted.scores) == len(drafted.tokens) else None,
                          level_rows=drafted.level_rows)
+        if laws is not None:
+            tree.proposals, tree.proposal_ids = torch.from_numpy(laws), torch.tensor(active, dtype=torch.long)
         return tree, drafted.root_ms / 1e3, drafted.tree_ms / 1e3
 
     def _draft(

@@ -65,6 +65,10 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.evospec_drafter_propose_costed.argtypes = [
             ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
             ctypes.POINTER(_StepCosts), _i64p, _i64p, _i64p, _f64p, ctypes.c_int64, _i64p, _i64p, _i64p, _f64p]
+    if hasattr(lib, "evospec_drafter_propose_sampled"):  # libraries built before sampled chains lack it
+        lib.evospec_drafter_propose_sampled.argtypes = [
+            ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, _f64p, _i64p, _i64p,
+            _i64p, _f64p, _f64p, ctypes.c_int64, _i64p, ctypes.c_int64, _i64p, _f64p]
     lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
     lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, _i64p, _i64p]
     lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, _i64p]
@@ -103,6 +107,7 @@ class NativeDrafter:
         self.hidden_size, self.target_hidden_size, self.vocab_size = sizes
         self._nodes = {name: np.empty(self.MAX_NODES, dtype=np.int64) for name in ("tokens", "parents", "depths")}
         self._scores = np.empty(self.MAX_NODES, dtype=np.float64)
+        self._laws = np.empty(0, dtype=np.float64)  # a sampled chain's laws (``propose_sampled_chain``)
         self.policy = vocab
         self._router_fill = router is not None and str(vocab or "").startswith("evospec")
 
@@ -167,6 +172,46 @@ class NativeDrafter:
         k = n.value
         return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
                           self._scores[:k].tolist(), tuple(level_rows[: levels.value].tolist()), timings[0], timings[1])
+
+    @property
+    def samples_chains(self) -> bool:
+        """Whether this build drafts sampled chains (``propose_sampled_chain``)."""
+        return hasattr(self._lib, "evospec_drafter_propose_sampled")
+
+    def propose_sampled_chain(self, features: torch.Tensor, newest_token: int, depth: int, temperature: float,
+                              uniforms: list[float]) -> tuple[NativeTree, np.ndarray]:
+        """A chain whose tokens the library draws from its q at ``temperature``, one of ``uniforms`` (the caller's
+        generator's numbers, as Python's drafter would draw them) a level; and each node's q over the active ids
+        ([nodes, active set size], float64), for verification."""
+        if not self.samples_chains:
+            raise SettingsError("this build of the C++ drafter library drafts no sampled chain "
+                                "(evospec_drafter_propose_sampled): rebuild it with `make cpp`")
+        feats = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
+        if feats.ndim != 2 or feats.shape[1] != 3 * self.target_hidden_size:
+            raise SettingsError(f"features of shape {tuple(feats.shape)}; the drafter takes [positions, "
+                                f"{3 * self.target_hidden_size}] (three tapped target states)")
+        draws = np.ascontiguousarray(uniforms, dtype=np.float64)
+        if draws.size != depth:
+            raise SettingsError(f"a sampled chain of {depth} needs {depth} uniforms, got {draws.size}")
+        if self._laws.size < depth * self.vocab_size:  # a bucket never holds more columns than the vocabulary
+            self._laws = np.empty(depth * self.vocab_size, dtype=np.float64)
+        laws = self._laws
+        n, width = ctypes.c_int64(), ctypes.c_int64()
+        timings = (ctypes.c_double * 2)()
+        buf = self._nodes
+        self._check(self._lib.evospec_drafter_propose_sampled(
+            self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, float(temperature),
+            draws.ctypes.data_as(_f64p), buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p),
+            buf["depths"].ctypes.data_as(_i64p), self._scores.ctypes.data_as(_f64p), laws.ctypes.data_as(_f64p),
+            laws.size, ctypes.byref(width), self.MAX_NODES, ctypes.byref(n), timings))
+        k, active = n.value, self.active()[0]
+        laws = laws[: k * width.value].reshape(k, width.value)
+        if np.any(laws[:, len(active):] != 0):
+            raise RuntimeError("the C++ drafter put draft mass on padding columns of its head; this is a bug")
+        laws = laws[:, : len(active)].copy()  # the buffer is reused at the next call
+        tree = NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
+                          self._scores[:k].tolist(), tuple([1] * max(k - 1, 0)), timings[0], timings[1])
+        return tree, laws
 
     def commit(self, accepted: list[int]) -> None:
         ids = np.asarray(accepted, dtype=np.int64)

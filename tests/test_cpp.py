@@ -355,6 +355,7 @@ def test_record_and_profile_commands(binary, demo_bundle, work):
 
 SAMPLED_TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12,
                               temperature=0.8, top_p=0.9, seed=5)
+SAMPLED_CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, temperature=0.8, top_p=0.9, seed=5)
 
 
 @pytest.fixture
@@ -367,12 +368,16 @@ def library(binary, monkeypatch):
 # drafter steps test_demo_pair_drafts_equal_python and test_tiny_pair_drafts_equal_python compare in the default run
 @pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, None), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
                                                  pytest.param(SAMPLED_TREE, "frspec:64", marks=SLOW),
-                                                 pytest.param(CHAIN, "evospec:64", marks=SLOW)],
-                         ids=["greedy-chain-own-vocab", "greedy-tree-evospec", "sampled-tree-frspec", "chain-evospec"])
+                                                 pytest.param(CHAIN, "evospec:64", marks=SLOW),
+                                                 (SAMPLED_CHAIN, "evospec:64"), pytest.param(SAMPLED_CHAIN, None, marks=SLOW)],
+                         ids=["greedy-chain-own-vocab", "greedy-tree-evospec", "sampled-tree-frspec", "chain-evospec",
+                              "sampled-chain-evospec", "sampled-chain-own-vocab"])
 def test_decoding_with_the_cpp_drafter_equals_decoding_with_pythons(library, demo_bundle, settings, vocab):
     """Same tokens, same accepted length at every step and the same rows moved as the Python drafter (whose
     drafts tests above show equal step by step); greedy output equals the target's own. Sampled: the trees are
-    deterministic top-k, so with the same seed verification draws the same numbers and the outputs match."""
+    deterministic top-k, and a sampled chain's tokens are drawn by the library with the numbers Python's drafter
+    would draw (one a level, from the same generator), so with the same seed verification draws the same numbers
+    and the outputs match."""
     from evospec.runtime.generator import SpeculativeGenerator
 
     prompt = list(range(5, 37))
@@ -474,8 +479,18 @@ def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     from evospec.runtime.generator import SpeculativeGenerator
 
     generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, drafter_runtime="cpp")
-    with pytest.raises(SettingsError, match="sampled chain"):
-        generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="chain", temperature=1.0))
+    with pytest.raises(SettingsError, match="--draft-budget auto with a sampled chain from the C\\+\\+ drafter"):
+        generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="chain", temperature=1.0,
+                                                     draft_budget="auto"))
+    native = generator.native
+    native.start([5, 6, 7])
+    features = torch.zeros(3, 3 * native.target_hidden_size)
+    with pytest.raises(SettingsError, match="uniforms must lie in \\[0, 1\\)"):
+        native.propose_sampled_chain(features, 8, 3, 1.0, [0.5, 1.0, 0.2])
+    with pytest.raises(SettingsError, match="a sampled chain of 3 needs 3 uniforms, got 2"):
+        native.propose_sampled_chain(features, 8, 3, 1.0, [0.5, 0.2])
+    with pytest.raises(SettingsError, match="needs temperature > 0"):
+        native.propose_sampled_chain(features, 8, 3, 0.0, [0.5, 0.2, 0.1])
     with pytest.raises(SettingsError, match="a tree with sampled children"):
         generator.generate([5, 6, 7], DecodeSettings(max_new_tokens=4, draft_tree="tree", temperature=1.0,
                                                      tree_children="sampled"))

@@ -1,6 +1,7 @@
 // The C ABI (include/evospec/drafter_c.h): exceptions become a status and a per-thread message.
 #include "evospec/drafter_c.h"
 
+#include <algorithm>
 #include <string>
 
 #include "evospec/drafter.hpp"
@@ -123,6 +124,41 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
     if (level_rows != nullptr)  // at most depth - 1 entries: the buffer holds depth
       for (size_t i = 0; i < tree.level_rows.size(); ++i) level_rows[i] = tree.level_rows[i];
     if (levels != nullptr) *levels = static_cast<int64_t>(tree.level_rows.size());
+    if (timings != nullptr) timings[0] = tree.root_ms, timings[1] = tree.tree_ms;
+  });
+}
+
+int evospec_drafter_propose_sampled(evospec_drafter* drafter, const float* features, int64_t positions,
+                                    int64_t newest_token, int depth, double temperature, const double* uniforms,
+                                    int64_t* tokens, int64_t* parents, int64_t* depths, double* scores, double* laws,
+                                    int64_t law_capacity, int64_t* law_columns, int64_t capacity, int64_t* nodes,
+                                    double* timings) {
+  if (drafter == nullptr) return missing("drafter");
+  if (features == nullptr || tokens == nullptr || parents == nullptr || depths == nullptr || nodes == nullptr ||
+      laws == nullptr || law_columns == nullptr || uniforms == nullptr)
+    return missing("a propose_sampled() buffer");
+  return guarded([&] {
+    if (!(temperature > 0)) throw evospec::SettingsError("a sampled chain needs temperature > 0");
+    evospec::DraftSettings settings = evospec::DraftSettings::chain(depth);
+    settings.temperature = temperature;
+    settings.uniforms = uniforms;
+    evospec::DraftTree tree = drafter->drafter.propose(features, positions, newest_token, settings);
+    int64_t n = static_cast<int64_t>(tree.tokens.size());
+    if (n > capacity)
+      throw evospec::SettingsError("the draft has " + std::to_string(n) + " nodes, the buffers hold " +
+                                   std::to_string(capacity));
+    if (static_cast<int64_t>(tree.laws.size()) > law_capacity)
+      throw evospec::SettingsError("the draft's laws take " + std::to_string(tree.laws.size()) + " doubles, the buffer "
+                                   "holds " + std::to_string(law_capacity));
+    for (int64_t i = 0; i < n; ++i) {
+      tokens[i] = tree.tokens[i];
+      parents[i] = tree.parents[i];
+      depths[i] = tree.depths[i];
+      if (scores != nullptr) scores[i] = tree.scores[i];
+    }
+    std::copy(tree.laws.begin(), tree.laws.end(), laws);
+    *law_columns = tree.law_columns;
+    *nodes = n;
     if (timings != nullptr) timings[0] = tree.root_ms, timings[1] = tree.tree_ms;
   });
 }

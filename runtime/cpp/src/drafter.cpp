@@ -267,6 +267,17 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
                         "), got " + std::to_string(s.costs->rates.size()));
   if (features == nullptr || positions < 1)
     throw SettingsError("propose() needs the target's features of at least one new position");
+  const bool sampled = s.temperature > 0 && s.width == 1;
+  if (s.temperature < 0 || !std::isfinite(s.temperature)) throw SettingsError("draft temperature must be >= 0");
+  if (sampled && s.costs != nullptr)
+    throw SettingsError("a sampled chain keeps every draw: a value-based budget (costs) is not applied to it");
+  if (sampled) {
+    if (s.uniforms == nullptr) throw SettingsError("a sampled chain needs DraftSettings::uniforms (depth of them)");
+    for (int i = 0; i < s.depth; ++i)
+      if (!(s.uniforms[i] >= 0.0 && s.uniforms[i] < 1.0))
+        throw SettingsError("DraftSettings::uniforms must lie in [0, 1) (uniform " + std::to_string(i) + " is " +
+                            std::to_string(s.uniforms[i]) + ")");
+  }
   if (newest_token < 0 || newest_token >= d.info.vocab_size)
     throw SettingsError("token id " + std::to_string(newest_token) + " is outside the vocabulary [0, " +
                         std::to_string(d.info.vocab_size) + ")");
@@ -310,6 +321,7 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   req.depth = s.depth;
   req.budget = s.budget;
   req.costs = s.costs;
+  if (sampled) req.temperature = s.temperature, req.uniforms = s.uniforms;
   Forward fwd = [&d](const at::Tensor& h, const at::Tensor& i, const at::Tensor& p, int64_t st, const at::Tensor& m) {
     return d.forward(h, i, p, st, m);
   };

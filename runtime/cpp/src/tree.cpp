@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 
 namespace evospec::detail {
@@ -149,10 +150,55 @@ Prefix chain_prefix(const std::vector<double>& values, const StepCosts& c, const
   return pre;
 }
 
+// runtime/sampling.py's ``sample``: the first index whose cumulative weight exceeds u (= uniform x total), in two
+// levels (blocks of 1024, then inside the block), in doubles; where rounding put u at or past the total, the last
+// index with weight.
+constexpr int64_t kSampleBlock = 1024;
+
+int64_t first_above(const std::vector<double>& cumulative, double u, const double* weights) {
+  auto it = std::upper_bound(cumulative.begin(), cumulative.end(), u);
+  int64_t index = it - cumulative.begin();
+  if (index >= static_cast<int64_t>(cumulative.size()))
+    for (index = static_cast<int64_t>(cumulative.size()) - 1; index > 0 && !(weights[index] > 0); --index) {
+    }
+  return index;
+}
+
+int64_t sample_index(const at::Tensor& q, double uniform) {
+  const double* w = q.data_ptr<double>();
+  const int64_t n = q.numel();
+  std::vector<double> sums, cumulative;
+  for (int64_t start = 0; start < n; start += kSampleBlock) {
+    double sum = 0;
+    for (int64_t i = start; i < std::min(n, start + kSampleBlock); ++i) sum += w[i];
+    sums.push_back(sum);
+    cumulative.push_back((cumulative.empty() ? 0.0 : cumulative.back()) + sum);
+  }
+  double u = uniform * cumulative.back();
+  int64_t block = first_above(cumulative, u, sums.data());
+  int64_t start = block * kSampleBlock, size = std::min(kSampleBlock, n - start);
+  std::vector<double> inside(size);
+  double running = 0;
+  for (int64_t i = 0; i < size; ++i) inside[i] = running += w[start + i];
+  return start + first_above(inside, u - (block ? cumulative[block - 1] : 0.0), w + start);
+}
+
 // _draft_chain: one child per node; cumulative scores and values are Python floats (doubles) summed level by level.
+// With a temperature, each level's token is drawn (Python's _choose: q = softmax(logits / T) in doubles, ``sample``)
+// with the level's uniform, and its q kept.
 DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t capacity, const TreeRequest& req) {
   const StepCosts* costs = req.costs;
-  auto choose = [](const at::Tensor& logits) { return at::log_softmax(logits.to(at::kFloat), -1).topk(1, -1); };
+  const bool sampled = req.temperature > 0;
+  std::vector<at::Tensor> laws;
+  auto choose = [&](const at::Tensor& logits) {  // [1, A] -> (log-probability [1, 1], column [1, 1])
+    at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
+    if (!sampled) return logp.topk(1, -1);
+    at::Tensor q = at::softmax(logits.to(at::kDouble) / req.temperature, -1)[0].contiguous();
+    int64_t x = sample_index(q, req.uniforms[laws.size()]);
+    laws.push_back(q);
+    at::Tensor column = at::full({1, 1}, x, at::kLong);
+    return std::make_tuple(logp.gather(-1, column), column);
+  };
   auto [logp0, ids0] = choose(req.logits.unsqueeze(0));  // [1, 1]
   std::vector<at::Tensor> chosen{ids0[0]};
   std::vector<double> path{static_cast<double>(logp0[0][0].item<float>())};
@@ -179,7 +225,8 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
     if (costs) values.push_back(values.back() + static_cast<double>(log_rate(*costs, logp[0])[0].item<float>()));
     level_rows.push_back(1);
   }
-  size_t n = costs ? static_cast<size_t>(chain_prefix(values, *costs, level_rows, spine_depth).kept) : chosen.size();
+  size_t n = costs && !sampled ? static_cast<size_t>(chain_prefix(values, *costs, level_rows, spine_depth).kept)
+                               : chosen.size();
   DraftTree tree;
   tree.level_rows = level_rows;
   if (n == 0) return tree;
@@ -189,6 +236,11 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
     tree.parents.push_back(static_cast<int64_t>(i) - 1);
     tree.depths.push_back(static_cast<int64_t>(i) + 1);
     tree.scores.push_back(path[i]);
+  }
+  if (sampled) {  // every drawn node is kept (a value rule would bias their law): n == laws.size()
+    tree.law_columns = req.logits.size(-1);
+    for (size_t i = 0; i < n; ++i) tree.laws.insert(tree.laws.end(), laws[i].data_ptr<double>(),
+                                                    laws[i].data_ptr<double>() + laws[i].numel());
   }
   return tree;
 }

@@ -17,6 +17,8 @@ struct TreeRequest {
   at::Tensor logits;  // [A] head logits there (active columns only)
   int64_t committed = 0, width = 1, depth = 1, budget = 1;
   const StepCosts* costs = nullptr;  // a value-based budget (Python's DraftRequest.costs); null: the best ``budget``
+  double temperature = 0;            // > 0 with width 1: a sampled chain, one of ``uniforms`` a level
+  const double* uniforms = nullptr;
 };
 
 // The drafter called on frontier states: (hidden [1, w, d], target ids [1, w], positions [1, w],

@@ -58,6 +58,12 @@ struct DraftSettings {
   int budget = 32;  // nodes kept (best cumulative log-probability); a chain keeps ``depth``
   // Not null: a value-based budget under these costs (``budget`` is then the most nodes kept).
   const StepCosts* costs = nullptr;
+  // > 0 with width 1: a sampled chain (Python's sampled chain at this temperature): each level's token is drawn
+  // from the drafter's q = softmax(logits / temperature) over the head's columns with one of ``uniforms``
+  // (``depth`` numbers in [0, 1) from the caller's generator, so the draws are the caller's), and each node's q is
+  // returned (DraftTree::laws) for the caller's verifier. Trees (width > 1) are drafted top-k at any temperature.
+  double temperature = 0;
+  const double* uniforms = nullptr;
 
   static DraftSettings chain(int depth) { return {depth, 1, depth}; }
   static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }
@@ -70,6 +76,10 @@ struct DraftTree {
   std::vector<int64_t> depths;   // 1..depth
   std::vector<double> scores;    // cumulative draft log-probability of each node
   std::vector<int64_t> level_rows;  // frontier rows of each drafter call past the root call
+  // A sampled chain (DraftSettings::temperature): node i's law q over the head's columns, row-major
+  // [nodes, law_columns]; the first active_ids().size() columns are active_ids(), any others padding (q = 0).
+  std::vector<double> laws;
+  int64_t law_columns = 0;
   double root_ms = 0;  // propose's root call (the new positions; it proposes the first level)
   double tree_ms = 0;  // drafting past the root call: expansion levels and selection
 };

@@ -56,6 +56,15 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
                                    const evospec_step_costs* costs, int64_t* tokens, int64_t* parents,
                                    int64_t* depths, double* scores, int64_t capacity, int64_t* nodes,
                                    int64_t* level_rows, int64_t* levels, double* timings);
+/* A sampled chain of ``depth`` (DraftSettings::temperature; temperature > 0): uniforms holds depth numbers in [0, 1)
+ * from the caller's generator, one a level. Writes the nodes as propose() does, scores (NULL or capacity doubles),
+ * and each node's law over the head's columns into laws (row-major [nodes, *law_columns], at most law_capacity
+ * doubles); the first evospec_drafter_active() columns are the active ids, any after them padding (q = 0). */
+int evospec_drafter_propose_sampled(evospec_drafter* drafter, const float* features, int64_t positions,
+                                    int64_t newest_token, int depth, double temperature, const double* uniforms,
+                                    int64_t* tokens, int64_t* parents, int64_t* depths, double* scores, double* laws,
+                                    int64_t law_capacity, int64_t* law_columns, int64_t capacity, int64_t* nodes,
+                                    double* timings);
 int evospec_drafter_commit(evospec_drafter* drafter, const int64_t* accepted, int64_t count);
 /* The active set's size and the rows moved at the last propose; ids written when ids != NULL
  * (at most capacity of them). */
