@@ -353,8 +353,9 @@ def test_record_and_profile_commands(binary, demo_bundle, work):
 
 # --- The library inside Python's decoding loop (runtime/native_drafter.py, `--drafter-runtime cpp`) ---
 
+# top-k children in both runtimes (Python's drafter would sample a tree's children by default: runtime/sampled_tree.py)
 SAMPLED_TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12,
-                              temperature=0.8, top_p=0.9, seed=5)
+                              temperature=0.8, top_p=0.9, seed=5, tree_children="topk")
 SAMPLED_CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, temperature=0.8, top_p=0.9, seed=5)
 
 
