@@ -449,23 +449,22 @@ class SpeculativeGenerator:
         root call and of drafting past it as the library times them; its policy's choice and row moves happen
         inside ``propose``. A sampled chain is drawn by the library with this generator's numbers, one a level, as
         Python's drafter draws them, and comes with each node's law over the active ids."""
-        laws = None
         if s.temperature > 0 and width == 1:
             uniforms = [float(torch.rand(1, generator=generator, dtype=torch.float64)) for _ in range(s.draft_depth)]
-            drafted, laws = native.propose_sampled_chain(pairs_hidden, root, s.draft_depth, s.temperature, uniforms)
+            drafted = native.propose_sampled_chain(pairs_hidden, root, s.draft_depth, s.temperature, uniforms)
         else:
             drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)
-        if native.policy is not None or laws is not None:
-            active, moved = native.active()
-            stats.active_rows_moved += moved if native.policy is not None else 0
-            stats.active_size_sum += len(active) if native.policy is not None else 0
+        if native.policy is not None:
+            active, moved = (drafted.columns, drafted.moved) if drafted.columns is not None else native.active()
+            stats.active_rows_moved += moved
+            stats.active_size_sum += len(active)
         tree = DraftTree(tokens=torch.tensor(drafted.tokens, dtype=torch.long),
                          parents=torch.tensor(drafted.parents, dtype=torch.long),
                          depths=torch.tensor(drafted.depths, dtype=torch.long),
                          scores=torch.tensor(drafted.scores) if drafted.tokens and len(drafted.scores) == len(drafted.tokens) else None,
                          level_rows=drafted.level_rows)
-        if laws is not None:
-            tree.proposals, tree.proposal_ids = torch.from_numpy(laws), torch.tensor(active, dtype=torch.long)
+        if drafted.laws is not None:
+            tree.proposals, tree.proposal_ids = torch.from_numpy(drafted.laws), torch.tensor(drafted.columns)
         return tree, drafted.root_ms / 1e3, drafted.tree_ms / 1e3
 
     def _draft(

@@ -84,6 +84,11 @@ class NativeTree:
     level_rows: tuple[int, ...] = ()  # frontier rows of each drafter call past the root call
     root_ms: float = 0.0  # the library's root call (the newly committed positions)
     tree_ms: float = 0.0  # drafting past it: expansion levels and selection
+    # a sampled chain (``propose_sampled_chain``): each node's law over ``columns`` (the active ids, head-column
+    # order; [nodes, columns], float64) and the rows the policy moved into the set at this propose
+    laws: np.ndarray | None = None
+    columns: list[int] | None = None
+    moved: int = 0
 
 
 class NativeDrafter:
@@ -179,10 +184,10 @@ class NativeDrafter:
         return hasattr(self._lib, "evospec_drafter_propose_sampled")
 
     def propose_sampled_chain(self, features: torch.Tensor, newest_token: int, depth: int, temperature: float,
-                              uniforms: list[float]) -> tuple[NativeTree, np.ndarray]:
+                              uniforms: list[float]) -> NativeTree:
         """A chain whose tokens the library draws from its q at ``temperature``, one of ``uniforms`` (the caller's
-        generator's numbers, as Python's drafter would draw them) a level; and each node's q over the active ids
-        ([nodes, active set size], float64), for verification."""
+        generator's numbers, as Python's drafter would draw them) a level, with each node's q over the active ids
+        (``NativeTree.laws`` and ``columns``) for verification."""
         if not self.samples_chains:
             raise SettingsError("this build of the C++ drafter library drafts no sampled chain "
                                 "(evospec_drafter_propose_sampled): rebuild it with `make cpp`")
@@ -204,14 +209,14 @@ class NativeDrafter:
             draws.ctypes.data_as(_f64p), buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p),
             buf["depths"].ctypes.data_as(_i64p), self._scores.ctypes.data_as(_f64p), laws.ctypes.data_as(_f64p),
             laws.size, ctypes.byref(width), self.MAX_NODES, ctypes.byref(n), timings))
-        k, active = n.value, self.active()[0]
+        k = n.value
+        active, moved = self.active()
         laws = laws[: k * width.value].reshape(k, width.value)
         if np.any(laws[:, len(active):] != 0):
             raise RuntimeError("the C++ drafter put draft mass on padding columns of its head; this is a bug")
-        laws = laws[:, : len(active)].copy()  # the buffer is reused at the next call
-        tree = NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
-                          self._scores[:k].tolist(), tuple([1] * max(k - 1, 0)), timings[0], timings[1])
-        return tree, laws
+        return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
+                          self._scores[:k].tolist(), tuple([1] * max(k - 1, 0)), timings[0], timings[1],
+                          laws=laws[:, : len(active)].copy(), columns=active, moved=moved)  # the buffer is reused
 
     def commit(self, accepted: list[int]) -> None:
         ids = np.asarray(accepted, dtype=np.int64)

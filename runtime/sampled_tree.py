@@ -10,9 +10,10 @@ where a sampled chain accepted 54% (tau 1.98).
 Here child i of a node is the i-th draw without replacement from q at that node: x_1 ~ q, x_2 ~ q with x_1
 removed and renormalised (q_2), and so on. Verification tries them in order with ``proposals[i] = q_i``:
 accept x_i with probability min(1, r_i(x_i) / q_i(x_i)), else r_{i+1} = norm(max(r_i - q_i, 0)); after the last,
-the bonus is drawn from the residual. That is ``verify.verify_sampling`` unchanged, given each child's own q_i;
-it emits the target's law exactly (Sequoia, Chen et al. 2024, Theorem 3.x: sampling without replacement; also
-SpecTr, Recursive Speculative Decoding).
+the bonus is drawn from the residual. That is ``verify.verify_sampling`` unchanged, given each child's own q_i.
+It emits the target's law exactly: each try is one rejection step against the current residual with a proposal
+drawn from its own law (Sequoia, Chen et al. 2024, sampling without replacement; Recursive Speculative Decoding,
+Jeon et al. 2024); tests/test_sampling_exactness.py checks it.
 
 What may decide the tree's shape: whether a node is *in* the tree must not depend on its own token or on the
 tokens of later siblings (they depend on it), or verification would see x_i drawn from q_i restricted to
@@ -36,7 +37,7 @@ import torch
 
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
 from evospec.runtime.sampling import sample
-from evospec.runtime.tree import DraftRequest, DraftTree, _with_proposals
+from evospec.runtime.tree import DraftRequest, DraftTree, with_proposals
 
 
 def draws_without_replacement(q: torch.Tensor, count: int, generator: torch.Generator
@@ -54,6 +55,8 @@ def draws_without_replacement(q: torch.Tensor, count: int, generator: torch.Gene
         row /= row.sum()
         ids.append(sample(row, generator))
     return ids, laws
+
+
 def frontier_per_level(req: DraftRequest) -> int:
     """Nodes expanded per level past the first: the budget left after the root's children, spread over the
     remaining depth (at least one, at most the width: the drafter's scratch holds ``width`` slots a level)."""
@@ -131,4 +134,4 @@ def draft_sampled_tree(drafter: Eagle3Drafter, cache: DrafterKVCache, req: Draft
         scores=torch.tensor(scores),
         level_rows=tuple(level_rows),
     )
-    return _with_proposals(tree, drafter, torch.stack(laws))
+    return with_proposals(tree, drafter, torch.stack(laws))

@@ -374,7 +374,7 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
         scores=torch.tensor(path[:n]),
         level_rows=tuple(level_rows),
     )
-    return _with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree
+    return with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree
 
 
 def _chain_prefix(values: list[float], costs: StepCosts, level_rows, spine_depth: int) -> tuple[int, float, float]:
@@ -385,7 +385,7 @@ def _chain_prefix(values: list[float], costs: StepCosts, level_rows, spine_depth
     return len(spine) + kept, tokens, cost
 
 
-def _with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) -> DraftTree:
+def with_proposals(tree: DraftTree, drafter: Eagle3Drafter, q: torch.Tensor) -> DraftTree:
     """Attach [N, Vd] head-column probabilities and the columns' target ids (not spread over the target
     vocabulary: verification touches only these columns)."""
     tree.proposals = q
@@ -419,4 +419,4 @@ def _select(drafter, req, cand_ids, cand_scores, cand_values, cand_parents, cand
         scores=torch.tensor([scores[i] for i in kept]),
         level_rows=level_rows,
     )
-    return _with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree
+    return with_proposals(tree, drafter, torch.cat(cand_q)[kept].cpu()) if cand_q else tree
