@@ -68,7 +68,7 @@ def test_generate_sampling_stream_and_table(checkpoint_dirs):
     assert "mean accepted length" in proc.stdout and "tokens/s" in proc.stdout
 
 
-@pytest.mark.parametrize("children", ["sampled", "topk"])
+@pytest.mark.parametrize("children", ["sampled", pytest.param("topk", marks=pytest.mark.slow)])
 def test_generate_sampled_tree(checkpoint_dirs, children):
     """``--tree-children``: a sampled tree's children drawn from the drafter, or its top-k; both decode, draft and
     report their accepted lengths."""

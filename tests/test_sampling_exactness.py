@@ -228,7 +228,7 @@ def sampled_siblings_counts(q: torch.Tensor, children: int, n: int, with_replace
 @pytest.mark.parametrize(("vocab", "weights", "children"), [
     ([2, 3, 4, 5], [0.4, 0.3, 0.2, 0.1], 2),  # q blind to the target's two favourites
     ([0, 1, 2, 3, 4, 5], [0.05, 0.1, 0.3, 0.3, 0.05, 0.2], 3),  # q over everything, shaped unlike p
-    ([1, 4], [0.7, 0.3], 3),  # more children asked for than q has tokens: two
+    pytest.param([1, 4], [0.7, 0.3], 3, marks=pytest.mark.slow),  # more children asked for than q has tokens: two
 ])
 def test_siblings_drawn_without_replacement_emit_target_distribution(vocab, weights, children):
     """A sampled tree's siblings: the i-th a draw from q without the ones before it, verified by recursive
