@@ -135,14 +135,19 @@ class NativeDrafter:
                                 "(no evospec_drafter_start_greedy): rebuild it with `make cpp`, or drop --router")
         self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(_i64p), ids.size))
 
-    def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int,
-                costs: StepCosts | None = None) -> NativeTree:
-        """The next tree; with ``costs``, a value-based budget (``budget`` nodes at most), chosen by the rule of
-        :func:`evospec.runtime.tree.draft_tree` (tests/test_native_tree_budget.py: the same trees)."""
+    def _features(self, features: torch.Tensor) -> np.ndarray:
+        """``features`` as the library reads them: float32 [positions, 3 x target hidden size], contiguous."""
         feats = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
         if feats.ndim != 2 or feats.shape[1] != 3 * self.target_hidden_size:
             raise SettingsError(f"features of shape {tuple(feats.shape)}; the drafter takes [positions, "
                                 f"{3 * self.target_hidden_size}] (three tapped target states)")
+        return feats
+
+    def propose(self, features: torch.Tensor, newest_token: int, depth: int, width: int, budget: int,
+                costs: StepCosts | None = None) -> NativeTree:
+        """The next tree; with ``costs``, a value-based budget (``budget`` nodes at most), chosen by the rule of
+        :func:`evospec.runtime.tree.draft_tree` (tests/test_native_tree_budget.py: the same trees)."""
+        feats = self._features(features)
         n, levels = ctypes.c_int64(), ctypes.c_int64()
         buf = self._nodes
         if not hasattr(self._lib, "evospec_drafter_propose_costed"):
@@ -191,10 +196,7 @@ class NativeDrafter:
         if not self.samples_chains:
             raise SettingsError("this build of the C++ drafter library drafts no sampled chain "
                                 "(evospec_drafter_propose_sampled): rebuild it with `make cpp`")
-        feats = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
-        if feats.ndim != 2 or feats.shape[1] != 3 * self.target_hidden_size:
-            raise SettingsError(f"features of shape {tuple(feats.shape)}; the drafter takes [positions, "
-                                f"{3 * self.target_hidden_size}] (three tapped target states)")
+        feats = self._features(features)
         draws = np.ascontiguousarray(uniforms, dtype=np.float64)
         if draws.size != depth:
             raise SettingsError(f"a sampled chain of {depth} needs {depth} uniforms, got {draws.size}")

@@ -201,7 +201,7 @@ def run_bench(
             identical = (all(s.token_ids == p.token_ids for s, p in zip(speculative_results, plain))
                          if decode.greedy else None)
             row = summarise(domain, "eagle3", speculative_results, decode, identical,
-                            draft_shape(decode, native=getattr(generator, "native", None) is not None))
+                            draft_shape(decode, native=generator.native is not None))
             if identical is False:
                 parted = first_divergence(generator.target.model, prompts, [s.token_ids for s in speculative_results],
                                           [p.token_ids for p in plain])
