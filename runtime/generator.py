@@ -75,6 +75,7 @@ class SpeculativeGenerator:
         self._static_cache = None  # the drafter cache kept between calls for static-shape (graphed) drafters
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
+        self._verifier = None  # the C++ library's sampling verifier, once a call asks for it
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
         self.gate = SpeculationGate()  # speculate or take a plain step, by tokens per ms (plain_fallback)
@@ -236,6 +237,8 @@ class SpeculativeGenerator:
         if native is not None and s.temperature > 0 and s.tree_width > 1 and s.tree_children == "sampled":
             raise SettingsError("the C++ drafter drafts top-k trees; a tree with sampled children (--tree-children "
                                 "sampled) draws from Python's generator: use --tree-children topk (or auto) or the Python drafter")
+        # plain steps get the same verifier as speculative ones (a plain bench row is verified as its speculative row)
+        verifier = self._native_verifier() if s.sampled_verifier(self.native is not None) == "native" else None
         policy = self.policy if use_draft else None
         if policy is not None:
             if hasattr(policy, "decoding"):  # a policy whose set depends on greedy or sampled decoding
@@ -327,6 +330,8 @@ class SpeculativeGenerator:
                 t2 = time.perf_counter()
                 if s.greedy:
                     verdict = verify_greedy(tree, out.logits)
+                elif verifier is not None:
+                    verdict = verifier.verify(tree, out.logits, s.temperature, s.top_p, generator)
                 else:
                     verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
                 t3 = time.perf_counter()
@@ -423,6 +428,14 @@ class SpeculativeGenerator:
         last = verdict.accepted_nodes[-1] if verdict.accepted_nodes else -1
         return bool((tree.parents == last).any())
 
+    def _native_verifier(self):
+        """The C++ library's sampling verifier (the drafting library's own when the library drafts), made once."""
+        if self._verifier is None:
+            from evospec.runtime.native_verify import NativeVerifier
+
+            self._verifier = NativeVerifier(self.native.library if self.native is not None else None)
+        return self._verifier
+
     def _set_active(self, active: torch.Tensor, stats: DecodeStats) -> None:
         p0 = time.perf_counter()
         self.drafter.set_active(active)
@@ -455,6 +468,10 @@ class SpeculativeGenerator:
         else:
             drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)
         if native.policy is not None:
+            # the library's time in the policy and the plan, inside its propose: shown as those parts, not as drafting
+            policy_s, plan_s = native.policy_seconds()
+            stats.retrieval_time_s += policy_s
+            stats.plan_time_s += plan_s
             active, moved = (drafted.columns, drafted.moved) if drafted.columns is not None else native.active()
             stats.active_rows_moved += moved
             stats.active_size_sum += len(active)
@@ -464,7 +481,7 @@ class SpeculativeGenerator:
                          scores=torch.tensor(drafted.scores) if drafted.tokens and len(drafted.scores) == len(drafted.tokens) else None,
                          level_rows=drafted.level_rows)
         if drafted.laws is not None:
-            tree.proposals, tree.proposal_ids = torch.from_numpy(drafted.laws), torch.tensor(drafted.columns)
+            tree.proposals, tree.proposal_ids = torch.from_numpy(drafted.laws), torch.from_numpy(drafted.columns)
         return tree, drafted.root_ms / 1e3, drafted.tree_ms / 1e3
 
     def _draft(

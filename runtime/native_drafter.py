@@ -72,6 +72,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
     lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, _i64p, _i64p]
     lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, _i64p]
+    if hasattr(lib, "evospec_drafter_policy_ms"):  # libraries built before the step breakdown saw the policy lack it
+        lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, _f64p]
     return lib
 
 
@@ -87,7 +89,7 @@ class NativeTree:
     # a sampled chain (``propose_sampled_chain``): each node's law over ``columns`` (the active ids, head-column
     # order; [nodes, columns], float64) and the rows the policy moved into the set at this propose
     laws: np.ndarray | None = None
-    columns: list[int] | None = None
+    columns: np.ndarray | None = None  # int64
     moved: int = 0
 
 
@@ -115,6 +117,11 @@ class NativeDrafter:
         self._laws = np.empty(0, dtype=np.float64)  # a sampled chain's laws (``propose_sampled_chain``)
         self.policy = vocab
         self._router_fill = router is not None and str(vocab or "").startswith("evospec")
+
+    @property
+    def library(self) -> ctypes.CDLL:
+        """The loaded library (its sampling verifier: runtime/native_verify.py)."""
+        return self._lib
 
     def _check(self, status: int) -> None:
         if status == 0:
@@ -212,7 +219,7 @@ class NativeDrafter:
             buf["depths"].ctypes.data_as(_i64p), self._scores.ctypes.data_as(_f64p), laws.ctypes.data_as(_f64p),
             laws.size, ctypes.byref(width), self.MAX_NODES, ctypes.byref(n), timings))
         k = n.value
-        active, moved = self.active()
+        active, moved = self._active_array()
         laws = laws[: k * width.value].reshape(k, width.value)
         if np.any(laws[:, len(active):] != 0):
             raise RuntimeError("the C++ drafter put draft mass on padding columns of its head; this is a bug")
@@ -220,17 +227,30 @@ class NativeDrafter:
                           self._scores[:k].tolist(), tuple([1] * max(k - 1, 0)), timings[0], timings[1],
                           laws=laws[:, : len(active)].copy(), columns=active, moved=moved)  # the buffer is reused
 
+    def policy_seconds(self) -> tuple[float, float]:
+        """Seconds the last propose spent in the vocabulary policy (observing, choosing the set) and in moving the
+        set's rows into the head, both inside its time; zeros from a library too old to say."""
+        if not hasattr(self._lib, "evospec_drafter_policy_ms"):
+            return 0.0, 0.0
+        ms = (ctypes.c_double * 2)()
+        self._check(self._lib.evospec_drafter_policy_ms(self._handle, ms))
+        return ms[0] / 1e3, ms[1] / 1e3
+
     def commit(self, accepted: list[int]) -> None:
         ids = np.asarray(accepted, dtype=np.int64)
         self._check(self._lib.evospec_drafter_commit(self._handle, ids.ctypes.data_as(_i64p), ids.size))
 
     def active(self) -> tuple[list[int], int]:
         """The active set at the last propose (head-column order) and the rows that moved into it."""
+        ids, moved = self._active_array()
+        return ids.tolist(), moved
+
+    def _active_array(self) -> tuple[np.ndarray, int]:
         size, moved = ctypes.c_int64(), ctypes.c_int64()
         self._check(self._lib.evospec_drafter_active(self._handle, None, 0, ctypes.byref(size), ctypes.byref(moved)))
         ids = np.empty(size.value, dtype=np.int64)
         self._check(self._lib.evospec_drafter_active(self._handle, ids.ctypes.data_as(_i64p), ids.size, None, None))
-        return ids.tolist(), moved.value
+        return ids, moved.value
 
     def close(self) -> None:
         if getattr(self, "_handle", None):

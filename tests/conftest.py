@@ -67,3 +67,39 @@ def checkpoint_dirs(tmp_path):
     model.save_pretrained(tmp_path / "target")
     save_drafter(drafter, tmp_path / "drafter")
     return tmp_path / "target", tmp_path / "drafter", model, drafter
+
+
+@pytest.fixture(scope="session")
+def cpp_library():
+    """The C++ library `make cpp` built (build/cpp, or EVOSPEC_CPP_LIBRARY) when it is current; otherwise one built
+    here from runtime/cpp into a temporary folder (about 70 s on 2 cores) and pointed to by EVOSPEC_CPP_LIBRARY for the
+    session, so a fresh clone tests it too. Skips, saying why, only without a toolchain."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from evospec.runtime.native_drafter import library_path
+
+    from .cpp_build import build_cpp, current_library, toolchain_problem
+
+    path = library_path()
+    if current_library(path):
+        yield path
+        return
+    problem = toolchain_problem()
+    if problem:
+        pytest.skip(f"the C++ library cannot be built here: {problem}")
+    build = Path(tempfile.mkdtemp(prefix="evospec-cpp-library-"))
+    try:
+        build_cpp(build, "evospec_drafter")
+        before = os.environ.get("EVOSPEC_CPP_LIBRARY")
+        os.environ["EVOSPEC_CPP_LIBRARY"] = str(build / "libevospec_drafter.so")  # what library_path() loads
+        try:
+            yield build / "libevospec_drafter.so"
+        finally:
+            if before is None:
+                os.environ.pop("EVOSPEC_CPP_LIBRARY", None)
+            else:
+                os.environ["EVOSPEC_CPP_LIBRARY"] = before
+    finally:
+        shutil.rmtree(build, ignore_errors=True)

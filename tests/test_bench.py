@@ -62,12 +62,16 @@ def test_bench_json_rows(corpus, tmp_path):
 
 
 def test_draft_shape_says_what_a_step_drafts():
+    import dataclasses
+
     from evospec.core.settings import DecodeSettings
     from evospec.eval.bench import draft_shape
 
     tree = DecodeSettings(draft_tree="tree", draft_depth=5, draft_topk=2, draft_tokens=10, temperature=1.0)
-    assert draft_shape(tree) == "tree: depth 5, 2 children a node, 10 nodes, children sampled without replacement"
-    assert draft_shape(tree, native=True).endswith(", top-k children")
+    assert draft_shape(tree) == ("tree: depth 5, 2 children a node, 10 nodes, children sampled without replacement, "
+                                 "Python verifier")
+    assert draft_shape(tree, native=True).endswith(", top-k children, C++ verifier")  # auto: the library verifies
+    assert draft_shape(dataclasses.replace(tree, verifier="native")).endswith("without replacement, C++ verifier")
     assert draft_shape(DecodeSettings(draft_tree="tree", draft_depth=5, draft_topk=2, draft_tokens=10)).endswith("10 nodes")
     assert draft_shape(DecodeSettings(draft_tree="chain", draft_depth=4, draft_budget="auto", plain_fallback=True)) == \
         "chain of 4, value-based budget, plain fallback"

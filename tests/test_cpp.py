@@ -11,10 +11,9 @@ gives the Python runtime's one-line error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,32 +34,14 @@ from evospec.runtime.vocab.frequencies import count_tokens
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 from evospec.train.demo_pair import ASSET_DIR
 
+from .cpp_build import build_cpp, toolchain_problem
+
 pytestmark = pytest.mark.cpp
 
-CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
 DEMO_TARGET = ASSET_DIR / "target"
 TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
 LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
-
-
-def tool(name: str) -> str | None:
-    """``name`` on PATH, or beside this Python (``pip install cmake ninja`` puts them in the venv's bin,
-    which `make test` does not put on PATH)."""
-    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-
-
-def toolchain_problem() -> str | None:
-    """Why the library cannot be built here, or None."""
-    if tool("cmake") is None:
-        return "cmake is not installed (apt install cmake, or pip install cmake)"
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        return "no C++ compiler (c++/g++) on PATH"
-    import torch.utils
-
-    if not (Path(torch.utils.cmake_prefix_path) / "Torch" / "TorchConfig.cmake").is_file():
-        return "this torch wheel ships no libtorch CMake config (torch/share/cmake/Torch)"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +56,6 @@ def binary():
         yield build / "evospec-draft"
     finally:
         shutil.rmtree(build, ignore_errors=True)
-
-
-def build_cpp(build: Path, *targets: str) -> None:
-    """Configure runtime/cpp into ``build`` with cmake (Ninja where there is one) and build ``targets``
-    (none: all) against this torch's libtorch."""
-    import torch.utils
-
-    cmake, ninja = tool("cmake"), tool("ninja")
-    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
-    chosen = [arg for target in targets for arg in ("--target", target)]
-    for cmd in ([cmake, "-S", str(CPP_SOURCE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                [cmake, "--build", str(build), "-j2", *chosen]):
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -354,9 +320,13 @@ def test_record_and_profile_commands(binary, demo_bundle, work):
 # --- The library inside Python's decoding loop (runtime/native_drafter.py, `--drafter-runtime cpp`) ---
 
 # top-k children in both runtimes (Python's drafter would sample a tree's children by default: runtime/sampled_tree.py)
+# one verifier for both runtimes (``auto`` would verify the library's drafts in C++: other numbers, the same law)
 SAMPLED_TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12,
-                              temperature=0.8, top_p=0.9, seed=5, tree_children="topk")
-SAMPLED_CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, temperature=0.8, top_p=0.9, seed=5)
+                              temperature=0.8, top_p=0.9, seed=5, tree_children="topk", verifier="python")
+SAMPLED_CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, temperature=0.8, top_p=0.9, seed=5,
+                               verifier="python")
+# both runtimes verified by the library: its verifier takes the generator's numbers whoever drafted
+SAMPLED_CHAIN_NATIVE = dataclasses.replace(SAMPLED_CHAIN, verifier="native")
 
 
 @pytest.fixture
@@ -370,9 +340,10 @@ def library(binary, monkeypatch):
 @pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, None), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
                                                  pytest.param(SAMPLED_TREE, "frspec:64", marks=SLOW),
                                                  pytest.param(CHAIN, "evospec:64", marks=SLOW),
-                                                 (SAMPLED_CHAIN, "evospec:64"), pytest.param(SAMPLED_CHAIN, None, marks=SLOW)],
+                                                 (SAMPLED_CHAIN, "evospec:64"), pytest.param(SAMPLED_CHAIN, None, marks=SLOW),
+                                                 (SAMPLED_CHAIN_NATIVE, "evospec:64")],
                          ids=["greedy-chain-own-vocab", "greedy-tree-evospec", "sampled-tree-frspec", "chain-evospec",
-                              "sampled-chain-evospec", "sampled-chain-own-vocab"])
+                              "sampled-chain-evospec", "sampled-chain-own-vocab", "sampled-chain-evospec-native-verifier"])
 def test_decoding_with_the_cpp_drafter_equals_decoding_with_pythons(library, demo_bundle, settings, vocab):
     """Same tokens, same accepted length at every step and the same rows moved as the Python drafter (whose
     drafts tests above show equal step by step); greedy output equals the target's own. Sampled: the trees are

@@ -8,9 +8,7 @@ build one as tests/test_cpp.py does (about 70 s on 2 cores); they skip, saying w
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,16 +20,13 @@ from evospec.bundle.compile import compile_bundle
 from evospec.runtime.shape_choice import TREE, ShapeChoiceSettings, ShapeChooser
 from evospec.core.settings import DecodeSettings
 from evospec.passes.base import CompileSettings
-from evospec.runtime.native_drafter import library_path
 from evospec.runtime.tree import EDGE_BINS, StepCosts
 from evospec.train.demo_pair import ASSET_DIR
 
-from .test_cpp import build_cpp, toolchain_problem
 from .test_tree_budget import FixedCosts
 
 pytestmark = pytest.mark.cpp
 
-CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
 DEMO_TARGET = ASSET_DIR / "target"
 PROMPT = list(range(5, 37))
 NEW_TOKENS = 24
@@ -58,39 +53,9 @@ SHAPES = {  # (width, depth, budget, draft_spine: the first-choice path kept to 
 }
 
 
-def _fresh(path: Path) -> bool:
-    """``path`` is a library built from the current runtime/cpp sources, with value-based budgets."""
-    if not path.is_file() or not hasattr(ctypes.CDLL(str(path)), "evospec_drafter_propose_costed"):
-        return False
-    sources = [p for p in CPP_SOURCE.rglob("*") if p.suffix in (".cpp", ".hpp", ".h") and "third_party" not in p.parts]
-    return max(p.stat().st_mtime for p in sources) <= path.stat().st_mtime
-
-
 @pytest.fixture(scope="module")
-def library():
-    """The library `make cpp` built when it is current; otherwise one built here from runtime/cpp in a
-    temporary directory (as tests/test_cpp.py does; about 70 s on 2 cores), so a fresh clone tests it too."""
-    path = library_path()
-    if _fresh(path):
-        yield path
-        return
-    problem = toolchain_problem()
-    if problem:
-        pytest.skip(f"the C++ drafter cannot be built here: {problem}")
-    build = Path(tempfile.mkdtemp(prefix="evospec-native-budget-build-"))
-    try:
-        build_cpp(build, "evospec_drafter")
-        before = os.environ.get("EVOSPEC_CPP_LIBRARY")
-        os.environ["EVOSPEC_CPP_LIBRARY"] = str(build / "libevospec_drafter.so")  # what library_path() loads
-        try:
-            yield build / "libevospec_drafter.so"
-        finally:
-            if before is None:
-                os.environ.pop("EVOSPEC_CPP_LIBRARY", None)
-            else:
-                os.environ["EVOSPEC_CPP_LIBRARY"] = before
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+def library(cpp_library):
+    return cpp_library
 
 
 @pytest.fixture(scope="module")

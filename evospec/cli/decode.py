@@ -56,6 +56,9 @@ def decode_options(fn):
                           "replacement (recursive rejection; accepts more where the target's law is flat), topk takes "
                           "the drafter's likeliest as fixed tokens; auto: sampled with Python's drafter, topk with the "
                           "C++ library." + _default("tree_children")),
+        click.option("--verifier", type=click.Choice(["auto", "python", "native"]), default=None,
+                     help="Who verifies sampled steps: python, or native (the C++ library's verifier: the same law, "
+                          "less time a step; `make cpp`); auto: native when the C++ library drafts." + _default("verifier")),
         click.option("--plain-fallback/--no-plain-fallback", default=None,
                      help="Take plain steps (verify the newest token alone, draft nothing) wherever they have lately "
                           "delivered more tokens per ms than speculative steps; a few steps of the other kind keep "

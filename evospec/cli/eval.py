@@ -36,6 +36,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
               help="Sampling with a tree: sampled children (drawn without replacement, recursive rejection) or the "
                    "drafter's top-k [default: auto: sampled with Python's drafter, top-k with the C++ library].")
+@click.option("--verifier", type=click.Choice(["auto", "python", "native"]), default=None,
+              help="Who verifies sampled steps: python, or native (the C++ library's verifier: the same law, less time "
+                   "a step; `make cpp`) [default: auto: native when the C++ library drafts].")
 @click.option("--plain-fallback/--no-plain-fallback", default=None,
               help="Speculative rows: take plain steps wherever they lately delivered more tokens per ms than "
                    "speculative ones [default: off: every step speculates].")

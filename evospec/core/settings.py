@@ -22,10 +22,11 @@ DEFAULT_THREADS = 2  # training threads: the machine kind README's figures come 
 DraftTreeKind = Literal["chain", "tree"]
 DraftBudgetKind = Literal["fixed", "auto"]
 TreeChildrenKind = Literal["auto", "sampled", "topk"]
+VerifierKind = Literal["auto", "python", "native"]
 
 # What each annotation accepts: an int field takes no bool and no float; a float field takes an int.
 _ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "DraftTreeKind": (str,), "DraftBudgetKind": (str,),
-            "TreeChildrenKind": (str,)}
+            "TreeChildrenKind": (str,), "VerifierKind": (str,)}
 
 
 def check_field_types(settings: object) -> None:
@@ -83,6 +84,10 @@ class DecodeSettings:
             (runtime/sampled_tree.py), ``topk`` takes the drafter's likeliest, verified as point masses (what the
             C++ library drafts); ``auto``: sampled with Python's drafter, top-k with the C++ library. Greedy
             decoding always takes the top-k.
+        verifier: Who verifies sampled steps (temperature > 0): ``python`` (runtime/verify.py) or ``native``, the C++
+            library's verifier (runtime/native_verify.py: the same law in a few passes a row; ``make cpp``); ``auto``:
+            native when the C++ library drafts, Python otherwise. The two draw different numbers from the seed's
+            generator, so one seed gives different samples of the same law. Greedy decoding is verified in Python.
         plain_fallback: Take a plain step (verify the root alone, draft nothing) wherever plain steps have lately
             delivered more tokens per ms than speculative ones, measured online (runtime/speculation_gate.py);
             False speculates every step.
@@ -101,6 +106,7 @@ class DecodeSettings:
     draft_budget: DraftBudgetKind = "fixed"
     draft_spine: bool = True
     tree_children: TreeChildrenKind = "auto"
+    verifier: VerifierKind = "auto"
     plain_fallback: bool = False
     use_draft: bool = True
     stop_on_eos: bool = True
@@ -117,6 +123,7 @@ class DecodeSettings:
             (self.draft_tokens >= 1, "draft_tokens must be >= 1"),
             (self.draft_budget in ("fixed", "auto"), "draft_budget must be 'fixed' or 'auto'"),
             (self.tree_children in ("auto", "sampled", "topk"), "tree_children must be 'auto', 'sampled' or 'topk'"),
+            (self.verifier in ("auto", "python", "native"), "verifier must be 'auto', 'python' or 'native'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -126,6 +133,15 @@ class DecodeSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def sampled_verifier(self, native_drafter: bool) -> str:
+        """Who verifies sampled steps, ``python`` or ``native``, when the C++ library drafts (``native_drafter``)
+        or not; greedy steps are always verified in Python."""
+        if self.greedy:
+            return "python"
+        if self.verifier == "auto":
+            return "native" if native_drafter else "python"
+        return self.verifier
 
     @property
     def tree_width(self) -> int:

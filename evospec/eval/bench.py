@@ -102,6 +102,8 @@ def draft_shape(decode: DecodeSettings, native: bool = False) -> str:
             shape += ", children sampled without replacement" if sampled else ", top-k children"
     if decode.draft_budget == "auto":
         shape += ", value-based budget"
+    if decode.temperature > 0:
+        shape += ", C++ verifier" if decode.sampled_verifier(native) == "native" else ", Python verifier"
     return shape + (", plain fallback" if decode.plain_fallback else "")
 
 

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <string>
+#include <tuple>
 
 #include "evospec/drafter.hpp"
+#include "verify.hpp"
 
 struct evospec_drafter {
   evospec::Drafter drafter;
@@ -180,6 +182,13 @@ int evospec_drafter_active(evospec_drafter* drafter, int64_t* ids, int64_t capac
   });
 }
 
+int evospec_drafter_policy_ms(evospec_drafter* drafter, double* ms) {
+  if (drafter == nullptr) return missing("drafter");
+  if (ms == nullptr) return missing("ms");
+  std::tie(ms[0], ms[1]) = drafter->drafter.policy_ms();
+  return EVOSPEC_OK;
+}
+
 int evospec_drafter_sizes(evospec_drafter* drafter, int64_t* sizes) {
   if (drafter == nullptr) return missing("drafter");
   if (sizes == nullptr) return missing("sizes");
@@ -188,6 +197,44 @@ int evospec_drafter_sizes(evospec_drafter* drafter, int64_t* sizes) {
   sizes[1] = info.target_hidden_size;
   sizes[2] = info.vocab_size;
   return EVOSPEC_OK;
+}
+
+int evospec_verify_sampled(const float* logits, int64_t rows, int64_t vocab, int64_t row_stride, int64_t vocab_stride,
+                           const int64_t* tokens, const int64_t* parents, int64_t nodes, const double* laws,
+                           const int64_t* columns, int64_t law_columns, double temperature, double top_p,
+                           const double* uniforms, int64_t uniform_count, int64_t* accepted, int64_t* accepted_count,
+                           int64_t* bonus, int64_t* uniforms_used) {
+  if (logits == nullptr || accepted_count == nullptr || bonus == nullptr || uniforms == nullptr)
+    return missing("a verify_sampled() buffer");
+  if (nodes > 0 && (tokens == nullptr || parents == nullptr || accepted == nullptr))
+    return missing("a verify_sampled() node buffer");
+  return guarded([&] {
+    if (!(temperature > 0)) throw evospec::SettingsError("sampling verification needs temperature > 0");
+    if (!(top_p > 0 && top_p <= 1)) throw evospec::SettingsError("top_p must be in (0, 1]");
+    if (vocab < 1 || rows != nodes + 1)
+      throw evospec::SettingsError("logits of " + std::to_string(rows) + " rows of " + std::to_string(vocab) +
+                                   " tokens for a tree of " + std::to_string(nodes) + " nodes (rows = nodes + 1)");
+    if (laws != nullptr && columns == nullptr && law_columns != vocab)
+      throw evospec::SettingsError("laws without column ids must span the vocabulary");
+    evospec::detail::SampledStep step{logits, rows, vocab, row_stride, vocab_stride, tokens, parents, nodes, laws,
+                                      columns, law_columns, temperature, top_p, uniforms, uniform_count};
+    evospec::detail::SampledVerdict verdict = evospec::detail::verify_sampled(step);
+    std::copy(verdict.accepted.begin(), verdict.accepted.end(), accepted);
+    *accepted_count = static_cast<int64_t>(verdict.accepted.size());
+    *bonus = verdict.bonus;
+    if (uniforms_used != nullptr) *uniforms_used = verdict.uniforms_used;
+  });
+}
+
+int evospec_sampling_weights(const float* logits, int64_t vocab, int64_t stride, double temperature, double top_p,
+                             float* weights, double* total) {
+  if (logits == nullptr || weights == nullptr || total == nullptr) return missing("a sampling_weights() buffer");
+  return guarded([&] {
+    if (!(temperature > 0)) throw evospec::SettingsError("sampling needs temperature > 0");
+    if (!(top_p > 0 && top_p <= 1)) throw evospec::SettingsError("top_p must be in (0, 1]");
+    if (vocab < 1) throw evospec::SettingsError("an empty row of logits");
+    *total = evospec::detail::sampling_weights(logits, vocab, stride, temperature, top_p, weights);
+  });
 }
 
 }  // extern "C"

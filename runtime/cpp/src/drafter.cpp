@@ -33,6 +33,9 @@ struct Drafter::Impl {
   std::unique_ptr<SemanticIndex> semantic;
   std::unique_ptr<Policy> policy;
   int64_t moved = 0;
+  // ms of the last propose in the vocabulary policy (observing, choosing the set) and in the plan (moving rows in),
+  // so the caller's step breakdown can show them apart from the drafter's forwards
+  double policy_ms = 0, plan_ms = 0;
   // Python's CompiledDrafter.lay_out_next: a policy's first set is laid out afresh in its own order (its core in
   // the leading columns, where PackedHead packs what stays put), not moved into the drafter's own vocabulary's
   // columns
@@ -67,13 +70,24 @@ struct Drafter::Impl {
     at::Tensor normed = out.normed.reshape({b * t, c.hidden_size});
     if (features_in) {  // the cycle's first call: its last row sits at the newest committed token
       root_normed = normed.clone();
-      if (policy && policy->routed()) set_active(policy->route(root_normed[-1]));  // between trunk and head
+      if (policy && policy->routed()) {  // between trunk and head
+        auto t0 = std::chrono::steady_clock::now();
+        std::vector<int64_t> active = policy->route(root_normed[-1]);
+        policy_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        set_active(active);
+      }
     }
     at::Tensor logits = rows->logits(normed);
     return {out.hidden, logits.narrow(1, 0, plan.size).reshape({b, t, plan.size})};
   }
 
   void set_active(const std::vector<int64_t>& active) {
+    auto t0 = std::chrono::steady_clock::now();
+    struct Clock {
+      double& ms;
+      std::chrono::steady_clock::time_point t0;
+      ~Clock() { ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); }
+    } clock{plan_ms, t0};
     GatherPlan next;
     if (lay_out) {
       next = make_plan(active, buckets);
@@ -294,11 +308,16 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
     throw SettingsError("the drafter's KV cache holds " + std::to_string(d.options.max_context) +
                         " slots (DrafterOptions::max_context); this step needs " +
                         std::to_string(d.length + positions + s.depth * s.width));
+  d.policy_ms = d.plan_ms = 0;
   if (d.policy) {
     // the generator's order: observe what was committed (with the state the last cycle left), then choose
+    auto p0 = std::chrono::steady_clock::now();
     std::vector<int64_t> committed = d.first ? std::vector<int64_t>{newest_token} : tokens;
     d.policy->observe(committed, d.first || !d.root_normed.defined() ? at::Tensor() : d.root_normed[-1]);
-    if (!d.policy->routed()) d.set_active(d.policy->active_ids());
+    std::vector<int64_t> active;
+    if (!d.policy->routed()) active = d.policy->active_ids();
+    d.policy_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
+    if (!d.policy->routed()) d.set_active(active);
   } else {
     d.moved = 0;
   }
@@ -331,7 +350,11 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   tree.root_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
   tree.tree_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
   // the caller verifies next: a pipelined policy's job runs meanwhile (after drafting, not beside it)
-  if (d.policy) d.policy->start_pending();
+  if (d.policy) {
+    auto p0 = std::chrono::steady_clock::now();
+    d.policy->start_pending();
+    d.policy_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
+  }
   return tree;
 }
 
@@ -341,6 +364,8 @@ std::vector<int64_t> Drafter::active_ids() const {
 }
 
 int64_t Drafter::moved_rows() const { return impl_->moved; }
+
+std::pair<double, double> Drafter::policy_ms() const { return {impl_->policy_ms, impl_->plan_ms}; }
 
 void Drafter::update_rows(const std::vector<int64_t>& ids, const float* rows) {
   c10::InferenceMode guard;

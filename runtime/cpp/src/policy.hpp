@@ -144,6 +144,7 @@ class ClusterIndex {
 // estimate of the drafter's own mass in each, from index/mass.safetensors.
 struct MassIndex : ClusterIndex {
   at::Tensor labels, means, log_sizes, spread;  // [V] int64, [C, d], [C], [C]
+  at::Tensor means_t;  // [d, C]: the centres feature-major, for scores' one pass
   const at::Tensor& token_clusters() const override { return labels; }
   int64_t clusters() const override { return means.size(0); }
   at::Tensor scores(const at::Tensor& state) const override;  // [C]

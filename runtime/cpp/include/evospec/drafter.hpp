@@ -17,6 +17,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace evospec {
@@ -177,6 +178,9 @@ class Drafter {
   std::vector<int64_t> active_ids() const;
   // Head columns whose row changed at the last propose (the resident rows' delta).
   int64_t moved_rows() const;
+  // ms the last propose spent in the vocabulary policy (observing, choosing the active set) and in moving the
+  // set's rows into the head (the plan), both inside propose's time
+  std::pair<double, double> policy_ms() const;
 
   // Online row updates: overwrite the reservoir rows of ``ids`` (``rows``: [ids.size(), d] float32,
   // row-major) and refresh the resident copies of those that are active.

@@ -69,8 +69,30 @@ int evospec_drafter_commit(evospec_drafter* drafter, const int64_t* accepted, in
 /* The active set's size and the rows moved at the last propose; ids written when ids != NULL
  * (at most capacity of them). */
 int evospec_drafter_active(evospec_drafter* drafter, int64_t* ids, int64_t capacity, int64_t* size, int64_t* moved);
+/* ms the last propose spent in the vocabulary policy (ms[0]: observing, choosing the active set) and in moving the
+ * set's rows into the head (ms[1]), both inside its own time. */
+int evospec_drafter_policy_ms(evospec_drafter* drafter, double* ms);
 /* hidden_size, target_hidden_size, vocab_size */
 int evospec_drafter_sizes(evospec_drafter* drafter, int64_t* sizes);
+
+/* Speculative sampling verification of one step, without a drafter: the target's law at each visited row
+ * (temperature, softmax, top-p nucleus) and recursive rejection of each node's children in draft order.
+ * logits: rows x vocab float32, token v of row r at logits[r * row_stride + v * vocab_stride] (row 0: the root,
+ * i + 1: node i; rows = nodes + 1). tokens, parents: [nodes] (parent -1: a child of the root; parents come first).
+ * laws: [nodes, law_columns] each node's drafter law, or NULL: every node a point mass (a deterministic child);
+ * columns: [law_columns] the target id of each law column, or NULL when the columns are the vocabulary.
+ * uniforms: uniform_count numbers in [0, 1) (nodes + 1 always suffice): one per tested child and one for the
+ * bonus token. Writes the accepted nodes (at most nodes of them) to accepted, their count, the bonus token and
+ * how many uniforms the step used. */
+int evospec_verify_sampled(const float* logits, int64_t rows, int64_t vocab, int64_t row_stride, int64_t vocab_stride,
+                           const int64_t* tokens, const int64_t* parents, int64_t nodes, const double* laws,
+                           const int64_t* columns, int64_t law_columns, double temperature, double top_p,
+                           const double* uniforms, int64_t uniform_count, int64_t* accepted, int64_t* accepted_count,
+                           int64_t* bonus, int64_t* uniforms_used);
+/* The law evospec_verify_sampled computes at one row (token v at logits[v * stride]): the top-p nucleus's
+ * softmax probabilities into weights [vocab] (removed tokens 0) and their float64 sum into *total. */
+int evospec_sampling_weights(const float* logits, int64_t vocab, int64_t stride, double temperature, double top_p,
+                             float* weights, double* total);
 
 #ifdef __cplusplus
 }

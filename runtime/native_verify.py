@@ -1,0 +1,83 @@
+"""Speculative sampling verification in the C++ library (``evospec_verify_sampled``, runtime/cpp/src/verify.cpp).
+
+Why: at T > 0 Python's verifier costs about half a millisecond for each row it visits (numpy and torch passes
+over a 151k-token row, however much the bounds of ``target_law.py`` save), a fifth of a step's time outside the
+model forwards on this CPU. The library computes the same law (temperature in float32, the softmax, the top-p
+nucleus with ties ordered by logit) and walks the tree the same way (children in draft order, recursive
+rejection, the bonus token from what is left), in a few vectorisable passes a row.
+
+The random numbers come from the caller's generator, ``nodes + 8`` of them a step, drawn in one call; the
+library uses them in the order Python's verifier draws its own (one per tested child, two per proposal of the
+bonus token from the softmax, one for a draw from the exact law). So from the same generator state both verifiers
+decide alike (``tests/test_native_verify.py``: the same verdicts on random trees and rows), but across steps the
+native one moves the generator further (it always takes ``nodes + 8``): one seed gives different samples of the
+same law.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evospec.core.errors import SettingsError
+from evospec.runtime.native_drafter import _f32p, _f64p, _i64p, _load, library_path
+from evospec.runtime.tree import DraftTree
+from evospec.runtime.verify import Verdict
+
+# uniform numbers a step takes from the generator, beyond one per node: the bonus token's at most 2 x 3 proposals
+# from the softmax and one draw from the exact law (verify.cpp, DRAW_ATTEMPTS), and one to spare
+UNIFORMS_OVER_NODES = 8
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    if not hasattr(lib, "evospec_verify_sampled"):
+        raise SettingsError("this build of the C++ library has no sampling verifier (evospec_verify_sampled): "
+                            "rebuild it with `make cpp`, or verify in Python (--verifier python)")
+    lib.evospec_verify_sampled.argtypes = [
+        _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i64p, _i64p, ctypes.c_int64, _f64p,
+        _i64p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _f64p, ctypes.c_int64, _i64p, _i64p, _i64p, _i64p]
+    return lib
+
+
+class NativeVerifier:
+    """``verify(tree, logits, temperature, top_p, generator)``, as :func:`evospec.runtime.verify.verify_sampling`."""
+
+    def __init__(self, library: Path | ctypes.CDLL | None = None) -> None:
+        lib = library if isinstance(library, ctypes.CDLL) else _load(Path(library) if library else library_path())
+        self._lib = _declare(lib)
+
+    def verify(self, tree: DraftTree, logits: torch.Tensor, temperature: float, top_p: float,
+               generator: torch.Generator) -> Verdict:
+        """``logits``: [1 + N, V], row 0 at the root, row i + 1 at node i (any strides)."""
+        if logits.dtype == torch.float64:
+            raise SettingsError("the C++ verifier computes the law in float32; a float64 target's law is float64: "
+                                "verify in Python (--verifier python)")
+        host = logits.detach().to("cpu", torch.float32)
+        if host.dim() != 2 or host.shape[0] != tree.size + 1:
+            raise SettingsError(f"logits of shape {tuple(host.shape)} for a tree of {tree.size} nodes "
+                                f"(expected [{tree.size + 1}, V])")
+        n = tree.size
+        uniforms = torch.rand(n + UNIFORMS_OVER_NODES, generator=generator, dtype=torch.float64).numpy()
+        tokens = np.ascontiguousarray(tree.tokens.numpy(), dtype=np.int64)
+        parents = np.ascontiguousarray(tree.parents.numpy(), dtype=np.int64)
+        laws = columns = None
+        width = 0
+        if tree.proposals is not None:
+            laws = np.ascontiguousarray(tree.proposals.detach().cpu().numpy(), dtype=np.float64)
+            width = laws.shape[1]
+            if tree.proposal_ids is not None:
+                columns = np.ascontiguousarray(tree.proposal_ids.cpu().numpy(), dtype=np.int64)
+        accepted = np.empty(max(n, 1), dtype=np.int64)
+        count, bonus, used = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+        pointer = lambda a, t: None if a is None else a.ctypes.data_as(t)  # noqa: E731
+        status = self._lib.evospec_verify_sampled(
+            ctypes.cast(host.data_ptr(), _f32p), host.shape[0], host.shape[1], host.stride(0), host.stride(1),
+            pointer(tokens, _i64p), pointer(parents, _i64p), n, pointer(laws, _f64p), pointer(columns, _i64p), width,
+            float(temperature), float(top_p), uniforms.ctypes.data_as(_f64p), uniforms.size,
+            accepted.ctypes.data_as(_i64p), ctypes.byref(count), ctypes.byref(bonus), ctypes.byref(used))
+        if status != 0:
+            raise SettingsError((self._lib.evospec_last_error() or b"").decode(errors="replace"))
+        return Verdict(accepted[: count.value].tolist(), int(bonus.value))

@@ -1,0 +1,194 @@
+"""The C++ library's sampling verifier (``--verifier native``, runtime/native_verify.py) decides as Python's does.
+
+From the same generator state both verifiers take the same numbers in the same order, so on random trees (chains,
+sampled trees with laws over head columns, point-mass children, laws over the whole vocabulary) and random rows
+(ties, flat and peaked, temperatures, top-p) they must return the same verdicts; a verifier given a slightly
+different temperature must not (the comparison has the power to see a small change of law). The law each row is
+verified against equals ``sampling_weights`` exactly. Through the generator, the joint law of the first tokens
+with the native verifier equals the target's (the statistical test of tests/test_sampling_exactness.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evospec import DecodeSettings, SpeculativeGenerator
+from evospec.cli import main
+from evospec.core.errors import SettingsError
+from evospec.runtime.sampled_tree import draws_without_replacement
+from evospec.runtime.sampling import sampling_weights
+from evospec.runtime.tree import DraftTree
+from evospec.runtime.verify import verify_sampling
+from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
+from evospec.train.demo_pair import ASSET_DIR
+
+from .test_sampling_exactness import (QUICK_ERROR, assert_joint_matches, equal_halves, exact_joint, halves_samples,
+                                      sample_joint)
+
+pytestmark = pytest.mark.cpp
+
+
+@pytest.fixture(scope="module")
+def verifier(cpp_library):
+    from evospec.runtime.native_verify import NativeVerifier
+
+    return NativeVerifier(cpp_library)
+
+
+def native_weights(verifier, row: torch.Tensor, temperature: float, top_p: float) -> tuple[np.ndarray, float]:
+    import ctypes
+
+    from evospec.runtime.native_drafter import _f32p, _f64p
+
+    lib = verifier._lib
+    lib.evospec_sampling_weights.argtypes = [_f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                                             _f32p, _f64p]
+    x = np.ascontiguousarray(row.numpy(), dtype=np.float32)
+    out, total = np.empty_like(x), ctypes.c_double()
+    assert lib.evospec_sampling_weights(x.ctypes.data_as(_f32p), x.size, 1, temperature, top_p,
+                                        out.ctypes.data_as(_f32p), ctypes.byref(total)) == 0
+    return out, total.value
+
+
+def random_row(g: torch.Generator, vocab: int, case: int) -> torch.Tensor:
+    scale = [0.3, 1.0, 3.0, 8.0][case % 4]
+    row = torch.randn(vocab, generator=g) * scale
+    if case % 5 == 0:
+        row = torch.round(row * 2) / 2  # many exact ties
+    return row
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 151_936])
+def test_the_law_equals_sampling_weights(verifier, vocab):
+    g = torch.Generator().manual_seed(vocab)
+    for case in range(20 if vocab > 1000 else 60):
+        row = random_row(g, vocab, case)
+        temperature, top_p = [1.0, 0.7, 1.3][case % 3], [0.9, 0.5, 0.99, 1.0, 0.2][case % 5]
+        weights, total = sampling_weights(row, temperature, top_p)
+        native, native_total = native_weights(verifier, row, temperature, top_p)
+        assert np.array_equal(weights.numpy(), native), (case, temperature, top_p)
+        assert abs(native_total - total) <= 1e-9 * total
+
+
+def random_step(g: torch.Generator, vocab: int, case: int) -> tuple[DraftTree, torch.Tensor]:
+    """A tree of one of four kinds and its [1 + N, V] logits (some strided, as a skinny head's)."""
+    kind = case % 4
+    depth = 1 + case % 4
+    if kind == 0:  # a sampled chain, laws over head columns (a padded set: id 0 repeated with q = 0)
+        width = 40
+        columns = torch.cat((torch.randperm(vocab, generator=g)[: width - 4], torch.zeros(4, dtype=torch.long)))
+        q = torch.softmax(torch.randn(depth, width, generator=g) * 2, -1)
+        q[:, width - 4:] = 0
+        q = q / q.sum(-1, keepdim=True)
+        tokens = [int(columns[torch.multinomial(q[i], 1, generator=g)]) for i in range(depth)]
+        tree = DraftTree(tokens=torch.tensor(tokens), parents=torch.arange(-1, depth - 1),
+                         depths=torch.arange(1, depth + 1), proposals=q.float(), proposal_ids=columns)
+    elif kind == 1:  # a sampled root of 2-3 siblings, laws over the vocabulary
+        q = torch.softmax(torch.randn(vocab, generator=g) * 2, -1).double()
+        ids, laws = draws_without_replacement(q, 2 + case % 2, g)
+        n = len(ids)
+        tree = DraftTree(tokens=torch.tensor(ids), parents=torch.full((n,), -1), depths=torch.ones(n, dtype=torch.long),
+                         proposals=laws.float())
+    else:  # point masses: a top-k tree (root with 3 children, one of them with 2)
+        tokens = torch.randint(vocab, (5,), generator=g)
+        tree = DraftTree(tokens=tokens, parents=torch.tensor([-1, -1, -1, 0, 0]),
+                         depths=torch.tensor([1, 1, 1, 2, 2]))
+    rows = torch.stack([random_row(g, vocab, case + r) for r in range(tree.size + 1)])
+    # the target likes the drafted tokens now and then, so walks go past the root
+    for i, token in enumerate(tree.tokens.tolist()):
+        if (case + i) % 2 == 0:
+            rows[tree.parents[i] + 1, token] = rows[tree.parents[i] + 1].max() + 0.5
+    if case % 3 == 0:
+        rows = rows.T.contiguous().T  # a transposed view: token stride N + 1
+    return tree, rows
+
+
+def both_verdicts(verifier, tree, logits, temperature, top_p, seed, native_temperature=None):
+    python = verify_sampling(tree, logits, temperature, top_p, torch.Generator().manual_seed(seed))
+    native = verifier.verify(tree, logits, native_temperature or temperature, top_p,
+                             torch.Generator().manual_seed(seed))
+    return (python.accepted_nodes, python.bonus), (native.accepted_nodes, native.bonus)
+
+
+@pytest.mark.parametrize("vocab", [50, 2_000, 151_936])
+def test_verdicts_equal_pythons_from_the_same_generator_state(verifier, vocab):
+    g = torch.Generator().manual_seed(vocab)
+    cases = 24 if vocab > 10_000 else 200
+    accepted = 0
+    for case in range(cases):
+        tree, logits = random_step(g, vocab, case)
+        temperature, top_p = [1.0, 0.8, 1.5][case % 3], [0.9, 1.0, 0.6, 0.95][case % 4]
+        python, native = both_verdicts(verifier, tree, logits, temperature, top_p, seed=case)
+        assert native == python, (case, tree.tokens.tolist(), temperature, top_p)
+        accepted += len(python[0])
+    assert accepted >= cases // 4, "the walks must accept drafts often enough to test the tree walk"
+
+
+def test_a_slightly_different_law_gives_different_verdicts(verifier):
+    """Negative control: the comparison above sees a 2% change of temperature."""
+    g = torch.Generator().manual_seed(5)
+    differ = 0
+    for case in range(200):
+        tree, logits = random_step(g, 50, case)
+        python, native = both_verdicts(verifier, tree, logits, 1.0, 0.9, seed=case, native_temperature=1.02)
+        differ += python != native
+    assert differ >= 3
+
+
+def test_bad_input_is_refused_in_one_line(verifier):
+    tree = DraftTree(tokens=torch.tensor([3]), parents=torch.tensor([-1]), depths=torch.tensor([1]))
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(SettingsError, match=r"logits of shape \(3, 8\) for a tree of 1 nodes"):
+        verifier.verify(tree, torch.zeros(3, 8), 1.0, 1.0, g)
+    with pytest.raises(SettingsError, match="float64 target's law is float64"):
+        verifier.verify(tree, torch.zeros(2, 8, dtype=torch.float64), 1.0, 1.0, g)
+    far = DraftTree(tokens=torch.tensor([9]), parents=torch.tensor([-1]), depths=torch.tensor([1]))
+    with pytest.raises(SettingsError, match="node 0 drafts token 9, outside the target's vocabulary of 8"):
+        verifier.verify(far, torch.zeros(2, 8), 1.0, 1.0, g)
+    with pytest.raises(SettingsError, match="temperature > 0"):
+        verifier.verify(tree, torch.zeros(2, 8), 0.0, 1.0, g)
+
+
+def float32_pair():
+    """tests/test_sampling_exactness.py's end-to-end pair with a float32 target (the native law is float32's)."""
+    shape = TinyShape(vocab_size=6, hidden_size=16, layers=4, heads=2, kv_heads=1, intermediate_size=32)
+    model = tiny_target(shape, seed=11, init_std=0.8, dtype=torch.float32)
+    return model, tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5)
+
+
+@pytest.mark.parametrize(("draft_tree", "top_p", "tree_children"), [
+    pytest.param("chain", 0.9, "auto", id="sampled-chain-top-p"),
+    pytest.param("tree", 0.9, "sampled", id="sampled-tree-top-p"),
+])
+def test_end_to_end_joint_distribution_with_the_native_verifier(cpp_library, draft_tree, top_p, tree_children):
+    model, drafter = float32_pair()
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    prompt, temperature = [1, 4, 2], 1.0
+    expected = exact_joint(model, prompt, 3, temperature, top_p)
+    n = halves_samples(sum(expected[k] for k in equal_halves(expected)), QUICK_ERROR)
+    counts, accepted = sample_joint(generator, prompt, n, temperature=temperature, top_p=top_p, draft_tree=draft_tree,
+                                    draft_depth=3, draft_topk=2, draft_tokens=5, tree_children=tree_children,
+                                    verifier="native")
+    assert_joint_matches(counts, expected, n, QUICK_ERROR)
+    assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
+
+
+def test_generate_with_the_native_verifier(cpp_library):
+    args = ["generate", "--target", str(ASSET_DIR / "target"), "--drafter", str(ASSET_DIR / "drafter"),
+            "--prompt-ids", "5,6,7,8", "--max-new-tokens", "24", "--temperature", "0.8", "--top-p", "0.9",
+            "--draft-tree", "chain", "--json"]
+    native = CliRunner().invoke(main, [*args, "--verifier", "native"])
+    assert native.exit_code == 0, native.output
+    python = CliRunner().invoke(main, [*args, "--verifier", "python"])
+    assert python.exit_code == 0, python.output
+    assert '"token_ids"' in native.output and '"token_ids"' in python.output
+
+
+def test_a_library_without_the_verifier_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOSPEC_CPP_LIBRARY", str(tmp_path / "none.so"))
+    generator = SpeculativeGenerator.from_models(*float32_pair())
+    with pytest.raises(SettingsError, match=r"none\.so does not exist"):
+        generator.generate([1, 2], DecodeSettings(max_new_tokens=2, temperature=1.0, verifier="native"))
