@@ -133,6 +133,22 @@ def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, voca
         assert changes(recording) >= 0.5 * (len(recording["steps"]) - 1)
 
 
+@pytest.fixture(scope="module")
+def many_clusters_bundle(work, demo_bundle):
+    """``demo_bundle`` recompiled with 400 mass clusters: more than the 256 both runtimes rank before they check
+    whether the best clusters hold what the fill reads (the partial ranking of mass_fill.cpp and mass_fill.py)."""
+    compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "many-clusters-bundle",
+                   CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16, mass_clusters=400,
+                                   frequencies=str(work / "demo-frequencies.json")))
+    return work / "many-clusters-bundle"
+
+
+def test_a_fill_over_many_clusters_equals_pythons(binary, many_clusters_bundle, work):
+    recording = check_against_python(binary, many_clusters_bundle, DEMO_TARGET, work / "many-clusters",
+                                      "def parse(", TREE, "evospec:64", work / "many-clusters.json")
+    assert changes(recording) >= 0.5 * (len(recording["steps"]) - 1)
+
+
 @pytest.mark.parametrize(("settings", "vocab"), [(TREE, "evospec:24:sync"), pytest.param(CHAIN, "full", marks=SLOW)],
                          ids=["tree-evospec-sync", "chain-full"])
 def test_tiny_pair_drafts_equal_python(binary, tiny_bundle, work, settings, vocab):

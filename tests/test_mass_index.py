@@ -254,3 +254,33 @@ def test_sticky_fill_is_distinct_new_ids(targets, kept_ids, room, sticky):
         ids = fill.ids(h, kept, room)
         assert ids.numel() == min(room, 200 - kept.numel()) and torch.unique(ids).numel() == ids.numel()
         assert not set(ids.tolist()) & set(kept.tolist())
+
+
+class _FullOrder(MassFill):
+    """The fill with every cluster ranked (the order before ``_ranked`` sorted only the prefix the fill reads)."""
+
+    def _ranked(self, scores, band):
+        import numpy as np
+
+        return np.lexsort((np.arange(scores.size), -scores))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.25, 1.0]), st.integers(1, 900), st.integers(0, 400))
+def test_a_fill_ranked_only_as_far_as_it_reads_equals_the_fully_ranked_one(seed, sticky, room, kept_count):
+    """Many clusters (1,200, most of them small, some empty), so the partial ranking is what runs; several cycles,
+    so the sticky band carries last cycle's clusters."""
+    g = torch.Generator().manual_seed(seed)
+    vocab, clusters, d = 6000, 1200, 12
+    labels = torch.randint(clusters - 40, (vocab,), generator=g)  # the last 40 clusters empty: -inf scores
+    means = torch.randn(clusters, d, generator=g)
+    sizes = torch.bincount(labels, minlength=clusters).float()
+    index = MassIndex(labels, means, torch.where(sizes > 0, sizes.clamp_min(1).log(), torch.full_like(sizes, -torch.inf)),
+                      torch.rand(clusters, generator=g) * 0.1)
+    core = torch.randperm(vocab, generator=g)[:300]
+    order = torch.randperm(vocab, generator=g)
+    partial, full = MassFill(index, core, order, sticky=sticky), _FullOrder(index, core, order, sticky=sticky)
+    for _ in range(4):
+        kept = torch.cat((core, torch.randperm(vocab, generator=g)[:kept_count])).unique()
+        h = torch.randn(d, generator=g)
+        assert torch.equal(partial.ids(h, kept, room), full.ids(h, kept, room))

