@@ -463,7 +463,8 @@ class SpeculativeGenerator:
         inside ``propose``. A sampled chain is drawn by the library with this generator's numbers, one a level, as
         Python's drafter draws them, and comes with each node's law over the active ids."""
         if s.temperature > 0 and width == 1:
-            uniforms = [float(torch.rand(1, generator=generator, dtype=torch.float64)) for _ in range(s.draft_depth)]
+            # one call: the same numbers as one torch.rand(1) a level, as Python's drafter draws them
+            uniforms = torch.rand(s.draft_depth, generator=generator, dtype=torch.float64).tolist()
             drafted = native.propose_sampled_chain(pairs_hidden, root, s.draft_depth, s.temperature, uniforms)
         else:
             drafted = native.propose(pairs_hidden, root, s.draft_depth, width, budget, costs)

@@ -24,16 +24,16 @@ from evospec.core.errors import BundleError, SettingsError
 from evospec.runtime.tree import EDGE_BINS, StepCosts
 
 DEFAULT_LIBRARY = Path(__file__).resolve().parents[1] / "build" / "cpp" / "libevospec_drafter.so"
-_i64p = ctypes.POINTER(ctypes.c_int64)
-_f32p = ctypes.POINTER(ctypes.c_float)
-_f64p = ctypes.POINTER(ctypes.c_double)
+I64P = ctypes.POINTER(ctypes.c_int64)
+F32P = ctypes.POINTER(ctypes.c_float)
+F64P = ctypes.POINTER(ctypes.c_double)
 
 
 class _StepCosts(ctypes.Structure):
     """evospec_step_costs (drafter_c.h): a :class:`~evospec.runtime.tree.StepCosts` for the C ABI."""
 
     _fields_ = [("fixed_ms", ctypes.c_double), ("level_ms", ctypes.c_double), ("row_ms", ctypes.c_double),
-                ("level_row_ms", ctypes.c_double), ("rates", _f64p), ("rate_count", ctypes.c_int64),
+                ("level_row_ms", ctypes.c_double), ("rates", F64P), ("rate_count", ctypes.c_int64),
                 ("spine", ctypes.c_int64)]
 
 
@@ -41,7 +41,8 @@ def library_path() -> Path:
     return Path(os.environ.get("EVOSPEC_CPP_LIBRARY", DEFAULT_LIBRARY))
 
 
-def _load(path: Path) -> ctypes.CDLL:
+def load_library(path: Path) -> ctypes.CDLL:
+    """The library at ``path`` with its drafter C API declared; one clear line when it is missing or not ours."""
     if not path.is_file():
         raise SettingsError(f"{path} does not exist: build the C++ drafter library with `make cpp` "
                             "(or set EVOSPEC_CPP_LIBRARY)")
@@ -56,24 +57,24 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.evospec_drafter_close.argtypes = [ctypes.c_void_p]
     lib.evospec_drafter_close.restype = None
     lib.evospec_last_error.restype = ctypes.c_char_p
-    lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
+    lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64]
     if hasattr(lib, "evospec_drafter_start_greedy"):  # libraries built before EvoSpec's router fill lack it
-        lib.evospec_drafter_start_greedy.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, ctypes.c_int]
-    lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                            ctypes.c_int, ctypes.c_int, _i64p, _i64p, _i64p, ctypes.c_int64, _i64p]
+        lib.evospec_drafter_start_greedy.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64, ctypes.c_int]
+    lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                            ctypes.c_int, ctypes.c_int, I64P, I64P, I64P, ctypes.c_int64, I64P]
     if hasattr(lib, "evospec_drafter_propose_costed"):  # libraries built before value-based budgets lack it
         lib.evospec_drafter_propose_costed.argtypes = [
-            ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-            ctypes.POINTER(_StepCosts), _i64p, _i64p, _i64p, _f64p, ctypes.c_int64, _i64p, _i64p, _i64p, _f64p]
+            ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.POINTER(_StepCosts), I64P, I64P, I64P, F64P, ctypes.c_int64, I64P, I64P, I64P, F64P]
     if hasattr(lib, "evospec_drafter_propose_sampled"):  # libraries built before sampled chains lack it
         lib.evospec_drafter_propose_sampled.argtypes = [
-            ctypes.c_void_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, _f64p, _i64p, _i64p,
-            _i64p, _f64p, _f64p, ctypes.c_int64, _i64p, ctypes.c_int64, _i64p, _f64p]
-    lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64]
-    lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, _i64p, ctypes.c_int64, _i64p, _i64p]
-    lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, _i64p]
+            ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, F64P, I64P, I64P,
+            I64P, F64P, F64P, ctypes.c_int64, I64P, ctypes.c_int64, I64P, F64P]
+    lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64]
+    lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64, I64P, I64P]
+    lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, I64P]
     if hasattr(lib, "evospec_drafter_policy_ms"):  # libraries built before the step breakdown saw the policy lack it
-        lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, _f64p]
+        lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, F64P]
     return lib
 
 
@@ -102,7 +103,7 @@ class NativeDrafter:
     def __init__(self, bundle: str | Path, *, vocab: str | None = None, frequencies: str | Path | None = None,
                  router: str | Path | None = None, target_dir: str | Path | None = None, threads: int = 0,
                  max_context: int = 4096, check_files: bool = True, library: Path | None = None) -> None:
-        self._lib = _load(Path(library) if library is not None else library_path())
+        self._lib = load_library(Path(library) if library is not None else library_path())
         handle = ctypes.c_void_p()
         encode = lambda v: None if v is None else str(v).encode()  # noqa: E731
         self._check(self._lib.evospec_drafter_open(
@@ -134,13 +135,13 @@ class NativeDrafter:
         router fills greedy sequences from the router's clusters, as Python's ``MassRouted.decoding``)."""
         ids = np.asarray(prompt, dtype=np.int64)
         if hasattr(self._lib, "evospec_drafter_start_greedy"):
-            self._check(self._lib.evospec_drafter_start_greedy(self._handle, ids.ctypes.data_as(_i64p), ids.size,
+            self._check(self._lib.evospec_drafter_start_greedy(self._handle, ids.ctypes.data_as(I64P), ids.size,
                                                                int(bool(greedy))))
             return
         if greedy and self._router_fill:
             raise SettingsError("this build of the C++ drafter library cannot fill greedy sequences from a router "
                                 "(no evospec_drafter_start_greedy): rebuild it with `make cpp`, or drop --router")
-        self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(_i64p), ids.size))
+        self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(I64P), ids.size))
 
     def _features(self, features: torch.Tensor) -> np.ndarray:
         """``features`` as the library reads them: float32 [positions, 3 x target hidden size], contiguous."""
@@ -162,9 +163,9 @@ class NativeDrafter:
                 raise SettingsError("this build of the C++ drafter library has no value-based budget "
                                     "(evospec_drafter_propose_costed): rebuild it with `make cpp`")
             self._check(self._lib.evospec_drafter_propose(  # an older library: no scores, level rows or timings
-                self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, width, budget,
-                buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p),
-                buf["depths"].ctypes.data_as(_i64p), self.MAX_NODES, ctypes.byref(n)))
+                self._handle, feats.ctypes.data_as(F32P), feats.shape[0], int(newest_token), depth, width, budget,
+                buf["tokens"].ctypes.data_as(I64P), buf["parents"].ctypes.data_as(I64P),
+                buf["depths"].ctypes.data_as(I64P), self.MAX_NODES, ctypes.byref(n)))
             k = n.value
             return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist())
         c_costs = None
@@ -176,16 +177,16 @@ class NativeDrafter:
                                         f"choices, then other children), got {len(costs.rates)}")
                 rates = (ctypes.c_double * len(costs.rates))(*costs.rates)
             c_costs = _StepCosts(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
-                                 ctypes.cast(rates, _f64p) if rates is not None else None,
+                                 ctypes.cast(rates, F64P) if rates is not None else None,
                                  0 if rates is None else len(costs.rates), costs.spine)
         level_rows = np.empty(max(depth, 1), dtype=np.int64)
         timings = (ctypes.c_double * 2)()
         self._check(self._lib.evospec_drafter_propose_costed(
-            self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, width, budget,
+            self._handle, feats.ctypes.data_as(F32P), feats.shape[0], int(newest_token), depth, width, budget,
             ctypes.byref(c_costs) if c_costs is not None else None,
-            buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p), buf["depths"].ctypes.data_as(_i64p),
-            self._scores.ctypes.data_as(_f64p), self.MAX_NODES, ctypes.byref(n),
-            level_rows.ctypes.data_as(_i64p), ctypes.byref(levels), timings))
+            buf["tokens"].ctypes.data_as(I64P), buf["parents"].ctypes.data_as(I64P), buf["depths"].ctypes.data_as(I64P),
+            self._scores.ctypes.data_as(F64P), self.MAX_NODES, ctypes.byref(n),
+            level_rows.ctypes.data_as(I64P), ctypes.byref(levels), timings))
         k = n.value
         return NativeTree(buf["tokens"][:k].tolist(), buf["parents"][:k].tolist(), buf["depths"][:k].tolist(),
                           self._scores[:k].tolist(), tuple(level_rows[: levels.value].tolist()), timings[0], timings[1])
@@ -214,9 +215,9 @@ class NativeDrafter:
         timings = (ctypes.c_double * 2)()
         buf = self._nodes
         self._check(self._lib.evospec_drafter_propose_sampled(
-            self._handle, feats.ctypes.data_as(_f32p), feats.shape[0], int(newest_token), depth, float(temperature),
-            draws.ctypes.data_as(_f64p), buf["tokens"].ctypes.data_as(_i64p), buf["parents"].ctypes.data_as(_i64p),
-            buf["depths"].ctypes.data_as(_i64p), self._scores.ctypes.data_as(_f64p), laws.ctypes.data_as(_f64p),
+            self._handle, feats.ctypes.data_as(F32P), feats.shape[0], int(newest_token), depth, float(temperature),
+            draws.ctypes.data_as(F64P), buf["tokens"].ctypes.data_as(I64P), buf["parents"].ctypes.data_as(I64P),
+            buf["depths"].ctypes.data_as(I64P), self._scores.ctypes.data_as(F64P), laws.ctypes.data_as(F64P),
             laws.size, ctypes.byref(width), self.MAX_NODES, ctypes.byref(n), timings))
         k = n.value
         active, moved = self._active_array()
@@ -238,7 +239,7 @@ class NativeDrafter:
 
     def commit(self, accepted: list[int]) -> None:
         ids = np.asarray(accepted, dtype=np.int64)
-        self._check(self._lib.evospec_drafter_commit(self._handle, ids.ctypes.data_as(_i64p), ids.size))
+        self._check(self._lib.evospec_drafter_commit(self._handle, ids.ctypes.data_as(I64P), ids.size))
 
     def active(self) -> tuple[list[int], int]:
         """The active set at the last propose (head-column order) and the rows that moved into it."""
@@ -249,7 +250,7 @@ class NativeDrafter:
         size, moved = ctypes.c_int64(), ctypes.c_int64()
         self._check(self._lib.evospec_drafter_active(self._handle, None, 0, ctypes.byref(size), ctypes.byref(moved)))
         ids = np.empty(size.value, dtype=np.int64)
-        self._check(self._lib.evospec_drafter_active(self._handle, ids.ctypes.data_as(_i64p), ids.size, None, None))
+        self._check(self._lib.evospec_drafter_active(self._handle, ids.ctypes.data_as(I64P), ids.size, None, None))
         return ids, moved.value
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
-from evospec.runtime.native_drafter import _f32p, _f64p, _i64p, _load, library_path
+from evospec.runtime.native_drafter import F32P, F64P, library_path, load_library
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import Verdict
 
@@ -36,9 +36,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     if not hasattr(lib, "evospec_verify_sampled"):
         raise SettingsError("this build of the C++ library has no sampling verifier (evospec_verify_sampled): "
                             "rebuild it with `make cpp`, or verify in Python (--verifier python)")
-    lib.evospec_verify_sampled.argtypes = [
-        _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i64p, _i64p, ctypes.c_int64, _f64p,
-        _i64p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _f64p, ctypes.c_int64, _i64p, _i64p, _i64p, _i64p]
+    # buffers as plain addresses (c_void_p): a ctypes pointer object per argument cost more than the C++ verdict of a
+    # plain step in the decoding loop
+    address, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.evospec_verify_sampled.argtypes = [address, i64, i64, i64, i64, address, address, i64, address, address, i64,
+                                           ctypes.c_double, ctypes.c_double, address, i64, address, address, address,
+                                           address]
+    lib.evospec_sampling_weights.argtypes = [F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                                             F32P, F64P]
     return lib
 
 
@@ -46,8 +51,21 @@ class NativeVerifier:
     """``verify(tree, logits, temperature, top_p, generator)``, as :func:`evospec.runtime.verify.verify_sampling`."""
 
     def __init__(self, library: Path | ctypes.CDLL | None = None) -> None:
-        lib = library if isinstance(library, ctypes.CDLL) else _load(Path(library) if library else library_path())
+        lib = library if isinstance(library, ctypes.CDLL) else load_library(Path(library) if library else library_path())
         self._lib = _declare(lib)
+
+    def weights(self, row: torch.Tensor, temperature: float, top_p: float) -> tuple[np.ndarray, float]:
+        """The law the verifier computes at one row of logits, as :func:`evospec.runtime.sampling.sampling_weights`
+        gives it: (weights, their float64 total)."""
+        x = np.ascontiguousarray(row.detach().to("cpu", torch.float32).numpy().reshape(-1))
+        out, total = np.empty_like(x), ctypes.c_double()
+        self._check(self._lib.evospec_sampling_weights(x.ctypes.data_as(F32P), x.size, 1, float(temperature),
+                                                       float(top_p), out.ctypes.data_as(F32P), ctypes.byref(total)))
+        return out, total.value
+
+    def _check(self, status: int) -> None:
+        if status != 0:
+            raise SettingsError((self._lib.evospec_last_error() or b"").decode(errors="replace"))
 
     def verify(self, tree: DraftTree, logits: torch.Tensor, temperature: float, top_p: float,
                generator: torch.Generator) -> Verdict:
@@ -71,13 +89,11 @@ class NativeVerifier:
             if tree.proposal_ids is not None:
                 columns = np.ascontiguousarray(tree.proposal_ids.cpu().numpy(), dtype=np.int64)
         accepted = np.empty(max(n, 1), dtype=np.int64)
-        count, bonus, used = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
-        pointer = lambda a, t: None if a is None else a.ctypes.data_as(t)  # noqa: E731
-        status = self._lib.evospec_verify_sampled(
-            ctypes.cast(host.data_ptr(), _f32p), host.shape[0], host.shape[1], host.stride(0), host.stride(1),
-            pointer(tokens, _i64p), pointer(parents, _i64p), n, pointer(laws, _f64p), pointer(columns, _i64p), width,
-            float(temperature), float(top_p), uniforms.ctypes.data_as(_f64p), uniforms.size,
-            accepted.ctypes.data_as(_i64p), ctypes.byref(count), ctypes.byref(bonus), ctypes.byref(used))
-        if status != 0:
-            raise SettingsError((self._lib.evospec_last_error() or b"").decode(errors="replace"))
-        return Verdict(accepted[: count.value].tolist(), int(bonus.value))
+        out = np.zeros(3, dtype=np.int64)  # accepted count, bonus token, uniforms used
+        address = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+        self._check(self._lib.evospec_verify_sampled(
+            host.data_ptr(), host.shape[0], host.shape[1], host.stride(0), host.stride(1), address(tokens),
+            address(parents), n, address(laws), address(columns), width, float(temperature), float(top_p),
+            uniforms.ctypes.data, uniforms.size, accepted.ctypes.data, out.ctypes.data, out.ctypes.data + 8,
+            out.ctypes.data + 16))
+        return Verdict(accepted[: out[0]].tolist(), int(out[1]))

@@ -13,6 +13,7 @@
 // child, at most 2 x DRAW_ATTEMPTS + 1 for the bonus token).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -128,6 +129,117 @@ double total_of(const std::vector<float>& w) {
     for (int k = 0; k < 4; ++k) sums[k] += w[v + k];
   for (; v < vocab; ++v) sums[0] += w[v];
   return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+}
+
+// exp(x) in float32 for the weights exp(logit - max): Cephes' expf (the polynomial of avx_mathfun), the same
+// operations in the scalar and the AVX2 loops (no fused multiply-adds: -ffp-contract=off), so both give the same
+// bits; within 2 ulp of exp. Below -87 (and for -inf, a masked token) the weight is 0: e^-87 of the top token.
+constexpr float EXP_FLOOR = -87.0f, LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
+constexpr float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
+                            5.0000001201e-1f};
+
+float exp_weight(float x) {
+  if (!(x >= EXP_FLOOR)) return 0.0f;
+  const float fx = std::floor(x * LOG2E + 0.5f);
+  float r = x - fx * LN2_HI;
+  r = r - fx * LN2_LO;
+  float y = EXP_P[0];
+  for (int k = 1; k < 6; ++k) y = y * r + EXP_P[k];
+  y = y * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+float row_max_portable(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t v = 0; v < n; ++v) m = x[v] > m ? x[v] : m;
+  return m;
+}
+
+// w = exp(x - top), and the cumulative float64 sums of its blocks of SAMPLE_BLOCK (the last one: the total).
+void exp_blocks_portable(const float* x, int64_t n, float top, float* w, double* cumulative, double running) {
+  for (int64_t start = 0, b = 0; start < n; start += SAMPLE_BLOCK, ++b) {
+    const int64_t end = std::min(n, start + SAMPLE_BLOCK);
+    double sums[4] = {0, 0, 0, 0};
+    for (int64_t v = start; v < end; ++v) {
+      w[v] = exp_weight(x[v] - top);
+      sums[(v - start) & 3] += w[v];
+    }
+    running += (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    cumulative[b] = running;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) float row_max_avx2(const float* x, int64_t n) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t v = 0;
+  for (; v + 8 <= n; v += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + v));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float top = row_max_portable(x + v, n - v);
+  for (float lane : lanes) top = lane > top ? lane : top;
+  return top;
+}
+
+// exp_blocks_portable, 8 weights a step: the same operations in the same order for each weight; the block sums
+// add in another order (rounding only).
+__attribute__((target("avx2"))) void exp_blocks_avx2(const float* x, int64_t n, float top, float* w,
+                                                      double* cumulative, double running) {
+  const __m256 floor_ = _mm256_set1_ps(EXP_FLOOR), log2e = _mm256_set1_ps(LOG2E), half = _mm256_set1_ps(0.5f),
+               hi = _mm256_set1_ps(LN2_HI), lo = _mm256_set1_ps(LN2_LO), one = _mm256_set1_ps(1.0f),
+               shift = _mm256_set1_ps(top);
+  const __m256i bias = _mm256_set1_epi32(127);
+  for (int64_t start = 0, b = 0; start < n; start += SAMPLE_BLOCK, ++b) {
+    const int64_t end = std::min(n, start + SAMPLE_BLOCK);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t v = start;
+    for (; v + 8 <= end; v += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + v), shift);
+      __m256 valid = _mm256_cmp_ps(d, floor_, _CMP_GE_OQ);
+      __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(d, log2e), half));
+      __m256 r = _mm256_sub_ps(d, _mm256_mul_ps(fx, hi));
+      r = _mm256_sub_ps(r, _mm256_mul_ps(fx, lo));
+      __m256 y = _mm256_set1_ps(EXP_P[0]);
+      for (int k = 1; k < 6; ++k) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(EXP_P[k]));
+      y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), one);
+      // fx of an invalid lane may be anything: the lane is masked to 0 below
+      __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(_mm256_max_ps(fx, _mm256_set1_ps(-126.0f))), bias), 23);
+      __m256 e = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), valid);
+      _mm256_storeu_ps(w + v, e);
+      s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+      s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, _mm256_add_pd(s0, s1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; v < end; ++v) {
+      w[v] = exp_weight(x[v] - top);
+      sum += w[v];
+    }
+    running += sum;
+    cumulative[b] = running;
+  }
+}
+#endif
+
+// The row's weights exp(x - max x) (the softmax up to its total) into w, and their block sums: two passes.
+void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative) {
+  w.resize(n);
+  cumulative.resize((n + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK);
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) {
+    const float top = row_max_avx2(x, n);
+    if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
+    return exp_blocks_avx2(x, n, top, w.data(), cumulative.data(), 0.0);
+  }
+#endif
+  const float top = row_max_portable(x, n);
+  if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
+  exp_blocks_portable(x, n, top, w.data(), cumulative.data(), 0.0);
 }
 
 // Cumulative float64 sums of blocks of SAMPLE_BLOCK weights (the last one holds the total).
@@ -284,10 +396,7 @@ class TargetRow {
         for (int64_t v = 0; v < vocab; ++v) s.scaled[v] = logits[v * stride] / t;
       scaled_ = s.scaled.data();
     }
-    w_.resize(vocab);
-    at::Tensor out = at::from_blob(w_.data(), {vocab}, at::kFloat);
-    at::softmax_out(out, at::from_blob(const_cast<float*>(scaled_), {vocab}, at::kFloat), 0);
-    block_cumulative(w_, cumulative_);
+    exp_weights(scaled_, vocab, w_, cumulative_);
     total = cumulative_.back();
     budget_ = 1.0 - top_p;
     filtered_ = top_p >= 1.0;
