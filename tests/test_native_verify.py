@@ -190,3 +190,37 @@ def test_a_library_without_the_verifier_is_refused(tmp_path, monkeypatch):
     generator = SpeculativeGenerator.from_models(*float32_pair())
     with pytest.raises(SettingsError, match=r"none\.so does not exist"):
         generator.generate([1, 2], DecodeSettings(max_new_tokens=2, temperature=1.0, verifier="native"))
+
+
+PORTABLE_SCRIPT = """
+import sys, torch, numpy as np
+from evospec.runtime.native_verify import NativeVerifier
+v = NativeVerifier()
+g = torch.Generator().manual_seed(3)
+rows = [torch.randn(151_936, generator=g) * s for s in (0.5, 2.0, 6.0)] + [torch.randn(37, generator=g)]
+out = [v.weights(r, t, p) for r in rows for t, p in ((1.0, 0.9), (0.7, 1.0))]
+np.savez(sys.argv[1], *[w for w, _ in out], totals=np.array([t for _, t in out]))
+"""
+
+
+def test_the_portable_loops_give_the_avx2_loops_weights(cpp_library, tmp_path):
+    """EVOSPEC_NO_AVX2 runs the library's portable loops (CPUs without AVX2): the same weights, bit for bit (the
+    same operations in the same order), and totals equal to rounding (sums in another order)."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for name, extra in (("avx2", {}), ("portable", {"EVOSPEC_NO_AVX2": "1"})):
+        path = tmp_path / f"{name}.npz"
+        env = {**os.environ, "EVOSPEC_CPP_LIBRARY": str(cpp_library), **extra}
+        done = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT, str(path)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = np.load(path)
+    a, b = results["avx2"], results["portable"]
+    for key in a.files:
+        if key == "totals":
+            assert np.allclose(a[key], b[key], rtol=1e-12, atol=0)
+        else:
+            assert np.array_equal(a[key], b[key]), key

@@ -13,6 +13,7 @@
 // child, at most 2 x DRAW_ATTEMPTS + 1 for the bonus token).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -49,6 +50,15 @@ struct Scratch {
 Scratch& scratch() {
   static thread_local Scratch s;
   return s;
+}
+
+// Whether the AVX2 loops run: where the CPU has AVX2, unless EVOSPEC_NO_AVX2 is set (the tests compare both paths).
+bool use_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return __builtin_cpu_supports("avx2") && std::getenv("EVOSPEC_NO_AVX2") == nullptr;
+#else
+  return false;
+#endif
 }
 
 // Zero the tokens top-p removes from the probabilities w (ascending by probability, then logit, then id, while
@@ -230,7 +240,7 @@ void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<d
   w.resize(n);
   cumulative.resize((n + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK);
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = use_avx2();
   if (avx2) {
     const float top = row_max_avx2(x, n);
     if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
@@ -328,7 +338,7 @@ __attribute__((target("avx2"))) void mass_below_avx2(const float* p, int64_t n, 
 
 void mass_below_row(const float* p, int64_t n, float s, double& below, int64_t& ties) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = use_avx2();
   if (avx2) return mass_below_avx2(p, n, s, below, ties);
 #endif
   mass_below_portable(p, n, s, below, ties);
