@@ -78,22 +78,22 @@ class NativeVerifier:
             raise SettingsError(f"logits of shape {tuple(host.shape)} for a tree of {tree.size} nodes "
                                 f"(expected [{tree.size + 1}, V])")
         n = tree.size
-        uniforms = torch.rand(n + UNIFORMS_OVER_NODES, generator=generator, dtype=torch.float64).numpy()
-        tokens = np.ascontiguousarray(tree.tokens.numpy(), dtype=np.int64)
-        parents = np.ascontiguousarray(tree.parents.numpy(), dtype=np.int64)
-        laws = columns = None
-        width = 0
-        if tree.proposals is not None:
-            laws = np.ascontiguousarray(tree.proposals.detach().cpu().numpy(), dtype=np.float64)
-            width = laws.shape[1]
-            if tree.proposal_ids is not None:
-                columns = np.ascontiguousarray(tree.proposal_ids.cpu().numpy(), dtype=np.int64)
-        accepted = np.empty(max(n, 1), dtype=np.int64)
-        out = np.zeros(3, dtype=np.int64)  # accepted count, bonus token, uniforms used
-        address = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+        # torch tensors passed by address (one pointer each, no ctypes objects: this runs every step)
+        uniforms = torch.rand(n + UNIFORMS_OVER_NODES, generator=generator, dtype=torch.float64)
+        tokens, parents = _as(tree.tokens, torch.long), _as(tree.parents, torch.long)
+        laws = None if tree.proposals is None else _as(tree.proposals.detach().cpu(), torch.float64)
+        columns = None if laws is None or tree.proposal_ids is None else _as(tree.proposal_ids.cpu(), torch.long)
+        out = torch.zeros(n + 3, dtype=torch.long)  # accepted count, bonus token, uniforms used, accepted nodes
+        base = out.data_ptr()
         self._check(self._lib.evospec_verify_sampled(
-            host.data_ptr(), host.shape[0], host.shape[1], host.stride(0), host.stride(1), address(tokens),
-            address(parents), n, address(laws), address(columns), width, float(temperature), float(top_p),
-            uniforms.ctypes.data, uniforms.size, accepted.ctypes.data, out.ctypes.data, out.ctypes.data + 8,
-            out.ctypes.data + 16))
-        return Verdict(accepted[: out[0]].tolist(), int(out[1]))
+            host.data_ptr(), host.shape[0], host.shape[1], host.stride(0), host.stride(1), tokens.data_ptr(),
+            parents.data_ptr(), n, None if laws is None else laws.data_ptr(),
+            None if columns is None else columns.data_ptr(), 0 if laws is None else laws.shape[1], float(temperature),
+            float(top_p), uniforms.data_ptr(), uniforms.numel(), base + 24, base, base + 8, base + 16))
+        values = out.tolist()
+        return Verdict(values[3: 3 + values[0]], values[1])
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` as a contiguous host tensor of ``dtype`` (itself when it is one already)."""
+    return tensor if tensor.dtype == dtype and tensor.is_contiguous() else tensor.to(dtype).contiguous()

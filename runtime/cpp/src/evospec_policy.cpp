@@ -225,7 +225,7 @@ class EvoSpecPolicy : public Policy {
   std::vector<int64_t> ranked_, active_;
   std::unordered_set<int64_t> core_set_;
   std::unordered_map<int64_t, std::vector<int64_t>> successors_;
-  std::vector<bool> member_;
+  std::vector<uint8_t> member_;  // bytes, not bits: reset and set for K ids every cycle
   Ordered stamp_;
   SessionTable session_next_;
   int64_t step_ = 0, last_ = 0;
