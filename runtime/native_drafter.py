@@ -41,6 +41,15 @@ def library_path() -> Path:
     return Path(os.environ.get("EVOSPEC_CPP_LIBRARY", DEFAULT_LIBRARY))
 
 
+def check_status(lib: ctypes.CDLL, status: int) -> None:
+    """Raise the library's one-line message for a failed call's status (drafter_c.h: 1 a bundle error, else a
+    settings error)."""
+    if status == 0:
+        return
+    message = (lib.evospec_last_error() or b"").decode(errors="replace")
+    raise (BundleError if status == 1 else SettingsError)(message)
+
+
 def load_library(path: Path) -> ctypes.CDLL:
     """The library at ``path`` with its drafter C API declared; one clear line when it is missing or not ours."""
     if not path.is_file():
@@ -125,10 +134,7 @@ class NativeDrafter:
         return self._lib
 
     def _check(self, status: int) -> None:
-        if status == 0:
-            return
-        message = (self._lib.evospec_last_error() or b"").decode(errors="replace")
-        raise (BundleError if status == 1 else SettingsError)(message)
+        check_status(self._lib, status)
 
     def start(self, prompt: list[int], greedy: bool = False) -> None:
         """Begin a sequence; ``greedy``: whether it is verified greedily (an ``evospec:K`` policy opened with a

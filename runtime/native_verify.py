@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
-from evospec.runtime.native_drafter import F32P, F64P, library_path, load_library
+from evospec.runtime.native_drafter import F32P, F64P, check_status, library_path, load_library
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import Verdict
 
@@ -64,8 +64,7 @@ class NativeVerifier:
         return out, total.value
 
     def _check(self, status: int) -> None:
-        if status != 0:
-            raise SettingsError((self._lib.evospec_last_error() or b"").decode(errors="replace"))
+        check_status(self._lib, status)
 
     def verify(self, tree: DraftTree, logits: torch.Tensor, temperature: float, top_p: float,
                generator: torch.Generator) -> Verdict:
