@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <unordered_set>
 
 #include "evospec/drafter.hpp"
@@ -85,7 +86,7 @@ void ResidentRows::follow(const GatherPlan& plan) {
     for (int64_t j = 0; j < plan.bucket(); ++j)
       if (plan.ids[j] != plan_.ids[j]) cols.push_back(j), ids.push_back(plan.ids[j]);
     if (!cols.empty()) {
-      rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(ids, at::kLong)));
+      copy_rows(cols, ids);
       head_.changed(cols.front(), plan.bucket());
     }
   }
@@ -94,13 +95,26 @@ void ResidentRows::follow(const GatherPlan& plan) {
   if (resize) set_bias();
 }
 
+void ResidentRows::copy_rows(const std::vector<int64_t>& cols, const std::vector<int64_t>& ids) {
+  if (rows_.is_contiguous() && reservoir_.is_contiguous() && rows_.dtype() == reservoir_.dtype() && rows_.is_cpu()) {
+    // a row at a time on this thread (Python's ActiveRows._copy): index_select + index_copy_ copied every moved row
+    // twice, through two ATen ops (~1,200 rows a step at K = 16,384 with EvoSpec's mass fill: 0.23 ms)
+    const size_t bytes = static_cast<size_t>(rows_.size(1)) * rows_.element_size();
+    auto* out = static_cast<char*>(rows_.data_ptr());
+    const auto* in = static_cast<const char*>(reservoir_.data_ptr());
+    for (size_t i = 0; i < cols.size(); ++i) std::memcpy(out + cols[i] * bytes, in + ids[i] * bytes, bytes);
+    return;
+  }
+  rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(ids, at::kLong)));
+}
+
 void ResidentRows::refresh(const std::vector<int64_t>& ids) {
   std::unordered_set<int64_t> changed(ids.begin(), ids.end());
   std::vector<int64_t> cols, col_ids;
   for (int64_t j = 0; j < plan_.bucket(); ++j)
     if (changed.count(plan_.ids[j])) cols.push_back(j), col_ids.push_back(plan_.ids[j]);
   if (!cols.empty()) {
-    rows_.index_copy_(0, at::tensor(cols, at::kLong), reservoir_.index_select(0, at::tensor(col_ids, at::kLong)));
+    copy_rows(cols, col_ids);
     head_.changed(cols.front(), plan_.bucket());
   }
 }

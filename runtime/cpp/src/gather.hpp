@@ -45,6 +45,7 @@ class ResidentRows {
   GatherPlan plan_;
   PackedHead head_;
   void set_bias();
+  void copy_rows(const std::vector<int64_t>& cols, const std::vector<int64_t>& ids);  // reservoir rows ids -> cols
 };
 
 }  // namespace evospec::detail
