@@ -25,7 +25,7 @@ from evospec.runtime.verify import verify_sampling
 from evospec.testing.tiny import TinyShape, tiny_drafter, tiny_target
 from evospec.train.demo_pair import ASSET_DIR
 
-from .test_sampling_exactness import (QUICK_ERROR, assert_joint_matches, equal_halves, exact_joint, halves_samples,
+from .test_sampling_exactness import (ERRORS, assert_joint_matches, equal_halves, exact_joint, halves_samples,
                                       sample_joint)
 
 pytestmark = pytest.mark.cpp
@@ -157,20 +157,22 @@ def float32_pair():
     return model, tiny_drafter(model, seed=12, draft_ids=torch.tensor([2, 3, 4, 5]), init_std=0.5)
 
 
+@pytest.mark.parametrize("relative_error", ERRORS)
 @pytest.mark.parametrize(("draft_tree", "top_p", "tree_children"), [
     pytest.param("chain", 0.9, "auto", id="sampled-chain-top-p"),
     pytest.param("tree", 0.9, "sampled", id="sampled-tree-top-p"),
 ])
-def test_end_to_end_joint_distribution_with_the_native_verifier(cpp_library, draft_tree, top_p, tree_children):
+def test_end_to_end_joint_distribution_with_the_native_verifier(cpp_library, draft_tree, top_p, tree_children,
+                                                                 relative_error):
     model, drafter = float32_pair()
     generator = SpeculativeGenerator.from_models(model, drafter)
     prompt, temperature = [1, 4, 2], 1.0
     expected = exact_joint(model, prompt, 3, temperature, top_p)
-    n = halves_samples(sum(expected[k] for k in equal_halves(expected)), QUICK_ERROR)
+    n = halves_samples(sum(expected[k] for k in equal_halves(expected)), relative_error)
     counts, accepted = sample_joint(generator, prompt, n, temperature=temperature, top_p=top_p, draft_tree=draft_tree,
                                     draft_depth=3, draft_topk=2, draft_tokens=5, tree_children=tree_children,
                                     verifier="native")
-    assert_joint_matches(counts, expected, n, QUICK_ERROR)
+    assert_joint_matches(counts, expected, n, relative_error)
     assert accepted > n // 10, "the drafter must be accepted often enough for the test to mean something"
 
 
