@@ -48,6 +48,16 @@ def test_settings_errors_name_the_field_not_the_whole_settings():
     assert str(info.value) == "draft_depth must be >= 1 (got draft_depth = 0)"
 
 
+def test_verifier_is_checked_and_resolved():
+    with pytest.raises(SettingsError, match="verifier must be 'auto', 'python' or 'native' \\(got verifier = 'cpp'\\)"):
+        DecodeSettings(verifier="cpp")
+    sampled = DecodeSettings(temperature=1.0)
+    assert sampled.sampled_verifier(native_drafter=True) == "native"  # auto: the library verifies what it drafts
+    assert sampled.sampled_verifier(native_drafter=False) == "python"
+    assert DecodeSettings(temperature=1.0, verifier="native").sampled_verifier(native_drafter=False) == "native"
+    assert DecodeSettings(verifier="native").sampled_verifier(native_drafter=True) == "python"  # greedy: Python's
+
+
 def test_bundled_default_config_loads():
     from pathlib import Path
 
