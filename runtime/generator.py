@@ -28,7 +28,7 @@ from evospec.runtime.sampled_tree import draft_sampled_tree
 from evospec.runtime.shape_choice import CHAIN, TREE, ShapeChooser, chain_tokens
 from evospec.runtime.speculation_gate import SpeculationGate
 from evospec.runtime.stats import DecodeStats, GenerationResult
-from evospec.runtime.target import TargetModel, keep_cache_slots, load_target
+from evospec.runtime.target import TargetModel, keep_cache_prefix, keep_cache_slots, load_target
 from evospec.runtime.target_law import TargetRow
 from evospec.runtime.tree import DraftRequest, DraftTree, StepCosts, draft_tree
 from evospec.runtime.tree_costs import StepCostModel, StepTiming, tried_edges
@@ -335,8 +335,12 @@ class SpeculativeGenerator:
                 else:
                     verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
                 t3 = time.perf_counter()
-                rows = torch.tensor([0] + [i + 1 for i in verdict.accepted_nodes])
-                keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
+                accepted = verdict.accepted_nodes
+                rows = torch.tensor([0] + [i + 1 for i in accepted])
+                if accepted == list(range(len(accepted))):  # node i's parent is node i - 1: the slots are a prefix
+                    keep_cache_prefix(tcache, past + len(rows))
+                else:
+                    keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
                 self._sync()
                 t4 = time.perf_counter()
                 stats.target_time_s += t2 - t1

@@ -199,6 +199,16 @@ def attention_window(config) -> int | None:
     )
 
 
+def keep_cache_prefix(cache: DynamicCache | LeanCache, n: int) -> None:
+    """Keep the first ``n`` cache slots: a chain's accepted path, or a tree's whose path is its first nodes. The
+    cache is cut to that length, a view with no copy (and no index tensor to build: this runs every step)."""
+    if isinstance(cache, LeanCache):
+        cache.length = n
+        return
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+
+
 def keep_cache_slots(cache: DynamicCache | LeanCache, keep: torch.Tensor) -> None:
     """Keep only the cache slots ``keep`` (ascending), in that order: rolls back rejected branches.
 
@@ -210,8 +220,7 @@ def keep_cache_slots(cache: DynamicCache | LeanCache, keep: torch.Tensor) -> Non
         return
     n = int(keep.numel())
     if n and int(keep[-1]) == n - 1:  # ascending and ending at n-1: exactly 0..n-1
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+        keep_cache_prefix(cache, n)
         return
     for layer in cache.layers:
         idx = keep.to(layer.keys.device)

@@ -277,3 +277,21 @@ def test_a_large_drafter_head_is_timed_outside_its_state_dict(monkeypatch):
     _, logits = call()  # grad enabled: nn.Linear, which has a backward
     logits.sum().backward()
     assert drafter.lm_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["transformers-cache", "lean-cache"])
+def test_keeping_a_prefix_equals_keeping_its_slots(lean):
+    """``keep_cache_prefix(n)`` (what the loop calls when the accepted path is the tree's first nodes) leaves the
+    cache as ``keep_cache_slots(arange(n))`` does: the next pass's logits are the same."""
+    from evospec.runtime.target import keep_cache_prefix
+
+    model = tiny_target(TINY_SHAPES["llama"], seed=2, dtype=torch.float64)
+    outs = []
+    for keep in (lambda c: keep_cache_slots(c, torch.arange(6)), lambda c: keep_cache_prefix(c, 6)):
+        target = TargetModel(model, (), lean=lean)
+        cache = target.new_cache()
+        target.forward(torch.tensor([[5, 6, 7, 8]]), torch.arange(4)[None], cache)
+        target.forward(torch.tensor([[9, 10, 11]]), torch.tensor([[4, 5, 6]]), cache)  # a chain of 2 after the root
+        keep(cache)  # the root and the first draft accepted
+        outs.append(target.forward(torch.tensor([[12]]), torch.tensor([[6]]), cache).logits)
+    assert torch.equal(outs[0], outs[1])
