@@ -81,12 +81,12 @@ class MassFill:
             return kept[:0]
         scores = self.index.scores(state, self.rank)
         need = room + kept.numel()  # enough clusters to hold ``room`` ids even if every kept id is among them
-        order = self._ranked((scores if self.prior is None else scores + self.prior).numpy(),
-                             int(need * (1 + self.sticky)))
+        band_rows = int(need * (1 + self.sticky))  # the rows the sticky band spans; the fill reads no further
+        order = self._ranked((scores if self.prior is None else scores + self.prior).numpy(), band_rows)
         if self.tiers == 2:  # every cluster's first group in rank order, then their second groups
             order = np.concatenate((order, order + self.index.clusters))
         if self.sticky:
-            band = self.groups.enough(order, int(need * (1 + self.sticky)))
+            band = self.groups.enough(order, band_rows)
             stay = band[self._chosen[band]]  # last cycle's clusters still ranked within the band, in rank order
             first = np.zeros_like(self._chosen)
             first[stay] = True

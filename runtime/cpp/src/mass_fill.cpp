@@ -97,10 +97,11 @@ class MassFill {
     for (int64_t id : active) kept_[id] = true;
     std::vector<int64_t> keep = active;
     at::Tensor scores = index_->scores(state).contiguous();
-    std::vector<int64_t> order = ranked(scores.data_ptr<float>(), scores.numel(),
-                                        static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) * (1 + sticky_)));
+    // the rows the sticky band spans (the fill itself reads no further: ``ranked``)
+    const int64_t band = static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) * (1 + sticky_));
+    std::vector<int64_t> order = ranked(scores.data_ptr<float>(), scores.numel(), band);
     if (sticky_ > 0)
-      order = sticky_order(order, static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) * (1 + sticky_)));
+      order = sticky_order(order, band);
     std::vector<int64_t> gave;  // the clusters the fill takes rows from (Python's MassFill._chosen)
     for (size_t i = 0; i < order.size() && room > 0; ++i) {
       int64_t c = order[i];
