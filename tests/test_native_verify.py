@@ -10,6 +10,8 @@ with the native verifier equals the target's (the statistical test of tests/test
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -200,27 +202,50 @@ from evospec.runtime.native_verify import NativeVerifier
 v = NativeVerifier()
 g = torch.Generator().manual_seed(3)
 rows = [torch.randn(151_936, generator=g) * s for s in (0.5, 2.0, 6.0)] + [torch.randn(37, generator=g)]
-out = [v.weights(r, t, p) for r in rows for t, p in ((1.0, 0.9), (0.7, 1.0))]
+peaked = torch.randn(151_936, generator=g) * 2
+peaked[torch.randperm(151_936, generator=g)[:40]] += torch.linspace(4, 12, 40)  # an LM-like head of a few tokens
+rows.append(peaked)
+out = [v.weights(r, t, p) for r in rows for t, p in ((1.0, 0.9), (0.7, 1.0), (1.0, 0.5), (1.3, 0.95))]
 np.savez(sys.argv[1], *[w for w, _ in out], totals=np.array([t for _, t in out]))
 """
 
 
-def test_the_portable_loops_give_the_avx2_loops_weights(cpp_library, tmp_path):
-    """EVOSPEC_NO_AVX2 runs the library's portable loops (CPUs without AVX2): the same weights, bit for bit (the
-    same operations in the same order), and totals equal to rounding (sums in another order)."""
+def _cpu_flag(flag: str) -> bool:
+    try:
+        return f" {flag}" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _weights_under(cpp_library, tmp_path, name: str, extra: dict[str, str]):
     import os
     import subprocess
     import sys
 
-    results = {}
-    for name, extra in (("avx2", {}), ("portable", {"EVOSPEC_NO_AVX2": "1"})):
-        path = tmp_path / f"{name}.npz"
-        env = {**os.environ, "EVOSPEC_CPP_LIBRARY": str(cpp_library), **extra}
-        done = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT, str(path)], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        results[name] = np.load(path)
-    a, b = results["avx2"], results["portable"]
+    path = tmp_path / f"{name}.npz"
+    env = {**os.environ, "EVOSPEC_CPP_LIBRARY": str(cpp_library), **extra}
+    done = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT, str(path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(path)
+
+
+@pytest.mark.parametrize("path, extra", [
+    ("avx2", {"EVOSPEC_NO_AVX512": "1"}),
+    ("widest", {}),
+    ("histogram start", {"EVOSPEC_NUCLEUS_HISTOGRAM": "1"}),
+])
+def test_every_loop_path_gives_the_portable_weights(cpp_library, tmp_path, path, extra):
+    """EVOSPEC_NO_AVX2 runs the library's portable loops (CPUs without AVX2), EVOSPEC_NO_AVX512 at most the AVX2
+    ones, and by default the widest the CPU has: the same weights, bit for bit (the same operations in the same
+    order), and totals equal to rounding (sums in another order). The nucleus starts either above a pivot or from a
+    histogram of the whole row (EVOSPEC_NUCLEUS_HISTOGRAM): the same tokens kept."""
+    if path == "avx2" and not _cpu_flag("avx2"):
+        pytest.skip("this CPU has no AVX2: only the portable loops run here")
+    if path == "widest" and not _cpu_flag("avx512f"):
+        pytest.skip("this CPU has no AVX-512: the widest path is the AVX2 one, compared above")
+    a = _weights_under(cpp_library, tmp_path, path, extra)
+    b = _weights_under(cpp_library, tmp_path, "portable", {"EVOSPEC_NO_AVX2": "1", "EVOSPEC_NUCLEUS_HISTOGRAM": "1"})
     for key in a.files:
         if key == "totals":
             assert np.allclose(a[key], b[key], rtol=1e-12, atol=0)

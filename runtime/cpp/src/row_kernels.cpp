@@ -1,7 +1,7 @@
 // Passes over one row of weights (row_kernels.hpp): the target's weights exp(x - max x), their block sums and
-// draws, the masked sum behind a nucleus question, and the nucleus itself. Each has an AVX2 loop where the CPU has
-// AVX2 (the build targets baseline x86-64, whose SSE2 loops are several times slower here) and a portable one;
-// the weights come out bit for bit the same from both (EVOSPEC_NO_AVX2 runs the portable ones: the tests compare).
+// draws, the masked sum behind a nucleus question, and the nucleus itself. The passes over the whole row have
+// AVX2 and AVX-512 loops (row_kernels_x86.cpp) and the portable ones here; the weights come out bit for bit the
+// same from each (EVOSPEC_NO_AVX512, EVOSPEC_NO_AVX2 choose the narrower paths: the tests compare).
 #include "row_kernels.hpp"
 
 #include <algorithm>
@@ -11,11 +11,9 @@
 #include <limits>
 #include <stdexcept>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "evospec/drafter.hpp"
+#include "row_exp.hpp"
+#include "row_kernels_x86.hpp"
 
 namespace evospec::detail {
 
@@ -27,18 +25,66 @@ RowScratch& row_scratch() {
   return s;
 }
 
-// Whether the AVX2 loops run: where the CPU has AVX2, unless EVOSPEC_NO_AVX2 is set (the tests compare both paths).
-static bool use_avx2() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  return __builtin_cpu_supports("avx2") && std::getenv("EVOSPEC_NO_AVX2") == nullptr;
-#else
-  return false;
+#ifdef EVOSPEC_X86_KERNELS
+using x86::Isa;
 #endif
+
+
+// The nucleus starts from a window of tokens that holds its cut, with the mass of every token below the window:
+// either the few tokens at or above a power-of-two pivot whose mass below is within the budget (a peaked row: every
+// token under the pivot is removed, and the window is small), or the crossing bin of a histogram of the whole row.
+constexpr int PIVOTS = 12;          // pivots 2^-2, 2^-4, ..., 2^-24 of the top weight (1)
+constexpr int64_t WINDOW_SHARE = 2;  // a pivot's window may hold at most half the row, else the histogram
+
+// Whether the radix select starts from the whole row (EVOSPEC_NUCLEUS_HISTOGRAM: the tests compare both starts).
+static bool histogram_only() { return std::getenv("EVOSPEC_NUCLEUS_HISTOGRAM") != nullptr; }
+
+// The indices of the weights at or above p into window (at most cap of them); false when there are more.
+static bool gather_at_least(const float* w, int64_t n, float p, int64_t cap, std::vector<int64_t>& window) {
+  window.clear();
+#ifdef EVOSPEC_X86_KERNELS
+  if (x86::isa() != Isa::portable) return x86::gather_at_least_avx2(w, n, p, cap, window);
+#endif
+  for (int64_t v = 0; v < n; ++v)
+    if (w[v] >= p) {
+      if (static_cast<int64_t>(window.size()) >= cap) return false;
+      window.push_back(v);
+    }
+  return true;
 }
 
-// Zero the tokens top-p removes from the probabilities w (ascending by probability, then logit, then id, while
-// the mass of a token and every one before it is at most the budget); returns the kept mass.
-double nucleus(std::vector<float>& w, const float* scaled, double budget) {
+// A window above a pivot: the highest pivot whose mass below is at most the limit (every token under it removed),
+// if its tokens are at most half the row; ``below`` gets that mass. The search starts at the pivot the thread's
+// last row found (a sequence's rows are alike: one or two passes).
+static bool pivot_window(const std::vector<float>& w, double limit, std::vector<int64_t>& window, double& below) {
+  static thread_local int last = 2;
+  const int64_t n = static_cast<int64_t>(w.size());
+  auto within = [&](int k, double& mass) {  // whether every token under 2^-2k is removed
+    int64_t ties = 0;
+    mass_below(w.data(), n, std::ldexp(1.0f, -2 * k), mass, ties);
+    return mass <= limit;
+  };
+  double mass = 0.0, higher = 0.0;
+  int k = last;
+  if (within(k, mass)) {  // masses below grow with the pivot: go up while within
+    while (k > 1 && within(k - 1, higher)) {
+      --k;
+      mass = higher;
+    }
+  } else {
+    do {
+      if (++k > PIVOTS) return false;
+    } while (!within(k, mass));
+  }
+  last = k;
+  below = mass;
+  window.reserve(n);
+  return gather_at_least(w.data(), n, std::ldexp(1.0f, -2 * k), n / WINDOW_SHARE, window);
+}
+
+// The whole row's first level: a histogram of the mass by exponent and 3 mantissa bits; the window is the bin
+// where the running mass crosses the limit, ``below`` the mass of the bins under it.
+static void histogram_window(const std::vector<float>& w, double limit, std::vector<int64_t>& window, double& below) {
   RowScratch& s = row_scratch();
   const int64_t vocab = static_cast<int64_t>(w.size());
   s.keys.resize(vocab);
@@ -49,10 +95,7 @@ double nucleus(std::vector<float>& w, const float* scaled, double budget) {
     s.keys[v] = key;
     mass[v & 3][key] += w[v];
   }
-  double whole = 0.0;
-  for (int b = 0; b < FIRST_BINS; ++b) whole += (mass[0][b] + mass[1][b]) + (mass[2][b] + mass[3][b]);
-  const double limit = budget * whole;
-  double below = 0.0;
+  below = 0.0;
   int crossing = FIRST_BINS - 1;
   for (int b = 0; b < FIRST_BINS; ++b) {
     double m = (mass[0][b] + mass[1][b]) + (mass[2][b] + mass[3][b]);
@@ -62,7 +105,6 @@ double nucleus(std::vector<float>& w, const float* scaled, double budget) {
     }
     below += m;
   }
-  std::vector<int64_t>& window = s.window;
   window.resize(vocab);
   int64_t count = 0;
   for (int64_t v = 0; v < vocab; ++v) {  // branch-free: the crossing bin may hold half the row
@@ -70,13 +112,31 @@ double nucleus(std::vector<float>& w, const float* scaled, double budget) {
     count += s.keys[v] == crossing;
   }
   window.resize(count);
-  // then 8, 8 and 4 more bits; the window ends as the tokens of one exact probability (or one token)
-  const int shifts[3] = {12, 4, 0};
-  const int widths[3] = {8, 8, 4};
-  for (int level = 0; level < 3 && window.size() > 1; ++level) {
+}
+
+// Zero the tokens top-p removes from the weights w (ascending by weight, then logit, then id, while the mass of a
+// token and every one before it is at most the budget of their total ``whole``); returns the kept mass.
+double nucleus(std::vector<float>& w, const float* scaled, double budget, double whole) {
+  RowScratch& s = row_scratch();
+  const int64_t vocab = static_cast<int64_t>(w.size());
+  const double limit = budget * whole;
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(w.data());
+  std::vector<int64_t>& window = s.window;
+  double below = 0.0;
+  int first_level = 1;  // the histogram did the first level
+  if (!histogram_only() && pivot_window(w, limit, window, below)) {
+    first_level = 0;
+  } else {
+    histogram_window(w, limit, window, below);
+  }
+  // then the exponent and 3 mantissa bits (a pivot's window only), 8, 8 and 4 more bits; the window ends as the
+  // tokens of one exact probability (or one token)
+  const int shifts[4] = {FIRST_SHIFT, 12, 4, 0};
+  const int widths[4] = {10, 8, 8, 4};
+  for (int level = first_level; level < 4 && window.size() > 1; ++level) {
     const int shift = shifts[level];
     const uint32_t mask = (1u << widths[level]) - 1;
-    double sub[256] = {};
+    double sub[FIRST_BINS] = {};
     for (int64_t v : window) sub[(bits[v] >> shift) & mask] += w[v];
     uint32_t cross = mask;
     for (uint32_t b = 0; b <= mask; ++b) {
@@ -116,27 +176,6 @@ double total_of(const std::vector<float>& w) {
   return (sums[0] + sums[1]) + (sums[2] + sums[3]);
 }
 
-// exp(x) in float32 for the weights exp(logit - max): Cephes' expf (the polynomial of avx_mathfun), the same
-// operations in the scalar and the AVX2 loops (no fused multiply-adds: -ffp-contract=off), so both give the same
-// bits; within 2 ulp of exp. Below -87 (and for -inf, a masked token) the weight is 0: e^-87 of the top token.
-constexpr float EXP_FLOOR = -87.0f, LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
-constexpr float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
-                            5.0000001201e-1f};
-
-static float exp_weight(float x) {
-  if (!(x >= EXP_FLOOR)) return 0.0f;
-  const float fx = std::floor(x * LOG2E + 0.5f);
-  float r = x - fx * LN2_HI;
-  r = r - fx * LN2_LO;
-  float y = EXP_P[0];
-  for (int k = 1; k < 6; ++k) y = y * r + EXP_P[k];
-  y = y * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return y * scale;
-}
-
 static float row_max_portable(const float* x, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t v = 0; v < n; ++v) m = x[v] > m ? x[v] : m;
@@ -144,7 +183,8 @@ static float row_max_portable(const float* x, int64_t n) {
 }
 
 // w = exp(x - top), and the cumulative float64 sums of its blocks of SAMPLE_BLOCK (the last one: the total).
-static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, double* cumulative, double running) {
+static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, double* cumulative) {
+  double running = 0.0;
   for (int64_t start = 0, b = 0; start < n; start += SAMPLE_BLOCK, ++b) {
     const int64_t end = std::min(n, start + SAMPLE_BLOCK);
     double sums[4] = {0, 0, 0, 0};
@@ -157,74 +197,25 @@ static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, 
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-static __attribute__((target("avx2"))) float row_max_avx2(const float* x, int64_t n) {
-  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  int64_t v = 0;
-  for (; v + 8 <= n; v += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + v));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m);
-  float top = row_max_portable(x + v, n - v);
-  for (float lane : lanes) top = lane > top ? lane : top;
-  return top;
-}
-
-// exp_blocks_portable, 8 weights a step: the same operations in the same order for each weight; the block sums
-// add in another order (rounding only).
-static __attribute__((target("avx2"))) void exp_blocks_avx2(const float* x, int64_t n, float top, float* w,
-                                                      double* cumulative, double running) {
-  const __m256 floor_ = _mm256_set1_ps(EXP_FLOOR), log2e = _mm256_set1_ps(LOG2E), half = _mm256_set1_ps(0.5f),
-               hi = _mm256_set1_ps(LN2_HI), lo = _mm256_set1_ps(LN2_LO), one = _mm256_set1_ps(1.0f),
-               shift = _mm256_set1_ps(top);
-  const __m256i bias = _mm256_set1_epi32(127);
-  for (int64_t start = 0, b = 0; start < n; start += SAMPLE_BLOCK, ++b) {
-    const int64_t end = std::min(n, start + SAMPLE_BLOCK);
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    int64_t v = start;
-    for (; v + 8 <= end; v += 8) {
-      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + v), shift);
-      __m256 valid = _mm256_cmp_ps(d, floor_, _CMP_GE_OQ);
-      __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(d, log2e), half));
-      __m256 r = _mm256_sub_ps(d, _mm256_mul_ps(fx, hi));
-      r = _mm256_sub_ps(r, _mm256_mul_ps(fx, lo));
-      __m256 y = _mm256_set1_ps(EXP_P[0]);
-      for (int k = 1; k < 6; ++k) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(EXP_P[k]));
-      y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), one);
-      // fx of an invalid lane may be anything: the lane is masked to 0 below
-      __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(_mm256_max_ps(fx, _mm256_set1_ps(-126.0f))), bias), 23);
-      __m256 e = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), valid);
-      _mm256_storeu_ps(w + v, e);
-      s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-      s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    alignas(32) double lanes[4];
-    _mm256_store_pd(lanes, _mm256_add_pd(s0, s1));
-    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (; v < end; ++v) {
-      w[v] = exp_weight(x[v] - top);
-      sum += w[v];
-    }
-    running += sum;
-    cumulative[b] = running;
-  }
-}
-#endif
 
 // The row's weights exp(x - max x) (the softmax up to its total) into w, and their block sums: two passes.
 void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative) {
   w.resize(n);
   cumulative.resize((n + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK);
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx2 = use_avx2();
-  if (avx2) {
-    const float top = row_max_avx2(x, n);
-    if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
-    return exp_blocks_avx2(x, n, top, w.data(), cumulative.data(), 0.0);
-  }
-#endif
+#ifdef EVOSPEC_X86_KERNELS
+  const Isa isa = x86::isa();
+  const float top = isa == Isa::avx512 ? x86::row_max_avx512(x, n)
+                    : isa == Isa::avx2 ? x86::row_max_avx2(x, n)
+                                       : row_max_portable(x, n);
+#else
   const float top = row_max_portable(x, n);
+#endif
   if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
-  exp_blocks_portable(x, n, top, w.data(), cumulative.data(), 0.0);
+#ifdef EVOSPEC_X86_KERNELS
+  if (isa == Isa::avx512) return x86::exp_blocks_avx512(x, n, top, w.data(), cumulative.data());
+  if (isa == Isa::avx2) return x86::exp_blocks_avx2(x, n, top, w.data(), cumulative.data());
+#endif
+  exp_blocks_portable(x, n, top, w.data(), cumulative.data());
 }
 
 // Cumulative float64 sums of blocks of SAMPLE_BLOCK weights (the last one holds the total).
@@ -281,40 +272,21 @@ static void mass_below_portable(const float* p, int64_t n, float s, double& belo
   ties = equal[0] + equal[1] + equal[2] + equal[3];
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// The same with AVX2, where the CPU has it (the build targets baseline x86-64, whose SSE2 loop is ~6x slower
-// here): 8 floats a step, masked, widened to float64 and summed in four accumulators (the sum's order differs
-// from the portable loop's by rounding only, far inside the bounds' SUM_SLACK).
-static __attribute__((target("avx2"))) void mass_below_avx2(const float* p, int64_t n, float s, double& below,
-                                                     int64_t& ties) {
-  const __m256 limit = _mm256_set1_ps(s);
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd();
-  int64_t equal = 0, v = 0;
-  for (; v + 16 <= n; v += 16) {
-    __m256 x = _mm256_loadu_ps(p + v), y = _mm256_loadu_ps(p + v + 8);
-    __m256 mx = _mm256_and_ps(x, _mm256_cmp_ps(x, limit, _CMP_LT_OQ));
-    __m256 my = _mm256_and_ps(y, _mm256_cmp_ps(y, limit, _CMP_LT_OQ));
-    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(mx)));
-    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(mx, 1)));
-    a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(my)));
-    a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(my, 1)));
-    equal += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x, limit, _CMP_EQ_OQ))) +
-             __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(y, limit, _CMP_EQ_OQ)));
-  }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3)));
-  double rest = 0.0;
-  int64_t rest_ties = 0;
-  mass_below_portable(p + v, n - v, s, rest, rest_ties);
-  below = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + rest;
-  ties = equal + rest_ties;
-}
+
+double column_mass(const int64_t* columns, const double* q, int64_t width, int64_t y) {
+#ifdef EVOSPEC_X86_KERNELS
+  if (x86::isa() != Isa::portable) return x86::column_mass_avx2(columns, q, width, y);
 #endif
+  double m = 0.0;
+  for (int64_t c = 0; c < width; ++c)
+    if (columns[c] == y) m += q[c];
+  return m;
+}
 
 void mass_below(const float* p, int64_t n, float s, double& below, int64_t& ties) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx2 = use_avx2();
-  if (avx2) return mass_below_avx2(p, n, s, below, ties);
+#ifdef EVOSPEC_X86_KERNELS
+  if (x86::isa() == Isa::avx512) return x86::mass_below_avx512(p, n, s, below, ties);
+  if (x86::isa() == Isa::avx2) return x86::mass_below_avx2(p, n, s, below, ties);
 #endif
   mass_below_portable(p, n, s, below, ties);
 }

@@ -26,10 +26,12 @@ void block_cumulative(const std::vector<float>& w, std::vector<double>& cumulati
 int64_t draw_blocks(const std::vector<float>& w, const std::vector<double>& cumulative, double u);
 // The float64 sum of the weights.
 double total_of(const std::vector<float>& w);
+// The sum of q over the columns that hold token y (a padded set repeats a token with q = 0).
+double column_mass(const int64_t* columns, const double* q, int64_t width, int64_t y);
 // The float64 mass of the weights below s, and how many equal s.
 void mass_below(const float* p, int64_t n, float s, double& below, int64_t& ties);
 // Zero the tokens top-p removes from w (ascending by weight, then scaled logit, then id, while the mass of a token
-// and every one before it is at most budget x the total); returns the kept mass.
-double nucleus(std::vector<float>& w, const float* scaled, double budget);
+// and every one before it is at most budget x whole, their total); returns the kept mass.
+double nucleus(std::vector<float>& w, const float* scaled, double budget, double whole);
 
 }  // namespace evospec::detail

@@ -50,10 +50,7 @@ struct Proposal {
   double mass(int64_t y) const {
     if (q == nullptr) return y == token ? 1.0 : 0.0;
     if (columns == nullptr) return q[y];
-    double m = 0.0;
-    for (int64_t c = 0; c < width; ++c)
-      if (columns[c] == y) m += q[c];
-    return m;
+    return column_mass(columns, q, width, y);
   }
 
   // w <- max(w - total q, 0), in place (the residual after this child's rejection), in float32 as Python's
@@ -137,7 +134,7 @@ class TargetRow {
   // The law's weights (the nucleus built in place: the softmax is not read again); ``total`` becomes their sum.
   std::vector<float>& weights() {
     if (!filtered_) {
-      total = nucleus(w_, scaled_, budget_);
+      total = nucleus(w_, scaled_, budget_, total);
       filtered_ = true;
     }
     return w_;
