@@ -76,6 +76,7 @@ class SpeculativeGenerator:
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self._verifier = None  # the C++ library's sampling verifier, once a call asks for it
+        self._cuda_device = target.device if target.device.type == "cuda" else None  # what _sync waits for
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
         self.gate = SpeculationGate()  # speculate or take a plain step, by tokens per ms (plain_fallback)
@@ -213,12 +214,15 @@ class SpeculativeGenerator:
         return stream.result
 
     def _sync(self) -> None:
-        if self.target.device.type == "cuda":
-            torch.cuda.synchronize(self.target.device)
+        # the device as _decode found it: asking the model (HF walks its parameters) took ~50 us a call, several
+        # calls a step on the decoding thread
+        if self._cuda_device is not None:
+            torch.cuda.synchronize(self._cuda_device)
 
     @torch.no_grad()
     def _decode(self, prompt: list[int], s: DecodeSettings, stats: DecodeStats) -> Iterator[int]:
         target, drafter, device = self.target, self.drafter, self.target.device
+        self._cuda_device = device if device.type == "cuda" else None
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
         native = self.native if s.use_draft else None
@@ -336,11 +340,14 @@ class SpeculativeGenerator:
                     verdict = verify_sampling(tree, out.logits, s.temperature, s.top_p, generator)
                 t3 = time.perf_counter()
                 accepted = verdict.accepted_nodes
-                rows = torch.tensor([0] + [i + 1 for i in accepted])
+                # rows: the root's and the accepted nodes' rows of this pass (their features feed the next draft)
                 if accepted == list(range(len(accepted))):  # node i's parent is node i - 1: the slots are a prefix
-                    keep_cache_prefix(tcache, past + len(rows))
+                    rows = slice(0, 1 + len(accepted))  # a view, no index tensor (every chain step)
+                    keep_cache_prefix(tcache, past + 1 + len(accepted))
                 else:
-                    keep_cache_slots(tcache, torch.cat((torch.arange(past), past + rows)))
+                    index = torch.tensor([0] + [i + 1 for i in accepted])
+                    keep_cache_slots(tcache, torch.cat((torch.arange(past), past + index)))
+                    rows = index.to(device)
                 self._sync()
                 t4 = time.perf_counter()
                 stats.target_time_s += t2 - t1
@@ -372,7 +379,7 @@ class SpeculativeGenerator:
                         tokens=torch.as_tensor(pairs_tokens), new_context=stats.steps == 1, sampled=not s.greedy))
                     if changes:
                         apply_changes(drafter, changes)
-                    pending_logits = out.logits[rows.to(device)][1:]
+                    pending_logits = out.logits[rows][1:]
                     stats.align_time_s += time.perf_counter() - a0
                 if policy is not None:
                     if len(emit) == len(new_tokens) and self._rejected(tree, verdict):
@@ -383,7 +390,7 @@ class SpeculativeGenerator:
                     feedback = getattr(policy, "target_top", 0)  # the target's likeliest ids where it verified
                     if feedback:
                         unobserved_top.append(
-                            out.logits[rows.to(device)].topk(min(feedback, out.logits.shape[-1]), dim=-1).indices.cpu())
+                            out.logits[rows].topk(min(feedback, out.logits.shape[-1]), dim=-1).indices.cpu())
                     unobserved += new_tokens
                     if next_speculate:  # one observation of everything since the last draft, as the C++ library's
                         if feedback:
@@ -408,9 +415,9 @@ class SpeculativeGenerator:
                 if last:
                     return
                 if speculate:
-                    pairs_hidden, pairs_tokens = out.features[rows.to(device)], new_tokens
+                    pairs_hidden, pairs_tokens = out.features[rows], new_tokens
                 else:  # nothing drafted: the drafter takes these positions with the next speculative step's
-                    pairs_hidden = torch.cat((pairs_hidden, out.features[rows.to(device)]))
+                    pairs_hidden = torch.cat((pairs_hidden, out.features[rows]))
                     pairs_tokens = pairs_tokens + new_tokens
                 root = verdict.bonus
                 speculate = next_speculate
