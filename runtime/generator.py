@@ -76,7 +76,8 @@ class SpeculativeGenerator:
         self.aligner = None  # a HeadAligner (runtime/align) updating the drafter's head rows online
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self._verifier = None  # the C++ library's sampling verifier, once a call asks for it
-        self._cuda_device = target.device if target.device.type == "cuda" else None  # what _sync waits for
+        self._device = target.device  # set again by each call (_decode): the model may have moved
+        self._cuda_device = self._device if self._device.type == "cuda" else None  # what _sync waits for
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
         self.gate = SpeculationGate()  # speculate or take a plain step, by tokens per ms (plain_fallback)
@@ -222,6 +223,7 @@ class SpeculativeGenerator:
     @torch.no_grad()
     def _decode(self, prompt: list[int], s: DecodeSettings, stats: DecodeStats) -> Iterator[int]:
         target, drafter, device = self.target, self.drafter, self.target.device
+        self._device = device  # for the per-step helpers (_draft, _sync)
         self._cuda_device = device if device.type == "cuda" else None
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
@@ -508,7 +510,7 @@ class SpeculativeGenerator:
         costs: StepCosts | None,
     ) -> tuple[DraftTree, float, float]:
         """The step's tree, and the seconds of the drafter's root call and of drafting past it."""
-        drafter, device = self.drafter, self.target.device
+        drafter, device = self.drafter, self._device
         r0 = time.perf_counter()
         start, t = cache.length, len(pairs_tokens)
         mask = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(diagonal=start)
