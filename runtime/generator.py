@@ -77,7 +77,6 @@ class SpeculativeGenerator:
         self.native = None  # a NativeDrafter (the C++ library) drafting in place of ``drafter``'s Python stages
         self._verifier = None  # the C++ library's sampling verifier, once a call asks for it
         self._device = target.device  # set again by each call (_decode): the model may have moved
-        self._cuda_device = self._device if self._device.type == "cuda" else None  # what _sync waits for
         self.step_costs = StepCostModel()  # what steps cost on this machine, for value-based budgets (auto)
         self.shapes = ShapeChooser()  # chain or tree per step by tokens per ms (auto on a tree)
         self.gate = SpeculationGate()  # speculate or take a plain step, by tokens per ms (plain_fallback)
@@ -217,14 +216,13 @@ class SpeculativeGenerator:
     def _sync(self) -> None:
         # the device as _decode found it: asking the model (HF walks its parameters) took ~50 us a call, several
         # calls a step on the decoding thread
-        if self._cuda_device is not None:
-            torch.cuda.synchronize(self._cuda_device)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
     @torch.no_grad()
     def _decode(self, prompt: list[int], s: DecodeSettings, stats: DecodeStats) -> Iterator[int]:
         target, drafter, device = self.target, self.drafter, self.target.device
         self._device = device  # for the per-step helpers (_draft, _sync)
-        self._cuda_device = device if device.type == "cuda" else None
         generator = torch.Generator().manual_seed(s.seed)
         eos = target.eos_token_ids if s.stop_on_eos else set()
         native = self.native if s.use_draft else None

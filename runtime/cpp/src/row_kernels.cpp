@@ -29,10 +29,9 @@ RowScratch& row_scratch() {
 using x86::Isa;
 #endif
 
-
 // The nucleus starts from a window of tokens that holds its cut, with the mass of every token below the window:
-// either the few tokens at or above a power-of-two pivot whose mass below is within the budget (a peaked row: every
-// token under the pivot is removed, and the window is small), or the crossing bin of a histogram of the whole row.
+// either the tokens at or above a power-of-two pivot whose mass below is within the budget (every token under the
+// pivot is removed; no histogram of the whole row), or the crossing bin of a histogram of the whole row.
 constexpr int PIVOTS = 12;          // pivots 2^-2, 2^-4, ..., 2^-24 of the top weight (1)
 constexpr int64_t WINDOW_SHARE = 2;  // a pivot's window may hold at most half the row, else the histogram
 
@@ -197,7 +196,6 @@ static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, 
   }
 }
 
-
 // The row's weights exp(x - max x) (the softmax up to its total) into w, and their block sums: two passes.
 void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative) {
   w.resize(n);
@@ -271,7 +269,6 @@ static void mass_below_portable(const float* p, int64_t n, float s, double& belo
   below = (sums[0] + sums[1]) + (sums[2] + sums[3]);
   ties = equal[0] + equal[1] + equal[2] + equal[3];
 }
-
 
 double column_mass(const int64_t* columns, const double* q, int64_t width, int64_t y) {
 #ifdef EVOSPEC_X86_KERNELS
