@@ -217,6 +217,13 @@ def _cpu_flag(flag: str) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def portable_weights(cpp_library, tmp_path_factory):
+    """The weights of PORTABLE_SCRIPT's rows from the portable loops, nucleus from a whole-row histogram (once)."""
+    return _weights_under(cpp_library, tmp_path_factory.mktemp("portable"), "portable",
+                          {"EVOSPEC_NO_AVX2": "1", "EVOSPEC_NUCLEUS_HISTOGRAM": "1"})
+
+
 def _weights_under(cpp_library, tmp_path, name: str, extra: dict[str, str]):
     import os
     import subprocess
@@ -235,7 +242,7 @@ def _weights_under(cpp_library, tmp_path, name: str, extra: dict[str, str]):
     ("widest", {}),
     ("histogram start", {"EVOSPEC_NUCLEUS_HISTOGRAM": "1"}),
 ])
-def test_every_loop_path_gives_the_portable_weights(cpp_library, tmp_path, path, extra):
+def test_every_loop_path_gives_the_portable_weights(cpp_library, portable_weights, tmp_path, path, extra):
     """EVOSPEC_NO_AVX2 runs the library's portable loops (CPUs without AVX2), EVOSPEC_NO_AVX512 at most the AVX2
     ones, and by default the widest the CPU has: the same weights, bit for bit (the same operations in the same
     order), and totals equal to rounding (sums in another order). The nucleus starts either above a pivot or from a
@@ -244,8 +251,7 @@ def test_every_loop_path_gives_the_portable_weights(cpp_library, tmp_path, path,
         pytest.skip("this CPU has no AVX2: only the portable loops run here")
     if path == "widest" and not _cpu_flag("avx512f"):
         pytest.skip("this CPU has no AVX-512: the widest path is the AVX2 one, compared above")
-    a = _weights_under(cpp_library, tmp_path, path, extra)
-    b = _weights_under(cpp_library, tmp_path, "portable", {"EVOSPEC_NO_AVX2": "1", "EVOSPEC_NUCLEUS_HISTOGRAM": "1"})
+    a, b = _weights_under(cpp_library, tmp_path, path, extra), portable_weights
     for key in a.files:
         if key == "totals":
             assert np.allclose(a[key], b[key], rtol=1e-12, atol=0)
