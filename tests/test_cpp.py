@@ -462,6 +462,26 @@ def test_router_fill_follows_the_kind_of_each_sequence_as_pythons(library, demo_
     assert run("python", "evospec:128:router-fill", 2)[1][1] != python[1][1], "sampled: the mass fill's sets are the router's"
 
 
+def test_cpp_drafter_warns_once_that_its_trees_are_top_k_when_sampling(library, demo_bundle, caplog):
+    """At T > 0 the library drafts top-k trees (rarely accepted there): ``--tree-children auto`` says so once per
+    generator, not once a prompt; a chain (sampled in the library) and greedy trees say nothing."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, drafter_runtime="cpp")
+
+    def warnings_for(settings: DecodeSettings) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="evospec.runtime.generator"):
+            generator.generate([5, 6, 7], settings)
+        return [r.getMessage() for r in caplog.records if "top-k trees" in r.getMessage()]
+
+    assert warnings_for(DecodeSettings(max_new_tokens=4, draft_tree="chain", temperature=1.0)) == []
+    assert warnings_for(DecodeSettings(max_new_tokens=4, draft_tree="tree")) == []
+    sampled_tree = DecodeSettings(max_new_tokens=4, draft_tree="tree", temperature=1.0)
+    assert len(warnings_for(sampled_tree)) == 1
+    assert warnings_for(sampled_tree) == []  # once per generator
+
+
 def test_cpp_drafter_refuses_what_it_cannot_draft(library, demo_bundle, work):
     from evospec.core.errors import SettingsError
     from evospec.runtime.generator import SpeculativeGenerator
