@@ -239,16 +239,17 @@ class SpeculativeGenerator:
             if auto:
                 raise SettingsError("--draft-budget auto with a sampled chain from the C++ drafter: the library keeps "
                                     "every draw; use --draft-budget fixed or the Python drafter")
-        if native is not None and s.temperature > 0 and s.tree_width > 1 and s.tree_children == "sampled":
-            raise SettingsError("the C++ drafter drafts top-k trees; a tree with sampled children (--tree-children "
-                                "sampled) draws from Python's generator: use --tree-children topk (or auto) or the Python drafter")
-        if (native is not None and s.temperature > 0 and s.tree_width > 1 and s.tree_children == "auto"
-                and not self._warned_topk_tree):
-            self._warned_topk_tree = True  # once per generator: a bench makes one call per prompt
-            logger.warning("the C++ drafter drafts top-k trees at temperature > 0 (--tree-children auto): their "
-                           "children are verified as point masses and rarely accepted where the target's law is flat "
-                           "(README, stop 40: 0.41-0.52x plain on the medium pair at T = 1). --draft-tree chain drafts "
-                           "a sampled chain in the library; Python's drafter drafts sampled trees")
+        if native is not None and s.temperature > 0 and s.tree_width > 1:  # the library's trees are top-k
+            if s.tree_children == "sampled":
+                raise SettingsError("the C++ drafter drafts top-k trees; a tree with sampled children (--tree-children "
+                                    "sampled) draws from Python's generator: use --tree-children topk (or auto) or the "
+                                    "Python drafter")
+            if s.tree_children == "auto" and not self._warned_topk_tree:
+                self._warned_topk_tree = True  # once per generator: a bench makes one call per prompt
+                logger.warning("the C++ drafter drafts top-k trees at temperature > 0 (--tree-children auto): their "
+                               "children are verified as point masses and rarely accepted where the target's law "
+                               "is flat (README, stop 40: 0.41-0.52x plain on the medium pair at T = 1). --draft-tree "
+                               "chain drafts a sampled chain in the library; Python's drafter drafts sampled trees")
         # plain steps get the same verifier as speculative ones (a plain bench row is verified as its speculative row)
         verifier = self._native_verifier() if s.sampled_verifier(self.native is not None) == "native" else None
         policy = self.policy if use_draft else None
