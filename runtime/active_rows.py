@@ -12,11 +12,11 @@ On a CPU the head over these rows is computed here (``logits``), through oneDNN'
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
+from evospec.runtime.native_rows import copy_rows_numpy, native_row_copy
 from evospec.runtime.packed_head import PackedHead
 from evospec.runtime.skinny_head import may_pack
 
@@ -28,6 +28,7 @@ class ActiveRows:
         self.upload = upload or DeviceUploader(reservoir.device)
         self.rows = reservoir.index_select(0, self.upload.upload("plan", plan.ids))
         self.head = PackedHead(may_pack(self.rows), plan.bucket)
+        self._row_copy = native_row_copy() or copy_rows_numpy
 
     def logits(self, normed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``normed [N, d] @ rows.T + bias`` -> [N, bucket] on the host (``PackedHead``)."""
@@ -55,9 +56,9 @@ class ActiveRows:
         if not self.upload.cuda and self.rows.is_contiguous() and self.reservoir.is_contiguous():  # host rows
             # One thread, as bytes (any dtype): a row copy is memory-bound, and torch's split of it over its
             # threads waits on a busy core. 3,000 rows of 160 floats: 0.5 ms, against 0.6 ms for torch on one
-            # thread and 11 ms on two while another process ran (measured, stop 34). ``np.take`` gathers the rows
-            # 18% faster than fancy indexing (1,325 rows: 0.42 against 0.51 ms, alternating runs, stop 38).
-            self._bytes[cols.numpy()] = np.take(self._reservoir_bytes, ids.numpy(), axis=0)
+            # thread and 11 ms on two while another process ran (measured, stop 34). The C++ library's copy
+            # prefetches (``native_rows.py``); without it, ``np.take``.
+            self._row_copy(self._bytes, self._reservoir_bytes, cols.numpy(), ids.numpy())
             return
         cols, ids = self.upload.upload("cols", cols), self.upload.upload("ids", ids)
         # index_copy_, not ``rows[cols] = ...``: on a busy two-core host the index_put split over torch's threads

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "evospec/drafter.hpp"
+#include "gather.hpp"
 #include "verify.hpp"
 
 struct evospec_drafter {
@@ -234,6 +235,22 @@ int evospec_sampling_weights(const float* logits, int64_t vocab, int64_t stride,
     if (!(top_p > 0 && top_p <= 1)) throw evospec::SettingsError("top_p must be in (0, 1]");
     if (vocab < 1) throw evospec::SettingsError("an empty row of logits");
     *total = evospec::detail::sampling_weights(logits, vocab, stride, temperature, top_p, weights);
+  });
+}
+
+int evospec_copy_rows(void* rows, int64_t row_count, const void* reservoir, int64_t reservoir_rows, int64_t row_bytes,
+                      const int64_t* cols, const int64_t* ids, int64_t count) {
+  if (count > 0 && (rows == nullptr || reservoir == nullptr || cols == nullptr || ids == nullptr))
+    return missing("a copy_rows() buffer");
+  return guarded([&] {
+    if (count < 0 || row_bytes < 1) throw evospec::SettingsError("copy_rows: a negative count or an empty row");
+    for (int64_t i = 0; i < count; ++i)
+      if (cols[i] < 0 || cols[i] >= row_count || ids[i] < 0 || ids[i] >= reservoir_rows)
+        throw evospec::SettingsError("copy_rows: row " + std::to_string(ids[i]) + " to column " +
+                                     std::to_string(cols[i]) + " is outside " + std::to_string(reservoir_rows) +
+                                     " reservoir rows or " + std::to_string(row_count) + " columns");
+    evospec::detail::copy_rows_prefetched(static_cast<char*>(rows), static_cast<const char*>(reservoir),
+                                          static_cast<size_t>(row_bytes), cols, ids, static_cast<size_t>(count));
   });
 }
 

@@ -93,6 +93,12 @@ int evospec_verify_sampled(const float* logits, int64_t rows, int64_t vocab, int
  * softmax probabilities into weights [vocab] (removed tokens 0) and their float64 sum into *total. */
 int evospec_sampling_weights(const float* logits, int64_t vocab, int64_t stride, double temperature, double top_p,
                              float* weights, double* total);
+/* Row ids[i] of reservoir ([reservoir_rows] rows of row_bytes bytes) to row cols[i] of rows ([row_count] rows),
+ * for i < count, on the calling thread, prefetching a few rows ahead: what the library's resident rows do when a
+ * plan changes, for a caller that keeps its own (Python's drafter, runtime/active_rows.py). Ids and columns
+ * outside their ranges are refused before anything is written. */
+int evospec_copy_rows(void* rows, int64_t row_count, const void* reservoir, int64_t reservoir_rows, int64_t row_bytes,
+                      const int64_t* cols, const int64_t* ids, int64_t count);
 
 #ifdef __cplusplus
 }
