@@ -16,7 +16,7 @@ import torch
 
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.gather import GatherPlan
-from evospec.runtime.native_rows import copy_rows_numpy, native_row_copy
+from evospec.runtime.native_plan import copy_rows_numpy, native_row_copy
 from evospec.runtime.packed_head import PackedHead
 from evospec.runtime.skinny_head import may_pack
 
@@ -57,7 +57,7 @@ class ActiveRows:
             # One thread, as bytes (any dtype): a row copy is memory-bound, and torch's split of it over its
             # threads waits on a busy core. 3,000 rows of 160 floats: 0.5 ms, against 0.6 ms for torch on one
             # thread and 11 ms on two while another process ran (measured, stop 34). The C++ library's copy
-            # prefetches (``native_rows.py``); without it, ``np.take``.
+            # prefetches (``native_plan.py``); without it, ``np.take``.
             self._row_copy(self._bytes, self._reservoir_bytes, cols.numpy(), ids.numpy())
             return
         cols, ids = self.upload.upload("cols", cols), self.upload.upload("ids", ids)

@@ -14,7 +14,8 @@ import torch
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.device_upload import DeviceUploader
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
-from evospec.runtime.gather import GatherPlan, make_plan, update_plan
+from evospec.runtime.gather import GatherPlan, make_plan
+from evospec.runtime.native_plan import plan_update
 from evospec.runtime.runners import Runner, TorchRunner
 from evospec.runtime.stages import SIGNATURES, ActiveHeadStage, FuseStage, HeadStage, TrunkStage
 
@@ -63,8 +64,11 @@ class CompiledDrafter:
         previous = getattr(self, "plan", None)
         same_size = previous is not None and cols is not None and plan.size == previous.size
         self.plan = plan  # host tensors
-        self._id_map = self._to_map.patch("id_map", self._id_map if same_size else None, plan.ids[: plan.size],
-                                          cols[cols < plan.size] if same_size else None)
+        if not self._to_map.cuda:  # host maps: the plan's own ids (a view), nothing to patch
+            self._id_map = plan.ids[: plan.size]
+        else:
+            self._id_map = self._to_map.patch("id_map", self._id_map if same_size else None, plan.ids[: plan.size],
+                                              cols[cols < plan.size] if same_size else None)
         if previous is None or plan.bias is not previous.bias:
             self._bias = self._to_rows.upload("bias", plan.bias)
         if self.active_rows is None:  # the in-graph gather head reads the ids themselves
@@ -83,12 +87,12 @@ class CompiledDrafter:
             self._lay_out = False
             plan = make_plan(target_ids.cpu(), self.buckets, self.plan.bias.dtype)
             self.moved_rows = plan.size
-        else:
-            plan, self.moved_rows = update_plan(self.plan, target_ids.cpu(), self.buckets)  # plans live on the host
+            cols = None
+        else:  # plans live on the host; the library updates them when it is built (``native_plan.py``)
+            plan, self.moved_rows, cols = plan_update(self.plan, target_ids.cpu(), self.buckets)
         self._requested = target_ids
         if plan is self.plan:
             return
-        cols = torch.nonzero(plan.ids != self.plan.ids).flatten() if plan.bucket == self.plan.bucket else None
         if self.active_rows is not None:
             self.active_rows.follow(plan, cols)
         self._use(plan, cols)

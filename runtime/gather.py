@@ -49,8 +49,13 @@ def make_plan(active_ids: torch.Tensor, buckets: tuple[int, ...], dtype: torch.d
     bucket = choose_bucket(int(active_ids.numel()), buckets)
     pad = bucket - active_ids.numel()
     ids = torch.cat((active_ids, active_ids.new_zeros(pad)))
-    bias = torch.cat((torch.zeros(active_ids.numel(), dtype=dtype), torch.full((pad,), float("-inf"), dtype=dtype)))
-    return GatherPlan(ids=ids, bias=bias.to(active_ids.device), size=int(active_ids.numel()))
+    return GatherPlan(ids=ids, bias=padded_bias(active_ids.numel(), bucket, dtype).to(active_ids.device),
+                      size=int(active_ids.numel()))
+
+
+def padded_bias(size: int, bucket: int, dtype: torch.dtype) -> torch.Tensor:
+    """[bucket] 0 for the ``size`` active columns, -inf for the padding after them."""
+    return torch.cat((torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
 
 
 def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: tuple[int, ...]) -> tuple[GatherPlan, int]:
@@ -88,6 +93,5 @@ def update_plan(previous: GatherPlan | None, active_ids: torch.Tensor, buckets: 
     holes = np.concatenate((holes, np.arange(keep, size)))
     ids[holes] = new[~placed[new]]
     dtype = previous.bias.dtype
-    bias = previous.bias if size == previous.size else torch.cat(
-        (torch.zeros(size, dtype=dtype), torch.full((bucket - size,), float("-inf"), dtype=dtype)))
+    bias = previous.bias if size == previous.size else padded_bias(size, bucket, dtype)
     return GatherPlan(ids=torch.from_numpy(ids), bias=bias, size=size), int(holes.size)

@@ -118,6 +118,7 @@ class SpeculativeGenerator:
         cls, bundle: str | Path, target_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
         vocab: str | None = None, frequencies: str | Path | None = None, router: str | Path | None = None,
         evospec_config: str | Path | None = None, drafter_runtime: str = "python", threads: int = 0,
+        policy_runtime: str = "python",
     ) -> SpeculativeGenerator:
         """Draft with a compiled bundle (``evospec compile``) for the target it was compiled for.
 
@@ -126,10 +127,23 @@ class SpeculativeGenerator:
         default: the drafter's own vocabulary, fixed. ``evospec_config``: a TOML file of EvoSpec's
         settings (default: the built-in ones, mirrored by configs/evospec.toml). ``drafter_runtime``:
         ``python`` (runtime/compiled_drafter.py) or ``cpp`` (the C++ library through its C ABI, torch
-        bundles; the policy runs inside it; ``threads``: its libtorch threads, 0 = unchanged).
+        bundles; the policy runs inside it; ``threads``: its libtorch threads, 0 = unchanged). ``policy_runtime``:
+        with Python's drafter, run the vocabulary policy in ``python`` or in the C++ library (``cpp``: the same sets,
+        less time on the decoding thread; EvoSpec's built-in settings; ``runtime/vocab/native_policy.py``).
         """
         if drafter_runtime not in ("python", "cpp"):
             raise SettingsError(f"drafter runtime {drafter_runtime!r}: expected python or cpp")
+        if policy_runtime not in ("python", "cpp"):
+            raise SettingsError(f"policy runtime {policy_runtime!r}: expected python or cpp")
+        if policy_runtime == "cpp":
+            if drafter_runtime == "cpp":
+                raise SettingsError("--policy-runtime cpp is for Python's drafter; the C++ drafter runs its policy "
+                                    "inside the library already")
+            if evospec_config is not None:
+                raise SettingsError("--evospec-config with --policy-runtime cpp: the library runs EvoSpec's built-in "
+                                    "settings; use --policy-runtime python for a settings file")
+            if vocab is None:
+                raise SettingsError("--policy-runtime cpp needs a policy to run (--vocab evospec:K, dynaspec:K:C, ...)")
         config = EvoSpecConfig.load(evospec_config)  # a bad config or policy name fails before the target load
         name, align = split_align(vocab) if vocab is not None else (None, False)
 
@@ -144,8 +158,13 @@ class SpeculativeGenerator:
         if name is not None:
             inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index,
                                   drafter.mass_index)
-            policy = make_policy(name, inputs,
-                                 frequencies or drafter.frequencies_path, router, config)
+            if policy_runtime == "cpp":
+                from evospec.runtime.vocab.native_policy import native_policy
+
+                policy = native_policy(name, bundle, drafter.config.vocab_size, drafter.config.hidden_size,
+                                       frequencies or drafter.frequencies_path, router)
+            else:
+                policy = make_policy(name, inputs, frequencies or drafter.frequencies_path, router, config)
         generator = cls(target, drafter, policy)
         if align:
             if drafter.reservoir is None:

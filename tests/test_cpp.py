@@ -31,6 +31,7 @@ from evospec.passes.base import CompileSettings
 from evospec.runtime.bundle import check_files, read_manifest
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.vocab.frequencies import count_tokens
+from evospec.testing.demo_bundle import compile_demo_policy_bundle
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 from evospec.train.demo_pair import ASSET_DIR
 
@@ -67,18 +68,8 @@ def work():
 
 @pytest.fixture(scope="module")
 def demo_bundle(work):
-    """The shipped demo pair compiled for torch, with a 16-dim semantic index and a statistical index
-    counted on a seeded Zipf-like token stream (frequent and rare tokens, successors; no text or
-    tokenizer needed, so the policies' behaviour does not depend on this machine's files)."""
-    g = torch.Generator().manual_seed(7)
-    weights = 1.0 / torch.arange(1, 513).float()
-    perm = torch.randperm(512, generator=g)
-    docs = [perm[torch.multinomial(weights, 256, replacement=True, generator=g)].tolist() for _ in range(32)]
-    count_tokens([docs], 512, "zipf", successors=8).save(work / "demo-frequencies.json")
-    compile_bundle(DEMO_TARGET, ASSET_DIR / "drafter", work / "demo-bundle",
-                   CompileSettings(backend="torch", buckets=(64, 128, 512), index_dims=16, mass_clusters=32,
-                                   frequencies=str(work / "demo-frequencies.json")))
-    return work / "demo-bundle"
+    """The shipped demo pair compiled for torch with the indexes the policies read (``compile_demo_policy_bundle``)."""
+    return compile_demo_policy_bundle(work)
 
 
 @pytest.fixture(scope="module")

@@ -141,8 +141,9 @@ def run_generation(generator, ids: list[int], settings: DecodeSettings, stream: 
               help="How the drafter's config counts eagle_aux_hidden_state_layer_ids: input of layer i (EAGLE, vLLM) "
                    "or output of layer i (SGLang, so SpecForge checkpoints).")
 @decode_options
-def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, router, evospec_config, device, dtype, tap_numbering, prompt,
-             prompt_ids, config_path, no_draft, stream, as_json, threads, **values):
+def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, policy_runtime, router,
+             evospec_config, device, dtype, tap_numbering, prompt, prompt_ids, config_path, no_draft, stream, as_json,
+             threads, **values):
     """Generate with speculative decoding (exact: greedy output equals the target's own)."""
     settings = _settings(config_path, no_draft, **values)
     set_threads(threads)
@@ -158,13 +159,15 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, dra
         raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
     if drafter_runtime != "python" and bundle_dir is None:
         raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
+    if policy_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--policy-runtime cpp needs --bundle: policies choose rows of a compiled bundle's reservoir")
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
 
     if bundle_dir is not None and settings.use_draft:
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
                                                      vocab=vocab_policy, frequencies=frequencies, router=router,
                                                      evospec_config=evospec_config, drafter_runtime=drafter_runtime,
-                                                     threads=threads or 0)
+                                                     threads=threads or 0, policy_runtime=policy_runtime)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir if settings.use_draft else None,
                                                     device=device, dtype=dtype, tap_numbering=tap_numbering)

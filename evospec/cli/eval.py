@@ -68,8 +68,8 @@ from evospec.core.settings import DecodeSettings
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="This runtime: torch intra-op threads (default: torch's own choice, one per core). A tiny "
                    "model's step is many small calls, where one thread can beat two.")
-def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, router, evospec_config,
-          corpus, domains, prompts, prompt_tokens,
+def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafter_runtime, policy_runtime, router,
+          evospec_config, corpus, domains, prompts, prompt_tokens,
           json_path, plot_path, device, dtype, tap_numbering, engine, vllm_drafter, batch_sizes, vllm_threads,
           vllm_compile, breakdown, threads, **values):
     """Acceptance and speed per domain: speculative (eagle3) against plain decoding, here and/or in vLLM."""
@@ -90,6 +90,8 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
                                "choose rows of its reservoir")
     if drafter_runtime != "python" and bundle_dir is None:
         raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
+    if policy_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--policy-runtime cpp needs --bundle: policies choose rows of a compiled bundle's reservoir")
     vllm_source = drafter_dir if bundle_dir is None else bundle_dir / "drafter"  # a bundle carries its drafter's copy
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None
@@ -113,7 +115,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
         generator = SpeculativeGenerator.from_bundle(bundle_dir, target_dir, device=device, dtype=dtype,
                                                      vocab=vocab_policy, frequencies=frequencies, router=router,
                                                      evospec_config=evospec_config, drafter_runtime=drafter_runtime,
-                                                     threads=threads or 0)
+                                                     threads=threads or 0, policy_runtime=policy_runtime)
     else:
         generator = SpeculativeGenerator.from_paths(target_dir, drafter_dir, device=device, dtype=dtype,
                                                     tap_numbering=tap_numbering)

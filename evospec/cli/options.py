@@ -8,8 +8,8 @@ import click
 
 
 def bundle_options(command):
-    """``--bundle``, ``--vocab``, ``--frequencies``, ``--drafter-runtime``, ``--router``, ``--evospec-config``: draft
-    with a compiled bundle under a vocabulary policy, in Python or in the C++ library."""
+    """``--bundle``, ``--vocab``, ``--frequencies``, ``--drafter-runtime``, ``--policy-runtime``, ``--router``,
+    ``--evospec-config``: draft with a compiled bundle under a vocabulary policy, in Python or in the C++ library."""
     for option in reversed((
         click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
                      help="Draft with a compiled bundle (`evospec compile`) instead of --drafter."),
@@ -22,6 +22,9 @@ def bundle_options(command):
         click.option("--drafter-runtime", type=click.Choice(["python", "cpp"]), default="python", show_default=True,
                      help="With --bundle: draft with Python's stages or with the C++ library (`make cpp`; torch "
                           "bundles; the vocabulary policy runs inside it; verification stays Python's)."),
+        click.option("--policy-runtime", type=click.Choice(["python", "cpp"]), default="python", show_default=True,
+                     help="With --bundle and Python's drafter: run the vocabulary policy in Python or in the C++ "
+                          "library (`make cpp`; the same sets, less time a step; EvoSpec's built-in settings)."),
         click.option("--router", type=click.Path(path_type=Path), default=None,
                      help="Router file for dynaspec:K:C (`evospec vocab dynaspec`)."),
         click.option("--evospec-config", type=click.Path(path_type=Path), default=None,

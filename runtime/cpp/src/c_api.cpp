@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "evospec/drafter.hpp"
+#include "c_api_guard.hpp"
 #include "gather.hpp"
 #include "verify.hpp"
 
@@ -13,38 +14,10 @@ struct evospec_drafter {
   evospec::Drafter drafter;
 };
 
-namespace {
-
-thread_local std::string last_error;
-
-template <typename Body>
-int guarded(Body body) {
-  try {
-    body();
-    return EVOSPEC_OK;
-  } catch (const evospec::BundleError& e) {
-    last_error = e.what();
-    return EVOSPEC_BUNDLE_ERROR;
-  } catch (const evospec::SettingsError& e) {
-    last_error = e.what();
-    return EVOSPEC_SETTINGS_ERROR;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return EVOSPEC_INTERNAL_ERROR;
-  } catch (...) {
-    last_error = "unknown C++ exception";
-    return EVOSPEC_INTERNAL_ERROR;
-  }
-}
-
-std::string text(const char* s) { return s == nullptr ? std::string() : std::string(s); }
-
-int missing(const char* what) {
-  last_error = std::string(what) + " is NULL";
-  return EVOSPEC_SETTINGS_ERROR;
-}
-
-}  // namespace
+using evospec::capi::guarded;
+using evospec::capi::last_error;
+using evospec::capi::missing;
+using evospec::capi::text;
 
 extern "C" {
 
@@ -251,6 +224,23 @@ int evospec_copy_rows(void* rows, int64_t row_count, const void* reservoir, int6
                                      " reservoir rows or " + std::to_string(row_count) + " columns");
     evospec::detail::copy_rows_prefetched(static_cast<char*>(rows), static_cast<const char*>(reservoir),
                                           static_cast<size_t>(row_bytes), cols, ids, static_cast<size_t>(count));
+  });
+}
+
+int evospec_update_plan(const int64_t* previous_ids, int64_t previous_size, int64_t bucket, const int64_t* active,
+                        int64_t count, int64_t* ids, int64_t* moved, int64_t* cols, int64_t* changed) {
+  if (previous_ids == nullptr || active == nullptr || ids == nullptr || cols == nullptr || moved == nullptr ||
+      changed == nullptr)
+    return missing("an update_plan() buffer");
+  return guarded([&] {
+    if (count < 1 || count > bucket || previous_size < 0 || previous_size > bucket)
+      throw evospec::SettingsError("update_plan: " + std::to_string(count) + " active ids after " +
+                                   std::to_string(previous_size) + " in a bucket of " + std::to_string(bucket));
+    *moved = evospec::detail::update_columns(previous_ids, previous_size, bucket, active, count, ids);
+    *changed = 0;
+    if (*moved < 0) return;
+    for (int64_t j = 0; j < bucket; ++j)
+      if (ids[j] != previous_ids[j]) cols[(*changed)++] = j;
   });
 }
 

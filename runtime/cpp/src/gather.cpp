@@ -27,6 +27,39 @@ GatherPlan make_plan(const std::vector<int64_t>& active, const std::vector<int64
   return plan;
 }
 
+int64_t update_columns(const int64_t* previous_ids, int64_t previous_size, int64_t bucket, const int64_t* active,
+                       int64_t size, int64_t* ids) {
+  // A mask over ids, not a hash set: this runs on the decoding thread every step, and hashing 16k ids twice
+  // took milliseconds there. 1: wanted; 2: wanted and kept in its column.
+  int64_t top = 0;
+  for (int64_t j = 0; j < size; ++j) {
+    if (active[j] < 0) throw SettingsError("an active set holds the negative id " + std::to_string(active[j]));
+    top = std::max(top, active[j]);
+  }
+  for (int64_t j = 0; j < bucket; ++j) top = std::max(top, previous_ids[j]);
+  std::vector<uint8_t> mark(static_cast<size_t>(top) + 1, 0);
+  for (int64_t j = 0; j < size; ++j) {
+    if (mark[active[j]]) throw SettingsError("an active set lists id " + std::to_string(active[j]) + " twice");
+    mark[active[j]] = 1;
+  }
+  std::fill(ids, ids + bucket, -1);
+  int64_t keep = std::min(previous_size, size);
+  for (int64_t j = 0; j < keep; ++j)
+    if (mark[previous_ids[j]]) ids[j] = previous_ids[j], mark[previous_ids[j]] = 2;  // retained ids stay put
+  std::vector<int64_t> holes;
+  for (int64_t j = 0; j < size; ++j)
+    if (ids[j] < 0) holes.push_back(j);
+  if (holes.empty() && size == previous_size) {
+    std::copy(previous_ids, previous_ids + bucket, ids);
+    return -1;  // the same set: nothing moves
+  }
+  size_t next = 0;
+  for (int64_t j = 0; j < size; ++j)  // new ids fill the holes in the order the policy listed them
+    if (mark[active[j]] != 2) ids[holes[next++]] = active[j];
+  std::fill(ids + size, ids + bucket, 0);
+  return static_cast<int64_t>(holes.size());
+}
+
 GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& active,
                        const std::vector<int64_t>& buckets, int64_t& moved) {
   int64_t size = static_cast<int64_t>(active.size());
@@ -36,31 +69,14 @@ GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& a
     moved = plan.size;
     return plan;
   }
-  // A mask over ids, not a hash set: this runs on the decoding thread every step, and hashing 16k ids twice
-  // took milliseconds there. 1: wanted; 2: wanted and kept in its column.
-  int64_t top = 0;
-  for (int64_t id : active) top = std::max(top, id);
-  for (int64_t id : previous.ids) top = std::max(top, id);
-  std::vector<uint8_t> mark(static_cast<size_t>(top) + 1, 0);
-  for (int64_t id : active) mark[id] = 1;
   GatherPlan plan;
   plan.size = size;
-  plan.ids.assign(bucket, -1);
-  int64_t keep = std::min(previous.size, size);
-  for (int64_t j = 0; j < keep; ++j)
-    if (mark[previous.ids[j]]) plan.ids[j] = previous.ids[j], mark[previous.ids[j]] = 2;  // retained ids stay put
-  std::vector<int64_t> holes;
-  for (int64_t j = 0; j < size; ++j)
-    if (plan.ids[j] < 0) holes.push_back(j);
-  if (holes.empty() && size == previous.size) {
+  plan.ids.resize(bucket);
+  moved = update_columns(previous.ids.data(), previous.size, bucket, active.data(), size, plan.ids.data());
+  if (moved < 0) {
     moved = 0;
-    return previous;  // the same set: nothing moves
+    return previous;
   }
-  size_t next = 0;
-  for (int64_t id : active)  // new ids fill the holes in the order the policy listed them
-    if (mark[id] != 2) plan.ids[holes[next++]] = id;
-  std::fill(plan.ids.begin() + size, plan.ids.end(), 0);
-  moved = static_cast<int64_t>(holes.size());
   return plan;
 }
 

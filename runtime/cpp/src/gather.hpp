@@ -24,6 +24,12 @@ struct GatherPlan {
 // Smallest bucket holding ``size``; throws SettingsError (Python's message) when none does.
 int64_t choose_bucket(int64_t size, const std::vector<int64_t>& buckets);
 GatherPlan make_plan(const std::vector<int64_t>& active, const std::vector<int64_t>& buckets);
+// update_plan within one bucket, over raw buffers: ``ids`` [bucket] gets the new plan's ids (retained ids in their
+// columns, new ones in the freed columns in the order ``active`` lists them, padding 0); returns the columns given a
+// new id, or -1 when ``active`` is the previous set (``ids`` then equals ``previous_ids``). SettingsError for a
+// negative or repeated id.
+int64_t update_columns(const int64_t* previous_ids, int64_t previous_size, int64_t bucket, const int64_t* active,
+                       int64_t size, int64_t* ids);
 // A plan for ``active`` keeping retained ids in their columns; ``moved``: columns that changed.
 GatherPlan update_plan(const GatherPlan& previous, const std::vector<int64_t>& active,
                        const std::vector<int64_t>& buckets, int64_t& moved);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "evospec/drafter.hpp"
+#include "json.hpp"
 
 namespace evospec::detail {
 
@@ -192,5 +193,18 @@ std::unique_ptr<Policy> make_evospec_policy(int64_t k, const TokenFrequencies& f
 // DynaSpec (``dynaspec:K:C``) from a router file (``evospec vocab dynaspec``).
 std::unique_ptr<Policy> make_dynaspec_policy(int64_t k, int64_t clusters, std::shared_ptr<const Router> router,
                                             int64_t vocab_size);
+
+// What a policy is built from (runtime/vocab/__init__.py's make_policy and PolicyInputs).
+struct PolicyInputs {
+  std::string bundle, frequencies, router;
+  EvoSpecSettings evospec;
+  int64_t vocab_size, hidden_size;
+  std::vector<int64_t> own_ids;               // the drafter's own vocabulary (policy eagle3)
+  std::unique_ptr<SemanticIndex>& semantic;  // loaded here when the policy retrieves by state
+};
+
+// The policy ``spec`` names (full, eagle3, frspec:K, evospec:K[:sync|:VARIANT], dynaspec:K:C) over a bundle whose
+// manifest is ``manifest``; SettingsError / BundleError with Python's messages.
+std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, const json::Value& manifest);
 
 }  // namespace evospec::detail

@@ -93,6 +93,34 @@ int evospec_verify_sampled(const float* logits, int64_t rows, int64_t vocab, int
  * softmax probabilities into weights [vocab] (removed tokens 0) and their float64 sum into *total. */
 int evospec_sampling_weights(const float* logits, int64_t vocab, int64_t stride, double temperature, double top_p,
                              float* weights, double* total);
+/* The library's vocabulary policy alone, for a caller that drafts by other means and keeps its own head rows
+ * (Python's drafter: runtime/vocab/native_policy.py). The same policies as evospec_drafter_open's vocab (not eagle3,
+ * the drafter's own fixed vocabulary), with EvoSpec's built-in settings; vocab_size: the target's vocabulary,
+ * hidden_size: the drafter's width (its states). The caller drives it as the drafter does: start a sequence, then
+ * each cycle observe the committed tokens (with the drafter's state at the newest committed token before them, or
+ * NULL), next (with the cycle's root state for a routed policy, see evospec_policy_routed; NULL: the set without
+ * routing) and start_pending while it runs its target's pass (a pipelined policy's job starts there). next writes
+ * the set (at most capacity ids), its size and whether it differs from the set next handed out before. */
+typedef struct evospec_policy evospec_policy;
+int evospec_policy_open(const char* bundle, const char* vocab, const char* frequencies, const char* router,
+                        int64_t vocab_size, int64_t hidden_size, evospec_policy** out);
+void evospec_policy_close(evospec_policy* policy);
+int evospec_policy_routed(evospec_policy* policy, int* routed);
+int evospec_policy_start(evospec_policy* policy, const int64_t* prompt, int64_t count, int greedy);
+int evospec_policy_observe(evospec_policy* policy, const int64_t* committed, int64_t count, const float* state,
+                           int64_t width);
+int evospec_policy_start_pending(evospec_policy* policy);
+int evospec_policy_next(evospec_policy* policy, const float* state, int64_t width, int64_t* ids, int64_t capacity,
+                        int64_t* size, int* changed);
+
+/* A gather plan's update within one bucket (runtime/gather.py's update_plan), for a caller that keeps its own plan:
+ * previous_ids [bucket] (its first previous_size active), active [count] distinct ids, count <= bucket. Writes the new
+ * plan's ids [bucket] (retained ids in their columns, new ones in the freed columns in the order given, padding 0),
+ * *moved: the columns given a new id, or -1 when active is the previous set (ids then equal previous_ids), and the
+ * columns whose id differs from previous_ids, ascending, into cols [bucket] (*changed of them). */
+int evospec_update_plan(const int64_t* previous_ids, int64_t previous_size, int64_t bucket, const int64_t* active,
+                        int64_t count, int64_t* ids, int64_t* moved, int64_t* cols, int64_t* changed);
+
 /* Row ids[i] of reservoir ([reservoir_rows] rows of row_bytes bytes) to row cols[i] of rows ([row_count] rows),
  * for i < count, on the calling thread, prefetching a few rows ahead: what the library's resident rows do when a
  * plan changes, for a caller that keeps its own (Python's drafter, runtime/active_rows.py). Ids and columns

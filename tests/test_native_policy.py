@@ -1,0 +1,133 @@
+"""The C++ library's vocabulary policy for Python's drafter (``--policy-runtime cpp``, runtime/vocab/native_policy.py).
+
+Driven call for call as Python's policy is, it must hand out the same sets (in column order) at every step, so a
+generation with it keeps Python's tokens, accepted lengths and rows moved, and greedy output stays the target's
+own. What it cannot run (a settings file, the drafter's fixed vocabulary, the C++ drafter) is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evospec.cli import main
+from evospec.core.errors import SettingsError
+from evospec.core.settings import DecodeSettings
+from evospec.runtime.generator import SpeculativeGenerator
+from evospec.runtime.vocab.native_policy import NativeRoutedPolicy, native_policy
+from evospec.testing.demo_bundle import DEMO_TARGET, compile_demo_policy_bundle
+
+pytestmark = pytest.mark.cpp
+
+CHAIN = DecodeSettings(max_new_tokens=40, draft_tree="chain", draft_depth=5)
+SAMPLED_CHAIN = DecodeSettings(max_new_tokens=40, draft_tree="chain", draft_depth=5, temperature=0.8, top_p=0.9, seed=3)
+
+
+@pytest.fixture(scope="module")
+def demo_bundle():
+    directory = Path(tempfile.mkdtemp(prefix="evospec-native-policy-"))
+    try:
+        yield compile_demo_policy_bundle(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def frequencies(bundle: Path) -> str:
+    return str(bundle.parent / "demo-frequencies.json")
+
+
+@pytest.mark.parametrize("vocab", ["evospec:64", "evospec:64:sync", "evospec:48:no-sticky"])
+def test_sets_equal_pythons_call_for_call(cpp_library, demo_bundle, vocab):
+    """Random root states and committed tokens, fed to both policies in the decoding loop's order (a topic switch
+    half way): the same set, in the same order, at every step, and it changes as it goes."""
+    generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab=vocab,
+                                                 frequencies=frequencies(demo_bundle))
+    python, drafter = generator.policy, generator.drafter
+    native = native_policy(vocab, demo_bundle, drafter.config.vocab_size, drafter.config.hidden_size,
+                           frequencies(demo_bundle))
+    assert isinstance(native, NativeRoutedPolicy) and hasattr(python, "route")
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 512, (24,), generator=g).tolist()
+    for policy in (python, native):
+        policy.decoding(False)
+        policy.reset(prompt)
+        policy.observe([prompt[-1]])
+    changed, last = 0, None
+    for step in range(40):
+        state = 2 * torch.randn(drafter.config.hidden_size, generator=g)
+        ours, theirs = native.route(state), python.route(state)
+        assert torch.equal(ours, theirs), f"step {step}"
+        changed += last is not None and not torch.equal(ours, last)
+        last = ours
+        high = 512 if step < 20 else 64  # a topic switch: the drift path
+        committed = torch.randint(0, high, (3,), generator=g).tolist()
+        after = torch.randn(drafter.config.hidden_size, generator=g)
+        for policy in (python, native):
+            if hasattr(policy, "start_pending"):  # a pipelined policy's job starts as the target's pass would
+                policy.start_pending()
+            policy.observe(committed, after)
+    assert changed >= 10
+    native.close()
+
+
+@pytest.mark.parametrize("settings", [CHAIN, SAMPLED_CHAIN], ids=["greedy", "sampled"])
+def test_generations_equal_pythons(cpp_library, demo_bundle, settings):
+    """Consecutive generations: the same tokens, accepted lengths and rows moved as with Python's policy; greedy
+    output is the target's own."""
+    prompts = [list(range(5, 37)), [7, 8, 9, 10, 11, 12]]
+    runs = {}
+    for runtime in ("python", "cpp"):
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64",
+                                                     frequencies=frequencies(demo_bundle), policy_runtime=runtime)
+        runs[runtime] = [generator.generate(prompt, settings) for prompt in prompts]
+    for python, cpp in zip(runs["python"], runs["cpp"], strict=True):
+        assert cpp.token_ids == python.token_ids
+        assert cpp.stats.accepted_lengths == python.stats.accepted_lengths and sum(cpp.stats.accepted_lengths) > 0
+        assert cpp.stats.active_rows_moved == python.stats.active_rows_moved > 0
+    if settings.temperature == 0:
+        plain = SpeculativeGenerator.from_paths(DEMO_TARGET)
+        for prompt, cpp in zip(prompts, runs["cpp"], strict=True):
+            expected = plain.generate(prompt, DecodeSettings(max_new_tokens=settings.max_new_tokens, use_draft=False))
+            assert cpp.token_ids == expected.token_ids
+
+
+def test_what_the_library_cannot_run_is_refused(cpp_library, demo_bundle, tmp_path):
+    freq = frequencies(demo_bundle)
+    with pytest.raises(SettingsError, match="eagle3 is the drafter's own vocabulary"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="eagle3", policy_runtime="cpp")
+    with pytest.raises(SettingsError, match="for Python's drafter"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", frequencies=freq,
+                                         drafter_runtime="cpp", policy_runtime="cpp")
+    config = tmp_path / "evospec.toml"
+    config.write_text("[policy]\ncore_share = 0.25\n")
+    with pytest.raises(SettingsError, match="built-in settings"):
+        SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64", frequencies=freq,
+                                         evospec_config=config, policy_runtime="cpp")
+    with pytest.raises(SettingsError, match="unknown vocabulary policy"):
+        native_policy("nonsense:3", demo_bundle, 512, 128, freq)
+    native = native_policy("evospec:64", demo_bundle, 512, 128, freq)
+    native.decoding(False)
+    native.reset([1, 2, 3])
+    with pytest.raises(SettingsError, match="a drafter state of width 7; this policy's drafter has 128"):
+        native.route(torch.zeros(7))
+    with pytest.raises(SettingsError, match="token id 900 is outside the vocabulary"):
+        native.observe([900])
+
+
+def test_generate_command_with_the_native_policy(cpp_library, demo_bundle):
+    runner = CliRunner()
+    args = ["generate", "--target", str(DEMO_TARGET), "--prompt-ids", "5,6,7,8,9", "--max-new-tokens", "24", "--json"]
+    plain = runner.invoke(main, args + ["--no-draft"])
+    native = runner.invoke(main, args + ["--bundle", str(demo_bundle), "--policy-runtime", "cpp", "--vocab", "evospec:64",
+                                         "--frequencies", frequencies(demo_bundle), "--draft-tree", "chain"])
+    assert plain.exit_code == 0 and native.exit_code == 0, native.output
+    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])  # noqa: E731 (stdout: no progress bars)
+    assert last(native)["token_ids"] == last(plain)["token_ids"]
+    refused = runner.invoke(main, args + ["--drafter", str(DEMO_TARGET.parent / "drafter"), "--policy-runtime", "cpp"])
+    assert refused.exit_code == 2 and "--policy-runtime cpp needs --bundle" in refused.output
