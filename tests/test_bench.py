@@ -73,6 +73,8 @@ def test_draft_shape_says_what_a_step_drafts():
     assert draft_shape(tree, native=True).endswith(", top-k children, C++ verifier")  # auto: the library verifies
     assert draft_shape(dataclasses.replace(tree, verifier="native")).endswith("without replacement, C++ verifier")
     assert draft_shape(DecodeSettings(draft_tree="tree", draft_depth=5, draft_topk=2, draft_tokens=10)).endswith("10 nodes")
+    assert draft_shape(DecodeSettings(draft_tree="chain", draft_depth=5), policy="vocabulary evospec:64 by Python's policy") \
+        == "chain of 5, vocabulary evospec:64 by Python's policy"
     assert draft_shape(DecodeSettings(draft_tree="chain", draft_depth=4, draft_budget="auto", plain_fallback=True)) == \
         "chain of 4, value-based budget, plain fallback"
 
@@ -156,6 +158,7 @@ def test_bench_with_a_bundle_and_a_policy(corpus, tmp_path):
         "--draft-tree", "chain", "--draft-depth", "3", "--breakdown", "--json", str(out))
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["eagle3", "plain"] and rows[0]["identical_to_plain"] is True
+    assert rows[0]["draft"] == "chain of 3, vocabulary full by Python's policy"
     parts = rows[0]["ms_per_step"]  # ONNX Runtime runs the trunk out of torch's reach: drafting stays one column
     assert "trunk" not in parts and parts["draft"] > 0
     assert sum(v for k, v in parts.items() if k != "step") == pytest.approx(parts["step"], rel=1e-6)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from evospec.cli import main
 from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
+from evospec.eval.bench import policy_label
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab.native_policy import NativeRoutedPolicy, native_policy
 from evospec.testing.demo_bundle import DEMO_TARGET, compile_demo_policy_bundle
@@ -85,6 +86,8 @@ def test_generations_equal_pythons(cpp_library, demo_bundle, settings):
     for runtime in ("python", "cpp"):
         generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64",
                                                      frequencies=frequencies(demo_bundle), policy_runtime=runtime)
+        runner = "the C++ library's policy" if runtime == "cpp" else "Python's policy"
+        assert policy_label(generator) == f"vocabulary evospec:64 by {runner}"  # what bench's rows say
         runs[runtime] = [generator.generate(prompt, settings) for prompt in prompts]
     for python, cpp in zip(runs["python"], runs["cpp"], strict=True):
         assert cpp.token_ids == python.token_ids

@@ -90,9 +90,9 @@ def domain_prompts(generator: SpeculativeGenerator, corpus: str, domain: str, se
     return prompts
 
 
-def draft_shape(decode: DecodeSettings, native: bool = False) -> str:
-    """What a speculative step drafts under ``decode``, in words (``native``: the C++ library drafts), so a JSON
-    row says what each side of a comparison was given."""
+def draft_shape(decode: DecodeSettings, native: bool = False, policy: str | None = None) -> str:
+    """What a speculative step drafts under ``decode``, in words (``native``: the C++ library drafts; ``policy``: the
+    vocabulary policy and who runs it, ``policy_label``), so a JSON row says what each side of a comparison was given."""
     if decode.draft_tree == "chain":
         shape = f"chain of {decode.draft_depth}"
     else:
@@ -104,7 +104,20 @@ def draft_shape(decode: DecodeSettings, native: bool = False) -> str:
         shape += ", value-based budget"
     if decode.temperature > 0:
         shape += ", C++ verifier" if decode.sampled_verifier(native) == "native" else ", Python verifier"
+    shape += f", {policy}" if policy else ""
     return shape + (", plain fallback" if decode.plain_fallback else "")
+
+
+def policy_label(generator) -> str | None:
+    """The vocabulary policy ``generator`` drafts under and who runs it; None for the drafter's own vocabulary."""
+    if generator.native is not None:
+        return None if generator.native.policy is None else f"vocabulary {generator.native.policy} in the C++ drafter"
+    if generator.policy is None:
+        return None
+    from evospec.runtime.vocab.native_policy import NativePolicy
+
+    runner = "the C++ library's policy" if isinstance(generator.policy, NativePolicy) else "Python's policy"
+    return f"vocabulary {getattr(generator.policy, 'name', type(generator.policy).__name__)} by {runner}"
 
 
 def summarise(domain: str, method: str, results: list[GenerationResult], decode: DecodeSettings,
@@ -203,7 +216,7 @@ def run_bench(
             identical = (all(s.token_ids == p.token_ids for s, p in zip(speculative_results, plain))
                          if decode.greedy else None)
             row = summarise(domain, "eagle3", speculative_results, decode, identical,
-                            draft_shape(decode, native=generator.native is not None))
+                            draft_shape(decode, native=generator.native is not None, policy=policy_label(generator)))
             if identical is False:
                 parted = first_divergence(generator.target.model, prompts, [s.token_ids for s in speculative_results],
                                           [p.token_ids for p in plain])
