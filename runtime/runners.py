@@ -7,13 +7,14 @@ to named output tensors. Every runner takes and returns torch tensors.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from evospec.core.errors import BundleError
+from evospec.core.errors import BundleError, SettingsError
 
 
 class Runner(Protocol):
@@ -66,6 +67,15 @@ def onnx_initializers(path: Path, keep) -> dict[str, np.ndarray]:
     return {name: np.array(a, copy=True, order="C") for name, a in arrays if keep(name, a)}
 
 
+def ort_threads() -> int:
+    """ONNX Runtime's intra-op threads for a session: ``EVOSPEC_ORT_THREADS``, or 0 (ONNX Runtime's choice)."""
+    value = os.environ.get("EVOSPEC_ORT_THREADS", "0")
+    if not value.isdigit():
+        raise SettingsError(f"EVOSPEC_ORT_THREADS must be a whole number of threads (0: ONNX Runtime's choice), "
+                            f"got {value!r}")
+    return int(value)
+
+
 class OrtRunner(ActivatedRunner):
     """An ONNX Runtime session whose float weights live in buffers this runner owns.
 
@@ -90,6 +100,11 @@ class OrtRunner(ActivatedRunner):
         # target's verification pass: on a 2-core host that made a verification step 74 ms instead of 9
         # (medium pair, ORT bundle, chain of 5; speculation at 26 instead of 130 tokens/s). No spinning.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # EVOSPEC_ORT_THREADS=1: one intra-op thread, for runs that repeat bit for bit. With two, a kernel's work
+        # goes to whichever pool thread is free, and while another thread held a core (the retrieval worker) the
+        # medium drafter's states differed in the last bits between runs: at T = 1 one seed then drew another text
+        # in 1 of 6 runs, never with one thread (README, issue 18, stop 43); its drafting time was the same.
+        options.intra_op_num_threads = ort_threads()
         if self.bind_weights:
             options.add_session_config_entry("session.disable_prepacking", "1")
             floats = onnx_initializers(self.path, lambda name, a: a.dtype in (np.float32, np.float16) and a.size > 1)

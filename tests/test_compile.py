@@ -223,6 +223,23 @@ def test_ort_sessions_do_not_spin_on_the_cores_verification_needs(ort_bundle):
         assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_ort_intra_op_threads_come_from_the_environment(ort_bundle, monkeypatch):
+    """``EVOSPEC_ORT_THREADS=1`` (runs that repeat bit for bit, README issue 18 stop 43) reaches every session; 0 or
+    unset leaves ONNX Runtime's choice; anything else is refused in one line."""
+    from evospec.core.errors import SettingsError
+    from evospec.runtime.runners import OrtRunner
+
+    out, _ = ort_bundle
+    for value, expected in (("1", 1), ("0", 0)):
+        monkeypatch.setenv("EVOSPEC_ORT_THREADS", value)
+        runner = OrtRunner("trunk", out / "onnx" / "trunk.onnx")
+        runner.activate()
+        assert runner.session.get_session_options().intra_op_num_threads == expected
+    monkeypatch.setenv("EVOSPEC_ORT_THREADS", "two")
+    with pytest.raises(SettingsError, match="EVOSPEC_ORT_THREADS must be a whole number"):
+        OrtRunner("trunk", out / "onnx" / "trunk.onnx").activate()
+
+
 def test_ort_weights_update_in_place(ort_bundle):
     """Head rows and a trunk weight changed through the bound buffers, without a new session."""
     from evospec.runtime.runners import OrtRunner
