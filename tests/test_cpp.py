@@ -31,11 +31,11 @@ from evospec.passes.base import CompileSettings
 from evospec.runtime.bundle import check_files, read_manifest
 from evospec.runtime.checkpoint import save_drafter
 from evospec.runtime.vocab.frequencies import count_tokens
-from evospec.testing.demo_bundle import compile_demo_policy_bundle
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 from evospec.train.demo_pair import ASSET_DIR
 
 from .cpp_build import build_cpp, toolchain_problem
+from .policy_bundle import compile_demo_policy_bundle
 
 pytestmark = pytest.mark.cpp
 

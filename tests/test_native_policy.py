@@ -22,7 +22,7 @@ from evospec.core.settings import DecodeSettings
 from evospec.eval.bench import policy_label
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab.native_policy import NativeRoutedPolicy, native_policy
-from evospec.testing.demo_bundle import DEMO_TARGET, compile_demo_policy_bundle
+from .policy_bundle import DEMO_TARGET, compile_demo_policy_bundle
 
 pytestmark = pytest.mark.cpp
 
