@@ -155,16 +155,15 @@ class SpeculativeGenerator:
         target = load_target(target_dir, device=device, dtype=dtype)
         drafter, _ = load_compiled_drafter(bundle, target)
         policy = None
-        if name is not None:
+        if name is not None and policy_runtime == "cpp":
+            from evospec.runtime.vocab.native_policy import native_policy
+
+            policy = native_policy(name, bundle, drafter.config.vocab_size, drafter.config.hidden_size,
+                                   frequencies or drafter.frequencies_path, router)
+        elif name is not None:
             inputs = PolicyInputs(drafter.config.vocab_size, drafter.draft_vocab_ids, drafter.semantic_index,
                                   drafter.mass_index)
-            if policy_runtime == "cpp":
-                from evospec.runtime.vocab.native_policy import native_policy
-
-                policy = native_policy(name, bundle, drafter.config.vocab_size, drafter.config.hidden_size,
-                                       frequencies or drafter.frequencies_path, router)
-            else:
-                policy = make_policy(name, inputs, frequencies or drafter.frequencies_path, router, config)
+            policy = make_policy(name, inputs, frequencies or drafter.frequencies_path, router, config)
         generator = cls(target, drafter, policy)
         if align:
             if drafter.reservoir is None:
