@@ -35,11 +35,10 @@ from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
 from evospec.train.demo_pair import ASSET_DIR
 
 from .cpp_build import build_cpp, toolchain_problem
-from .policy_bundle import compile_demo_policy_bundle
+from .policy_bundle import DEMO_TARGET, compile_demo_policy_bundle
 
 pytestmark = pytest.mark.cpp
 
-DEMO_TARGET = ASSET_DIR / "target"
 TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
 LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
