@@ -43,15 +43,33 @@ def frequencies(bundle: Path) -> str:
     return str(bundle.parent / "demo-frequencies.json")
 
 
+@pytest.fixture(scope="module")
+def many_cluster_bundle():
+    """The demo bundle with 320 mass clusters: more than the 256 the library's fill ranks first (``ranked`` in
+    mass_fill.cpp orders only the best clusters when they hold enough rows; 32 clusters never reach that path)."""
+    directory = Path(tempfile.mkdtemp(prefix="evospec-native-policy-clusters-"))
+    try:
+        yield compile_demo_policy_bundle(directory, mass_clusters=320)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.mark.parametrize("vocab", ["evospec:64", "evospec:64:sync", "evospec:48:no-sticky"])
 def test_sets_equal_pythons_call_for_call(cpp_library, demo_bundle, vocab):
     """Random root states and committed tokens, fed to both policies in the decoding loop's order (a topic switch
     half way): the same set, in the same order, at every step, and it changes as it goes."""
-    generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab=vocab,
-                                                 frequencies=frequencies(demo_bundle))
+    _assert_sets_equal_pythons(demo_bundle, vocab)
+
+
+def test_sets_equal_pythons_when_only_the_best_clusters_are_ordered(cpp_library, many_cluster_bundle):
+    """As above over 320 clusters, where the library orders only the clusters the fill can reach."""
+    _assert_sets_equal_pythons(many_cluster_bundle, "evospec:64")
+
+
+def _assert_sets_equal_pythons(bundle: Path, vocab: str) -> None:
+    generator = SpeculativeGenerator.from_bundle(bundle, DEMO_TARGET, vocab=vocab, frequencies=frequencies(bundle))
     python, drafter = generator.policy, generator.drafter
-    native = native_policy(vocab, demo_bundle, drafter.config.vocab_size, drafter.config.hidden_size,
-                           frequencies(demo_bundle))
+    native = native_policy(vocab, bundle, drafter.config.vocab_size, drafter.config.hidden_size, frequencies(bundle))
     assert isinstance(native, NativeRoutedPolicy) and hasattr(python, "route")
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, 512, (24,), generator=g).tolist()

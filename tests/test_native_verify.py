@@ -199,6 +199,7 @@ def test_a_library_without_the_verifier_is_refused(tmp_path, monkeypatch):
 PORTABLE_SCRIPT = """
 import sys, torch, numpy as np
 from evospec.runtime.native_verify import NativeVerifier
+torch.set_num_threads(max(2, torch.get_num_threads()))  # the row passes split over threads unless told not to
 v = NativeVerifier()
 g = torch.Generator().manual_seed(3)
 rows = [torch.randn(151_936, generator=g) * s for s in (0.5, 2.0, 6.0)] + [torch.randn(37, generator=g)]
@@ -241,12 +242,14 @@ def _weights_under(cpp_library, tmp_path, name: str, extra: dict[str, str]):
     ("avx2", {"EVOSPEC_NO_AVX512": "1"}),
     ("widest", {}),
     ("histogram start", {"EVOSPEC_NUCLEUS_HISTOGRAM": "1"}),
+    ("one thread", {"EVOSPEC_VERIFY_THREADS": "1"}),
 ])
 def test_every_loop_path_gives_the_portable_weights(cpp_library, portable_weights, tmp_path, path, extra):
     """EVOSPEC_NO_AVX2 runs the library's portable loops (CPUs without AVX2), EVOSPEC_NO_AVX512 at most the AVX2
     ones, and by default the widest the CPU has: the same weights, bit for bit (the same operations in the same
     order), and totals equal to rounding (sums in another order). The nucleus starts either above a pivot or from a
-    histogram of the whole row (EVOSPEC_NUCLEUS_HISTOGRAM): the same tokens kept."""
+    histogram of the whole row (EVOSPEC_NUCLEUS_HISTOGRAM): the same tokens kept. The row passes run on two threads
+    here unless EVOSPEC_VERIFY_THREADS=1 keeps them on one: the same bits either way (row_threads.hpp)."""
     if path == "avx2" and not _cpu_flag("avx2"):
         pytest.skip("this CPU has no AVX2: only the portable loops run here")
     if path == "widest" and not _cpu_flag("avx512f"):

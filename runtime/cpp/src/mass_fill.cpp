@@ -4,11 +4,13 @@
 // ops as Python's (scores, a descending argsort), so both runtimes serve the same sets. A DynaSpec
 // router's clusters can stand in for the mass index's (``fill_source``: for greedy sequences by default).
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 
 #include "evospec/drafter.hpp"
 #include "policy.hpp"
+#include "row_kernels_x86.hpp"
 #include "safetensors.hpp"
 
 namespace evospec::detail {
@@ -29,10 +31,17 @@ at::Tensor MassIndex::scores(const at::Tensor& state) const {
   for (int64_t j = 0; j < d; ++j) norm += x[j] * x[j];
   at::Tensor out = at::zeros({c}, at::kFloat);
   float* score = out.data_ptr<float>();
-  for (int64_t j = 0; j < d; ++j) {
-    const float* column = m + j * c;
-    const float xj = x[j];
-    for (int64_t i = 0; i < c; ++i) score[i] += column[i] * xj;
+#ifdef EVOSPEC_X86_KERNELS
+  if (x86::isa() == x86::Isa::avx512) {
+    x86::column_dots_avx512(m, x, d, c, score);  // the same operations per score, 16 clusters a lane
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < d; ++j) {
+      const float* column = m + j * c;
+      const float xj = x[j];
+      for (int64_t i = 0; i < c; ++i) score[i] += column[i] * xj;
+    }
   }
   for (int64_t i = 0; i < c; ++i) score[i] = sizes[i] + score[i] + spreads[i] * norm;
   return out;
@@ -96,6 +105,7 @@ class MassFill {
     if (room <= 0) return;
     for (int64_t id : active) kept_[id] = true;
     std::vector<int64_t> keep = active;
+    active.reserve(active.size() + static_cast<size_t>(room));
     at::Tensor scores = index_->scores(state).contiguous();
     // the rows the sticky band spans (the fill itself reads no further: ``ranked``)
     const int64_t band = static_cast<int64_t>((room + static_cast<int64_t>(keep.size())) * (1 + sticky_));
@@ -138,21 +148,37 @@ class MassFill {
   // The clusters by descending score, ties in index order (torch's stable argsort), sorted only as far as the fill
   // can read: the fill and the sticky band take clusters from the shortest prefix holding ``band`` rows, so once
   // the best few hold that many, the others need no order (a full sort of C scores: a tenth of a ms a step).
+  // Sorted as one integer key per cluster (its score's order bits, then its index), not indices through a
+  // comparator that reads the scores: the same order in a third of the time.
   std::vector<int64_t> ranked(const float* score, int64_t c, int64_t band) const {
-    std::vector<int64_t> order(c);
-    std::iota(order.begin(), order.end(), 0);
-    auto before = [score](int64_t a, int64_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); };
+    std::vector<uint64_t> keys(c);
+    for (int64_t i = 0; i < c; ++i) keys[i] = (uint64_t{descending_bits(score[i])} << 32) | static_cast<uint64_t>(i);
+    int64_t sorted = c;
     for (int64_t head = std::min<int64_t>(c, 256); head < c; head *= 4) {
-      std::nth_element(order.begin(), order.begin() + head, order.end(), before);
+      std::nth_element(keys.begin(), keys.begin() + head, keys.end());
       int64_t held = 0;
-      for (int64_t i = 0; i < head; ++i) held += offsets_[order[i] + 1] - offsets_[order[i]];
+      for (int64_t i = 0; i < head; ++i) {
+        const int64_t cluster = static_cast<int64_t>(keys[i] & 0xFFFFFFFFu);
+        held += offsets_[cluster + 1] - offsets_[cluster];
+      }
       if (held >= band) {
-        std::sort(order.begin(), order.begin() + head, before);
-        return order;
+        sorted = head;
+        break;
       }
     }
-    std::sort(order.begin(), order.end(), before);
+    std::sort(keys.begin(), keys.begin() + sorted);
+    std::vector<int64_t> order(c);
+    for (int64_t i = 0; i < c; ++i) order[i] = static_cast<int64_t>(keys[i] & 0xFFFFFFFFu);
     return order;
+  }
+
+  // A float's bits as an unsigned key that ascends as the float descends (-0 taken as +0, as == takes them).
+  static uint32_t descending_bits(float value) {
+    uint32_t bits;
+    const float v = value + 0.0f;
+    std::memcpy(&bits, &v, sizeof bits);
+    const uint32_t ascending = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+    return ~ascending;
   }
 
   std::shared_ptr<const ClusterIndex> index_;

@@ -76,7 +76,7 @@ void PipelinedPolicy::start_pending() {
   if (!pending_) return;
   Job job = std::move(*pending_);
   pending_.reset();
-  queue_.push_back(std::async(std::launch::async, [this, job = std::move(job)]() -> Computed {
+  queue_.push_back(worker_.submit([this, job = std::move(job)]() -> Computed {
     if (omp_set_num_threads != nullptr) omp_set_num_threads(1);
     c10::InferenceMode guard;  // thread-local: as the drafter's own calls run
     // What Python's worker runs for this observation, in order

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "evospec/drafter.hpp"
+#include "job_thread.hpp"
 #include "json.hpp"
 
 namespace evospec::detail {
@@ -129,6 +130,7 @@ class PipelinedPolicy : public Policy {
   int64_t evidence_end_ = 0;                  // where served_'s kept entries end (the patch may drop some before it)
   std::vector<int64_t> served_;               // the set handed out this cycle (patched, or current_)
   std::vector<int64_t> fresh_;                // the last observation's fresh evidence
+  JobThread<Computed> worker_;                // runs the jobs (declared last: joined before the rest goes)
 };
 
 // What a fill ranks: token clusters (``labels``: [V] int64 in [0, clusters)) and their scores for a root state.

@@ -14,6 +14,7 @@
 #include "evospec/drafter.hpp"
 #include "row_exp.hpp"
 #include "row_kernels_x86.hpp"
+#include "row_threads.hpp"
 
 namespace evospec::detail {
 
@@ -181,9 +182,8 @@ static float row_max_portable(const float* x, int64_t n) {
   return m;
 }
 
-// w = exp(x - top), and the cumulative float64 sums of its blocks of SAMPLE_BLOCK (the last one: the total).
-static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, double* cumulative) {
-  double running = 0.0;
+// w = exp(x - top), and the float64 sum of each of its blocks of SAMPLE_BLOCK.
+static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, double* block_sums) {
   for (int64_t start = 0, b = 0; start < n; start += SAMPLE_BLOCK, ++b) {
     const int64_t end = std::min(n, start + SAMPLE_BLOCK);
     double sums[4] = {0, 0, 0, 0};
@@ -191,29 +191,49 @@ static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, 
       w[v] = exp_weight(x[v] - top);
       sums[(v - start) & 3] += w[v];
     }
-    running += (sums[0] + sums[1]) + (sums[2] + sums[3]);
-    cumulative[b] = running;
+    block_sums[b] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
   }
 }
 
-// The row's weights exp(x - max x) (the softmax up to its total) into w, and their block sums: two passes.
-void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative) {
-  w.resize(n);
-  cumulative.resize((n + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK);
+static float row_max(const float* x, int64_t n) {
 #ifdef EVOSPEC_X86_KERNELS
   const Isa isa = x86::isa();
-  const float top = isa == Isa::avx512 ? x86::row_max_avx512(x, n)
-                    : isa == Isa::avx2 ? x86::row_max_avx2(x, n)
-                                       : row_max_portable(x, n);
-#else
-  const float top = row_max_portable(x, n);
+  if (isa == Isa::avx512) return x86::row_max_avx512(x, n);
+  if (isa == Isa::avx2) return x86::row_max_avx2(x, n);
 #endif
-  if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
+  return row_max_portable(x, n);
+}
+
+static void exp_blocks(const float* x, int64_t n, float top, float* w, double* block_sums) {
 #ifdef EVOSPEC_X86_KERNELS
-  if (isa == Isa::avx512) return x86::exp_blocks_avx512(x, n, top, w.data(), cumulative.data());
-  if (isa == Isa::avx2) return x86::exp_blocks_avx2(x, n, top, w.data(), cumulative.data());
+  const Isa isa = x86::isa();
+  if (isa == Isa::avx512) return x86::exp_blocks_avx512(x, n, top, w, block_sums);
+  if (isa == Isa::avx2) return x86::exp_blocks_avx2(x, n, top, w, block_sums);
 #endif
-  exp_blocks_portable(x, n, top, w.data(), cumulative.data());
+  exp_blocks_portable(x, n, top, w, block_sums);
+}
+
+// The row's weights exp(x - max x) (the softmax up to its total) into w, and their block sums: two passes, each
+// split over whole blocks between the threads (row_threads). The maximum is exact in any order and each block's sum
+// is computed alone, then the blocks add up in order on this thread: the same bits from any number of threads.
+void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative) {
+  w.resize(n);
+  const int64_t blocks = (n + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK;
+  cumulative.resize(blocks);
+  float top = -std::numeric_limits<float>::infinity();
+  std::vector<float> tops(blocks, top);
+  for_block_ranges(blocks, [&](int64_t b0, int64_t b1) {
+    const int64_t start = b0 * SAMPLE_BLOCK, end = std::min(n, b1 * SAMPLE_BLOCK);
+    tops[b0] = row_max(x + start, end - start);
+  });
+  for (float t : tops) top = t > top ? t : top;
+  if (!std::isfinite(top)) throw SettingsError("a row of the target's logits has no finite maximum (NaN or inf)");
+  for_block_ranges(blocks, [&](int64_t b0, int64_t b1) {
+    const int64_t start = b0 * SAMPLE_BLOCK, end = std::min(n, b1 * SAMPLE_BLOCK);
+    exp_blocks(x + start, end - start, top, w.data() + start, cumulative.data() + b0);
+  });
+  double running = 0.0;
+  for (double& c : cumulative) c = running += c;
 }
 
 // Cumulative float64 sums of blocks of SAMPLE_BLOCK weights (the last one holds the total).
@@ -280,12 +300,35 @@ double column_mass(const int64_t* columns, const double* q, int64_t width, int64
   return m;
 }
 
-void mass_below(const float* p, int64_t n, float s, double& below, int64_t& ties) {
+static void mass_below_serial(const float* p, int64_t n, float s, double& below, int64_t& ties) {
 #ifdef EVOSPEC_X86_KERNELS
   if (x86::isa() == Isa::avx512) return x86::mass_below_avx512(p, n, s, below, ties);
   if (x86::isa() == Isa::avx2) return x86::mass_below_avx2(p, n, s, below, ties);
 #endif
   mass_below_portable(p, n, s, below, ties);
+}
+
+// Over chunks of MASS_CHUNK weights, whatever the threads: each chunk's sum alone, then the chunks in order, so the
+// mass has the same bits from any number of threads.
+void mass_below(const float* p, int64_t n, float s, double& below, int64_t& ties) {
+  const int64_t chunks = (n + MASS_CHUNK - 1) / MASS_CHUNK;
+  double masses[MAX_MASS_CHUNKS];
+  int64_t counts[MAX_MASS_CHUNKS];
+  if (chunks > MAX_MASS_CHUNKS) return mass_below_serial(p, n, s, below, ties);
+  for_chunk_ranges(chunks, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t start = c * MASS_CHUNK;
+      masses[c] = 0.0;
+      counts[c] = 0;
+      mass_below_serial(p + start, std::min(n, start + MASS_CHUNK) - start, s, masses[c], counts[c]);
+    }
+  });
+  below = 0.0;
+  ties = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    below += masses[c];
+    ties += counts[c];
+  }
 }
 
 }  // namespace evospec::detail

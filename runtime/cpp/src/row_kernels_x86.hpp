@@ -18,9 +18,9 @@ Isa isa();
 
 float row_max_avx2(const float* x, int64_t n);
 float row_max_avx512(const float* x, int64_t n);
-// w = exp(x - top) and the cumulative float64 sums of its blocks of SAMPLE_BLOCK.
-void exp_blocks_avx2(const float* x, int64_t n, float top, float* w, double* cumulative);
-void exp_blocks_avx512(const float* x, int64_t n, float top, float* w, double* cumulative);
+// w = exp(x - top) and the float64 sum of each of its blocks of SAMPLE_BLOCK (x: a block boundary).
+void exp_blocks_avx2(const float* x, int64_t n, float top, float* w, double* sums);
+void exp_blocks_avx512(const float* x, int64_t n, float top, float* w, double* sums);
 // The float64 mass of the weights below s, and how many equal s.
 void mass_below_avx2(const float* p, int64_t n, float s, double& below, int64_t& ties);
 void mass_below_avx512(const float* p, int64_t n, float s, double& below, int64_t& ties);
@@ -28,6 +28,8 @@ void mass_below_avx512(const float* p, int64_t n, float s, double& below, int64_
 bool gather_at_least_avx2(const float* w, int64_t n, float p, int64_t cap, std::vector<int64_t>& window);
 // The sum of q over the columns that hold token y.
 double column_mass_avx2(const int64_t* columns, const double* q, int64_t width, int64_t y);
+// score[i] += the dot product of x [d] with column i of m [d, c] (the mass index's centres, feature-major).
+void column_dots_avx512(const float* m, const float* x, int64_t d, int64_t c, float* score);
 
 }  // namespace evospec::detail::x86
 #endif
