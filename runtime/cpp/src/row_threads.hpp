@@ -34,11 +34,12 @@ inline int64_t row_threads() {
   return fixed > 0 ? std::min(fixed, torch_threads) : torch_threads;
 }
 
-// f(first, end) over [0, units) in contiguous ranges, one per thread (or all on this thread).
+// f(first, end) over [0, units) in contiguous ranges, one per thread (or all on this thread; inside a parallel
+// region at::parallel_for itself runs f on the calling thread).
 template <typename F>
 void for_ranges(int64_t units, int64_t min_units, const F& f) {
   const int64_t threads = row_threads();
-  if (threads <= 1 || units < min_units || at::in_parallel_region()) {
+  if (threads <= 1 || units < min_units) {
     f(int64_t{0}, units);
     return;
   }
