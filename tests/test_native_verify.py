@@ -196,6 +196,22 @@ def test_a_library_without_the_verifier_is_refused(tmp_path, monkeypatch):
         generator.generate([1, 2], DecodeSettings(max_new_tokens=2, temperature=1.0, verifier="native"))
 
 
+def test_a_thread_count_that_is_not_a_number_is_refused(cpp_library):
+    """EVOSPEC_VERIFY_THREADS is read by the library at its first row pass: anything but a whole number is one clear
+    error there (the subprocess: the setting is read once a process)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch\nfrom evospec.runtime.native_verify import NativeVerifier\n"
+              "NativeVerifier().weights(torch.randn(4096), 1.0, 0.9)\n")
+    env = {**os.environ, "EVOSPEC_CPP_LIBRARY": str(cpp_library), "EVOSPEC_VERIFY_THREADS": "two"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "SettingsError: EVOSPEC_VERIFY_THREADS must be a whole number of threads" in done.stderr
+    assert "'two'" in done.stderr
+
+
 PORTABLE_SCRIPT = """
 import sys, torch, numpy as np
 from evospec.runtime.native_verify import NativeVerifier

@@ -16,6 +16,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
+
+#include "evospec/drafter.hpp"
 
 namespace evospec::detail {
 
@@ -24,12 +27,20 @@ constexpr int64_t MAX_MASS_CHUNKS = 128;     // rows up to 2M tokens split; long
 constexpr int64_t MIN_PARALLEL_UNITS = 2;    // fewer units stay on the calling thread
 constexpr int64_t MIN_PARALLEL_BLOCKS = 32;  // rows under 32k tokens stay on the calling thread
 
+// EVOSPEC_VERIFY_THREADS as a count (0 when unset); anything but a whole number is refused.
+inline int64_t verify_threads_setting() {
+  const char* value = std::getenv("EVOSPEC_VERIFY_THREADS");
+  if (value == nullptr || *value == '\0') return 0;
+  const std::string text(value);
+  if (text.size() > 6 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw SettingsError("EVOSPEC_VERIFY_THREADS must be a whole number of threads (0: torch's intra-op threads), "
+                        "got '" + text + "'");
+  return std::stoll(text);
+}
+
 // The threads the row passes may use: EVOSPEC_VERIFY_THREADS when set above 0, else torch's intra-op threads.
 inline int64_t row_threads() {
-  static const int64_t fixed = [] {
-    const char* value = std::getenv("EVOSPEC_VERIFY_THREADS");
-    return value == nullptr ? int64_t{0} : std::max<int64_t>(0, std::atoll(value));
-  }();
+  static const int64_t fixed = verify_threads_setting();  // a refusal throws again at the next call
   const int64_t torch_threads = at::get_num_threads();
   return fixed > 0 ? std::min(fixed, torch_threads) : torch_threads;
 }
