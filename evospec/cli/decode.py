@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evospec.cli.options import bundle_options
+from evospec.cli.options import bundle_options, check_runtimes_need_bundle
 from evospec.core.settings import DecodeSettings
 
 
@@ -157,10 +157,7 @@ def generate(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, dra
                                "(give --tap-numbering to `evospec compile`)")
     if vocab_policy is not None and bundle_dir is None:
         raise click.UsageError("--vocab needs --bundle: policies choose rows of a compiled bundle's reservoir")
-    if drafter_runtime != "python" and bundle_dir is None:
-        raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
-    if policy_runtime != "python" and bundle_dir is None:
-        raise click.UsageError("--policy-runtime cpp needs --bundle: policies choose rows of a compiled bundle's reservoir")
+    check_runtimes_need_bundle(bundle_dir, drafter_runtime, policy_runtime)
     from evospec.runtime.generator import SpeculativeGenerator  # torch and transformers: after the cheap checks
 
     if bundle_dir is not None and settings.use_draft:

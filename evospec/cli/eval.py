@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from evospec.cli.bundle import compile_settings
-from evospec.cli.options import bundle_options
+from evospec.cli.options import bundle_options, check_runtimes_need_bundle
 from evospec.cli.output import emit_report
 from evospec.core.errors import SettingsError
 from evospec.core.settings import DecodeSettings
@@ -88,10 +88,7 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
     if (vocab_policy, frequencies, router, evospec_config) != (None,) * 4 and bundle_dir is None:
         raise click.UsageError("--vocab, --frequencies, --router and --evospec-config need --bundle: policies "
                                "choose rows of its reservoir")
-    if drafter_runtime != "python" and bundle_dir is None:
-        raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
-    if policy_runtime != "python" and bundle_dir is None:
-        raise click.UsageError("--policy-runtime cpp needs --bundle: policies choose rows of a compiled bundle's reservoir")
+    check_runtimes_need_bundle(bundle_dir, drafter_runtime, policy_runtime)
     vllm_source = drafter_dir if bundle_dir is None else bundle_dir / "drafter"  # a bundle carries its drafter's copy
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None

@@ -33,3 +33,12 @@ def bundle_options(command):
     )):
         command = option(command)
     return command
+
+
+def check_runtimes_need_bundle(bundle_dir: Path | None, drafter_runtime: str, policy_runtime: str) -> None:
+    """The library runtimes of ``bundle_options`` read a compiled bundle: without ``--bundle``, one usage error."""
+    if drafter_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--drafter-runtime cpp needs --bundle: the C++ library reads compiled torch bundles")
+    if policy_runtime != "python" and bundle_dir is None:
+        raise click.UsageError("--policy-runtime cpp needs --bundle: policies choose rows of a compiled bundle's "
+                               "reservoir")
