@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from evospec.core.errors import SettingsError
 from evospec.runtime.gather import GatherPlan, choose_bucket, padded_bias, update_plan
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,15 @@ def _library() -> ctypes.CDLL | None:
     """The built library with both calls declared, or None (not built, an older build, ``EVOSPEC_NATIVE_PLAN=0``)."""
     if os.environ.get("EVOSPEC_NATIVE_PLAN", "1") == "0":
         return None
-    from evospec.runtime.native_drafter import library_path
+    from evospec.runtime.native_drafter import library_path, load_library
 
     path = library_path()
     if not path.is_file():
         return None
     try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        log.info("plan updates by numpy: %s does not load (%s)", path, exc)
+        lib = load_library(path)
+    except SettingsError as exc:
+        log.info("plan updates by numpy: %s", exc)
         return None
     if not (hasattr(lib, "evospec_copy_rows") and hasattr(lib, "evospec_update_plan")):
         log.info("plan updates by numpy: %s predates evospec_update_plan (rebuild it with `make cpp`)", path)
@@ -58,7 +59,6 @@ def _library() -> ctypes.CDLL | None:
     address, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.evospec_copy_rows.argtypes = [address, i64, address, i64, i64, address, address, i64]
     lib.evospec_update_plan.argtypes = [address, i64, i64, address, i64, address, address, address, address]
-    lib.evospec_last_error.restype = ctypes.c_char_p
     return lib
 
 
