@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <numeric>
 
 #include "evospec/drafter.hpp"
 #include "policy.hpp"
