@@ -291,6 +291,7 @@ class SpeculativeGenerator:
             return
         if native is not None:
             native.start(prompt, greedy=s.greedy)
+            native.set_siblings(s.draft_siblings)
         elif use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             if getattr(drafter, "static_past", False):
@@ -562,6 +563,7 @@ class SpeculativeGenerator:
             budget=budget,
             temperature=s.temperature,
             costs=costs,
+            siblings=s.draft_siblings if width == 1 else 0,
         )
         if s.temperature > 0 and width > 1 and s.tree_children != "topk":  # Python's drafter samples its children
             tree = draft_sampled_tree(drafter, cache, request, generator)

@@ -88,9 +88,12 @@ class LeanCache:
         if n and int(slots[-1]) == n - 1:
             self.length = n
             return
-        idx = slots.to(self.keys.device)
-        self.keys[:, :, :n] = self.keys.index_select(2, idx)
-        self.values[:, :, :n] = self.values.index_select(2, idx)
+        # ascending slots: those before the first that moves stay where they are, so only the rest are copied (a
+        # tree whose accepted path leaves its first branch moves a few slots, not the whole cache)
+        first = int((slots != torch.arange(n, device=slots.device)).int().argmax())
+        idx = slots[first:].to(self.keys.device)
+        self.keys[:, :, first:n] = self.keys.index_select(2, idx)
+        self.values[:, :, first:n] = self.values.index_select(2, idx)
         self.length = n
 
 

@@ -84,6 +84,8 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, I64P]
     if hasattr(lib, "evospec_drafter_policy_ms"):  # libraries built before the step breakdown saw the policy lack it
         lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, F64P]
+    if hasattr(lib, "evospec_drafter_set_siblings"):  # libraries built before chains with siblings lack it
+        lib.evospec_drafter_set_siblings.argtypes = [ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
@@ -148,6 +150,16 @@ class NativeDrafter:
             raise SettingsError("this build of the C++ drafter library cannot fill greedy sequences from a router "
                                 "(no evospec_drafter_start_greedy): rebuild it with `make cpp`, or drop --router")
         self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(I64P), ids.size))
+
+    def set_siblings(self, siblings: int) -> None:
+        """Greedy chains proposed from now on also hold the drafter's second choice at their first ``siblings``
+        levels (``DecodeSettings.draft_siblings``; the same trees as Python's ``_draft_chain``)."""
+        if not hasattr(self._lib, "evospec_drafter_set_siblings"):
+            if siblings:
+                raise SettingsError("this build of the C++ drafter library drafts no chain with siblings "
+                                    "(evospec_drafter_set_siblings): rebuild it with `make cpp`, or use --draft-siblings 0")
+            return
+        self._check(self._lib.evospec_drafter_set_siblings(self._handle, int(siblings)))
 
     def _features(self, features: torch.Tensor) -> np.ndarray:
         """``features`` as the library reads them: float32 [positions, 3 x target hidden size], contiguous."""

@@ -147,6 +147,8 @@ class DraftRequest:
         budget: Nodes to keep (with ``costs``: at most).
         temperature: > 0 with width 1 samples the chain from the drafter's tempered distribution.
         costs: The step's costs for a value-based budget; None keeps the best ``budget`` nodes.
+        siblings: With width 1 and temperature 0: leaves holding the second choice at the first ``siblings``
+            levels (``DecodeSettings.draft_siblings``).
     """
 
     hidden: torch.Tensor
@@ -157,6 +159,7 @@ class DraftRequest:
     budget: int
     temperature: float = 0.0
     costs: StepCosts | None = None
+    siblings: int = 0
 
 
 def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator, width: int):
@@ -327,8 +330,16 @@ def _paying_frontier(req: DraftRequest, frontier_values: list[float], cand_value
 def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftRequest, generator: torch.Generator) -> DraftTree:
     """The tree with one child per node, without the tree's bookkeeping: each level sees every slot
     before it, so the mask is all ones, and cumulative scores only shrink with depth, so the budget
-    keeps the first levels (what :func:`_select` would keep); a value-based budget may end it earlier."""
-    ids, logp, q = _choose(req.logits[None], req, generator, 1)  # [1, 1]
+    keeps the first levels (what :func:`_select` would keep); a value-based budget may end it earlier.
+    With ``req.siblings`` (greedy), the second choice at each of the first levels joins as a leaf: its level's
+    logits were computed for the chain, so it costs a verified row and no drafter call."""
+    # greedy siblings: each of the first req.siblings levels also keeps its second choice (id, cumulative score)
+    siblings = req.siblings if req.temperature == 0 and req.logits.shape[-1] > 1 else 0
+    second: list[tuple[torch.Tensor, float]] = []
+    ids, logp, q = _choose(req.logits[None], req, generator, 2 if siblings else 1)  # [1, 1] (or [1, 2])
+    if siblings:
+        second.append((ids[0, 1:], float(logp[0, 1])))
+        ids, logp = ids[:, :1], logp[:, :1]
     chosen, proposals = [ids[0]], [q] if q is not None else []
     path = [float(logp[0, 0])]  # cumulative log-probability of each level's node
     costs = req.costs
@@ -353,7 +364,10 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
         mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
         hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, mask)
-        ids, logp, q = _choose(logits[0], req, generator, 1)
+        ids, logp, q = _choose(logits[0], req, generator, 2 if level < siblings else 1)
+        if level < siblings:
+            second.append((ids[0, 1:], path[-1] + float(logp[0, 1])))
+            ids, logp = ids[:, :1], logp[:, :1]
         chosen.append(ids[0])
         path.append(path[-1] + float(logp[0, 0]))
         if costs is not None:
@@ -367,11 +381,14 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     n = len(chosen) if costs is None or proposals else _chain_prefix(values, costs, level_rows, spine_depth)[0]
     if n == 0:
         return dataclasses.replace(DraftTree.empty(), level_rows=tuple(level_rows))
+    # after the chain, the second choices of its first levels: each a leaf whose parent is the chain's node one
+    # level up, so a chain accepted in full is still a prefix of the nodes (its cache slots need no move)
+    extra = second[:n]
     tree = DraftTree(
-        tokens=drafter.draft_to_target(torch.cat(chosen[:n])).cpu(),
-        parents=torch.arange(-1, n - 1, dtype=torch.long),
-        depths=torch.arange(1, n + 1, dtype=torch.long),
-        scores=torch.tensor(path[:n]),
+        tokens=drafter.draft_to_target(torch.cat(chosen[:n] + [i for i, _ in extra])).cpu(),
+        parents=torch.cat((torch.arange(-1, n - 1, dtype=torch.long), torch.arange(-1, len(extra) - 1, dtype=torch.long))),
+        depths=torch.cat((torch.arange(1, n + 1, dtype=torch.long), torch.arange(1, len(extra) + 1, dtype=torch.long))),
+        scores=torch.tensor(path[:n] + [v for _, v in extra]),
         level_rows=tuple(level_rows),
     )
     return with_proposals(tree, drafter, torch.cat(proposals[:n]).cpu()) if proposals else tree

@@ -41,6 +41,15 @@ def test_generate_json_matches_target_greedy(checkpoint_dirs):
     out = json.loads(fallback.stdout.strip().splitlines()[-1])
     assert out["token_ids"] == hf_greedy(model, [1, 2, 3], 40)
     assert out["steps"] >= 8 and out["plain_steps"] >= 2  # the gate's plain probes follow its 5 speculative steps
+    siblings = run(
+        "generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1,2,3",
+        "--max-new-tokens", "20", "--draft-tree", "chain", "--draft-depth", "3", "--draft-siblings", "2", "--json",
+    )
+    assert json.loads(siblings.stdout.strip().splitlines()[-1])["token_ids"] == hf_greedy(model, [1, 2, 3], 20)
+    refused = run("generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1",
+                  "--draft-tree", "tree", "--draft-siblings", "2", check=False)
+    assert refused.returncode != 0 and "a tree has its own children" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_generate_text_prompt_with_tokenizer_and_no_draft(tmp_path):

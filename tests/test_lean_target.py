@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evospec.runtime.lean_target import LeanCache, LeanDecoder, lean_support
 from evospec.runtime.target import TargetModel, keep_cache_slots
@@ -92,3 +94,20 @@ def test_uncovered_models_keep_the_transformers_forward(case):
     target = TargetModel(model, ())
     assert target.lean is None
     assert target.forward(torch.tensor([[1, 2]]), torch.arange(2)[None], target.new_cache()).logits.shape == (2, 64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(1, 24), data=st.data())
+def test_keeping_slots_moves_only_those_after_the_first_gap(length, data):
+    """``LeanCache.keep`` copies from the first kept slot that moves, not the whole cache; what it keeps is the
+    old slots in order (a gather), whatever the subset."""
+    keep = sorted(data.draw(st.sets(st.integers(0, length - 1), min_size=1, max_size=length)))
+    cache = LeanCache(keys=torch.randn(2, 2, 32, 4), values=torch.randn(2, 2, 32, 4), length=length)
+    old_keys, old_values = cache.keys.clone(), cache.values.clone()
+    index = torch.tensor(keep)
+    cache.keep(index)
+    n = len(keep)
+    assert cache.length == n
+    assert torch.equal(cache.keys[:, :, :n], old_keys.index_select(2, index))
+    assert torch.equal(cache.values[:, :, :n], old_values.index_select(2, index))
+    assert torch.equal(cache.keys[:, :, n:], old_keys[:, :, n:])  # slots past the kept ones are not written

@@ -8,6 +8,7 @@ build one as tests/test_cpp.py does (about 70 s on 2 cores); they skip, saying w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -180,6 +181,22 @@ def test_fixed_budgets_keep_their_trees_and_gain_scores(library, bundle, plain, 
     cpp, cpp_trees, _ = decode(bundle, "cpp", s, None)
     same_trees(python_trees, cpp_trees)
     assert cpp.token_ids == python.token_ids == plain
+
+
+@pytest.mark.parametrize(("siblings", "regime"), [(2, None), (6, None), (3, "rates-dear-rows-spine")])
+def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings, regime):
+    """``draft_siblings``: the library's chains hold the same second choices as Python's (the same nodes, order,
+    scores), with a fixed budget and under a value rule that cuts the chain (siblings only at its kept levels)."""
+    s = dataclasses.replace(settings_for("chain", budget="fixed" if regime is None else "auto"), draft_siblings=siblings)
+    costs = None if regime is None else REGIMES[regime]
+    python, python_trees, _ = decode(bundle, "python", s, costs)
+    cpp, cpp_trees, _ = decode(bundle, "cpp", s, costs)
+    same_trees(python_trees, cpp_trees)
+    assert cpp.token_ids == python.token_ids == plain
+    assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
+    chain_nodes = [int((t.parents == torch.arange(-1, t.size - 1)).cumprod(0).sum()) for t in cpp_trees]
+    assert all(t.size == n + min(n, siblings) for t, n in zip(cpp_trees, chain_nodes, strict=True))
+    assert any(n < SHAPES["chain"][1] for n in chain_nodes) == (regime is not None)  # the rule cut some chains
 
 
 @pytest.mark.parametrize("shape", ["chain", "width-4"])

@@ -342,6 +342,9 @@ def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair, 
         def start(self, prompt, greedy=False):
             pass
 
+        def set_siblings(self, siblings):
+            assert siblings == 0
+
         def propose(self, features, newest, depth, width, budget, costs=None):
             calls.append((budget, costs))
             return NativeTree([newest], [-1], [1], [-0.25], (1,), root_ms=2.0, tree_ms=3.0)

@@ -146,3 +146,14 @@ def test_a_corrupt_vllm_drafter_config_is_named(vllm_bin, corpus, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad / 'config.json'} is not valid JSON" in proc.stderr
+
+
+def test_siblings_are_refused_beside_vllm(corpus):
+    """vLLM drafts a plain chain: a side by side with --draft-siblings would give the two sides different shapes."""
+    from .test_cli import run
+
+    proc = run("bench", "--engine", "both", "--target", str(ASSET_DIR / "target"), "--drafter",
+               str(ASSET_DIR / "drafter"), "--corpus", str(corpus), "--draft-tree", "chain", "--draft-siblings", "2",
+               check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "vLLM drafts a plain chain" in proc.stderr

@@ -51,6 +51,9 @@ def decode_options(fn):
                      help="With --draft-budget auto on a tree: draft the first-choice path to --draft-depth whatever "
                           "it is worth (the tree holds the chain) and let the value rule add only the nodes off it; "
                           "--no-draft-spine lets the rule price the path too." + _default("draft_spine")),
+        click.option("--draft-siblings", type=click.IntRange(min=0), default=None,
+                     help="Greedy chain: also verify the drafter's second choice at each of the first N levels, as a "
+                          "leaf beside the chain (no drafter call: one more verified row each)." + _default("draft_siblings")),
         click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
                      help="Sampling with a tree: sampled draws each node's children from the drafter without "
                           "replacement (recursive rejection; accepts more where the target's law is flat), topk takes "

@@ -33,6 +33,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-spine/--no-draft-spine", default=None,
               help="auto on a tree: keep the first-choice path to --draft-depth whatever it is worth and price only "
                    "the nodes off it [default: on]; --no-draft-spine lets the rule price the path too.")
+@click.option("--draft-siblings", type=click.IntRange(min=0), default=None,
+              help="Greedy chain: also verify the drafter's second choice at each of the first N levels, as a leaf "
+                   "beside the chain (no drafter call: one more verified row each) [default: 0].")
 @click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
               help="Sampling with a tree: sampled children (drawn without replacement, recursive rejection) or the "
                    "drafter's top-k [default: auto: sampled with Python's drafter, top-k with the C++ library].")
@@ -89,6 +92,9 @@ def bench(target_dir, drafter_dir, bundle_dir, vocab_policy, frequencies, drafte
         raise click.UsageError("--vocab, --frequencies, --router and --evospec-config need --bundle: policies "
                                "choose rows of its reservoir")
     check_runtimes_need_bundle(bundle_dir, drafter_runtime, policy_runtime)
+    if values.get("draft_siblings") and engine != "evospec":
+        raise click.UsageError("--draft-siblings is this runtime's draft shape; vLLM drafts a plain chain: compare "
+                               "shapes with --engine evospec")
     vllm_source = drafter_dir if bundle_dir is None else bundle_dir / "drafter"  # a bundle carries its drafter's copy
     decode = DecodeSettings(**{k: v for k, v in values.items() if v is not None})
     chosen = tuple(d for d in domains.split(",") if d) if domains else None

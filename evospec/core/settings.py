@@ -79,6 +79,11 @@ class DecodeSettings:
         draft_spine: With ``auto`` on a tree: draft the first-choice path to ``draft_depth`` whatever it is
             worth, so the tree holds the chain, and let the value rule add only the nodes off it. False: the
             rule prices the path too, and may cut it short (runtime/tree.py, ``StepCosts.spine``).
+        draft_siblings: With a greedy chain: also verify the drafter's second choice at each of the first
+            ``draft_siblings`` levels, as a leaf beside the chain's node there (runtime/tree.py). The drafter has
+            computed those levels' logits for the chain already, so a sibling costs one more verified row and no
+            drafter call; where the first choice is wrong and the second right, the step delivers one more
+            token. 0 drafts the plain chain.
         tree_children: How a tree picks each node's children when sampling (temperature > 0): ``sampled`` draws
             them from the drafter's distribution without replacement and verifies them by recursive rejection
             (runtime/sampled_tree.py), ``topk`` takes the drafter's likeliest, verified as point masses (what the
@@ -105,6 +110,7 @@ class DecodeSettings:
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
     draft_budget: DraftBudgetKind = "fixed"
     draft_spine: bool = True
+    draft_siblings: int = 0
     tree_children: TreeChildrenKind = "auto"
     verifier: VerifierKind = "auto"
     plain_fallback: bool = False
@@ -122,6 +128,12 @@ class DecodeSettings:
             (self.draft_topk >= 1, "draft_topk must be >= 1"),
             (self.draft_tokens >= 1, "draft_tokens must be >= 1"),
             (self.draft_budget in ("fixed", "auto"), "draft_budget must be 'fixed' or 'auto'"),
+            (0 <= self.draft_siblings <= self.draft_depth, "draft_siblings must be between 0 and draft_depth"),
+            (self.draft_siblings == 0 or self.draft_tree == "chain",
+             "draft_siblings adds second choices to a chain (draft_tree = 'chain'); a tree has its own children"),
+            (self.draft_siblings == 0 or self.temperature == 0.0,
+             "draft_siblings needs greedy decoding (temperature 0): a sibling is the drafter's second choice, a fixed "
+             "token beside a sampled node, which the sampled chain's acceptance test does not cover"),
             (self.tree_children in ("auto", "sampled", "topk"), "tree_children must be 'auto', 'sampled' or 'topk'"),
             (self.verifier in ("auto", "python", "native"), "verifier must be 'auto', 'python' or 'native'"),
         ]

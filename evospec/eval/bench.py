@@ -95,6 +95,8 @@ def draft_shape(decode: DecodeSettings, native: bool = False, policy: str | None
     vocabulary policy and who runs it, ``policy_label``), so a JSON row says what each side of a comparison was given."""
     if decode.draft_tree == "chain":
         shape = f"chain of {decode.draft_depth}"
+        if decode.draft_siblings:
+            shape += f", second choices at its first {decode.draft_siblings} levels"
     else:
         shape = f"tree: depth {decode.draft_depth}, {decode.draft_topk} children a node, {decode.draft_tokens} nodes"
         if decode.temperature > 0:

@@ -12,6 +12,7 @@
 
 struct evospec_drafter {
   evospec::Drafter drafter;
+  int siblings = 0;  // evospec_drafter_set_siblings: DraftSettings::siblings of the greedy chains proposed
 };
 
 using evospec::capi::guarded;
@@ -76,6 +77,7 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
   return guarded([&] {
     evospec::StepCosts step_costs;
     evospec::DraftSettings settings{depth, width, budget};
+    settings.siblings = drafter->siblings;
     if (costs != nullptr) {
       step_costs.fixed_ms = costs->fixed_ms;
       step_costs.level_ms = costs->level_ms;
@@ -101,6 +103,14 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
       for (size_t i = 0; i < tree.level_rows.size(); ++i) level_rows[i] = tree.level_rows[i];
     if (levels != nullptr) *levels = static_cast<int64_t>(tree.level_rows.size());
     if (timings != nullptr) timings[0] = tree.root_ms, timings[1] = tree.tree_ms;
+  });
+}
+
+int evospec_drafter_set_siblings(evospec_drafter* drafter, int siblings) {
+  if (drafter == nullptr) return missing("drafter");
+  return guarded([&] {
+    if (siblings < 0) throw evospec::SettingsError("draft siblings must be >= 0, got " + std::to_string(siblings));
+    drafter->siblings = siblings;
   });
 }
 

@@ -194,6 +194,11 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
     throw SettingsError("propose() needs the target's features of at least one new position");
   const bool sampled = s.temperature > 0 && s.width == 1;
   if (s.temperature < 0 || !std::isfinite(s.temperature)) throw SettingsError("draft temperature must be >= 0");
+  if (s.siblings < 0 || s.siblings > s.depth)
+    throw SettingsError("draft siblings must be between 0 and the depth (" + std::to_string(s.depth) + "), got " +
+                        std::to_string(s.siblings));
+  if (s.siblings > 0 && (s.width != 1 || s.temperature > 0))
+    throw SettingsError("draft siblings are second choices beside a greedy chain (width 1, temperature 0)");
   if (sampled && s.costs != nullptr)
     throw SettingsError("a sampled chain keeps every draw: a value-based budget (costs) is not applied to it");
   if (sampled) {
@@ -251,6 +256,7 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   req.depth = s.depth;
   req.budget = s.budget;
   req.costs = s.costs;
+  req.siblings = s.siblings;
   if (sampled) req.temperature = s.temperature, req.uniforms = s.uniforms;
   Forward fwd = [&d](const at::Tensor& h, const at::Tensor& i, const at::Tensor& p, int64_t st, const at::Tensor& m) {
     return d.forward(h, i, p, st, m);

@@ -190,8 +190,18 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
   const StepCosts* costs = req.costs;
   const bool sampled = req.temperature > 0;
   std::vector<at::Tensor> laws;
+  // greedy siblings: the first req.siblings levels also keep their second choice (column, cumulative score)
+  const int64_t siblings = !sampled && req.logits.size(-1) > 1 ? req.siblings : 0;
+  std::vector<at::Tensor> second;
+  std::vector<double> second_logp;
   auto choose = [&](const at::Tensor& logits) {  // [1, A] -> (log-probability [1, 1], column [1, 1])
     at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
+    if (!sampled && static_cast<int64_t>(second.size()) < siblings) {  // Python's _choose with width 2
+      auto [top_logp, top_ids] = logp.topk(2, -1);
+      second.push_back(top_ids[0].narrow(0, 1, 1));
+      second_logp.push_back(static_cast<double>(top_logp[0][1].item<float>()));
+      return std::make_tuple(top_logp.narrow(1, 0, 1), top_ids.narrow(1, 0, 1));
+    }
     if (!sampled) return logp.topk(1, -1);
     at::Tensor q = at::softmax(logits.to(at::kDouble) / req.temperature, -1)[0].contiguous();
     int64_t x = sample_index(q, req.uniforms[laws.size()]);
@@ -236,6 +246,18 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
     tree.parents.push_back(static_cast<int64_t>(i) - 1);
     tree.depths.push_back(static_cast<int64_t>(i) + 1);
     tree.scores.push_back(path[i]);
+  }
+  // after the chain, the second choices of its first levels: each a leaf under the chain's node one level up, so a
+  // chain accepted in full is still a prefix of the nodes (Python's _draft_chain, in the same order)
+  const size_t extra = std::min(n, second.size());
+  if (extra > 0) {
+    at::Tensor ids = id_map.index_select(0, at::cat(std::vector<at::Tensor>(second.begin(), second.begin() + extra))).contiguous();
+    tree.tokens.insert(tree.tokens.end(), ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
+    for (size_t k = 0; k < extra; ++k) {
+      tree.parents.push_back(static_cast<int64_t>(k) - 1);
+      tree.depths.push_back(static_cast<int64_t>(k) + 1);
+      tree.scores.push_back((k == 0 ? 0.0 : path[k - 1]) + second_logp[k]);
+    }
   }
   if (sampled) {  // every drawn node is kept (a value rule would bias their law): n == laws.size()
     tree.law_columns = req.logits.size(-1);

@@ -19,6 +19,7 @@ struct TreeRequest {
   const StepCosts* costs = nullptr;  // a value-based budget (Python's DraftRequest.costs); null: the best ``budget``
   double temperature = 0;            // > 0 with width 1: a sampled chain, one of ``uniforms`` a level
   const double* uniforms = nullptr;
+  int64_t siblings = 0;              // width 1, temperature 0: second choices at the first levels, as leaves
 };
 
 // The drafter called on frontier states: (hidden [1, w, d], target ids [1, w], positions [1, w],

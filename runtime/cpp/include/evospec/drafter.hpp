@@ -65,6 +65,10 @@ struct DraftSettings {
   // returned (DraftTree::laws) for the caller's verifier. Trees (width > 1) are drafted top-k at any temperature.
   double temperature = 0;
   const double* uniforms = nullptr;
+  // A greedy chain (width 1, temperature 0): the drafter's second choice at each of the first ``siblings`` levels
+  // joins the tree as a leaf after the chain's nodes (Python's DecodeSettings.draft_siblings). Those levels'
+  // logits are computed for the chain, so a sibling costs the caller one more verified row and no drafter call.
+  int siblings = 0;
 
   static DraftSettings chain(int depth) { return {depth, 1, depth}; }
   static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }

@@ -56,6 +56,10 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
                                    const evospec_step_costs* costs, int64_t* tokens, int64_t* parents,
                                    int64_t* depths, double* scores, int64_t capacity, int64_t* nodes,
                                    int64_t* level_rows, int64_t* levels, double* timings);
+/* Greedy chains proposed from now on (width 1, through propose or propose_costed) also hold the drafter's second
+ * choice at each of their first ``siblings`` levels, as leaves after the chain's nodes (DraftSettings::siblings;
+ * 0, the default: the plain chain). A propose with width > 1, or deeper siblings than depth, then fails. */
+int evospec_drafter_set_siblings(evospec_drafter* drafter, int siblings);
 /* A sampled chain of ``depth`` (DraftSettings::temperature; temperature > 0): uniforms holds depth numbers in [0, 1)
  * from the caller's generator, one a level. Writes the nodes as propose() does, scores (NULL or capacity doubles),
  * and each node's law over the head's columns into laws (row-major [nodes, *law_columns], at most law_capacity

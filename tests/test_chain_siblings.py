@@ -1,0 +1,103 @@
+"""A greedy chain with siblings (``DecodeSettings.draft_siblings``): the drafter's second choice at each of the
+first levels, verified as a leaf beside the chain. The chain inside is the plain chain, the siblings are the
+second choices, output stays the target's greedy output, and siblings are accepted where the second choice is
+right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evospec import DecodeSettings, SettingsError, SpeculativeGenerator
+from evospec.runtime import generator as generator_module
+from evospec.runtime.drafter import DrafterKVCache
+from evospec.runtime.tree import DraftRequest, draft_tree
+from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target
+
+from .conftest import hf_greedy
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"draft_siblings": 6, "draft_depth": 5}, "draft_siblings must be between 0 and draft_depth"),
+    ({"draft_siblings": -1}, "draft_siblings must be between 0 and draft_depth"),
+    ({"draft_siblings": 2, "draft_tree": "tree"}, "a tree has its own children"),
+    ({"draft_siblings": 2, "draft_tree": "chain", "temperature": 0.7}, "needs greedy decoding"),
+])
+def test_settings_refuse_siblings_they_cannot_verify(fields, message):
+    with pytest.raises(SettingsError, match=message):
+        DecodeSettings(**fields)
+
+
+def _chain(drafter, siblings: int, depth: int = 4):
+    """One greedy chain drafted from a fixed root state, and the root logits it started from."""
+    torch.manual_seed(0)
+    cache = DrafterKVCache(drafter.config, 64, torch.device("cpu"), drafter.dtype)
+    hidden = torch.randn(1, drafter.config.hidden_size, dtype=drafter.dtype)
+    logits = torch.randn(drafter.config.draft_vocab_size, dtype=drafter.dtype)
+    req = DraftRequest(hidden=hidden, logits=logits, committed=8, width=1, depth=depth, budget=depth,
+                       siblings=siblings)
+    return draft_tree(drafter, cache, req, torch.Generator()), logits
+
+
+def test_siblings_are_second_choices_after_the_unchanged_chain():
+    model = tiny_target(TINY_SHAPES["llama"], seed=2, dtype=torch.float64)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=3)
+    plain, _ = _chain(drafter, 0)
+    tree, root_logits = _chain(drafter, 3)
+    n = plain.size
+    assert n == 4 and tree.size == n + 3
+    assert tree.tokens[:n].tolist() == plain.tokens.tolist()  # the chain inside is the plain chain
+    assert tree.parents.tolist() == [-1, 0, 1, 2, -1, 0, 1]  # each sibling beside the chain's node of its level
+    assert tree.depths.tolist() == [1, 2, 3, 4, 1, 2, 3]
+    second = int(drafter.draft_to_target(root_logits.topk(2).indices[1]))
+    assert int(tree.tokens[n]) == second  # level 1's sibling: the root logits' second choice
+    assert int(tree.tokens[n]) != int(tree.tokens[0])
+    # a sibling's score is its parent's cumulative log-probability plus its own, below its chain neighbour's
+    assert float(tree.scores[n]) < float(tree.scores[0])
+    assert all(float(tree.scores[n + k]) < float(tree.scores[k]) for k in range(3))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    family=st.sampled_from(sorted(TINY_SHAPES)),
+    seed=st.integers(0, 10_000),
+    prompt=st.lists(st.integers(0, 95), min_size=1, max_size=12),
+    depth=st.integers(1, 5),
+    data=st.data(),
+)
+def test_chains_with_siblings_match_hf_greedy(family, seed, prompt, depth, data):
+    model = tiny_target(TINY_SHAPES[family], seed=seed, dtype=torch.float64, layer_scale=0.3)
+    drafter = tiny_drafter(model, draft_vocab=data.draw(st.integers(8, 96)), seed=seed + 1)
+    decode = DecodeSettings(max_new_tokens=data.draw(st.integers(1, 24)), draft_tree="chain", draft_depth=depth,
+                            draft_siblings=data.draw(st.integers(1, depth)))
+    result = SpeculativeGenerator.from_models(model, drafter).generate(prompt, decode)
+    assert result.token_ids == hf_greedy(model, prompt, decode.max_new_tokens)
+
+
+def test_siblings_are_accepted_and_keep_the_target_greedy_output(trained_pair, monkeypatch):
+    """On the trained pair the second choice is right on some steps where the first is wrong: those steps accept
+    a sibling (its cache slot moves, the chain's rolls back) and the output is still the target's own."""
+    model, drafter = trained_pair
+    accepted_siblings = []
+    verify = generator_module.verify_greedy
+
+    def recording(tree, logits):
+        verdict = verify(tree, logits)
+        parents = tree.parents.tolist()
+        accepted_siblings.extend(i for i in verdict.accepted_nodes if parents[i] != i - 1)
+        return verdict
+
+    monkeypatch.setattr(generator_module, "verify_greedy", recording)
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    chain = DecodeSettings(max_new_tokens=40, draft_tree="chain", draft_depth=4)
+    with_siblings = DecodeSettings(max_new_tokens=40, draft_tree="chain", draft_depth=4, draft_siblings=2)
+    for prompt in ([3, 14, 15, 92], [2, 7, 1, 8], [50, 60], [11, 5, 9, 30, 2]):
+        expected = hf_greedy(model, prompt, 40)
+        before = len(accepted_siblings)
+        plain_chain = generator.generate(prompt, chain)
+        assert len(accepted_siblings) == before  # a plain chain has no sibling to accept
+        result = generator.generate(prompt, with_siblings)
+        assert plain_chain.token_ids == expected and result.token_ids == expected
+    assert accepted_siblings, "no step accepted a sibling: the sibling path never ran"
