@@ -29,23 +29,25 @@ cpp: $(STAMP)
 		-DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CPP_BUILD) -j2
 
-# A chain of 5: at this pair's size the tree's expansion passes cost as much as verification (README, demo pair)
+# A chain of 5: at this pair's size the tree's expansion passes cost as much as verification (README, demo pair);
+# with the drafter's second choices at its first 3 levels, verified as leaves (no drafter call; README, stop 45)
+SHAPE ?= --draft-tree chain --draft-siblings 3
 demo: $(STAMP)
-	$(BIN)/evospec demo --draft-tree chain
+	$(BIN)/evospec demo $(SHAPE)
 
 # The main job: build (or resume) the medium reference pair, generate with it, benchmark every domain twice:
 # drafting in Python (the reference runtime; bench-python.*) and in the C++ drafter library over a compiled
-# torch bundle (the fastest exact runtime here; bench.*). Both verify with the same target and chain of 5.
+# torch bundle (the fastest exact runtime here; bench.*). Both verify with the same target and draft shape ($(SHAPE)).
 reference: $(STAMP)
 	$(BIN)/evospec reference build --size medium --out $(REFERENCE)
-	$(BIN)/evospec demo --pair $(REFERENCE) --prompt "$(PROMPT)" --draft-tree chain --max-new-tokens 96
+	$(BIN)/evospec demo --pair $(REFERENCE) --prompt "$(PROMPT)" $(SHAPE) --max-new-tokens 96
 	$(BIN)/evospec bench --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --corpus $(REFERENCE)/corpus \
-		--draft-tree chain --json $(REFERENCE)/bench-python.json --plot $(REFERENCE)/bench-python.png
+		$(SHAPE) --json $(REFERENCE)/bench-python.json --plot $(REFERENCE)/bench-python.png
 	$(BIN)/evospec compile --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --out $(REFERENCE)/bundle-torch \
 		--backend torch --index-dims 0
 	$(MAKE) cpp
 	$(BIN)/evospec bench --target $(REFERENCE)/target --bundle $(REFERENCE)/bundle-torch --drafter-runtime cpp \
-		--corpus $(REFERENCE)/corpus --draft-tree chain --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
+		--corpus $(REFERENCE)/corpus $(SHAPE) --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
 
 # After `make reference`: compile the pair, build FR-Spec's lists (general text only, as its paper does, and
 # the in-domain train splits), train the DynaSpec router, compare every policy at K = 1024, 4096, 16384, T = 0 and 1.

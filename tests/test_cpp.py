@@ -41,6 +41,7 @@ pytestmark = pytest.mark.cpp
 
 TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
+CHAIN_SIBLINGS = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, draft_siblings=3)
 LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 
 
@@ -104,18 +105,20 @@ SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out
 
 @pytest.mark.parametrize(("settings", "vocab"), [
     # the living vocabulary's trees stay in the default run through test_tiny_pair_drafts_equal_python[tree-evospec-sync]
-    (CHAIN, None), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
+    (CHAIN, None), (CHAIN_SIBLINGS, "frspec:128"), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:sync", marks=SLOW),
     pytest.param(CHAIN, "evospec:64", marks=SLOW),
     pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
     (TREE, "evospec:64"), pytest.param(CHAIN, "evospec:48:frequency-fill:sync", marks=SLOW),
     pytest.param(TREE, "evospec:64:no-sticky", marks=SLOW),
-], ids=["chain-own-vocab", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
+], ids=["chain-own-vocab", "chain-siblings-frspec", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
         "tree-evospec-no-context", "tree-evospec-mass-fill", "chain-evospec-frequency-fill-sync",
         "tree-evospec-no-sticky"])
 def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, vocab):
-    name = f"demo-{settings.draft_tree}-{vocab}".replace(":", "_")
+    name = f"demo-{settings.draft_tree}-{settings.draft_siblings}-{vocab}".replace(":", "_")
     recording = check_against_python(binary, demo_bundle, DEMO_TARGET, work / name, "def parse(", settings, vocab,
                                       work / f"{name}.json")
+    if settings is CHAIN_SIBLINGS:  # the recorded trees hold siblings, and the binary read them from the recording
+        assert any(len(step["tree"]["tokens"]) > max(step["tree"]["depths"], default=0) for step in recording["steps"])
     if vocab == "evospec:64:sync":  # the living vocabulary really lives: a new set at every step,
         assert changes(recording) == len(recording["steps"]) - 1
         assert recording["drifts"] >= 1  # and a topic switch was detected (drift path + boosted semantic query)

@@ -50,7 +50,7 @@ class RecordingGenerator(SpeculativeGenerator):
 
 
 def draft_settings(s: DecodeSettings) -> dict:
-    return {"depth": s.draft_depth, "width": s.tree_width, "budget": s.tree_budget}
+    return {"depth": s.draft_depth, "width": s.tree_width, "budget": s.tree_budget, "siblings": s.draft_siblings}
 
 
 def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, settings: DecodeSettings,
@@ -151,7 +151,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
                                      cache, start, mask)
             cache.length += t
             request = DraftRequest(hidden=hidden[0, -1:], logits=logits[0, -1], committed=cache.length,
-                                   width=s["width"], depth=s["depth"], budget=s["budget"])
+                                   width=s["width"], depth=s["depth"], budget=s["budget"],
+                                   siblings=s.get("siblings", 0))  # recordings made before siblings have none
             tree = draft_tree(drafter, cache, request, torch.Generator())
             state = drafter.context_state
             best[i] = min(best[i], (time.perf_counter() - t0) * 1e3)

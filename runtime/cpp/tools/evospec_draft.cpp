@@ -65,6 +65,7 @@ int run(int argc, char** argv) {
   const auto& ds = rec.at("settings");
   evospec::DraftSettings settings{static_cast<int>(ds.at("depth").as_int()), static_cast<int>(ds.at("width").as_int()),
                                   static_cast<int>(ds.at("budget").as_int())};
+  if (ds.has("siblings")) settings.siblings = static_cast<int>(ds.at("siblings").as_int());  // older recordings: 0
   evospec::DrafterOptions options;
   options.vocab = args.count("--vocab") ? args["--vocab"] : rec.at("vocab").is_null() ? "" : rec.at("vocab").as_string();
   options.target_dir = args.count("--target") ? args["--target"] : "";
