@@ -563,7 +563,7 @@ class SpeculativeGenerator:
             budget=budget,
             temperature=s.temperature,
             costs=costs,
-            siblings=s.draft_siblings if width == 1 else 0,
+            siblings=s.draft_siblings,  # settings allow siblings on chains only
         )
         if s.temperature > 0 and width > 1 and s.tree_children != "topk":  # Python's drafter samples its children
             tree = draft_sampled_tree(drafter, cache, request, generator)

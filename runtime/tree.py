@@ -336,12 +336,18 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     # greedy siblings: each of the first req.siblings levels also keeps its second choice (id, cumulative score)
     siblings = req.siblings if req.temperature == 0 and req.logits.shape[-1] > 1 else 0
     second: list[tuple[torch.Tensor, float]] = []
-    ids, logp, q = _choose(req.logits[None], req, generator, 2 if siblings else 1)  # [1, 1] (or [1, 2])
-    if siblings:
-        second.append((ids[0, 1:], float(logp[0, 1])))
-        ids, logp = ids[:, :1], logp[:, :1]
+    path: list[float] = []  # cumulative log-probability of each level's node
+
+    def choose(logits: torch.Tensor, level: int):  # [1, Vd] -> the level's first choice: ids, logp [1, 1], q
+        ids, logp, q = _choose(logits, req, generator, 2 if level < siblings else 1)
+        if level < siblings:
+            second.append((ids[0, 1:], (path[level - 1] if level else 0.0) + float(logp[0, 1])))
+            ids, logp = ids[:, :1], logp[:, :1]
+        return ids, logp, q
+
+    ids, logp, q = choose(req.logits[None], 0)  # [1, 1]
     chosen, proposals = [ids[0]], [q] if q is not None else []
-    path = [float(logp[0, 0])]  # cumulative log-probability of each level's node
+    path.append(float(logp[0, 0]))
     costs = req.costs
     values = [float(costs.log_rate(logp[0])[0])] if costs is not None else []  # log path acceptance
     hidden = req.hidden[None]  # [1, 1, d]
@@ -364,10 +370,7 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
         mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
         hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, mask)
-        ids, logp, q = _choose(logits[0], req, generator, 2 if level < siblings else 1)
-        if level < siblings:
-            second.append((ids[0, 1:], path[-1] + float(logp[0, 1])))
-            ids, logp = ids[:, :1], logp[:, :1]
+        ids, logp, q = choose(logits[0], level)
         chosen.append(ids[0])
         path.append(path[-1] + float(logp[0, 0]))
         if costs is not None:
