@@ -169,6 +169,9 @@ def _choose(logits: torch.Tensor, req: DraftRequest, generator: torch.Generator,
         q = torch.softmax(logits.double() / req.temperature, dim=-1)
         ids = torch.tensor([[sample(row, generator)] for row in q.cpu()], device=logits.device)
         return ids, logp.gather(-1, ids), q
+    if width == 1:  # a chain's first choice: max took a third of topk(1)'s time in the decoding loop (stop 45)
+        scores, ids = logp.max(-1, keepdim=True)
+        return ids, scores, None
     scores, ids = logp.topk(width, dim=-1)
     return ids, scores, None
 
