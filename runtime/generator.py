@@ -249,6 +249,10 @@ class SpeculativeGenerator:
         auto = use_draft and s.draft_budget == "auto"
         # auto on a tree also weighs the chain each step (shape_choice.py); the C++ drafter drafts no sampled chain
         choose_shape = auto and s.draft_tree == "tree" and not (native is not None and s.temperature > 0)
+        # auto on a chain with siblings: each step drafts the plain chain or the chain with siblings (the "tree"
+        # shape: it holds the chain, so its steps say what the chain would have emitted), no value rule
+        siblings_choice = auto and s.draft_tree == "chain" and s.draft_siblings > 0
+        choose_shape = choose_shape or siblings_choice
         gate = self.gate if use_draft and s.plain_fallback else None
         if native is not None and s.temperature > 0 and s.tree_width == 1:
             if not native.samples_chains:
@@ -291,7 +295,8 @@ class SpeculativeGenerator:
             return
         if native is not None:
             native.start(prompt, greedy=s.greedy)
-            native.set_siblings(s.draft_siblings)
+            native_siblings = s.draft_siblings
+            native.set_siblings(native_siblings)
         elif use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             if getattr(drafter, "static_past", False):
@@ -327,6 +332,7 @@ class SpeculativeGenerator:
                 root_s = tree_s = 0.0
                 shape = self.shapes.next() if choose_shape and speculate else s.draft_tree
                 width = 1 if shape == CHAIN else s.tree_width
+                siblings = 0 if siblings_choice and shape == CHAIN else s.draft_siblings
                 if policy is not None and not routed and speculate:
                     r0 = time.perf_counter()
                     active = policy.active_ids()
@@ -335,7 +341,7 @@ class SpeculativeGenerator:
                 if use_draft and speculate:
                     d0 = time.perf_counter()
                     before = stats.retrieval_time_s + stats.plan_time_s  # routing inside the draft call
-                    if choose_shape and shape == CHAIN:  # the chain alternative: fixed, no value rule
+                    if siblings_choice or (choose_shape and shape == CHAIN):  # a whole chain: fixed, no value rule
                         budget, costs = s.draft_depth, None
                     elif auto:
                         budget, costs = self.step_costs.plan(s.tree_budget, width)
@@ -344,12 +350,15 @@ class SpeculativeGenerator:
                     else:
                         budget, costs = s.tree_budget, None
                     if native is not None:
+                        if siblings != native_siblings:
+                            native_siblings = siblings
+                            native.set_siblings(siblings)
                         tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, width, budget,
                                                                   costs, generator)
                     else:
                         with trunk:
                             tree, root_s, tree_s = self._draft(dcache, pairs_hidden, pairs_tokens, s, generator,
-                                                               width, budget, costs)
+                                                               width, budget, costs, siblings)
                         stats.trunk_time_s = trunk.seconds
                     self._sync()
                     stats.draft_time_s += time.perf_counter() - d0 - (stats.retrieval_time_s + stats.plan_time_s - before)
@@ -386,7 +395,8 @@ class SpeculativeGenerator:
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size
-                if auto and speculate and width == s.tree_width:  # the cost model prices the configured shape's nodes
+                if auto and speculate and width == s.tree_width and not siblings_choice:  # the cost model prices the
+                    # configured shape's nodes (a chain with siblings is chosen whole, not priced)
                     self.step_costs.observe(StepTiming(
                         rows=1 + tree.size, verify_ms=(t4 - t1) * 1e3, root_ms=root_s * 1e3, tree_ms=tree_s * 1e3,
                         level_rows=tree.level_rows, width=width, edges=tried_edges(tree, verdict.accepted_nodes)))
@@ -435,7 +445,8 @@ class SpeculativeGenerator:
                         gate.observe(speculate, len(emit), step_s * 1e3)
                     stats.plain_steps += not speculate
                 if choose_shape and speculate:  # a greedy tree holding the chain says what the chain would have emitted
-                    paired = shape == TREE and s.greedy and costs is not None and costs.spine >= s.draft_depth
+                    paired = siblings_choice or (shape == TREE and s.greedy and costs is not None
+                                                 and costs.spine >= s.draft_depth)
                     self.shapes.observe(shape, len(emit), step_s * 1e3,
                                         chain_tokens(tree, verdict.accepted_nodes, len(emit)) if paired else None)
                 for token in emit:
@@ -535,8 +546,10 @@ class SpeculativeGenerator:
         width: int,
         budget: int,
         costs: StepCosts | None,
+        siblings: int = 0,
     ) -> tuple[DraftTree, float, float]:
-        """The step's tree, and the seconds of the drafter's root call and of drafting past it."""
+        """The step's tree (a chain with ``siblings`` second choices), and the seconds of the drafter's root call
+        and of drafting past it."""
         drafter, device = self.drafter, self._device
         r0 = time.perf_counter()
         start, t = cache.length, len(pairs_tokens)
@@ -563,7 +576,7 @@ class SpeculativeGenerator:
             budget=budget,
             temperature=s.temperature,
             costs=costs,
-            siblings=s.draft_siblings,  # settings allow siblings on chains only
+            siblings=siblings,
         )
         if s.temperature > 0 and width > 1 and s.tree_children != "topk":  # Python's drafter samples its children
             tree = draft_sampled_tree(drafter, cache, request, generator)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from evospec.core.errors import SettingsError
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
 from evospec.runtime.sampling import sample
 
@@ -336,6 +337,8 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     keeps the first levels (what :func:`_select` would keep); a value-based budget may end it earlier.
     With ``req.siblings`` (greedy), the second choice at each of the first levels joins as a leaf: its level's
     logits were computed for the chain, so it costs a verified row and no drafter call."""
+    if req.siblings and req.costs is not None:
+        raise SettingsError("a chain's siblings are drafted whole: a value-based budget (costs) does not price them")
     # greedy siblings: each of the first req.siblings levels also keeps its second choice (id, cumulative score)
     siblings = req.siblings if req.temperature == 0 and req.logits.shape[-1] > 1 else 0
     second: list[tuple[torch.Tensor, float]] = []
@@ -387,8 +390,8 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     n = len(chosen) if costs is None or proposals else _chain_prefix(values, costs, level_rows, spine_depth)[0]
     if n == 0:
         return dataclasses.replace(DraftTree.empty(), level_rows=tuple(level_rows))
-    # after the chain, the second choices of its first levels: each a leaf whose parent is the chain's node one
-    # level up, so a chain accepted in full is still a prefix of the nodes (its cache slots need no move)
+    # after the chain, the second choices of its levels: each a leaf whose parent is the chain's node one level up,
+    # so a chain accepted in full is still a prefix of the nodes (its cache slots need no move)
     extra = second[:n]
     tree = DraftTree(
         tokens=drafter.draft_to_target(torch.cat(chosen[:n] + [i for i, _ in extra])).cpu(),

@@ -59,6 +59,19 @@ def test_siblings_are_second_choices_after_the_unchanged_chain():
     assert all(float(tree.scores[n + k]) < float(tree.scores[k]) for k in range(3))
 
 
+def test_siblings_are_never_priced_by_a_value_rule():
+    from evospec.runtime.tree import StepCosts
+
+    model = tiny_target(TINY_SHAPES["llama"], seed=2, dtype=torch.float64)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=3)
+    cache = DrafterKVCache(drafter.config, 64, torch.device("cpu"), drafter.dtype)
+    req = DraftRequest(hidden=torch.randn(1, drafter.config.hidden_size, dtype=drafter.dtype),
+                       logits=torch.randn(48, dtype=drafter.dtype), committed=8, width=1, depth=3, budget=3,
+                       siblings=2, costs=StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0))
+    with pytest.raises(SettingsError, match="siblings are drafted whole"):
+        draft_tree(drafter, cache, req, torch.Generator())
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     family=st.sampled_from(sorted(TINY_SHAPES)),
@@ -101,3 +114,39 @@ def test_siblings_are_accepted_and_keep_the_target_greedy_output(trained_pair, m
         result = generator.generate(prompt, with_siblings)
         assert plain_chain.token_ids == expected and result.token_ids == expected
     assert accepted_siblings, "no step accepted a sibling: the sibling path never ran"
+
+
+def _recorded_trees(monkeypatch) -> list:
+    trees = []
+    verify = generator_module.verify_greedy
+
+    def recording(tree, logits):
+        trees.append(tree)
+        return verify(tree, logits)
+
+    monkeypatch.setattr(generator_module, "verify_greedy", recording)
+    return trees
+
+
+def _has_siblings(tree) -> bool:
+    return any(p != i - 1 for i, p in enumerate(tree.parents.tolist()))
+
+
+def test_auto_budget_chooses_between_the_chain_and_the_chain_with_siblings(trained_pair, monkeypatch):
+    """``draft_budget="auto"`` with siblings: steps draft the plain chain or the whole chain with its siblings (no
+    value rule cuts it), the chooser compares them on the same text, and the output is the target's own."""
+    model, drafter = trained_pair
+    trees = _recorded_trees(monkeypatch)
+    generator = SpeculativeGenerator.from_models(model, drafter)
+    s = DecodeSettings(max_new_tokens=60, draft_tree="chain", draft_depth=4, draft_siblings=2, draft_budget="auto")
+    for prompt in ([3, 14, 15, 92], [2, 7, 1, 8], [50, 60]):
+        assert generator.generate(prompt, s).token_ids == hf_greedy(model, prompt, 60)
+    assert generator.shapes.chosen["chain"] >= 6 and generator.shapes.chosen["tree"] >= 6  # both shapes drafted
+    with_siblings = [t for t in trees if _has_siblings(t)]
+    plain = [t for t in trees if not _has_siblings(t)]
+    assert with_siblings and plain
+    assert all(t.depths.tolist()[:4] == [1, 2, 3, 4] for t in with_siblings)  # the whole chain, then its siblings
+    assert all(t.parents.tolist() == list(range(-1, t.size - 1)) for t in plain)  # a chain step: the plain chain
+    # a step with siblings holds the chain whole (its first nodes), so it says what the chain would have emitted
+    assert generator.shapes.rate("chain") is not None and any(c is not None for *_, c in generator.shapes._steps["tree"])
+    assert generator.step_costs._seen == 0  # chosen whole, never priced by the value rule

@@ -183,12 +183,13 @@ def test_fixed_budgets_keep_their_trees_and_gain_scores(library, bundle, plain, 
     assert cpp.token_ids == python.token_ids == plain
 
 
-@pytest.mark.parametrize(("siblings", "regime"), [(2, None), (6, None), (3, "rates-dear-rows-spine")])
-def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings, regime):
+@pytest.mark.parametrize(("siblings", "budget"), [(2, "fixed"), (6, "fixed"), (3, "auto")])
+def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings, budget):
     """``draft_siblings``: the library's chains hold the same second choices as Python's (the same nodes, order,
-    scores), with a fixed budget and under a value rule that cuts the chain (siblings only at its kept levels)."""
-    s = dataclasses.replace(settings_for("chain", budget="fixed" if regime is None else "auto"), draft_siblings=siblings)
-    costs = None if regime is None else REGIMES[regime]
+    scores), with a fixed budget and with the auto choice pinned to the chain with siblings (whole: never priced,
+    even with the value rule's costs at hand)."""
+    s = dataclasses.replace(settings_for("chain", budget=budget), draft_siblings=siblings)
+    costs = REGIMES["rates-dear-rows-spine"] if budget == "auto" else None
     python, python_trees, _ = decode(bundle, "python", s, costs)
     cpp, cpp_trees, _ = decode(bundle, "cpp", s, costs)
     same_trees(python_trees, cpp_trees)
@@ -196,7 +197,29 @@ def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings
     assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
     chain_nodes = [int((t.parents == torch.arange(-1, t.size - 1)).cumprod(0).sum()) for t in cpp_trees]
     assert all(t.size == n + min(n, siblings) for t, n in zip(cpp_trees, chain_nodes, strict=True))
-    assert any(n < SHAPES["chain"][1] for n in chain_nodes) == (regime is not None)  # the rule cut some chains
+    assert all(n == SHAPES["chain"][1] for n in chain_nodes)  # whole chains
+
+
+def test_cpp_drafter_switches_siblings_on_and_off_with_the_auto_choice(library, bundle, plain):
+    """``draft_budget="auto"`` with siblings and the C++ drafter: the library is told each step's shape, so chain
+    steps draft the plain chain and the others the chain with its siblings; output is the target's own."""
+    from evospec.runtime.generator import SpeculativeGenerator
+
+    generator = SpeculativeGenerator.from_bundle(bundle, DEMO_TARGET, drafter_runtime="cpp")
+    trees = []
+    inner = generator._draft_native
+
+    def recording(*args, **kwargs):
+        drafted = inner(*args, **kwargs)
+        trees.append(drafted[0])
+        return drafted
+
+    generator._draft_native = recording
+    s = dataclasses.replace(settings_for("chain", budget="auto"), draft_siblings=3)
+    assert generator.generate(PROMPT, s).token_ids == plain
+    with_siblings = [t.size > t.depths.max() for t in trees]
+    assert any(with_siblings) and not all(with_siblings)  # both shapes, from one library handle
+    assert all(t.parents.tolist() == list(range(-1, t.size - 1)) for t, s in zip(trees, with_siblings) if not s)
 
 
 @pytest.mark.parametrize("shape", ["chain", "width-4"])
@@ -234,3 +257,21 @@ def test_library_rates_are_checked(library, bundle):
     features = torch.zeros(len(PROMPT), 3 * native.target_hidden_size)
     with pytest.raises(SettingsError, match=f"holds {len(EDGE_BINS) + 1} rates \\(or twice that"):
         native.propose(features, 7, 3, 2, 4, StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0, rates=(0.5,)))
+
+
+def test_library_siblings_are_second_choices_of_a_greedy_chain_never_priced(library, bundle):
+    from evospec.core.errors import SettingsError
+    from evospec.runtime.native_drafter import NativeDrafter
+
+    native = NativeDrafter(bundle, target_dir=DEMO_TARGET)
+    native.start(PROMPT)
+    native.set_siblings(2)
+    features = torch.zeros(len(PROMPT), 3 * native.target_hidden_size)
+    with pytest.raises(SettingsError, match="siblings are drafted whole"):
+        native.propose(features, 7, 3, 1, 3, StepCosts(fixed_ms=1.0, level_ms=1.0, row_ms=1.0))
+    with pytest.raises(SettingsError, match="second choices beside a greedy chain"):
+        native.propose(features, 7, 3, 2, 4)
+    with pytest.raises(SettingsError, match="between 0 and the depth"):
+        native.propose(features, 7, 1, 1, 1)
+    with pytest.raises(SettingsError, match="must be >= 0"):
+        native.set_siblings(-1)

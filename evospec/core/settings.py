@@ -83,7 +83,10 @@ class DecodeSettings:
             ``draft_siblings`` levels, as a leaf beside the chain's node there (runtime/tree.py). The drafter has
             computed those levels' logits for the chain already, so a sibling costs one more verified row and no
             drafter call; where the first choice is wrong and the second right, the step delivers one more
-            token. 0 drafts the plain chain.
+            token. 0 drafts the plain chain. With ``draft_budget = "auto"``, each step drafts the plain chain or
+            the chain with its siblings, whichever delivered more tokens per ms lately, compared on the same text
+            (runtime/shape_choice.py: a chain with siblings holds the chain, so its steps say what the chain would
+            have emitted); no value rule cuts the chain then.
         tree_children: How a tree picks each node's children when sampling (temperature > 0): ``sampled`` draws
             them from the drafter's distribution without replacement and verifies them by recursive rejection
             (runtime/sampled_tree.py), ``topk`` takes the drafter's likeliest, verified as point masses (what the

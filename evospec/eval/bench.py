@@ -102,7 +102,9 @@ def draft_shape(decode: DecodeSettings, native: bool = False, policy: str | None
         if decode.temperature > 0:
             sampled = decode.tree_children == "sampled" or (decode.tree_children == "auto" and not native)
             shape += ", children sampled without replacement" if sampled else ", top-k children"
-    if decode.draft_budget == "auto":
+    if decode.draft_budget == "auto" and decode.draft_tree == "chain" and decode.draft_siblings:
+        shape += ", siblings on the steps where they lately paid"
+    elif decode.draft_budget == "auto":
         shape += ", value-based budget"
     if decode.temperature > 0:
         shape += ", C++ verifier" if decode.sampled_verifier(native) == "native" else ", Python verifier"

@@ -37,8 +37,10 @@ class RecordingGenerator(SpeculativeGenerator):
 
     steps: list[dict]
 
-    def _draft(self, cache, pairs_hidden, pairs_tokens, s, generator, width, budget, costs) -> tuple[DraftTree, float, float]:
-        tree, root_s, tree_s = super()._draft(cache, pairs_hidden, pairs_tokens, s, generator, width, budget, costs)
+    def _draft(self, cache, pairs_hidden, pairs_tokens, s, generator, width, budget, costs,
+               siblings=0) -> tuple[DraftTree, float, float]:
+        tree, root_s, tree_s = super()._draft(cache, pairs_hidden, pairs_tokens, s, generator, width, budget, costs,
+                                              siblings)
         self.steps.append({
             "features": pairs_hidden.detach().float().cpu().clone(),  # [T, 3*Dt]
             "tokens": [int(t) for t in pairs_tokens],

@@ -199,6 +199,8 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
                         std::to_string(s.siblings));
   if (s.siblings > 0 && (s.width != 1 || s.temperature > 0))
     throw SettingsError("draft siblings are second choices beside a greedy chain (width 1, temperature 0)");
+  if (s.siblings > 0 && s.costs != nullptr)
+    throw SettingsError("a chain's siblings are drafted whole: a value-based budget (costs) does not price them");
   if (sampled && s.costs != nullptr)
     throw SettingsError("a sampled chain keeps every draw: a value-based budget (costs) is not applied to it");
   if (sampled) {

@@ -68,6 +68,7 @@ struct DraftSettings {
   // A greedy chain (width 1, temperature 0): the drafter's second choice at each of the first ``siblings`` levels
   // joins the tree as a leaf after the chain's nodes (Python's DecodeSettings.draft_siblings). Those levels'
   // logits are computed for the chain, so a sibling costs the caller one more verified row and no drafter call.
+  // Not priced: with ``costs`` too, propose() refuses.
   int siblings = 0;
 
   static DraftSettings chain(int depth) { return {depth, 1, depth}; }
