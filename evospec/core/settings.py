@@ -135,8 +135,8 @@ class DecodeSettings:
             (self.draft_siblings == 0 or self.draft_tree == "chain",
              "draft_siblings adds second choices to a chain (draft_tree = 'chain'); a tree has its own children"),
             (self.draft_siblings == 0 or self.temperature == 0.0,
-             "draft_siblings needs greedy decoding (temperature 0): a sibling is the drafter's second choice, a fixed "
-             "token beside a sampled node, which the sampled chain's acceptance test does not cover"),
+             ("draft_siblings needs greedy decoding (temperature 0): a sibling is the drafter's second choice, a "
+              "fixed token beside a sampled node, which the sampled chain's acceptance test does not cover")),
             (self.tree_children in ("auto", "sampled", "topk"), "tree_children must be 'auto', 'sampled' or 'topk'"),
             (self.verifier in ("auto", "python", "native"), "verifier must be 'auto', 'python' or 'native'"),
         ]
