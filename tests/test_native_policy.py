@@ -66,7 +66,16 @@ def test_sets_equal_pythons_when_only_the_best_clusters_are_ordered(cpp_library,
     _assert_sets_equal_pythons(many_cluster_bundle, "evospec:64")
 
 
-def _assert_sets_equal_pythons(bundle: Path, vocab: str) -> None:
+def test_refresh_gated_sets_equal_pythons_call_for_call(cpp_library, demo_bundle):
+    """The refresh gate (``refresh-4``) on a greedy sequence: committed tokens from the served set keep it (the
+    library hands back no new set), one outside it routes again; Python's gate and the library's agree step by
+    step, and both kept and changed sets occur."""
+    kept = _assert_sets_equal_pythons(demo_bundle, "evospec:64:refresh-4", greedy=True)
+    assert kept >= 10
+
+
+def _assert_sets_equal_pythons(bundle: Path, vocab: str, greedy: bool = False) -> int:
+    """Feeds both policies the same steps and checks their sets; returns how many steps kept the set before."""
     generator = SpeculativeGenerator.from_bundle(bundle, DEMO_TARGET, vocab=vocab, frequencies=frequencies(bundle))
     python, drafter = generator.policy, generator.drafter
     native = native_policy(vocab, bundle, drafter.config.vocab_size, drafter.config.hidden_size, frequencies(bundle))
@@ -74,18 +83,21 @@ def _assert_sets_equal_pythons(bundle: Path, vocab: str) -> None:
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, 512, (24,), generator=g).tolist()
     for policy in (python, native):
-        policy.decoding(False)
+        policy.decoding(greedy)
         policy.reset(prompt)
         policy.observe([prompt[-1]])
-    changed, last = 0, None
+    changed, kept, last = 0, 0, None
     for step in range(40):
         state = 2 * torch.randn(drafter.config.hidden_size, generator=g)
         ours, theirs = native.route(state), python.route(state)
         assert torch.equal(ours, theirs), f"step {step}"
         changed += last is not None and not torch.equal(ours, last)
+        kept += last is not None and ours is last  # the same tensor: the library said nothing changed
         last = ours
         high = 512 if step < 20 else 64  # a topic switch: the drift path
         committed = torch.randint(0, high, (3,), generator=g).tolist()
+        if greedy and step % 3:  # most steps commit tokens of the set (no miss), every third one need not
+            committed = ours[torch.randint(0, ours.numel(), (3,), generator=g)].tolist()
         after = torch.randn(drafter.config.hidden_size, generator=g)
         for policy in (python, native):
             if hasattr(policy, "start_pending"):  # a pipelined policy's job starts as the target's pass would
@@ -93,19 +105,21 @@ def _assert_sets_equal_pythons(bundle: Path, vocab: str) -> None:
             policy.observe(committed, after)
     assert changed >= 10
     native.close()
+    return kept
 
 
-@pytest.mark.parametrize("settings", [CHAIN, SAMPLED_CHAIN], ids=["greedy", "sampled"])
-def test_generations_equal_pythons(cpp_library, demo_bundle, settings):
+@pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, "evospec:64"), (SAMPLED_CHAIN, "evospec:64"),
+                                               (CHAIN, "evospec:64:refresh-4")], ids=["greedy", "sampled", "greedy-gated"])
+def test_generations_equal_pythons(cpp_library, demo_bundle, settings, vocab):
     """Consecutive generations: the same tokens, accepted lengths and rows moved as with Python's policy; greedy
     output is the target's own."""
     prompts = [list(range(5, 37)), [7, 8, 9, 10, 11, 12]]
     runs = {}
     for runtime in ("python", "cpp"):
-        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64",
+        generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab=vocab,
                                                      frequencies=frequencies(demo_bundle), policy_runtime=runtime)
         runner = "the C++ library's policy" if runtime == "cpp" else "Python's policy"
-        assert policy_label(generator) == f"vocabulary evospec:64 by {runner}"  # what bench's rows say
+        assert policy_label(generator) == f"vocabulary {vocab} by {runner}"  # what bench's rows say
         runs[runtime] = [generator.generate(prompt, settings) for prompt in prompts]
     for python, cpp in zip(runs["python"], runs["cpp"], strict=True):
         assert cpp.token_ids == python.token_ids

@@ -20,6 +20,7 @@ from evospec.runtime.vocab.evospec_settings import EvoSpecConfig
 from evospec.runtime.vocab.frequencies import TokenFrequencies
 from evospec.runtime.vocab.mass_fill import MassFill, MassRouted
 from evospec.runtime.vocab.pipelined import PipelinedPolicy
+from evospec.runtime.vocab.refresh_gate import RefreshGate
 from evospec.runtime.vocab.routed_semantic import RoutedSemantic
 from evospec.runtime.vocab.static import eagle3_policy, frspec_policy, full_policy
 
@@ -67,6 +68,11 @@ def _fill(index, policy: EvoSpecPolicy, settings, table: TokenFrequencies, input
                     settings.mass_rank)
 
 
+def gated(policy, settings):
+    """``policy`` (routed) behind the refresh gate when the settings ask for one (``refresh_gap`` > 1)."""
+    return RefreshGate(policy, settings.refresh_gap) if settings.refresh_gap > 1 else policy
+
+
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,
                 router: str | Path | None = None, evospec: EvoSpecConfig | None = None) -> VocabPolicy:
     """A policy from its name; ``frspec:K`` and ``evospec:K`` need a frequency file (``evospec vocab
@@ -105,14 +111,15 @@ def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None 
                                     "FILE (train one with `evospec vocab dynaspec`)")
             router_fill = _fill(_router_clusters(router, inputs), policy, settings, table, inputs)
             if settings.fill_source == "router":
-                return MassRouted(policy, router_fill, int(arg))
+                return gated(MassRouted(policy, router_fill, int(arg)), settings)
         if settings.mass_fill:
             if inputs.mass is None:
                 raise SettingsError(f"policy {spec!r} fills its tail by mass, and this bundle has no mass index "
                                     "(compile it with --mass-clusters > 0, or run evospec:K:frequency-fill)")
             if settings.route_semantic:
                 raise SettingsError(f"policy {spec!r}: mass_fill and route_semantic both route the set; choose one")
-            return MassRouted(policy, _fill(inputs.mass, policy, settings, table, inputs), int(arg), router_fill)
+            return gated(MassRouted(policy, _fill(inputs.mass, policy, settings, table, inputs), int(arg), router_fill),
+                         settings)
         if settings.route_semantic:
             if inputs.semantic is None:
                 raise SettingsError(f"policy {spec!r} routes through the semantic index, and this bundle has none "

@@ -126,8 +126,13 @@ int evospec_policy_next(evospec_policy* policy, const float* state, int64_t widt
   return guarded([&] {
     c10::InferenceMode guard;
     at::Tensor s = state_tensor(*policy, state, width);
-    std::vector<int64_t> active =
-        policy->policy->routed() && s.defined() ? policy->policy->route(s) : policy->policy->active_ids();
+    bool routing = policy->policy->routed() && s.defined();
+    std::vector<int64_t> active = routing ? policy->policy->route(s) : policy->policy->active_ids();
+    if (routing && policy->policy->route_kept()) {  // the set before, unchanged: the caller keeps its copy
+      *size = static_cast<int64_t>(policy->last.size());
+      *changed = 0;
+      return;
+    }
     *size = static_cast<int64_t>(active.size());
     if (*size > capacity || (ids == nullptr && *size > 0))
       throw evospec::SettingsError("an active set of " + std::to_string(*size) + " ids does not fit a buffer of " +

@@ -74,7 +74,8 @@ struct Drafter::Impl {
         auto t0 = std::chrono::steady_clock::now();
         std::vector<int64_t> active = policy->route(root_normed[-1]);
         policy_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        set_active(active);
+        if (policy->route_kept()) moved = 0;  // the set before, unchanged: no plan update
+        else set_active(active);
       }
     }
     at::Tensor logits = rows->logits(normed);

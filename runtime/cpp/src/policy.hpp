@@ -36,6 +36,9 @@ class Policy {
   // head of a cycle's first call, instead of through active_ids() before it.
   virtual bool routed() const { return false; }
   virtual std::vector<int64_t> route(const at::Tensor&) { return active_ids(); }
+  // Whether the last route() handed back the set before it without choosing (a refresh gate): the caller's plan
+  // update is then skipped.
+  virtual bool route_kept() const { return false; }
   // Python's ``MassRouted.decoding``: the next sequence decodes greedily or samples (a fill may differ by kind);
   // called before ``reset``.
   virtual void decoding(bool /*greedy*/) {}
@@ -183,6 +186,10 @@ std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::sha
                                          std::shared_ptr<const ClusterIndex> greedy_index = nullptr);
 
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
+
+// Python's RefreshGate (refresh_gate.cpp): ``inner`` (routed) re-routes greedy sequences only after a miss or every
+// ``gap`` cycles; ``gap`` 1 returns ``inner`` itself.
+std::unique_ptr<Policy> make_refresh_gate(std::unique_ptr<Policy> inner, int64_t gap);
 
 // ``settings`` with the built-in variant ``name`` applied (SettingsError for an unknown one).
 EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::string& name);
