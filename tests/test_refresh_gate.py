@@ -68,6 +68,23 @@ def test_greedy_routes_every_gap_cycles_without_a_miss():
     assert inner.routes == 3  # cycles 1, 4 and 7
 
 
+def test_hold_keeps_a_set_only_after_cycles_in_a_row_without_a_miss():
+    inner = CountingRouted()
+    gate = RefreshGate(inner, gap=100, hold=2)
+    gate.decoding(True)
+    gate.reset([1])
+    state = torch.zeros(4)
+    routed = []
+    for committed in ([10], [999], [20], [20], [30], [30], [999], [40]):
+        before = inner.routes
+        current = gate.route(state)
+        routed.append(inner.routes > before)
+        gate.observe([int(current[0])] if committed != [999] else committed)
+    # a route at once, and again after one hit (held 1 < 2); the miss routes, then one more hit routes; two hits in a
+    # row keep the set (cycles 5-7) until the next miss
+    assert routed == [True, True, True, True, False, False, False, True]
+
+
 def test_sampled_requests_route_every_cycle_and_reset_routes_afresh():
     gate, inner = _gate(gap=100, greedy=False)
     for _ in range(4):
@@ -101,6 +118,8 @@ def test_gap_setting_reaches_the_policy_and_is_checked():
         PolicySettings(refresh_gap=0)
     with pytest.raises(ValueError, match="refresh gap"):
         RefreshGate(CountingRouted(), 0)
+    with pytest.raises(SettingsError, match="refresh_hold >= 0"):
+        PolicySettings(refresh_gap=4, refresh_hold=-1)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def _fill(index, policy: EvoSpecPolicy, settings, table: TokenFrequencies, input
 
 def gated(policy, settings):
     """``policy`` (routed) behind the refresh gate when the settings ask for one (``refresh_gap`` > 1)."""
-    return RefreshGate(policy, settings.refresh_gap) if settings.refresh_gap > 1 else policy
+    return RefreshGate(policy, settings.refresh_gap, settings.refresh_hold) if settings.refresh_gap > 1 else policy
 
 
 def make_policy(spec: str, inputs: PolicyInputs, frequencies: str | Path | None = None,

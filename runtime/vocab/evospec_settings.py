@@ -95,6 +95,8 @@ class PolicySettings:
         refresh_gap: a greedy request's routed set (the fill) is chosen again only after the target committed a
             token outside the set the drafter used, or after this many cycles; in between the last set stays, at no
             cost on the decoding thread (``refresh_gate.py``; 1: every cycle). Sampled requests route every cycle.
+        refresh_hold: with ``refresh_gap`` > 1, a set is kept only once this many cycles in a row committed no token
+            outside their sets (0: from the cycle after a route).
         drift: topic-switch detection.
     """
 
@@ -115,6 +117,7 @@ class PolicySettings:
     fill_source: str = "auto"  # chosen on the valid split (README, stop 39): router at T = 0, mass at T = 1
     fresh: bool = True  # chosen on the valid split (README, stop 31)
     refresh_gap: int = 1
+    refresh_hold: int = 0
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
@@ -127,8 +130,9 @@ class PolicySettings:
             raise SettingsError(f"fill_source must be 'mass', 'router' or 'auto' (got {self.fill_source!r})")
         if self.mass_rank not in ("mass", "max"):
             raise SettingsError(f"mass_rank must be 'mass' or 'max' (got {self.mass_rank!r})")
-        if self.refresh_gap < 1:
-            raise SettingsError(f"refresh_gap must be >= 1 cycle (got {self.refresh_gap})")
+        if self.refresh_gap < 1 or self.refresh_hold < 0:
+            raise SettingsError(f"refresh_gap must be >= 1 cycle and refresh_hold >= 0 (got {self.refresh_gap}, "
+                                f"{self.refresh_hold})")
         if min(self.semantic_count, self.max_age, self.target_top, self.route_semantic) < 0:
             raise SettingsError(f"semantic_count, max_age, target_top and route_semantic must be >= 0 (got "
                                 f"{self.semantic_count}, {self.max_age}, {self.target_top}, {self.route_semantic})")
@@ -249,6 +253,8 @@ VARIANTS: dict[str, dict] = {
     "age-64": {"policy": {"max_age": 64}},
     "refresh-4": {"policy": {"refresh_gap": 4}},
     "refresh-16": {"policy": {"refresh_gap": 16}},
+    "refresh-16-hold-4": {"policy": {"refresh_gap": 16, "refresh_hold": 4}},
+    "refresh-16-hold-16": {"policy": {"refresh_gap": 16, "refresh_hold": 16}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
     "rest-mass": {"align": {"rest_mass": True}},

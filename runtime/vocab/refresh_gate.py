@@ -28,16 +28,19 @@ from evospec.runtime.vocab.pipelined import membership
 class RefreshGate:
     """A routed policy that greedy requests route only after a miss or every ``gap`` cycles (``gap`` 1: always)."""
 
-    def __init__(self, inner, gap: int) -> None:
-        if gap < 1:
-            raise ValueError(f"the refresh gap must be >= 1 cycle (got {gap})")
-        self.inner, self.gap = inner, gap
+    def __init__(self, inner, gap: int, hold: int = 0) -> None:
+        """``hold``: a set is kept only once the last ``hold`` cycles committed no token outside their sets (after
+        a miss the next ``hold`` cycles route)."""
+        if gap < 1 or hold < 0:
+            raise ValueError(f"the refresh gap must be >= 1 cycle and the hold >= 0 (got {gap}, {hold})")
+        self.inner, self.gap, self.hold = inner, gap, hold
         self.name = inner.name
         self._greedy = False
         self._last: torch.Tensor | None = None  # the set the last route returned
         self._members: torch.Tensor | None = None  # membership(self._last), for the miss test
         self._since = 0  # cycles since the last route
         self._missed = True
+        self._held = 0  # cycles in a row that committed no token outside their set
         self.routes = self.skips = 0  # cycles routed and cycles that kept the last set (for the README's counts)
 
     def decoding(self, greedy: bool) -> None:
@@ -48,14 +51,16 @@ class RefreshGate:
     def reset(self, prompt_ids: list[int]) -> None:
         self.inner.reset(prompt_ids)
         self._last = self._members = None
-        self._since, self._missed = 0, True
+        self._since, self._missed, self._held = 0, True, 0
 
     def observe(self, committed: list[int], state: torch.Tensor | None = None,
                 target_top: torch.Tensor | None = None) -> None:
-        if not self._missed and self._members is not None and committed:
+        if self._members is not None and committed:
             ids = torch.as_tensor(committed, dtype=torch.long)
             inside = ids < self._members.numel()
-            self._missed = not bool(inside.all()) or not bool(self._members[ids].all())
+            miss = not bool(inside.all()) or not bool(self._members[ids].all())
+            self._missed |= miss
+            self._held = 0 if miss else self._held + 1
         if target_top is None:
             self.inner.observe(committed, state)
         else:
@@ -63,7 +68,8 @@ class RefreshGate:
 
     def route(self, state: torch.Tensor) -> torch.Tensor:
         self._since += 1
-        if self._greedy and self.gap > 1 and self._last is not None and not self._missed and self._since < self.gap:
+        if (self._greedy and self.gap > 1 and self._last is not None and not self._missed and self._since < self.gap
+                and self._held >= self.hold):
             self.skips += 1
             return self._last
         active = self.inner.route(state)

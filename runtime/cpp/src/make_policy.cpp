@@ -66,13 +66,13 @@ std::unique_ptr<Policy> make_policy(const std::string& spec, PolicyInputs d, con
     std::vector<int64_t> core_ids(ranked.begin(), ranked.begin() + policy->core_size());
     if (settings.fill_source == "router")
       return make_refresh_gate(make_mass_routed(std::move(policy), router, core_ids, ranked, size, settings.mass_sticky),
-                               settings.refresh_gap);
+                               settings.refresh_gap, settings.refresh_hold);
     if (!manifest.has("mass_index"))
       throw SettingsError("policy '" + spec + "' fills its tail by mass, and this bundle has no mass index (compile it "
                           "with --mass-clusters > 0, or run evospec:K:frequency-fill)");
     return make_refresh_gate(make_mass_routed(std::move(policy), load_mass_index(d.bundle, vocab, d.hidden_size),
                                               core_ids, ranked, size, settings.mass_sticky, router),
-                             settings.refresh_gap);
+                             settings.refresh_gap, settings.refresh_hold);
   }
   if (name == "dynaspec") {
     std::string k = arg.substr(0, arg.find(':'));

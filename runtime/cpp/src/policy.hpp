@@ -188,8 +188,8 @@ std::unique_ptr<Policy> make_mass_routed(std::unique_ptr<Policy> inner, std::sha
 using EvoSpecSettings = evospec::EvoSpecPolicySettings;  // public: DrafterOptions::evospec
 
 // Python's RefreshGate (refresh_gate.cpp): ``inner`` (routed) re-routes greedy sequences only after a miss or every
-// ``gap`` cycles; ``gap`` 1 returns ``inner`` itself.
-std::unique_ptr<Policy> make_refresh_gate(std::unique_ptr<Policy> inner, int64_t gap);
+// ``gap`` cycles, keeping a set once ``hold`` cycles in a row had no miss; ``gap`` 1 returns ``inner`` itself.
+std::unique_ptr<Policy> make_refresh_gate(std::unique_ptr<Policy> inner, int64_t gap, int64_t hold);
 
 // ``settings`` with the built-in variant ``name`` applied (SettingsError for an unknown one).
 EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::string& name);

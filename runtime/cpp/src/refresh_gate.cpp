@@ -1,6 +1,7 @@
 // Python's RefreshGate (runtime/vocab/refresh_gate.py): a greedy sequence's routed set is chosen again only after
 // the target committed a token outside the set the drafter used, or every ``gap`` cycles; in between the last set
-// stays and the caller skips its plan update (``route_kept``). Sampled sequences route every cycle.
+// stays and the caller skips its plan update (``route_kept``), once ``hold`` cycles in a row committed no token
+// outside their sets. Sampled sequences route every cycle.
 #include <algorithm>
 
 #include "policy.hpp"
@@ -10,8 +11,10 @@ namespace {
 
 class RefreshGate : public Policy {
  public:
-  RefreshGate(std::unique_ptr<Policy> inner, int64_t gap) : inner_(std::move(inner)), gap_(gap) {
-    if (gap < 1) throw SettingsError("refresh_gap must be >= 1 cycle (got " + std::to_string(gap) + ")");
+  RefreshGate(std::unique_ptr<Policy> inner, int64_t gap, int64_t hold) : inner_(std::move(inner)), gap_(gap), hold_(hold) {
+    if (gap < 1 || hold < 0)
+      throw SettingsError("refresh_gap must be >= 1 cycle and refresh_hold >= 0 (got " + std::to_string(gap) + ", " +
+                          std::to_string(hold) + ")");
   }
   void decoding(bool greedy) override {
     greedy_ = greedy;
@@ -21,23 +24,27 @@ class RefreshGate : public Policy {
     inner_->reset(prompt);
     last_.clear();
     members_.clear();
-    since_ = 0;
+    since_ = held_ = 0;
     missed_ = true;
     kept_ = false;
   }
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override {
-    if (!missed_ && !last_.empty())
+    if (!last_.empty() && !committed.empty()) {
+      bool miss = false;
       for (int64_t t : committed)
         if (t < 0 || t >= static_cast<int64_t>(members_.size()) || !members_[t]) {
-          missed_ = true;
+          miss = true;
           break;
         }
+      missed_ = missed_ || miss;
+      held_ = miss ? 0 : held_ + 1;
+    }
     inner_->observe(committed, state);
   }
   bool routed() const override { return inner_->routed(); }
   std::vector<int64_t> route(const at::Tensor& state) override {
     ++since_;
-    kept_ = greedy_ && gap_ > 1 && !last_.empty() && !missed_ && since_ < gap_;
+    kept_ = greedy_ && gap_ > 1 && !last_.empty() && !missed_ && since_ < gap_ && held_ >= hold_;
     if (kept_) return last_;
     last_ = inner_->route(state);
     int64_t top = 0;
@@ -61,18 +68,18 @@ class RefreshGate : public Policy {
 
  private:
   std::unique_ptr<Policy> inner_;
-  int64_t gap_;
+  int64_t gap_, hold_;
   bool greedy_ = false, missed_ = true, kept_ = false;
-  int64_t since_ = 0;
+  int64_t since_ = 0, held_ = 0;  // cycles since the last route; cycles in a row without a miss
   std::vector<int64_t> last_;   // the set the last route chose
   std::vector<uint8_t> members_;  // membership of last_ over 0..max(last_), for the miss test
 };
 
 }  // namespace
 
-std::unique_ptr<Policy> make_refresh_gate(std::unique_ptr<Policy> inner, int64_t gap) {
+std::unique_ptr<Policy> make_refresh_gate(std::unique_ptr<Policy> inner, int64_t gap, int64_t hold) {
   if (gap == 1) return inner;
-  return std::make_unique<RefreshGate>(std::move(inner), gap);
+  return std::make_unique<RefreshGate>(std::move(inner), gap, hold);
 }
 
 }  // namespace evospec::detail
