@@ -109,7 +109,7 @@ SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out
     pytest.param(CHAIN, "evospec:64", marks=SLOW),
     pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
     (TREE, "evospec:64"), pytest.param(CHAIN, "evospec:48:frequency-fill:sync", marks=SLOW),
-    pytest.param(TREE, "evospec:64:no-sticky", marks=SLOW), (CHAIN, "evospec:64:refresh-4"),
+    pytest.param(TREE, "evospec:64:no-sticky", marks=SLOW), (CHAIN, "evospec:64:hold-0"),
 ], ids=["chain-own-vocab", "chain-siblings-frspec", "tree-frspec", "tree-evospec-sync", "chain-evospec-pipelined", "chain-evospec-core-25",
         "tree-evospec-no-context", "tree-evospec-mass-fill", "chain-evospec-frequency-fill-sync",
         "tree-evospec-no-sticky", "chain-evospec-refresh-gate"])

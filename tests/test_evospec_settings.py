@@ -64,10 +64,11 @@ def test_policy_names_select_variants_and_alignment():
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: freq))
         assert make_policy("evospec:40:sync", inputs, "f", evospec=config).settings == config.chosen.policy
         variant = make_policy("evospec:40:core-25", inputs, "f", evospec=config)  # mass-routed, pipelined
-        assert variant.inner.inner.settings.core_share == 0.25 and variant.inner.inner.core_size == 10
+        pipelined = variant.inner.inner  # the refresh gate holds the mass fill, which holds the worker
+        assert pipelined.inner.settings.core_share == 0.25 and pipelined.inner.core_size == 10
         variant.close()
         synced = make_policy("evospec:40:core-25:sync", inputs, "f", evospec=config)  # the variant, unpipelined
-        assert isinstance(synced.inner, EvoSpecPolicy) and synced.inner.core_size == 10
+        assert isinstance(synced.inner.inner, EvoSpecPolicy) and synced.inner.inner.core_size == 10
         with pytest.raises(SettingsError, match="variant 'nope' is not in built-in settings"):
             make_policy("evospec:40:nope", inputs, "f", evospec=config)
     assert split_align("evospec:40:no-drift+align") == ("evospec:40:no-drift", True)

@@ -67,10 +67,10 @@ def test_sets_equal_pythons_when_only_the_best_clusters_are_ordered(cpp_library,
 
 
 def test_refresh_gated_sets_equal_pythons_call_for_call(cpp_library, demo_bundle):
-    """The refresh gate (``refresh-4``) on a greedy sequence: committed tokens from the served set keep it (the
+    """The refresh gate (``hold-0``: a set kept from the cycle after a route) on a greedy sequence: committed tokens from the served set keep it (the
     library hands back no new set), one outside it routes again; Python's gate and the library's agree step by
     step, and both kept and changed sets occur."""
-    kept = _assert_sets_equal_pythons(demo_bundle, "evospec:64:refresh-4", greedy=True)
+    kept = _assert_sets_equal_pythons(demo_bundle, "evospec:64:hold-0", greedy=True)
     assert kept >= 10
 
 
@@ -109,7 +109,7 @@ def _assert_sets_equal_pythons(bundle: Path, vocab: str, greedy: bool = False) -
 
 
 @pytest.mark.parametrize(("settings", "vocab"), [(CHAIN, "evospec:64"), (SAMPLED_CHAIN, "evospec:64"),
-                                               (CHAIN, "evospec:64:refresh-4")], ids=["greedy", "sampled", "greedy-gated"])
+                                               (CHAIN, "evospec:64:hold-0")], ids=["greedy", "sampled", "greedy-gate-hold-0"])
 def test_generations_equal_pythons(cpp_library, demo_bundle, settings, vocab):
     """Consecutive generations: the same tokens, accepted lengths and rows moved as with Python's policy; greedy
     output is the target's own."""

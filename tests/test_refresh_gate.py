@@ -109,10 +109,11 @@ def test_gap_setting_reaches_the_policy_and_is_checked():
     config = EvoSpecConfig.builtin()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: table))
-        gated = make_policy("evospec:40:refresh-4:sync", inputs, "f", evospec=config)
-        every = make_policy("evospec:40:sync", inputs, "f", evospec=EvoSpecConfig.from_table(
-            {"policy": {"refresh_gap": 1}}, "t"))
-    assert isinstance(gated, RefreshGate) and gated.gap == 4
+        gated = make_policy("evospec:40:sync", inputs, "f", evospec=config)  # the chosen settings
+        shorter = make_policy("evospec:40:refresh-4-hold-0:sync", inputs, "f", evospec=config)
+        every = make_policy("evospec:40:no-refresh-gate:sync", inputs, "f", evospec=config)
+    assert isinstance(gated, RefreshGate) and (gated.gap, gated.hold) == (16, 4)
+    assert isinstance(shorter, RefreshGate) and (shorter.gap, shorter.hold) == (4, 0)
     assert not isinstance(every, RefreshGate) and hasattr(every, "route")  # gap 1: no gate at all
     with pytest.raises(SettingsError, match="refresh_gap must be >= 1"):
         PolicySettings(refresh_gap=0)
@@ -139,7 +140,7 @@ def demo_bundle(tmp_path_factory):
 
 def test_greedy_output_is_the_targets_while_the_gate_keeps_and_changes_sets(demo_bundle):
     bundle, target, freq = demo_bundle
-    generator = SpeculativeGenerator.from_bundle(bundle, target, vocab="evospec:96:refresh-16", frequencies=freq)
+    generator = SpeculativeGenerator.from_bundle(bundle, target, vocab="evospec:96:hold-0", frequencies=freq)
     gate = generator.policy
     assert isinstance(gate, RefreshGate)
     s = DecodeSettings(max_new_tokens=64, draft_tree="chain", draft_depth=5)

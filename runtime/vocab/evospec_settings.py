@@ -116,8 +116,8 @@ class PolicySettings:
     mass_rank: str = "mass"
     fill_source: str = "auto"  # chosen on the valid split (README, stop 39): router at T = 0, mass at T = 1
     fresh: bool = True  # chosen on the valid split (README, stop 31)
-    refresh_gap: int = 1
-    refresh_hold: int = 0
+    refresh_gap: int = 16  # chosen on the valid split (README, issue 15, stop 46): tau level, half the policy time
+    refresh_hold: int = 4
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
@@ -251,10 +251,10 @@ VARIANTS: dict[str, dict] = {
     "router-fill": {"policy": {"fill_source": "router"}},
     "mass-fill": {"policy": {"fill_source": "mass"}},
     "age-64": {"policy": {"max_age": 64}},
-    "refresh-4": {"policy": {"refresh_gap": 4}},
-    "refresh-16": {"policy": {"refresh_gap": 16}},
-    "refresh-16-hold-4": {"policy": {"refresh_gap": 16, "refresh_hold": 4}},
-    "refresh-16-hold-16": {"policy": {"refresh_gap": 16, "refresh_hold": 16}},
+    "no-refresh-gate": {"policy": {"refresh_gap": 1}},
+    "hold-0": {"policy": {"refresh_hold": 0}},
+    "hold-16": {"policy": {"refresh_hold": 16}},
+    "refresh-4-hold-0": {"policy": {"refresh_gap": 4, "refresh_hold": 0}},
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
     "rest-mass": {"align": {"rest_mass": True}},

@@ -94,8 +94,8 @@ struct DraftTree {
 // DriftSettings); the defaults are the Python runtime's built-in (chosen) settings. A policy named
 // ``evospec:K:VARIANT`` applies the built-in variant's override on top of these (core-25, core-75,
 // frequency-only, no-context, no-corpus-successors, no-session-successors, no-semantic,
-// semantic-256, age-64, no-drift, frequency-fill, no-sticky, router-fill, mass-fill, refresh-4, refresh-16, refresh-16-hold-4,
-// refresh-16-hold-16; no-curriculum,
+// semantic-256, age-64, no-drift, frequency-fill, no-sticky, router-fill, mass-fill, no-refresh-gate, hold-0, hold-16,
+// refresh-4-hold-0; no-curriculum,
 // align-retrieved-rows, rest-mass and renormalised-teacher change alignment only).
 struct EvoSpecPolicySettings {
   double core_share = 0.5;          // share of K held by the most frequent corpus tokens
@@ -111,9 +111,9 @@ struct EvoSpecPolicySettings {
   std::string fill_source = "auto";
   bool fresh = true;                // pipelined: patch the worker's set with the newest committed tokens and successors
   // a greedy sequence's routed set is chosen again only after a committed token outside it, or every this many
-  // cycles (1: every cycle); sampled sequences route every cycle
-  int64_t refresh_gap = 1;
-  int64_t refresh_hold = 0;         // ... keeping a set only once this many cycles in a row committed no token outside it
+  // cycles (1: every cycle); sampled sequences route every cycle (chosen on the valid split: README, issue 15)
+  int64_t refresh_gap = 16;
+  int64_t refresh_hold = 4;          // ... keeping a set only once this many cycles in a row committed no token outside it
   bool drift_enabled = true;        // topic-switch detection
   double drift_fast = 0.5, drift_slow = 0.05, drift_jump = 0.2;  // miss-rate averages; drift when fast > slow + jump
   int64_t drift_warmup = 8, drift_keep_steps = 1, drift_boost = 8;
