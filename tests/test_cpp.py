@@ -242,12 +242,14 @@ def test_trunk_weight_updates_from_cpp_equal_python(binary, demo_bundle, work):
     assert python.trees != [s["tree"] for s in recording["steps"]], "the updates changed no draft: the check is vacuous"
 
 
-def test_python_replay_reproduces_the_recording(demo_bundle, work):
+@pytest.mark.parametrize("vocab", ["evospec:64", "evospec:64:hold-0"])
+def test_python_replay_reproduces_the_recording(demo_bundle, work, vocab):
     """What `evospec profile cpp` times on the Python side (the drafter driven from recorded features,
-    no target) drafts what the decoding loop drafted: so both sides of the timing do the same work.
+    no target) drafts what the decoding loop drafted: so both sides of the timing do the same work, the
+    refresh gate's kept sets included (the replay drafts a greedy sequence, as the recording did).
     Needs no C++ toolchain."""
-    recording_dir = work / "demo-replay"
-    recording = record(demo_bundle, DEMO_TARGET, "import ", recording_dir, TREE, vocab="evospec:64")
+    recording_dir = work / f"demo-replay-{vocab.replace(':', '_')}"
+    recording = record(demo_bundle, DEMO_TARGET, "import ", recording_dir, TREE, vocab=vocab)
     python = replay_python(demo_bundle, DEMO_TARGET, recording_dir)
     assert python.trees == [s["tree"] for s in recording["steps"]]
     assert python.active == [s["active"] for s in recording["steps"]]

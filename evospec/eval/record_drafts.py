@@ -130,6 +130,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
     for r in range(max(1, repeat)):
         cache = DrafterKVCache(drafter.config, len(prompt) + 4096, torch.device("cpu"), torch.float32)
         if policy is not None:
+            if hasattr(policy, "decoding"):  # recordings are greedy: a greedy fill, and the refresh gate at work
+                policy.decoding(True)
             policy.reset(prompt)
         state = None
         for i, step in enumerate(recording["steps"]):

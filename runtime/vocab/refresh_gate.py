@@ -26,7 +26,8 @@ from evospec.runtime.vocab.pipelined import membership
 
 
 class RefreshGate:
-    """A routed policy that greedy requests route only after a miss or every ``gap`` cycles (``gap`` 1: always)."""
+    """A routed policy that greedy requests route only after a miss or every ``gap`` cycles (``gap`` 1: always),
+    keeping a set only once ``hold`` cycles in a row had no miss."""
 
     def __init__(self, inner, gap: int, hold: int = 0) -> None:
         """``hold``: a set is kept only once the last ``hold`` cycles committed no token outside their sets (after
@@ -41,7 +42,7 @@ class RefreshGate:
         self._since = 0  # cycles since the last route
         self._missed = True
         self._held = 0  # cycles in a row that committed no token outside their set
-        self.routes = self.skips = 0  # cycles routed and cycles that kept the last set (for the README's counts)
+        self.routes = self.skips = 0  # cycles routed and cycles that kept the last set (tests and diagnostics)
 
     def decoding(self, greedy: bool) -> None:
         self._greedy = bool(greedy)
