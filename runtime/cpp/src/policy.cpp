@@ -118,10 +118,8 @@ std::vector<int64_t> PipelinedPolicy::active_ids() {
   // Python's PipelinedPolicy._patch: what the set lacks, appended while it is under K, then in place of its
   // last entries that are not fresh themselves (the last fresh ones when too few are not); never over the core
   // membership of the few fresh ids in the K-id set through a mask, not a hash set of K ids (decoding thread)
-  int64_t top = 0;
-  for (int64_t id : current_) top = std::max(top, id);
-  std::vector<uint8_t> in(static_cast<size_t>(top) + 1, 0);
-  for (int64_t id : current_) in[id] = 1;
+  std::vector<uint8_t> in = membership(current_);
+  int64_t top = static_cast<int64_t>(in.size()) - 1;
   std::vector<int64_t> add;
   int64_t core = inner_->core_size();
   int64_t k = std::max(core + inner_->tail_size(), n);

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <future>
@@ -57,6 +58,16 @@ class Policy {
   // newest observation's job here (Python's PipelinedPolicy.start_pending).
   virtual void start_pending() {}
 };
+
+// A mask over 0..max(ids) marking ``ids`` (Python's ``pipelined.membership``): testing a few ids against a K-id set
+// is then an index, not a hash lookup.
+inline std::vector<uint8_t> membership(const std::vector<int64_t>& ids) {
+  int64_t top = 0;
+  for (int64_t id : ids) top = std::max(top, id);
+  std::vector<uint8_t> in(static_cast<size_t>(top) + 1, 0);
+  for (int64_t id : ids) in[id] = 1;
+  return in;
+}
 
 class StaticPolicy : public Policy {
  public:

@@ -2,8 +2,6 @@
 // the target committed a token outside the set the drafter used, or every ``gap`` cycles; in between the last set
 // stays and the caller skips its plan update (``route_kept``), once ``hold`` cycles in a row committed no token
 // outside their sets. Sampled sequences route every cycle.
-#include <algorithm>
-
 #include "policy.hpp"
 
 namespace evospec::detail {
@@ -47,10 +45,7 @@ class RefreshGate : public Policy {
     kept_ = greedy_ && gap_ > 1 && !last_.empty() && !missed_ && since_ < gap_ && held_ >= hold_;
     if (kept_) return last_;
     last_ = inner_->route(state);
-    int64_t top = 0;
-    for (int64_t id : last_) top = std::max(top, id);
-    members_.assign(static_cast<size_t>(top) + 1, 0);
-    for (int64_t id : last_) members_[id] = 1;
+    members_ = membership(last_);
     since_ = 0;
     missed_ = false;
     return last_;
