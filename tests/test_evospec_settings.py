@@ -42,6 +42,7 @@ def test_config_file_mirrors_the_builtin_settings():
     ("[policy]\ncore_shar = 0.5\n", "unknown keys ['core_shar']"),
     ("[policy]\ncore_share = 'half'\n", "core_share must be float"),
     ("[policy]\ncore_share = 1.5\n", "core_share must be in (0, 1]"),
+    ("[policy]\nrefresh_gap = 0\n", "evospec.toml.policy: refresh_gap must be >= 1 cycle"),
     ("[align]\nbatch = 2.5\n", "batch must be int"),
     ("align_rows = 'some'\n", "align_rows must be 'retrieved' or 'all'"),
     ("[variants.sync]\npolicy = { context = false }\n", "reserved"),

@@ -170,7 +170,7 @@ def _build(cls, table: Any, where: str, base: Any = None):
             if dataclasses.is_dataclass(current) else value
     try:
         built = replace(base, **values)
-    except TypeError as exc:
+    except (TypeError, SettingsError) as exc:  # a wrong key's type, or a value out of range: say where
         raise SettingsError(f"{where}: {exc}") from None
     try:
         check_field_types(built)
