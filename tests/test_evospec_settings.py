@@ -142,6 +142,26 @@ def test_semantic_count_switch():
     assert 180 not in _run(off, [[1]], state=torch.zeros(4)) and index.calls == [3]  # never queried
 
 
+def test_semantic_greedy_switch():
+    """Greedy requests skip the semantic query unless ``semantic_greedy``; sampled ones always query. The kind reaches
+    the policy through the pipelined worker and the mass fill as the decoding loop tells it (``decoding``)."""
+    for greedy, semantic_greedy, queried in ((True, False, False), (False, False, True), (True, True, True)):
+        index = _FixedIndex()
+        policy = EvoSpecPolicy(40, _frequencies(), 200, PolicySettings(semantic_count=3, semantic_greedy=semantic_greedy),
+                               semantic=index)
+        policy.decoding(greedy)
+        assert (180 in _run(policy, [[1]], state=torch.zeros(4))) == queried and (index.calls == [3]) == queried
+    inputs = PolicyInputs(200, torch.arange(100), semantic=_FixedIndex(), mass=_mass_index())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TokenFrequencies, "load", staticmethod(lambda path: _frequencies()))
+        routed = make_policy("evospec:40", inputs, "f")  # the gate, the mass fill, the worker, the policy
+    routed.decoding(True)
+    assert routed.inner.inner.inner._greedy is True
+    routed.decoding(False)
+    assert routed.inner.inner.inner._greedy is False
+    routed.close()
+
+
 def test_target_top_switch():
     """Verification feedback: the target's top ids at the verified positions enter the tail, up to
     ``target_top`` per position, and only when the switch is on."""

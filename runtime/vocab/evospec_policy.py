@@ -61,6 +61,7 @@ class EvoSpecPolicy:
             raise SettingsError(f"evospec:K needs 2 <= K <= {vocab_size} (got {k})")
         self.name = name or f"evospec:{k}"
         self.settings = settings
+        self._greedy = False  # the request decodes greedily (``decoding``): no semantic query unless semantic_greedy
         self.frequency_fill = frequency_fill
         self.k, self.core_size = k, min(k, max(1, int(k * settings.core_share)))
         self.ranked = frequencies.ranked(k, vocab_size)  # core, then the fill for an unused tail budget
@@ -79,6 +80,11 @@ class EvoSpecPolicy:
         self.session_keys = max(SESSION_KEYS_PER_K * k, SESSION_KEYS_MIN)
         self._active: torch.Tensor | None = None  # the last set handed out
         self.reset([])
+
+    def decoding(self, greedy: bool) -> None:
+        """The next request decodes greedily or samples (greedy ones skip the semantic query unless
+        ``semantic_greedy``)."""
+        self._greedy = bool(greedy)
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.step = 0
@@ -154,7 +160,7 @@ class EvoSpecPolicy:
             self.recency.drop_before(self.step - self.settings.max_age + 1)
         if target_top is not None and self.target_top:
             self._mark_all(target_top[:, : self.target_top].reshape(-1))
-        if self.semantic is not None and state is not None:
+        if self.semantic is not None and state is not None and (not self._greedy or self.settings.semantic_greedy):
             count = self.semantic_count * (self.drift.boost if drifted else 1)
             for token in self.semantic.query(state, count):
                 self._mark(token)

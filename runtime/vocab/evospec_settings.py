@@ -92,6 +92,9 @@ class PolicySettings:
         fresh: when retrieval runs a cycle ahead on a worker (``PipelinedPolicy``), patch the set it hands
             out on the decoding thread with the newest committed tokens and their corpus successors, the
             evidence the worker's set is a cycle too old to hold (a few ids: the lag at almost no cost).
+        semantic_greedy: greedy requests query the semantic index too (False: sampled ones only). At T = 0 the query
+            is worth nothing on the valid split, and on a small host it slows the target's pass beside it (README,
+            issue 15, stop 46).
         refresh_gap: a greedy request's routed set (the fill) is chosen again only after the target committed a
             token outside the set the drafter used, or after this many cycles; in between the last set stays, at no
             cost on the decoding thread (``refresh_gate.py``; 1: every cycle). Sampled requests route every cycle.
@@ -116,6 +119,7 @@ class PolicySettings:
     mass_rank: str = "mass"
     fill_source: str = "auto"  # chosen on the valid split (README, stop 39): router at T = 0, mass at T = 1
     fresh: bool = True  # chosen on the valid split (README, stop 31)
+    semantic_greedy: bool = False  # chosen on the valid split (README, issue 15, stop 46)
     refresh_gap: int = 16  # chosen on the valid split (README, issue 15, stop 46): tau level, half the policy time
     refresh_hold: int = 4
     drift: DriftSettings = field(default_factory=DriftSettings)
@@ -251,6 +255,7 @@ VARIANTS: dict[str, dict] = {
     "router-fill": {"policy": {"fill_source": "router"}},
     "mass-fill": {"policy": {"fill_source": "mass"}},
     "age-64": {"policy": {"max_age": 64}},
+    "semantic-greedy": {"policy": {"semantic_greedy": True}},
     "no-refresh-gate": {"policy": {"refresh_gap": 1}},
     "hold-0": {"policy": {"refresh_hold": 0}},
     "hold-16": {"policy": {"refresh_hold": 16}},

@@ -146,6 +146,8 @@ class MassRouted:
     def decoding(self, greedy: bool) -> None:
         """The next request decodes greedily or samples: its fill (the generator calls this before ``reset``)."""
         self.fill = self._fills[greedy]
+        if hasattr(self.inner, "decoding"):
+            self.inner.decoding(greedy)
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.fill.forget()

@@ -91,6 +91,12 @@ class PipelinedPolicy:
             self._queue.append(self._worker.submit(self._observe_and_plan, *self._pending))
             self._pending = None
 
+    def decoding(self, greedy: bool) -> None:
+        """The next request's kind, for the wrapped policy (after the worker's last job: it reads it)."""
+        self._drain()
+        if hasattr(self.inner, "decoding"):
+            self.inner.decoding(greedy)
+
     def _drain(self) -> None:
         self.start_pending()
         while self._queue:

@@ -112,6 +112,7 @@ class EvoSpecPolicy : public Policy {
     reset({});
   }
 
+  void decoding(bool greedy) override { greedy_ = greedy; }
   void reset(const std::vector<int64_t>& prompt) override {
     step_ = 0;
     stamp_.clear();
@@ -171,7 +172,7 @@ class EvoSpecPolicy : public Policy {
       int64_t oldest = step_ - s_.max_age;
       stamp_.filter([&](const auto& e) { return e.second > oldest; });
     }
-    if (semantic_ != nullptr && state.defined()) {
+    if (semantic_ != nullptr && state.defined() && (!greedy_ || s_.semantic_greedy)) {
       int64_t count = s_.semantic_count * (drifted ? s_.drift_boost : 1);
       for (int64_t token : semantic_->query(state, count)) mark(token);
     }
@@ -219,6 +220,7 @@ class EvoSpecPolicy : public Policy {
 
  private:
   EvoSpecSettings s_;
+  bool greedy_ = false;  // the sequence decodes greedily: no semantic query unless semantic_greedy
   bool frequency_fill_;
   int64_t k_, core_size_ = 0, fill_start_ = 0;
   const SemanticIndex* semantic_;
@@ -271,6 +273,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "semantic-256") s.semantic_count = 256;
   else if (name == "age-64") s.max_age = 64;
   else if (name == "no-fresh") s.fresh = false;
+  else if (name == "semantic-greedy") s.semantic_greedy = true;
   else if (name == "no-refresh-gate") s.refresh_gap = 1;
   else if (name == "hold-0") s.refresh_hold = 0;
   else if (name == "hold-16") s.refresh_hold = 16;
@@ -297,7 +300,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
                         "core-25, core-75, frequency-fill, frequency-only, hold-0, hold-16, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "
                         "no-fresh, no-refresh-gate, no-semantic, no-session-successors, no-sticky, prior-1, prior-half, rank-max, "
-                        "refresh-4-hold-0, renormalised-teacher, rest-mass, router-fill, semantic-256, synthesised-last, target-top-256, unseen-last");
+                        "refresh-4-hold-0, renormalised-teacher, rest-mass, router-fill, semantic-256, semantic-greedy, synthesised-last, target-top-256, unseen-last");
   return s;
 }
 

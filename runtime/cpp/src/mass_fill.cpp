@@ -193,7 +193,10 @@ class MassRouted : public Policy {
       : inner_(std::move(inner)), sampled_(std::move(fill)), greedy_(std::move(greedy_fill)), fill_(sampled_.get()),
         k_(k) {}
 
-  void decoding(bool greedy) override { fill_ = greedy && greedy_ ? greedy_.get() : sampled_.get(); }
+  void decoding(bool greedy) override {
+    fill_ = greedy && greedy_ ? greedy_.get() : sampled_.get();
+    inner_->decoding(greedy);
+  }
   void reset(const std::vector<int64_t>& prompt) override {
     fill_->forget();
     inner_->reset(prompt);

@@ -122,6 +122,10 @@ class PipelinedPolicy : public Policy {
   void observe(const std::vector<int64_t>& committed, const at::Tensor& state) override;
   void start_pending() override;
   void served(const std::vector<int64_t>& active) override { served_ = active; }  // a wrapper changed the set
+  void decoding(bool greedy) override {  // after the worker's last job: it reads the kind
+    drain();
+    inner_->decoding(greedy);
+  }
   std::vector<int64_t> kept_ids() override;
   int64_t tail_size() const override { return inner_->tail_size(); }
   int64_t core_size() const override { return inner_->core_size(); }

@@ -94,7 +94,7 @@ struct DraftTree {
 // DriftSettings); the defaults are the Python runtime's built-in (chosen) settings. A policy named
 // ``evospec:K:VARIANT`` applies the built-in variant's override on top of these (core-25, core-75,
 // frequency-only, no-context, no-corpus-successors, no-session-successors, no-semantic,
-// semantic-256, age-64, no-drift, frequency-fill, no-sticky, router-fill, mass-fill, no-refresh-gate, hold-0, hold-16,
+// semantic-256, age-64, no-drift, frequency-fill, no-sticky, router-fill, mass-fill, semantic-greedy, no-refresh-gate, hold-0, hold-16,
 // refresh-4-hold-0; no-curriculum,
 // align-retrieved-rows, rest-mass and renormalised-teacher change alignment only).
 struct EvoSpecPolicySettings {
@@ -103,6 +103,7 @@ struct EvoSpecPolicySettings {
   bool corpus_successors = true;    // stamp the newest token's corpus successors (statistical index)
   bool session_successors = true;   // stamp what followed the newest token earlier in this session
   int64_t semantic_count = 64;      // rows the semantic index adds per cycle (0: none)
+  bool semantic_greedy = false;     // greedy sequences query the semantic index too (false: sampled ones only)
   int64_t max_age = 0;              // evidence older than this many steps leaves the tail (0: never)
   bool mass_fill = true;            // fill the tail's unused budget by the drafter's estimated mass (bundle's mass index)
   double mass_sticky = 0.25;        // the fill's hysteresis: last cycle's clusters stay within (1 + this) x the rows needed
