@@ -296,7 +296,7 @@ class SpeculativeGenerator:
         if native is not None:
             native.start(prompt, greedy=s.greedy)
             native_siblings = s.draft_siblings
-            native.set_siblings(native_siblings)
+            native.set_siblings(native_siblings, s.draft_sibling_ratio)
         elif use_draft:
             capacity = len(prompt) + s.max_new_tokens + 1 + s.draft_depth * s.tree_width
             if getattr(drafter, "static_past", False):
@@ -352,7 +352,7 @@ class SpeculativeGenerator:
                     if native is not None:
                         if siblings != native_siblings:
                             native_siblings = siblings
-                            native.set_siblings(siblings)
+                            native.set_siblings(siblings, s.draft_sibling_ratio)
                         tree, root_s, tree_s = self._draft_native(native, pairs_hidden, root, s, stats, width, budget,
                                                                   costs, generator)
                     else:
@@ -577,6 +577,7 @@ class SpeculativeGenerator:
             temperature=s.temperature,
             costs=costs,
             siblings=siblings,
+            sibling_ratio=s.draft_sibling_ratio,
         )
         if s.temperature > 0 and width > 1 and s.tree_children != "topk":  # Python's drafter samples its children
             tree = draft_sampled_tree(drafter, cache, request, generator)

@@ -86,6 +86,8 @@ def load_library(path: Path) -> ctypes.CDLL:
         lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, F64P]
     if hasattr(lib, "evospec_drafter_set_siblings"):  # libraries built before chains with siblings lack it
         lib.evospec_drafter_set_siblings.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    if hasattr(lib, "evospec_drafter_set_sibling_ratio"):  # ... and before the siblings' ratio test
+        lib.evospec_drafter_set_sibling_ratio.argtypes = [ctypes.c_void_p, ctypes.c_double]
     return lib
 
 
@@ -151,14 +153,22 @@ class NativeDrafter:
                                 "(no evospec_drafter_start_greedy): rebuild it with `make cpp`, or drop --router")
         self._check(self._lib.evospec_drafter_start(self._handle, ids.ctypes.data_as(I64P), ids.size))
 
-    def set_siblings(self, siblings: int) -> None:
+    def set_siblings(self, siblings: int, ratio: float = 0.0) -> None:
         """Greedy chains proposed from now on also hold the drafter's second choice at their first ``siblings``
-        levels (``DecodeSettings.draft_siblings``; the same trees as Python's ``_draft_chain``)."""
+        levels, where the first choice is less than ``ratio`` times as likely (0: at each of them;
+        ``DecodeSettings.draft_siblings`` and ``draft_sibling_ratio``; the same trees as Python's ``_draft_chain``)."""
         if not hasattr(self._lib, "evospec_drafter_set_siblings"):
             if siblings:
                 raise SettingsError("this build of the C++ drafter library drafts no chain with siblings "
                                     "(evospec_drafter_set_siblings): rebuild it with `make cpp`, or use --draft-siblings 0")
             return
+        if not hasattr(self._lib, "evospec_drafter_set_sibling_ratio"):
+            if ratio:
+                raise SettingsError("this build of the C++ drafter library keeps every sibling (no "
+                                    "evospec_drafter_set_sibling_ratio): rebuild it with `make cpp`, or drop "
+                                    "--draft-sibling-ratio")
+        else:
+            self._check(self._lib.evospec_drafter_set_sibling_ratio(self._handle, float(ratio)))
         self._check(self._lib.evospec_drafter_set_siblings(self._handle, int(siblings)))
 
     def _features(self, features: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,8 @@ right."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -24,20 +26,23 @@ from .conftest import hf_greedy
     ({"draft_siblings": -1}, "draft_siblings must be between 0 and draft_depth"),
     ({"draft_siblings": 2, "draft_tree": "tree"}, "a tree has its own children"),
     ({"draft_siblings": 2, "draft_tree": "chain", "temperature": 0.7}, "needs greedy decoding"),
+    ({"draft_siblings": 2, "draft_tree": "chain", "draft_sibling_ratio": 1.0}, "must be 0 .* or > 1"),
+    ({"draft_siblings": 2, "draft_tree": "chain", "draft_sibling_ratio": -2.0}, "must be 0 .* or > 1"),
+    ({"draft_tree": "chain", "draft_sibling_ratio": 2.0}, "needs draft_siblings > 0"),
 ])
 def test_settings_refuse_siblings_they_cannot_verify(fields, message):
     with pytest.raises(SettingsError, match=message):
         DecodeSettings(**fields)
 
 
-def _chain(drafter, siblings: int, depth: int = 4):
+def _chain(drafter, siblings: int, depth: int = 4, ratio: float = 0.0, seed: int = 0):
     """One greedy chain drafted from a fixed root state, and the root logits it started from."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cache = DrafterKVCache(drafter.config, 64, torch.device("cpu"), drafter.dtype)
     hidden = torch.randn(1, drafter.config.hidden_size, dtype=drafter.dtype)
     logits = torch.randn(drafter.config.draft_vocab_size, dtype=drafter.dtype)
     req = DraftRequest(hidden=hidden, logits=logits, committed=8, width=1, depth=depth, budget=depth,
-                       siblings=siblings)
+                       siblings=siblings, sibling_ratio=ratio)
     return draft_tree(drafter, cache, req, torch.Generator()), logits
 
 
@@ -59,6 +64,33 @@ def test_siblings_are_second_choices_after_the_unchanged_chain():
     assert all(float(tree.scores[n + k]) < float(tree.scores[k]) for k in range(3))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sibling_ratio_keeps_exactly_the_levels_whose_first_choice_is_under_it(seed):
+    """``sibling_ratio``: a level keeps its second choice only where the first is less than ratio times as
+    likely. The kept siblings are the unfiltered tree's siblings of exactly those levels (same ids, parents,
+    depths, scores), after the unchanged chain."""
+    model = tiny_target(TINY_SHAPES["llama"], seed=2, dtype=torch.float64)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=3)
+    every, _ = _chain(drafter, 5, depth=5, seed=seed)
+    n = 5
+    assert every.size == 2 * n
+    # the log-probability gap between each level's first and second choice, from the unfiltered tree's scores
+    gaps = [float(every.scores[k] - every.scores[n + k]) for k in range(n)]
+    ordered = sorted(gaps)
+    ratio = math.exp((ordered[1] + ordered[2]) / 2)  # between the second and third smallest gap: 2 levels kept
+    kept = [k for k in range(n) if gaps[k] < math.log(ratio)]
+    assert len(kept) == 2
+    tree, _ = _chain(drafter, 5, depth=5, ratio=ratio, seed=seed)
+    assert tree.tokens[:n].tolist() == every.tokens[:n].tolist()
+    assert tree.size == n + len(kept)
+    assert tree.tokens[n:].tolist() == [int(every.tokens[n + k]) for k in kept]
+    assert tree.parents.tolist() == list(range(-1, n - 1)) + [k - 1 for k in kept]
+    assert tree.depths.tolist() == list(range(1, n + 1)) + [k + 1 for k in kept]
+    assert torch.equal(tree.scores[n:], every.scores[n:][kept])
+    # a ratio above every level's gap keeps them all
+    assert _chain(drafter, 5, depth=5, ratio=math.exp(ordered[-1]) * 1.01, seed=seed)[0].size == 2 * n
+
+
 def test_siblings_are_never_priced_by_a_value_rule():
     from evospec.runtime.tree import StepCosts
 
@@ -78,13 +110,14 @@ def test_siblings_are_never_priced_by_a_value_rule():
     seed=st.integers(0, 10_000),
     prompt=st.lists(st.integers(0, 95), min_size=1, max_size=12),
     depth=st.integers(1, 5),
+    ratio=st.sampled_from([0.0, 1.5, 4.0]),
     data=st.data(),
 )
-def test_chains_with_siblings_match_hf_greedy(family, seed, prompt, depth, data):
+def test_chains_with_siblings_match_hf_greedy(family, seed, prompt, depth, ratio, data):
     model = tiny_target(TINY_SHAPES[family], seed=seed, dtype=torch.float64, layer_scale=0.3)
     drafter = tiny_drafter(model, draft_vocab=data.draw(st.integers(8, 96)), seed=seed + 1)
     decode = DecodeSettings(max_new_tokens=data.draw(st.integers(1, 24)), draft_tree="chain", draft_depth=depth,
-                            draft_siblings=data.draw(st.integers(1, depth)))
+                            draft_siblings=data.draw(st.integers(1, depth)), draft_sibling_ratio=ratio)
     result = SpeculativeGenerator.from_models(model, drafter).generate(prompt, decode)
     assert result.token_ids == hf_greedy(model, prompt, decode.max_new_tokens)
 

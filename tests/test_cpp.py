@@ -41,7 +41,8 @@ pytestmark = pytest.mark.cpp
 
 TREE = DecodeSettings(max_new_tokens=48, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 CHAIN = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5)
-CHAIN_SIBLINGS = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, draft_siblings=3)
+CHAIN_SIBLINGS = DecodeSettings(max_new_tokens=48, draft_tree="chain", draft_depth=5, draft_siblings=3,
+                                draft_sibling_ratio=3.0)
 LONG_TREE = DecodeSettings(max_new_tokens=96, draft_tree="tree", draft_depth=4, draft_topk=4, draft_tokens=12)
 
 

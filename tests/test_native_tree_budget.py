@@ -183,12 +183,13 @@ def test_fixed_budgets_keep_their_trees_and_gain_scores(library, bundle, plain, 
     assert cpp.token_ids == python.token_ids == plain
 
 
-@pytest.mark.parametrize(("siblings", "budget"), [(2, "fixed"), (6, "fixed"), (3, "auto")])
-def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings, budget):
+@pytest.mark.parametrize(("siblings", "budget", "ratio"), [(2, "fixed", 0.0), (6, "fixed", 0.0), (3, "auto", 0.0),
+                                                      (6, "fixed", 3.0)])
+def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings, budget, ratio):
     """``draft_siblings``: the library's chains hold the same second choices as Python's (the same nodes, order,
     scores), with a fixed budget and with the auto choice pinned to the chain with siblings (whole: never priced,
-    even with the value rule's costs at hand)."""
-    s = dataclasses.replace(settings_for("chain", budget=budget), draft_siblings=siblings)
+    even with the value rule's costs at hand); with ``draft_sibling_ratio``, the same levels keep theirs."""
+    s = dataclasses.replace(settings_for("chain", budget=budget), draft_siblings=siblings, draft_sibling_ratio=ratio)
     costs = REGIMES["rates-dear-rows-spine"] if budget == "auto" else None
     python, python_trees, _ = decode(bundle, "python", s, costs)
     cpp, cpp_trees, _ = decode(bundle, "cpp", s, costs)
@@ -196,8 +197,13 @@ def test_cpp_chains_with_siblings_equal_pythons(library, bundle, plain, siblings
     assert cpp.token_ids == python.token_ids == plain
     assert cpp.stats.accepted_lengths == python.stats.accepted_lengths
     chain_nodes = [int((t.parents == torch.arange(-1, t.size - 1)).cumprod(0).sum()) for t in cpp_trees]
-    assert all(t.size == n + min(n, siblings) for t, n in zip(cpp_trees, chain_nodes, strict=True))
     assert all(n == SHAPES["chain"][1] for n in chain_nodes)  # whole chains
+    kept = [t.size - n for t, n in zip(cpp_trees, chain_nodes, strict=True)]
+    if not ratio:
+        assert all(k == min(n, siblings) for k, n in zip(kept, chain_nodes, strict=True))
+    else:  # the ratio dropped some levels' siblings and kept others'
+        assert any(0 < k < n for k, n in zip(kept, chain_nodes, strict=True))
+        assert min(kept) < max(kept)
 
 
 def test_cpp_drafter_switches_siblings_on_and_off_with_the_auto_choice(library, bundle, plain):
@@ -275,3 +281,5 @@ def test_library_siblings_are_second_choices_of_a_greedy_chain_never_priced(libr
         native.propose(features, 7, 1, 1, 1)
     with pytest.raises(SettingsError, match="must be >= 0"):
         native.set_siblings(-1)
+    with pytest.raises(SettingsError, match="sibling ratio must be 0 .* or > 1, got 0.5"):
+        native.set_siblings(2, 0.5)

@@ -342,8 +342,8 @@ def test_auto_budget_drafts_through_the_cpp_drafter_with_its_costs(random_pair, 
         def start(self, prompt, greedy=False):
             pass
 
-        def set_siblings(self, siblings):
-            assert siblings == 0
+        def set_siblings(self, siblings, ratio=0.0):
+            assert siblings == 0 and ratio == 0.0
 
         def propose(self, features, newest, depth, width, budget, costs=None):
             calls.append((budget, costs))

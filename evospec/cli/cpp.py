@@ -26,8 +26,10 @@ from evospec.cli.output import emit_report
 @click.option("--draft-tokens", type=int, default=32, show_default=True)
 @click.option("--draft-siblings", type=click.IntRange(min=0), default=0, show_default=True,
               help="A chain's second choices at its first N levels, as leaves (DecodeSettings.draft_siblings).")
+@click.option("--draft-sibling-ratio", type=float, default=0.0, show_default=True,
+              help="Keep a level's second choice only where the first is less than this many times as likely (0: all).")
 def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, frequencies, router, max_new_tokens,
-                      draft_tree, draft_depth, draft_topk, draft_tokens, draft_siblings) -> None:
+                      draft_tree, draft_depth, draft_topk, draft_tokens, draft_siblings, draft_sibling_ratio) -> None:
     """Generate greedily with the Python runtime and record each draft step's inputs and outputs."""
     from evospec.core.errors import SettingsError
     from evospec.core.settings import DecodeSettings
@@ -37,7 +39,8 @@ def record_drafts_cmd(bundle_dir, target_dir, out, prompt, prompt_ids, vocab, fr
         raise SettingsError("give exactly one of --prompt and --prompt-ids")
     ids = prompt if prompt is not None else [int(x) for x in prompt_ids.split(",")]
     settings = DecodeSettings(max_new_tokens=max_new_tokens, draft_tree=draft_tree, draft_depth=draft_depth,
-                              draft_topk=draft_topk, draft_tokens=draft_tokens, draft_siblings=draft_siblings)
+                              draft_topk=draft_topk, draft_tokens=draft_tokens, draft_siblings=draft_siblings,
+                              draft_sibling_ratio=draft_sibling_ratio)
     recording = record(bundle_dir, target_dir, ids, out, settings, vocab=vocab, frequencies=frequencies, router=router)
     click.echo(f"recorded {len(recording['steps'])} draft steps ({len(recording['new_tokens'])} new tokens) in {out}")
 

@@ -54,6 +54,9 @@ def decode_options(fn):
         click.option("--draft-siblings", type=click.IntRange(min=0), default=None,
                      help="Greedy chain: also verify the drafter's second choice at each of the first N levels, as a "
                           "leaf beside the chain (no drafter call: one more verified row each)." + _default("draft_siblings")),
+        click.option("--draft-sibling-ratio", type=float, default=None,
+                     help="With --draft-siblings: keep a level's second choice only where the drafter's first choice "
+                          "there is less than this many times as likely (0: every level's)." + _default("draft_sibling_ratio")),
         click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
                      help="Sampling with a tree: sampled draws each node's children from the drafter without "
                           "replacement (recursive rejection; accepts more where the target's law is flat), topk takes "

@@ -36,6 +36,9 @@ from evospec.core.settings import DecodeSettings
 @click.option("--draft-siblings", type=click.IntRange(min=0), default=None,
               help="Greedy chain: also verify the drafter's second choice at each of the first N levels, as a leaf "
                    "beside the chain (no drafter call: one more verified row each) [default: 0].")
+@click.option("--draft-sibling-ratio", type=float, default=None,
+              help="With --draft-siblings: keep a level's second choice only where the drafter's first choice there "
+                   "is less than this many times as likely [default: 0: every level's].")
 @click.option("--tree-children", type=click.Choice(["auto", "sampled", "topk"]), default=None,
               help="Sampling with a tree: sampled children (drawn without replacement, recursive rejection) or the "
                    "drafter's top-k [default: auto: sampled with Python's drafter, top-k with the C++ library].")

@@ -87,6 +87,10 @@ class DecodeSettings:
             the chain with its siblings, whichever delivered more tokens per ms lately, compared on the same text
             (runtime/shape_choice.py: a chain with siblings holds the chain, so its steps say what the chain would
             have emitted); no value rule cuts the chain then.
+        draft_sibling_ratio: With ``draft_siblings``: keep a level's second choice only where the drafter's first
+            choice there is less than this many times as likely as its second (a confident first choice is rarely
+            wrong, and a second choice beside it is rarely the target's: README, issue 18, stop 47). 0 keeps every
+            level's; otherwise it must exceed 1.
         tree_children: How a tree picks each node's children when sampling (temperature > 0): ``sampled`` draws
             them from the drafter's distribution without replacement and verifies them by recursive rejection
             (runtime/sampled_tree.py), ``topk`` takes the drafter's likeliest, verified as point masses (what the
@@ -114,6 +118,7 @@ class DecodeSettings:
     draft_budget: DraftBudgetKind = "fixed"
     draft_spine: bool = True
     draft_siblings: int = 0
+    draft_sibling_ratio: float = 0.0
     tree_children: TreeChildrenKind = "auto"
     verifier: VerifierKind = "auto"
     plain_fallback: bool = False
@@ -137,6 +142,10 @@ class DecodeSettings:
             (self.draft_siblings == 0 or self.temperature == 0.0,
              ("draft_siblings needs greedy decoding (temperature 0): a sibling is the drafter's second choice, a "
               "fixed token beside a sampled node, which the sampled chain's acceptance test does not cover")),
+            (self.draft_sibling_ratio == 0 or self.draft_sibling_ratio > 1,
+             "draft_sibling_ratio must be 0 (every level's second choice) or > 1"),
+            (self.draft_sibling_ratio == 0 or self.draft_siblings > 0,
+             "draft_sibling_ratio chooses among a chain's siblings: it needs draft_siblings > 0"),
             (self.tree_children in ("auto", "sampled", "topk"), "tree_children must be 'auto', 'sampled' or 'topk'"),
             (self.verifier in ("auto", "python", "native"), "verifier must be 'auto', 'python' or 'native'"),
         ]

@@ -97,6 +97,8 @@ def draft_shape(decode: DecodeSettings, native: bool = False, policy: str | None
         shape = f"chain of {decode.draft_depth}"
         if decode.draft_siblings:
             shape += f", second choices at its first {decode.draft_siblings} levels"
+            if decode.draft_sibling_ratio:
+                shape += f" where the first is under {decode.draft_sibling_ratio:g}x as likely"
     else:
         shape = f"tree: depth {decode.draft_depth}, {decode.draft_topk} children a node, {decode.draft_tokens} nodes"
         if decode.temperature > 0:

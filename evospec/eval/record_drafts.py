@@ -52,7 +52,8 @@ class RecordingGenerator(SpeculativeGenerator):
 
 
 def draft_settings(s: DecodeSettings) -> dict:
-    return {"depth": s.draft_depth, "width": s.tree_width, "budget": s.tree_budget, "siblings": s.draft_siblings}
+    return {"depth": s.draft_depth, "width": s.tree_width, "budget": s.tree_budget, "siblings": s.draft_siblings,
+            "sibling_ratio": s.draft_sibling_ratio}
 
 
 def record(bundle: Path, target: Path, prompt: list[int] | str, out: Path, settings: DecodeSettings,
@@ -156,7 +157,8 @@ def replay_python(bundle: Path, target: Path, directory: Path, repeat: int = 1,
             cache.length += t
             request = DraftRequest(hidden=hidden[0, -1:], logits=logits[0, -1], committed=cache.length,
                                    width=s["width"], depth=s["depth"], budget=s["budget"],
-                                   siblings=s.get("siblings", 0))  # recordings made before siblings have none
+                                   siblings=s.get("siblings", 0),  # recordings made before siblings have none
+                                   sibling_ratio=s.get("sibling_ratio", 0.0))
             tree = draft_tree(drafter, cache, request, torch.Generator())
             state = drafter.context_state
             best[i] = min(best[i], (time.perf_counter() - t0) * 1e3)

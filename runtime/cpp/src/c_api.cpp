@@ -2,6 +2,7 @@
 #include "evospec/drafter_c.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -13,6 +14,7 @@
 struct evospec_drafter {
   evospec::Drafter drafter;
   int siblings = 0;  // evospec_drafter_set_siblings: DraftSettings::siblings of the greedy chains proposed
+  double sibling_ratio = 0;  // evospec_drafter_set_sibling_ratio: DraftSettings::sibling_ratio
 };
 
 using evospec::capi::guarded;
@@ -78,6 +80,7 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
     evospec::StepCosts step_costs;
     evospec::DraftSettings settings{depth, width, budget};
     settings.siblings = drafter->siblings;
+    settings.sibling_ratio = drafter->sibling_ratio;
     if (costs != nullptr) {
       step_costs.fixed_ms = costs->fixed_ms;
       step_costs.level_ms = costs->level_ms;
@@ -111,6 +114,16 @@ int evospec_drafter_set_siblings(evospec_drafter* drafter, int siblings) {
   return guarded([&] {
     if (siblings < 0) throw evospec::SettingsError("draft siblings must be >= 0, got " + std::to_string(siblings));
     drafter->siblings = siblings;
+  });
+}
+
+int evospec_drafter_set_sibling_ratio(evospec_drafter* drafter, double ratio) {
+  if (drafter == nullptr) return missing("drafter");
+  return guarded([&] {
+    if (!(ratio == 0 || (ratio > 1 && std::isfinite(ratio))))
+      throw evospec::SettingsError("the draft sibling ratio must be 0 (every level's second choice) or > 1, got " +
+                                   std::to_string(ratio));
+    drafter->sibling_ratio = ratio;
   });
 }
 

@@ -200,6 +200,9 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
                         std::to_string(s.siblings));
   if (s.siblings > 0 && (s.width != 1 || s.temperature > 0))
     throw SettingsError("draft siblings are second choices beside a greedy chain (width 1, temperature 0)");
+  if (!(s.sibling_ratio == 0 || (s.sibling_ratio > 1 && std::isfinite(s.sibling_ratio))))
+    throw SettingsError("the draft sibling ratio must be 0 (every level's second choice) or > 1, got " +
+                        std::to_string(s.sibling_ratio));
   if (s.siblings > 0 && s.costs != nullptr)
     throw SettingsError("a chain's siblings are drafted whole: a value-based budget (costs) does not price them");
   if (sampled && s.costs != nullptr)
@@ -260,6 +263,7 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
   req.budget = s.budget;
   req.costs = s.costs;
   req.siblings = s.siblings;
+  req.sibling_ratio = s.sibling_ratio;
   if (sampled) req.temperature = s.temperature, req.uniforms = s.uniforms;
   Forward fwd = [&d](const at::Tensor& h, const at::Tensor& i, const at::Tensor& p, int64_t st, const at::Tensor& m) {
     return d.forward(h, i, p, st, m);

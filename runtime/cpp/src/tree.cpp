@@ -192,14 +192,24 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
   std::vector<at::Tensor> laws;
   // greedy siblings: the first req.siblings levels also keep their second choice (column, cumulative score)
   const int64_t siblings = !sampled && req.logits.size(-1) > 1 ? req.siblings : 0;
+  // the kept second choices: column, level, log-probability (Python's sibling_pays decides which levels keep one)
   std::vector<at::Tensor> second;
+  std::vector<int64_t> second_level;
   std::vector<double> second_logp;
+  const double log_ratio = req.sibling_ratio > 0 ? std::log(req.sibling_ratio) : 0.0;
+  int64_t level_now = 0;  // the level ``choose`` picks for
   auto choose = [&](const at::Tensor& logits) {  // [1, A] -> (log-probability [1, 1], column [1, 1])
+    const int64_t level = level_now++;
     at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
-    if (!sampled && static_cast<int64_t>(second.size()) < siblings) {  // Python's _choose with width 2
+    if (!sampled && level < siblings) {  // Python's _choose with width 2
       auto [top_logp, top_ids] = logp.topk(2, -1);
-      second.push_back(top_ids[0].narrow(0, 1, 1));
-      second_logp.push_back(static_cast<double>(top_logp[0][1].item<float>()));
+      const double first = static_cast<double>(top_logp[0][0].item<float>());
+      const double runner = static_cast<double>(top_logp[0][1].item<float>());
+      if (req.sibling_ratio <= 0 || first - runner < log_ratio) {
+        second.push_back(top_ids[0].narrow(0, 1, 1));
+        second_level.push_back(level);
+        second_logp.push_back(runner);
+      }
       return std::make_tuple(top_logp.narrow(1, 0, 1), top_ids.narrow(1, 0, 1));
     }
     if (!sampled) return logp.max(-1, true);  // Python's _choose: max, not topk(1) (the same first choice, faster)
@@ -249,14 +259,16 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
   }
   // after the chain, the second choices of its first levels: each a leaf under the chain's node one level up, so a
   // chain accepted in full is still a prefix of the nodes (Python's _draft_chain, in the same order)
-  const size_t extra = std::min(n, second.size());
+  size_t extra = 0;  // the kept second choices of levels the chain reaches (levels only grow along ``second``)
+  while (extra < second.size() && second_level[extra] < static_cast<int64_t>(n)) ++extra;
   if (extra > 0) {
     at::Tensor ids = id_map.index_select(0, at::cat(std::vector<at::Tensor>(second.begin(), second.begin() + extra))).contiguous();
     tree.tokens.insert(tree.tokens.end(), ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
     for (size_t k = 0; k < extra; ++k) {
-      tree.parents.push_back(static_cast<int64_t>(k) - 1);
-      tree.depths.push_back(static_cast<int64_t>(k) + 1);
-      tree.scores.push_back((k == 0 ? 0.0 : path[k - 1]) + second_logp[k]);
+      const int64_t level = second_level[k];
+      tree.parents.push_back(level - 1);
+      tree.depths.push_back(level + 1);
+      tree.scores.push_back((level == 0 ? 0.0 : path[level - 1]) + second_logp[k]);
     }
   }
   if (sampled) {  // every drawn node is kept (a value rule would bias their law): n == laws.size()

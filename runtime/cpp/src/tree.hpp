@@ -20,6 +20,7 @@ struct TreeRequest {
   double temperature = 0;            // > 0 with width 1: a sampled chain, one of ``uniforms`` a level
   const double* uniforms = nullptr;
   int64_t siblings = 0;              // width 1, temperature 0: second choices at the first levels, as leaves
+  double sibling_ratio = 0;          // > 0: only where the first choice is less than this many times as likely
 };
 
 // The drafter called on frontier states: (hidden [1, w, d], target ids [1, w], positions [1, w],

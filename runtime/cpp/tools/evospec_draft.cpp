@@ -66,6 +66,7 @@ int run(int argc, char** argv) {
   evospec::DraftSettings settings{static_cast<int>(ds.at("depth").as_int()), static_cast<int>(ds.at("width").as_int()),
                                   static_cast<int>(ds.at("budget").as_int())};
   if (ds.has("siblings")) settings.siblings = static_cast<int>(ds.at("siblings").as_int());  // older recordings: 0
+  if (ds.has("sibling_ratio")) settings.sibling_ratio = ds.at("sibling_ratio").as_double();  // ... and every sibling
   evospec::DrafterOptions options;
   options.vocab = args.count("--vocab") ? args["--vocab"] : rec.at("vocab").is_null() ? "" : rec.at("vocab").as_string();
   options.target_dir = args.count("--target") ? args["--target"] : "";

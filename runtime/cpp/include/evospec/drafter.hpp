@@ -70,6 +70,9 @@ struct DraftSettings {
   // logits are computed for the chain, so a sibling costs the caller one more verified row and no drafter call.
   // Not priced: with ``costs`` too, propose() refuses.
   int siblings = 0;
+  // > 0: of those levels, only the ones whose first choice is less than this many times as likely as the second
+  // keep a sibling (Python's DecodeSettings.draft_sibling_ratio, the same test on the same float32 log-probabilities).
+  double sibling_ratio = 0;
 
   static DraftSettings chain(int depth) { return {depth, 1, depth}; }
   static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }

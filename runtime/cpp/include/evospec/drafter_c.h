@@ -60,6 +60,9 @@ int evospec_drafter_propose_costed(evospec_drafter* drafter, const float* featur
  * choice at each of their first ``siblings`` levels, as leaves after the chain's nodes (DraftSettings::siblings;
  * 0, the default: the plain chain). A propose with width > 1, or deeper siblings than depth, then fails. */
 int evospec_drafter_set_siblings(evospec_drafter* drafter, int siblings);
+/* Of those siblings, keep only the levels whose first choice is less than ``ratio`` times as likely as the second
+ * (DraftSettings::sibling_ratio; 0, the default: every level's). Fails unless ratio is 0 or > 1. */
+int evospec_drafter_set_sibling_ratio(evospec_drafter* drafter, double ratio);
 /* A sampled chain of ``depth`` (DraftSettings::temperature; temperature > 0): uniforms holds depth numbers in [0, 1)
  * from the caller's generator, one a level. Writes the nodes as propose() does, scores (NULL or capacity doubles),
  * and each node's law over the head's columns into laws (row-major [nodes, *law_columns], at most law_capacity
