@@ -30,14 +30,22 @@ cpp: $(STAMP)
 	cmake --build $(CPP_BUILD) -j2
 
 # A chain of 5: at this pair's size the tree's expansion passes cost as much as verification (README, demo pair);
-# with the drafter's second choices at its first 3 levels, verified as leaves (no drafter call; README, stop 45)
-SHAPE ?= --draft-tree chain --draft-siblings 3
+# with the drafter's second choices at its first 3 levels, verified as leaves (no drafter call; README, stop 45),
+# where the first choice is less than twice as likely as the second (chosen on the valid split; README, stop 47)
+SHAPE ?= --draft-tree chain --draft-siblings 3 --draft-sibling-ratio 2
 demo: $(STAMP)
 	$(BIN)/evospec demo $(SHAPE)
 
-# The main job: build (or resume) the medium reference pair, generate with it, benchmark every domain twice:
-# drafting in Python (the reference runtime; bench-python.*) and in the C++ drafter library over a compiled
-# torch bundle (the fastest exact runtime here; bench.*). Both verify with the same target and draft shape ($(SHAPE)).
+# EvoSpec's living vocabulary in the main job: 1,024 head rows a step (a frequency core and a tail routed per context,
+# settings chosen on the valid split: README, issue 15) in place of the drafter's own 16,384-token list. Its greedy
+# fill ranks clusters by a DynaSpec router trained here on the torch bundle (about 2 min).
+LIVING ?= --vocab evospec:1024 --frequencies $(REFERENCE)/frequencies.json --router $(REFERENCE)/router-512.safetensors
+
+# The main job: build (or resume) the medium reference pair, generate with it, benchmark every domain three times:
+# drafting in Python with the drafter as trained (the reference runtime; bench-python.*), and in the C++ drafter
+# library over a compiled torch bundle (the fastest exact runtime here) with the drafter's own vocabulary
+# (bench-static.*) and with EvoSpec's living vocabulary ($(LIVING); bench.*). All verify with the same target and
+# draft shape ($(SHAPE)).
 reference: $(STAMP)
 	$(BIN)/evospec reference build --size medium --out $(REFERENCE)
 	$(BIN)/evospec demo --pair $(REFERENCE) --prompt "$(PROMPT)" $(SHAPE) --max-new-tokens 96
@@ -45,9 +53,19 @@ reference: $(STAMP)
 		$(SHAPE) --json $(REFERENCE)/bench-python.json --plot $(REFERENCE)/bench-python.png
 	$(BIN)/evospec compile --target $(REFERENCE)/target --drafter $(REFERENCE)/drafter --out $(REFERENCE)/bundle-torch \
 		--backend torch --index-dims 0
-	$(MAKE) cpp
+	$(MAKE) cpp $(REFERENCE)/frequencies.json $(REFERENCE)/router-512.safetensors
 	$(BIN)/evospec bench --target $(REFERENCE)/target --bundle $(REFERENCE)/bundle-torch --drafter-runtime cpp \
-		--corpus $(REFERENCE)/corpus $(SHAPE) --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
+		--corpus $(REFERENCE)/corpus $(SHAPE) --json $(REFERENCE)/bench-static.json --plot $(REFERENCE)/bench-static.png
+	$(BIN)/evospec bench --target $(REFERENCE)/target --bundle $(REFERENCE)/bundle-torch --drafter-runtime cpp \
+		--corpus $(REFERENCE)/corpus $(SHAPE) $(LIVING) --json $(REFERENCE)/bench.json --plot $(REFERENCE)/bench.png
+
+# The living vocabulary's inputs (kept once built: delete them to rebuild after the pair changes)
+$(REFERENCE)/frequencies.json:
+	$(BIN)/evospec vocab frequencies --corpus $(REFERENCE)/corpus --tokenizer $(REFERENCE)/tokenizer \
+		--out $(REFERENCE)/frequencies.json --successors 8
+$(REFERENCE)/router-512.safetensors:
+	$(BIN)/evospec vocab dynaspec --bundle $(REFERENCE)/bundle-torch --target $(REFERENCE)/target \
+		--corpus $(REFERENCE)/corpus --clusters 512 --out $(REFERENCE)/router-512.safetensors
 
 # After `make reference`: compile the pair, build FR-Spec's lists (general text only, as its paper does, and
 # the in-domain train splits), train the DynaSpec router, compare every policy at K = 1024, 4096, 16384, T = 0 and 1.
