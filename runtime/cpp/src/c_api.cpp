@@ -2,7 +2,6 @@
 #include "evospec/drafter_c.h"
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -120,9 +119,7 @@ int evospec_drafter_set_siblings(evospec_drafter* drafter, int siblings) {
 int evospec_drafter_set_sibling_ratio(evospec_drafter* drafter, double ratio) {
   if (drafter == nullptr) return missing("drafter");
   return guarded([&] {
-    if (!(ratio == 0 || (ratio > 1 && std::isfinite(ratio))))
-      throw evospec::SettingsError("the draft sibling ratio must be 0 (every level's second choice) or > 1, got " +
-                                   std::to_string(ratio));
+    evospec::check_sibling_ratio(ratio);
     drafter->sibling_ratio = ratio;
   });
 }

@@ -182,6 +182,12 @@ void Drafter::commit(const std::vector<int64_t>& accepted) {
   impl_->pending.insert(impl_->pending.end(), accepted.begin(), accepted.end());
 }
 
+void check_sibling_ratio(double ratio) {
+  if (!(ratio == 0 || (ratio > 1 && std::isfinite(ratio))))
+    throw SettingsError("the draft sibling ratio must be 0 (every level's second choice) or > 1, got " +
+                        std::to_string(ratio));
+}
+
 DraftTree Drafter::propose(const float* features, int64_t positions, int64_t newest_token, const DraftSettings& s) {
   Impl& d = *impl_;
   if (!d.started) throw SettingsError("propose() before start(): begin a sequence with its prompt");
@@ -200,9 +206,7 @@ DraftTree Drafter::propose(const float* features, int64_t positions, int64_t new
                         std::to_string(s.siblings));
   if (s.siblings > 0 && (s.width != 1 || s.temperature > 0))
     throw SettingsError("draft siblings are second choices beside a greedy chain (width 1, temperature 0)");
-  if (!(s.sibling_ratio == 0 || (s.sibling_ratio > 1 && std::isfinite(s.sibling_ratio))))
-    throw SettingsError("the draft sibling ratio must be 0 (every level's second choice) or > 1, got " +
-                        std::to_string(s.sibling_ratio));
+  check_sibling_ratio(s.sibling_ratio);
   if (s.siblings > 0 && s.costs != nullptr)
     throw SettingsError("a chain's siblings are drafted whole: a value-based budget (costs) does not price them");
   if (sampled && s.costs != nullptr)

@@ -78,6 +78,9 @@ struct DraftSettings {
   static DraftSettings tree(int depth, int topk, int tokens) { return {depth, topk, tokens}; }
 };
 
+// Throws SettingsError unless ``ratio`` is a valid DraftSettings::sibling_ratio: 0, or finite and > 1.
+void check_sibling_ratio(double ratio);
+
 // Nodes in topological order; node i's parent is parents[i] (-1: the newest committed token).
 struct DraftTree {
   std::vector<int64_t> tokens;   // target token ids
