@@ -106,7 +106,7 @@ SLOW = pytest.mark.slow  # more of the same check: kept for `make test-all`, out
 
 @pytest.mark.parametrize(("settings", "vocab"), [
     # the living vocabulary's trees stay in the default run through test_tiny_pair_drafts_equal_python[tree-evospec-sync]
-    (CHAIN, None), (CHAIN_SIBLINGS, "frspec:128"), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:no-refresh-gate:sync", marks=SLOW),
+    (CHAIN, None), (CHAIN_SIBLINGS, "frspec:128"), (TREE, "frspec:128"), pytest.param(LONG_TREE, "evospec:64:every-cycle:sync", marks=SLOW),
     pytest.param(CHAIN, "evospec:64", marks=SLOW),
     pytest.param(CHAIN, "evospec:48:core-25", marks=SLOW), pytest.param(TREE, "evospec:64:no-context", marks=SLOW),
     (TREE, "evospec:64"), pytest.param(CHAIN, "evospec:48:frequency-fill:sync", marks=SLOW),
@@ -120,8 +120,8 @@ def test_demo_pair_drafts_equal_python(binary, demo_bundle, work, settings, voca
                                       work / f"{name}.json")
     if settings is CHAIN_SIBLINGS:  # the recorded trees hold siblings, and the binary read them from the recording
         assert any(len(step["tree"]["tokens"]) > max(step["tree"]["depths"], default=0) for step in recording["steps"])
-    if vocab == "evospec:64:no-refresh-gate:sync":  # the living vocabulary really lives: a new set at every step
-        # (routed every cycle: the refresh gate would keep a greedy request's set while it holds),
+    if vocab == "evospec:64:every-cycle:sync":  # the living vocabulary really lives: a new set at every step
+        # (routed and queried every cycle: the chosen settings keep a greedy request's set while it holds),
         assert changes(recording) == len(recording["steps"]) - 1
         assert recording["drifts"] >= 1  # and a topic switch was detected (drift path + boosted semantic query)
     if vocab == "evospec:64" and settings is TREE:  # the mass fill, routed from each root state, moves with the context

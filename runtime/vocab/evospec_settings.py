@@ -260,6 +260,7 @@ VARIANTS: dict[str, dict] = {
     "hold-0": {"policy": {"refresh_hold": 0}},
     "hold-16": {"policy": {"refresh_hold": 16}},
     "refresh-4-hold-0": {"policy": {"refresh_gap": 4, "refresh_hold": 0}},
+    "every-cycle": {"policy": {"refresh_gap": 1, "semantic_greedy": True}},  # greedy requests as before stop 46
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
     "rest-mass": {"align": {"rest_mass": True}},

@@ -278,6 +278,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "hold-0") s.refresh_hold = 0;
   else if (name == "hold-16") s.refresh_hold = 16;
   else if (name == "refresh-4-hold-0") s.refresh_gap = 4, s.refresh_hold = 0;
+  else if (name == "every-cycle") s.refresh_gap = 1, s.semantic_greedy = true;
   else if (name == "no-drift") s.drift_enabled = false;
   else if (name == "route-semantic-1024")
     throw SettingsError("evospec variant 'route-semantic-1024' (semantic rows routed from each cycle's root state) is "
@@ -298,7 +299,7 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   }  // alignment variants: the policy runs the chosen settings
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
-                        "core-25, core-75, frequency-fill, frequency-only, hold-0, hold-16, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "
+                        "core-25, core-75, every-cycle, frequency-fill, frequency-only, hold-0, hold-16, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "
                         "no-fresh, no-refresh-gate, no-semantic, no-session-successors, no-sticky, prior-1, prior-half, rank-max, "
                         "refresh-4-hold-0, renormalised-teacher, rest-mass, router-fill, semantic-256, semantic-greedy, synthesised-last, target-top-256, unseen-last");
   return s;
