@@ -50,6 +50,10 @@ def test_generate_json_matches_target_greedy(checkpoint_dirs):
                   "--draft-tree", "tree", "--draft-siblings", "2", check=False)
     assert refused.returncode != 0 and "a tree has its own children" in refused.stderr
     assert "Traceback" not in refused.stderr
+    ratio = run("generate", "--target", str(target_dir), "--drafter", str(drafter_dir), "--prompt-ids", "1",
+                "--draft-tree", "chain", "--draft-siblings", "2", "--draft-sibling-ratio", "0.5", check=False)
+    assert ratio.returncode != 0 and "draft_sibling_ratio must be 0" in ratio.stderr
+    assert "Traceback" not in ratio.stderr
 
 
 def test_generate_text_prompt_with_tokenizer_and_no_draft(tmp_path):
