@@ -1,0 +1,87 @@
+"""Issue 15's result tables from `profile vocab` JSON (stop 48): share of the full head's tau per policy, K and
+domain; EvoSpec against the best baseline in each cell; tau over FR-Spec's list; the smallest K at 99%.
+
+    python docs/issue15-stop48-table.py docs/issue15-stop48-test-t0.json docs/issue15-stop48-test-t1.json
+
+A tie is a tau equal to two decimals (|difference| < 0.005), as in the README's earlier tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+DOMAINS = ("code", "general", "law", "medicine", "multilingual", "switch")
+BASELINES = ("frspec:K", "frspec:K@general", "dynaspec:K:512+align")
+OURS = ("evospec:K", "evospec:K+align")
+
+
+def family(policy: str, size: int) -> str:
+    return policy.replace(f":{size}", ":K", 1)
+
+
+def load(path: str) -> tuple[float, dict]:
+    """Temperature and {(family, K, domain): (tau, share)} of one run; K = 0 for the full head."""
+    rows = json.load(open(path))
+    cells = {}
+    for r in rows:
+        k = 0 if r["policy"] == "full" else int(r["active_size"])
+        cells[(family(r["policy"], k) if k else "full", k, r["domain"])] = (r["mean_accepted_length"],
+                                                                            r["share_of_full"])
+    return rows[0]["temperature"], cells
+
+
+def tables(path: str) -> None:
+    temperature, cells = load(path)
+    sizes = sorted({k for (_, k, _) in cells if k})
+    families = [f for f in BASELINES + OURS if any((f, k, d) in cells for k in sizes for d in DOMAINS)]
+    domains = [d for d in DOMAINS if ("full", 0, d) in cells]
+    print(f"\n#### T = {temperature:g}: share of the full head's tau (tau)\n")
+    print("| policy | K | " + " | ".join(domains) + " | mean share |")
+    print("|---|---|" + "---|" * len(domains) + "---|")
+    print("| full head | 151,851 | " + " | ".join(f"({cells[('full', 0, d)][0]:.2f})" for d in domains) + " | |")
+    for k in sizes:
+        for f in families:
+            got = [cells.get((f, k, d)) for d in domains]
+            if not all(got):
+                continue
+            mean = sum(s for _, s in got) / len(got)
+            name = f"**`{f}`**" if f == "evospec:K+align" else f"`{f}`"
+            print(f"| {name} | {k} | " + " | ".join(f"{s:.0%} ({t:.2f})" for t, s in got) + f" | {mean:.1%} |")
+    for ours in (f for f in OURS if f in families):
+        print(f"\n`{ours}` against the best baseline in each cell (tau; W / T / L):\n")
+        print("| K | " + " | ".join(domains) + " | W / T / L |")
+        print("|---|" + "---|" * len(domains) + "---|")
+        for k in sizes:
+            marks, tally = [], defaultdict(int)
+            for d in domains:
+                mine = cells[(ours, k, d)][0]
+                best_f = max((f for f in BASELINES if (f, k, d) in cells), key=lambda f: cells[(f, k, d)][0])
+                best = cells[(best_f, k, d)][0]
+                verdict = "T" if abs(mine - best) < 0.005 else ("W" if mine > best else "L")
+                tally[verdict] += 1
+                short = {"frspec:K": "FR", "frspec:K@general": "FR-gen", "dynaspec:K:512+align": "Dyn"}[best_f]
+                marks.append(f"{'**' if verdict == 'W' else ''}{mine:.2f}{'**' if verdict == 'W' else ''}"
+                             f" / {best:.2f} {short} {verdict}")
+            print(f"| {k} | " + " | ".join(marks) + f" | {tally['W']} / {tally['T']} / {tally['L']} |")
+    print("\nTau over FR-Spec's all-domain list (`frspec:K`), the paper's reference is 1.13x:\n")
+    print("| policy | K | " + " | ".join(domains) + " |")
+    print("|---|---|" + "---|" * len(domains))
+    for k in sizes:
+        for f in ("dynaspec:K:512+align",) + OURS:
+            if all((f, k, d) in cells for d in domains):
+                print(f"| `{f}` | {k} | " + " | ".join(
+                    f"{cells[(f, k, d)][0] / cells[('frspec:K', k, d)][0]:.2f}x" for d in domains) + " |")
+    sweep = json.load(open(path.replace(".json", ".sweep.json")))
+    print("\nSmallest K (of the sizes run) at 99% of the full head's tau; - = none:\n")
+    print("| policy | " + " | ".join(domains) + " |")
+    print("|---|" + "---|" * len(domains))
+    by = {(s["family"], s["domain"]): s["smallest_k_99"] for s in sweep}
+    for f in families:
+        print(f"| `{f}` | " + " | ".join(str(by.get((f, d)) or "-") for d in domains) + " |")
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        tables(p)
