@@ -3,7 +3,8 @@ domain; EvoSpec against the best baseline in each cell; tau over FR-Spec's list;
 
     python docs/issue15-stop48-table.py docs/issue15-stop48-test-t0.json docs/issue15-stop48-test-t1.json
 
-A tie is a tau equal to two decimals (|difference| < 0.005), as in the README's earlier tables.
+The baselines are FR-Spec with either list, FR-Spec with EvoSpec's alignment where the run has it (alignment
+alone), and DynaSpec with EvoSpec's alignment. A tie is a tau equal to two decimals (|difference| < 0.005), as in the README's earlier tables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections import defaultdict
 
 DOMAINS = ("code", "general", "law", "medicine", "multilingual", "switch")
-BASELINES = ("frspec:K", "frspec:K@general", "dynaspec:K:512+align")
+BASELINES = ("frspec:K", "frspec:K@general", "frspec:K+align", "dynaspec:K:512+align")
 OURS = ("evospec:K", "evospec:K+align")
 
 
@@ -61,7 +62,7 @@ def tables(path: str) -> None:
                 best = cells[(best_f, k, d)][0]
                 verdict = "T" if abs(mine - best) < 0.005 else ("W" if mine > best else "L")
                 tally[verdict] += 1
-                short = {"frspec:K": "FR", "frspec:K@general": "FR-gen", "dynaspec:K:512+align": "Dyn"}[best_f]
+                short = {"frspec:K": "FR", "frspec:K@general": "FR-gen", "frspec:K+align": "FR+al", "dynaspec:K:512+align": "Dyn"}[best_f]
                 marks.append(f"{'**' if verdict == 'W' else ''}{mine:.2f}{'**' if verdict == 'W' else ''}"
                              f" / {best:.2f} {short} {verdict}")
             print(f"| {k} | " + " | ".join(marks) + f" | {tally['W']} / {tally['T']} / {tally['L']} |")
@@ -69,10 +70,11 @@ def tables(path: str) -> None:
     print("| policy | K | " + " | ".join(domains) + " |")
     print("|---|---|" + "---|" * len(domains))
     for k in sizes:
-        for f in ("dynaspec:K:512+align",) + OURS:
+        for f in ("frspec:K+align", "dynaspec:K:512+align") + OURS:
             if all((f, k, d) in cells for d in domains):
                 print(f"| `{f}` | {k} | " + " | ".join(
                     f"{cells[(f, k, d)][0] / cells[('frspec:K', k, d)][0]:.2f}x" for d in domains) + " |")
+    projection(path, sizes, domains)
     sweep = json.load(open(path.replace(".json", ".sweep.json")))
     print("\nSmallest K (of the sizes run) at 99% of the full head's tau; - = none:\n")
     print("| policy | " + " | ".join(domains) + " |")
@@ -80,6 +82,26 @@ def tables(path: str) -> None:
     by = {(s["family"], s["domain"]): s["smallest_k_99"] for s in sweep}
     for f in families:
         print(f"| `{f}` | " + " | ".join(str(by.get((f, d)) or "-") for d in domains) + " |")
+
+
+def projection(path: str, sizes: list[int], domains: list[str]) -> None:
+    """`profile vocab --stages`'s projection, applied to the run's rows: measured tau and host time, stage latencies
+    of `docs/profile-llama3-8b-ort.json` (32 target layers, a chain of 5). A PROJECTION, not a measurement."""
+    from evospec.eval.profile_vocab import StageCosts, VocabRow, project_speedups
+
+    rows = [VocabRow(**r) for r in json.load(open(path))]
+    project_speedups(rows, StageCosts.load("docs/profile-llama3-8b-ort.json"), 32, 5)
+    x = {(family(r.policy, int(r.active_size)), int(r.active_size), r.domain): r.projected_speedup for r in rows
+         if r.policy != "full"}
+    print("\nPROJECTED speed-up over plain decoding at the Llama-3-8B shape (not measured), and over FR-Spec's list:\n")
+    print("| policy | K | " + " | ".join(domains) + " |")
+    print("|---|---|" + "---|" * len(domains))
+    for k in sizes:
+        for f in ("frspec:K", "dynaspec:K:512+align") + OURS:
+            if all((f, k, d) in x for d in domains):
+                cells = [f"{x[(f, k, d)]:.2f}x" + ("" if f == "frspec:K" else f" ({x[(f, k, d)] / x[('frspec:K', k, d)]:.2f})")
+                         for d in domains]
+                print(f"| `{f}` | {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
