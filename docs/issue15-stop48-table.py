@@ -1,7 +1,11 @@
 """Issue 15's result tables from `profile vocab` JSON (stop 48): share of the full head's tau per policy, K and
 domain; EvoSpec against the best baseline in each cell; tau over FR-Spec's list; the smallest K at 99%.
 
-    python docs/issue15-stop48-table.py docs/issue15-stop48-test-t0.json docs/issue15-stop48-test-t1.json
+    python docs/issue15-stop48-table.py docs/issue15-stop48-test-t0.json \
+        docs/issue15-stop48-test-t1.json,docs/issue15-stop48-test-t1-frspec-align.json
+
+A comma joins runs of one temperature: the later runs' policies are added to the first run's table, their share
+taken against the first run's full head (their own full rows are not used).
 
 The baselines are FR-Spec with either list, FR-Spec with EvoSpec's alignment where the run has it (alignment
 alone), and DynaSpec with EvoSpec's alignment. A tie is a tau equal to two decimals (|difference| < 0.005), as in the README's earlier tables.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 DOMAINS = ("code", "general", "law", "medicine", "multilingual", "switch")
 BASELINES = ("frspec:K", "frspec:K@general", "frspec:K+align", "dynaspec:K:512+align")
@@ -24,7 +29,7 @@ def family(policy: str, size: int) -> str:
 
 def load(path: str) -> tuple[float, dict]:
     """Temperature and {(family, K, domain): (tau, share)} of one run; K = 0 for the full head."""
-    rows = json.load(open(path))
+    rows = json.loads(Path(path).read_text())
     cells = {}
     for r in rows:
         k = 0 if r["policy"] == "full" else int(r["active_size"])
@@ -33,8 +38,13 @@ def load(path: str) -> tuple[float, dict]:
     return rows[0]["temperature"], cells
 
 
-def tables(path: str) -> None:
+def tables(paths: str) -> None:
+    path, *extra = paths.split(",")
     temperature, cells = load(path)
+    for more in extra:
+        for (f, k, d), (tau, _) in load(more)[1].items():
+            if k:
+                cells[(f, k, d)] = (tau, tau / cells[("full", 0, d)][0])
     sizes = sorted({k for (_, k, _) in cells if k})
     families = [f for f in BASELINES + OURS if any((f, k, d) in cells for k in sizes for d in DOMAINS)]
     domains = [d for d in DOMAINS if ("full", 0, d) in cells]
@@ -74,22 +84,21 @@ def tables(path: str) -> None:
             if all((f, k, d) in cells for d in domains):
                 print(f"| `{f}` | {k} | " + " | ".join(
                     f"{cells[(f, k, d)][0] / cells[('frspec:K', k, d)][0]:.2f}x" for d in domains) + " |")
-    projection(path, sizes, domains)
-    sweep = json.load(open(path.replace(".json", ".sweep.json")))
+    projection([path] + extra, sizes, domains)
     print("\nSmallest K (of the sizes run) at 99% of the full head's tau; - = none:\n")
     print("| policy | " + " | ".join(domains) + " |")
     print("|---|" + "---|" * len(domains))
-    by = {(s["family"], s["domain"]): s["smallest_k_99"] for s in sweep}
     for f in families:
-        print(f"| `{f}` | " + " | ".join(str(by.get((f, d)) or "-") for d in domains) + " |")
+        smallest = [next((str(k) for k in sizes if cells[(f, k, d)][1] >= 0.99), "-") for d in domains]
+        print(f"| `{f}` | " + " | ".join(smallest) + " |")
 
 
-def projection(path: str, sizes: list[int], domains: list[str]) -> None:
+def projection(paths: list[str], sizes: list[int], domains: list[str]) -> None:
     """`profile vocab --stages`'s projection, applied to the run's rows: measured tau and host time, stage latencies
     of `docs/profile-llama3-8b-ort.json` (32 target layers, a chain of 5). A PROJECTION, not a measurement."""
     from evospec.eval.profile_vocab import StageCosts, VocabRow, project_speedups
 
-    rows = [VocabRow(**r) for r in json.load(open(path))]
+    rows = [VocabRow(**r) for path in paths for r in json.loads(Path(path).read_text())]
     project_speedups(rows, StageCosts.load("docs/profile-llama3-8b-ort.json"), 32, 5)
     x = {(family(r.policy, int(r.active_size)), int(r.active_size), r.domain): r.projected_speedup for r in rows
          if r.policy != "full"}
