@@ -76,6 +76,16 @@ def tables(paths: str) -> None:
                 marks.append(f"{'**' if verdict == 'W' else ''}{mine:.2f}{'**' if verdict == 'W' else ''}"
                              f" / {best:.2f} {short} {verdict}")
             print(f"| {k} | " + " | ".join(marks) + f" | {tally['W']} / {tally['T']} / {tally['L']} |")
+    print("\nHead to head over every cell (domains x K): W / T / L of EvoSpec against each baseline alone:\n")
+    print("| | " + " | ".join(f"`{b}`" for b in BASELINES if b in families) + " |")
+    print("|---|" + "---|" * sum(b in families for b in BASELINES))
+    for ours in (f for f in OURS if f in families):
+        counts = []
+        for b in (b for b in BASELINES if b in families):
+            diffs = [cells[(ours, k, d)][0] - cells[(b, k, d)][0] for k in sizes for d in domains]
+            counts.append(f"{sum(x >= 0.005 for x in diffs)} / {sum(abs(x) < 0.005 for x in diffs)} / "
+                          f"{sum(x <= -0.005 for x in diffs)}")
+        print(f"| `{ours}` | " + " | ".join(counts) + " |")
     print("\nTau over FR-Spec's all-domain list (`frspec:K`), the paper's reference is 1.13x:\n")
     print("| policy | K | " + " | ".join(domains) + " |")
     print("|---|---|" + "---|" * len(domains))
