@@ -48,7 +48,9 @@ def test_sparse_adam_matches_torch_sparse_adam_on_touched_rows():
 
 
 def test_curriculum_draws_confident_corrections_first():
-    aligner = HeadAligner(torch.zeros(50, 4), AlignSettings(buffer=40, batch=4, pace_start=0.25, pace_updates=10))
+    # greedy sessions too: the buffer is filled directly here, without a cycle saying how it was decoded
+    aligner = HeadAligner(torch.zeros(50, 4), AlignSettings(buffer=40, batch=4, pace_start=0.25, pace_updates=10,
+                                                            curriculum_greedy=True))
     logits = torch.zeros(40, 50)
     logits[torch.arange(40), torch.arange(40)] = torch.linspace(0.0, 8.0, 40)  # entry i: confidence rises with i
     aligner.buffer.add(torch.randn(40, 4), logits)
@@ -171,7 +173,7 @@ def test_the_teacher_follows_how_each_cycle_was_decoded():
     g = torch.Generator().manual_seed(7)
     rows = torch.randn(40, 6, generator=g)
     cycle = CycleFeedback(torch.randn(5, 6, generator=g), torch.randn(5, 40, generator=g), 1, torch.arange(0, 40, 2))
-    base = AlignSettings(batch=5, top=3, lr=1.0, proposals=40)
+    base = AlignSettings(batch=5, top=3, lr=1.0, proposals=40, curriculum_greedy=True)  # one pool for either kind
 
     def deltas(settings: AlignSettings, *cycles: CycleFeedback) -> torch.Tensor:
         aligner = HeadAligner(rows.clone(), settings)

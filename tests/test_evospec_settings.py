@@ -13,6 +13,7 @@ import torch
 
 from evospec import DecodeSettings, SpeculativeGenerator
 from evospec.core.errors import SettingsError
+from evospec.runtime.align.feedback import CycleFeedback
 from evospec.runtime.align.head_aligner import AlignSettings, HeadAligner
 from evospec.runtime.align.methods import make_evospec_aligner
 from evospec.runtime.vocab import PolicyInputs, make_policy, split_align
@@ -77,6 +78,8 @@ def test_policy_names_select_variants_and_alignment():
     with pytest.raises(SettingsError, match="only suffix"):
         split_align("evospec:40+osd")
     assert config.for_policy("evospec:40:no-curriculum").align.curriculum is False
+    assert config.chosen.align.curriculum_greedy is False
+    assert config.for_policy("evospec:40:curriculum-greedy").align.curriculum_greedy is True
     assert config.for_policy("frspec:40@general") == config.chosen
 
 
@@ -263,13 +266,30 @@ def test_drift_switch():
     assert drifts(True) >= 1 and drifts(False) == 0
 
 
-def test_curriculum_switch_changes_the_pool():
-    def pool(curriculum: bool) -> int:
-        aligner = HeadAligner(torch.zeros(50, 4), AlignSettings(buffer=40, batch=4, curriculum=curriculum))
-        aligner.buffer.add(torch.randn(40, 4), torch.randn(40, 50))
-        return aligner.pool().numel()
+def _pool_after(settings: AlignSettings, sampled: bool) -> int:
+    """Size of the pool an update draws from after 40 buffered entries, the newest cycle decoded by sampling or not."""
+    aligner = HeadAligner(torch.zeros(50, 4), settings)
+    aligner.buffer.add(torch.randn(38, 4), torch.randn(38, 50))
+    aligner.record(CycleFeedback(torch.randn(2, 4), torch.randn(2, 50), 1, torch.arange(50), sampled=sampled), None)
+    return aligner.pool().numel()
 
-    assert pool(True) == 10 and pool(False) == 40  # pace_start 0.25 of the buffer, or all of it
+
+def test_curriculum_switch_changes_the_pool():
+    for curriculum_greedy in (False, True):
+        on = AlignSettings(buffer=40, batch=4, curriculum=True, curriculum_greedy=curriculum_greedy)
+        off = dataclasses.replace(on, curriculum=False)
+        assert _pool_after(on, sampled=True) == 10  # pace_start 0.25 of the buffer
+        assert _pool_after(off, sampled=True) == 40 and _pool_after(off, sampled=False) == 40  # all of it
+
+
+def test_curriculum_greedy_switch_orders_greedy_sessions_too():
+    """The chosen setting orders only sampled sessions' updates by the curriculum; ``curriculum-greedy`` greedy
+    ones too (a session's kind is its newest cycle's)."""
+    chosen = AlignSettings(buffer=40, batch=4)
+    assert chosen.curriculum and not chosen.curriculum_greedy
+    assert _pool_after(chosen, sampled=False) == 40 and _pool_after(chosen, sampled=True) == 10
+    greedy_too = dataclasses.replace(chosen, curriculum_greedy=True)
+    assert _pool_after(greedy_too, sampled=False) == 10 and _pool_after(greedy_too, sampled=True) == 10
 
 
 class _Drafter:

@@ -39,7 +39,9 @@ def make_aligner(method: str, drafter):
         return OnlineDistiller(drafter, head="draft" if name == "osd" else "reservoir",
                                **({} if lr is None else {"lr": lr}))
     # the evospec variants (parse_method has refused any other name)
-    settings = AlignSettings(curriculum=name != "evospec-nocurriculum", norm=name == "evospec-norm",
+    # profile align's sessions are greedy: "evospec" keeps its curriculum there (curriculum_greedy), so that the
+    # method and "evospec-nocurriculum" differ by the curriculum as their names say
+    settings = AlignSettings(curriculum=name != "evospec-nocurriculum", curriculum_greedy=True, norm=name == "evospec-norm",
                              background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
     norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
     aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)

@@ -263,6 +263,7 @@ VARIANTS: dict[str, dict] = {
     "every-cycle": {"policy": {"refresh_gap": 1, "semantic_greedy": True}},  # greedy requests as before stop 46
     "no-drift": {"policy": {"drift": {"enabled": False}}},
     "no-curriculum": {"align": {"curriculum": False}},
+    "curriculum-greedy": {"align": {"curriculum_greedy": True}},
     "rest-mass": {"align": {"rest_mass": True}},
     "renormalised-teacher": {"align": {"sampled_rest_mass": False}},
     "align-retrieved-rows": {"align_rows": "retrieved"},
