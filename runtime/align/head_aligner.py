@@ -42,7 +42,7 @@ class AlignSettings:
     curriculum: bool = True
     # ... for greedy sessions too; False: only sessions decoded by sampling (T > 0) order their updates by the
     # curriculum, greedy ones draw from the whole buffer. Chosen on the valid split (README, issue 15, stop 48): at
-    # T = 0 the curriculum cost 3.4 / 1.7 points of full tau at K = 1024 / 4096, at T = 1 it was level (+0.8 / +1.5)
+    # T = 0 the curriculum cost 3.4 / 1.6 points of full tau at K = 1024 / 4096, at T = 1 it was level (+0.8 / +1.5)
     curriculum_greedy: bool = False
     # the teacher keeps the target's mass outside its top tokens as one "rest" class the drafter's other
     # columns must share, instead of renormalising the top tokens (which teaches an overconfident head:
@@ -115,7 +115,9 @@ class HeadAligner:
         return self.buffer.nbytes + self.optimiser.nbytes + extra
 
     def pool(self) -> torch.Tensor:
-        """Buffer entries an update may draw from: all, or (curriculum) the easiest share so far."""
+        """Buffer entries an update may draw from: all, or (curriculum) the easiest share so far. Without
+        ``curriculum_greedy`` the curriculum applies while the newest cycle was sampled (a server mixing kinds
+        follows its latest request)."""
         n = len(self.buffer)
         if not self.s.curriculum or not (self._sampled or self.s.curriculum_greedy):
             return torch.arange(n)

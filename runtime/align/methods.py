@@ -41,8 +41,9 @@ def make_aligner(method: str, drafter):
     # the evospec variants (parse_method has refused any other name)
     # profile align's sessions are greedy: "evospec" keeps its curriculum there (curriculum_greedy), so that the
     # method and "evospec-nocurriculum" differ by the curriculum as their names say
-    settings = AlignSettings(curriculum=name != "evospec-nocurriculum", curriculum_greedy=True, norm=name == "evospec-norm",
-                             background=name != "evospec-sync", **({} if lr is None else {"lr": lr}))
+    settings = AlignSettings(curriculum=name != "evospec-nocurriculum", curriculum_greedy=True,
+                             norm=name == "evospec-norm", background=name != "evospec-sync",
+                             **({} if lr is None else {"lr": lr}))
     norm = drafter.trunk_weights()["norm.weight"] if settings.norm else None
     aligner = HeadAligner(drafter.reservoir, settings, norm_weight=norm)
     return BackgroundAligner(aligner) if settings.background else aligner
