@@ -27,6 +27,12 @@ def family(policy: str, size: int) -> str:
     return policy.replace(f":{size}", ":K", 1)
 
 
+def header(lead: tuple[str, ...], columns: list[str]) -> None:
+    """A markdown table's header: the ``lead`` columns, then one per ``columns``."""
+    print("| " + " | ".join(lead + tuple(columns)) + " |")
+    print("|" + "---|" * (len(lead) + len(columns)))
+
+
 def load(path: str) -> tuple[float, dict]:
     """Temperature and {(family, K, domain): (tau, share)} of one run; K = 0 for the full head."""
     rows = json.loads(Path(path).read_text())
@@ -49,8 +55,7 @@ def tables(paths: str) -> None:
     families = [f for f in BASELINES + OURS if any((f, k, d) in cells for k in sizes for d in DOMAINS)]
     domains = [d for d in DOMAINS if ("full", 0, d) in cells]
     print(f"\n#### T = {temperature:g}: share of the full head's tau (tau)\n")
-    print("| policy | K | " + " | ".join(domains) + " | mean share |")
-    print("|---|---|" + "---|" * len(domains) + "---|")
+    header(("policy", "K"), [*domains, "mean share"])
     print("| full head | 151,851 | " + " | ".join(f"({cells[('full', 0, d)][0]:.2f})" for d in domains) + " | |")
     for k in sizes:
         for f in families:
@@ -62,8 +67,7 @@ def tables(paths: str) -> None:
             print(f"| {name} | {k} | " + " | ".join(f"{s:.0%} ({t:.2f})" for t, s in got) + f" | {mean:.1%} |")
     for ours in (f for f in OURS if f in families):
         print(f"\n`{ours}` against the best baseline in each cell (tau; W / T / L):\n")
-        print("| K | " + " | ".join(domains) + " | W / T / L |")
-        print("|---|" + "---|" * len(domains) + "---|")
+        header(("K",), [*domains, "W / T / L"])
         for k in sizes:
             marks, tally = [], defaultdict(int)
             for d in domains:
@@ -77,8 +81,7 @@ def tables(paths: str) -> None:
                              f" / {best:.2f} {short} {verdict}")
             print(f"| {k} | " + " | ".join(marks) + f" | {tally['W']} / {tally['T']} / {tally['L']} |")
     print("\nHead to head over every cell (domains x K): W / T / L of EvoSpec against each baseline alone:\n")
-    print("| | " + " | ".join(f"`{b}`" for b in BASELINES if b in families) + " |")
-    print("|---|" + "---|" * sum(b in families for b in BASELINES))
+    header(("",), [f"`{b}`" for b in BASELINES if b in families])
     for ours in (f for f in OURS if f in families):
         counts = []
         for b in (b for b in BASELINES if b in families):
@@ -87,8 +90,7 @@ def tables(paths: str) -> None:
                           f"{sum(x <= -0.005 for x in diffs)}")
         print(f"| `{ours}` | " + " | ".join(counts) + " |")
     print("\nTau over FR-Spec's all-domain list (`frspec:K`), the paper's reference is 1.13x:\n")
-    print("| policy | K | " + " | ".join(domains) + " |")
-    print("|---|---|" + "---|" * len(domains))
+    header(("policy", "K"), domains)
     for k in sizes:
         for f in ("frspec:K+align", "dynaspec:K:512+align") + OURS:
             if all((f, k, d) in cells for d in domains):
@@ -96,8 +98,7 @@ def tables(paths: str) -> None:
                     f"{cells[(f, k, d)][0] / cells[('frspec:K', k, d)][0]:.2f}x" for d in domains) + " |")
     projection([path] + extra, sizes, domains)
     print("\nSmallest K (of the sizes run) at 99% of the full head's tau; - = none:\n")
-    print("| policy | " + " | ".join(domains) + " |")
-    print("|---|" + "---|" * len(domains))
+    header(("policy",), domains)
     for f in families:
         smallest = [next((str(k) for k in sizes if cells[(f, k, d)][1] >= 0.99), "-") for d in domains]
         print(f"| `{f}` | " + " | ".join(smallest) + " |")
@@ -113,8 +114,7 @@ def projection(paths: list[str], sizes: list[int], domains: list[str]) -> None:
     x = {(family(r.policy, int(r.active_size)), int(r.active_size), r.domain): r.projected_speedup for r in rows
          if r.policy != "full"}
     print("\nPROJECTED speed-up over plain decoding at the Llama-3-8B shape (not measured), and over FR-Spec's list:\n")
-    print("| policy | K | " + " | ".join(domains) + " |")
-    print("|---|---|" + "---|" * len(domains))
+    header(("policy", "K"), domains)
     for k in sizes:
         for f in ("frspec:K", "dynaspec:K:512+align") + OURS:
             if all((f, k, d) in x for d in domains):
