@@ -155,6 +155,19 @@ def test_what_the_library_cannot_run_is_refused(cpp_library, demo_bundle, tmp_pa
         native.observe([900])
 
 
+def test_the_library_knows_every_python_variant(cpp_library, demo_bundle):
+    """Each of Python's named variants is run by the library or refused with its reason; none is unknown to it (the
+    two lists are kept by hand)."""
+    from evospec.runtime.vocab.evospec_settings import VARIANTS
+
+    freq = frequencies(demo_bundle)
+    for name in VARIANTS:
+        try:
+            native_policy(f"evospec:64:{name}", demo_bundle, 512, 128, freq).close()
+        except SettingsError as exc:
+            assert "is not in built-in settings" not in str(exc), name
+
+
 def test_generate_command_with_the_native_policy(cpp_library, demo_bundle):
     runner = CliRunner()
     args = ["generate", "--target", str(DEMO_TARGET), "--prompt-ids", "5,6,7,8,9", "--max-new-tokens", "24", "--json"]

@@ -294,12 +294,12 @@ EvoSpecSettings evospec_variant(const EvoSpecSettings& settings, const std::stri
   else if (name == "target-top-256")
     throw SettingsError("evospec variant 'target-top-256' (verification feedback) is not implemented in the C++ "
                         "drafter library: the library never sees the target's logits; run it with the Python drafter");
-  else if (name == "no-curriculum" || name == "align-retrieved-rows" || name == "rest-mass" ||
-           name == "renormalised-teacher") {
+  else if (name == "no-curriculum" || name == "curriculum-greedy" || name == "align-retrieved-rows" ||
+           name == "rest-mass" || name == "renormalised-teacher") {
   }  // alignment variants: the policy runs the chosen settings
   else
     throw SettingsError("evospec variant '" + name + "' is not in built-in settings; known: age-64, align-retrieved-rows, "
-                        "core-25, core-75, every-cycle, frequency-fill, frequency-only, hold-0, hold-16, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "
+                        "core-25, core-75, curriculum-greedy, every-cycle, frequency-fill, frequency-only, hold-0, hold-16, mass-fill, no-context, no-corpus-successors, no-curriculum, no-drift, "
                         "no-fresh, no-refresh-gate, no-semantic, no-session-successors, no-sticky, prior-1, prior-half, rank-max, "
                         "refresh-4-hold-0, renormalised-teacher, rest-mass, router-fill, semantic-256, semantic-greedy, synthesised-last, target-top-256, unseen-last");
   return s;
