@@ -29,6 +29,7 @@ import torch
 
 from evospec.core.errors import SettingsError
 from evospec.runtime.drafter import DrafterKVCache, Eagle3Drafter
+from evospec.runtime.native_choice import greedy_chooser
 from evospec.runtime.sampling import sample
 
 
@@ -355,7 +356,14 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
     second: list[tuple[int, torch.Tensor, float]] = []  # (level, id, cumulative score) of each kept second choice
     path: list[float] = []  # cumulative log-probability of each level's node
 
+    native = greedy_chooser(req.logits[None]) if req.temperature == 0 else None
+
     def choose(logits: torch.Tensor, level: int):  # [1, Vd] -> the level's first choice: ids, logp [1, 1], q
+        if native is not None:  # the library's pick, as its own chain picks (native_choice.py)
+            first, first_logp, runner, runner_logp = native.choose(logits, level < siblings)
+            if level < siblings and runner >= 0 and sibling_pays(first_logp, runner_logp, req.sibling_ratio):
+                second.append((level, torch.tensor([runner]), (path[level - 1] if level else 0.0) + runner_logp))
+            return torch.tensor([[first]]), torch.tensor([[first_logp]]), None
         ids, logp, q = _choose(logits, req, generator, 2 if level < siblings else 1)
         if level < siblings:
             if sibling_pays(float(logp[0, 0]), float(logp[0, 1]), req.sibling_ratio):

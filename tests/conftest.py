@@ -94,6 +94,7 @@ def cpp_library():
         build_cpp(build, "evospec_drafter")
         before = os.environ.get("EVOSPEC_CPP_LIBRARY")
         os.environ["EVOSPEC_CPP_LIBRARY"] = str(build / "libevospec_drafter.so")  # what library_path() loads
+        _forget_library_lookups()
         try:
             yield build / "libevospec_drafter.so"
         finally:
@@ -101,5 +102,15 @@ def cpp_library():
                 os.environ.pop("EVOSPEC_CPP_LIBRARY", None)
             else:
                 os.environ["EVOSPEC_CPP_LIBRARY"] = before
+            _forget_library_lookups()
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def _forget_library_lookups() -> None:
+    """Python's drafter looks the library up once per process (its plan updates, its greedy choices): after the
+    session's library changes, the next lookup finds the new one, so its chains are the library's own."""
+    from evospec.runtime import native_choice, native_plan
+
+    native_choice._library.cache_clear()
+    native_plan._library.cache_clear()

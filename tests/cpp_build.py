@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 CPP_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "cpp"
-NEWEST_SYMBOL = "evospec_verify_sampled"  # a library without it predates the newest C API
+NEWEST_SYMBOL = "evospec_greedy_choice"  # a library without it predates the newest C API
 
 
 def tool(name: str) -> str | None:

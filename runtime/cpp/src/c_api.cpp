@@ -8,6 +8,7 @@
 #include "evospec/drafter.hpp"
 #include "c_api_guard.hpp"
 #include "gather.hpp"
+#include "greedy_choice.hpp"
 #include "verify.hpp"
 
 struct evospec_drafter {
@@ -261,6 +262,17 @@ int evospec_update_plan(const int64_t* previous_ids, int64_t previous_size, int6
     if (*moved < 0) return;
     for (int64_t j = 0; j < bucket; ++j)
       if (ids[j] != previous_ids[j]) cols[(*changed)++] = j;
+  });
+}
+
+int evospec_greedy_choice(const float* logits, int64_t n, int runner_up, int64_t* ids, float* logps) {
+  if (logits == nullptr || ids == nullptr || logps == nullptr) return missing("a greedy_choice() buffer");
+  return guarded([&] {
+    const evospec::detail::GreedyChoice choice = evospec::detail::greedy_choice(logits, n, runner_up != 0);
+    ids[0] = choice.first;
+    ids[1] = choice.second;
+    logps[0] = choice.first_logp;
+    logps[1] = choice.second_logp;
   });
 }
 

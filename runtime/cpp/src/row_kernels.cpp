@@ -195,7 +195,7 @@ static void exp_blocks_portable(const float* x, int64_t n, float top, float* w, 
   }
 }
 
-static float row_max(const float* x, int64_t n) {
+float row_max(const float* x, int64_t n) {
 #ifdef EVOSPEC_X86_KERNELS
   const Isa isa = x86::isa();
   if (isa == Isa::avx512) return x86::row_max_avx512(x, n);
@@ -204,7 +204,7 @@ static float row_max(const float* x, int64_t n) {
   return row_max_portable(x, n);
 }
 
-static void exp_blocks(const float* x, int64_t n, float top, float* w, double* block_sums) {
+void exp_blocks(const float* x, int64_t n, float top, float* w, double* block_sums) {
 #ifdef EVOSPEC_X86_KERNELS
   const Isa isa = x86::isa();
   if (isa == Isa::avx512) return x86::exp_blocks_avx512(x, n, top, w, block_sums);

@@ -17,6 +17,10 @@ struct RowScratch {
 };
 RowScratch& row_scratch();
 
+// The maximum of a row without NaN, with the widest loop the CPU runs.
+float row_max(const float* x, int64_t n);
+// w = exp(x - top) and the float64 sum of each of its blocks of SAMPLE_BLOCK, the same bits from every loop.
+void exp_blocks(const float* x, int64_t n, float top, float* w, double* block_sums);
 // The row's weights exp(x - max x) (the softmax up to its total) into w and their cumulative float64 block sums
 // (the last: the total); a row without a finite maximum is refused.
 void exp_weights(const float* x, int64_t n, std::vector<float>& w, std::vector<double>& cumulative);

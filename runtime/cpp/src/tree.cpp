@@ -1,5 +1,7 @@
 #include "tree.hpp"
 
+#include "greedy_choice.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -200,19 +202,18 @@ DraftTree draft_chain(const Forward& forward, const at::Tensor& id_map, int64_t 
   int64_t level_now = 0;  // the level ``choose`` picks for
   auto choose = [&](const at::Tensor& logits) {  // [1, A] -> (log-probability [1, 1], column [1, 1])
     const int64_t level = level_now++;
-    at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
-    if (!sampled && level < siblings) {  // Python's _choose with width 2
-      auto [top_logp, top_ids] = logp.topk(2, -1);
-      const double first = static_cast<double>(top_logp[0][0].item<float>());
-      const double runner = static_cast<double>(top_logp[0][1].item<float>());
-      if (req.sibling_ratio <= 0 || first - runner < log_ratio) {
-        second.push_back(top_ids[0].narrow(0, 1, 1));
+    if (!sampled) {  // greedy_choice: what Python's drafter picks too (its _draft_chain through the C ABI)
+      const at::Tensor row = logits.to(at::kFloat).contiguous();
+      const GreedyChoice pick = greedy_choice(row.data_ptr<float>(), row.numel(), level < siblings);
+      if (level < siblings && pick.second >= 0 &&
+          (req.sibling_ratio <= 0 || static_cast<double>(pick.first_logp) - pick.second_logp < log_ratio)) {
+        second.push_back(at::full({1}, pick.second, at::kLong));
         second_level.push_back(level);
-        second_logp.push_back(runner);
+        second_logp.push_back(static_cast<double>(pick.second_logp));
       }
-      return std::make_tuple(top_logp.narrow(1, 0, 1), top_ids.narrow(1, 0, 1));
+      return std::make_tuple(at::full({1, 1}, pick.first_logp, at::kFloat), at::full({1, 1}, pick.first, at::kLong));
     }
-    if (!sampled) return logp.max(-1, true);  // Python's _choose: max, not topk(1) (the same first choice, faster)
+    at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
     at::Tensor q = at::softmax(logits.to(at::kDouble) / req.temperature, -1)[0].contiguous();
     int64_t x = sample_index(q, req.uniforms[laws.size()]);
     laws.push_back(q);

@@ -135,6 +135,12 @@ int evospec_update_plan(const int64_t* previous_ids, int64_t previous_size, int6
 int evospec_copy_rows(void* rows, int64_t row_count, const void* reservoir, int64_t reservoir_rows, int64_t row_bytes,
                       const int64_t* cols, const int64_t* ids, int64_t count);
 
+/* A greedy drafter level's choice over one row of logits [n] (float32, contiguous): ids[0], the first column holding
+ * the maximum, and with runner_up ids[1], the first other column holding the maximum of the rest (-1 when n is 1);
+ * logps[0..1] their log-probabilities ((x - max) - log sum exp(x - max), the sum in float64). What the library's
+ * greedy chain picks at each level, for a caller that drafts its own (Python's drafter, runtime/native_choice.py). */
+int evospec_greedy_choice(const float* logits, int64_t n, int runner_up, int64_t* ids, float* logps);
+
 #ifdef __cplusplus
 }
 #endif
