@@ -366,8 +366,12 @@ class SpeculativeGenerator:
                 past = tcache.get_seq_length()
                 ids = torch.tensor([[root] + tree.tokens.tolist()], device=device)  # [1, 1+N]
                 positions = (past + torch.cat((torch.zeros(1, dtype=torch.long), tree.depths))).to(device)[None]
+                started_s = 0.0  # starting the policy's job: retrieval's time on this thread, not the target's
                 if start_retrieval is not None:
+                    r0 = time.perf_counter()
                     start_retrieval()  # the worker's Python runs while the forward holds no GIL
+                    started_s = time.perf_counter() - r0
+                    stats.retrieval_time_s += started_s
                 out = target.forward(ids, positions, tcache, tree.attention_mask())
                 t2 = time.perf_counter()
                 if s.greedy:
@@ -388,10 +392,10 @@ class SpeculativeGenerator:
                     rows = index.to(device)
                 self._sync()
                 t4 = time.perf_counter()
-                stats.target_time_s += t2 - t1
+                stats.target_time_s += t2 - t1 - started_s
                 stats.verdict_time_s += t3 - t2
                 stats.cache_time_s += t4 - t3
-                stats.verify_time_s += t4 - t1
+                stats.verify_time_s += t4 - t1 - started_s
                 stats.steps += 1
                 stats.accepted_lengths.append(len(verdict.accepted_nodes))
                 stats.draft_tokens_proposed += tree.size

@@ -8,8 +8,10 @@ own. What it cannot run (a settings file, the drafter's fixed vocabulary, the C+
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from evospec.core.settings import DecodeSettings
 from evospec.eval.bench import policy_label
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab.native_policy import NativeRoutedPolicy, native_policy
+
 from .policy_bundle import DEMO_TARGET, compile_demo_policy_bundle
 
 pytestmark = pytest.mark.cpp
@@ -175,7 +178,39 @@ def test_generate_command_with_the_native_policy(cpp_library, demo_bundle):
     native = runner.invoke(main, args + ["--bundle", str(demo_bundle), "--policy-runtime", "cpp", "--vocab", "evospec:64",
                                          "--frequencies", frequencies(demo_bundle), "--draft-tree", "chain"])
     assert plain.exit_code == 0 and native.exit_code == 0, native.output
-    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])  # noqa: E731 (stdout: no progress bars)
+    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])
     assert last(native)["token_ids"] == last(plain)["token_ids"]
     refused = runner.invoke(main, args + ["--drafter", str(DEMO_TARGET.parent / "drafter"), "--policy-runtime", "cpp"])
     assert refused.exit_code == 2 and "--policy-runtime cpp needs --bundle" in refused.output
+
+
+def _thread_nice_values() -> dict[int, int]:
+    """Each thread of this process and its nice value (/proc/self/task/*/stat, field 19)."""
+    values = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values[int(task.name)] = int(fields[16])  # fields after the name start at the state (field 3)
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to read thread priorities")
+@pytest.mark.parametrize(("setting", "increment"), [(None, 10), ("0", 0), ("3", 3)])
+def test_the_policys_worker_yields_to_the_decoding_thread(cpp_library, demo_bundle, monkeypatch, setting, increment):
+    """The pipelined policy's worker thread runs WORKER_NICE (10) above the process's nice value, or what
+    EVOSPEC_WORKER_NICE says: on a small host its job no longer takes the decoding thread's core when it starts."""
+    if setting is None:
+        monkeypatch.delenv("EVOSPEC_WORKER_NICE", raising=False)
+    else:
+        monkeypatch.setenv("EVOSPEC_WORKER_NICE", setting)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base + increment > 19:
+        pytest.skip(f"this process already runs at nice {base}")
+    before = set(_thread_nice_values())
+    generator = SpeculativeGenerator.from_bundle(demo_bundle, DEMO_TARGET, vocab="evospec:64",
+                                                 frequencies=frequencies(demo_bundle), policy_runtime="cpp")
+    generator.generate(list(range(5, 37)), CHAIN)  # its first start_pending starts the worker
+    new = {tid: nice for tid, nice in _thread_nice_values().items() if tid not in before}
+    assert base + increment in new.values(), f"threads started by the policy: {new} (process nice {base})"
+    if increment:
+        assert threading.get_native_id() not in new and os.getpriority(os.PRIO_PROCESS, 0) == base
+    generator.policy.close()
