@@ -13,38 +13,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-import os
 import threading
 
 import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
-
-log = logging.getLogger(__name__)
+from evospec.runtime.native_library import optional_library
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The built library with the call declared, or None (not built, an older build, ``EVOSPEC_NATIVE_CHOICE=0``)."""
-    if os.environ.get("EVOSPEC_NATIVE_CHOICE", "1") == "0":
-        return None
-    from evospec.runtime.native_drafter import library_path, load_library
-
-    path = library_path()
-    if not path.is_file():
-        return None
-    try:
-        lib = load_library(path)
-    except SettingsError as exc:
-        log.info("greedy choices by torch: %s", exc)
-        return None
-    if not hasattr(lib, "evospec_greedy_choice"):
-        log.info("greedy choices by torch: %s predates evospec_greedy_choice (rebuild it with `make cpp`)", path)
-        return None
-    lib.evospec_greedy_choice.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
-                                          ctypes.c_void_p]
+    lib = optional_library("EVOSPEC_NATIVE_CHOICE", ("evospec_greedy_choice",), "greedy choices by torch")
+    if lib is not None:
+        lib.evospec_greedy_choice.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
+                                              ctypes.c_void_p]
     return lib
 
 

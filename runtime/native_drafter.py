@@ -13,82 +13,15 @@ the one this process has loaded.
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from evospec.core.errors import BundleError, SettingsError
+from evospec.core.errors import SettingsError
+from evospec.runtime.native_library import F32P, F64P, I64P, StepCostsC, check_status, library_path, load_library
 from evospec.runtime.tree import EDGE_BINS, StepCosts
-
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[1] / "build" / "cpp" / "libevospec_drafter.so"
-I64P = ctypes.POINTER(ctypes.c_int64)
-F32P = ctypes.POINTER(ctypes.c_float)
-F64P = ctypes.POINTER(ctypes.c_double)
-
-
-class _StepCosts(ctypes.Structure):
-    """evospec_step_costs (drafter_c.h): a :class:`~evospec.runtime.tree.StepCosts` for the C ABI."""
-
-    _fields_ = [("fixed_ms", ctypes.c_double), ("level_ms", ctypes.c_double), ("row_ms", ctypes.c_double),
-                ("level_row_ms", ctypes.c_double), ("rates", F64P), ("rate_count", ctypes.c_int64),
-                ("spine", ctypes.c_int64)]
-
-
-def library_path() -> Path:
-    return Path(os.environ.get("EVOSPEC_CPP_LIBRARY", DEFAULT_LIBRARY))
-
-
-def check_status(lib: ctypes.CDLL, status: int) -> None:
-    """Raise the library's one-line message for a failed call's status (drafter_c.h: 1 a bundle error, else a
-    settings error)."""
-    if status == 0:
-        return
-    message = (lib.evospec_last_error() or b"").decode(errors="replace")
-    raise (BundleError if status == 1 else SettingsError)(message)
-
-
-def load_library(path: Path) -> ctypes.CDLL:
-    """The library at ``path`` with its drafter C API declared; one clear line when it is missing or not ours."""
-    if not path.is_file():
-        raise SettingsError(f"{path} does not exist: build the C++ drafter library with `make cpp` "
-                            "(or set EVOSPEC_CPP_LIBRARY)")
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise SettingsError(f"{path}: cannot load the C++ drafter library ({exc})") from None
-    if not hasattr(lib, "evospec_drafter_open"):
-        raise SettingsError(f"{path} has no C API (evospec_drafter_open): rebuild it with `make cpp`")
-    lib.evospec_drafter_open.argtypes = [ctypes.c_char_p] * 5 + [ctypes.c_int, ctypes.c_int64, ctypes.c_int,
-                                                                 ctypes.POINTER(ctypes.c_void_p)]
-    lib.evospec_drafter_close.argtypes = [ctypes.c_void_p]
-    lib.evospec_drafter_close.restype = None
-    lib.evospec_last_error.restype = ctypes.c_char_p
-    lib.evospec_drafter_start.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64]
-    if hasattr(lib, "evospec_drafter_start_greedy"):  # libraries built before EvoSpec's router fill lack it
-        lib.evospec_drafter_start_greedy.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64, ctypes.c_int]
-    lib.evospec_drafter_propose.argtypes = [ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                            ctypes.c_int, ctypes.c_int, I64P, I64P, I64P, ctypes.c_int64, I64P]
-    if hasattr(lib, "evospec_drafter_propose_costed"):  # libraries built before value-based budgets lack it
-        lib.evospec_drafter_propose_costed.argtypes = [
-            ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-            ctypes.POINTER(_StepCosts), I64P, I64P, I64P, F64P, ctypes.c_int64, I64P, I64P, I64P, F64P]
-    if hasattr(lib, "evospec_drafter_propose_sampled"):  # libraries built before sampled chains lack it
-        lib.evospec_drafter_propose_sampled.argtypes = [
-            ctypes.c_void_p, F32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, F64P, I64P, I64P,
-            I64P, F64P, F64P, ctypes.c_int64, I64P, ctypes.c_int64, I64P, F64P]
-    lib.evospec_drafter_commit.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64]
-    lib.evospec_drafter_active.argtypes = [ctypes.c_void_p, I64P, ctypes.c_int64, I64P, I64P]
-    lib.evospec_drafter_sizes.argtypes = [ctypes.c_void_p, I64P]
-    if hasattr(lib, "evospec_drafter_policy_ms"):  # libraries built before the step breakdown saw the policy lack it
-        lib.evospec_drafter_policy_ms.argtypes = [ctypes.c_void_p, F64P]
-    if hasattr(lib, "evospec_drafter_set_siblings"):  # libraries built before chains with siblings lack it
-        lib.evospec_drafter_set_siblings.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    if hasattr(lib, "evospec_drafter_set_sibling_ratio"):  # ... and before the siblings' ratio test
-        lib.evospec_drafter_set_sibling_ratio.argtypes = [ctypes.c_void_p, ctypes.c_double]
-    return lib
 
 
 @dataclass
@@ -118,7 +51,7 @@ class NativeDrafter:
                  max_context: int = 4096, check_files: bool = True, library: Path | None = None) -> None:
         self._lib = load_library(Path(library) if library is not None else library_path())
         handle = ctypes.c_void_p()
-        encode = lambda v: None if v is None else str(v).encode()  # noqa: E731
+        encode = lambda v: None if v is None else str(v).encode()
         self._check(self._lib.evospec_drafter_open(
             encode(bundle), encode(vocab), encode(frequencies), encode(router), encode(target_dir), int(threads),
             int(max_context), int(check_files), ctypes.byref(handle)))
@@ -204,7 +137,7 @@ class NativeDrafter:
                     raise SettingsError(f"StepCosts.rates holds {len(EDGE_BINS) + 1} rates (or twice that: first "
                                         f"choices, then other children), got {len(costs.rates)}")
                 rates = (ctypes.c_double * len(costs.rates))(*costs.rates)
-            c_costs = _StepCosts(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
+            c_costs = StepCostsC(costs.fixed_ms, costs.level_ms, costs.row_ms, costs.level_row_ms,
                                  ctypes.cast(rates, F64P) if rates is not None else None,
                                  0 if rates is None else len(costs.rates), costs.spine)
         level_rows = np.empty(max(depth, 1), dtype=np.int64)

@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from evospec.core.errors import SettingsError
 from evospec.runtime.gather import GatherPlan, choose_bucket, padded_bias, update_plan
-
-log = logging.getLogger(__name__)
+from evospec.runtime.native_library import optional_library
 
 RowCopy = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -41,20 +37,8 @@ def copy_rows_numpy(rows: np.ndarray, reservoir: np.ndarray, cols: np.ndarray, i
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The built library with both calls declared, or None (not built, an older build, ``EVOSPEC_NATIVE_PLAN=0``)."""
-    if os.environ.get("EVOSPEC_NATIVE_PLAN", "1") == "0":
-        return None
-    from evospec.runtime.native_drafter import library_path, load_library
-
-    path = library_path()
-    if not path.is_file():
-        return None
-    try:
-        lib = load_library(path)
-    except SettingsError as exc:
-        log.info("plan updates by numpy: %s", exc)
-        return None
-    if not (hasattr(lib, "evospec_copy_rows") and hasattr(lib, "evospec_update_plan")):
-        log.info("plan updates by numpy: %s predates evospec_update_plan (rebuild it with `make cpp`)", path)
+    lib = optional_library("EVOSPEC_NATIVE_PLAN", ("evospec_copy_rows", "evospec_update_plan"), "plan updates by numpy")
+    if lib is None:
         return None
     address, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.evospec_copy_rows.argtypes = [address, i64, address, i64, i64, address, address, i64]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
-from evospec.runtime.native_drafter import F32P, F64P, check_status, library_path, load_library
+from evospec.runtime.native_library import F32P, F64P, check_status, library_path, load_library
 from evospec.runtime.tree import DraftTree
 from evospec.runtime.verify import Verdict
 

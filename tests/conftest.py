@@ -78,7 +78,7 @@ def cpp_library():
     import tempfile
     from pathlib import Path
 
-    from evospec.runtime.native_drafter import library_path
+    from evospec.runtime.native_library import library_path
 
     from .cpp_build import build_cpp, current_library, toolchain_problem
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from evospec.core.errors import SettingsError
-from evospec.runtime.native_drafter import check_status, library_path, load_library
+from evospec.runtime.native_library import check_status, library_path, load_library
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -119,7 +119,7 @@ def native_policy(spec: str, bundle: str | Path, vocab_size: int, hidden_size: i
     ``SettingsError`` / ``BundleError`` line (a missing library, a policy it cannot run, a bad file)."""
     lib = _declare(load_library(Path(library) if library is not None else library_path()))
     handle = ctypes.c_void_p()
-    encode = lambda v: None if v is None else str(v).encode()  # noqa: E731
+    encode = lambda v: None if v is None else str(v).encode()
     check_status(lib, lib.evospec_policy_open(encode(bundle), encode(spec), encode(frequencies), encode(router),
                                               int(vocab_size), int(hidden_size), ctypes.byref(handle)))
     routed = ctypes.c_int()

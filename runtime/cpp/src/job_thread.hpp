@@ -6,8 +6,8 @@
 //
 // The thread runs at a lower priority (WORKER_NICE above the process's): on a small host its job shares a core with
 // the decoding thread, and woken at normal priority it took the core at once. Python's drafter measured the
-// library call that starts the job at 0.15-0.5 ms a step on average (the whole job, run before the call returned),
-// 0.02-0.04 ms at nice 10-19 (README, issue 18, stop 49). The job still runs at once on an idle core.
+// library call that starts the job at 0.04-0.5 ms a step on average (at worst the whole job, run before the call
+// returned), 0.03-0.04 ms at nice 10-19 (README, issue 18, stop 49). The job still runs at once on an idle core.
 #pragma once
 
 #include <algorithm>
