@@ -1,4 +1,4 @@
-"""Python's drafter on the medium pair, five configurations interleaved prompt by prompt (issue 18, stop 49).
+"""The medium pair's drafters, configurations interleaved prompt by prompt (issue 18, stop 49).
 
 Why not whole bench runs: on this 2-core host a run's speed drifted by up to 15% from one run to the next (the
 chain alone, the same code, came out 0.87-1.17x of itself in alternating runs), far more than the effects measured.
@@ -6,10 +6,11 @@ Here every prompt is decoded by each configuration in turn, the one going first 
 
 Configurations: plain decoding; the greedy chain of 5 and the chain with 3 siblings at ratio 2 (the main job's
 shape), each with the greedy choice by torch (log_softmax + max / topk(2), as before stop 49) and by the library
-(``evospec_greedy_choice``). Every output must equal plain decoding's (asserted).
+(``evospec_greedy_choice``). With RUNTIME ``cpp``: the C++ drafter over the torch bundle (the main job's
+``bench-static``), plain, the chain and the chain with siblings. Every output must equal plain decoding's (asserted).
 
-Usage: python docs/issue18-stop49-interleave.py OUT.json ROUNDS DOMAINS (e.g. 2 code,general,law,medicine,...)
-after ``make reference`` and ``make cpp``.
+Usage: python docs/issue18-stop49-interleave.py OUT.json ROUNDS DOMAINS [RUNTIME] (e.g. 2 code,general,law,...
+python) after ``make reference`` and ``make cpp``.
 """
 import collections
 import json
@@ -24,14 +25,20 @@ from evospec.runtime.generator import SpeculativeGenerator
 
 out_path, rounds = sys.argv[1], int(sys.argv[2])
 domains = sys.argv[3].split(",")
+runtime = sys.argv[4] if len(sys.argv) > 4 else "python"
 native_chooser = tree.greedy_chooser
 pair = "out/reference-medium"
-g = SpeculativeGenerator.from_paths(f"{pair}/target", f"{pair}/drafter")
+if runtime == "cpp":
+    g = SpeculativeGenerator.from_bundle(f"{pair}/bundle-torch", f"{pair}/target", drafter_runtime="cpp")
+else:
+    g = SpeculativeGenerator.from_paths(f"{pair}/target", f"{pair}/drafter")
 chain = DecodeSettings(max_new_tokens=64, draft_tree="chain")
 sib = DecodeSettings(max_new_tokens=64, draft_tree="chain", draft_siblings=3, draft_sibling_ratio=2)
 plain = DecodeSettings(max_new_tokens=64, use_draft=False)
 cfgs = {"plain": (plain, True), "chain-torch": (chain, False), "chain-lib": (chain, True),
         "sib-torch": (sib, False), "sib-lib": (sib, True)}
+if runtime == "cpp":  # the library picks inside its own chain: no torch choice to compare
+    cfgs = {"plain": (plain, True), "chain-lib": (chain, True), "sib-lib": (sib, True)}
 names = list(cfgs)
 result = {}
 for dom in domains:
@@ -60,4 +67,4 @@ for dom in domains:
     result[dom] = row
     print(f"{dom:12s} " + " | ".join(f"{n} {row[n]['tokens_per_second']:.1f} ({row[n]['tau']:.2f})" for n in names), flush=True)
 with open(out_path, "w") as f:
-    json.dump({"rounds": rounds, "prompts": 8, "max_new_tokens": 64, "domains": result}, f, indent=1)
+    json.dump({"runtime": runtime, "rounds": rounds, "prompts": 8, "max_new_tokens": 64, "domains": result}, f, indent=1)
