@@ -358,16 +358,19 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
 
     native = greedy_chooser(req.logits[None]) if req.temperature == 0 else None
 
+    def keep_second(level: int, runner: torch.Tensor, first_logp: float, runner_logp: float) -> None:
+        if sibling_pays(first_logp, runner_logp, req.sibling_ratio):  # the level's second choice joins as a leaf
+            second.append((level, runner, (path[level - 1] if level else 0.0) + runner_logp))
+
     def choose(logits: torch.Tensor, level: int):  # [1, Vd] -> the level's first choice: ids, logp [1, 1], q
         if native is not None:  # the library's pick, as its own chain picks (native_choice.py)
             first, first_logp, runner, runner_logp = native.choose(logits, level < siblings)
-            if level < siblings and runner >= 0 and sibling_pays(first_logp, runner_logp, req.sibling_ratio):
-                second.append((level, torch.tensor([runner]), (path[level - 1] if level else 0.0) + runner_logp))
+            if level < siblings and runner >= 0:
+                keep_second(level, torch.tensor([runner]), first_logp, runner_logp)
             return torch.tensor([[first]]), torch.tensor([[first_logp]]), None
         ids, logp, q = _choose(logits, req, generator, 2 if level < siblings else 1)
         if level < siblings:
-            if sibling_pays(float(logp[0, 0]), float(logp[0, 1]), req.sibling_ratio):
-                second.append((level, ids[0, 1:], (path[level - 1] if level else 0.0) + float(logp[0, 1])))
+            keep_second(level, ids[0, 1:], float(logp[0, 0]), float(logp[0, 1]))
             ids, logp = ids[:, :1], logp[:, :1]
         return ids, logp, q
 

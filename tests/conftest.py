@@ -11,9 +11,9 @@ if not torch.cuda.is_available():
     # anything imports triton (the model imports below pull it in): triton.jit reads it at decoration time.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
+import pytest  # noqa: E402
 
-from evospec.runtime.checkpoint import save_drafter
+from evospec.runtime.checkpoint import save_drafter  # noqa: E402
 from evospec.runtime.drafter import default_tap_layers
 from evospec.runtime.target import TargetModel
 from evospec.testing.tiny import TINY_SHAPES, tiny_drafter, tiny_target

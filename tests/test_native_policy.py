@@ -24,7 +24,6 @@ from evospec.core.settings import DecodeSettings
 from evospec.eval.bench import policy_label
 from evospec.runtime.generator import SpeculativeGenerator
 from evospec.runtime.vocab.native_policy import NativeRoutedPolicy, native_policy
-
 from .policy_bundle import DEMO_TARGET, compile_demo_policy_bundle
 
 pytestmark = pytest.mark.cpp
@@ -178,7 +177,7 @@ def test_generate_command_with_the_native_policy(cpp_library, demo_bundle):
     native = runner.invoke(main, args + ["--bundle", str(demo_bundle), "--policy-runtime", "cpp", "--vocab", "evospec:64",
                                          "--frequencies", frequencies(demo_bundle), "--draft-tree", "chain"])
     assert plain.exit_code == 0 and native.exit_code == 0, native.output
-    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])
+    last = lambda result: json.loads(result.stdout.strip().splitlines()[-1])  # noqa: E731 (stdout: no progress bars)
     assert last(native)["token_ids"] == last(plain)["token_ids"]
     refused = runner.invoke(main, args + ["--drafter", str(DEMO_TARGET.parent / "drafter"), "--policy-runtime", "cpp"])
     assert refused.exit_code == 2 and "--policy-runtime cpp needs --bundle" in refused.output
@@ -213,4 +212,6 @@ def test_the_policys_worker_yields_to_the_decoding_thread(cpp_library, demo_bund
     assert base + increment in new.values(), f"threads started by the policy: {new} (process nice {base})"
     if increment:
         assert threading.get_native_id() not in new and os.getpriority(os.PRIO_PROCESS, 0) == base
+    else:  # kept at the process's own: no thread of the policy's lowered
+        assert all(nice == base for nice in new.values()), f"threads started by the policy: {new} (process nice {base})"
     generator.policy.close()
