@@ -215,3 +215,10 @@ def test_the_policys_worker_yields_to_the_decoding_thread(cpp_library, demo_bund
     else:  # kept at the process's own: no thread of the policy's lowered
         assert all(nice == base for nice in new.values()), f"threads started by the policy: {new} (process nice {base})"
     generator.policy.close()
+
+
+@pytest.mark.parametrize("bad", ["high", "-3", "40", "2.5"])
+def test_a_bad_worker_priority_is_refused_in_one_line(cpp_library, demo_bundle, monkeypatch, bad):
+    monkeypatch.setenv("EVOSPEC_WORKER_NICE", bad)
+    with pytest.raises(SettingsError, match=f"EVOSPEC_WORKER_NICE must be a whole number from 0 to 39 .*got '{bad}'"):
+        native_policy("evospec:64", demo_bundle, 512, 128, frequencies(demo_bundle))

@@ -17,13 +17,30 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "evospec/drafter.hpp"
+
 namespace evospec::detail {
+
+constexpr int WORKER_NICE = 10;  // the worker's nice value above the process's, unless EVOSPEC_WORKER_NICE says
+
+// EVOSPEC_WORKER_NICE as a nice increment (WORKER_NICE when unset, 0 keeps the process's); anything but a whole
+// number from 0 to 39 is refused.
+inline int worker_nice_setting() {
+  const char* value = std::getenv("EVOSPEC_WORKER_NICE");
+  if (value == nullptr || *value == '\0') return WORKER_NICE;
+  const std::string text(value);
+  if (text.size() > 2 || text.find_first_not_of("0123456789") != std::string::npos || std::stoi(text) > 39)
+    throw SettingsError("EVOSPEC_WORKER_NICE must be a whole number from 0 to 39 (the policy worker's nice value "
+                        "above the process's; 0 keeps it), got '" + text + "'");
+  return std::stoi(text);
+}
 
 template <typename Result>
 class JobThread {
@@ -70,20 +87,16 @@ class JobThread {
     }
   }
 
-  // This thread's nice value WORKER_NICE above the process's (EVOSPEC_WORKER_NICE sets the increment, 0 keeps it);
-  // where the system refuses, the thread runs as it is.
-  static void lower_priority() {
-    int increment = WORKER_NICE;
-    if (const char* text = std::getenv("EVOSPEC_WORKER_NICE"); text != nullptr && *text != '\0')
-      increment = std::clamp(std::atoi(text), 0, 39);
-    if (increment == 0) return;
+  // This thread's nice value ``nice_increment_`` above the process's; where the system refuses, it runs as it is.
+  void lower_priority() const {
+    if (nice_increment_ == 0) return;
     const id_t self = static_cast<id_t>(syscall(SYS_gettid));
     errno = 0;
     const int now = getpriority(PRIO_PROCESS, self);
-    if (errno == 0) setpriority(PRIO_PROCESS, self, std::min(now + increment, 19));
+    if (errno == 0) setpriority(PRIO_PROCESS, self, std::min(now + nice_increment_, 19));
   }
 
-  static constexpr int WORKER_NICE = 10;
+  const int nice_increment_ = worker_nice_setting();  // read when the policy is made: a bad value fails there
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::packaged_task<Result()>> tasks_;
