@@ -169,7 +169,10 @@ class CompiledDrafter:
 
     @torch.no_grad()
     def __call__(self, hidden: torch.Tensor, target_ids: torch.Tensor, positions: torch.Tensor,
-                 cache: DrafterKVCache, start: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 cache: DrafterKVCache, start: int, mask: torch.Tensor | None,
+                 logit_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager drafter's call (``runtime/drafter.py``): ``mask`` None for one input that sees every slot
+        up to it, ``logit_rows`` n for the last n inputs' logits alone."""
         device, c = hidden.device, self.config
         hidden = hidden.float()
         features_in = hidden.shape[-1] == 3 * c.target_hidden_size
@@ -177,6 +180,10 @@ class CompiledDrafter:
             hidden = self.runners["fuse"].infer({"features": hidden})["hidden"].to(device)
         embeds = self.embed(target_ids).float()
         b, t = target_ids.shape
+        if mask is None:  # the engines take a mask
+            if t != 1:
+                raise ValueError(f"a drafter call without a mask reads every slot: one new position only, got {t}")
+            mask = torch.ones(1, start + 1, dtype=torch.bool, device=device)
         if self.static_past:  # the whole capacity; slots not yet written (or scratch) are masked out
             capacity = cache.keys.shape[2]
             full = torch.zeros(t, capacity + t, dtype=torch.bool, device=device)
@@ -196,6 +203,9 @@ class CompiledDrafter:
             self.root_normed = normed.detach().clone()
             if self.on_root_state is not None:
                 self.on_root_state(self.root_normed[-1])
+        rows = t if logit_rows is None else logit_rows
+        if rows != t:  # the head over the last rows of each sequence only
+            normed = normed.reshape(b, t, c.hidden_size)[:, t - rows:].reshape(b * rows, c.hidden_size)
         if self._host_head:
             logits = self.active_rows.logits(normed, self._bias)
         elif self.active_rows is not None:
@@ -204,7 +214,7 @@ class CompiledDrafter:
         else:
             feed = {"normed": normed, "active": self._active, "bias": self._bias}
             logits = self.runners["head"].infer(feed)["logits"]
-        return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, t, self.plan.size).to(device)
+        return out["hidden_out"].to(device), logits[:, : self.plan.size].reshape(b, rows, self.plan.size).to(device)
 
 
 def eager_compiled(drafter, reservoir: torch.Tensor, buckets: tuple[int, ...]) -> CompiledDrafter:

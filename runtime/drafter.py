@@ -190,12 +190,14 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: DrafterKVCache,
         start: int,
-        mask: torch.Tensor,  # [T, start+T] bool, True = may attend
+        mask: torch.Tensor | None,  # [T, start+T] bool, True = may attend; None: every slot up to start+T
     ) -> torch.Tensor:
         q, k, v = self.qkv(x, cos, sin)
         keys, values = cache.write(start, k, v)
+        if mask is None and x.shape[1] != 1:
+            raise ValueError(f"attention without a mask reads every slot: one new position only, got {x.shape[1]}")
         out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask[None, None], enable_gqa=self.n_heads != self.n_kv
+            q, keys, values, attn_mask=None if mask is None else mask[None, None], enable_gqa=self.n_heads != self.n_kv
         )
         return self.output(out)
 
@@ -339,9 +341,15 @@ class Eagle3Drafter(Eagle3Trunk):
         positions: torch.Tensor,  # [B, T]
         cache: DrafterKVCache,
         start: int,  # cache slot of the first of the T inputs
-        mask: torch.Tensor,  # [T, start+T] bool
+        mask: torch.Tensor | None,  # [T, start+T] bool; None: one input that attends to every slot up to it
+        logit_rows: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (pre-norm hidden [B, T, d] fed back at the next depth, draft logits [B, T, Vd])."""
+        """Returns (pre-norm hidden [B, T, d] fed back at the next depth, draft logits [B, T, Vd]; with
+        ``logit_rows`` n, the logits of the last n inputs only, [B, n, Vd]).
+
+        Drafting from newly committed positions needs the last one's logits alone: the head is most of a
+        call's cost (16,384 x 160 floats read per row block on the medium pair), and a prompt's prefill has
+        dozens of rows."""
         if hidden.shape[-1] == 3 * self.config.target_hidden_size:
             hidden = self.fc(hidden)
         embeds = self.embed(target_ids).to(hidden.dtype)
@@ -349,4 +357,4 @@ class Eagle3Drafter(Eagle3Trunk):
         out = self.midlayer(embeds, hidden, cos=cos, sin=sin, cache=cache, start=start, mask=mask)
         # the timed kernels have no backward: training (grad enabled) goes through nn.Linear
         head = self._timed_head[0] if self._timed_head and not torch.is_grad_enabled() else self.lm_head
-        return out, head(self.norm(out))
+        return out, head(self.norm(out if logit_rows is None else out[:, out.shape[1] - logit_rows:]))

@@ -566,6 +566,7 @@ class SpeculativeGenerator:
             cache,
             start,
             mask,
+            logit_rows=1,  # the drafting starts from the last committed position alone
         )
         cache.length += t
         if s.draft_budget == "auto":

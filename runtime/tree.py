@@ -396,9 +396,9 @@ def _draft_chain(drafter: Eagle3Drafter, cache: DrafterKVCache, req: DraftReques
             gains = _expansion_gains(costs, [costs.value(values[-1])], tokens, cost, 1)
             if kept < len(values) or not _level_pays(costs, gains, tokens):
                 break
-        mask = torch.ones(1, start + 1, dtype=torch.bool, device=hidden.device)
         positions = torch.full((1, 1), req.committed - 1 + level, dtype=torch.long, device=hidden.device)
-        hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, mask)
+        # one new position that sees every slot before it: no mask (SDPA's unmasked path)
+        hidden, logits = drafter(hidden, drafter.draft_to_target(chosen[-1])[None], positions, cache, start, None)
         ids, logp, q = choose(logits[0], level)
         chosen.append(ids[0])
         path.append(path[-1] + float(logp[0, 0]))

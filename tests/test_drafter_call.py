@@ -1,0 +1,72 @@
+"""A drafter call's shortcuts (issue 18, stop 50): the head over the last input alone, and no mask for one new
+position. Each must give what the full call gives, for the eager drafter and for a torch bundle."""
+
+import copy
+
+import pytest
+import torch
+
+from evospec.runtime.compiled_drafter import eager_compiled
+from evospec.runtime.drafter import DrafterKVCache
+from evospec.testing.tiny import tiny_drafter, tiny_target
+
+
+def _drafters():
+    model = tiny_target(seed=5)
+    drafter = tiny_drafter(model, draft_vocab=48, seed=6).float().eval()
+    reservoir = torch.randn(model.config.vocab_size, drafter.config.hidden_size)
+    return {"eager": drafter, "bundle": eager_compiled(drafter, reservoir, (48,))}
+
+
+def _prefilled(drafter, config, t: int = 5):
+    """A cache holding t committed positions, and the call that wrote them."""
+    torch.manual_seed(0)
+    cache = DrafterKVCache(config, 32, torch.device("cpu"), torch.float32)
+    features = torch.randn(1, t, 3 * config.target_hidden_size)
+    ids = torch.randint(0, config.vocab_size, (1, t))
+    mask = torch.ones(t, t, dtype=torch.bool).tril()
+    return cache, (features, ids, torch.arange(t)[None], cache, 0, mask)
+
+
+@pytest.mark.parametrize("kind", ["eager", "bundle"])
+def test_the_last_rows_logits_alone_are_the_full_calls_last_rows(kind):
+    drafter = _drafters()[kind]
+    config = drafter.config
+    with torch.inference_mode():
+        cache, call = _prefilled(drafter, config)
+        full_hidden, full = drafter(*call)
+        cache.length = 0
+        for rows in (1, 2):
+            hidden, last = drafter(*call, logit_rows=rows)
+            assert last.shape == (1, rows, full.shape[-1])
+            torch.testing.assert_close(last, full[:, -rows:], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(hidden, full_hidden)  # the states fed to the next level are all there
+
+
+@pytest.mark.parametrize("kind", ["eager", "bundle"])
+def test_one_position_without_a_mask_sees_every_slot_as_an_all_ones_mask_does(kind):
+    drafter = _drafters()[kind]
+    config = drafter.config
+    with torch.inference_mode():
+        cache, call = _prefilled(drafter, config)
+        hidden, _ = drafter(*call)
+        other = copy.deepcopy(cache)
+        step = (hidden[:, -1:], torch.tensor([[7]]), torch.tensor([[5]]))
+        with_mask = drafter(*step, cache, 5, torch.ones(1, 6, dtype=torch.bool))
+        without = drafter(*step, other, 5, None)
+        for a, b in zip(with_mask, without):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(cache.keys, other.keys)
+        # a partial mask differs: the unmasked call is not ignoring the cache
+        masked = torch.ones(1, 6, dtype=torch.bool)
+        masked[0, :3] = False
+        assert not torch.allclose(drafter(*step, copy.deepcopy(cache), 5, masked)[1], without[1])
+
+
+@pytest.mark.parametrize("kind", ["eager", "bundle"])
+def test_no_mask_is_refused_for_several_positions(kind):
+    drafter = _drafters()[kind]
+    with torch.inference_mode():
+        cache, call = _prefilled(drafter, drafter.config)
+        with pytest.raises(ValueError, match="one new position only"):
+            drafter(*call[:5], None)
