@@ -13,7 +13,7 @@ import torch
 
 from evospec.runtime.active_rows import ActiveRows
 from evospec.runtime.device_upload import DeviceUploader
-from evospec.runtime.drafter import DrafterKVCache, Eagle3Config
+from evospec.runtime.drafter import DrafterKVCache, Eagle3Config, check_unmasked
 from evospec.runtime.gather import GatherPlan, make_plan
 from evospec.runtime.native_plan import plan_update
 from evospec.runtime.runners import Runner, TorchRunner
@@ -174,16 +174,15 @@ class CompiledDrafter:
         """The eager drafter's call (``runtime/drafter.py``): ``mask`` None for one input that sees every slot
         up to it, ``logit_rows`` n for the last n inputs' logits alone."""
         device, c = hidden.device, self.config
+        if mask is None:  # the engines take a mask
+            check_unmasked(target_ids.shape[1])
+            mask = torch.ones(1, start + 1, dtype=torch.bool, device=device)
         hidden = hidden.float()
         features_in = hidden.shape[-1] == 3 * c.target_hidden_size
         if features_in:
             hidden = self.runners["fuse"].infer({"features": hidden})["hidden"].to(device)
         embeds = self.embed(target_ids).float()
         b, t = target_ids.shape
-        if mask is None:  # the engines take a mask
-            if t != 1:
-                raise ValueError(f"a drafter call without a mask reads every slot: one new position only, got {t}")
-            mask = torch.ones(1, start + 1, dtype=torch.bool, device=device)
         if self.static_past:  # the whole capacity; slots not yet written (or scratch) are masked out
             capacity = cache.keys.shape[2]
             full = torch.zeros(t, capacity + t, dtype=torch.bool, device=device)

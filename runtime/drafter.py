@@ -131,6 +131,13 @@ class MLP(nn.Module):
                         self.down_proj.weight)
 
 
+def check_unmasked(positions: int) -> None:
+    """A drafter call without a mask lets every new position see every slot up to the last: right for one new
+    position (a chain level), wrong for several (they would see each other's future)."""
+    if positions != 1:
+        raise ValueError(f"a drafter call without a mask reads every slot: one new position only, got {positions}")
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -192,10 +199,10 @@ class Attention(nn.Module):
         start: int,
         mask: torch.Tensor | None,  # [T, start+T] bool, True = may attend; None: every slot up to start+T
     ) -> torch.Tensor:
+        if mask is None:
+            check_unmasked(x.shape[1])
         q, k, v = self.qkv(x, cos, sin)
         keys, values = cache.write(start, k, v)
-        if mask is None and x.shape[1] != 1:
-            raise ValueError(f"attention without a mask reads every slot: one new position only, got {x.shape[1]}")
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=None if mask is None else mask[None, None], enable_gqa=self.n_heads != self.n_kv
         )

@@ -68,5 +68,7 @@ def test_no_mask_is_refused_for_several_positions(kind):
     drafter = _drafters()[kind]
     with torch.inference_mode():
         cache, call = _prefilled(drafter, drafter.config)
+        before = cache.keys.clone()
         with pytest.raises(ValueError, match="one new position only"):
             drafter(*call[:5], None)
+        assert torch.equal(cache.keys, before)  # refused before anything was written
