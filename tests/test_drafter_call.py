@@ -11,14 +11,17 @@ from evospec.runtime.drafter import DrafterKVCache
 from evospec.testing.tiny import tiny_drafter, tiny_target
 
 
-def _drafters():
+@pytest.fixture(params=["eager", "bundle"])
+def drafter(request):
+    """The eager drafter, or a torch bundle built from it."""
     model = tiny_target(seed=5)
-    drafter = tiny_drafter(model, draft_vocab=48, seed=6).float().eval()
-    reservoir = torch.randn(model.config.vocab_size, drafter.config.hidden_size)
-    return {"eager": drafter, "bundle": eager_compiled(drafter, reservoir, (48,))}
+    eager = tiny_drafter(model, draft_vocab=48, seed=6).float().eval()
+    if request.param == "eager":
+        return eager
+    return eager_compiled(eager, torch.randn(model.config.vocab_size, eager.config.hidden_size), (48,))
 
 
-def _prefilled(drafter, config, t: int = 5):
+def _prefilled(config, t: int = 5):
     """A cache holding t committed positions, and the call that wrote them."""
     torch.manual_seed(0)
     cache = DrafterKVCache(config, 32, torch.device("cpu"), torch.float32)
@@ -28,12 +31,9 @@ def _prefilled(drafter, config, t: int = 5):
     return cache, (features, ids, torch.arange(t)[None], cache, 0, mask)
 
 
-@pytest.mark.parametrize("kind", ["eager", "bundle"])
-def test_the_last_rows_logits_alone_are_the_full_calls_last_rows(kind):
-    drafter = _drafters()[kind]
-    config = drafter.config
+def test_the_last_rows_logits_alone_are_the_full_calls_last_rows(drafter):
     with torch.inference_mode():
-        cache, call = _prefilled(drafter, config)
+        cache, call = _prefilled(drafter.config)
         full_hidden, full = drafter(*call)
         cache.length = 0
         for rows in (1, 2):
@@ -43,12 +43,9 @@ def test_the_last_rows_logits_alone_are_the_full_calls_last_rows(kind):
             torch.testing.assert_close(hidden, full_hidden)  # the states fed to the next level are all there
 
 
-@pytest.mark.parametrize("kind", ["eager", "bundle"])
-def test_one_position_without_a_mask_sees_every_slot_as_an_all_ones_mask_does(kind):
-    drafter = _drafters()[kind]
-    config = drafter.config
+def test_one_position_without_a_mask_sees_every_slot_as_an_all_ones_mask_does(drafter):
     with torch.inference_mode():
-        cache, call = _prefilled(drafter, config)
+        cache, call = _prefilled(drafter.config)
         hidden, _ = drafter(*call)
         other = copy.deepcopy(cache)
         step = (hidden[:, -1:], torch.tensor([[7]]), torch.tensor([[5]]))
@@ -63,11 +60,9 @@ def test_one_position_without_a_mask_sees_every_slot_as_an_all_ones_mask_does(ki
         assert not torch.allclose(drafter(*step, copy.deepcopy(cache), 5, masked)[1], without[1])
 
 
-@pytest.mark.parametrize("kind", ["eager", "bundle"])
-def test_no_mask_is_refused_for_several_positions(kind):
-    drafter = _drafters()[kind]
+def test_no_mask_is_refused_for_several_positions(drafter):
     with torch.inference_mode():
-        cache, call = _prefilled(drafter, drafter.config)
+        cache, call = _prefilled(drafter.config)
         before = cache.keys.clone()
         with pytest.raises(ValueError, match="one new position only"):
             drafter(*call[:5], None)
